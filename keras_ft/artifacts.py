@@ -1,0 +1,274 @@
+"""The run directory: written atomically, loaded safely, exported for serving.
+
+A run directory holds:
+
+    model.keras         full model (trainable, for resuming and further training)
+    saved_model/        TF SavedModel for serving, preprocessing inside, no augmentation
+    class_names.json    the class order
+    history.csv         per-epoch metrics of both phases
+    metrics.json        held-out test metrics (when a test set was given)
+    run.json            configuration, seed, versions, data fingerprints, weights SHA-256
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import uuid
+import warnings
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from keras_ft import __version__
+from keras_ft.config import to_dict
+from keras_ft.data import decode_and_resize, pil_to_rgb, resize
+from keras_ft.errors import KerasFTError
+from keras_ft.reproducibility import GUARANTEE, environment, fingerprint, weights_sha256
+
+FORMAT_VERSION = 1
+RUN_FILES = ("model.keras", "class_names.json", "history.csv", "run.json")
+
+
+def export_saved_model(model: keras.Model, path: str | os.PathLike) -> None:
+    """Export `model` as a SavedModel with two signatures.
+
+    `serving_default` takes `images`, a float32 batch `(N, H, W, 3)` of 0-255
+    RGB pixels; `serving_bytes` takes `images`, a `tf.string` batch of encoded
+    JPEG/PNG/GIF/BMP files, and decodes and resizes them inside the graph.
+    Both return `probabilities`, `(N, num_classes)`.
+    """
+    height, width = model.input_shape[1:3]
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+
+    def serve(images):
+        return {"probabilities": model(images, training=False)}
+
+    def serve_bytes(images):
+        decoded = tf.map_fn(
+            lambda contents: tf.cast(decode_and_resize(contents, (height, width)), tf.float32),
+            images, fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32))
+        return {"probabilities": model(decoded, training=False)}
+
+    archive.add_endpoint("serving_default", serve,
+                         [tf.TensorSpec([None, height, width, 3], tf.float32, name="images")])
+    archive.add_endpoint("serving_bytes", serve_bytes,
+                         [tf.TensorSpec([None], tf.string, name="images")])
+    archive.write_out(str(path), verbose=False)
+
+
+def _write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=2, sort_keys=False) + "\n")
+
+
+def _write_history(path: Path, rows: list[dict]) -> None:
+    keys = list(dict.fromkeys(key for row in rows for key in row)) or ["epoch", "phase"]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def save_run(tuner, path, overwrite: bool = False) -> str:
+    """Write `tuner`'s run directory at `path`, atomically.
+
+    Everything is written to a hidden temporary sibling, then renamed into
+    place, so an interrupted save leaves the previous directory (or nothing)
+    at `path`, never a half-written one.
+
+    Args:
+        tuner: a fitted `FineTuner`.
+        path: the run directory to create.
+        overwrite: replace an existing directory at `path`.
+
+    Returns:
+        The path written.
+    """
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise KerasFTError(
+            f"Run directory '{target}' already exists. Choose another --output, or pass "
+            "overwrite=True (--overwrite) to replace it."
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        tuner.model.save(staging / "model.keras")
+        export_saved_model(tuner.model, staging / "saved_model")
+        _write_json(staging / "class_names.json", list(tuner.class_names))
+        _write_history(staging / "history.csv", tuner.history.rows)
+        if tuner.metrics is not None:
+            _write_json(staging / "metrics.json", tuner.metrics)
+        _write_json(staging / "run.json", run_record(tuner))
+        _replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return str(target)
+
+
+def _replace(staging: Path, target: Path) -> None:
+    """Move `staging` to `target`; an existing `target` is moved aside first, then deleted."""
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def run_record(tuner) -> dict:
+    """The JSON run record of a fitted `FineTuner`."""
+    data = tuner._data
+    record = {
+        "format_version": FORMAT_VERSION,
+        "keras_ft_version": __version__,
+        "seed": tuner.seed,
+        "deterministic": tuner.deterministic,
+        "class_names": list(tuner.class_names),
+        "data": to_dict(tuner.data_config) if tuner.data_config else None,
+        "model": to_dict(tuner.model_config),
+        "preprocessing": tuner.preprocessing,
+        "training": to_dict(tuner.training_config) if tuner.training_config else None,
+        **tuner.record,
+        "environment": environment(),
+        "reproducibility": GUARANTEE,
+        "weights_sha256": weights_sha256(tuner.model),
+    }
+    if data is not None:
+        record["data_fingerprint"] = {
+            "train": fingerprint(data.report.files),
+            "test": fingerprint(data.test_files) if data.test_files else None,
+        }
+        record["image_counts"] = {"train": len(data.train_files),
+                                  "validation": len(data.validation_files),
+                                  "test": len(data.test_files)}
+    if tuner.metrics is not None:
+        record["test_accuracy"] = tuner.metrics["accuracy"]
+    return record
+
+
+def read_record(path) -> dict:
+    """Read and check `path/run.json`; refuse what is not a run directory."""
+    run_dir = Path(path)
+    missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+    if not run_dir.is_dir() or missing:
+        raise KerasFTError(
+            f"'{run_dir}' is not a keras_ft run directory (missing: "
+            f"{', '.join(missing) if run_dir.is_dir() else 'the directory itself'}). "
+            "Pass a directory written by `keras-ft train --output` or `FineTuner.save`."
+        )
+    try:
+        record = json.loads((run_dir / "run.json").read_text())
+    except json.JSONDecodeError as error:
+        raise KerasFTError(f"'{run_dir / 'run.json'}' is not valid JSON ({error}).") from None
+    version = record.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise KerasFTError(
+            f"'{run_dir}' has run-directory format {version!r}; this keras_ft "
+            f"{__version__} reads format {FORMAT_VERSION} and older. Upgrade keras-ft."
+        )
+    return record
+
+
+class Predictor:
+    """A loaded run: predicts labels for image files, arrays or PIL images."""
+
+    def __init__(self, model: keras.Model, class_names, record: dict):
+        self.model = model
+        self.class_names = tuple(class_names)
+        self.record = record
+        self.image_size = tuple(model.input_shape[1:3])
+
+    def _as_batch(self, images) -> np.ndarray:
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            items = list(images)
+        elif isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
+            items = [images]
+        else:
+            items = list(images)
+        arrays = []
+        for item in items:
+            if isinstance(item, (str, os.PathLike)):
+                try:
+                    with Image.open(item) as image:
+                        item = pil_to_rgb(image)
+                except (OSError, ValueError) as error:
+                    raise KerasFTError(f"Cannot read image '{item}': {error}.") from None
+            elif isinstance(item, Image.Image):
+                item = pil_to_rgb(item)
+            array = np.asarray(item)
+            if array.ndim != 3 or array.shape[-1] != 3:
+                raise KerasFTError(
+                    f"Expected an RGB image array of shape (height, width, 3), received shape "
+                    f"{array.shape}. Convert grayscale or RGBA images to RGB first."
+                )
+            if array.shape[:2] != self.image_size:
+                array = resize(array, self.image_size).numpy()
+            arrays.append(array.astype(np.float32))
+        return np.stack(arrays)
+
+    def predict_proba(self, images) -> np.ndarray:
+        """Class probabilities, `(N, num_classes)`."""
+        return np.asarray(self.model.predict(self._as_batch(images), verbose=0))
+
+    def predict(self, images, top_k: int = 3) -> list[dict]:
+        """Predict each image's label.
+
+        Args:
+            images: a path, a PIL image, an `(H, W, 3)` array, an `(N, H, W, 3)`
+                array, or a list of any of those. Arrays hold 0-255 RGB pixels;
+                other sizes are resized.
+            top_k: how many labels to list per image.
+
+        Returns:
+            One dict per image: `label`, `probability` and `top_k`, a list of
+            `{"label", "probability"}` in decreasing probability.
+        """
+        results = []
+        for row in self.predict_proba(images):
+            order = np.argsort(-row, kind="stable")[:top_k]
+            top = [{"label": self.class_names[i], "probability": float(row[i])} for i in order]
+            results.append({"label": top[0]["label"], "probability": top[0]["probability"],
+                            "top_k": top})
+        return results
+
+
+def load(path) -> Predictor:
+    """Load a run directory for prediction, checking it is complete and unchanged.
+
+    Args:
+        path: a directory written by `FineTuner.save` or `keras-ft train`.
+
+    Returns:
+        A `Predictor`.
+    """
+    run_dir = Path(path)
+    record = read_record(run_dir)
+    written = record.get("environment", {})
+    for library, current in (("tensorflow", tf.__version__), ("keras", keras.__version__)):
+        if written.get(library) and written[library] != current:
+            warnings.warn(f"'{run_dir}' was written with {library} {written[library]}; this is "
+                          f"{current}. Predictions may differ slightly.", stacklevel=2)
+    model_path = run_dir / "model.keras"
+    try:
+        model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
+    except Exception as error:  # a truncated or altered zip fails in many ways
+        raise KerasFTError(f"Cannot load '{model_path}': {error}. The file is damaged; "
+                           "re-create the run or restore it from a copy.") from None
+    if weights_sha256(model) != record.get("weights_sha256"):
+        raise KerasFTError(
+            f"The weights in '{model_path}' do not match the SHA-256 in "
+            f"'{run_dir / 'run.json'}': the file was changed after the run was saved. "
+            "Re-create the run or restore the original file."
+        )
+    class_names = json.loads((run_dir / "class_names.json").read_text())
+    return Predictor(model, class_names, record)

@@ -1,0 +1,196 @@
+"""The `keras-ft` command: parses arguments and calls the library, nothing more.
+
+Exit codes: 0 success; 2 bad usage or bad input (one message, no traceback);
+1 an unexpected failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+
+
+def _unfreeze(value: str):
+    return int(value) if value.isdigit() else value
+
+
+def _units(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated ints such as 256,128, received {value!r}") from None
+
+
+def _add_train(commands) -> None:
+    p = commands.add_parser("train", help="fine-tune a backbone on an image folder")
+    p.add_argument("data_dir", help="training folder: DATA_DIR/<class>/<image>")
+    p.add_argument("--output", required=True, help="run directory to write")
+    p.add_argument("--test-dir", help="held-out folder with the same class sub-folders")
+    p.add_argument("--backbone", default="vgg16", help="see `keras-ft backbones` (default vgg16)")
+    p.add_argument("--weights", default="imagenet", help="imagenet, none, or a weights file path")
+    p.add_argument("--image-size", type=int, help="input size in px (default: the backbone's)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--validation-split", type=float, default=0.2)
+    p.add_argument("--head-epochs", type=int, default=10)
+    p.add_argument("--finetune-epochs", type=int, default=10)
+    p.add_argument("--head-lr", type=float, default=1e-3)
+    p.add_argument("--finetune-lr", type=float, default=1e-4)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--unfreeze", type=_unfreeze, default="all",
+                   help="all, a layer name to unfreeze from, or a number of top layers")
+    p.add_argument("--pooling", default="avg", help="avg, max, avgmax or flatten")
+    p.add_argument("--dense-units", type=_units, default=(), help="hidden head layers, e.g. 256")
+    p.add_argument("--dropout", type=float, default=0.2)
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument("--no-flip", action="store_true", help="no horizontal flips (digits, text)")
+    p.add_argument("--rotation", type=float, default=0.05, help="fraction of a full turn")
+    p.add_argument("--zoom", type=float, default=0.1)
+    p.add_argument("--contrast", type=float, default=0.1)
+    p.add_argument("--skip-bad", action="store_true", help="train on the files that decode")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--no-determinism", action="store_true",
+                   help="turn op determinism off (faster on some GPUs, no bitwise replay)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="keras-ft", description="Transfer learning on image folders with Keras 3.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_train(commands)
+    p = commands.add_parser("evaluate", help="evaluate a run on a held-out folder")
+    p.add_argument("run_dir")
+    p.add_argument("data_dir")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=evaluate)
+    p = commands.add_parser("predict", help="predict images; one JSON object per line")
+    p.add_argument("run_dir")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top-k", type=int, default=3)
+    p.set_defaults(func=predict)
+    p = commands.add_parser("scan", help="check a data set before training")
+    p.add_argument("data_dir")
+    p.set_defaults(func=scan)
+    p = commands.add_parser("backbones", help="list the backbones that can be used")
+    p.set_defaults(func=backbones)
+    return parser
+
+
+def train(args) -> int:
+    from pathlib import Path
+
+    from keras_ft import FineTuner, ImageFolder, KerasFTError
+    from keras_ft.evaluation import format_metrics
+
+    if Path(args.output).exists() and not args.overwrite:
+        raise KerasFTError(f"Run directory '{args.output}' already exists. Choose another "
+                           "--output, or pass --overwrite to replace it.")
+    from keras_ft.backbones import get_backbone
+
+    spec = get_backbone(args.backbone)
+    data = ImageFolder(
+        args.data_dir, test_dir=args.test_dir, image_size=args.image_size or spec.default_size,
+        batch_size=args.batch_size, validation_split=args.validation_split, seed=args.seed,
+        augment=not args.no_augment, flip=not args.no_flip, rotation=args.rotation,
+        zoom=args.zoom, contrast=args.contrast, skip_bad=args.skip_bad)
+    weights = None if args.weights.lower() == "none" else args.weights
+    tuner = FineTuner(spec.name, weights=weights, pooling=args.pooling,
+                      dense_units=args.dense_units, dropout=args.dropout, seed=args.seed,
+                      deterministic=not args.no_determinism)
+    tuner.build(data.image_size, data.num_classes)
+    _say(args, f"classes ({data.num_classes}): {', '.join(data.class_names)}")
+    _say(args, f"images: {len(data.train_files)} train, {len(data.validation_files)} "
+               f"validation, {len(data.test_files)} test")
+    tuner.fit(data, head_epochs=args.head_epochs, finetune_epochs=args.finetune_epochs,
+              head_lr=args.head_lr, finetune_lr=args.finetune_lr, momentum=args.momentum,
+              unfreeze=args.unfreeze, verbose=0 if args.quiet else "auto")
+    path = tuner.save(args.output, overwrite=args.overwrite)
+    if tuner.metrics is not None:
+        print(format_metrics(tuner.metrics))
+    print(f"run directory: {path}")
+    return 0
+
+
+def evaluate(args) -> int:
+    from keras_ft import load
+    from keras_ft.data import folder_dataset
+    from keras_ft.evaluation import evaluate_model, format_metrics
+
+    predictor = load(args.run_dir)
+    dataset, _ = folder_dataset(args.data_dir, predictor.class_names, predictor.image_size,
+                                args.batch_size)
+    print(format_metrics(evaluate_model(predictor.model, dataset, predictor.class_names)))
+    return 0
+
+
+def predict(args) -> int:
+    from keras_ft import KerasFTError, load
+
+    predictor = load(args.run_dir)
+    status = 0
+    for path in args.images:
+        try:
+            result = predictor.predict([path], top_k=args.top_k)[0]
+            print(json.dumps({"path": path, **result}))
+        except KerasFTError as error:
+            print(json.dumps({"path": path, "error": str(error)}))
+            status = 2
+    return status
+
+
+def scan(args) -> int:
+    from keras_ft.scan import scan_folder
+
+    report = scan_folder(args.data_dir)
+    print(report.summary())
+    refuse = report.bad_files or len(report.class_names) < 2
+    print("status: " + ("training would refuse this folder" if refuse else "ok"))
+    return 2 if refuse else 0
+
+
+def backbones(args) -> int:
+    from keras_ft.backbones import describe_backbones
+
+    print(describe_backbones())
+    return 0
+
+
+def _say(args, message: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(message)
+
+
+def main(argv=None) -> int:
+    """Run the command line; return the exit code."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    from keras_ft.errors import KerasFTError
+
+    try:
+        return args.func(args)
+    except KerasFTError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception:
+        traceback.print_exc()
+        print("error: unexpected failure (above). Please report it with the command line.",
+              file=sys.stderr)
+        return 1
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

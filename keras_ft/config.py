@@ -1,0 +1,146 @@
+"""Flat, typed, frozen configuration for each stage, validated once, stored as JSON.
+
+The public classes (`ImageFolder`, `FineTuner`) take these values as plain
+keyword arguments and keep them here, so a run record can be written and read
+back without loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from keras_ft.errors import KerasFTError
+
+POOLINGS = ("avg", "max", "avgmax", "flatten")
+
+
+def check(condition: bool, argument: str, expected: str, received: object, fix: str = "") -> None:
+    """Raise a `KerasFTError` naming `argument` unless `condition` holds."""
+    if not condition:
+        message = f"Invalid `{argument}`: expected {expected}, received {received!r}."
+        raise KerasFTError(f"{message} {fix}".strip())
+
+
+def image_size_pair(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    """Return `image_size` as a `(height, width)` tuple of positive ints."""
+    if isinstance(image_size, int) and not isinstance(image_size, bool):
+        image_size = (image_size, image_size)
+    check(
+        isinstance(image_size, (tuple, list))
+        and len(image_size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in image_size),
+        "image_size",
+        "a positive int or a (height, width) pair of positive ints",
+        image_size,
+    )
+    return (int(image_size[0]), int(image_size[1]))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How images are read, split, augmented and batched."""
+
+    directory: str
+    test_dir: str | None = None
+    image_size: tuple[int, int] = (224, 224)
+    batch_size: int = 32
+    validation_split: float = 0.2
+    seed: int = 42
+    augment: bool = True
+    flip: bool = True
+    rotation: float = 0.05
+    zoom: float = 0.1
+    contrast: float = 0.1
+    skip_bad: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "image_size", image_size_pair(self.image_size))
+        check(
+            isinstance(self.batch_size, int) and self.batch_size >= 1,
+            "batch_size", "an int >= 1", self.batch_size,
+        )
+        check(
+            0.0 <= self.validation_split < 1.0,
+            "validation_split", "a float in [0, 1)", self.validation_split,
+            "Use 0 to train on every image, e.g. 0.2 to hold out a fifth.",
+        )
+        check(isinstance(self.seed, int), "seed", "an int", self.seed)
+        check(0.0 <= self.rotation <= 0.5, "rotation", "a fraction of a full turn in [0, 0.5]",
+              self.rotation, "0.05 rotates by up to 18 degrees either way.")
+        check(0.0 <= self.zoom < 1.0, "zoom", "a fraction in [0, 1)", self.zoom)
+        check(0.0 <= self.contrast < 1.0, "contrast", "a fraction in [0, 1)", self.contrast)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which backbone, which weights, and what head."""
+
+    num_classes: int
+    backbone: str = "vgg16"
+    weights: str | None = "imagenet"
+    image_size: tuple[int, int] = (224, 224)
+    pooling: str = "avg"
+    dense_units: tuple[int, ...] = ()
+    dropout: float = 0.2
+    normalize_features: bool = True
+    seed: int = 42
+
+    def __post_init__(self):
+        object.__setattr__(self, "image_size", image_size_pair(self.image_size))
+        object.__setattr__(self, "dense_units", tuple(self.dense_units))
+        check(
+            isinstance(self.num_classes, int) and self.num_classes >= 2,
+            "num_classes", "an int >= 2 (a classifier needs at least two classes)",
+            self.num_classes,
+        )
+        check(self.pooling in POOLINGS, "pooling", f"one of {POOLINGS}", self.pooling)
+        check(all(isinstance(u, int) and u > 0 for u in self.dense_units),
+              "dense_units", "a sequence of positive ints", self.dense_units)
+        check(0.0 <= self.dropout < 1.0, "dropout", "a float in [0, 1)", self.dropout)
+        check(isinstance(self.seed, int), "seed", "an int", self.seed)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The two phases: head on a frozen backbone, then fine-tuning with SGD."""
+
+    head_epochs: int = 10
+    finetune_epochs: int = 10
+    head_lr: float = 1e-3
+    finetune_lr: float = 1e-4
+    momentum: float = 0.9
+    unfreeze: str | int = "all"
+    deterministic: bool = True
+
+    def __post_init__(self):
+        for name in ("head_epochs", "finetune_epochs"):
+            value = getattr(self, name)
+            check(isinstance(value, int) and value >= 0, name, "an int >= 0", value)
+        check(self.head_epochs + self.finetune_epochs > 0, "head_epochs/finetune_epochs",
+              "at least one epoch in total", 0)
+        for name in ("head_lr", "finetune_lr"):
+            value = getattr(self, name)
+            check(isinstance(value, (int, float)) and value > 0, name, "a float > 0", value)
+        check(0.0 <= self.momentum < 1.0, "momentum", "a float in [0, 1)", self.momentum)
+        check(
+            (isinstance(self.unfreeze, int) and self.unfreeze >= 1)
+            or (isinstance(self.unfreeze, str) and self.unfreeze != ""),
+            "unfreeze", "'all', a layer name such as 'block5_conv1', or a number of top layers >= 1",
+            self.unfreeze,
+        )
+
+
+def to_dict(config) -> dict:
+    """Return a JSON-ready dict of a config dataclass."""
+    return dataclasses.asdict(config)
+
+
+def from_dict(cls, values: dict):
+    """Build config `cls` from `to_dict` output, ignoring unknown keys."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in values.items() if k in names}
+    for key in ("image_size", "dense_units"):
+        if key in kwargs and kwargs[key] is not None:
+            kwargs[key] = tuple(kwargs[key])
+    return cls(**kwargs)

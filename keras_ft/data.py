@@ -1,0 +1,309 @@
+"""tf.data pipelines: decode, resize, seeded split, stateless augmentation, cache, prefetch.
+
+Every image is decoded to 3-channel RGB and resized once, cached as uint8, and
+only then augmented, with stateless random ops keyed on (seed, epoch, element).
+Two runs with the same seed therefore see the same augmented images, each
+epoch sees different ones, and the `map` stays parallel under op determinism.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from keras_ft.config import DataConfig
+from keras_ft.errors import KerasFTError
+from keras_ft.scan import ImageFile, ScanReport, scan_folder
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def pil_to_rgb(image: Image.Image) -> np.ndarray:
+    """Return a Pillow image as an `(H, W, 3)` uint8 RGB array, whatever its mode.
+
+    16-bit images are scaled to 8 bits (not clipped), CMYK is converted, the
+    alpha channel is dropped (as `tf.io.decode_image(channels=3)` does), and a
+    GIF gives its first frame.
+    """
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        array = np.clip(np.round(array * (255.0 / peak)), 0, 255).astype(np.uint8)
+        return np.repeat(array[..., None], 3, axis=-1)
+    if image.mode == "F":
+        array = np.clip(np.round(np.asarray(image)), 0, 255).astype(np.uint8)
+        return np.repeat(array[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _pil_read(path: bytes) -> np.ndarray:
+    with Image.open(path.decode()) as image:
+        return pil_to_rgb(image)
+
+
+def resize(image: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """Resize an RGB image (any dtype) to `image_size`, returning uint8."""
+    image = tf.image.resize(image, image_size, method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+def decode_and_resize(contents: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """Decode encoded JPEG/PNG/GIF/BMP bytes to RGB and resize to `image_size` (uint8)."""
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
+    image.set_shape([None, None, 3])
+    return resize(image, image_size)
+
+
+def load_image(path: tf.Tensor, needs_pil: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """Read one file as a resized uint8 RGB image, through Pillow where TF cannot decode it."""
+
+    def with_pil():
+        image = tf.numpy_function(_pil_read, [path], tf.uint8, stateful=False)
+        image.set_shape([None, None, 3])
+        return resize(image, image_size)
+
+    return tf.cond(needs_pil, with_pil, lambda: decode_and_resize(tf.io.read_file(path), image_size))
+
+
+def read_images(paths: list[str], image_size: tuple[int, int]) -> np.ndarray:
+    """Read image files into an `(N, H, W, 3)` uint8 array exactly as training does."""
+    arrays = []
+    for path in paths:
+        with Image.open(path) as image:
+            arrays.append(resize(pil_to_rgb(image), image_size).numpy())
+    return np.stack(arrays) if arrays else np.zeros((0, *image_size, 3), np.uint8)
+
+
+def stable_fraction(seed: int, relpath: str) -> float:
+    """A number in [0, 1) fixed by (seed, relative path): the split key of one file."""
+    digest = hashlib.sha256(f"{seed}:{relpath}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def split_files(files, validation_split: float, seed: int):
+    """Split files into (train, validation) by `stable_fraction`.
+
+    Each file's side depends only on (seed, its relative path), so adding
+    images never moves an existing image between training and validation.
+    """
+    train, validation = [], []
+    for f in files:
+        (validation if stable_fraction(seed, f.relpath) < validation_split else train).append(f)
+    return train, validation
+
+
+def augment(image: tf.Tensor, seed: tf.Tensor, config: DataConfig) -> tf.Tensor:
+    """Randomly flip, rotate, zoom and change contrast, statelessly from `seed` (shape [2])."""
+    image = tf.cast(image, tf.float32)
+    flip_seed, angle_seed, zoom_seed, contrast_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, num=4))
+    if config.flip:
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    if config.rotation or config.zoom:
+        turn = config.rotation * 2.0 * math.pi
+        angle = tf.random.stateless_uniform([], angle_seed, -turn, turn)
+        scale = tf.random.stateless_uniform([], zoom_seed, 1.0 - config.zoom, 1.0 + config.zoom)
+        height, width = config.image_size
+        cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+        a0, a1 = tf.cos(angle) / scale, -tf.sin(angle) / scale
+        b0, b1 = tf.sin(angle) / scale, tf.cos(angle) / scale
+        transform = tf.stack([a0, a1, cx - a0 * cx - a1 * cy,
+                              b0, b1, cy - b0 * cx - b1 * cy, 0.0, 0.0])
+        image = tf.raw_ops.ImageProjectiveTransformV3(
+            images=image[None], transforms=transform[None], output_shape=[height, width],
+            fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")[0]
+    if config.contrast:
+        factor = tf.random.stateless_uniform(
+            [], contrast_seed, 1.0 - config.contrast, 1.0 + config.contrast)
+        mean = tf.reduce_mean(image, axis=[0, 1], keepdims=True)
+        image = tf.clip_by_value((image - mean) * factor + mean, 0.0, 255.0)
+    return image
+
+
+def _refuse_bad_files(report: ScanReport, skip_bad: bool) -> None:
+    bad = report.bad_files
+    if bad and not skip_bad:
+        listing = "\n".join(f"  {p.path}: {p.reason}" for p in bad)
+        raise KerasFTError(
+            f"{len(bad)} file(s) in '{report.root}' cannot be used:\n{listing}\n"
+            "Fix or remove them, or pass skip_bad=True (--skip-bad) to train on the rest."
+        )
+
+
+class ImageFolder:
+    """A labelled image folder, split and served as tf.data pipelines.
+
+    Args:
+        directory: training folder, one sub-folder per class.
+        test_dir: optional held-out folder with the same class sub-folders.
+        image_size: `(height, width)` or one int, the size images are resized to.
+        batch_size: images per batch.
+        validation_split: fraction of `directory` held out for validation,
+            chosen per file from a hash of (seed, relative path).
+        seed: seeds the split, the shuffling and the augmentation.
+        augment: whether training images are augmented.
+        flip: random horizontal flips (turn off for digits and text).
+        rotation: maximum rotation as a fraction of a full turn.
+        zoom: maximum zoom in or out, as a fraction.
+        contrast: maximum contrast change, as a fraction.
+        skip_bad: train on the usable files when some cannot be decoded,
+            instead of refusing.
+
+    Example:
+
+    >>> data = ImageFolder("flowers/train", test_dir="flowers/test", image_size=224)
+    >>> data.class_names
+    ('daisy', 'dandelion', 'roses', 'sunflowers', 'tulips')
+    """
+
+    def __init__(self, directory, test_dir=None, image_size=(224, 224), batch_size=32,
+                 validation_split=0.2, seed=42, augment=True, flip=True, rotation=0.05,
+                 zoom=0.1, contrast=0.1, skip_bad=False):
+        self.config = DataConfig(
+            directory=str(directory), test_dir=None if test_dir is None else str(test_dir),
+            image_size=image_size, batch_size=batch_size, validation_split=validation_split,
+            seed=seed, augment=augment, flip=flip, rotation=rotation, zoom=zoom,
+            contrast=contrast, skip_bad=skip_bad)
+        self.report = scan_folder(directory)
+        _refuse_bad_files(self.report, skip_bad)
+        self.class_names = self.report.class_names
+        if len(self.class_names) < 2:
+            raise KerasFTError(
+                f"Data directory '{directory}' has a single class {list(self.class_names)}. "
+                "A classifier needs at least two class sub-folders."
+            )
+        empty = [name for name, count in self.report.counts().items() if count == 0]
+        if empty:
+            raise KerasFTError(
+                f"Class folder(s) {empty} in '{directory}' have no usable images. "
+                "Add images or remove the empty folders."
+            )
+        self.train_files, self.validation_files = split_files(
+            self.report.files, self.config.validation_split, seed)
+        self._check_split_sizes()
+        self.test_report = None
+        self.test_files = []
+        if test_dir is not None:
+            self.test_report = scan_folder(test_dir, class_names=self.class_names)
+            _refuse_bad_files(self.test_report, skip_bad)
+            self.test_files = list(self.test_report.files)
+        self._cache = {}
+
+    def _check_split_sizes(self) -> None:
+        config = self.config
+        counts = {name: 0 for name in self.class_names}
+        for f in self.train_files:
+            counts[self.class_names[f.label]] += 1
+        without = [name for name, count in counts.items() if count == 0]
+        if without:
+            raise KerasFTError(
+                f"validation_split={config.validation_split} leaves no training image in "
+                f"class(es) {without}. Add images or lower validation_split."
+            )
+        if config.validation_split > 0 and not self.validation_files:
+            raise KerasFTError(
+                f"validation_split={config.validation_split} selects no validation image from "
+                f"{len(self.report.files)} images. Raise validation_split or pass 0 to skip "
+                "validation."
+            )
+        if len(self.train_files) < config.batch_size:
+            raise KerasFTError(
+                f"Only {len(self.train_files)} training images after the validation split, "
+                f"fewer than one batch of batch_size={config.batch_size}. Lower batch_size "
+                f"(e.g. --batch-size {max(1, len(self.train_files) // 4)}) or add images."
+            )
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.config.image_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train_files) / self.config.batch_size)
+
+    def _decoded(self, name: str, files: list[ImageFile]) -> tf.data.Dataset:
+        """Decoded, resized (image uint8, label) pairs in file order, cached in memory."""
+        if name not in self._cache:
+            self._cache[name] = decoded_dataset(files, self.config.image_size).cache()
+        return self._cache[name]
+
+    def train_dataset(self, start_epoch: int = 0, epochs: int = 1) -> tf.data.Dataset:
+        """Training batches for epochs `start_epoch` to `start_epoch + epochs - 1`.
+
+        Each epoch is shuffled and augmented from (seed, epoch) alone, so
+        epoch 7 is the same whether training started at epoch 0 or resumed.
+        """
+        config = self.config
+        base = self._decoded("train", self.train_files)
+        count = len(self.train_files)
+
+        def one_epoch(epoch):
+            epoch_seed = tf.stack([tf.constant(config.seed, tf.int64), epoch])
+            order_seed = tf.random.experimental.stateless_split(epoch_seed, 1)[0][0]
+            elements = base.enumerate().shuffle(
+                count, seed=order_seed, reshuffle_each_iteration=False)
+
+            def prepare(index, image_label):
+                image, label = image_label
+                if config.augment:
+                    seed = tf.stack([epoch_seed[0], epoch * count + index])
+                    return augment(image, seed, config), label
+                return tf.cast(image, tf.float32), label
+
+            elements = elements.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+            return elements.batch(config.batch_size)
+
+        epochs_range = tf.data.Dataset.range(start_epoch, start_epoch + epochs)
+        return epochs_range.flat_map(one_epoch).prefetch(AUTOTUNE)
+
+    def _evaluation_dataset(self, name: str, files: list[ImageFile]) -> tf.data.Dataset | None:
+        if not files:
+            return None
+        return evaluation_batches(self._decoded(name, files), self.config.batch_size)
+
+    @property
+    def train(self) -> tf.data.Dataset:
+        """One epoch (epoch 0) of shuffled, augmented training batches."""
+        return self.train_dataset(0, 1)
+
+    @property
+    def validation(self) -> tf.data.Dataset | None:
+        """Validation batches (no augmentation), or `None` when `validation_split` is 0."""
+        return self._evaluation_dataset("validation", self.validation_files)
+
+    @property
+    def test(self) -> tf.data.Dataset | None:
+        """Held-out test batches (no augmentation), or `None` without `test_dir`."""
+        return self._evaluation_dataset("test", self.test_files)
+
+
+def decoded_dataset(files: list[ImageFile], image_size: tuple[int, int]) -> tf.data.Dataset:
+    """(uint8 image, int32 label) pairs of `files`, decoded and resized in parallel, in order."""
+    dataset = tf.data.Dataset.from_tensor_slices((
+        [f.path for f in files], [f.needs_pil for f in files],
+        np.array([f.label for f in files], np.int32)))
+    return dataset.map(lambda path, pil, label: (load_image(path, pil, image_size), label),
+                       num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def evaluation_batches(decoded: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    """Float32 batches of decoded images, in order, with no augmentation."""
+    dataset = decoded.map(lambda image, label: (tf.cast(image, tf.float32), label))
+    return dataset.batch(batch_size).prefetch(AUTOTUNE)
+
+
+def folder_dataset(directory, class_names, image_size, batch_size, skip_bad=False):
+    """A held-out folder as (images, labels) batches plus its scan, in `class_names` order."""
+    report = scan_folder(directory, class_names=tuple(class_names))
+    _refuse_bad_files(report, skip_bad)
+    if not report.files:
+        raise KerasFTError(f"Directory '{directory}' holds no usable images.")
+    return evaluation_batches(decoded_dataset(list(report.files), image_size), batch_size), report

@@ -1,0 +1,185 @@
+"""`FineTuner`: the whole recipe behind one object, scikit-learn style."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from datetime import datetime, timezone
+
+import keras
+
+from keras_ft.backbones import PREPROCESSING, get_backbone
+from keras_ft.config import ModelConfig, TrainingConfig, check, image_size_pair
+from keras_ft.data import ImageFolder, folder_dataset
+from keras_ft.errors import KerasFTError
+from keras_ft.evaluation import evaluate_model
+from keras_ft.model import build_classifier
+from keras_ft.reproducibility import seed_everything
+from keras_ft.training import TrainingHistory, fit_two_phase
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class FineTuner:
+    """An ImageNet backbone with a new head, fine-tuned in two phases.
+
+    The constructor is the configuration; `fit` does the work. The Keras model
+    is built at the first `fit`, when the data's image size and classes are known.
+
+    Args:
+        backbone: a registry name (`keras-ft backbones` lists them) or a headless
+            `keras.Model` of your own mapping `(H, W, 3)` images to features.
+        num_classes: number of classes; `None` takes it from the data.
+        weights: `"imagenet"`, `None` (random init, for tests), or the path of a
+            weights file saved from the same backbone with `include_top=False`.
+        image_size: input size; `None` takes the data's.
+        pooling: `"avg"`, `"max"`, `"avgmax"` (both, concatenated) or
+            `"flatten"` (the classic VGG recipe).
+        dense_units: sizes of optional hidden Dense layers in the head.
+        dropout: dropout rate before the classifier layer.
+        normalize_features: batch-normalise the pooled features, so that one
+            learning rate suits backbones whose features have any scale.
+        preprocessing: only for a custom backbone: `"caffe"`, `"tf"`, `"torch"`
+            or `"none"`.
+        seed: seeds every initializer, the dropout and the training.
+        deterministic: turn on TensorFlow op determinism (bitwise replay).
+
+    Example:
+
+    >>> data = ImageFolder("flowers/train", test_dir="flowers/test", image_size=224)
+    >>> tuner = FineTuner("vgg16", weights="imagenet", seed=42)
+    >>> history = tuner.fit(data, head_epochs=10, finetune_epochs=10, unfreeze="block5_conv1")
+    >>> tuner.evaluate(data)["accuracy"]
+    """
+
+    def __init__(self, backbone="vgg16", num_classes=None, weights="imagenet", image_size=None,
+                 pooling="avg", dense_units=(), dropout=0.2, normalize_features=True,
+                 preprocessing=None, seed=42, deterministic=True):
+        if isinstance(backbone, keras.Model):
+            check(preprocessing in PREPROCESSING, "preprocessing",
+                  f"one of {PREPROCESSING} for a custom backbone", preprocessing,
+                  "Say how your backbone expects 0-255 RGB pixels to be scaled.")
+            self._backbone_model, self.preprocessing, name = backbone, preprocessing, backbone.name
+        else:
+            spec = get_backbone(backbone)
+            self._backbone_model, name = None, spec.name
+            self.preprocessing = preprocessing or spec.preprocessing
+        if weights is not None and weights != "imagenet":
+            weights = os.fspath(weights)
+            if str(weights).lower() == "none":
+                weights = None
+        self._model_kwargs = dict(
+            backbone=name, weights=weights, pooling=pooling, dense_units=tuple(dense_units),
+            dropout=dropout, normalize_features=normalize_features, seed=seed)
+        self._image_size = None if image_size is None else image_size_pair(image_size)
+        self._num_classes = num_classes
+        self.deterministic = deterministic
+        self.seed = seed
+        self.model: keras.Model | None = None
+        self.model_config: ModelConfig | None = None
+        self.training_config: TrainingConfig | None = None
+        self.data_config = None
+        self.class_names: tuple[str, ...] | None = None
+        self.history = TrainingHistory()
+        self.metrics: dict | None = None
+        self.record: dict = {}
+        self._data = None
+
+    def build(self, image_size, num_classes: int) -> keras.Model:
+        """Build the Keras model (done by `fit`; call it yourself to inspect the model)."""
+        image_size = image_size_pair(image_size)
+        if self._image_size is not None and self._image_size != image_size:
+            raise KerasFTError(
+                f"The data's image_size {image_size} differs from the FineTuner's "
+                f"image_size {self._image_size}. Pass the same size to both, or leave "
+                "the FineTuner's image_size out."
+            )
+        if self._num_classes is not None and self._num_classes != num_classes:
+            raise KerasFTError(
+                f"The data has {num_classes} classes but num_classes={self._num_classes} "
+                "was given. Leave num_classes out to take it from the data."
+            )
+        self.model_config = ModelConfig(num_classes=num_classes, image_size=image_size,
+                                        **self._model_kwargs)
+        seed_everything(self.seed, self.deterministic)
+        backbone = self._backbone_model
+        if backbone is None:
+            spec = get_backbone(self.model_config.backbone)
+            backbone = spec.build(image_size, self.model_config.weights)
+        self.model = build_classifier(backbone, self.model_config, self.preprocessing)
+        return self.model
+
+    def fit(self, data: ImageFolder, head_epochs=10, finetune_epochs=10, head_lr=1e-3,
+            finetune_lr=1e-4, momentum=0.9, unfreeze="all", callbacks=(), verbose="auto",
+            evaluate=True) -> TrainingHistory:
+        """Train on `data` in two phases, then evaluate on its test split if it has one.
+
+        Args:
+            data: an `ImageFolder`.
+            head_epochs: phase 1 epochs (frozen backbone, Adam at `head_lr`).
+            finetune_epochs: phase 2 epochs (SGD at `finetune_lr` with `momentum`).
+            head_lr: phase 1 learning rate.
+            finetune_lr: phase 2 learning rate.
+            momentum: phase 2 SGD momentum.
+            unfreeze: `"all"`, a backbone layer name to unfreeze from (e.g.
+                `"block5_conv1"`), or the number of top backbone layers.
+            callbacks: Keras callbacks, passed to both phases.
+            verbose: Keras verbosity.
+            evaluate: evaluate on `data.test` at the end, when there is one.
+
+        Returns:
+            The `TrainingHistory` of both phases (also kept as `self.history`).
+        """
+        if not isinstance(data, ImageFolder):
+            raise KerasFTError(f"`fit` expects an ImageFolder, received {type(data).__name__}. "
+                               "Wrap your folder: keras_ft.ImageFolder('path/to/train').")
+        self.training_config = TrainingConfig(
+            head_epochs=head_epochs, finetune_epochs=finetune_epochs, head_lr=head_lr,
+            finetune_lr=finetune_lr, momentum=momentum, unfreeze=unfreeze,
+            deterministic=self.deterministic)
+        if self.model is None:
+            self.build(data.image_size, data.num_classes)
+        self._data, self.data_config, self.class_names = data, data.config, data.class_names
+        started, clock = _now(), time.perf_counter()
+        seed_everything(self.seed, self.deterministic)
+        self.history = fit_two_phase(self.model, data, self.training_config, callbacks, verbose)
+        if evaluate and data.test is not None:
+            self.metrics = self.evaluate(data.test)
+        self.record = {
+            "started": started, "finished": _now(),
+            "train_seconds": round(time.perf_counter() - clock, 3),
+            "command": sys.argv,
+        }
+        return self.history
+
+    def evaluate(self, data, top_k: int = 5) -> dict:
+        """Loss, accuracy, top-k accuracy, per-class report and confusion matrix.
+
+        Args:
+            data: an `ImageFolder` (its test split), a folder path with the same
+                class sub-folders, or a dataset of (images, labels) batches.
+        """
+        self._require_model()
+        if isinstance(data, ImageFolder):
+            if data.test is None:
+                raise KerasFTError("This ImageFolder has no test_dir. Pass "
+                                   "ImageFolder(..., test_dir='path/to/test') or a folder path.")
+            data = data.test
+        elif isinstance(data, (str, os.PathLike)):
+            data, _ = folder_dataset(data, self.class_names, self.model_config.image_size,
+                                     self.data_config.batch_size if self.data_config else 32)
+        return evaluate_model(self.model, data, self.class_names, top_k)
+
+    def save(self, path, overwrite: bool = False) -> str:
+        """Write the run directory (see `keras_ft.artifacts.save_run`)."""
+        from keras_ft.artifacts import save_run
+
+        self._require_model()
+        return save_run(self, path, overwrite=overwrite)
+
+    def _require_model(self) -> None:
+        if self.model is None or self.class_names is None:
+            raise KerasFTError("This FineTuner has not been trained yet. Call `fit(data)` first.")

@@ -1,0 +1,133 @@
+"""The classifier: raw 0-255 RGB in, preprocessing, backbone, new head, probabilities out.
+
+Preprocessing lives inside the model so training, evaluation, export and
+prediction can never disagree. The backbone is always called with
+`training=False`, and its BatchNormalization layers stay frozen after
+unfreezing, so phase 2 does not wreck the statistics it learned on ImageNet.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from keras_ft.backbones import PREPROCESSING
+from keras_ft.config import ModelConfig
+from keras_ft.errors import KerasFTError
+
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+
+
+@keras.saving.register_keras_serializable(package="keras_ft")
+class Preprocess(keras.layers.Layer):
+    """Map 0-255 RGB pixels the way a backbone's `preprocess_input` does.
+
+    Args:
+        mode: `"caffe"` (RGB->BGR minus the ImageNet mean), `"tf"` (to [-1, 1]),
+            `"torch"` (to [0, 1], then per-channel mean/std) or `"none"`.
+    """
+
+    def __init__(self, mode: str = "caffe", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in PREPROCESSING:
+            raise KerasFTError(f"Invalid `preprocessing`: expected one of {PREPROCESSING}, "
+                               f"received {mode!r}.")
+        self.mode = mode
+
+    def call(self, inputs):
+        x = ops.cast(inputs, self.compute_dtype)
+        if self.mode == "caffe":
+            return ops.flip(x, axis=-1) - ops.convert_to_tensor(_CAFFE_MEAN_BGR, x.dtype)
+        if self.mode == "tf":
+            return x / 127.5 - 1.0
+        if self.mode == "torch":
+            mean = ops.convert_to_tensor(_TORCH_MEAN, x.dtype)
+            std = ops.convert_to_tensor(_TORCH_STD, x.dtype)
+            return (x / 255.0 - mean) / std
+        return x
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def build_classifier(backbone: keras.Model, config: ModelConfig, preprocessing: str) -> keras.Model:
+    """Wrap `backbone` into a classifier taking raw 0-255 RGB images.
+
+    Args:
+        backbone: a headless model mapping `(H, W, 3)` images to feature maps.
+        config: the head and input size.
+        preprocessing: the `Preprocess` mode the backbone's weights expect.
+
+    Returns:
+        A functional `keras.Model` named `"classifier"` whose output is the
+        softmax over `config.num_classes`.
+    """
+    seed = config.seed
+    inputs = keras.Input((*config.image_size, 3), name="image")
+    x = Preprocess(preprocessing, name="preprocess")(inputs)
+    x = backbone(x, training=False)
+    if config.pooling == "flatten":
+        x = keras.layers.Flatten(name="flatten")(x)
+    elif config.pooling == "avgmax":
+        x = keras.layers.Concatenate(name="avg_max_pool")([
+            keras.layers.GlobalAveragePooling2D(name="avg_pool")(x),
+            keras.layers.GlobalMaxPooling2D(name="max_pool")(x)])
+    elif config.pooling == "max":
+        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    else:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if config.normalize_features:
+        x = keras.layers.BatchNormalization(name="feature_norm")(x)
+    for i, units in enumerate(config.dense_units):
+        x = keras.layers.Dense(units, activation="relu", name=f"head_dense_{i}",
+                               kernel_initializer=keras.initializers.GlorotUniform(seed + 1 + i))(x)
+    if config.dropout:
+        x = keras.layers.Dropout(config.dropout, seed=seed, name="head_dropout")(x)
+    outputs = keras.layers.Dense(
+        config.num_classes, activation="softmax", dtype="float32", name="predictions",
+        kernel_initializer=keras.initializers.GlorotUniform(seed))(x)
+    return keras.Model(inputs, outputs, name="classifier")
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    """The backbone sub-model of a classifier built by `build_classifier`."""
+    return next(layer for layer in model.layers if isinstance(layer, keras.Model))
+
+
+def freeze_backbone(model: keras.Model) -> None:
+    """Phase 1: make the whole backbone non-trainable."""
+    backbone_of(model).trainable = False
+
+
+def unfreeze_backbone(model: keras.Model, unfreeze: str | int = "all") -> int:
+    """Phase 2: make the backbone trainable from a point on, BatchNorm excepted.
+
+    Args:
+        model: a classifier from `build_classifier`.
+        unfreeze: `"all"`; a layer name, from which (inclusive) layers train,
+            e.g. `"block5_conv1"`; or an int N, the top N backbone layers.
+
+    Returns:
+        The number of trainable weights in the backbone afterwards.
+    """
+    backbone = backbone_of(model)
+    layers = backbone.layers
+    names = [layer.name for layer in layers]
+    if unfreeze == "all":
+        start = 0
+    elif isinstance(unfreeze, int) or (isinstance(unfreeze, str) and unfreeze.isdigit()):
+        start = max(0, len(layers) - int(unfreeze))
+    elif unfreeze in names:
+        start = names.index(unfreeze)
+    else:
+        sample = ", ".join(names[-40::4])
+        raise KerasFTError(
+            f"Invalid `unfreeze`: no layer named {unfreeze!r} in backbone '{backbone.name}'. "
+            f"Pass 'all', a number of top layers, or a layer name such as: {sample}."
+        )
+    backbone.trainable = True
+    for i, layer in enumerate(layers):
+        layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
+    return len(backbone.trainable_weights)
