@@ -8,6 +8,7 @@ partial fine-tune starts from.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,16 +69,28 @@ class BackboneSpec:
 
 
 def load_backbone_weights(model: keras.Model, path: Path, name: str) -> None:
-    """Load `path` into `model`, refusing a file that does not match it exactly."""
-    try:
-        model.load_weights(str(path))
-    except Exception as error:  # Keras raises ValueError, KeyError or OSError here.
+    """Load `path` into `model`, refusing a file that does not match it exactly.
+
+    Keras only warns when a file lacks some of the model's layers; here any
+    such warning is an error, so a backbone never trains half-initialised.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            model.load_weights(str(path))
+            problem = next((str(w.message) for w in caught
+                            if "load" in str(w.message).lower()
+                            or "skipping" in str(w.message).lower()), None)
+        except Exception as error:  # Keras raises ValueError, KeyError or OSError here.
+            problem = str(error)
+    if problem:
         raise KerasFTError(
-                   f"Weights file '{path}' does not fit backbone '{name}' built with "
-                   f"include_top=False: {error}. Pass a file saved by "
-                   f"`backbone.save_weights('x.weights.h5')` from the same backbone, or "
-                   "weights='imagenet' / weights=None."
-        ) from None
+            f"Weights file '{path}' does not fit backbone '{name}' built with "
+            f"include_top=False ({problem.splitlines()[0].split('. ')[0].rstrip(':.')}). "
+            "Pass a file saved by "
+            "`backbone.save_weights('x.weights.h5')` from the same backbone, or "
+            "weights='imagenet' / weights=None."
+        )
 
 
 _NO_PREPROCESSING = (("include_preprocessing", True),)

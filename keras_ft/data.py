@@ -245,24 +245,25 @@ class ImageFolder:
         base = self._decoded("train", self.train_files)
         count = len(self.train_files)
 
-        def one_epoch(epoch):
-            epoch_seed = tf.stack([tf.constant(config.seed, tf.int64), epoch])
-            order_seed = tf.random.experimental.stateless_split(epoch_seed, 1)[0][0]
+        def one_epoch(epoch: int) -> tf.data.Dataset:
+            order_seed = int(stable_fraction(config.seed, f"epoch-{epoch}") * 2**31)
             elements = base.enumerate().shuffle(
                 count, seed=order_seed, reshuffle_each_iteration=False)
 
             def prepare(index, image_label):
                 image, label = image_label
                 if config.augment:
-                    seed = tf.stack([epoch_seed[0], epoch * count + index])
+                    seed = tf.stack([tf.constant(config.seed, tf.int64), epoch * count + index])
                     return augment(image, seed, config), label
                 return tf.cast(image, tf.float32), label
 
             elements = elements.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
             return elements.batch(config.batch_size)
 
-        epochs_range = tf.data.Dataset.range(start_epoch, start_epoch + epochs)
-        return epochs_range.flat_map(one_epoch).prefetch(AUTOTUNE)
+        dataset = one_epoch(start_epoch)
+        for epoch in range(start_epoch + 1, start_epoch + epochs):
+            dataset = dataset.concatenate(one_epoch(epoch))
+        return dataset.prefetch(AUTOTUNE)
 
     def _evaluation_dataset(self, name: str, files: list[ImageFile]) -> tf.data.Dataset | None:
         if not files:

