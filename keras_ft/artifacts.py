@@ -216,9 +216,15 @@ class Predictor:
             arrays.append(array.astype(np.float32))
         return np.stack(arrays)
 
-    def predict_proba(self, images) -> np.ndarray:
-        """Class probabilities, `(N, num_classes)`."""
-        return np.asarray(self.model.predict(self._as_batch(images), verbose=0))
+    def predict_proba(self, images, batch_size: int = 32) -> np.ndarray:
+        """Class probabilities, `(N, num_classes)`.
+
+        The model is called directly, batch by batch, as in evaluation, so a
+        loaded run gives bitwise the probabilities the trained model gave.
+        """
+        batch = self._as_batch(images)
+        return np.concatenate([np.asarray(self.model(batch[i:i + batch_size], training=False))
+                               for i in range(0, len(batch), batch_size)])
 
     def predict(self, images, top_k: int = 3) -> list[dict]:
         """Predict each image's label.

@@ -1,0 +1,82 @@
+import keras
+import numpy as np
+import pytest
+from conftest import tiny_backbone
+
+from keras_ft.backbones import get_backbone
+from keras_ft.config import ModelConfig
+from keras_ft.errors import KerasFTError
+from keras_ft.model import backbone_of, build_classifier, freeze_backbone, unfreeze_backbone
+
+
+def classifier(pooling="avg", dense_units=(), backbone=None):
+    config = ModelConfig(num_classes=3, image_size=(32, 32), pooling=pooling,
+                         dense_units=dense_units, seed=1)
+    return build_classifier(backbone or tiny_backbone(), config, "tf")
+
+
+@pytest.mark.parametrize("pooling", ["avg", "max", "avgmax", "flatten"])
+def test_output_is_a_probability_per_class(pooling):
+    model = classifier(pooling, dense_units=(16,))
+    probabilities = np.asarray(model(np.full((2, 32, 32, 3), 128.0, "float32")))
+    assert probabilities.shape == (2, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_head_initialisation_is_seeded():
+    a, b = classifier(), classifier()
+    head = [layer.name for layer in a.layers if layer.name.startswith(("predictions", "feature"))]
+    for name in head:
+        for x, y in zip(a.get_layer(name).get_weights(), b.get_layer(name).get_weights(),
+                        strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_no_augmentation_layers_in_the_model():
+    model = classifier()
+    assert not any("random" in type(layer).__name__.lower() for layer in model.layers)
+
+
+def test_backbone_batchnorm_stays_in_inference_mode_during_training():
+    model = classifier()
+    bn = backbone_of(model).get_layer("bn_a")
+    before = [np.copy(w) for w in bn.get_weights()]
+    unfreeze_backbone(model, "all")
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    model.fit(images, np.arange(8) % 3, epochs=1, verbose=0)
+    for x, y in zip(before, bn.get_weights(), strict=True):
+        np.testing.assert_array_equal(x, y)  # moving statistics and gamma/beta unchanged
+
+
+def test_freeze_then_unfreeze_all_keeps_batchnorm_frozen():
+    model = classifier()
+    freeze_backbone(model)
+    assert backbone_of(model).trainable_weights == []
+    count = unfreeze_backbone(model, "all")
+    backbone = backbone_of(model)
+    assert count == 4  # two convolutions' kernels and biases, not the BatchNorm
+    assert not backbone.get_layer("bn_a").trainable
+
+
+def test_unfreeze_from_a_named_layer():
+    backbone = get_backbone("vgg16").build((32, 32), weights=None)
+    model = classifier(backbone=backbone)
+    unfreeze_backbone(model, "block5_conv1")
+    trainable = {layer.name for layer in backbone.layers if layer.trainable and layer.weights}
+    assert trainable == {"block5_conv1", "block5_conv2", "block5_conv3"}
+
+
+def test_unfreeze_top_n_layers():
+    model = classifier()
+    unfreeze_backbone(model, 2)  # relu_b and conv_b
+    backbone = backbone_of(model)
+    assert backbone.get_layer("conv_b").trainable
+    assert not backbone.get_layer("conv_a").trainable
+
+
+def test_unknown_unfreeze_layer_lists_real_names():
+    model = classifier()
+    with pytest.raises(KerasFTError, match="no layer named 'block9_conv1'") as error:
+        unfreeze_backbone(model, "block9_conv1")
+    assert "conv_b" in str(error.value)
