@@ -33,7 +33,7 @@ def batch_list(dataset) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def assert_same_batches(a, b) -> None:
     assert len(a) == len(b)
-    for (xa, ya), (xb, yb) in zip(a, b):
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
         assert xa.dtype == xb.dtype
         np.testing.assert_array_equal(xa, xb)
         np.testing.assert_array_equal(ya, yb)
@@ -136,7 +136,7 @@ def test_image_folder_reads_odd_files_as_rgb(odd_folder):
     assert images.dtype == np.float32
     expected = {name: colour for name, (colour, _) in ODD_FILES.items()}
     expected |= {"0.png": (255, 0, 0), "1.png": (0, 0, 255)}
-    for f, image, label in zip(data.test_files, images, labels):
+    for f, image, label in zip(data.test_files, images, labels, strict=True):
         name = Path(f.path).name
         reference = np.full((32, 32, 3), expected[name], np.float32)
         assert np.abs(image - reference).max() <= 2, name
@@ -353,6 +353,9 @@ def test_epochs_differ_and_each_holds_every_training_image_once(aug_folder):
     epoch1 = np.concatenate([x for x, _ in both[steps:]])
     assert epoch0.shape == epoch1.shape == (len(data.train_files), 32, 32, 3)
     assert not np.array_equal(epoch0, epoch1)
+    # Not only a new order: every image is augmented anew in each epoch.
+    for image in epoch1:
+        assert not any(np.array_equal(image, seen) for seen in epoch0)
     expected = sorted(f.label for f in data.train_files)
     for part in (both[:steps], both[steps:]):
         assert sorted(np.concatenate([y for _, y in part]).tolist()) == expected

@@ -1,0 +1,148 @@
+"""The `keras-ft` command, run in fresh processes as a user would."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+from conftest import DIGITS, run_cli, write_folder
+
+from keras_ft.cli import main
+
+
+def assert_clean_failure(result, *fragments):
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def run_here(capsys, *args):
+    """Run the CLI in this process (no TensorFlow start-up per call); same result shape."""
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
+
+
+@pytest.fixture(scope="module")
+def vgg16_run(tmp_path_factory):
+    """One real end-to-end `keras-ft train` of VGG16 (untrained weights) on the digits."""
+    output = tmp_path_factory.mktemp("cli") / "run"
+    result = run_cli("train", DIGITS / "train", "--test-dir", DIGITS / "test",
+                     "--weights", "none", "--image-size", "32", "--head-epochs", "1",
+                     "--finetune-epochs", "1", "--no-flip", "--seed", "3",
+                     "--output", output)
+    return result, output
+
+
+def test_train_prints_test_accuracy_and_writes_the_run(vgg16_run):
+    result, output = vgg16_run
+    assert result.returncode == 0, result.stderr
+    assert "test accuracy: 0." in result.stdout or "test accuracy: 1." in result.stdout
+    assert "Epoch 2/2" in result.stdout  # Keras progress, phase 2 continues the epoch count
+    assert "confusion matrix" in result.stdout
+    record = json.loads((output / "run.json").read_text())
+    assert record["model"]["backbone"] == "vgg16" and record["model"]["weights"] is None
+    assert record["image_counts"]["test"] == 100
+    assert record["command"][1:3] == ["train", str(DIGITS / "train")]
+
+
+def test_evaluate_prints_the_same_accuracy(vgg16_run):
+    result, output = vgg16_run
+    trained = json.loads((output / "metrics.json").read_text())["accuracy"]
+    evaluated = run_cli("evaluate", output, DIGITS / "test")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert f"test accuracy: {trained:.3f}" in evaluated.stdout
+
+
+def test_predict_prints_one_json_object_per_image(vgg16_run, tmp_path):
+    _, output = vgg16_run
+    good = sorted((DIGITS / "test" / "7").iterdir())[:2]
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    result = run_cli("predict", output, *good, bad)
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["path"] for line in lines] == [str(p) for p in good] + [str(bad)]
+    for line in lines[:2]:
+        assert line["label"] in [str(i) for i in range(10)]
+        assert 0.0 <= line["probability"] <= 1.0 and len(line["top_k"]) == 3
+    assert "Cannot read image" in lines[2]["error"]
+    assert result.returncode == 2  # one image failed, the others were still predicted
+
+
+def test_backbones_lists_the_registry(capsys):
+    result = run_here(capsys, "backbones")
+    assert result.returncode == 0
+    assert "vgg16" in result.stdout and "block5_conv1" in result.stdout
+
+
+def test_scan_reports_counts_and_status(tmp_path, capsys):
+    write_folder(tmp_path / "data", ("a", "b"), per_class=3)
+    result = run_here(capsys, "scan", tmp_path / "data")
+    assert result.returncode == 0
+    assert "6 images in 2 classes" in result.stdout and "status: ok" in result.stdout
+    (tmp_path / "data" / "a" / "bad.jpg").write_bytes(b"<html></html>")
+    result = run_here(capsys, "scan", tmp_path / "data")
+    assert result.returncode == 2 and "bad.jpg" in result.stdout
+
+
+BAD_INPUTS = {
+    "missing data directory": (["{tmp}/nowhere"], ["does not exist", "nowhere"]),
+    "no class folders": (["{tmp}/flat"], ["has no class sub-folders"]),
+    "a single class": (["{tmp}/single"], ["has a single class", "at least two"]),
+    "too few images for the batch": (["{tmp}/small", "--batch-size", "64"],
+                                     ["fewer than one batch", "--batch-size"]),
+    "too few images for the split": (["{tmp}/small", "--validation-split", "0.01"],
+                                     ["selects no validation image"]),
+    "unknown backbone": (["{tmp}/small", "--backbone", "vgg17"],
+                         ["Unknown backbone 'vgg17'", "resnet50"]),
+    "image size below the minimum": (["{tmp}/small", "--backbone", "xception",
+                                      "--image-size", "32"], ["minimum of 71 px"]),
+    "weights file that does not fit": (["{tmp}/small", "--weights", "{tmp}/bad.weights.h5"],
+                                       ["does not fit backbone 'vgg16'"]),
+    "test directory with other classes": (["{tmp}/small", "--test-dir", "{tmp}/other"],
+                                          ["different classes", "'zebra'"]),
+    "bad validation split": (["{tmp}/small", "--validation-split", "1.5"],
+                             ["`validation_split`", "[0, 1)"]),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_input_dirs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad")
+    (tmp / "flat").mkdir()
+    (tmp / "flat" / "x.png").write_bytes(b"")
+    write_folder(tmp / "single", ("only",), per_class=2)
+    write_folder(tmp / "small", ("a", "b"), per_class=4)
+    write_folder(tmp / "other", ("a", "zebra"), per_class=1)
+    (tmp / "bad.weights.h5").write_bytes(b"not weights")
+    return tmp
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_gets_one_clear_message_and_writes_nothing(case, bad_input_dirs, capsys):
+    args, fragments = BAD_INPUTS[case]
+    args = [a.format(tmp=bad_input_dirs) for a in args]
+    output = bad_input_dirs / f"out-{case.replace(' ', '-')}"
+    # The case's own options come last and so override these defaults.
+    result = run_here(capsys, "train", "--weights", "none", "--image-size", "32",
+                      "--batch-size", "4", "--output", output, *args)
+    assert_clean_failure(result, *fragments)
+    assert not output.exists()
+
+
+def test_existing_output_is_refused_before_training(tmp_path, capsys):
+    write_folder(tmp_path / "data", ("a", "b"), per_class=4)
+    (tmp_path / "run").mkdir()
+    result = run_here(capsys, "train", tmp_path / "data", "--weights", "none", "--output", tmp_path / "run")
+    assert_clean_failure(result, "already exists", "--overwrite")
+
+
+def test_evaluate_on_a_path_that_is_not_a_run(tmp_path, capsys):
+    assert_clean_failure(run_here(capsys, "evaluate", tmp_path, DIGITS / "test"),
+                         "is not a keras_ft run directory")
+
+
+def test_usage_error_exits_2():
+    result = run_cli("train")
+    assert result.returncode == 2 and "usage:" in result.stderr
+    assert "Traceback" not in result.stderr
