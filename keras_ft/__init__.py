@@ -18,6 +18,13 @@ from keras_ft.finetuner import FineTuner  # noqa: E402
 from keras_ft.scan import scan_folder  # noqa: E402
 
 __all__ = [
-    "BACKBONES", "BackboneSpec", "FineTuner", "ImageFolder", "KerasFTError", "Predictor",
-    "get_backbone", "load", "scan_folder",
+    "BACKBONES",
+    "BackboneSpec",
+    "FineTuner",
+    "ImageFolder",
+    "KerasFTError",
+    "Predictor",
+    "get_backbone",
+    "load",
+    "scan_folder",
 ]

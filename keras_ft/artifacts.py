@@ -53,13 +53,19 @@ def export_saved_model(model: keras.Model, path: str | os.PathLike) -> None:
     def serve_bytes(images):
         decoded = tf.map_fn(
             lambda contents: tf.cast(decode_and_resize(contents, (height, width)), tf.float32),
-            images, fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32))
+            images,
+            fn_output_signature=tf.TensorSpec([height, width, 3], tf.float32),
+        )
         return {"probabilities": model(decoded, training=False)}
 
-    archive.add_endpoint("serving_default", serve,
-                         [tf.TensorSpec([None, height, width, 3], tf.float32, name="images")])
-    archive.add_endpoint("serving_bytes", serve_bytes,
-                         [tf.TensorSpec([None], tf.string, name="images")])
+    archive.add_endpoint(
+        "serving_default",
+        serve,
+        [tf.TensorSpec([None, height, width, 3], tf.float32, name="images")],
+    )
+    archive.add_endpoint(
+        "serving_bytes", serve_bytes, [tf.TensorSpec([None], tf.string, name="images")]
+    )
     archive.write_out(str(path), verbose=False)
 
 
@@ -148,9 +154,11 @@ def run_record(tuner) -> dict:
             "train": fingerprint(data.report.files),
             "test": fingerprint(data.test_files) if data.test_files else None,
         }
-        record["image_counts"] = {"train": len(data.train_files),
-                                  "validation": len(data.validation_files),
-                                  "test": len(data.test_files)}
+        record["image_counts"] = {
+            "train": len(data.train_files),
+            "validation": len(data.validation_files),
+            "test": len(data.test_files),
+        }
     if tuner.metrics is not None:
         record["test_accuracy"] = tuner.metrics["accuracy"]
     return record
@@ -223,8 +231,12 @@ class Predictor:
         loaded run gives bitwise the probabilities the trained model gave.
         """
         batch = self._as_batch(images)
-        return np.concatenate([np.asarray(self.model(batch[i:i + batch_size], training=False))
-                               for i in range(0, len(batch), batch_size)])
+        return np.concatenate(
+            [
+                np.asarray(self.model(batch[i : i + batch_size], training=False))
+                for i in range(0, len(batch), batch_size)
+            ]
+        )
 
     def predict(self, images, top_k: int = 3) -> list[dict]:
         """Predict each image's label.
@@ -243,8 +255,9 @@ class Predictor:
         for row in self.predict_proba(images):
             order = np.argsort(-row, kind="stable")[:top_k]
             top = [{"label": self.class_names[i], "probability": float(row[i])} for i in order]
-            results.append({"label": top[0]["label"], "probability": top[0]["probability"],
-                            "top_k": top})
+            results.append(
+                {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+            )
         return results
 
 
@@ -262,14 +275,19 @@ def load(path) -> Predictor:
     written = record.get("environment", {})
     for library, current in (("tensorflow", tf.__version__), ("keras", keras.__version__)):
         if written.get(library) and written[library] != current:
-            warnings.warn(f"'{run_dir}' was written with {library} {written[library]}; this is "
-                          f"{current}. Predictions may differ slightly.", stacklevel=2)
+            warnings.warn(
+                f"'{run_dir}' was written with {library} {written[library]}; this is "
+                f"{current}. Predictions may differ slightly.",
+                stacklevel=2,
+            )
     model_path = run_dir / "model.keras"
     try:
         model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
     except Exception as error:  # a truncated or altered zip fails in many ways
-        raise KerasFTError(f"Cannot load '{model_path}': {error}. The file is damaged; "
-                           "re-create the run or restore it from a copy.") from None
+        raise KerasFTError(
+            f"Cannot load '{model_path}': {error}. The file is damaged; "
+            "re-create the run or restore it from a copy."
+        ) from None
     if weights_sha256(model) != record.get("weights_sha256"):
         raise KerasFTError(
             f"The weights in '{model_path}' do not match the SHA-256 in "

@@ -46,25 +46,28 @@ class BackboneSpec:
         """
         too_small = [v for v in image_size if v < self.min_size]
         if too_small:
-                   raise KerasFTError(
-                       f"image_size={tuple(image_size)} is below the minimum of {self.min_size} px "
-                       f"for backbone '{self.name}'. Use image_size >= {self.min_size} "
-                       f"(its usual size is {self.default_size})."
-                   )
+            raise KerasFTError(
+                f"image_size={tuple(image_size)} is below the minimum of {self.min_size} px "
+                f"for backbone '{self.name}'. Use image_size >= {self.min_size} "
+                f"(its usual size is {self.default_size})."
+            )
         path = None
         if weights not in ("imagenet", None):
-                   path = Path(weights)
-                   if not path.is_file():
-                       raise KerasFTError(
-                           f"Weights file '{weights}' does not exist. Pass weights='imagenet', "
-                           "weights=None, or the path of an existing weights file."
-                       )
-                   weights = None
+            path = Path(weights)
+            if not path.is_file():
+                raise KerasFTError(
+                    f"Weights file '{weights}' does not exist. Pass weights='imagenet', "
+                    "weights=None, or the path of an existing weights file."
+                )
+            weights = None
         model = getattr(keras.applications, self.builder)(
-                   include_top=False, weights=weights, input_shape=(*image_size, 3),
-                   **dict(self.builder_kwargs))
+            include_top=False,
+            weights=weights,
+            input_shape=(*image_size, 3),
+            **dict(self.builder_kwargs),
+        )
         if path is not None:
-                   load_backbone_weights(model, path, self.name)
+            load_backbone_weights(model, path, self.name)
         return model
 
 
@@ -78,9 +81,14 @@ def load_backbone_weights(model: keras.Model, path: Path, name: str) -> None:
         warnings.simplefilter("always")
         try:
             model.load_weights(str(path))
-            problem = next((str(w.message) for w in caught
-                            if "load" in str(w.message).lower()
-                            or "skipping" in str(w.message).lower()), None)
+            problem = next(
+                (
+                    str(w.message)
+                    for w in caught
+                    if "load" in str(w.message).lower() or "skipping" in str(w.message).lower()
+                ),
+                None,
+            )
         except Exception as error:  # Keras raises ValueError, KeyError or OSError here.
             problem = str(error)
     if problem:
@@ -100,21 +108,47 @@ _SPECS = [
     BackboneSpec("resnet50", "ResNet50", "caffe", finetune_from="conv5_block1_1_conv"),
     BackboneSpec("resnet50v2", "ResNet50V2", "tf", finetune_from="conv5_block1_preact_bn"),
     BackboneSpec("mobilenetv2", "MobileNetV2", "tf", finetune_from="block_13_expand"),
-    BackboneSpec("mobilenetv3small", "MobileNetV3Small", "none",
-                 finetune_from="expanded_conv_9_expand", builder_kwargs=_NO_PREPROCESSING),
-    BackboneSpec("mobilenetv3large", "MobileNetV3Large", "none",
-                 finetune_from="expanded_conv_12_expand", builder_kwargs=_NO_PREPROCESSING),
+    BackboneSpec(
+        "mobilenetv3small",
+        "MobileNetV3Small",
+        "none",
+        finetune_from="expanded_conv_9_expand",
+        builder_kwargs=_NO_PREPROCESSING,
+    ),
+    BackboneSpec(
+        "mobilenetv3large",
+        "MobileNetV3Large",
+        "none",
+        finetune_from="expanded_conv_12_expand",
+        builder_kwargs=_NO_PREPROCESSING,
+    ),
     BackboneSpec("efficientnetb0", "EfficientNetB0", "none", finetune_from="block6a_expand_conv"),
-    BackboneSpec("efficientnetv2b0", "EfficientNetV2B0", "none",
-                 finetune_from="block6a_expand_conv", builder_kwargs=_NO_PREPROCESSING),
+    BackboneSpec(
+        "efficientnetv2b0",
+        "EfficientNetV2B0",
+        "none",
+        finetune_from="block6a_expand_conv",
+        builder_kwargs=_NO_PREPROCESSING,
+    ),
     BackboneSpec("densenet121", "DenseNet121", "torch", finetune_from="conv5_block1_0_bn"),
-    BackboneSpec("inceptionv3", "InceptionV3", "tf", default_size=299, min_size=75,
-                 finetune_from="mixed9"),
-    BackboneSpec("xception", "Xception", "tf", default_size=299, min_size=71,
-                 finetune_from="block13_sepconv1_act"),
-    BackboneSpec("convnexttiny", "ConvNeXtTiny", "none",
-                 finetune_from="convnext_tiny_stage_3_block_0_depthwise_conv",
-                 builder_kwargs=_NO_PREPROCESSING),
+    BackboneSpec(
+        "inceptionv3", "InceptionV3", "tf", default_size=299, min_size=75, finetune_from="mixed9"
+    ),
+    BackboneSpec(
+        "xception",
+        "Xception",
+        "tf",
+        default_size=299,
+        min_size=71,
+        finetune_from="block13_sepconv1_act",
+    ),
+    BackboneSpec(
+        "convnexttiny",
+        "ConvNeXtTiny",
+        "none",
+        finetune_from="convnext_tiny_stage_3_block_0_depthwise_conv",
+        builder_kwargs=_NO_PREPROCESSING,
+    ),
 ]
 BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}
 
@@ -133,6 +167,15 @@ def get_backbone(name: str) -> BackboneSpec:
 def describe_backbones() -> str:
     """A table of the registry, for `keras-ft backbones`."""
     header = ("name", "keras.applications", "preprocessing", "size", "min", "--unfreeze suggestion")
-    rows = [header] + [(s.name, s.builder, s.preprocessing, str(s.default_size), str(s.min_size),
-                        s.finetune_from or "all") for s in BACKBONES.values()]
+    rows = [header] + [
+        (
+            s.name,
+            s.builder,
+            s.preprocessing,
+            str(s.default_size),
+            str(s.min_size),
+            s.finetune_from or "all",
+        )
+        for s in BACKBONES.values()
+    ]
     return "\n".join(f"{a:<18}{b:<20}{c:<15}{d:>5}{e:>5}  {f}" for a, b, c, d, e, f in rows)

@@ -22,7 +22,8 @@ def _units(value: str) -> tuple[int, ...]:
         return tuple(int(v) for v in value.split(",") if v.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated ints such as 256,128, received {value!r}") from None
+            f"expected comma-separated ints such as 256,128, received {value!r}"
+        ) from None
 
 
 def _add_train(commands) -> None:
@@ -40,8 +41,12 @@ def _add_train(commands) -> None:
     p.add_argument("--head-lr", type=float, default=1e-3)
     p.add_argument("--finetune-lr", type=float, default=1e-4)
     p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--unfreeze", type=_unfreeze, default="all",
-                   help="all, a layer name to unfreeze from, or a number of top layers")
+    p.add_argument(
+        "--unfreeze",
+        type=_unfreeze,
+        default="all",
+        help="all, a layer name to unfreeze from, or a number of top layers",
+    )
     p.add_argument("--pooling", default="avg", help="avg, max, avgmax or flatten")
     p.add_argument("--dense-units", type=_units, default=(), help="hidden head layers, e.g. 256")
     p.add_argument("--dropout", type=float, default=0.2)
@@ -50,10 +55,18 @@ def _add_train(commands) -> None:
     p.add_argument("--rotation", type=float, default=0.05, help="fraction of a full turn")
     p.add_argument("--zoom", type=float, default=0.1)
     p.add_argument("--contrast", type=float, default=0.1)
+    p.add_argument(
+        "--no-feature-cache",
+        action="store_true",
+        help="recompute the frozen backbone every phase-1 epoch (no-augment runs)",
+    )
     p.add_argument("--skip-bad", action="store_true", help="train on the files that decode")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--no-determinism", action="store_true",
-                   help="turn op determinism off (faster on some GPUs, no bitwise replay)")
+    p.add_argument(
+        "--no-determinism",
+        action="store_true",
+        help="turn op determinism off (faster on some GPUs, no bitwise replay)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=train)
@@ -61,7 +74,8 @@ def _add_train(commands) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="keras-ft", description="Transfer learning on image folders with Keras 3.")
+        prog="keras-ft", description="Transfer learning on image folders with Keras 3."
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train(commands)
     p = commands.add_parser("evaluate", help="evaluate a run on a held-out folder")
@@ -89,27 +103,55 @@ def train(args) -> int:
     from keras_ft.evaluation import format_metrics
 
     if Path(args.output).exists() and not args.overwrite:
-        raise KerasFTError(f"Run directory '{args.output}' already exists. Choose another "
-                           "--output, or pass --overwrite to replace it.")
+        raise KerasFTError(
+            f"Run directory '{args.output}' already exists. Choose another "
+            "--output, or pass --overwrite to replace it."
+        )
     from keras_ft.backbones import get_backbone
 
     spec = get_backbone(args.backbone)
     data = ImageFolder(
-        args.data_dir, test_dir=args.test_dir, image_size=args.image_size or spec.default_size,
-        batch_size=args.batch_size, validation_split=args.validation_split, seed=args.seed,
-        augment=not args.no_augment, flip=not args.no_flip, rotation=args.rotation,
-        zoom=args.zoom, contrast=args.contrast, skip_bad=args.skip_bad)
+        args.data_dir,
+        test_dir=args.test_dir,
+        image_size=args.image_size or spec.default_size,
+        batch_size=args.batch_size,
+        validation_split=args.validation_split,
+        seed=args.seed,
+        augment=not args.no_augment,
+        flip=not args.no_flip,
+        rotation=args.rotation,
+        zoom=args.zoom,
+        contrast=args.contrast,
+        skip_bad=args.skip_bad,
+    )
     weights = None if args.weights.lower() == "none" else args.weights
-    tuner = FineTuner(spec.name, weights=weights, pooling=args.pooling,
-                      dense_units=args.dense_units, dropout=args.dropout, seed=args.seed,
-                      deterministic=not args.no_determinism)
+    tuner = FineTuner(
+        spec.name,
+        weights=weights,
+        pooling=args.pooling,
+        dense_units=args.dense_units,
+        dropout=args.dropout,
+        seed=args.seed,
+        deterministic=not args.no_determinism,
+    )
     tuner.build(data.image_size, data.num_classes)
     _say(args, f"classes ({data.num_classes}): {', '.join(data.class_names)}")
-    _say(args, f"images: {len(data.train_files)} train, {len(data.validation_files)} "
-               f"validation, {len(data.test_files)} test")
-    tuner.fit(data, head_epochs=args.head_epochs, finetune_epochs=args.finetune_epochs,
-              head_lr=args.head_lr, finetune_lr=args.finetune_lr, momentum=args.momentum,
-              unfreeze=args.unfreeze, verbose=0 if args.quiet else "auto")
+    _say(
+        args,
+        f"images: {len(data.train_files)} train, {len(data.validation_files)} "
+        f"validation, {len(data.test_files)} test",
+    )
+    tuner.fit(
+        data,
+        head_epochs=args.head_epochs,
+        finetune_epochs=args.finetune_epochs,
+        head_lr=args.head_lr,
+        finetune_lr=args.finetune_lr,
+        momentum=args.momentum,
+        unfreeze=args.unfreeze,
+        feature_cache=not args.no_feature_cache,
+        verbose=0 if args.quiet else "auto",
+    )
     path = tuner.save(args.output, overwrite=args.overwrite)
     if tuner.metrics is not None:
         print(format_metrics(tuner.metrics))
@@ -123,8 +165,9 @@ def evaluate(args) -> int:
     from keras_ft.evaluation import evaluate_model, format_metrics
 
     predictor = load(args.run_dir)
-    dataset, _ = folder_dataset(args.data_dir, predictor.class_names, predictor.image_size,
-                                args.batch_size)
+    dataset, _ = folder_dataset(
+        args.data_dir, predictor.class_names, predictor.image_size, args.batch_size
+    )
     print(format_metrics(evaluate_model(predictor.model, dataset, predictor.class_names)))
     return 0
 
@@ -182,8 +225,10 @@ def main(argv=None) -> int:
         return 130
     except Exception:
         traceback.print_exc()
-        print("error: unexpected failure (above). Please report it with the command line.",
-              file=sys.stderr)
+        print(
+            "error: unexpected failure (above). Please report it with the command line.",
+            file=sys.stderr,
+        )
         return 1
 
 

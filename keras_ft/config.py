@@ -22,14 +22,24 @@ def check(condition: bool, argument: str, expected: str, received: object, fix: 
         raise KerasFTError(f"{message} {fix}".strip())
 
 
+def is_number(value) -> bool:
+    """True for an int or float (not a bool, not a string)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_int(value) -> bool:
+    """True for an int (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def image_size_pair(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     """Return `image_size` as a `(height, width)` tuple of positive ints."""
-    if isinstance(image_size, int) and not isinstance(image_size, bool):
+    if is_int(image_size):
         image_size = (image_size, image_size)
     check(
         isinstance(image_size, (tuple, list))
         and len(image_size) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in image_size),
+        and all(is_int(v) and v > 0 for v in image_size),
         "image_size",
         "a positive int or a (height, width) pair of positive ints",
         image_size,
@@ -57,19 +67,38 @@ class DataConfig:
     def __post_init__(self):
         object.__setattr__(self, "image_size", image_size_pair(self.image_size))
         check(
-            isinstance(self.batch_size, int) and self.batch_size >= 1,
-            "batch_size", "an int >= 1", self.batch_size,
+            is_int(self.batch_size) and self.batch_size >= 1,
+            "batch_size",
+            "an int >= 1",
+            self.batch_size,
         )
         check(
-            0.0 <= self.validation_split < 1.0,
-            "validation_split", "a float in [0, 1)", self.validation_split,
+            is_number(self.validation_split) and 0.0 <= self.validation_split < 1.0,
+            "validation_split",
+            "a float in [0, 1)",
+            self.validation_split,
             "Use 0 to train on every image, e.g. 0.2 to hold out a fifth.",
         )
-        check(isinstance(self.seed, int), "seed", "an int", self.seed)
-        check(0.0 <= self.rotation <= 0.5, "rotation", "a fraction of a full turn in [0, 0.5]",
-              self.rotation, "0.05 rotates by up to 18 degrees either way.")
-        check(0.0 <= self.zoom < 1.0, "zoom", "a fraction in [0, 1)", self.zoom)
-        check(0.0 <= self.contrast < 1.0, "contrast", "a fraction in [0, 1)", self.contrast)
+        check(is_int(self.seed), "seed", "an int", self.seed)
+        check(
+            is_number(self.rotation) and 0.0 <= self.rotation <= 0.5,
+            "rotation",
+            "a fraction of a full turn in [0, 0.5]",
+            self.rotation,
+            "0.05 rotates by up to 18 degrees either way.",
+        )
+        check(
+            is_number(self.zoom) and 0.0 <= self.zoom < 1.0,
+            "zoom",
+            "a fraction in [0, 1)",
+            self.zoom,
+        )
+        check(
+            is_number(self.contrast) and 0.0 <= self.contrast < 1.0,
+            "contrast",
+            "a fraction in [0, 1)",
+            self.contrast,
+        )
 
 
 @dataclass(frozen=True)
@@ -90,15 +119,25 @@ class ModelConfig:
         object.__setattr__(self, "image_size", image_size_pair(self.image_size))
         object.__setattr__(self, "dense_units", tuple(self.dense_units))
         check(
-            isinstance(self.num_classes, int) and self.num_classes >= 2,
-            "num_classes", "an int >= 2 (a classifier needs at least two classes)",
+            is_int(self.num_classes) and self.num_classes >= 2,
+            "num_classes",
+            "an int >= 2 (a classifier needs at least two classes)",
             self.num_classes,
         )
         check(self.pooling in POOLINGS, "pooling", f"one of {POOLINGS}", self.pooling)
-        check(all(isinstance(u, int) and u > 0 for u in self.dense_units),
-              "dense_units", "a sequence of positive ints", self.dense_units)
-        check(0.0 <= self.dropout < 1.0, "dropout", "a float in [0, 1)", self.dropout)
-        check(isinstance(self.seed, int), "seed", "an int", self.seed)
+        check(
+            all(is_int(u) and u > 0 for u in self.dense_units),
+            "dense_units",
+            "a sequence of positive ints",
+            self.dense_units,
+        )
+        check(
+            is_number(self.dropout) and 0.0 <= self.dropout < 1.0,
+            "dropout",
+            "a float in [0, 1)",
+            self.dropout,
+        )
+        check(is_int(self.seed), "seed", "an int", self.seed)
 
 
 @dataclass(frozen=True)
@@ -112,21 +151,32 @@ class TrainingConfig:
     momentum: float = 0.9
     unfreeze: str | int = "all"
     deterministic: bool = True
+    feature_cache: bool = True
 
     def __post_init__(self):
         for name in ("head_epochs", "finetune_epochs"):
             value = getattr(self, name)
-            check(isinstance(value, int) and value >= 0, name, "an int >= 0", value)
-        check(self.head_epochs + self.finetune_epochs > 0, "head_epochs/finetune_epochs",
-              "at least one epoch in total", 0)
+            check(is_int(value) and value >= 0, name, "an int >= 0", value)
+        check(
+            self.head_epochs + self.finetune_epochs > 0,
+            "head_epochs/finetune_epochs",
+            "at least one epoch in total",
+            0,
+        )
         for name in ("head_lr", "finetune_lr"):
             value = getattr(self, name)
-            check(isinstance(value, (int, float)) and value > 0, name, "a float > 0", value)
-        check(0.0 <= self.momentum < 1.0, "momentum", "a float in [0, 1)", self.momentum)
+            check(is_number(value) and value > 0, name, "a float > 0", value)
         check(
-            (isinstance(self.unfreeze, int) and self.unfreeze >= 1)
+            is_number(self.momentum) and 0.0 <= self.momentum < 1.0,
+            "momentum",
+            "a float in [0, 1)",
+            self.momentum,
+        )
+        check(
+            (is_int(self.unfreeze) and self.unfreeze >= 1)
             or (isinstance(self.unfreeze, str) and self.unfreeze != ""),
-            "unfreeze", "'all', a layer name such as 'block5_conv1', or a number of top layers >= 1",
+            "unfreeze",
+            "'all', a layer name such as 'block5_conv1', or a number of top layers >= 1",
             self.unfreeze,
         )
 

@@ -66,7 +66,9 @@ def load_image(path: tf.Tensor, needs_pil: tf.Tensor, image_size: tuple[int, int
         image.set_shape([None, None, 3])
         return resize(image, image_size)
 
-    return tf.cond(needs_pil, with_pil, lambda: decode_and_resize(tf.io.read_file(path), image_size))
+    return tf.cond(
+        needs_pil, with_pil, lambda: decode_and_resize(tf.io.read_file(path), image_size)
+    )
 
 
 def read_images(paths: list[str], image_size: tuple[int, int]) -> np.ndarray:
@@ -100,7 +102,8 @@ def augment(image: tf.Tensor, seed: tf.Tensor, config: DataConfig) -> tf.Tensor:
     """Randomly flip, rotate, zoom and change contrast, statelessly from `seed` (shape [2])."""
     image = tf.cast(image, tf.float32)
     flip_seed, angle_seed, zoom_seed, contrast_seed = tf.unstack(
-        tf.random.experimental.stateless_split(seed, num=4))
+        tf.random.experimental.stateless_split(seed, num=4)
+    )
     if config.flip:
         image = tf.image.stateless_random_flip_left_right(image, flip_seed)
     if config.rotation or config.zoom:
@@ -111,14 +114,21 @@ def augment(image: tf.Tensor, seed: tf.Tensor, config: DataConfig) -> tf.Tensor:
         cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
         a0, a1 = tf.cos(angle) / scale, -tf.sin(angle) / scale
         b0, b1 = tf.sin(angle) / scale, tf.cos(angle) / scale
-        transform = tf.stack([a0, a1, cx - a0 * cx - a1 * cy,
-                              b0, b1, cy - b0 * cx - b1 * cy, 0.0, 0.0])
+        transform = tf.stack(
+            [a0, a1, cx - a0 * cx - a1 * cy, b0, b1, cy - b0 * cx - b1 * cy, 0.0, 0.0]
+        )
         image = tf.raw_ops.ImageProjectiveTransformV3(
-            images=image[None], transforms=transform[None], output_shape=[height, width],
-            fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")[0]
+            images=image[None],
+            transforms=transform[None],
+            output_shape=[height, width],
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode="REFLECT",
+        )[0]
     if config.contrast:
         factor = tf.random.stateless_uniform(
-            [], contrast_seed, 1.0 - config.contrast, 1.0 + config.contrast)
+            [], contrast_seed, 1.0 - config.contrast, 1.0 + config.contrast
+        )
         mean = tf.reduce_mean(image, axis=[0, 1], keepdims=True)
         image = tf.clip_by_value((image - mean) * factor + mean, 0.0, 255.0)
     return image
@@ -160,14 +170,35 @@ class ImageFolder:
     ('daisy', 'dandelion', 'roses', 'sunflowers', 'tulips')
     """
 
-    def __init__(self, directory, test_dir=None, image_size=(224, 224), batch_size=32,
-                 validation_split=0.2, seed=42, augment=True, flip=True, rotation=0.05,
-                 zoom=0.1, contrast=0.1, skip_bad=False):
+    def __init__(
+        self,
+        directory,
+        test_dir=None,
+        image_size=(224, 224),
+        batch_size=32,
+        validation_split=0.2,
+        seed=42,
+        augment=True,
+        flip=True,
+        rotation=0.05,
+        zoom=0.1,
+        contrast=0.1,
+        skip_bad=False,
+    ):
         self.config = DataConfig(
-            directory=str(directory), test_dir=None if test_dir is None else str(test_dir),
-            image_size=image_size, batch_size=batch_size, validation_split=validation_split,
-            seed=seed, augment=augment, flip=flip, rotation=rotation, zoom=zoom,
-            contrast=contrast, skip_bad=skip_bad)
+            directory=str(directory),
+            test_dir=None if test_dir is None else str(test_dir),
+            image_size=image_size,
+            batch_size=batch_size,
+            validation_split=validation_split,
+            seed=seed,
+            augment=augment,
+            flip=flip,
+            rotation=rotation,
+            zoom=zoom,
+            contrast=contrast,
+            skip_bad=skip_bad,
+        )
         self.report = scan_folder(directory)
         _refuse_bad_files(self.report, skip_bad)
         self.class_names = self.report.class_names
@@ -183,7 +214,8 @@ class ImageFolder:
                 "Add images or remove the empty folders."
             )
         self.train_files, self.validation_files = split_files(
-            self.report.files, self.config.validation_split, seed)
+            self.report.files, self.config.validation_split, seed
+        )
         self._check_split_sizes()
         self.test_report = None
         self.test_files = []
@@ -235,28 +267,44 @@ class ImageFolder:
             self._cache[name] = decoded_dataset(files, self.config.image_size).cache()
         return self._cache[name]
 
+    def _train_images(self) -> np.ndarray:
+        """All training images, decoded and resized once, as one `(N, H, W, 3)` uint8 array."""
+        if "train_images" not in self._cache:
+            batches = decoded_dataset(self.train_files, self.config.image_size).batch(256)
+            self._cache["train_images"] = np.concatenate([images.numpy() for images, _ in batches])
+        return self._cache["train_images"]
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The order of the training files in `epoch`: a permutation fixed by (seed, epoch)."""
+        rng = np.random.default_rng([self.config.seed, epoch])
+        return rng.permutation(len(self.train_files))
+
     def train_dataset(self, start_epoch: int = 0, epochs: int = 1) -> tf.data.Dataset:
         """Training batches for epochs `start_epoch` to `start_epoch + epochs - 1`.
 
-        Each epoch is shuffled and augmented from (seed, epoch) alone, so
-        epoch 7 is the same whether training started at epoch 0 or resumed.
+        Each epoch's order and augmentation follow from the data seed and the
+        epoch number alone (not TensorFlow's global seed), so epoch 7 is the
+        same whether training started at epoch 0 or resumed there.
         """
         config = self.config
-        base = self._decoded("train", self.train_files)
+        images = self._train_images()
+        labels = tf.constant([f.label for f in self.train_files], tf.int32)
         count = len(self.train_files)
 
-        def one_epoch(epoch: int) -> tf.data.Dataset:
-            order_seed = int(stable_fraction(config.seed, f"epoch-{epoch}") * 2**31)
-            elements = base.enumerate().shuffle(
-                count, seed=order_seed, reshuffle_each_iteration=False)
+        def gather(indices):
+            batch = tf.numpy_function(lambda i: images[i], [indices], tf.uint8, stateful=False)
+            batch.set_shape([None, *config.image_size, 3])
+            return batch, tf.gather(labels, indices), indices
 
-            def prepare(index, image_label):
-                image, label = image_label
+        def one_epoch(epoch: int) -> tf.data.Dataset:
+            def prepare(image, label, index):
                 if config.augment:
                     seed = tf.stack([tf.constant(config.seed, tf.int64), epoch * count + index])
                     return augment(image, seed, config), label
                 return tf.cast(image, tf.float32), label
 
+            order = tf.data.Dataset.from_tensor_slices(self.epoch_order(epoch).astype(np.int64))
+            elements = order.batch(256).map(gather).unbatch()
             elements = elements.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
             return elements.batch(config.batch_size)
 
@@ -269,6 +317,12 @@ class ImageFolder:
         if not files:
             return None
         return evaluation_batches(self._decoded(name, files), self.config.batch_size)
+
+    def unaugmented_train(self) -> tf.data.Dataset:
+        """The training split in file order, without augmentation (for feature caching)."""
+        labels = np.array([f.label for f in self.train_files], np.int32)
+        dataset = tf.data.Dataset.from_tensor_slices((self._train_images(), labels))
+        return evaluation_batches(dataset, self.config.batch_size)
 
     @property
     def train(self) -> tf.data.Dataset:
@@ -288,11 +342,18 @@ class ImageFolder:
 
 def decoded_dataset(files: list[ImageFile], image_size: tuple[int, int]) -> tf.data.Dataset:
     """(uint8 image, int32 label) pairs of `files`, decoded and resized in parallel, in order."""
-    dataset = tf.data.Dataset.from_tensor_slices((
-        [f.path for f in files], [f.needs_pil for f in files],
-        np.array([f.label for f in files], np.int32)))
-    return dataset.map(lambda path, pil, label: (load_image(path, pil, image_size), label),
-                       num_parallel_calls=AUTOTUNE, deterministic=True)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (
+            [f.path for f in files],
+            [f.needs_pil for f in files],
+            np.array([f.label for f in files], np.int32),
+        )
+    )
+    return dataset.map(
+        lambda path, pil, label: (load_image(path, pil, image_size), label),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
 
 
 def evaluation_batches(decoded: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:

@@ -15,8 +15,9 @@ def predict_dataset(model, dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(probabilities), np.concatenate(labels)
 
 
-def classification_metrics(probabilities: np.ndarray, labels: np.ndarray,
-                           class_names, top_k: int = 5) -> dict:
+def classification_metrics(
+    probabilities: np.ndarray, labels: np.ndarray, class_names, top_k: int = 5
+) -> dict:
     """Metrics of predicted `probabilities` (N, C) against integer `labels` (N,).
 
     Returns:
@@ -32,7 +33,8 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray,
     predicted = probabilities.argmax(axis=1)
     top = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     precision, recall, f1, support = precision_recall_fscore_support(
-        labels, predicted, labels=range(num_classes), zero_division=0)
+        labels, predicted, labels=range(num_classes), zero_division=0
+    )
     return {
         "count": int(len(labels)),
         "loss": float(-np.log(picked).mean()),
@@ -41,12 +43,15 @@ def classification_metrics(probabilities: np.ndarray, labels: np.ndarray,
         "top_k_accuracy": float((top == labels[:, None]).any(axis=1).mean()),
         "macro_f1": float(f1.mean()),
         "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]),
-                   "f1": float(f1[i]), "support": int(support[i])}
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, name in enumerate(class_names)
         },
-        "confusion_matrix": confusion_matrix(
-            labels, predicted, labels=range(num_classes)).tolist(),
+        "confusion_matrix": confusion_matrix(labels, predicted, labels=range(num_classes)).tolist(),
     }
 
 
@@ -69,11 +74,13 @@ def format_metrics(metrics: dict) -> str:
         f"{'class':<{width}}  precision  recall     f1  support",
     ]
     for name, row in metrics["per_class"].items():
-        lines.append(f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}"
-                     f"  {row['f1']:5.3f}  {row['support']:7d}")
+        lines.append(
+            f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}"
+            f"  {row['f1']:5.3f}  {row['support']:7d}"
+        )
     lines += ["", "confusion matrix (rows: true, columns: predicted)"]
     cell = max(4, *(len(n) for n in names))
     lines.append(" " * width + "".join(f"{n:>{cell + 1}}" for n in names))
-    for name, row in zip(names, metrics["confusion_matrix"]):
+    for name, row in zip(names, metrics["confusion_matrix"], strict=True):
         lines.append(f"{name:<{width}}" + "".join(f"{v:>{cell + 1}d}" for v in row))
     return "\n".join(lines)

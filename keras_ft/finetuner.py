@@ -55,13 +55,28 @@ class FineTuner:
     >>> tuner.evaluate(data)["accuracy"]
     """
 
-    def __init__(self, backbone="vgg16", num_classes=None, weights="imagenet", image_size=None,
-                 pooling="avg", dense_units=(), dropout=0.2, normalize_features=True,
-                 preprocessing=None, seed=42, deterministic=True):
+    def __init__(
+        self,
+        backbone="vgg16",
+        num_classes=None,
+        weights="imagenet",
+        image_size=None,
+        pooling="avg",
+        dense_units=(),
+        dropout=0.2,
+        normalize_features=True,
+        preprocessing=None,
+        seed=42,
+        deterministic=True,
+    ):
         if isinstance(backbone, keras.Model):
-            check(preprocessing in PREPROCESSING, "preprocessing",
-                  f"one of {PREPROCESSING} for a custom backbone", preprocessing,
-                  "Say how your backbone expects 0-255 RGB pixels to be scaled.")
+            check(
+                preprocessing in PREPROCESSING,
+                "preprocessing",
+                f"one of {PREPROCESSING} for a custom backbone",
+                preprocessing,
+                "Say how your backbone expects 0-255 RGB pixels to be scaled.",
+            )
             self._backbone_model, self.preprocessing, name = backbone, preprocessing, backbone.name
         else:
             spec = get_backbone(backbone)
@@ -72,8 +87,14 @@ class FineTuner:
             if str(weights).lower() == "none":
                 weights = None
         self._model_kwargs = dict(
-            backbone=name, weights=weights, pooling=pooling, dense_units=tuple(dense_units),
-            dropout=dropout, normalize_features=normalize_features, seed=seed)
+            backbone=name,
+            weights=weights,
+            pooling=pooling,
+            dense_units=tuple(dense_units),
+            dropout=dropout,
+            normalize_features=normalize_features,
+            seed=seed,
+        )
         self._image_size = None if image_size is None else image_size_pair(image_size)
         self._num_classes = num_classes
         self.deterministic = deterministic
@@ -102,8 +123,9 @@ class FineTuner:
                 f"The data has {num_classes} classes but num_classes={self._num_classes} "
                 "was given. Leave num_classes out to take it from the data."
             )
-        self.model_config = ModelConfig(num_classes=num_classes, image_size=image_size,
-                                        **self._model_kwargs)
+        self.model_config = ModelConfig(
+            num_classes=num_classes, image_size=image_size, **self._model_kwargs
+        )
         seed_everything(self.seed, self.deterministic)
         backbone = self._backbone_model
         if backbone is None:
@@ -112,9 +134,20 @@ class FineTuner:
         self.model = build_classifier(backbone, self.model_config, self.preprocessing)
         return self.model
 
-    def fit(self, data: ImageFolder, head_epochs=10, finetune_epochs=10, head_lr=1e-3,
-            finetune_lr=1e-4, momentum=0.9, unfreeze="all", callbacks=(), verbose="auto",
-            evaluate=True) -> TrainingHistory:
+    def fit(
+        self,
+        data: ImageFolder,
+        head_epochs=10,
+        finetune_epochs=10,
+        head_lr=1e-3,
+        finetune_lr=1e-4,
+        momentum=0.9,
+        unfreeze="all",
+        feature_cache=True,
+        callbacks=(),
+        verbose="auto",
+        evaluate=True,
+    ) -> TrainingHistory:
         """Train on `data` in two phases, then evaluate on its test split if it has one.
 
         Args:
@@ -126,6 +159,9 @@ class FineTuner:
             momentum: phase 2 SGD momentum.
             unfreeze: `"all"`, a backbone layer name to unfreeze from (e.g.
                 `"block5_conv1"`), or the number of top backbone layers.
+            feature_cache: without augmentation, compute the frozen backbone's
+                features once and train phase 1's head on them (much faster,
+                same result up to float rounding).
             callbacks: Keras callbacks, passed to both phases.
             verbose: Keras verbosity.
             evaluate: evaluate on `data.test` at the end, when there is one.
@@ -134,12 +170,20 @@ class FineTuner:
             The `TrainingHistory` of both phases (also kept as `self.history`).
         """
         if not isinstance(data, ImageFolder):
-            raise KerasFTError(f"`fit` expects an ImageFolder, received {type(data).__name__}. "
-                               "Wrap your folder: keras_ft.ImageFolder('path/to/train').")
+            raise KerasFTError(
+                f"`fit` expects an ImageFolder, received {type(data).__name__}. "
+                "Wrap your folder: keras_ft.ImageFolder('path/to/train')."
+            )
         self.training_config = TrainingConfig(
-            head_epochs=head_epochs, finetune_epochs=finetune_epochs, head_lr=head_lr,
-            finetune_lr=finetune_lr, momentum=momentum, unfreeze=unfreeze,
-            deterministic=self.deterministic)
+            head_epochs=head_epochs,
+            finetune_epochs=finetune_epochs,
+            head_lr=head_lr,
+            finetune_lr=finetune_lr,
+            momentum=momentum,
+            unfreeze=unfreeze,
+            deterministic=self.deterministic,
+            feature_cache=feature_cache,
+        )
         if self.model is None:
             self.build(data.image_size, data.num_classes)
         self._data, self.data_config, self.class_names = data, data.config, data.class_names
@@ -149,7 +193,8 @@ class FineTuner:
         if evaluate and data.test is not None:
             self.metrics = self.evaluate(data.test)
         self.record = {
-            "started": started, "finished": _now(),
+            "started": started,
+            "finished": _now(),
             "train_seconds": round(time.perf_counter() - clock, 3),
             "command": sys.argv,
         }
@@ -165,12 +210,18 @@ class FineTuner:
         self._require_model()
         if isinstance(data, ImageFolder):
             if data.test is None:
-                raise KerasFTError("This ImageFolder has no test_dir. Pass "
-                                   "ImageFolder(..., test_dir='path/to/test') or a folder path.")
+                raise KerasFTError(
+                    "This ImageFolder has no test_dir. Pass "
+                    "ImageFolder(..., test_dir='path/to/test') or a folder path."
+                )
             data = data.test
         elif isinstance(data, (str, os.PathLike)):
-            data, _ = folder_dataset(data, self.class_names, self.model_config.image_size,
-                                     self.data_config.batch_size if self.data_config else 32)
+            data, _ = folder_dataset(
+                data,
+                self.class_names,
+                self.model_config.image_size,
+                self.data_config.batch_size if self.data_config else 32,
+            )
         return evaluate_model(self.model, data, self.class_names, top_k)
 
     def save(self, path, overwrite: bool = False) -> str:

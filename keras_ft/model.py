@@ -32,8 +32,9 @@ class Preprocess(keras.layers.Layer):
     def __init__(self, mode: str = "caffe", **kwargs):
         super().__init__(**kwargs)
         if mode not in PREPROCESSING:
-            raise KerasFTError(f"Invalid `preprocessing`: expected one of {PREPROCESSING}, "
-                               f"received {mode!r}.")
+            raise KerasFTError(
+                f"Invalid `preprocessing`: expected one of {PREPROCESSING}, received {mode!r}."
+            )
         self.mode = mode
 
     def call(self, inputs):
@@ -71,9 +72,12 @@ def build_classifier(backbone: keras.Model, config: ModelConfig, preprocessing: 
     if config.pooling == "flatten":
         x = keras.layers.Flatten(name="flatten")(x)
     elif config.pooling == "avgmax":
-        x = keras.layers.Concatenate(name="avg_max_pool")([
-            keras.layers.GlobalAveragePooling2D(name="avg_pool")(x),
-            keras.layers.GlobalMaxPooling2D(name="max_pool")(x)])
+        x = keras.layers.Concatenate(name="avg_max_pool")(
+            [
+                keras.layers.GlobalAveragePooling2D(name="avg_pool")(x),
+                keras.layers.GlobalMaxPooling2D(name="max_pool")(x),
+            ]
+        )
     elif config.pooling == "max":
         x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
     else:
@@ -81,14 +85,42 @@ def build_classifier(backbone: keras.Model, config: ModelConfig, preprocessing: 
     if config.normalize_features:
         x = keras.layers.BatchNormalization(name="feature_norm")(x)
     for i, units in enumerate(config.dense_units):
-        x = keras.layers.Dense(units, activation="relu", name=f"head_dense_{i}",
-                               kernel_initializer=keras.initializers.GlorotUniform(seed + 1 + i))(x)
+        x = keras.layers.Dense(
+            units,
+            activation="relu",
+            name=f"head_dense_{i}",
+            kernel_initializer=keras.initializers.GlorotUniform(seed + 1 + i),
+        )(x)
     if config.dropout:
         x = keras.layers.Dropout(config.dropout, seed=seed, name="head_dropout")(x)
     outputs = keras.layers.Dense(
-        config.num_classes, activation="softmax", dtype="float32", name="predictions",
-        kernel_initializer=keras.initializers.GlorotUniform(seed))(x)
+        config.num_classes,
+        activation="softmax",
+        dtype="float32",
+        name="predictions",
+        kernel_initializer=keras.initializers.GlorotUniform(seed),
+    )(x)
     return keras.Model(inputs, outputs, name="classifier")
+
+
+_POOLING_LAYERS = ("flatten", "avg_pool", "max_pool", "avg_max_pool")
+
+
+def split_at_features(model: keras.Model) -> tuple[keras.Model, keras.Model]:
+    """Split a classifier into (feature extractor, head) sharing its layers.
+
+    The extractor maps images to pooled backbone features; the head maps those
+    features to probabilities with the classifier's own head layers, so
+    training the head trains the classifier.
+    """
+    index = max(i for i, layer in enumerate(model.layers) if layer.name in _POOLING_LAYERS)
+    pooled = model.layers[index].output
+    extractor = keras.Model(model.input, pooled, name="feature_extractor")
+    features = keras.Input(pooled.shape[1:], name="features")
+    x = features
+    for layer in model.layers[index + 1 :]:
+        x = layer(x)
+    return extractor, keras.Model(features, x, name="head")
 
 
 def backbone_of(model: keras.Model) -> keras.Model:

@@ -34,8 +34,11 @@ _EXTENSION_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BM
 
 def natural_key(name: str) -> list:
     """Sort key that orders "2" before "10" and "class2" before "class10"."""
-    return [(0, int(part), "") if part.isdigit() else (1, 0, part.lower())
-            for part in re.split(r"(\d+)", name) if part]
+    return [
+        (0, int(part), "") if part.isdigit() else (1, 0, part.lower())
+        for part in re.split(r"(\d+)", name)
+        if part
+    ]
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,9 @@ class ScanReport:
     def summary(self) -> str:
         lines = [f"{self.root}: {len(self.files)} images in {len(self.class_names)} classes"]
         lines += [f"  {name}: {count}" for name, count in self.counts().items()]
-        lines += [f"  {'problem' if p.fatal else 'note'}: {p.path}: {p.reason}" for p in self.problems]
+        lines += [
+            f"  {'problem' if p.fatal else 'note'}: {p.path}: {p.reason}" for p in self.problems
+        ]
         return "\n".join(lines)
 
 
@@ -98,7 +103,9 @@ def _inspect(path: str) -> tuple[bool, str | None, bool]:
     except (OSError, SyntaxError, ValueError) as error:
         return False, f"cannot be decoded ({error})", False
     expected = _EXTENSION_FORMAT[Path(path).suffix.lower()]
-    note = None if fmt == expected else f"content is {fmt} but the name says {expected}; read as {fmt}"
+    note = (
+        None if fmt == expected else f"content is {fmt} but the name says {expected}; read as {fmt}"
+    )
     return True, note, mode not in _TF_NATIVE.get(fmt, ())
 
 
@@ -119,8 +126,9 @@ def list_classes(root: Path) -> tuple[str, ...]:
     return tuple(sorted(names, key=natural_key))
 
 
-def scan_folder(root: str | os.PathLike, class_names: tuple[str, ...] | None = None,
-                workers: int = 8) -> ScanReport:
+def scan_folder(
+    root: str | os.PathLike, class_names: tuple[str, ...] | None = None, workers: int = 8
+) -> ScanReport:
     """Scan `root/<class>/<image>` and decode every candidate image.
 
     Args:
@@ -164,7 +172,7 @@ def scan_folder(root: str | os.PathLike, class_names: tuple[str, ...] | None = N
     with ThreadPoolExecutor(max_workers=workers) as pool:
         results = list(pool.map(_inspect, [path for path, _ in candidates]))
     files = []
-    for (path, label), (usable, reason, needs_pil) in zip(candidates, results):
+    for (path, label), (usable, reason, needs_pil) in zip(candidates, results, strict=True):
         relpath = Path(path).relative_to(root).as_posix()
         if usable:
             files.append(ImageFile(path, relpath, label, needs_pil))

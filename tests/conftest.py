@@ -21,12 +21,18 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600):
     """Run `python -m keras_ft.cli ARGS` in a fresh process; return the CompletedProcess."""
     import subprocess
 
-    return subprocess.run([sys.executable, "-m", "keras_ft.cli", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "keras_ft.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+    )
 
 
-def write_folder(root: Path, classes=("cat", "dog"), per_class: int = 12, size: int = 40,
-                 seed: int = 0) -> Path:
+def write_folder(
+    root: Path, classes=("cat", "dog"), per_class: int = 12, size: int = 40, seed: int = 0
+) -> Path:
     """Write `root/<class>/<i>.png`: each class a distinct colour with noise, so it is learnable."""
     rng = np.random.default_rng(seed)
     for c, name in enumerate(classes):
@@ -65,5 +71,7 @@ def folder(tmp_path) -> Path:
 def split_folders(tmp_path) -> tuple[Path, Path]:
     """(train, test) folders with three classes."""
     classes = ("red", "green", "blue")
-    return (write_folder(tmp_path / "train", classes, per_class=16, seed=1),
-            write_folder(tmp_path / "test", classes, per_class=4, seed=2))
+    return (
+        write_folder(tmp_path / "train", classes, per_class=16, seed=1),
+        write_folder(tmp_path / "test", classes, per_class=4, seed=2),
+    )

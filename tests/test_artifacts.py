@@ -22,8 +22,9 @@ def trained(tmp_path_factory):
     classes = ("red", "green", "blue")
     train = write_folder(tmp / "train", classes, per_class=16, seed=1)
     test = write_folder(tmp / "test", classes, per_class=4, seed=2)
-    data = keras_ft.ImageFolder(train, test_dir=test, image_size=32, batch_size=8,
-                                validation_split=0.25, seed=0)
+    data = keras_ft.ImageFolder(
+        train, test_dir=test, image_size=32, batch_size=8, validation_split=0.25, seed=0
+    )
     tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
     tuner.fit(data, head_epochs=2, finetune_epochs=1, verbose=0)
     run_dir = tmp / "run"
@@ -33,8 +34,14 @@ def trained(tmp_path_factory):
 
 def test_run_directory_contents(trained):
     tuner, run_dir, _ = trained
-    for name in ("model.keras", "class_names.json", "history.csv", "metrics.json", "run.json",
-                 "saved_model/saved_model.pb"):
+    for name in (
+        "model.keras",
+        "class_names.json",
+        "history.csv",
+        "metrics.json",
+        "run.json",
+        "saved_model/saved_model.pb",
+    ):
         assert (run_dir / name).is_file(), name
     assert json.loads((run_dir / "class_names.json").read_text()) == ["blue", "green", "red"]
     record = json.loads((run_dir / "run.json").read_text())
@@ -53,8 +60,12 @@ def test_run_directory_contents(trained):
 
 def test_in_memory_keras_and_savedmodel_agree(trained):
     tuner, run_dir, test = trained
-    images = np.stack([np.asarray(Image.open(p).convert("RGB").resize((32, 32)), np.float32)
-                       for p in sorted((test / "red").iterdir())])
+    images = np.stack(
+        [
+            np.asarray(Image.open(p).convert("RGB").resize((32, 32)), np.float32)
+            for p in sorted((test / "red").iterdir())
+        ]
+    )
     in_memory = np.asarray(tuner.model(images, training=False))
     reloaded = keras_ft.load(run_dir).predict_proba(images)
     served = tf.saved_model.load(str(run_dir / "saved_model"))
@@ -76,10 +87,16 @@ def test_bytes_signature_decodes_inside_the_graph(trained):
 def test_fresh_process_predicts_the_same(trained):
     tuner, run_dir, test = trained
     path = sorted((test / "blue").iterdir())[0]
-    script = ("import json, sys, keras_ft; p = keras_ft.load(sys.argv[1]); "
-              "print(json.dumps(p.predict_proba([sys.argv[2]]).tolist()))")
-    result = subprocess.run([sys.executable, "-c", script, str(run_dir), str(path)],
-                            capture_output=True, text=True, timeout=300)
+    script = (
+        "import json, sys, keras_ft; p = keras_ft.load(sys.argv[1]); "
+        "print(json.dumps(p.predict_proba([sys.argv[2]]).tolist()))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(run_dir), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     here = keras_ft.load(run_dir).predict_proba([str(path)])
     np.testing.assert_array_equal(np.array(json.loads(result.stdout.splitlines()[-1])), here)
@@ -98,7 +115,9 @@ def test_predict_gives_labels_and_top_k(trained):
 
 def test_wrong_shaped_array_is_refused(trained):
     _, run_dir, _ = trained
-    with pytest.raises(KerasFTError, match=r"shape \(height, width, 3\), received shape \(32, 32\)"):
+    with pytest.raises(
+        KerasFTError, match=r"shape \(height, width, 3\), received shape \(32, 32\)"
+    ):
         keras_ft.load(run_dir).predict(np.zeros((32, 32)))
 
 

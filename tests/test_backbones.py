@@ -6,17 +6,37 @@ from keras_ft.backbones import BACKBONES, describe_backbones, get_backbone
 from keras_ft.errors import KerasFTError
 from keras_ft.model import Preprocess
 
-REQUIRED = ("vgg16", "vgg19", "resnet50", "resnet50v2", "mobilenetv2", "mobilenetv3small",
-            "mobilenetv3large", "efficientnetb0", "efficientnetv2b0", "densenet121",
-            "inceptionv3", "xception", "convnexttiny")
+REQUIRED = (
+    "vgg16",
+    "vgg19",
+    "resnet50",
+    "resnet50v2",
+    "mobilenetv2",
+    "mobilenetv3small",
+    "mobilenetv3large",
+    "efficientnetb0",
+    "efficientnetv2b0",
+    "densenet121",
+    "inceptionv3",
+    "xception",
+    "convnexttiny",
+)
 
 # The keras.applications module whose preprocess_input each family uses.
 APPLICATION_MODULE = {
-    "vgg16": "vgg16", "vgg19": "vgg19", "resnet50": "resnet50", "resnet50v2": "resnet_v2",
-    "mobilenetv2": "mobilenet_v2", "mobilenetv3small": "mobilenet_v3",
-    "mobilenetv3large": "mobilenet_v3", "efficientnetb0": "efficientnet",
-    "efficientnetv2b0": "efficientnet_v2", "densenet121": "densenet",
-    "inceptionv3": "inception_v3", "xception": "xception", "convnexttiny": "convnext",
+    "vgg16": "vgg16",
+    "vgg19": "vgg19",
+    "resnet50": "resnet50",
+    "resnet50v2": "resnet_v2",
+    "mobilenetv2": "mobilenet_v2",
+    "mobilenetv3small": "mobilenet_v3",
+    "mobilenetv3large": "mobilenet_v3",
+    "efficientnetb0": "efficientnet",
+    "efficientnetv2b0": "efficientnet_v2",
+    "densenet121": "densenet",
+    "inceptionv3": "inception_v3",
+    "xception": "xception",
+    "convnexttiny": "convnext",
 }
 
 

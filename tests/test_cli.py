@@ -27,10 +27,25 @@ def run_here(capsys, *args):
 def vgg16_run(tmp_path_factory):
     """One real end-to-end `keras-ft train` of VGG16 (untrained weights) on the digits."""
     output = tmp_path_factory.mktemp("cli") / "run"
-    result = run_cli("train", DIGITS / "train", "--test-dir", DIGITS / "test",
-                     "--weights", "none", "--image-size", "32", "--head-epochs", "1",
-                     "--finetune-epochs", "1", "--no-flip", "--seed", "3",
-                     "--output", output)
+    result = run_cli(
+        "train",
+        DIGITS / "train",
+        "--test-dir",
+        DIGITS / "test",
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--head-epochs",
+        "1",
+        "--finetune-epochs",
+        "1",
+        "--no-flip",
+        "--seed",
+        "3",
+        "--output",
+        output,
+    )
     return result, output
 
 
@@ -89,20 +104,34 @@ BAD_INPUTS = {
     "missing data directory": (["{tmp}/nowhere"], ["does not exist", "nowhere"]),
     "no class folders": (["{tmp}/flat"], ["has no class sub-folders"]),
     "a single class": (["{tmp}/single"], ["has a single class", "at least two"]),
-    "too few images for the batch": (["{tmp}/small", "--batch-size", "64"],
-                                     ["fewer than one batch", "--batch-size"]),
-    "too few images for the split": (["{tmp}/small", "--validation-split", "0.01"],
-                                     ["selects no validation image"]),
-    "unknown backbone": (["{tmp}/small", "--backbone", "vgg17"],
-                         ["Unknown backbone 'vgg17'", "resnet50"]),
-    "image size below the minimum": (["{tmp}/small", "--backbone", "xception",
-                                      "--image-size", "32"], ["minimum of 71 px"]),
-    "weights file that does not fit": (["{tmp}/small", "--weights", "{tmp}/bad.weights.h5"],
-                                       ["does not fit backbone 'vgg16'"]),
-    "test directory with other classes": (["{tmp}/small", "--test-dir", "{tmp}/other"],
-                                          ["different classes", "'zebra'"]),
-    "bad validation split": (["{tmp}/small", "--validation-split", "1.5"],
-                             ["`validation_split`", "[0, 1)"]),
+    "too few images for the batch": (
+        ["{tmp}/small", "--batch-size", "64"],
+        ["fewer than one batch", "--batch-size"],
+    ),
+    "too few images for the split": (
+        ["{tmp}/small", "--validation-split", "0.01"],
+        ["selects no validation image"],
+    ),
+    "unknown backbone": (
+        ["{tmp}/small", "--backbone", "vgg17"],
+        ["Unknown backbone 'vgg17'", "resnet50"],
+    ),
+    "image size below the minimum": (
+        ["{tmp}/small", "--backbone", "xception", "--image-size", "32"],
+        ["minimum of 71 px"],
+    ),
+    "weights file that does not fit": (
+        ["{tmp}/small", "--weights", "{tmp}/bad.weights.h5"],
+        ["does not fit backbone 'vgg16'"],
+    ),
+    "test directory with other classes": (
+        ["{tmp}/small", "--test-dir", "{tmp}/other"],
+        ["different classes", "'zebra'"],
+    ),
+    "bad validation split": (
+        ["{tmp}/small", "--validation-split", "1.5"],
+        ["`validation_split`", "[0, 1)"],
+    ),
 }
 
 
@@ -124,8 +153,19 @@ def test_bad_input_gets_one_clear_message_and_writes_nothing(case, bad_input_dir
     args = [a.format(tmp=bad_input_dirs) for a in args]
     output = bad_input_dirs / f"out-{case.replace(' ', '-')}"
     # The case's own options come last and so override these defaults.
-    result = run_here(capsys, "train", "--weights", "none", "--image-size", "32",
-                      "--batch-size", "4", "--output", output, *args)
+    result = run_here(
+        capsys,
+        "train",
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "4",
+        "--output",
+        output,
+        *args,
+    )
     assert_clean_failure(result, *fragments)
     assert not output.exists()
 
@@ -133,13 +173,16 @@ def test_bad_input_gets_one_clear_message_and_writes_nothing(case, bad_input_dir
 def test_existing_output_is_refused_before_training(tmp_path, capsys):
     write_folder(tmp_path / "data", ("a", "b"), per_class=4)
     (tmp_path / "run").mkdir()
-    result = run_here(capsys, "train", tmp_path / "data", "--weights", "none", "--output", tmp_path / "run")
+    result = run_here(
+        capsys, "train", tmp_path / "data", "--weights", "none", "--output", tmp_path / "run"
+    )
     assert_clean_failure(result, "already exists", "--overwrite")
 
 
 def test_evaluate_on_a_path_that_is_not_a_run(tmp_path, capsys):
-    assert_clean_failure(run_here(capsys, "evaluate", tmp_path, DIGITS / "test"),
-                         "is not a keras_ft run directory")
+    assert_clean_failure(
+        run_here(capsys, "evaluate", tmp_path, DIGITS / "test"), "is not a keras_ft run directory"
+    )
 
 
 def test_usage_error_exits_2():

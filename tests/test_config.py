@@ -26,31 +26,35 @@ def assert_names(error: pytest.ExceptionInfo, argument: str, received: object) -
 
 # ---------------------------------------------------------------- DataConfig
 
-@pytest.mark.parametrize(("argument", "value"), [
-    ("image_size", 0),
-    ("image_size", -32),
-    ("image_size", (32,)),
-    ("image_size", (32, 0)),
-    ("image_size", (32, 32, 3)),
-    ("image_size", (32.0, 32)),
-    ("image_size", "224"),
-    ("image_size", True),
-    ("batch_size", 0),
-    ("batch_size", -4),
-    ("batch_size", 8.0),
-    ("validation_split", -0.1),
-    ("validation_split", 1.0),
-    ("validation_split", 20),
-    ("validation_split", float("nan")),
-    ("seed", 1.5),
-    ("seed", "42"),
-    ("rotation", -0.01),
-    ("rotation", 0.75),
-    ("zoom", 1.0),
-    ("zoom", -0.1),
-    ("contrast", 1.0),
-    ("contrast", -0.5),
-])
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [
+        ("image_size", 0),
+        ("image_size", -32),
+        ("image_size", (32,)),
+        ("image_size", (32, 0)),
+        ("image_size", (32, 32, 3)),
+        ("image_size", (32.0, 32)),
+        ("image_size", "224"),
+        ("image_size", True),
+        ("batch_size", 0),
+        ("batch_size", -4),
+        ("batch_size", 8.0),
+        ("validation_split", -0.1),
+        ("validation_split", 1.0),
+        ("validation_split", 20),
+        ("validation_split", float("nan")),
+        ("seed", 1.5),
+        ("seed", "42"),
+        ("rotation", -0.01),
+        ("rotation", 0.75),
+        ("zoom", 1.0),
+        ("zoom", -0.1),
+        ("contrast", 1.0),
+        ("contrast", -0.5),
+    ],
+)
 def test_data_config_rejects_bad_value_naming_the_argument(argument, value):
     with pytest.raises(KerasFTError) as error:
         DataConfig(directory="d", **{argument: value})
@@ -64,18 +68,28 @@ def test_data_config_validation_split_error_says_how_to_fix():
 
 
 def test_data_config_accepts_boundaries():
-    config = DataConfig(directory="d", validation_split=0.0, batch_size=1, rotation=0.5,
-                        zoom=0.0, contrast=0.0, seed=-3)
+    config = DataConfig(
+        directory="d",
+        validation_split=0.0,
+        batch_size=1,
+        rotation=0.5,
+        zoom=0.0,
+        contrast=0.0,
+        seed=-3,
+    )
     assert config.validation_split == 0.0
     assert config.batch_size == 1
     assert config.rotation == 0.5
 
 
-@pytest.mark.parametrize(("given", "expected"), [
-    (32, (32, 32)),
-    ((32, 48), (32, 48)),
-    ([40, 36], (40, 36)),
-])
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        (32, (32, 32)),
+        ((32, 48), (32, 48)),
+        ([40, 36], (40, 36)),
+    ],
+)
 def test_image_size_becomes_a_height_width_tuple(given, expected):
     assert image_size_pair(given) == expected
     assert DataConfig(directory="d", image_size=given).image_size == expected
@@ -91,21 +105,25 @@ def test_data_config_is_frozen():
 
 # --------------------------------------------------------------- ModelConfig
 
-@pytest.mark.parametrize(("argument", "value"), [
-    ("num_classes", 1),
-    ("num_classes", 0),
-    ("num_classes", 2.0),
-    ("num_classes", "3"),
-    ("pooling", "mean"),
-    ("pooling", None),
-    ("dense_units", (0,)),
-    ("dense_units", (128, -1)),
-    ("dense_units", (1.5,)),
-    ("dropout", 1.0),
-    ("dropout", -0.2),
-    ("seed", 0.5),
-    ("image_size", (224, -1)),
-])
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [
+        ("num_classes", 1),
+        ("num_classes", 0),
+        ("num_classes", 2.0),
+        ("num_classes", "3"),
+        ("pooling", "mean"),
+        ("pooling", None),
+        ("dense_units", (0,)),
+        ("dense_units", (128, -1)),
+        ("dense_units", (1.5,)),
+        ("dropout", 1.0),
+        ("dropout", -0.2),
+        ("seed", 0.5),
+        ("image_size", (224, -1)),
+    ],
+)
 def test_model_config_rejects_bad_value_naming_the_argument(argument, value):
     values = {"num_classes": 2, argument: value}
     with pytest.raises(KerasFTError) as error:
@@ -134,23 +152,27 @@ def test_model_config_dense_units_list_becomes_tuple():
 
 # ------------------------------------------------------------ TrainingConfig
 
-@pytest.mark.parametrize(("argument", "value"), [
-    ("head_epochs", -1),
-    ("head_epochs", 1.5),
-    ("finetune_epochs", -2),
-    ("finetune_epochs", "3"),
-    ("head_lr", 0),
-    ("head_lr", -1e-3),
-    ("head_lr", "1e-3"),
-    ("finetune_lr", 0.0),
-    ("momentum", 1.0),
-    ("momentum", -0.1),
-    ("unfreeze", ""),
-    ("unfreeze", 0),
-    ("unfreeze", -3),
-    ("unfreeze", None),
-    ("unfreeze", 2.5),
-])
+
+@pytest.mark.parametrize(
+    ("argument", "value"),
+    [
+        ("head_epochs", -1),
+        ("head_epochs", 1.5),
+        ("finetune_epochs", -2),
+        ("finetune_epochs", "3"),
+        ("head_lr", 0),
+        ("head_lr", -1e-3),
+        ("head_lr", "1e-3"),
+        ("finetune_lr", 0.0),
+        ("momentum", 1.0),
+        ("momentum", -0.1),
+        ("unfreeze", ""),
+        ("unfreeze", 0),
+        ("unfreeze", -3),
+        ("unfreeze", None),
+        ("unfreeze", 2.5),
+    ],
+)
 def test_training_config_rejects_bad_value_naming_the_argument(argument, value):
     with pytest.raises(KerasFTError) as error:
         TrainingConfig(**{argument: value})
@@ -174,14 +196,14 @@ def test_training_config_allows_a_single_phase():
     assert TrainingConfig(head_epochs=3, finetune_epochs=0).finetune_epochs == 0
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "a string for a numeric argument reaches a `<=` comparison in __post_init__ and raises "
-    "TypeError, not a KerasFTError naming the argument"))
-@pytest.mark.parametrize(("cls", "values", "argument"), [
-    (DataConfig, {"directory": "d", "validation_split": "0.2"}, "validation_split"),
-    (ModelConfig, {"num_classes": 2, "dropout": "0.5"}, "dropout"),
-    (TrainingConfig, {"momentum": "0.9"}, "momentum"),
-])
+@pytest.mark.parametrize(
+    ("cls", "values", "argument"),
+    [
+        (DataConfig, {"directory": "d", "validation_split": "0.2"}, "validation_split"),
+        (ModelConfig, {"num_classes": 2, "dropout": "0.5"}, "dropout"),
+        (TrainingConfig, {"momentum": "0.9"}, "momentum"),
+    ],
+)
 def test_string_for_a_numeric_argument_is_a_named_error(cls, values, argument):
     with pytest.raises(KerasFTError, match=f"`{argument}`"):
         cls(**values)
@@ -189,19 +211,49 @@ def test_string_for_a_numeric_argument_is_a_named_error(cls, values, argument):
 
 # ------------------------------------------------------------------ to/from dict
 
-@pytest.mark.parametrize("config", [
-    DataConfig(directory="flowers/train", test_dir="flowers/test", image_size=36, batch_size=4,
-               validation_split=0.25, seed=7, augment=False, flip=False, rotation=0.1, zoom=0.2,
-               contrast=0.0, skip_bad=True),
-    DataConfig(directory="x"),
-    ModelConfig(num_classes=5, backbone="resnet50", weights=None, image_size=(40, 32),
-                pooling="avgmax", dense_units=(64, 16), dropout=0.5,
-                normalize_features=False, seed=3),
-    ModelConfig(num_classes=2, weights="/tmp/w.weights.h5"),
-    TrainingConfig(head_epochs=0, finetune_epochs=3, head_lr=0.01, finetune_lr=1e-5,
-                   momentum=0.5, unfreeze="block5_conv1", deterministic=False),
-    TrainingConfig(unfreeze=3),
-])
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        DataConfig(
+            directory="flowers/train",
+            test_dir="flowers/test",
+            image_size=36,
+            batch_size=4,
+            validation_split=0.25,
+            seed=7,
+            augment=False,
+            flip=False,
+            rotation=0.1,
+            zoom=0.2,
+            contrast=0.0,
+            skip_bad=True,
+        ),
+        DataConfig(directory="x"),
+        ModelConfig(
+            num_classes=5,
+            backbone="resnet50",
+            weights=None,
+            image_size=(40, 32),
+            pooling="avgmax",
+            dense_units=(64, 16),
+            dropout=0.5,
+            normalize_features=False,
+            seed=3,
+        ),
+        ModelConfig(num_classes=2, weights="/tmp/w.weights.h5"),
+        TrainingConfig(
+            head_epochs=0,
+            finetune_epochs=3,
+            head_lr=0.01,
+            finetune_lr=1e-5,
+            momentum=0.5,
+            unfreeze="block5_conv1",
+            deterministic=False,
+        ),
+        TrainingConfig(unfreeze=3),
+    ],
+)
 def test_to_dict_from_dict_round_trip_through_json(config):
     values = to_dict(config)
     text = json.dumps(values)

@@ -46,6 +46,7 @@ def sorted_by_content(images: np.ndarray, labels: np.ndarray):
 
 # ------------------------------------------------------------------- pil_to_rgb
 
+
 def test_pil_to_rgb_grayscale():
     out = pil_to_rgb(Image.new("L", (5, 3), 77))
     assert out.shape == (3, 5, 3)
@@ -82,13 +83,16 @@ def test_pil_to_rgb_16_bit_png_file(tmp_path):
         np.testing.assert_array_equal(pil_to_rgb(image)[0], [[255] * 3, [128] * 3])
 
 
-@pytest.mark.parametrize(("cmyk", "rgb"), [
-    ((0, 0, 0, 0), (255, 255, 255)),
-    ((0, 0, 0, 255), (0, 0, 0)),
-    ((0, 255, 255, 0), (255, 0, 0)),
-    ((255, 0, 255, 0), (0, 255, 0)),
-    ((55, 225, 165, 0), (200, 30, 90)),
-])
+@pytest.mark.parametrize(
+    ("cmyk", "rgb"),
+    [
+        ((0, 0, 0, 0), (255, 255, 255)),
+        ((0, 0, 0, 255), (0, 0, 0)),
+        ((0, 255, 255, 0), (255, 0, 0)),
+        ((255, 0, 255, 0), (0, 255, 0)),
+        ((55, 225, 165, 0), (200, 30, 90)),
+    ],
+)
 def test_pil_to_rgb_cmyk(cmyk, rgb):
     out = pil_to_rgb(Image.new("CMYK", (2, 2), cmyk))
     assert out.shape == (2, 2, 3)
@@ -102,14 +106,26 @@ ODD_FILES = {
     "gray.png": ((90, 90, 90), lambda p: Image.new("L", (40, 40), 90).save(p)),
     "gray.jpg": ((150, 150, 150), lambda p: Image.new("L", (40, 40), 150).save(p, quality=95)),
     "rgba.png": ((10, 200, 30), lambda p: Image.new("RGBA", (40, 40), (10, 200, 30, 60)).save(p)),
-    "palette.png": ((200, 40, 90), lambda p: Image.new("RGB", (40, 40), (200, 40, 90))
-                    .convert("P", palette=Image.Palette.ADAPTIVE).save(p)),
-    "deep.png": ((128, 128, 128),
-                 lambda p: Image.fromarray(np.full((40, 40), 32896, np.uint16)).save(p)),
-    "cmyk.jpg": ((200, 30, 90), lambda p: Image.new("RGB", (40, 40), (200, 30, 90))
-                 .convert("CMYK").save(p, quality=95)),
-    "png_named.jpg": ((20, 60, 220),
-                      lambda p: Image.new("RGB", (40, 40), (20, 60, 220)).save(p, format="PNG")),
+    "palette.png": (
+        (200, 40, 90),
+        lambda p: (
+            Image.new("RGB", (40, 40), (200, 40, 90))
+            .convert("P", palette=Image.Palette.ADAPTIVE)
+            .save(p)
+        ),
+    ),
+    "deep.png": (
+        (128, 128, 128),
+        lambda p: Image.fromarray(np.full((40, 40), 32896, np.uint16)).save(p),
+    ),
+    "cmyk.jpg": (
+        (200, 30, 90),
+        lambda p: Image.new("RGB", (40, 40), (200, 30, 90)).convert("CMYK").save(p, quality=95),
+    ),
+    "png_named.jpg": (
+        (20, 60, 220),
+        lambda p: Image.new("RGB", (40, 40), (20, 60, 220)).save(p, format="PNG"),
+    ),
 }
 
 
@@ -126,11 +142,16 @@ def odd_folder(tmp_path_factory) -> Path:
 
 
 def test_image_folder_reads_odd_files_as_rgb(odd_folder):
-    data = ImageFolder(odd_folder, test_dir=odd_folder, image_size=32, batch_size=2,
-                       validation_split=0.0, augment=False)
+    data = ImageFolder(
+        odd_folder,
+        test_dir=odd_folder,
+        image_size=32,
+        batch_size=2,
+        validation_split=0.0,
+        augment=False,
+    )
     assert data.report.bad_files == ()
-    assert {Path(f.path).name for f in data.report.files if f.needs_pil} == {
-        "deep.png", "cmyk.jpg"}
+    assert {Path(f.path).name for f in data.report.files if f.needs_pil} == {"deep.png", "cmyk.jpg"}
     images, labels = batches(data.test)
     assert images.shape == (len(ODD_FILES) + 2, 32, 32, 3)
     assert images.dtype == np.float32
@@ -144,8 +165,14 @@ def test_image_folder_reads_odd_files_as_rgb(odd_folder):
 
 
 def test_read_images_matches_the_pipeline(odd_folder):
-    data = ImageFolder(odd_folder, test_dir=odd_folder, image_size=(32, 36), batch_size=3,
-                       validation_split=0.0, augment=False)
+    data = ImageFolder(
+        odd_folder,
+        test_dir=odd_folder,
+        image_size=(32, 36),
+        batch_size=3,
+        validation_split=0.0,
+        augment=False,
+    )
     images, _ = batches(data.test)
     assert images.shape[1:] == (32, 36, 3)
     direct = read_images([f.path for f in data.test_files], (32, 36))
@@ -153,6 +180,7 @@ def test_read_images_matches_the_pipeline(odd_folder):
 
 
 # ------------------------------------------------------------- ImageFolder errors
+
 
 def test_missing_data_directory(tmp_path):
     with pytest.raises(KerasFTError) as error:
@@ -205,8 +233,13 @@ def test_test_dir_with_different_classes(tmp_path):
     write_folder(tmp_path / "train", classes=("cat", "dog"), per_class=4, size=32)
     write_folder(tmp_path / "test", classes=("cat", "fox"), per_class=2, size=32)
     with pytest.raises(KerasFTError) as error:
-        ImageFolder(tmp_path / "train", test_dir=tmp_path / "test", image_size=32,
-                    batch_size=2, validation_split=0.0)
+        ImageFolder(
+            tmp_path / "train",
+            test_dir=tmp_path / "test",
+            image_size=32,
+            batch_size=2,
+            validation_split=0.0,
+        )
     message = str(error.value)
     assert "['fox']" in message and "['dog']" in message
     assert str(tmp_path / "test") in message
@@ -241,8 +274,9 @@ def test_bad_files_in_test_dir_refuse_unless_skipped(folder):
     with pytest.raises(KerasFTError) as error:
         ImageFolder(folder, test_dir=test, image_size=32, batch_size=4, validation_split=0.0)
     assert f"{broken}: empty file" in str(error.value)
-    data = ImageFolder(folder, test_dir=test, image_size=32, batch_size=4, validation_split=0.0,
-                       skip_bad=True)
+    data = ImageFolder(
+        folder, test_dir=test, image_size=32, batch_size=4, validation_split=0.0, skip_bad=True
+    )
     assert len(data.test_files) == 4
     assert str(broken) not in {f.path for f in data.test_files}
 
@@ -257,15 +291,21 @@ def test_skip_bad_trains_on_the_rest(folder_with_bad_files):
     images, labels = batches(data.train)
     assert images.shape == (20, 32, 32, 3)
     assert sorted(labels.tolist()) == [0] * 10 + [1] * 10
-    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 255),
-                              keras.layers.GlobalAveragePooling2D(),
-                              keras.layers.Dense(2, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((32, 32, 3)),
+            keras.layers.Rescaling(1 / 255),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
     model.compile("adam", "sparse_categorical_crossentropy")
     history = model.fit(data.train, epochs=1, shuffle=False, verbose=0)
     assert np.isfinite(history.history["loss"][0])
 
 
 # ------------------------------------------------------------------------ split
+
 
 def files_named(names: list[str]) -> list[ImageFile]:
     return [ImageFile(path=f"/data/{n}", relpath=n, label=0) for n in names]
@@ -318,17 +358,21 @@ def test_image_folder_split_stable_when_images_are_added(tmp_path):
     after = ImageFolder(root, image_size=32, batch_size=2, validation_split=0.3, seed=5)
     old = {f.relpath for f in before.report.files}
     assert {f.relpath for f in after.validation_files} & old == {
-        f.relpath for f in before.validation_files}
+        f.relpath for f in before.validation_files
+    }
     assert len(after.validation_files) > len(before.validation_files)
 
 
 # ----------------------------------------------------------------- augmentation
 
+
 @pytest.fixture(scope="module")
 def aug_folder(tmp_path_factory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("aug")
-    return (write_folder(base / "train", per_class=10, size=36, seed=3),
-            write_folder(base / "test", per_class=3, size=36, seed=4))
+    return (
+        write_folder(base / "train", per_class=10, size=36, seed=3),
+        write_folder(base / "test", per_class=3, size=36, seed=4),
+    )
 
 
 def make_data(root, **kwargs) -> ImageFolder:
@@ -366,15 +410,14 @@ def test_resumed_epoch_equals_the_same_epoch_of_a_full_run(aug_folder):
     data = make_data(aug_folder[0])
     full = batch_list(data.train_dataset(0, 2))
     resumed = batch_list(make_data(aug_folder[0]).train_dataset(1, 1))
-    assert_same_batches(full[data.steps_per_epoch:], resumed)
+    assert_same_batches(full[data.steps_per_epoch :], resumed)
 
 
 def test_other_seed_gives_other_batches(aug_folder):
     seed_everything(0)
     a = batch_list(make_data(aug_folder[0], validation_split=0.0).train_dataset(0, 1))
     b = batch_list(make_data(aug_folder[0], validation_split=0.0, seed=12).train_dataset(0, 1))
-    assert not np.array_equal(np.concatenate([x for x, _ in a]),
-                              np.concatenate([x for x, _ in b]))
+    assert not np.array_equal(np.concatenate([x for x, _ in a]), np.concatenate([x for x, _ in b]))
 
 
 def test_augmentation_changes_images_but_keeps_the_range(aug_folder):
@@ -405,8 +448,7 @@ def test_validation_and_test_are_never_augmented(aug_folder):
     train, test = aug_folder
     data = make_data(train, test_dir=test, augment=True, rotation=0.5, zoom=0.5, contrast=0.5)
     assert data.validation_files and data.test_files
-    for dataset, files in ((data.validation, data.validation_files),
-                           (data.test, data.test_files)):
+    for dataset, files in ((data.validation, data.validation_files), (data.test, data.test_files)):
         first = batches(dataset)
         second = batches(dataset)
         np.testing.assert_array_equal(first[0], second[0])
@@ -422,9 +464,6 @@ def test_no_validation_dataset_without_split_and_no_test_without_test_dir(aug_fo
     assert data.test is None
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "train_dataset shuffles with Dataset.shuffle(seed=order_seed), whose order also depends "
-    "on TensorFlow's global seed, so ImageFolder(seed=...) alone does not fix the batches"))
 def test_batches_depend_on_the_data_seed_alone(aug_folder):
     try:
         tf.random.set_seed(1)

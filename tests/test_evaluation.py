@@ -13,11 +13,13 @@ from keras_ft.evaluation import classification_metrics, evaluate_model, format_m
 
 CLASSES = ("ant", "bee", "cow")
 #        true  probabilities          predicted  top-2
-CASES = [(0, [0.7, 0.2, 0.1]),  # 0 right
-         (0, [0.3, 0.6, 0.1]),  # 1 wrong, in top-2
-         (1, [0.1, 0.8, 0.1]),  # 1 right
-         (2, [0.2, 0.3, 0.5]),  # 2 right
-         (2, [0.5, 0.3, 0.2])]  # 0 wrong, not in top-2
+CASES = [
+    (0, [0.7, 0.2, 0.1]),  # 0 right
+    (0, [0.3, 0.6, 0.1]),  # 1 wrong, in top-2
+    (1, [0.1, 0.8, 0.1]),  # 1 right
+    (2, [0.2, 0.3, 0.5]),  # 2 right
+    (2, [0.5, 0.3, 0.2]),
+]  # 0 wrong, not in top-2
 LABELS = np.array([label for label, _ in CASES])
 PROBABILITIES = np.array([p for _, p in CASES], np.float32)
 
@@ -32,12 +34,15 @@ def test_accuracy_and_count(metrics):
     assert metrics["accuracy"] == pytest.approx(3 / 5)
 
 
-@pytest.mark.parametrize(("top_k", "reported", "expected"), [
-    (1, 1, 3 / 5),
-    (2, 2, 4 / 5),
-    (3, 3, 5 / 5),
-    (5, 3, 5 / 5),  # more than the number of classes: clamped
-])
+@pytest.mark.parametrize(
+    ("top_k", "reported", "expected"),
+    [
+        (1, 1, 3 / 5),
+        (2, 2, 4 / 5),
+        (3, 3, 5 / 5),
+        (5, 3, 5 / 5),  # more than the number of classes: clamped
+    ],
+)
 def test_top_k_accuracy(top_k, reported, expected):
     metrics = classification_metrics(PROBABILITIES, LABELS, CLASSES, top_k=top_k)
     assert metrics["top_k"] == reported
@@ -73,9 +78,7 @@ def test_per_class_report(metrics):
 
 
 def test_confusion_matrix_rows_are_true_columns_are_predicted(metrics):
-    assert metrics["confusion_matrix"] == [[1, 1, 0],
-                                           [0, 1, 0],
-                                           [1, 0, 1]]
+    assert metrics["confusion_matrix"] == [[1, 1, 0], [0, 1, 0], [1, 0, 1]]
 
 
 def test_class_never_predicted_and_never_present_gives_zeros_without_warning():
@@ -83,8 +86,7 @@ def test_class_never_predicted_and_never_present_gives_zeros_without_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         metrics = classification_metrics(probabilities, np.array([0, 1]), CLASSES)
-    assert metrics["per_class"]["cow"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0,
-                                           "support": 0}
+    assert metrics["per_class"]["cow"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert metrics["confusion_matrix"] == [[1, 0, 0], [0, 1, 0], [0, 0, 0]]
 
 
@@ -100,9 +102,12 @@ def test_format_metrics(metrics):
     assert f"test loss: {metrics['loss']:.4f}" in lines
     assert "images: 5" in lines
     assert "confusion matrix (rows: true, columns: predicted)" in text
-    matrix_rows = lines[lines.index("confusion matrix (rows: true, columns: predicted)") + 2:]
+    matrix_rows = lines[lines.index("confusion matrix (rows: true, columns: predicted)") + 2 :]
     assert [line.split() for line in matrix_rows] == [
-        ["ant", "1", "1", "0"], ["bee", "0", "1", "0"], ["cow", "1", "0", "1"]]
+        ["ant", "1", "1", "0"],
+        ["bee", "0", "1", "0"],
+        ["cow", "1", "0", "1"],
+    ]
     ant_row = next(line for line in lines if line.startswith("ant ") and "." in line)
     assert ant_row.split() == ["ant", "0.500", "0.500", "0.500", "2"]
 
@@ -116,7 +121,7 @@ class FixedModel:
 
     def __call__(self, images, training=False):
         assert training is False
-        batch = self.probabilities[self.seen: self.seen + len(images)]
+        batch = self.probabilities[self.seen : self.seen + len(images)]
         self.seen += len(images)
         return tf.constant(batch)
 

@@ -10,8 +10,9 @@ from keras_ft.model import backbone_of, build_classifier, freeze_backbone, unfre
 
 
 def classifier(pooling="avg", dense_units=(), backbone=None):
-    config = ModelConfig(num_classes=3, image_size=(32, 32), pooling=pooling,
-                         dense_units=dense_units, seed=1)
+    config = ModelConfig(
+        num_classes=3, image_size=(32, 32), pooling=pooling, dense_units=dense_units, seed=1
+    )
     return build_classifier(backbone or tiny_backbone(), config, "tf")
 
 
@@ -27,8 +28,9 @@ def test_head_initialisation_is_seeded():
     a, b = classifier(), classifier()
     head = [layer.name for layer in a.layers if layer.name.startswith(("predictions", "feature"))]
     for name in head:
-        for x, y in zip(a.get_layer(name).get_weights(), b.get_layer(name).get_weights(),
-                        strict=True):
+        for x, y in zip(
+            a.get_layer(name).get_weights(), b.get_layer(name).get_weights(), strict=True
+        ):
             np.testing.assert_array_equal(x, y)
 
 

@@ -9,10 +9,27 @@ from keras_ft.scan import scan_folder
 
 
 def train_in_fresh_process(data_dir, output, seed):
-    result = run_cli("train", data_dir / "train", "--backbone", "mobilenetv3small",
-                     "--weights", "none", "--image-size", "32", "--batch-size", "32",
-                     "--head-epochs", "1", "--finetune-epochs", "1", "--seed", seed,
-                     "--quiet", "--output", output)
+    result = run_cli(
+        "train",
+        data_dir / "train",
+        "--backbone",
+        "mobilenetv3small",
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "32",
+        "--head-epochs",
+        "1",
+        "--finetune-epochs",
+        "1",
+        "--seed",
+        seed,
+        "--quiet",
+        "--output",
+        output,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads((output / "run.json").read_text())["weights_sha256"]
 
@@ -22,8 +39,10 @@ def hashes(tmp_path_factory):
     from conftest import DIGITS
 
     tmp = tmp_path_factory.mktemp("repro")
-    return {name: train_in_fresh_process(DIGITS, tmp / name, seed)
-            for name, seed in (("a", 7), ("b", 7), ("other", 8))}
+    return {
+        name: train_in_fresh_process(DIGITS, tmp / name, seed)
+        for name, seed in (("a", 7), ("b", 7), ("other", 8))
+    }
 
 
 def test_same_seed_gives_bitwise_identical_weights_in_two_processes(hashes):

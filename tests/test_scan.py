@@ -12,8 +12,9 @@ from keras_ft.errors import KerasFTError
 from keras_ft.scan import natural_key, scan_folder
 
 
-def solid(path: Path, colour=(200, 40, 90), mode: str = "RGB", size: int = 32,
-          fmt: str | None = None) -> Path:
+def solid(
+    path: Path, colour=(200, 40, 90), mode: str = "RGB", size: int = 32, fmt: str | None = None
+) -> Path:
     """Write a solid-colour image; `fmt` overrides the format the extension implies."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (size, size), colour).convert(mode).save(path, format=fmt)
@@ -37,7 +38,11 @@ def test_natural_class_order_puts_2_before_10(tmp_path):
 
 def test_natural_key_orders_numbers_by_value():
     assert sorted(["img10", "img9", "img100", "img1"], key=natural_key) == [
-        "img1", "img9", "img10", "img100"]
+        "img1",
+        "img9",
+        "img10",
+        "img100",
+    ]
 
 
 def test_files_are_ordered_by_class_then_path(tmp_path):
@@ -58,9 +63,16 @@ def test_extensions_in_any_letter_case_are_found(tmp_path):
     solid(tmp_path / "dog" / "five.bmp")
     solid(tmp_path / "dog" / "six.GIF")
     report = scan_folder(tmp_path)
-    assert sorted(names(report)) == sorted([
-        "cat/one.JPG", "cat/two.Png", "cat/three.JpEg",
-        "dog/four.PNG", "dog/five.bmp", "dog/six.GIF"])
+    assert sorted(names(report)) == sorted(
+        [
+            "cat/one.JPG",
+            "cat/two.Png",
+            "cat/three.JpEg",
+            "dog/four.PNG",
+            "dog/five.bmp",
+            "dog/six.GIF",
+        ]
+    )
     assert report.problems == ()
 
 
@@ -143,8 +155,13 @@ def test_cmyk_jpeg_and_16_bit_png_need_pillow(tmp_path):
     report = scan_folder(tmp_path)
     assert report.bad_files == ()
     needs_pil = {f.relpath: f.needs_pil for f in report.files}
-    assert needs_pil == {"cat/cmyk.jpg": True, "cat/deep.png": True,
-                         "dog/gray.png": False, "dog/rgb.jpg": False, "dog/rgb.png": False}
+    assert needs_pil == {
+        "cat/cmyk.jpg": True,
+        "cat/deep.png": True,
+        "dog/gray.png": False,
+        "dog/rgb.jpg": False,
+        "dog/rgb.png": False,
+    }
 
 
 def test_class_with_no_usable_image_is_a_problem(tmp_path):

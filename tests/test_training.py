@@ -17,8 +17,9 @@ class EpochRecorder(keras.callbacks.Callback):
 
 def test_two_phases_on_one_epoch_axis(split_folders):
     train, test = split_folders
-    data = keras_ft.ImageFolder(train, test_dir=test, image_size=32, batch_size=8,
-                                validation_split=0.25, seed=0)
+    data = keras_ft.ImageFolder(
+        train, test_dir=test, image_size=32, batch_size=8, validation_split=0.25, seed=0
+    )
     tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
     tuner.build(data.image_size, data.num_classes)
     backbone = backbone_of(tuner.model)
@@ -31,8 +32,14 @@ def test_two_phases_on_one_epoch_axis(split_folders):
             if epoch == 1:
                 head_only["weights"] = [np.copy(w) for w in backbone.get_weights()]
 
-    history = tuner.fit(data, head_epochs=2, finetune_epochs=2, finetune_lr=0.05,
-                        callbacks=[recorder, Snapshot()], verbose=0)
+    history = tuner.fit(
+        data,
+        head_epochs=2,
+        finetune_epochs=2,
+        finetune_lr=0.05,
+        callbacks=[recorder, Snapshot()],
+        verbose=0,
+    )
     assert history.history["phase"] == ["head", "head", "finetune", "finetune"]
     assert history.history["epoch"] == [1, 2, 3, 4]
     assert recorder.epochs == [0, 1, 2, 3]  # user callbacks see both phases
@@ -48,8 +55,15 @@ def test_two_phases_on_one_epoch_axis(split_folders):
 
 def test_learns_an_easy_task(split_folders):
     train, test = split_folders
-    data = keras_ft.ImageFolder(train, test_dir=test, image_size=32, batch_size=8,
-                                validation_split=0.0, seed=0, augment=False)
+    data = keras_ft.ImageFolder(
+        train,
+        test_dir=test,
+        image_size=32,
+        batch_size=8,
+        validation_split=0.0,
+        seed=0,
+        augment=False,
+    )
     tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
     tuner.fit(data, head_epochs=15, finetune_epochs=0, head_lr=1e-2, verbose=0)
     assert tuner.metrics["accuracy"] >= 0.9
