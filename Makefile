@@ -6,6 +6,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 WEIGHTS := build/vgg16_hed_notop.weights.h5
 DEMO_RUN := runs/digits-demo
+DEMO_FLAGS := --image-size 64 --pooling avgmax --dropout 0.3 --no-augment --head-epochs 40 \
+	--finetune-epochs 0 --validation-split 0.1
 
 .PHONY: demo test lint bench clean
 

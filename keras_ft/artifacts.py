@@ -120,6 +120,42 @@ def save_run(tuner, path, overwrite: bool = False) -> str:
     return str(target)
 
 
+def export_for_serving(run_dir, output, version: int | None = None) -> Path:
+    """Copy a run's SavedModel into a TF Serving layout, `output/<version>/`.
+
+    Args:
+        run_dir: a run directory; it is verified (weights hash) first.
+        output: the model base path TF Serving watches.
+        version: the version number; `None` takes one more than the highest there.
+
+    Returns:
+        The version directory written.
+    """
+    load(run_dir)
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise KerasFTError(f"Export path '{output}' exists and is not a directory.")
+    existing = [int(p.name) for p in output.glob("*") if p.is_dir() and p.name.isdigit()]
+    version = max(existing, default=0) + 1 if version is None else version
+    if not isinstance(version, int) or version < 1:
+        raise KerasFTError(f"Invalid `version`: expected an int >= 1, received {version!r}.")
+    target = output / str(version)
+    if target.exists():
+        raise KerasFTError(
+            f"'{target}' already exists. TF Serving versions are immutable: pass another "
+            "--version, or leave it out to use the next free number."
+        )
+    output.mkdir(parents=True, exist_ok=True)
+    staging = output / f".{version}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        shutil.copytree(Path(run_dir) / "saved_model", staging)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
 def _replace(staging: Path, target: Path) -> None:
     """Move `staging` to `target`; an existing `target` is moved aside first, then deleted."""
     old = None

@@ -88,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+")
     p.add_argument("--top-k", type=int, default=3)
     p.set_defaults(func=predict)
+    p = commands.add_parser("export", help="write a run's SavedModel as OUT/<version>/")
+    p.add_argument("run_dir")
+    p.add_argument("output", help="TF Serving model base path")
+    p.add_argument("--version", type=int, help="version number (default: next free)")
+    p.set_defaults(func=export)
     p = commands.add_parser("scan", help="check a data set before training")
     p.add_argument("data_dir")
     p.set_defaults(func=scan)
@@ -185,6 +190,13 @@ def predict(args) -> int:
             print(json.dumps({"path": path, "error": str(error)}))
             status = 2
     return status
+
+
+def export(args) -> int:
+    from keras_ft.artifacts import export_for_serving
+
+    print(f"exported: {export_for_serving(args.run_dir, args.output, args.version)}")
+    return 0
 
 
 def scan(args) -> int:

@@ -188,3 +188,64 @@ def test_other_library_version_warns_but_loads(trained, tmp_path):
     (copy / "run.json").write_text(json.dumps(record))
     with pytest.warns(UserWarning, match="written with tensorflow 2.0.0"):
         keras_ft.load(copy)
+
+
+def test_export_writes_numbered_tf_serving_versions(trained, tmp_path):
+    _, run_dir, _ = trained
+    from keras_ft.artifacts import export_for_serving
+
+    first = export_for_serving(run_dir, tmp_path / "serving")
+    second = export_for_serving(run_dir, tmp_path / "serving")
+    assert (first.name, second.name) == ("1", "2")
+    assert (second / "saved_model.pb").is_file()
+    assert "serving_bytes" in tf.saved_model.load(str(second)).signatures
+    with pytest.raises(KerasFTError, match="already exists"):
+        export_for_serving(run_dir, tmp_path / "serving", version=1)
+
+
+KILLED_SAVE = """
+import sys, time
+import keras_ft, keras_ft.artifacts as artifacts
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from conftest import tiny_backbone
+data = keras_ft.ImageFolder(sys.argv[1], image_size=32, batch_size=8, validation_split=0.0)
+tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+tuner.fit(data, head_epochs=1, finetune_epochs=0, verbose=0)
+real_export = artifacts.export_saved_model
+def slow_export(model, path):
+    real_export(model, path)
+    print("EXPORTED", flush=True)
+    time.sleep(120)
+artifacts.export_saved_model = slow_export
+tuner.save(sys.argv[2], overwrite=True)
+"""
+
+
+@pytest.mark.parametrize("previous", [False, True])
+def test_kill_during_save_leaves_previous_state_or_nothing(previous, tmp_path):
+    from conftest import ROOT, write_folder
+
+    data = write_folder(tmp_path / "data", ("a", "b"), per_class=8)
+    target = tmp_path / "run"
+    if previous:
+        target.mkdir()
+        (target / "run.json").write_text('{"previous": true}')
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILLED_SAVE, str(data), str(target), str(ROOT / "tests")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout.readline().strip() == "EXPORTED"  # mid-save: model written
+        staging = [p for p in tmp_path.iterdir() if p.name.startswith(".run.partial-")]
+        assert staging and (staging[0] / "model.keras").is_file()
+    finally:
+        process.kill()  # SIGKILL: no cleanup code runs
+        process.wait(timeout=60)
+    if previous:
+        assert json.loads((target / "run.json").read_text()) == {"previous": True}
+        assert sorted(p.name for p in target.iterdir()) == ["run.json"]
+    else:
+        assert not target.exists()
