@@ -186,10 +186,12 @@ def run_record(tuner) -> dict:
         "weights_sha256": weights_sha256(tuner.model),
     }
     if data is not None:
+        hashes = tuner.file_hashes
         record["data_fingerprint"] = {
-            "train": fingerprint(data.report.files),
-            "test": fingerprint(data.test_files) if data.test_files else None,
+            "train": fingerprint(hashes["train"]),
+            "test": fingerprint(hashes["test"]) if hashes["test"] else None,
         }
+        record["data_files"] = hashes
         record["image_counts"] = {
             "train": len(data.train_files),
             "validation": len(data.validation_files),

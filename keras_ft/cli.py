@@ -68,6 +68,11 @@ def _add_train(commands) -> None:
         help="turn op determinism off (faster on some GPUs, no bitwise replay)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted run from its last checkpoint in --output",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=train)
 
@@ -104,15 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
 def train(args) -> int:
     from pathlib import Path
 
-    from keras_ft import FineTuner, ImageFolder, KerasFTError
+    from keras_ft import FineTuner, ImageFolder
+    from keras_ft.backbones import get_backbone
     from keras_ft.evaluation import format_metrics
 
-    if Path(args.output).exists() and not args.overwrite:
-        raise KerasFTError(
-            f"Run directory '{args.output}' already exists. Choose another "
-            "--output, or pass --overwrite to replace it."
-        )
-    from keras_ft.backbones import get_backbone
+    output = Path(args.output)
+    checkpoints = _checkpoint_dir(output, args.resume, args.overwrite)
 
     spec = get_backbone(args.backbone)
     data = ImageFolder(
@@ -155,13 +157,42 @@ def train(args) -> int:
         momentum=args.momentum,
         unfreeze=args.unfreeze,
         feature_cache=not args.no_feature_cache,
+        checkpoint_dir=checkpoints,
+        resume=args.resume,
         verbose=0 if args.quiet else "auto",
     )
-    path = tuner.save(args.output, overwrite=args.overwrite)
+    # The output now holds this run's checkpoints; the finished run replaces them.
+    path = tuner.save(output, overwrite=True)
     if tuner.metrics is not None:
         print(format_metrics(tuner.metrics))
     print(f"run directory: {path}")
     return 0
+
+
+def _checkpoint_dir(output, resume: bool, overwrite: bool):
+    """Check what `--output` holds against --resume/--overwrite; return the checkpoint folder."""
+    import shutil
+
+    from keras_ft import KerasFTError
+
+    checkpoints = output / "checkpoints"
+    finished = (output / "run.json").is_file()
+    interrupted = (checkpoints / "state.json").is_file() and not finished
+    if resume:
+        if not interrupted:
+            state = "is a finished run" if finished else "holds no checkpoint"
+            raise KerasFTError(f"Cannot --resume: '{output}' {state}. Run without --resume.")
+    elif output.exists():
+        if not overwrite:
+            hint = (
+                " It holds an interrupted run: pass --resume to finish it." if interrupted else ""
+            )
+            raise KerasFTError(
+                f"Run directory '{output}' already exists.{hint} Choose another "
+                "--output, or pass --overwrite to replace it."
+            )
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    return checkpoints
 
 
 def evaluate(args) -> int:

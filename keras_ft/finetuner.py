@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
 import time
@@ -10,12 +12,12 @@ from datetime import datetime, timezone
 import keras
 
 from keras_ft.backbones import PREPROCESSING, get_backbone
-from keras_ft.config import ModelConfig, TrainingConfig, check, image_size_pair
+from keras_ft.config import ModelConfig, TrainingConfig, check, image_size_pair, to_dict
 from keras_ft.data import ImageFolder, folder_dataset
 from keras_ft.errors import KerasFTError
 from keras_ft.evaluation import evaluate_model
 from keras_ft.model import build_classifier
-from keras_ft.reproducibility import seed_everything
+from keras_ft.reproducibility import file_hashes, seed_everything
 from keras_ft.training import TrainingHistory, fit_two_phase
 
 
@@ -107,6 +109,7 @@ class FineTuner:
         self.history = TrainingHistory()
         self.metrics: dict | None = None
         self.record: dict = {}
+        self.file_hashes: dict | None = None
         self._data = None
 
     def build(self, image_size, num_classes: int) -> keras.Model:
@@ -147,6 +150,8 @@ class FineTuner:
         callbacks=(),
         verbose="auto",
         evaluate=True,
+        checkpoint_dir=None,
+        resume=False,
     ) -> TrainingHistory:
         """Train on `data` in two phases, then evaluate on its test split if it has one.
 
@@ -163,6 +168,9 @@ class FineTuner:
                 features once and train phase 1's head on them (much faster,
                 same result up to float rounding).
             callbacks: Keras callbacks, passed to both phases.
+            checkpoint_dir: save a checkpoint there after every epoch.
+            resume: continue from the checkpoint in `checkpoint_dir`; the
+                result is bitwise the one an uninterrupted run gives.
             verbose: Keras verbosity.
             evaluate: evaluate on `data.test` at the end, when there is one.
 
@@ -188,8 +196,21 @@ class FineTuner:
             self.build(data.image_size, data.num_classes)
         self._data, self.data_config, self.class_names = data, data.config, data.class_names
         started, clock = _now(), time.perf_counter()
+        self.file_hashes = {
+            "train": file_hashes(data.report.files),
+            "test": file_hashes(data.test_files),
+        }
         seed_everything(self.seed, self.deterministic)
-        self.history = fit_two_phase(self.model, data, self.training_config, callbacks, verbose)
+        self.history = fit_two_phase(
+            self.model,
+            data,
+            self.training_config,
+            callbacks,
+            verbose,
+            checkpoint_dir=checkpoint_dir,
+            resume=resume,
+            signature=self._signature(),
+        )
         if evaluate and data.test is not None:
             self.metrics = self.evaluate(data.test)
         self.record = {
@@ -199,6 +220,18 @@ class FineTuner:
             "command": sys.argv,
         }
         return self.history
+
+    def _signature(self) -> str:
+        """A digest of everything that decides the training: configuration and data."""
+        described = {
+            "data": to_dict(self.data_config),
+            "model": to_dict(self.model_config),
+            "training": to_dict(self.training_config),
+            "files": self.file_hashes,
+            "preprocessing": self.preprocessing,
+            "seed": self.seed,
+        }
+        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
     def evaluate(self, data, top_k: int = 5) -> dict:
         """Loss, accuracy, top-k accuracy, per-class report and confusion matrix.

@@ -47,13 +47,20 @@ def weights_sha256(model: keras.Model) -> str:
     return digest.hexdigest()
 
 
-def fingerprint(files) -> str:
-    """SHA-256 over each file's class, relative path and content, in a fixed order."""
-    digest = hashlib.sha256()
+def file_hashes(files) -> dict[str, str]:
+    """SHA-256 of each file's content, by relative path, in path order."""
+    hashes = {}
     for f in sorted(files, key=lambda f: f.relpath):
-        digest.update(f"{f.label}|{f.relpath}|".encode())
         with open(f.path, "rb") as handle:
-            digest.update(hashlib.sha256(handle.read()).digest())
+            hashes[f.relpath] = hashlib.sha256(handle.read()).hexdigest()
+    return hashes
+
+
+def fingerprint(hashes: dict[str, str]) -> str:
+    """One SHA-256 over (relative path, content hash) pairs from `file_hashes`, in path order."""
+    digest = hashlib.sha256()
+    for relpath in sorted(hashes):
+        digest.update(f"{relpath}|{hashes[relpath]}\n".encode())
     return digest.hexdigest()
 
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import keras
 import numpy as np
+import tensorflow as tf
 
 from keras_ft.config import TrainingConfig
+from keras_ft.errors import KerasFTError
 from keras_ft.model import freeze_backbone, split_at_features, unfreeze_backbone
 
 PHASES = ("head", "finetune")
@@ -27,11 +33,16 @@ class TrainingHistory:
         keys = dict.fromkeys(key for row in self.rows for key in row)
         return {key: [row.get(key) for row in self.rows] for key in keys}
 
-    def extend(self, keras_history: keras.callbacks.History, phase: str) -> None:
-        for i, epoch in enumerate(keras_history.epoch):
-            row = {"epoch": epoch + 1, "phase": phase}
-            row.update({k: float(v[i]) for k, v in keras_history.history.items()})
-            self.rows.append(row)
+    def recorder(self, phase: str) -> keras.callbacks.Callback:
+        """A callback appending each finished epoch of `phase` to `rows`."""
+        rows = self.rows
+
+        class Recorder(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                logs = {k: float(v) for k, v in (logs or {}).items()}
+                rows.append({"epoch": epoch + 1, "phase": phase, **logs})
+
+        return Recorder()
 
 
 def compile_for_phase(
@@ -56,8 +67,84 @@ def compile_for_phase(
     )
 
 
+class Checkpoint(keras.callbacks.Callback):
+    """Save every variable of the classifier and its optimizer after each epoch.
+
+    Written atomically into `directory`: `epoch-NNNN.npz` (model variables,
+    random-generator states included, and optimizer variables; no pickle),
+    then `state.json` naming it, with the phase, the epoch count and the
+    history so far. A kill at any moment leaves the last complete checkpoint.
+    """
+
+    def __init__(self, directory, classifier: keras.Model, phase: str, history, signature: str):
+        super().__init__()
+        self.directory = Path(directory)
+        self.classifier, self.phase, self.history = classifier, phase, history
+        self.signature = signature
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{epoch + 1:04d}.npz"
+        arrays = {f"model_{i}": np.asarray(v) for i, v in enumerate(self.classifier.variables)}
+        arrays.update(
+            {f"optimizer_{i}": np.asarray(v) for i, v in enumerate(self.model.optimizer.variables)}
+        )
+        partial = self.directory / f".{name}.partial"
+        with open(partial, "wb") as handle:
+            np.savez(handle, **arrays)
+        os.replace(partial, self.directory / name)
+        state = {
+            "phase": self.phase,
+            "epoch": epoch + 1,
+            "file": name,
+            "signature": self.signature,
+            "history": self.history.rows,
+        }
+        partial = self.directory / ".state.json.partial"
+        partial.write_text(json.dumps(state))
+        os.replace(partial, self.directory / "state.json")
+        for old in self.directory.glob("epoch-*.npz"):
+            if old.name != name:
+                old.unlink()
+
+
+def read_checkpoint(directory, signature: str) -> dict | None:
+    """The last checkpoint in `directory` (None if there is none), checked against `signature`."""
+    path = Path(directory) / "state.json"
+    if not path.is_file():
+        return None
+    state = json.loads(path.read_text())
+    if state.get("signature") != signature:
+        raise KerasFTError(
+            f"The checkpoint in '{directory}' was written by a run with another configuration "
+            "or data. Resume with the same arguments and data, or start again with --overwrite."
+        )
+    with np.load(Path(directory) / state["file"], allow_pickle=False) as arrays:
+        state["arrays"] = {key: arrays[key] for key in arrays.files}
+    return state
+
+
+def _restore(state: dict, classifier: keras.Model, trained: keras.Model | None) -> None:
+    """Put the checkpoint's model variables back; also the optimizer's, when `trained` is given."""
+    arrays = state["arrays"]
+    for i, variable in enumerate(classifier.variables):
+        variable.assign(arrays[f"model_{i}"])
+    if trained is not None:
+        optimizer = trained.optimizer
+        optimizer.build(trained.trainable_variables)
+        for i, variable in enumerate(optimizer.variables):
+            variable.assign(arrays[f"optimizer_{i}"])
+
+
 def fit_two_phase(
-    model: keras.Model, data, config: TrainingConfig, callbacks=(), verbose="auto"
+    model: keras.Model,
+    data,
+    config: TrainingConfig,
+    callbacks=(),
+    verbose="auto",
+    checkpoint_dir=None,
+    resume: bool = False,
+    signature: str = "",
 ) -> TrainingHistory:
     """Train `model` on `data` (an `ImageFolder`) in two phases.
 
@@ -68,36 +155,62 @@ def fit_two_phase(
     stays frozen), recompiles with SGD momentum and trains for
     `config.finetune_epochs`, continuing the epoch count.
 
+    Args:
+        checkpoint_dir: where to checkpoint after every epoch (None: nowhere).
+        resume: continue from the checkpoint in `checkpoint_dir`, if any.
+            Every epoch's data and randomness follow from the seed and the
+            epoch number, so a resumed run ends bitwise where an uninterrupted
+            one does.
+        signature: identifies the configuration and data; a checkpoint with
+            another signature is refused.
+
     Returns:
         A `TrainingHistory` covering both phases.
     """
-    history = TrainingHistory()
+    state = read_checkpoint(checkpoint_dir, signature) if resume and checkpoint_dir else None
+    done = state["epoch"] if state else 0
+    history = TrainingHistory(state["history"] if state else [])
     plan = (
         ("head", 0, config.head_epochs),
         ("finetune", config.head_epochs, config.finetune_epochs),
     )
     for phase, start, epochs in plan:
-        if not epochs:
+        end = start + epochs
+        if not epochs or done >= end:
             continue
+        first = max(start, done)
         if phase == "head":
             freeze_backbone(model)
+            trained = model
             if config.feature_cache and not data.config.augment:
-                history.extend(fit_head_on_features(model, data, config, callbacks, verbose), phase)
-                continue
+                extractor, trained = split_at_features(model)
         else:
             unfreeze_backbone(model, config.unfreeze)
-        compile_for_phase(model, phase, config, data.num_classes)
-        result = model.fit(
-            data.train_dataset(start, epochs),
-            epochs=start + epochs,
-            initial_epoch=start,
-            steps_per_epoch=data.steps_per_epoch,
-            validation_data=data.validation,
-            shuffle=False,  # the dataset is already shuffled per epoch, from the seed
-            callbacks=list(callbacks),
+            trained = model
+        compile_for_phase(trained, phase, config, data.num_classes)
+        if state:  # resuming: the optimizer state only carries over within its phase
+            _restore(state, model, trained if state["phase"] == phase and first > start else None)
+            state = None
+        steps = data.steps_per_epoch
+        if trained is model:
+            dataset = data.train_dataset(first, end - first)
+            validation = data.validation
+        else:
+            dataset = feature_batches(extractor, data, first, end)
+            validation = _features(extractor, data.validation) if data.validation else None
+        run_callbacks = [*callbacks, history.recorder(phase)]
+        if checkpoint_dir:
+            run_callbacks.append(Checkpoint(checkpoint_dir, model, phase, history, signature))
+        trained.fit(
+            dataset,
+            epochs=end,
+            initial_epoch=first,
+            steps_per_epoch=steps,
+            validation_data=validation,
+            callbacks=run_callbacks,
+            shuffle=False,  # each epoch is already shuffled from the seed
             verbose=verbose,
         )
-        history.extend(result, phase)
     return history
 
 
@@ -109,26 +222,24 @@ def _features(extractor: keras.Model, dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(features), np.concatenate(labels)
 
 
-def fit_head_on_features(
-    model: keras.Model, data, config: TrainingConfig, callbacks=(), verbose="auto"
-) -> keras.callbacks.History:
-    """Phase 1 without augmentation: run the frozen backbone once, then train the head.
+def feature_batches(extractor: keras.Model, data, first: int, end: int) -> tf.data.Dataset:
+    """Phase 1 without augmentation: run the frozen backbone once, then serve its features.
 
     The training images do not change between epochs, so neither do the
     backbone's features: computing them once makes every head epoch cost
-    only the head. The head shares the classifier's layers, so the trained
-    weights are the classifier's. User callbacks see the head model here.
+    only the head. Epochs `first` to `end - 1` are ordered as
+    `data.train_dataset` orders them. User callbacks see the head model.
     """
-    extractor, head = split_at_features(model)
-    train = _features(extractor, data.unaugmented_train())
-    validation = _features(extractor, data.validation) if data.validation is not None else None
-    compile_for_phase(head, "head", config, data.num_classes)
-    return head.fit(
-        *train,
-        batch_size=data.config.batch_size,
-        epochs=config.head_epochs,
-        validation_data=validation,
-        shuffle=True,
-        callbacks=list(callbacks),
-        verbose=verbose,
-    )
+    features, labels = _features(extractor, data.unaugmented_train())
+
+    def gather(indices):
+        batch = tf.numpy_function(lambda i: features[i], [indices], tf.float32, stateful=False)
+        batch.set_shape([None, *features.shape[1:]])
+        return batch, tf.gather(labels, indices)
+
+    dataset = None
+    for epoch in range(first, end):
+        order = tf.data.Dataset.from_tensor_slices(data.epoch_order(epoch).astype(np.int64))
+        batches = order.batch(data.config.batch_size).map(gather)
+        dataset = batches if dataset is None else dataset.concatenate(batches)
+    return dataset.prefetch(tf.data.AUTOTUNE)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from conftest import run_cli, tiny_backbone
 
-from keras_ft.reproducibility import environment, fingerprint, weights_sha256
+from keras_ft.reproducibility import environment, file_hashes, fingerprint, weights_sha256
 from keras_ft.scan import scan_folder
 
 
@@ -64,11 +64,11 @@ def test_weights_hash_sees_a_single_changed_value():
 
 
 def test_fingerprint_follows_content_and_names(folder):
-    first = fingerprint(scan_folder(folder).files)
-    assert fingerprint(scan_folder(folder).files) == first
+    first = fingerprint(file_hashes(scan_folder(folder).files))
+    assert fingerprint(file_hashes(scan_folder(folder).files)) == first
     image = folder / "cat" / "000.png"
     image.write_bytes(image.read_bytes() + b"\0")
-    assert fingerprint(scan_folder(folder).files) != first
+    assert fingerprint(file_hashes(scan_folder(folder).files)) != first
 
 
 def test_environment_names_versions():

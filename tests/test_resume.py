@@ -1,0 +1,107 @@
+"""Interrupted runs: SIGKILL a real training process, resume, and get bitwise the same weights."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import run_cli, write_folder
+
+
+def train_args(data, output, augment):
+    args = [
+        "train",
+        data,
+        "--backbone",
+        "mobilenetv3small",
+        "--weights",
+        "none",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--validation-split",
+        "0.2",
+        "--head-epochs",
+        "3",
+        "--finetune-epochs",
+        "3",
+        "--seed",
+        "5",
+        "--quiet",
+        "--output",
+        output,
+    ]
+    return [str(a) for a in args] + ([] if augment else ["--no-augment"])
+
+
+def kill_after_checkpoint(args, state, epoch):
+    """Start `keras-ft train`, SIGKILL it once its checkpoint reaches `epoch`."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keras_ft.cli", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                reached = json.loads(state.read_text())["epoch"]
+            except (OSError, ValueError):
+                reached = 0
+            if reached >= epoch:
+                break
+            time.sleep(0.02)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=60)
+    return json.loads(state.read_text())["epoch"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_folder(tmp_path_factory.mktemp("resume") / "data", ("a", "b", "c"), 12)
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """Weights hashes of uninterrupted runs, with and without augmentation."""
+    hashes = {}
+    for augment in (True, False):
+        output = tmp_path_factory.mktemp("reference") / "run"
+        result = run_cli(*train_args(data, output, augment))
+        assert result.returncode == 0, result.stderr
+        hashes[augment] = json.loads((output / "run.json").read_text())["weights_sha256"]
+    return hashes
+
+
+@pytest.mark.parametrize(
+    ("augment", "kill_at"),
+    [
+        (True, 1),  # phase 1, head trained on augmented images
+        (False, 1),  # phase 1, head trained on cached features
+        (True, 4),  # phase 2, fine-tuning
+    ],
+)
+def test_resume_after_sigkill_is_bitwise_identical(augment, kill_at, data, reference, tmp_path):
+    output = tmp_path / "run"
+    args = train_args(data, output, augment)
+    reached = kill_after_checkpoint(args, output / "checkpoints" / "state.json", kill_at)
+    assert kill_at <= reached < 6, "the process must die mid-run"
+    assert not (output / "run.json").exists()
+    refused = run_cli(*args)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    resumed = run_cli(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    record = json.loads((output / "run.json").read_text())
+    assert record["weights_sha256"] == reference[augment]
+    assert not (output / "checkpoints").exists()
+    history = (output / "history.csv").read_text().splitlines()
+    assert len(history) == 1 + 6  # every epoch of both phases, once
+
+
+def test_resume_without_a_checkpoint_is_refused(data, tmp_path):
+    result = run_cli(*train_args(data, tmp_path / "run", True), "--resume")
+    assert result.returncode == 2 and "holds no checkpoint" in result.stderr
