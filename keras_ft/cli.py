@@ -98,8 +98,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="TF Serving model base path")
     p.add_argument("--version", type=int, help="version number (default: next free)")
     p.set_defaults(func=export)
+    p = commands.add_parser("reproduce", help="re-train a run from its record, compare weights")
+    p.add_argument("run_dir")
+    p.add_argument("--data", help="training folder, if it moved since the run")
+    p.add_argument("--test-dir", help="held-out folder, if it moved since the run")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=reproduce)
     p = commands.add_parser("scan", help="check a data set before training")
-    p.add_argument("data_dir")
+    p.add_argument("data_dir", help="training folder: DATA_DIR/<class>/<image>")
+    p.add_argument("--test-dir", help="held-out folder: also checked for leakage from DATA_DIR")
+    p.add_argument("--no-cache", action="store_true", help="decode every file again")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=scan)
     p = commands.add_parser("backbones", help="list the backbones that can be used")
     p.set_defaults(func=backbones)
@@ -223,6 +232,20 @@ def predict(args) -> int:
     return status
 
 
+def reproduce(args) -> int:
+    from keras_ft.reproducibility import reproduce_run
+
+    result = reproduce_run(
+        args.run_dir, args.data, args.test_dir, verbose=0 if args.quiet else "auto"
+    )
+    print(f"recorded weights:   {result['recorded']}")
+    print(f"reproduced weights: {result['reproduced']}")
+    for key, (then, now) in result["environment_differences"].items():
+        print(f"environment differs: {key}: {then} (run) vs {now} (now)")
+    print("MATCH" if result["match"] else "MISMATCH")
+    return 0 if result["match"] else 1
+
+
 def export(args) -> int:
     from keras_ft.artifacts import export_for_serving
 
@@ -233,11 +256,20 @@ def export(args) -> int:
 def scan(args) -> int:
     from keras_ft.scan import scan_folder
 
-    report = scan_folder(args.data_dir)
-    print(report.summary())
-    refuse = report.bad_files or len(report.class_names) < 2
-    print("status: " + ("training would refuse this folder" if refuse else "ok"))
-    return 2 if refuse else 0
+    options = dict(cache=not args.no_cache, quiet=args.quiet)
+    reports = [scan_folder(args.data_dir, **options)]
+    if args.test_dir:
+        reports.append(scan_folder(args.test_dir, training=reports[0], **options))
+    print("\n\n".join(report.summary() for report in reports))
+    refuse = [f"{len(r.bad_files)} problem(s) in {r.root}" for r in reports if r.bad_files]
+    if len(reports[0].class_names) < 2:
+        refuse.append("a classifier needs at least two class sub-folders")
+    if refuse:
+        print(f"status: training would refuse this data ({'; '.join(refuse)})")
+        return 2
+    warned = sum(len(r.warnings) for r in reports)
+    print(f"status: ok, with {warned} warning(s) (not fatal)" if warned else "status: ok")
+    return 0
 
 
 def backbones(args) -> int:

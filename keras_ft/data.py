@@ -160,8 +160,9 @@ class ImageFolder:
         rotation: maximum rotation as a fraction of a full turn.
         zoom: maximum zoom in or out, as a fraction.
         contrast: maximum contrast change, as a fraction.
-        skip_bad: train on the usable files when some cannot be decoded,
-            instead of refusing.
+        skip_bad: train on the usable files when some cannot be used (see
+            `keras_ft.scan`), instead of refusing; `skipped` lists what was
+            left out and why.
 
     Example:
 
@@ -220,7 +221,9 @@ class ImageFolder:
         self.test_report = None
         self.test_files = []
         if test_dir is not None:
-            self.test_report = scan_folder(test_dir, class_names=self.class_names)
+            self.test_report = scan_folder(
+                test_dir, class_names=self.class_names, training=self.report
+            )
             _refuse_bad_files(self.test_report, skip_bad)
             self.test_files = list(self.test_report.files)
         self._cache = {}
@@ -248,6 +251,18 @@ class ImageFolder:
                 f"fewer than one batch of batch_size={config.batch_size}. Lower batch_size "
                 f"(e.g. --batch-size {max(1, len(self.train_files) // 4)}) or add images."
             )
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        """What `skip_bad=True` left out, each with the reason, for the run record.
+
+        Returns:
+            One `{"path": ..., "reason": ...}` dict per file (or empty test class
+            folder) that cannot be used: the training folder's first, then the
+            test folder's. Empty when nothing was skipped.
+        """
+        reports = [r for r in (self.report, self.test_report) if r is not None]
+        return [{"path": p.path, "reason": p.reason} for r in reports for p in r.bad_files]
 
     @property
     def num_classes(self) -> int:

@@ -78,3 +78,98 @@ def environment() -> dict:
         "cudnn": build.get("cudnn_version"),
         "devices": [d.name for d in tf.config.list_logical_devices()],
     }
+
+
+def compare_files(recorded: dict[str, str], current: dict[str, str]) -> dict[str, list[str]]:
+    """Added, removed and changed relative paths between two `file_hashes` results."""
+    return {
+        "added": sorted(set(current) - set(recorded)),
+        "removed": sorted(set(recorded) - set(current)),
+        "changed": sorted(p for p in set(recorded) & set(current) if recorded[p] != current[p]),
+    }
+
+
+def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto") -> dict:
+    """Re-train a run from its record and compare the final weights.
+
+    The data is checked first: if any file was added, removed or changed since
+    the run, nothing is trained and the differences are listed.
+
+    Args:
+        run_dir: a run directory.
+        data_dir: the training folder, if it moved (default: the recorded one).
+        test_dir: the held-out folder, if it moved.
+        verbose: Keras verbosity of the re-training.
+
+    Returns:
+        A dict: `match` (bool), `recorded` and `reproduced` weight hashes, and
+        `environment_differences` ({key: (recorded, now)}).
+    """
+    import tempfile
+
+    from keras_ft.artifacts import read_record
+    from keras_ft.backbones import BACKBONES
+    from keras_ft.config import DataConfig, ModelConfig, TrainingConfig, from_dict, to_dict
+    from keras_ft.data import ImageFolder
+    from keras_ft.errors import KerasFTError
+    from keras_ft.finetuner import FineTuner
+    from keras_ft.scan import scan_folder
+
+    record = read_record(run_dir)
+    data_config = from_dict(DataConfig, record["data"])
+    model_config = from_dict(ModelConfig, record["model"])
+    training = from_dict(TrainingConfig, record["training"])
+    if model_config.backbone not in BACKBONES:
+        raise KerasFTError(
+            f"'{run_dir}' used a custom backbone ({model_config.backbone!r}); `reproduce` "
+            "can only rebuild registry backbones. Re-run your own script with the same seed."
+        )
+    data_dir = data_dir or data_config.directory
+    test_dir = test_dir or data_config.test_dir
+    for split, folder in (("train", data_dir), ("test", test_dir)):
+        if folder is None:
+            continue
+        report = scan_folder(folder, class_names=tuple(record["class_names"]))
+        changes = compare_files(record["data_files"][split], file_hashes(report.files))
+        if any(changes.values()):
+            listing = "\n".join(
+                f"  {kind}: {path}" for kind, paths in changes.items() for path in paths
+            )
+            raise KerasFTError(
+                f"The {split} data in '{folder}' differs from the run's:\n{listing}\n"
+                "Restore the original files (or pass --data/--test-dir to where they are)."
+            )
+    values = {**to_dict(data_config), "directory": data_dir, "test_dir": test_dir}
+    data = ImageFolder(**values)
+    tuner = FineTuner(
+        model_config.backbone,
+        weights=model_config.weights,
+        pooling=model_config.pooling,
+        dense_units=model_config.dense_units,
+        dropout=model_config.dropout,
+        normalize_features=model_config.normalize_features,
+        seed=record["seed"],
+        deterministic=training.deterministic,
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        tuner.fit(
+            data,
+            head_epochs=training.head_epochs,
+            finetune_epochs=training.finetune_epochs,
+            head_lr=training.head_lr,
+            finetune_lr=training.finetune_lr,
+            momentum=training.momentum,
+            unfreeze=training.unfreeze,
+            feature_cache=training.feature_cache,
+            verbose=verbose,
+            evaluate=False,
+            checkpoint_dir=f"{scratch}/checkpoints",
+        )
+    reproduced = weights_sha256(tuner.model)
+    now, then = environment(), record.get("environment", {})
+    return {
+        "match": reproduced == record["weights_sha256"],
+        "recorded": record["weights_sha256"],
+        "reproduced": reproduced,
+        "environment_differences": {k: (then.get(k), now[k]) for k in now if then.get(k) != now[k]},
+    }

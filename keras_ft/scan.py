@@ -1,35 +1,77 @@
-"""Walk an image folder: the class list, the file list, and every file that will not decode.
+"""Walk an image folder: the class list, the file list, and every file that cannot be used.
 
-A folder is `root/<class>/<image>`. Each candidate file is opened and fully
+A folder is `root/<class>/<image>`. Each candidate file is read and fully
 decoded with Pillow before any model is built, so that one corrupt file is
 reported by path up front instead of killing a tf.data epoch hours later.
+
+Every finding is a `Problem` at one of three levels:
+
+* **problem** (fatal): the file cannot be used, and training refuses the
+  folder unless `skip_bad=True` (`--skip-bad`) leaves it out: an empty file, a
+  truncated file, content that is not an image, a file that cannot be read
+  (permissions, a broken symbolic link), an image smaller than `min_size`
+  pixels on either side, the same image content (SHA-256 of the bytes) in two
+  classes (a label conflict: every copy is a problem), and a class folder
+  with no usable image.
+* **warning** (not fatal, reported): the same image in a test folder and in
+  its training folder (leakage: the test accuracy will be optimistic).
+* **note** (not fatal): content that does not match the extension (read as
+  what it is), a symbolic link that loops back or repeats a folder (not
+  followed).
+
+Hidden files and folders, `Thumbs.db`, `desktop.ini` and files without an
+image extension (`.txt`, `.csv` ...) are ignored silently.
+
+Decoding results are cached by (path, size, modification time) in one JSON
+file per root folder under `$KERAS_FT_CACHE` (default `~/.cache/keras_ft`),
+never inside the data folder, so a second scan of an unchanged folder only
+lists and stats it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import re
+import sys
+import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import PIL
 from PIL import Image, UnidentifiedImageError
 
 from keras_ft.errors import KerasFTError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+DEFAULT_MIN_SIZE = 8
+# Progress is shown for folders of at least this many files: on a terminal as
+# one line redrawn in place, otherwise as one line every PROGRESS_EVERY files.
+PROGRESS_MIN_FILES = 1000
+PROGRESS_EVERY = 5000
+CACHE_VERSION = 1
+WARNING_KINDS = frozenset({"leakage"})
+# Failures that can change without the file changing (permissions, a link's
+# target): never cached.
+_TRANSIENT_KINDS = frozenset({"unreadable", "missing"})
 
 # Pillow (format, mode) pairs that tf.io.decode_image reads correctly as RGB.
-# Anything else that Pillow can read (CMYK JPEG, 16-bit PNG, palette BMP ...)
-# is converted with Pillow in the pipeline instead.
+# Anything else that Pillow can read (CMYK JPEG, 16-bit PNG, any BMP or GIF,
+# WebP named .jpg ...) is converted with Pillow in the pipeline instead. BMP
+# and GIF always go through Pillow: TensorFlow rejects 16-bit and palette BMPs
+# and some GIFs that Pillow reads.
 _TF_NATIVE = {
     "JPEG": {"L", "RGB"},
     "PNG": {"1", "L", "LA", "P", "RGB", "RGBA"},
-    "GIF": {"P", "L", "RGB"},
-    "BMP": {"RGB", "RGBA"},
 }
 _EXTENSION_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".gif": "GIF"}
+# Formats that are a kind of what their extension says (a camera's multi-picture JPEG).
+_SAME_FORMAT = {"MPO": "JPEG"}
 
 
 def natural_key(name: str) -> list:
@@ -43,80 +85,260 @@ def natural_key(name: str) -> list:
 
 @dataclass(frozen=True)
 class ImageFile:
-    """One image that decodes: its path, its class and how to read it."""
+    """One usable image: its path, its class, how to read it and its content hash."""
 
     path: str
     relpath: str
     label: int
     needs_pil: bool = False
+    sha256: str = ""
 
 
 @dataclass(frozen=True)
 class Problem:
-    """A file that cannot be used, or a note about one that can."""
+    """A file or folder that cannot be used, or a warning or note about one that can.
+
+    Attributes:
+        path: the file or folder, as found under the scanned root.
+        reason: what is wrong and how to fix it.
+        fatal: whether training refuses the folder because of it (unless
+            `skip_bad=True`, which leaves the file out).
+        kind: a short machine-readable name, e.g. "truncated", "too_small",
+            "label_conflict", "leakage".
+    """
 
     path: str
     reason: str
     fatal: bool = True
+    kind: str = ""
+
+    @property
+    def level(self) -> str:
+        """ "problem" (fatal), "warning" (reported, not fatal) or "note"."""
+        if self.fatal:
+            return "problem"
+        return "warning" if self.kind in WARNING_KINDS else "note"
 
 
 @dataclass(frozen=True)
 class ScanReport:
-    """The result of `scan_folder`."""
+    """The result of `scan_folder`.
+
+    Attributes:
+        root: the scanned folder.
+        class_names: the class order; label `i` is `class_names[i]`.
+        files: the usable images, ordered by class, then by path.
+        problems: every problem, warning and note, each naming its path.
+        from_cache: how many files were judged from the cache, not decoded.
+    """
 
     root: str
     class_names: tuple[str, ...]
     files: tuple[ImageFile, ...]
     problems: tuple[Problem, ...] = field(default=())
+    from_cache: int = 0
 
     @property
     def bad_files(self) -> tuple[Problem, ...]:
+        """The fatal problems: what training refuses, or skips with `skip_bad=True`."""
         return tuple(p for p in self.problems if p.fatal)
 
+    @property
+    def warnings(self) -> tuple[Problem, ...]:
+        """Reported, not fatal: the same image in training and test (leakage)."""
+        return tuple(p for p in self.problems if p.level == "warning")
+
     def counts(self) -> dict[str, int]:
+        """Usable images per class, in class order."""
         counts = {name: 0 for name in self.class_names}
         for f in self.files:
             counts[self.class_names[f.label]] += 1
         return counts
 
     def summary(self) -> str:
+        """Per-class counts, the class order and every problem with its path and reason."""
         lines = [f"{self.root}: {len(self.files)} images in {len(self.class_names)} classes"]
+        lines.append(f"class order (label 0 first): {list(self.class_names)}")
         lines += [f"  {name}: {count}" for name, count in self.counts().items()]
-        lines += [
-            f"  {'problem' if p.fatal else 'note'}: {p.path}: {p.reason}" for p in self.problems
-        ]
+        lines += [f"  {p.level}: {p.path}: {p.reason}" for p in self.problems]
+        if self.bad_files:
+            lines.append(
+                f"{len(self.bad_files)} problem(s): training refuses these; fix or remove "
+                "them, or pass --skip-bad (skip_bad=True) to train without them."
+            )
+        if self.warnings:
+            lines.append(
+                f"{len(self.warnings)} warning(s): reported, not fatal; the files are used."
+            )
         return "\n".join(lines)
 
 
-def _inspect(path: str) -> tuple[bool, str | None, bool]:
-    """Decode `path` fully; return (usable, reason, needs_pil)."""
+# ----------------------------------------------------------------- one file
+
+
+def _failure(kind: str, reason: str) -> dict:
+    return {"error": kind, "reason": reason}
+
+
+def _decode(data: bytes) -> tuple[str, str, int, int]:
+    """Fully decode encoded image bytes with Pillow; return (format, mode, width, height)."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        return image.format, image.mode, image.width, image.height
+
+
+def _not_an_image(data: bytes) -> str:
+    head = data[:512].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
+        what = "a web page (HTML/XML), e.g. an error page saved under an image name"
+    else:
+        try:
+            data[:4096].decode("utf-8")
+            what = "text"
+        except UnicodeDecodeError:
+            what = "in no image format Pillow knows"
+    return f"not an image: the content is {what}"
+
+
+def _inspect(path: str) -> dict:
+    """Read and fully decode one file.
+
+    Returns:
+        A JSON-serialisable record: `{"error": kind, "reason": text}` when the
+        file cannot be used, else its format, mode, width, height and SHA-256.
+    """
     try:
-        if os.path.getsize(path) == 0:
-            return False, "empty file (0 bytes)", False
-        with Image.open(path) as image:
-            fmt, mode = image.format, image.mode
-            image.load()
-    except UnidentifiedImageError:
-        return False, "not an image (Pillow cannot identify its content)", False
+        with open(path, "rb") as handle:
+            data = handle.read()
     except PermissionError:
-        return False, "cannot be read (permission denied)", False
-    except (OSError, SyntaxError, ValueError) as error:
-        return False, f"cannot be decoded ({error})", False
-    expected = _EXTENSION_FORMAT[Path(path).suffix.lower()]
-    note = (
-        None if fmt == expected else f"content is {fmt} but the name says {expected}; read as {fmt}"
+        return _failure("unreadable", "cannot be read (permission denied); fix with chmod a+r")
+    except FileNotFoundError:
+        return _failure("missing", "cannot be read: a broken symbolic link or a vanished file")
+    except OSError as error:
+        return _failure("unreadable", f"cannot be read ({error.strerror or error})")
+    if not data:
+        return _failure("empty", "empty file (0 bytes)")
+    try:
+        fmt, mode, width, height = _decode(data)
+    except UnidentifiedImageError:
+        return _failure("not_image", _not_an_image(data))
+    except Image.DecompressionBombError as error:
+        return _failure("too_large", f"too large to decode safely ({error})")
+    except Exception as error:  # any decoder failure at all means the file cannot be used
+        text = str(error) or type(error).__name__
+        if "truncated" in text.lower():
+            return _failure("truncated", f"truncated, e.g. an interrupted download ({text})")
+        return _failure("undecodable", f"cannot be decoded ({text})")
+    digest = hashlib.sha256(data).hexdigest()
+    return {"format": fmt, "mode": mode, "width": width, "height": height, "sha256": digest}
+
+
+def _valid_record(record) -> bool:
+    if not isinstance(record, dict):
+        return False
+    if "error" in record:
+        return isinstance(record["error"], str) and isinstance(record.get("reason"), str)
+    types = {"format": str, "mode": str, "width": int, "height": int, "sha256": str}
+    return all(isinstance(record.get(key), kind) for key, kind in types.items())
+
+
+def _judge(path: str, relpath: str, label: int, record: dict, min_size: int):
+    """Turn one decoding record into (an ImageFile or None, a Problem or None)."""
+    if "error" in record:
+        return None, Problem(path, record["reason"], kind=record["error"])
+    fmt, width, height = record["format"], record["width"], record["height"]
+    if width < min_size or height < min_size:
+        reason = (
+            f"image is {width}x{height} px, smaller than min_size={min_size} px on a side "
+            "(a thumbnail or icon?); remove it or lower min_size"
+        )
+        return None, Problem(path, reason, kind="too_small")
+    image = ImageFile(
+        path, relpath, label, record["mode"] not in _TF_NATIVE.get(fmt, ()), record["sha256"]
     )
-    return True, note, mode not in _TF_NATIVE.get(fmt, ())
+    expected = _EXTENSION_FORMAT[Path(path).suffix.lower()]
+    if _SAME_FORMAT.get(fmt, fmt) == expected:
+        return image, None
+    note = f"content is {fmt} but the name says {expected}; read as {fmt}"
+    return image, Problem(path, note, fatal=False, kind="extension_mismatch")
+
+
+# ------------------------------------------------------------------ walking
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _is_candidate(name: str) -> bool:
+    return (
+        not name.startswith(".")
+        and name.lower() not in IGNORED_NAMES
+        and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    )
+
+
+def _link_note(path: str, here: str, others: list[str], visited: set[str]) -> Problem | None:
+    """A note when the folder at `path` must not be walked (a loop, a repeat), else None."""
+    real = os.path.realpath(path)
+    if _within(here, real):
+        reason = f"symbolic link loop: points to {real}, which contains it; not followed"
+    elif real in visited:
+        reason = f"points to {real}, a folder already scanned; not followed again"
+    elif any(_within(real, other) for other in others):
+        reason = f"points into another class folder ({real}); not followed"
+    else:
+        visited.add(real)
+        return None
+    return Problem(path, reason, fatal=False, kind="link")
+
+
+def _walk_class(top: str, others: list[str], visited: set[str]):
+    """Candidate image paths under one class folder, following links without looping.
+
+    Returns:
+        (paths in walk order, notes about links not followed).
+    """
+    paths, notes = [], []
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
+        here = os.path.realpath(dirpath)
+        keep = []
+        for name in sorted(dirnames):
+            if not name.startswith("."):
+                note = _link_note(os.path.join(dirpath, name), here, others, visited)
+                if note is None:
+                    keep.append(name)
+                else:
+                    notes.append(note)
+        dirnames[:] = keep
+        paths += [os.path.join(dirpath, name) for name in sorted(filenames) if _is_candidate(name)]
+    return paths, notes
+
+
+def _class_dirs(root: Path) -> tuple[list[str], list[Problem]]:
+    """Non-hidden folders of `root`, without links that loop back to `root` or above it."""
+    names, notes, real_root = [], [], os.path.realpath(root)
+    for entry in root.iterdir():
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        real = os.path.realpath(entry)
+        if _within(real_root, real):
+            reason = f"symbolic link loop: points to {real}, which contains it; not a class"
+            notes.append(Problem(str(entry), reason, fatal=False, kind="link"))
+        else:
+            names.append(entry.name)
+    return names, notes
 
 
 def list_classes(root: Path) -> tuple[str, ...]:
-    """Return the class folders under `root` in natural order."""
+    """Return the class folders under `root` in natural order ("2" before "10")."""
+    root = Path(root)
     if not root.is_dir():
         raise KerasFTError(
             f"Data directory '{root}' does not exist or is not a directory. "
             "Pass a folder that holds one sub-folder per class, e.g. flowers/train/<class>/*.jpg."
         )
-    names = [p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    names, _ = _class_dirs(root)
     if not names:
         raise KerasFTError(
             f"Data directory '{root}' has no class sub-folders. Put each class's images "
@@ -126,59 +348,268 @@ def list_classes(root: Path) -> tuple[str, ...]:
     return tuple(sorted(names, key=natural_key))
 
 
+def _check_same_classes(root: Path, found, class_names) -> None:
+    unknown = sorted(set(found) - set(class_names), key=natural_key)
+    missing = sorted(set(class_names) - set(found), key=natural_key)
+    if unknown or missing:
+        details = []
+        if unknown:
+            details.append(f"classes not in training: {unknown}")
+        if missing:
+            details.append(f"training classes missing here: {missing}")
+        raise KerasFTError(
+            f"Directory '{root}' has different classes from the training data "
+            f"({'; '.join(details)}). The held-out folder must have one sub-folder per "
+            f"training class, named the same: {list(class_names)}."
+        )
+
+
+# -------------------------------------------------------------------- cache
+
+
+def cache_dir() -> Path:
+    """The scan cache folder: `$KERAS_FT_CACHE`, else `$XDG_CACHE_HOME/keras_ft` or
+    `~/.cache/keras_ft`."""
+    if os.environ.get("KERAS_FT_CACHE"):
+        return Path(os.environ["KERAS_FT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "keras_ft"
+
+
+def _cache_file(root: Path) -> Path | None:
+    """The cache file of `root`, or None when the cache folder lies inside `root`."""
+    real_root = os.path.realpath(root)
+    folder = cache_dir()
+    if _within(os.path.realpath(folder), real_root):
+        return None
+    return folder / f"scan-{hashlib.sha256(real_root.encode()).hexdigest()[:24]}.json"
+
+
+def _load_cache(path: Path | None) -> dict:
+    """Cached entries by relative path; an unreadable, corrupt or outdated file gives {}."""
+    if path is None:
+        return {}
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if (
+        not isinstance(payload, dict)
+        or payload.get("version") != CACHE_VERSION
+        or payload.get("pillow") != PIL.__version__
+        or not isinstance(payload.get("entries"), dict)
+    ):
+        return {}
+    return payload["entries"]
+
+
+def _save_cache(path: Path | None, root: Path, entries: dict) -> None:
+    if path is None:
+        return
+    payload = {"version": CACHE_VERSION, "pillow": PIL.__version__, "root": str(root)}
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary.write_text(json.dumps(payload | {"entries": entries}), encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError:  # a cache that cannot be written only costs time on the next scan
+        temporary.unlink(missing_ok=True)
+
+
+def _cached_record(entry, stamp: list[int], path: str) -> dict | None:
+    if (
+        isinstance(entry, dict)
+        and entry.get("stamp") == stamp
+        and _valid_record(entry.get("record"))
+        and os.access(path, os.R_OK)
+    ):
+        return entry["record"]
+    return None
+
+
+# ----------------------------------------------------------------- progress
+
+
+class _Progress:
+    """A files-done counter on stderr for large folders; silent when `quiet`."""
+
+    def __init__(self, label: str, total: int, quiet: bool):
+        self.label, self.total, self.done = label, total, 0
+        self.enabled = not quiet and total >= PROGRESS_MIN_FILES
+        self.tty = self.enabled and sys.stderr.isatty()
+        self.started = self.drawn = time.monotonic()
+
+    def _line(self) -> str:
+        return f"scanning {self.label}: {self.done}/{self.total} files"
+
+    def advance(self, count: int = 1) -> None:
+        before, self.done = self.done, self.done + count
+        if not self.enabled:
+            return
+        if self.tty:
+            now = time.monotonic()
+            if now - self.drawn >= 0.1:
+                self.drawn = now
+                sys.stderr.write("\r" + self._line())
+                sys.stderr.flush()
+        elif self.done // PROGRESS_EVERY > before // PROGRESS_EVERY:
+            print(self._line(), file=sys.stderr, flush=True)
+
+    def finish(self, from_cache: int) -> None:
+        if self.enabled:
+            seconds = time.monotonic() - self.started
+            line = f"scanned {self.label}: {self.total} files in {seconds:.1f} s"
+            line += f" ({from_cache} from the cache)"
+            print(("\r" + line.ljust(len(self._line()))) if self.tty else line, file=sys.stderr)
+
+
+def _inspect_all(root: Path, candidates, workers: int, use_cache: bool, quiet: bool):
+    """Decoding records of `candidates` ((path, relpath) pairs), from the cache where fresh.
+
+    Returns:
+        (records in candidate order, how many came from the cache).
+    """
+    cache_path = _cache_file(root) if use_cache else None
+    cached = _load_cache(cache_path)
+    records, todo, entries = [None] * len(candidates), [], {}
+    for i, (path, relpath) in enumerate(candidates):
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            records[i] = _inspect(path)
+            continue
+        except OSError:
+            records[i] = _failure("unreadable", "cannot be read (cannot stat it)")
+            continue
+        stamp = [stat.st_size, stat.st_mtime_ns]
+        records[i] = _cached_record(cached.get(relpath), stamp, path)
+        if records[i] is None:
+            todo.append((i, relpath, stamp))
+        else:
+            entries[relpath] = cached[relpath]
+    progress = _Progress(str(root), len(candidates), quiet)
+    progress.advance(len(candidates) - len(todo))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        paths = [candidates[i][0] for i, _, _ in todo]
+        for (i, relpath, stamp), record in zip(todo, pool.map(_inspect, paths), strict=True):
+            records[i] = record
+            if record.get("error") not in _TRANSIENT_KINDS:
+                entries[relpath] = {"stamp": stamp, "record": record}
+            progress.advance()
+    from_cache = len(candidates) - len(todo)
+    progress.finish(from_cache)
+    if use_cache and (todo or len(entries) != len(cached)):
+        _save_cache(cache_path, root, entries)
+    return records, from_cache
+
+
+# ------------------------------------------------------- across files, classes
+
+
+def _label_conflicts(files: list[ImageFile], class_names) -> tuple[list[ImageFile], list]:
+    """Remove every copy of an image found in more than one class; one problem per copy."""
+    groups = defaultdict(list)
+    for f in files:
+        groups[f.sha256].append(f)
+    problems = {}
+    for group in groups.values():
+        if len({f.label for f in group}) < 2:
+            continue
+        for f in group:
+            others = ", ".join(
+                f"{g.path} (class '{class_names[g.label]}')" for g in group if g.label != f.label
+            )
+            reason = f"same image as {others}: a label conflict; keep one copy, in the right class"
+            problems[f.path] = Problem(f.path, reason, kind="label_conflict")
+    kept = [f for f in files if f.path not in problems]
+    return kept, [problems[f.path] for f in files if f.path in problems]
+
+
+def _leaks(files: list[ImageFile], training: ScanReport) -> list[Problem]:
+    """A warning for each file whose content is also in the training folder."""
+    seen = {}
+    for f in training.files:
+        if f.sha256:
+            seen.setdefault(f.sha256, f.path)
+    return [
+        Problem(
+            f.path,
+            f"same image as training file {seen[f.sha256]} (leakage: not fatal, but the "
+            "test accuracy will be optimistic; remove one copy)",
+            fatal=False,
+            kind="leakage",
+        )
+        for f in files
+        if f.sha256 in seen
+    ]
+
+
 def scan_folder(
-    root: str | os.PathLike, class_names: tuple[str, ...] | None = None, workers: int = 8
+    root: str | os.PathLike,
+    class_names: tuple[str, ...] | None = None,
+    workers: int | None = None,
+    *,
+    min_size: int = DEFAULT_MIN_SIZE,
+    training: ScanReport | None = None,
+    cache: bool = True,
+    quiet: bool = False,
 ) -> ScanReport:
-    """Scan `root/<class>/<image>` and decode every candidate image.
+    """Scan `root/<class>/<image>`, decode every candidate image and report every problem.
 
     Args:
         root: the folder with one sub-folder per class.
         class_names: the class order to use (e.g. the training folder's, when
             scanning a test folder). The folder's classes must be the same set.
-            `None` uses the folder's own classes in natural order.
-        workers: threads used to decode files.
+            `None` uses `training`'s classes when given, else the folder's own
+            classes in natural order ("2" before "10").
+        workers: threads that read and decode files (default: 4 per CPU, at most 32).
+        min_size: images narrower or shorter than this many pixels are fatal
+            problems ("too_small"); at or above it they are used as they are.
+        training: the training folder's report, when `root` is a test folder:
+            every test image whose content is also in training is a warning
+            (leakage), reported but not fatal.
+        cache: reuse decoding results of files whose (path, size, modification
+            time) have not changed since the last scan; see `cache_dir`.
+        quiet: no progress on stderr (shown only for folders of at least
+            `PROGRESS_MIN_FILES` files).
 
     Returns:
         A `ScanReport`; files are ordered by class, then by path.
+
+    Example:
+
+    >>> report = scan_folder("flowers/train")
+    >>> print(report.summary())
+    >>> test = scan_folder("flowers/test", training=report)
     """
     root = Path(root)
     found = list_classes(root)
     if class_names is None:
-        class_names = found
-    else:
-        unknown = sorted(set(found) - set(class_names), key=natural_key)
-        missing = sorted(set(class_names) - set(found), key=natural_key)
-        if unknown or missing:
-            details = []
-            if unknown:
-                details.append(f"classes not in training: {unknown}")
-            if missing:
-                details.append(f"training classes missing here: {missing}")
-            raise KerasFTError(
-                f"Directory '{root}' has different classes from the training data "
-                f"({'; '.join(details)}). The held-out folder must have one sub-folder per "
-                f"training class, named the same: {list(class_names)}."
-            )
-    candidates, problems = [], []
+        class_names = training.class_names if training is not None else found
+    _check_same_classes(root, found, class_names)
+    _, problems = _class_dirs(root)
+    candidates, labels = [], []
+    real_classes = [os.path.realpath(root / name) for name in class_names]
+    visited = set(real_classes)
     for label, name in enumerate(class_names):
-        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for filename in sorted(filenames):
-                path = os.path.join(dirpath, filename)
-                if filename.startswith(".") or filename.lower() in IGNORED_NAMES:
-                    continue
-                if Path(filename).suffix.lower() in IMAGE_EXTENSIONS:
-                    candidates.append((path, label))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(_inspect, [path for path, _ in candidates]))
+        others = real_classes[:label] + real_classes[label + 1 :]
+        paths, notes = _walk_class(str(root / name), others, visited)
+        candidates += [(path, Path(path).relative_to(root).as_posix()) for path in paths]
+        labels += [label] * len(paths)
+        problems += notes
+    workers = workers or min(32, 4 * (os.cpu_count() or 1))
+    records, from_cache = _inspect_all(root, candidates, workers, cache, quiet)
     files = []
-    for (path, label), (usable, reason, needs_pil) in zip(candidates, results, strict=True):
-        relpath = Path(path).relative_to(root).as_posix()
-        if usable:
-            files.append(ImageFile(path, relpath, label, needs_pil))
-        if reason:
-            problems.append(Problem(path, reason, fatal=not usable))
+    for (path, relpath), label, record in zip(candidates, labels, records, strict=True):
+        image, problem = _judge(path, relpath, label, record, min_size)
+        files += [image] if image else []
+        problems += [problem] if problem else []
+    files, conflicts = _label_conflicts(files, class_names)
+    problems += conflicts
     for label, name in enumerate(class_names):
         if not any(f.label == label for f in files):
-            problems.append(Problem(str(root / name), "class folder has no usable images"))
-    return ScanReport(str(root), tuple(class_names), tuple(files), tuple(problems))
+            reason = "class folder has no usable images; add images or remove the folder"
+            problems.append(Problem(str(root / name), reason, kind="empty_class"))
+    if training is not None:
+        problems += _leaks(files, training)
+    return ScanReport(str(root), tuple(class_names), tuple(files), tuple(problems), from_cache)

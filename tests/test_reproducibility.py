@@ -1,9 +1,11 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
 from conftest import run_cli, tiny_backbone
 
+from keras_ft.cli import main
 from keras_ft.reproducibility import environment, file_hashes, fingerprint, weights_sha256
 from keras_ft.scan import scan_folder
 
@@ -39,10 +41,12 @@ def hashes(tmp_path_factory):
     from conftest import DIGITS
 
     tmp = tmp_path_factory.mktemp("repro")
-    return {
+    hashes = {
         name: train_in_fresh_process(DIGITS, tmp / name, seed)
         for name, seed in (("a", 7), ("b", 7), ("other", 8))
     }
+    hashes["run_dir"] = tmp / "a"
+    return hashes
 
 
 def test_same_seed_gives_bitwise_identical_weights_in_two_processes(hashes):
@@ -74,3 +78,40 @@ def test_fingerprint_follows_content_and_names(folder):
 def test_environment_names_versions():
     env = environment()
     assert {"python", "tensorflow", "keras", "numpy", "devices"} <= set(env)
+
+
+def test_reproduce_prints_match(hashes, capsys):
+    code = main(["reproduce", str(hashes["run_dir"]), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.splitlines()[-1] == "MATCH"
+    assert f"reproduced weights: {hashes['a']}" in out
+
+
+def test_reproduce_reports_mismatch_with_exit_1(hashes, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(hashes["run_dir"], copy)
+    record = json.loads((copy / "run.json").read_text())
+    record["weights_sha256"] = "0" * 64
+    record["environment"]["tensorflow"] = "0.0.1"
+    (copy / "run.json").write_text(json.dumps(record))
+    assert main(["reproduce", str(copy), "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == "MISMATCH"
+    assert "environment differs: tensorflow: 0.0.1 (run)" in out
+
+
+def test_reproduce_stops_on_changed_data_and_lists_files(hashes, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(hashes["run_dir"], copy)
+    record = json.loads((copy / "run.json").read_text())
+    files = record["data_files"]["train"]
+    first, second = sorted(files)[:2]
+    del files[first]
+    files[second] = "f" * 64
+    files["3/gone.png"] = "e" * 64
+    (copy / "run.json").write_text(json.dumps(record))
+    assert main(["reproduce", str(copy), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"added: {first}" in err and f"changed: {second}" in err
+    assert "removed: 3/gone.png" in err

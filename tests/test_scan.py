@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,16 @@ from keras_ft.scan import natural_key, scan_folder
 
 
 def solid(
-    path: Path, colour=(200, 40, 90), mode: str = "RGB", size: int = 32, fmt: str | None = None
+    path: Path, colour=None, mode: str = "RGB", size: int = 32, fmt: str | None = None
 ) -> Path:
-    """Write a solid-colour image; `fmt` overrides the format the extension implies."""
+    """Write a solid-colour image; `fmt` overrides the format the extension implies.
+
+    Without `colour`, the colour follows from the path, so that two files never
+    hold the same image (the same image in two classes is a label conflict).
+    """
+    if colour is None:
+        digest = hashlib.sha256(path.as_posix().encode()).digest()
+        colour = tuple(digest[:3])
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (size, size), colour).convert(mode).save(path, format=fmt)
     return path
