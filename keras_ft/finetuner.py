@@ -17,7 +17,7 @@ from keras_ft.data import ImageFolder, folder_dataset
 from keras_ft.errors import KerasFTError
 from keras_ft.evaluation import evaluate_model
 from keras_ft.model import build_classifier
-from keras_ft.reproducibility import file_hashes, seed_everything
+from keras_ft.reproducibility import check_deterministic_gradients, file_hashes, seed_everything
 from keras_ft.training import TrainingHistory, fit_two_phase
 
 
@@ -201,6 +201,8 @@ class FineTuner:
             "test": file_hashes(data.test_files),
         }
         seed_everything(self.seed, self.deterministic)
+        if self.deterministic:
+            check_deterministic_gradients(self.model, self.model_config.backbone)
         self.history = fit_two_phase(
             self.model,
             data,

@@ -173,3 +173,26 @@ def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto") -> dict
         "reproduced": reproduced,
         "environment_differences": {k: (then.get(k), now[k]) for k in now if then.get(k) != now[k]},
     }
+
+
+def check_deterministic_gradients(model: keras.Model, backbone_name: str) -> None:
+    """Run one forward and backward pass on a tiny batch before any training.
+
+    Under op determinism, an op with no deterministic kernel on this device
+    (depthwise convolution backprop on some GPUs and TF versions, for one)
+    raises `UnimplementedError` when it first runs. Probing here turns that
+    into a clear refusal at the start instead of a crash mid-training.
+    """
+    images = tf.zeros((1, *model.input_shape[1:]), tf.float32)
+    try:
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(model(images, training=False))  # no state changes
+        tape.gradient(loss, model.trainable_weights)
+    except tf.errors.UnimplementedError as error:
+        from keras_ft.errors import KerasFTError
+
+        raise KerasFTError(
+            f"Backbone '{backbone_name}' cannot train deterministically on this device: "
+            f"{error.message.splitlines()[0]} Pass deterministic=False (--no-determinism) to "
+            "train without the bitwise guarantee, or choose another backbone."
+        ) from None
