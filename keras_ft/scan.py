@@ -30,6 +30,7 @@ lists and stats it.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import json
@@ -41,6 +42,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 
 import PIL
 from PIL import Image, UnidentifiedImageError
@@ -187,17 +189,29 @@ def _decode(data: bytes) -> tuple[str, str, int, int]:
         return image.format, image.mode, image.width, image.height
 
 
+def _looks_like_text(data: bytes) -> bool:
+    head = data[:4096]
+    try:  # an incremental decoder accepts a character cut at the end of `head`
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+    except UnicodeDecodeError:
+        return False
+    return b"\0" not in head
+
+
 def _not_an_image(data: bytes) -> str:
     head = data[:512].lstrip().lower()
     if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
         what = "a web page (HTML/XML), e.g. an error page saved under an image name"
+    elif _looks_like_text(data):
+        what = "text"
     else:
-        try:
-            data[:4096].decode("utf-8")
-            what = "text"
-        except UnicodeDecodeError:
-            what = "in no image format Pillow knows"
+        what = "in no image format Pillow knows"
     return f"not an image: the content is {what}"
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
 
 
 def _inspect(path: str) -> dict:
@@ -208,8 +222,7 @@ def _inspect(path: str) -> dict:
         file cannot be used, else its format, mode, width, height and SHA-256.
     """
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        data = _read(path)
     except PermissionError:
         return _failure("unreadable", "cannot be read (permission denied); fix with chmod a+r")
     except FileNotFoundError:
@@ -283,10 +296,10 @@ def _link_note(path: str, here: str, others: list[str], visited: set[str]) -> Pr
     real = os.path.realpath(path)
     if _within(here, real):
         reason = f"symbolic link loop: points to {real}, which contains it; not followed"
-    elif real in visited:
-        reason = f"points to {real}, a folder already scanned; not followed again"
     elif any(_within(real, other) for other in others):
         reason = f"points into another class folder ({real}); not followed"
+    elif real in visited:
+        reason = f"points to {real}, a folder already scanned; not followed again"
     else:
         visited.add(real)
         return None
@@ -480,6 +493,9 @@ def _inspect_all(root: Path, candidates, workers: int, use_cache: bool, quiet: b
             continue
         except OSError:
             records[i] = _failure("unreadable", "cannot be read (cannot stat it)")
+            continue
+        if not S_ISREG(stat.st_mode):  # a FIFO or device named .jpg: reading could block
+            records[i] = _failure("not_image", "not a regular file (a device, socket or pipe)")
             continue
         stamp = [stat.st_size, stat.st_mtime_ns]
         records[i] = _cached_record(cached.get(relpath), stamp, path)

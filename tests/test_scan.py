@@ -1,16 +1,23 @@
-"""scan_folder: class order, which files count, the bad-file report, and class-set mismatches."""
+"""scan_folder: class order, which files count, every problem, leakage, the cache, the CLI."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import write_folder
 from PIL import Image
 
+from keras_ft import scan as scan_module
+from keras_ft.cli import main
+from keras_ft.data import ImageFolder
 from keras_ft.errors import KerasFTError
-from keras_ft.scan import natural_key, scan_folder
+from keras_ft.scan import Problem, natural_key, scan_folder
 
 
 def solid(
@@ -225,3 +232,506 @@ def test_test_folder_uses_the_given_class_order(tmp_path):
     report = scan_folder(tmp_path, class_names=("c", "a", "b"))
     assert report.class_names == ("c", "a", "b")
     assert {f.relpath: f.label for f in report.files} == {"c/x.png": 0, "a/x.png": 1, "b/x.png": 2}
+
+
+# ------------------------------------------------ a real-world messy folder
+#
+# One folder with every kind of broken or odd file that turns up in practice.
+# Classes "1", "2", "10" hold images, "20" holds only notes.txt (an empty class).
+
+
+def chmod_000_still_reads() -> bool:
+    """True as root (os.geteuid() == 0) unless its CAP_DAC_OVERRIDE was dropped."""
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0):
+        return False
+    with tempfile.TemporaryDirectory() as folder:
+        probe = Path(folder) / "probe"
+        probe.write_bytes(b"x")
+        probe.chmod(0)
+        try:
+            probe.read_bytes()
+            return True
+        except PermissionError:
+            return False
+
+
+def animated_gif(path: Path, first, second) -> None:
+    frames = [Image.new("RGB", (40, 40), colour) for colour in (first, second)]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0)
+
+
+def palette(colour, fmt: str):
+    def write(path: Path) -> None:
+        Image.new("RGB", (40, 40), colour).convert("P", palette=Image.Palette.ADAPTIVE).save(
+            path, format=fmt
+        )
+
+    return write
+
+
+# name in class "1": (the RGB the pipeline must read, writer)
+ODD_VALID = {
+    "cmyk.jpg": (
+        (200, 30, 90),
+        lambda p: Image.new("RGB", (40, 40), (200, 30, 90)).convert("CMYK").save(p, quality=95),
+    ),
+    "deep16.png": (
+        (128, 128, 128),
+        lambda p: Image.fromarray(np.full((40, 40), 32896, "<u2")).save(p),
+    ),
+    "gray.png": ((90, 90, 90), lambda p: Image.new("L", (40, 40), 90).save(p)),
+    "rgba.png": ((10, 200, 30), lambda p: Image.new("RGBA", (40, 40), (10, 200, 30, 60)).save(p)),
+    "palette.png": ((200, 40, 90), palette((200, 40, 90), "PNG")),
+    "anim.gif": ((255, 0, 0), lambda p: animated_gif(p, (255, 0, 0), (0, 0, 255))),
+    "image.bmp": ((30, 140, 220), lambda p: Image.new("RGB", (40, 40), (30, 140, 220)).save(p)),
+    "palette.bmp": ((60, 180, 75), palette((60, 180, 75), "BMP")),
+    "png_named.jpg": (
+        (20, 60, 220),
+        lambda p: Image.new("RGB", (40, 40), (20, 60, 220)).save(p, format="PNG"),
+    ),
+    "UPPER.JPG": (
+        (90, 160, 40),
+        lambda p: Image.new("RGB", (40, 40), (90, 160, 40)).save(p, format="JPEG", quality=95),
+    ),
+    "UPPER.PNG": ((240, 200, 10), lambda p: Image.new("RGB", (40, 40), (240, 200, 10)).save(p)),
+    "čaj_ß.png": ((100, 50, 150), lambda p: Image.new("RGB", (40, 40), (100, 50, 150)).save(p)),
+}
+NEEDS_PIL = {"cmyk.jpg", "deep16.png", "anim.gif", "image.bmp", "palette.bmp"}
+
+# relative path: what its reason must say
+BAD = {
+    "2/empty.jpg": "empty file (0 bytes)",
+    "2/cut.jpg": "truncated",
+    "2/cut.png": "truncated",
+    "2/page.jpg": "not an image: the content is a web page",
+    "2/text.png": "not an image: the content is text",
+    "2/tiny.png": "image is 2x2 px, smaller than min_size=8 px",
+    "2/dangling.jpg": "broken symbolic link",
+    "2/pipe.jpg": "not a regular file",
+    "2/dup.png": "label conflict",
+    "10/dup.png": "label conflict",
+    "20": "class folder has no usable images",
+}
+NOTES = {
+    "1/png_named.jpg": "content is PNG but the name says JPEG",
+    "10/loop": "symbolic link loop",
+    "everything": "symbolic link loop",
+    "1/also_two": "points into another class folder",
+}
+IGNORED = ["1/.hidden.png", "1/.DS_Store", "2/Thumbs.db", "2/desktop.ini", "10/notes.txt"]
+
+
+def noise(path: Path, seed: int, size: int = 40) -> None:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def messy_folder(root: Path, empty_class: bool = True) -> Path:
+    """Write the messy folder described above under `root`."""
+    for c, name in enumerate(("1", "2", "10")):
+        (root / name).mkdir(parents=True)
+        for i in range(6):
+            noise(root / name / f"n{i}.png", seed=100 * c + i)
+    for name, (_, write) in ODD_VALID.items():
+        write(root / "1" / name)
+    (root / "2" / "empty.jpg").write_bytes(b"")
+    for name, fmt in (("cut.jpg", "JPEG"), ("cut.png", "PNG")):
+        noise(root / "2" / name, seed=7)
+        Image.open(root / "2" / name).save(root / "2" / name, format=fmt)
+        data = (root / "2" / name).read_bytes()
+        (root / "2" / name).write_bytes(data[: len(data) // 2])
+    (root / "2" / "page.jpg").write_text("<!DOCTYPE html><html><body>403 Forbidden</body></html>")
+    (root / "2" / "text.png").write_text("this is not a picture\n")
+    Image.new("RGB", (2, 2), (1, 2, 3)).save(root / "2" / "tiny.png")
+    (root / "2" / "dangling.jpg").symlink_to(root / "2" / "gone.jpg")
+    os.mkfifo(root / "2" / "pipe.jpg")  # reading it would block forever
+    noise(root / "2" / "dup.png", seed=99)
+    (root / "10" / "dup.png").write_bytes((root / "2" / "dup.png").read_bytes())
+    (root / "10" / "loop").symlink_to("..", target_is_directory=True)
+    (root / "everything").symlink_to(".", target_is_directory=True)
+    (root / "1" / "also_two").symlink_to("../2", target_is_directory=True)
+    noise(root / "1" / ".hidden.png", seed=5)
+    (root / "1" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "2" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0 thumbnails")
+    (root / "2" / "desktop.ini").write_text("[.ShellClassInfo]\n")
+    (root / "10" / "notes.txt").write_text("labels checked by hand\n")
+    if empty_class:
+        (root / "20").mkdir()
+        (root / "20" / "notes.txt").write_text("to do\n")
+    return root
+
+
+@pytest.fixture(autouse=True, scope="module")
+def private_cache(tmp_path_factory):
+    """Keep the scan cache of these tests out of the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KERAS_FT_CACHE", str(tmp_path_factory.mktemp("scan-cache")))
+        yield
+
+
+@pytest.fixture(scope="module")
+def messy(tmp_path_factory) -> Path:
+    return messy_folder(tmp_path_factory.mktemp("messy") / "data")
+
+
+@pytest.fixture(scope="module")
+def messy_report(messy):
+    return scan_folder(messy, cache=False)
+
+
+def by_relpath(report, root: Path) -> dict[str, Problem]:
+    return {Path(p.path).relative_to(root).as_posix(): p for p in report.problems}
+
+
+def test_messy_fixture_has_at_least_fifteen_kinds_of_odd_files():
+    assert len(ODD_VALID) + len(BAD) + len(NOTES) + len(IGNORED) >= 15 + 10
+
+
+@pytest.mark.parametrize("relpath", sorted(BAD))
+def test_messy_scan_names_each_bad_file_with_its_reason(relpath, messy, messy_report):
+    problems = by_relpath(messy_report, messy)
+    assert relpath in problems
+    problem = problems[relpath]
+    assert problem.fatal and problem.level == "problem"
+    assert BAD[relpath] in problem.reason
+    assert f"  problem: {problem.path}: {problem.reason}" in messy_report.summary()
+    assert relpath not in {f.relpath for f in messy_report.files}
+
+
+def test_messy_label_conflict_names_the_other_copy_and_class(messy, messy_report):
+    problems = by_relpath(messy_report, messy)
+    assert f"{messy / '10' / 'dup.png'} (class '10')" in problems["2/dup.png"].reason
+    assert f"{messy / '2' / 'dup.png'} (class '2')" in problems["10/dup.png"].reason
+
+
+@pytest.mark.parametrize("relpath", sorted(NOTES))
+def test_messy_scan_notes_odd_but_harmless_things(relpath, messy, messy_report):
+    problem = by_relpath(messy_report, messy)[relpath]
+    assert not problem.fatal and problem.level == "note"
+    assert NOTES[relpath] in problem.reason
+
+
+def test_messy_scan_has_no_other_problems(messy, messy_report):
+    assert set(by_relpath(messy_report, messy)) == set(BAD) | set(NOTES)
+
+
+def test_messy_odd_but_valid_files_are_used_and_read_via_pillow_when_tf_cannot(messy_report):
+    odd = {f.relpath: f for f in messy_report.files if not Path(f.relpath).name.startswith("n")}
+    assert set(odd) == {f"1/{name}" for name in ODD_VALID}
+    assert {Path(r).name for r, f in odd.items() if f.needs_pil} == NEEDS_PIL
+    assert all(len(f.sha256) == 64 for f in messy_report.files)
+
+
+def test_messy_ignored_files_and_links_are_silent_and_nothing_is_counted_twice(messy, messy_report):
+    assert messy_report.class_names == ("1", "2", "10", "20")  # natural order
+    relpaths = [f.relpath for f in messy_report.files]
+    assert len(relpaths) == len(set(relpaths)) == 18 + 6 + 6
+    mentioned = relpaths + [p.path for p in messy_report.problems]
+    for name in IGNORED:
+        assert not any(Path(m).name == Path(name).name for m in mentioned), name
+    assert not any("loop/" in r or "also_two/" in r or "everything" in r for r in relpaths)
+    assert messy_report.counts() == {"1": 18, "2": 6, "10": 6, "20": 0}
+
+
+def test_min_size_is_the_threshold_for_tiny_images(messy):
+    report = scan_folder(messy, min_size=2, cache=False)
+    assert "2/tiny.png" in {f.relpath for f in report.files}
+    assert "2/tiny.png" not in by_relpath(report, messy)
+
+
+@pytest.mark.skipif(chmod_000_still_reads(), reason="root reads files whatever their permissions")
+def test_unreadable_file_is_a_problem(tmp_path, capsys):
+    solid(tmp_path / "cat" / "a.png")
+    locked = solid(tmp_path / "dog" / "locked.png")
+    solid(tmp_path / "dog" / "b.png")
+    locked.chmod(0)
+    try:
+        (problem,) = scan_folder(tmp_path).bad_files
+        assert problem.path == str(locked) and "permission denied" in problem.reason
+        result = run_here(capsys, "scan", tmp_path)
+        assert result.returncode == 2 and f"{locked}: cannot be read" in result.stdout
+    finally:
+        locked.chmod(0o644)
+
+
+def test_permission_denied_is_reported_and_never_cached(counted_decodes, monkeypatch, tmp_path):
+    # Runs as root too: the read itself is made to fail, as chmod 000 does for other users.
+    root = tmp_path / "data"
+    solid(root / "cat" / "a.png")
+    locked = solid(root / "dog" / "locked.png")
+    solid(root / "dog" / "b.png")
+    real_read = scan_module._read
+
+    def read(path):
+        if path == str(locked):
+            raise PermissionError(13, "Permission denied", path)
+        return real_read(path)
+
+    monkeypatch.setattr(scan_module, "_read", read)
+    (problem,) = scan_folder(root).bad_files
+    assert (problem.path, problem.kind) == (str(locked), "unreadable")
+    assert "permission denied" in problem.reason
+    monkeypatch.setattr(scan_module, "_read", real_read)  # permissions fixed: same size, mtime
+    report = scan_folder(root)
+    assert report.bad_files == () and str(locked) in {f.path for f in report.files}
+    assert len(counted_decodes) == 2 + 1 and report.from_cache == 2
+
+
+def test_label_conflict_only_across_classes(tmp_path):
+    a = solid(tmp_path / "cat" / "a.png", colour=(1, 2, 3))
+    (tmp_path / "cat" / "a_copy.png").write_bytes(a.read_bytes())
+    solid(tmp_path / "cat" / "c.png")
+    solid(tmp_path / "dog" / "b.png")
+    report = scan_folder(tmp_path, cache=False)
+    assert report.problems == ()  # a copy inside one class is no conflict
+    (tmp_path / "dog" / "a_again.png").write_bytes(a.read_bytes())
+    report = scan_folder(tmp_path, cache=False)
+    assert {Path(p.path).name for p in report.bad_files} == {"a.png", "a_copy.png", "a_again.png"}
+    assert {p.kind for p in report.bad_files} == {"label_conflict"}
+    assert names(report) == ["cat/c.png", "dog/b.png"]
+
+
+# ------------------------------------------------------------------ leakage
+
+
+@pytest.fixture
+def leaky(tmp_path) -> tuple[Path, Path, Path]:
+    """(train, test, the test file that is also in training)."""
+    for s, split in enumerate(("train", "test")):
+        for c, name in enumerate(("cat", "dog")):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(4):
+                noise(tmp_path / split / name / f"{i}.png", seed=100 * s + 10 * c + i)
+    leaked = tmp_path / "test" / "dog" / "leaked.png"
+    leaked.write_bytes((tmp_path / "train" / "cat" / "2.png").read_bytes())
+    return tmp_path / "train", tmp_path / "test", leaked
+
+
+def test_same_image_in_training_and_test_is_a_warning_not_fatal(leaky):
+    train, test, leaked = leaky
+    report = scan_folder(test, training=scan_folder(train))
+    assert report.class_names == ("cat", "dog")
+    assert report.bad_files == ()
+    (warning,) = report.warnings
+    assert warning.path == str(leaked) and warning.kind == "leakage"
+    assert f"same image as training file {train / 'cat' / '2.png'}" in warning.reason
+    assert "leakage" in warning.reason and "not fatal" in warning.reason
+    summary = report.summary()
+    assert f"  warning: {leaked}: " in summary
+    assert "1 warning(s): reported, not fatal" in summary
+    assert str(leaked) in {f.path for f in report.files}  # still used
+    assert scan_folder(test).warnings == ()  # only against a training report
+
+
+def test_cli_scan_with_test_dir_reports_leakage_and_exits_0(leaky, capsys):
+    train, test, leaked = leaky
+    result = run_here(capsys, "scan", train, "--test-dir", test)
+    assert result.returncode == 0, result.stdout
+    assert f"warning: {leaked}: same image as training file" in result.stdout
+    assert "status: ok, with 1 warning(s) (not fatal)" in result.stdout
+
+
+def test_image_folder_keeps_a_leaking_test_file_and_reports_it(leaky):
+    train, test, leaked = leaky
+    data = ImageFolder(train, test_dir=test, image_size=32, batch_size=2, validation_split=0.0)
+    assert [p.path for p in data.test_report.warnings] == [str(leaked)]
+    assert str(leaked) in {f.path for f in data.test_files}
+    assert data.skipped == []
+
+
+# -------------------------------------------------------------------- cache
+
+
+@pytest.fixture
+def counted_decodes(monkeypatch, tmp_path):
+    """A private cache folder and a list that grows by one per decoded file."""
+    monkeypatch.setenv("KERAS_FT_CACHE", str(tmp_path / "cache"))
+    calls = []
+    real = scan_module._decode
+
+    def counting(data):
+        calls.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(scan_module, "_decode", counting)
+    return calls
+
+
+def listing(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p): (p.lstat().st_size, p.lstat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def test_second_scan_of_an_unchanged_folder_decodes_nothing(counted_decodes, tmp_path):
+    root = write_folder(tmp_path / "data", per_class=5)
+    (root / "cat" / "cut.png").write_bytes((root / "cat" / "000.png").read_bytes()[:100])
+    before = listing(root)
+    first = scan_folder(root)
+    assert len(counted_decodes) == 11 and first.from_cache == 0
+    second = scan_folder(root)
+    assert len(counted_decodes) == 11 and second.from_cache == 11
+    assert second.files == first.files and second.problems == first.problems
+    assert "truncated" in second.bad_files[0].reason
+    assert listing(root) == before  # nothing written into the data folder
+    (cache_file,) = (tmp_path / "cache").iterdir()
+    assert cache_file.name.startswith("scan-") and cache_file.suffix == ".json"
+
+
+def test_a_modified_file_is_checked_again(counted_decodes, tmp_path):
+    root = write_folder(tmp_path / "data", per_class=3)
+    scan_folder(root)
+    target = root / "dog" / "001.png"
+    target.write_bytes(target.read_bytes()[:80])
+    report = scan_folder(root)
+    assert len(counted_decodes) == 6 + 1
+    (problem,) = report.bad_files
+    assert problem.path == str(target) and "truncated" in problem.reason
+    assert report.from_cache == 5
+
+
+def test_a_corrupt_cache_file_is_ignored(counted_decodes, tmp_path):
+    root = write_folder(tmp_path / "data", per_class=3)
+    first = scan_folder(root)
+    (cache_file,) = (tmp_path / "cache").iterdir()
+    for garbage in ('{"version": 1, "entries": [1, 2', '{"version": 1, "pillow": 0}', "[]"):
+        cache_file.write_text(garbage)
+        assert scan_folder(root).files == first.files
+    assert len(counted_decodes) == 6 * 4
+    cache_file.write_text(cache_file.read_text().replace('"sha256"', '"sha"'))
+    assert scan_folder(root).files == first.files  # malformed entries are decoded again
+
+
+def test_no_cache_neither_reads_nor_writes_it(counted_decodes, tmp_path):
+    root = write_folder(tmp_path / "data", per_class=2)
+    scan_folder(root, cache=False)
+    scan_folder(root, cache=False)
+    assert len(counted_decodes) == 8
+    assert not (tmp_path / "cache").exists()
+
+
+def test_cache_folder_inside_the_data_folder_is_never_written(monkeypatch, tmp_path):
+    root = write_folder(tmp_path / "data", per_class=2)
+    monkeypatch.setenv("KERAS_FT_CACHE", str(root / "cat" / "cache"))
+    before = listing(root)
+    scan_folder(root)
+    assert listing(root) == before
+
+
+# ----------------------------------------------------------------- progress
+
+
+def test_progress_on_stderr_for_large_folders_and_silent_when_quiet(monkeypatch, tmp_path, capsys):
+    root = write_folder(tmp_path / "data", per_class=3, size=16)
+    monkeypatch.setattr(scan_module, "PROGRESS_EVERY", 2)
+    scan_folder(root, cache=False)
+    assert capsys.readouterr().err == ""  # a small folder: no progress
+    monkeypatch.setattr(scan_module, "PROGRESS_MIN_FILES", 6)
+    scan_folder(root, cache=False)
+    err = capsys.readouterr().err.splitlines()
+    assert err[:3] == [f"scanning {root}: {n}/6 files" for n in (2, 4, 6)]
+    assert err[3].startswith(f"scanned {root}: 6 files in ") and "(0 from the cache)" in err[3]
+    scan_folder(root, cache=False, quiet=True)
+    assert capsys.readouterr() == ("", "")
+
+
+# -------------------------------------------------- the command line on it
+
+
+def run_here(capsys, *args):
+    """Run `keras-ft ARGS` in this process; (exit code, stdout, stderr)."""
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
+
+
+def test_cli_scan_exits_2_and_prints_every_problem_with_its_path(messy, capsys):
+    result = run_here(capsys, "scan", messy)
+    assert result.returncode == 2
+    for relpath, reason in BAD.items():
+        line = next(x for x in result.stdout.splitlines() if f"problem: {messy / relpath}:" in x)
+        assert reason in line
+    for relpath in NOTES:
+        assert f"note: {messy / relpath}: " in result.stdout
+    assert "class order (label 0 first): ['1', '2', '10', '20']" in result.stdout
+    assert "  1: 18\n  2: 6\n  10: 6\n  20: 0\n" in result.stdout
+    status = f"status: training would refuse this data ({len(BAD)} problem(s) in {messy})"
+    assert status in result.stdout
+
+
+def test_cli_scan_of_a_clean_folder_exits_0(tmp_path, capsys):
+    root = write_folder(tmp_path / "data", classes=("2", "10"), per_class=2)
+    result = run_here(capsys, "scan", root, "--quiet")
+    assert result.returncode == 0
+    assert "class order (label 0 first): ['2', '10']" in result.stdout
+    assert result.stdout.rstrip().endswith("status: ok")
+
+
+TRAIN = (
+    "--backbone mobilenetv3small --weights none --image-size 32 --head-epochs 1 "
+    "--finetune-epochs 0 --batch-size 4 --quiet"
+).split()
+
+
+def test_cli_train_refuses_the_messy_folder_listing_every_file_and_writes_nothing(
+    messy, tmp_path, capsys
+):
+    before = listing(messy)
+    output = tmp_path / "run"
+    result = run_here(capsys, "train", messy, *TRAIN, "--output", output)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert f"error: {len(BAD)} file(s) in '{messy}' cannot be used" in result.stderr
+    for relpath, reason in BAD.items():
+        line = next(x for x in result.stderr.splitlines() if x.startswith(f"  {messy / relpath}:"))
+        assert reason in line
+    assert "--skip-bad" in result.stderr
+    assert not output.exists()
+    assert listing(messy) == before
+
+
+def test_cli_train_skip_bad_still_refuses_an_empty_class(messy, tmp_path, capsys):
+    result = run_here(capsys, "train", messy, *TRAIN, "--skip-bad", "--output", tmp_path / "r")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "Class folder(s) ['20']" in result.stderr and "no usable images" in result.stderr
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.fixture(scope="module")
+def trainable_messy(tmp_path_factory) -> Path:
+    """The messy folder without its empty class: --skip-bad can train on it."""
+    return messy_folder(tmp_path_factory.mktemp("messy_trainable") / "data", empty_class=False)
+
+
+def test_cli_train_skip_bad_trains_on_the_rest(trainable_messy, tmp_path, capsys):
+    output = tmp_path / "run"
+    result = run_here(capsys, "train", trainable_messy, *TRAIN, "--skip-bad", "--output", output)
+    assert result.returncode == 0, result.stderr
+    assert (output / "model.keras").is_file() and (output / "run.json").is_file()
+
+
+def test_skip_bad_lists_skipped_files_with_reasons_and_reads_odd_files_as_rgb(trainable_messy):
+    data = ImageFolder(
+        trainable_messy,
+        test_dir=trainable_messy,
+        image_size=32,
+        batch_size=4,
+        validation_split=0.0,
+        augment=False,
+        skip_bad=True,
+    )
+    expected = [
+        {"path": str(trainable_messy / relpath), "reason": reason}
+        for relpath, reason in BAD.items()
+        if relpath != "20"
+    ]
+    skipped = data.skipped
+    assert len(skipped) == 2 * len(expected)  # the training folder's, then the test folder's
+    for got in (skipped[: len(expected)], skipped[len(expected) :]):
+        assert sorted(s["path"] for s in got) == sorted(e["path"] for e in expected)
+        reasons = {s["path"]: s["reason"] for s in got}
+        for e in expected:
+            assert e["reason"] in reasons[e["path"]]
+    images = np.concatenate([x.numpy() for x, _ in data.test])
+    decoded = dict(zip((Path(f.path).name for f in data.test_files), images, strict=True))
+    for name, (colour, _) in ODD_VALID.items():
+        difference = np.abs(decoded[name] - np.array(colour, np.float32)).max()
+        assert difference <= 2, (name, decoded[name][0, 0], colour)
