@@ -6,8 +6,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 WEIGHTS := build/vgg16_hed_notop.weights.h5
 DEMO_RUN := runs/digits-demo
-DEMO_FLAGS := --image-size 64 --pooling avgmax --dropout 0.3 --no-augment --head-epochs 40 \
-	--finetune-epochs 0 --validation-split 0.1
+DEMO_FLAGS := --image-size 64 --pooling avgmax --dropout 0.3 --no-augment --no-flip \
+	--validation-split 0.1 --head-epochs 40 --finetune-epochs 5 --unfreeze block5_conv1 \
+	--finetune-lr 1e-4
 
 .PHONY: demo test lint bench clean
 

@@ -45,12 +45,16 @@ def main() -> None:
         batch_size=32,
         validation_split=0.1,
         seed=args.seed,
-        flip=False,
+        augment=False,  # phase 1 then trains on features computed once
     )
     tuner = keras_ft.FineTuner(
-        "vgg16", weights=None if weights == "none" else weights, pooling="avgmax", seed=args.seed
+        "vgg16",
+        weights=None if weights == "none" else weights,
+        pooling="avgmax",
+        dropout=0.3,
+        seed=args.seed,
     )
-    tuner.fit(data, head_epochs=40, finetune_epochs=0)
+    tuner.fit(data, head_epochs=40, finetune_epochs=5, unfreeze="block5_conv1", finetune_lr=1e-4)
     print(f"test accuracy: {tuner.metrics['accuracy']:.3f}")
     print("run directory:", tuner.save(args.output, overwrite=True))
 

@@ -192,6 +192,7 @@ def run_record(tuner) -> dict:
             "test": fingerprint(hashes["test"]) if hashes["test"] else None,
         }
         record["data_files"] = hashes
+        record["skipped_files"] = data.skipped
         record["image_counts"] = {
             "train": len(data.train_files),
             "validation": len(data.validation_files),

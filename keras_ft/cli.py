@@ -139,6 +139,7 @@ def train(args) -> int:
         zoom=args.zoom,
         contrast=args.contrast,
         skip_bad=args.skip_bad,
+        quiet=args.quiet,
     )
     weights = None if args.weights.lower() == "none" else args.weights
     tuner = FineTuner(

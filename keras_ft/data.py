@@ -163,6 +163,7 @@ class ImageFolder:
         skip_bad: train on the usable files when some cannot be used (see
             `keras_ft.scan`), instead of refusing; `skipped` lists what was
             left out and why.
+        quiet: no scan progress on stderr.
 
     Example:
 
@@ -185,6 +186,7 @@ class ImageFolder:
         zoom=0.1,
         contrast=0.1,
         skip_bad=False,
+        quiet=False,
     ):
         self.config = DataConfig(
             directory=str(directory),
@@ -200,7 +202,7 @@ class ImageFolder:
             contrast=contrast,
             skip_bad=skip_bad,
         )
-        self.report = scan_folder(directory)
+        self.report = scan_folder(directory, quiet=quiet)
         _refuse_bad_files(self.report, skip_bad)
         self.class_names = self.report.class_names
         if len(self.class_names) < 2:
@@ -222,7 +224,7 @@ class ImageFolder:
         self.test_files = []
         if test_dir is not None:
             self.test_report = scan_folder(
-                test_dir, class_names=self.class_names, training=self.report
+                test_dir, class_names=self.class_names, training=self.report, quiet=quiet
             )
             _refuse_bad_files(self.test_report, skip_bad)
             self.test_files = list(self.test_report.files)

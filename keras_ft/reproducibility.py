@@ -48,12 +48,8 @@ def weights_sha256(model: keras.Model) -> str:
 
 
 def file_hashes(files) -> dict[str, str]:
-    """SHA-256 of each file's content, by relative path, in path order."""
-    hashes = {}
-    for f in sorted(files, key=lambda f: f.relpath):
-        with open(f.path, "rb") as handle:
-            hashes[f.relpath] = hashlib.sha256(handle.read()).hexdigest()
-    return hashes
+    """SHA-256 of each file's content (computed by the scan), by relative path, in path order."""
+    return {f.relpath: f.sha256 for f in sorted(files, key=lambda f: f.relpath)}
 
 
 def fingerprint(hashes: dict[str, str]) -> str:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Scan caches of test folders go to a throw-away place, not the user's ~/.cache.
+os.environ["KERAS_FT_CACHE"] = tempfile.mkdtemp(prefix="keras_ft_test_cache_")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -706,6 +707,10 @@ def test_cli_train_skip_bad_trains_on_the_rest(trainable_messy, tmp_path, capsys
     result = run_here(capsys, "train", trainable_messy, *TRAIN, "--skip-bad", "--output", output)
     assert result.returncode == 0, result.stderr
     assert (output / "model.keras").is_file() and (output / "run.json").is_file()
+    skipped = json.loads((output / "run.json").read_text())["skipped_files"]
+    reasons = {Path(s["path"]).name: s["reason"] for s in skipped}
+    assert reasons["empty.jpg"] == "empty file (0 bytes)"
+    assert len(skipped) >= 5 and all(s["reason"] for s in skipped)
 
 
 def test_skip_bad_lists_skipped_files_with_reasons_and_reads_odd_files_as_rgb(trainable_messy):
