@@ -36,12 +36,13 @@ RUN_FILES = ("model.keras", "class_names.json", "history.csv", "run.json")
 
 
 def export_saved_model(model: keras.Model, path: str | os.PathLike) -> None:
-    """Export `model` as a SavedModel with two signatures.
+    """Export `model` as a SavedModel with three signatures.
 
     `serving_default` takes `images`, a float32 batch `(N, H, W, 3)` of 0-255
-    RGB pixels; `serving_bytes` takes `images`, a `tf.string` batch of encoded
-    JPEG/PNG/GIF/BMP files, and decodes and resizes them inside the graph.
-    Both return `probabilities`, `(N, num_classes)`.
+    RGB pixels; `serving_uint8` the same as uint8; `serving_bytes` takes
+    `images`, a `tf.string` batch of encoded JPEG/PNG/GIF/BMP files, and
+    decodes (with TensorFlow's decoders) and resizes them inside the graph.
+    All return `probabilities`, `(N, num_classes)`.
     """
     height, width = model.input_shape[1:3]
     archive = keras.export.ExportArchive()
@@ -62,6 +63,11 @@ def export_saved_model(model: keras.Model, path: str | os.PathLike) -> None:
         "serving_default",
         serve,
         [tf.TensorSpec([None, height, width, 3], tf.float32, name="images")],
+    )
+    archive.add_endpoint(
+        "serving_uint8",
+        lambda images: serve(tf.cast(images, tf.float32)),
+        [tf.TensorSpec([None, height, width, 3], tf.uint8, name="images")],
     )
     archive.add_endpoint(
         "serving_bytes", serve_bytes, [tf.TensorSpec([None], tf.string, name="images")]

@@ -70,8 +70,10 @@ def test_in_memory_keras_and_savedmodel_agree(trained):
     reloaded = keras_ft.load(run_dir).predict_proba(images)
     served = tf.saved_model.load(str(run_dir / "saved_model"))
     serving = served.signatures["serving_default"](images=tf.constant(images))["probabilities"]
+    from_uint8 = served.signatures["serving_uint8"](images=tf.constant(images.astype(np.uint8)))
     np.testing.assert_array_equal(in_memory, reloaded)
     np.testing.assert_allclose(in_memory, serving.numpy(), atol=1e-6)
+    np.testing.assert_allclose(in_memory, from_uint8["probabilities"].numpy(), atol=1e-6)
 
 
 def test_bytes_signature_decodes_inside_the_graph(trained):
