@@ -67,6 +67,16 @@ def _add_train(commands) -> None:
         action="store_true",
         help="turn op determinism off (faster on some GPUs, no bitwise replay)",
     )
+    p.add_argument(
+        "--mixed-precision",
+        choices=("float16", "bfloat16"),
+        help="half-precision compute (float16 on NVIDIA GPUs)",
+    )
+    p.add_argument(
+        "--jit-compile",
+        action="store_true",
+        help="XLA-compile training steps (needs --no-determinism)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     p.add_argument(
         "--resume",
@@ -150,6 +160,7 @@ def train(args) -> int:
         dropout=args.dropout,
         seed=args.seed,
         deterministic=not args.no_determinism,
+        mixed_precision=args.mixed_precision,
     )
     tuner.build(data.image_size, data.num_classes)
     _say(args, f"classes ({data.num_classes}): {', '.join(data.class_names)}")
@@ -167,6 +178,7 @@ def train(args) -> int:
         momentum=args.momentum,
         unfreeze=args.unfreeze,
         feature_cache=not args.no_feature_cache,
+        jit_compile=args.jit_compile,
         checkpoint_dir=checkpoints,
         resume=args.resume,
         verbose=0 if args.quiet else "auto",

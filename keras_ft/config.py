@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from keras_ft.errors import KerasFTError
 
 POOLINGS = ("avg", "max", "avgmax", "flatten")
+MIXED_PRECISION = (None, "float16", "bfloat16")
 
 
 def check(condition: bool, argument: str, expected: str, received: object, fix: str = "") -> None:
@@ -113,6 +114,7 @@ class ModelConfig:
     dense_units: tuple[int, ...] = ()
     dropout: float = 0.2
     normalize_features: bool = True
+    mixed_precision: str | None = None
     seed: int = 42
 
     def __post_init__(self):
@@ -137,6 +139,12 @@ class ModelConfig:
             "a float in [0, 1)",
             self.dropout,
         )
+        check(
+            self.mixed_precision in MIXED_PRECISION,
+            "mixed_precision",
+            f"one of {MIXED_PRECISION} (float16 for NVIDIA GPUs, bfloat16 for TPUs and new CPUs)",
+            self.mixed_precision,
+        )
         check(is_int(self.seed), "seed", "an int", self.seed)
 
 
@@ -152,6 +160,7 @@ class TrainingConfig:
     unfreeze: str | int = "all"
     deterministic: bool = True
     feature_cache: bool = True
+    jit_compile: bool = False
 
     def __post_init__(self):
         for name in ("head_epochs", "finetune_epochs"):
@@ -179,6 +188,12 @@ class TrainingConfig:
             "'all', a layer name such as 'block5_conv1', or a number of top layers >= 1",
             self.unfreeze,
         )
+        if self.jit_compile and self.deterministic:
+            raise KerasFTError(
+                "`jit_compile=True` conflicts with op determinism: XLA has no deterministic "
+                "kernels for some ops and fails mid-training. Pass deterministic=False "
+                "(--no-determinism) to use XLA, or leave jit_compile off for bitwise replay."
+            )
 
 
 def to_dict(config) -> dict:

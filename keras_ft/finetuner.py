@@ -48,6 +48,9 @@ class FineTuner:
             or `"none"`.
         seed: seeds every initializer, the dropout and the training.
         deterministic: turn on TensorFlow op determinism (bitwise replay).
+        mixed_precision: `None`, `"float16"` (NVIDIA GPUs) or `"bfloat16"`
+            (TPUs, recent CPUs): compute in half precision, keep variables and
+            the output probabilities in float32.
 
     Example:
 
@@ -70,6 +73,7 @@ class FineTuner:
         preprocessing=None,
         seed=42,
         deterministic=True,
+        mixed_precision=None,
     ):
         if isinstance(backbone, keras.Model):
             check(
@@ -86,8 +90,6 @@ class FineTuner:
             self.preprocessing = preprocessing or spec.preprocessing
         if weights is not None and weights != "imagenet":
             weights = os.fspath(weights)
-            if str(weights).lower() == "none":
-                weights = None
         self._model_kwargs = dict(
             backbone=name,
             weights=weights,
@@ -95,6 +97,7 @@ class FineTuner:
             dense_units=tuple(dense_units),
             dropout=dropout,
             normalize_features=normalize_features,
+            mixed_precision=mixed_precision,
             seed=seed,
         )
         self._image_size = None if image_size is None else image_size_pair(image_size)
@@ -130,11 +133,17 @@ class FineTuner:
             num_classes=num_classes, image_size=image_size, **self._model_kwargs
         )
         seed_everything(self.seed, self.deterministic)
-        backbone = self._backbone_model
-        if backbone is None:
-            spec = get_backbone(self.model_config.backbone)
-            backbone = spec.build(image_size, self.model_config.weights)
-        self.model = build_classifier(backbone, self.model_config, self.preprocessing)
+        previous = keras.mixed_precision.global_policy()
+        if self.model_config.mixed_precision:  # layers take the policy when created
+            keras.mixed_precision.set_global_policy(f"mixed_{self.model_config.mixed_precision}")
+        try:
+            backbone = self._backbone_model
+            if backbone is None:
+                spec = get_backbone(self.model_config.backbone)
+                backbone = spec.build(image_size, self.model_config.weights)
+            self.model = build_classifier(backbone, self.model_config, self.preprocessing)
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
         return self.model
 
     def fit(
@@ -147,6 +156,7 @@ class FineTuner:
         momentum=0.9,
         unfreeze="all",
         feature_cache=True,
+        jit_compile=False,
         callbacks=(),
         verbose="auto",
         evaluate=True,
@@ -167,6 +177,8 @@ class FineTuner:
             feature_cache: without augmentation, compute the frozen backbone's
                 features once and train phase 1's head on them (much faster,
                 same result up to float rounding).
+            jit_compile: compile training steps with XLA (faster on GPUs); needs
+                `deterministic=False`.
             callbacks: Keras callbacks, passed to both phases.
             checkpoint_dir: save a checkpoint there after every epoch.
             resume: continue from the checkpoint in `checkpoint_dir`; the
@@ -191,6 +203,7 @@ class FineTuner:
             unfreeze=unfreeze,
             deterministic=self.deterministic,
             feature_cache=feature_cache,
+            jit_compile=jit_compile,
         )
         if self.model is None:
             self.build(data.image_size, data.num_classes)

@@ -146,6 +146,7 @@ def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto") -> dict
         normalize_features=model_config.normalize_features,
         seed=record["seed"],
         deterministic=training.deterministic,
+        mixed_precision=model_config.mixed_precision,
     )
     with tempfile.TemporaryDirectory() as scratch:
         tuner.fit(
@@ -157,6 +158,7 @@ def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto") -> dict
             momentum=training.momentum,
             unfreeze=training.unfreeze,
             feature_cache=training.feature_cache,
+            jit_compile=training.jit_compile,
             verbose=verbose,
             evaluate=False,
             checkpoint_dir=f"{scratch}/checkpoints",

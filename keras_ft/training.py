@@ -62,8 +62,7 @@ def compile_for_phase(
                 k=min(5, num_classes), name="top_k_accuracy"
             ),
         ],
-        # XLA has no deterministic kernels for some ops; keep graphs plain when asked to replay.
-        jit_compile=False if config.deterministic else "auto",
+        jit_compile=config.jit_compile,  # refused with determinism (see TrainingConfig)
     )
 
 

@@ -1,5 +1,6 @@
 import keras
 import numpy as np
+import pytest
 from conftest import tiny_backbone
 
 import keras_ft
@@ -67,3 +68,26 @@ def test_learns_an_easy_task(split_folders):
     tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
     tuner.fit(data, head_epochs=15, finetune_epochs=0, head_lr=1e-2, verbose=0)
     assert tuner.metrics["accuracy"] >= 0.9
+
+
+def test_mixed_precision_computes_in_half_and_outputs_float32(split_folders):
+    train, _ = split_folders
+    data = keras_ft.ImageFolder(train, image_size=32, batch_size=8, validation_split=0.0)
+    tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", mixed_precision="bfloat16")
+    tuner.fit(data, head_epochs=1, finetune_epochs=1, verbose=0)
+    assert keras.mixed_precision.global_policy().name == "float32"  # not leaked
+    assert tuner.model.get_layer("preprocess").compute_dtype == "bfloat16"
+    assert tuner.model.get_layer("predictions").compute_dtype == "float32"
+    assert tuner.model.get_layer("predictions").kernel.dtype == "float32"
+    assert np.isfinite(tuner.history.history["loss"]).all()
+
+
+def test_jit_compile_needs_determinism_off(split_folders):
+    train, _ = split_folders
+    data = keras_ft.ImageFolder(train, image_size=32, batch_size=8, validation_split=0.0)
+    tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf")
+    with pytest.raises(
+        keras_ft.KerasFTError, match="conflicts with op determinism.*--no-determinism"
+    ):
+        tuner.fit(data, head_epochs=1, finetune_epochs=0, jit_compile=True, verbose=0)
+    assert tuner.history.rows == []  # refused before training
