@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import shutil
+import tempfile
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -164,6 +168,8 @@ class ImageFolder:
             `keras_ft.scan`), instead of refusing; `skipped` lists what was
             left out and why.
         quiet: no scan progress on stderr.
+        memory_budget: bytes of decoded images a split may hold in memory; a
+            larger split is kept in a memory-mapped temporary file instead.
 
     Example:
 
@@ -187,6 +193,7 @@ class ImageFolder:
         contrast=0.1,
         skip_bad=False,
         quiet=False,
+        memory_budget=4 * 1024**3,
     ):
         self.config = DataConfig(
             directory=str(directory),
@@ -229,6 +236,8 @@ class ImageFolder:
             _refuse_bad_files(self.test_report, skip_bad)
             self.test_files = list(self.test_report.files)
         self._cache = {}
+        self.memory_budget = memory_budget
+        self._spill_dir = None
 
     def _check_split_sizes(self) -> None:
         config = self.config
@@ -278,18 +287,42 @@ class ImageFolder:
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.train_files) / self.config.batch_size)
 
-    def _decoded(self, name: str, files: list[ImageFile]) -> tf.data.Dataset:
-        """Decoded, resized (image uint8, label) pairs in file order, cached in memory."""
+    def _images(self, name: str, files: list[ImageFile]) -> np.ndarray:
+        """The split's images, decoded and resized once, as one `(N, H, W, 3)` uint8 array.
+
+        The array lives in memory while it fits `memory_budget`; a larger one
+        is a memory-mapped file in a temporary folder (removed with this
+        object), so memory stays bounded whatever the data set's size.
+        """
         if name not in self._cache:
-            self._cache[name] = decoded_dataset(files, self.config.image_size).cache()
+            shape = (len(files), *self.config.image_size, 3)
+            if math.prod(shape) <= self.memory_budget:
+                store = np.empty(shape, np.uint8)
+            else:
+                if self._spill_dir is None:
+                    self._spill_dir = tempfile.mkdtemp(prefix="keras_ft_images_")
+                    weakref.finalize(self, shutil.rmtree, self._spill_dir, True)
+                path = os.path.join(self._spill_dir, f"{name}.npy")
+                store = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+            start = 0
+            for images, _ in decoded_dataset(files, self.config.image_size).batch(256):
+                store[start : start + len(images)] = images.numpy()
+                start += len(images)
+            self._cache[name] = store
         return self._cache[name]
 
-    def _train_images(self) -> np.ndarray:
-        """All training images, decoded and resized once, as one `(N, H, W, 3)` uint8 array."""
-        if "train_images" not in self._cache:
-            batches = decoded_dataset(self.train_files, self.config.image_size).batch(256)
-            self._cache["train_images"] = np.concatenate([images.numpy() for images, _ in batches])
-        return self._cache["train_images"]
+    def _gathered(self, name: str, files: list[ImageFile], order: np.ndarray, batch: int):
+        """(images uint8, labels, indices) batches of `files` taken from the store in `order`."""
+        images = self._images(name, files)
+        labels = tf.constant([f.label for f in files], tf.int32)
+
+        def gather(indices):
+            taken = tf.numpy_function(lambda i: images[i], [indices], tf.uint8, stateful=False)
+            taken.set_shape([None, *self.config.image_size, 3])
+            return taken, tf.gather(labels, indices), indices
+
+        indices = tf.data.Dataset.from_tensor_slices(order.astype(np.int64))
+        return indices.batch(batch).map(gather)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The order of the training files in `epoch`: a permutation fixed by (seed, epoch)."""
@@ -304,14 +337,7 @@ class ImageFolder:
         same whether training started at epoch 0 or resumed there.
         """
         config = self.config
-        images = self._train_images()
-        labels = tf.constant([f.label for f in self.train_files], tf.int32)
         count = len(self.train_files)
-
-        def gather(indices):
-            batch = tf.numpy_function(lambda i: images[i], [indices], tf.uint8, stateful=False)
-            batch.set_shape([None, *config.image_size, 3])
-            return batch, tf.gather(labels, indices), indices
 
         def one_epoch(epoch: int) -> tf.data.Dataset:
             def prepare(image, label, index):
@@ -320,8 +346,8 @@ class ImageFolder:
                     return augment(image, seed, config), label
                 return tf.cast(image, tf.float32), label
 
-            order = tf.data.Dataset.from_tensor_slices(self.epoch_order(epoch).astype(np.int64))
-            elements = order.batch(256).map(gather).unbatch()
+            order = self.epoch_order(epoch)
+            elements = self._gathered("train", self.train_files, order, 256).unbatch()
             elements = elements.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
             return elements.batch(config.batch_size)
 
@@ -331,15 +357,15 @@ class ImageFolder:
         return dataset.prefetch(AUTOTUNE)
 
     def _evaluation_dataset(self, name: str, files: list[ImageFile]) -> tf.data.Dataset | None:
+        """Float32 batches of a split in file order, never augmented."""
         if not files:
             return None
-        return evaluation_batches(self._decoded(name, files), self.config.batch_size)
+        batches = self._gathered(name, files, np.arange(len(files)), self.config.batch_size)
+        return batches.map(lambda images, labels, _: (tf.cast(images, tf.float32), labels))
 
     def unaugmented_train(self) -> tf.data.Dataset:
         """The training split in file order, without augmentation (for feature caching)."""
-        labels = np.array([f.label for f in self.train_files], np.int32)
-        dataset = tf.data.Dataset.from_tensor_slices((self._train_images(), labels))
-        return evaluation_batches(dataset, self.config.batch_size)
+        return self._evaluation_dataset("train", self.train_files)
 
     @property
     def train(self) -> tf.data.Dataset:

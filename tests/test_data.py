@@ -473,3 +473,26 @@ def test_batches_depend_on_the_data_seed_alone(aug_folder):
     finally:
         seed_everything(0)
     assert_same_batches(first, second)
+
+
+def test_splits_over_the_memory_budget_go_to_a_temporary_file_with_the_same_batches(aug_folder):
+    import gc
+    import os
+
+    seed_everything(0)
+    train, test = aug_folder
+    in_memory = make_data(train, test_dir=test)
+    spilled = make_data(train, test_dir=test, memory_budget=0)
+    assert_same_batches(
+        batch_list(in_memory.train_dataset(0, 2)), batch_list(spilled.train_dataset(0, 2))
+    )
+    assert_same_batches(batch_list(in_memory.validation), batch_list(spilled.validation))
+    assert_same_batches(batch_list(in_memory.test), batch_list(spilled.test))
+    assert not isinstance(in_memory._images("train", in_memory.train_files), np.memmap)
+    store = spilled._images("train", spilled.train_files)
+    assert isinstance(store, np.memmap)
+    folder = os.path.dirname(store.filename)
+    assert os.path.isfile(os.path.join(folder, "test.npy"))
+    del store, spilled
+    gc.collect()
+    assert not os.path.exists(folder)  # removed with the ImageFolder
