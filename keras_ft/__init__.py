@@ -16,6 +16,7 @@ from keras_ft.data import ImageFolder  # noqa: E402
 from keras_ft.errors import KerasFTError  # noqa: E402
 from keras_ft.finetuner import FineTuner  # noqa: E402
 from keras_ft.scan import scan_folder  # noqa: E402
+from keras_ft.search import tune  # noqa: E402
 
 __all__ = [
     "BACKBONES",
@@ -27,4 +28,5 @@ __all__ = [
     "get_backbone",
     "load",
     "scan_folder",
+    "tune",
 ]

@@ -8,6 +8,8 @@ A run directory holds:
     history.csv         per-epoch metrics of both phases
     metrics.json        held-out test metrics (when a test set was given)
     run.json            configuration, seed, versions, data fingerprints, weights SHA-256
+    report/             curves, confusion matrix, per-class table, mistakes, report.html
+    logs/               TensorBoard logs of both phases (when the fit wrote them)
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from keras_ft import __version__
 from keras_ft.config import to_dict
 from keras_ft.data import decode_and_resize, pil_to_rgb, resize
 from keras_ft.errors import KerasFTError
+from keras_ft.report import write_report
 from keras_ft.reproducibility import GUARANTEE, environment, fingerprint, weights_sha256
 
 FORMAT_VERSION = 1
@@ -119,6 +122,9 @@ def save_run(tuner, path, overwrite: bool = False) -> str:
         if tuner.metrics is not None:
             _write_json(staging / "metrics.json", tuner.metrics)
         _write_json(staging / "run.json", run_record(tuner))
+        write_report(tuner, staging / "report")
+        if getattr(tuner, "tensorboard_dir", None) and os.path.isdir(tuner.tensorboard_dir):
+            shutil.copytree(tuner.tensorboard_dir, staging / "logs")
         _replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

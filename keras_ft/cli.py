@@ -26,10 +26,34 @@ def _units(value: str) -> tuple[int, ...]:
         ) from None
 
 
+def _class_weight(value: str):
+    if value == "balanced":
+        return value
+    try:
+        pairs = [item.rsplit("=", 1) for item in value.split(",") if item.strip()]
+        return {name.strip(): float(weight) for name, weight in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'balanced' or CLASS=WEIGHT pairs such as cat=2,dog=1, received {value!r}"
+        ) from None
+
+
 def _add_train(commands) -> None:
     p = commands.add_parser("train", help="fine-tune a backbone on an image folder")
+    _add_run_arguments(p, "run directory to write")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted run from its last checkpoint in --output",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=train)
+
+
+def _add_run_arguments(p, output_help: str) -> None:
+    """The data, model and training flags `train` and `tune` share, with --output/--overwrite."""
     p.add_argument("data_dir", help="training folder: DATA_DIR/<class>/<image>")
-    p.add_argument("--output", required=True, help="run directory to write")
+    p.add_argument("--output", required=True, help=output_help)
     p.add_argument("--test-dir", help="held-out folder with the same class sub-folders")
     p.add_argument("--backbone", default="vgg16", help="see `keras-ft backbones` (default vgg16)")
     p.add_argument("--weights", default="imagenet", help="imagenet, none, or a weights file path")
@@ -68,6 +92,25 @@ def _add_train(commands) -> None:
         help="turn op determinism off (faster on some GPUs, no bitwise replay)",
     )
     p.add_argument(
+        "--class-weight",
+        type=_class_weight,
+        help="'balanced' or CLASS=WEIGHT pairs, e.g. cat=2,dog=1",
+    )
+    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--finetune-schedule", default="constant", help="constant or cosine")
+    p.add_argument(
+        "--warmup-epochs",
+        type=int,
+        default=0,
+        help="with --finetune-schedule cosine: linear warm-up epochs first",
+    )
+    p.add_argument(
+        "--early-stopping",
+        type=int,
+        metavar="PATIENCE",
+        help="stop a phase after PATIENCE epochs without a better val_loss",
+    )
+    p.add_argument(
         "--mixed-precision",
         choices=("float16", "bfloat16"),
         help="half-precision compute (float16 on NVIDIA GPUs)",
@@ -77,14 +120,57 @@ def _add_train(commands) -> None:
         action="store_true",
         help="XLA-compile training steps (needs --no-determinism)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
     p.add_argument(
-        "--resume",
+        "--no-tensorboard",
         action="store_true",
-        help="finish an interrupted run from its last checkpoint in --output",
+        help="write no TensorBoard logs (default: RUN_DIR/logs)",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=train)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+
+
+def _add_tune(commands) -> None:
+    p = commands.add_parser(
+        "tune",
+        help="search fine-tuning settings with KerasTuner; keep the best run",
+        description=(
+            "Search the learning rates, unfreeze point, dropout, head width and augmentation "
+            "strength; each trial is a whole two-phase fit scored by validation accuracy. "
+            "Writes OUTPUT/trials.csv, trials.json, search.json and OUTPUT/best (a run "
+            "directory). A training flag for a searched setting (--head-lr, --finetune-lr, "
+            "--unfreeze, --dropout, --dense-units) fixes it instead of searching it."
+        ),
+    )
+    _add_run_arguments(p, "search directory to write (the best run goes to OUTPUT/best)")
+    # Unset training flags for searched settings mean "search it"; a given one fixes it.
+    p.set_defaults(head_lr=None, finetune_lr=None, unfreeze=None, dropout=None, dense_units=None)
+    p.add_argument("--trials", type=int, default=10, help="settings to try (default 10)")
+    p.add_argument("--search", default="random", help="random (default), bayesian or grid")
+    p.add_argument("--grid-points", type=int, default=3, help="values per range for grid search")
+    for flag, default in (
+        ("--head-lr-range", "1e-4 1e-2"),
+        ("--finetune-lr-range", "1e-5 1e-3"),
+        ("--dropout-range", "0 0.5"),
+        ("--augment-range", "0 2, a factor on --rotation/--zoom/--contrast"),
+    ):
+        p.add_argument(
+            flag, type=float, nargs=2, metavar=("LOW", "HIGH"), help=f"default {default}"
+        )
+    p.add_argument(
+        "--unfreeze-choices",
+        type=_unfreeze,
+        nargs="*",
+        metavar="CHOICE",
+        help="all, layer names, numbers of top layers (default: the backbone's suggestion, all)",
+    )
+    p.add_argument(
+        "--dense-units-choices",
+        type=int,
+        nargs="*",
+        metavar="UNITS",
+        help="head hidden layer widths, 0 for none (default 0 128 256)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no trial summaries or progress bars")
+    p.set_defaults(func=tune)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train(commands)
+    _add_tune(commands)
     p = commands.add_parser("evaluate", help="evaluate a run on a held-out folder")
     p.add_argument("run_dir")
     p.add_argument("data_dir")
@@ -179,15 +266,23 @@ def train(args) -> int:
         unfreeze=args.unfreeze,
         feature_cache=not args.no_feature_cache,
         jit_compile=args.jit_compile,
+        class_weight=args.class_weight,
+        label_smoothing=args.label_smoothing,
+        finetune_schedule=args.finetune_schedule,
+        warmup_epochs=args.warmup_epochs,
+        early_stopping=args.early_stopping,
         checkpoint_dir=checkpoints,
         resume=args.resume,
+        tensorboard_dir=None if args.no_tensorboard else "auto",
         verbose=0 if args.quiet else "auto",
     )
     # The output now holds this run's checkpoints; the finished run replaces them.
+    _say(args, f"writing the run directory (model, SavedModel, report, logs): {output}")
     path = tuner.save(output, overwrite=True)
     if tuner.metrics is not None:
         print(format_metrics(tuner.metrics))
     print(f"run directory: {path}")
+    _say(args, f"report: {Path(path) / 'report' / 'report.html'} (open it in a browser)")
     return 0
 
 
@@ -215,6 +310,113 @@ def _checkpoint_dir(output, resume: bool, overwrite: bool):
             )
         shutil.rmtree(checkpoints, ignore_errors=True)
     return checkpoints
+
+
+def tune(args) -> int:
+    from keras_ft import ImageFolder
+    from keras_ft.backbones import get_backbone
+    from keras_ft.evaluation import format_metrics
+    from keras_ft.search import SETTINGS, check_output, check_search
+    from keras_ft.search import tune as search
+
+    searched = _searched(args)
+    check_search(args.trials, args.search, args.grid_points, **searched)  # before any image
+    check_output(args.output, args.overwrite)
+    spec = get_backbone(args.backbone)
+    data = ImageFolder(
+        args.data_dir,
+        test_dir=args.test_dir,
+        image_size=args.image_size or spec.default_size,
+        batch_size=args.batch_size,
+        validation_split=args.validation_split,
+        seed=args.seed,
+        augment=not args.no_augment,
+        flip=not args.no_flip,
+        rotation=args.rotation,
+        zoom=args.zoom,
+        contrast=args.contrast,
+        skip_bad=args.skip_bad,
+        quiet=args.quiet,
+    )
+    result = search(
+        data,
+        args.output,
+        trials=args.trials,
+        search=args.search,
+        seed=args.seed,
+        grid_points=args.grid_points,
+        backbone=spec.name,
+        weights=None if args.weights.lower() == "none" else args.weights,
+        pooling=args.pooling,
+        deterministic=not args.no_determinism,
+        mixed_precision=args.mixed_precision,
+        head_epochs=args.head_epochs,
+        finetune_epochs=args.finetune_epochs,
+        overwrite=args.overwrite,
+        verbose=0 if args.quiet else "auto",
+        momentum=args.momentum,
+        feature_cache=not args.no_feature_cache,
+        jit_compile=args.jit_compile,
+        class_weight=args.class_weight,
+        label_smoothing=args.label_smoothing,
+        finetune_schedule=args.finetune_schedule,
+        warmup_epochs=args.warmup_epochs,
+        early_stopping=args.early_stopping,
+        tensorboard_dir=None if args.no_tensorboard else "auto",
+        **searched,
+    )
+    columns = ("trial", *SETTINGS, "val_accuracy")
+    print("  ".join(columns))
+    for row in result.trials:
+        cells = [_cell(row.get(c)) for c in columns]
+        print("  ".join(cells) + ("  <- best" if row["best"] else ""))
+    if result.best.metrics is not None:
+        print(format_metrics(result.best.metrics))
+    print(f"trials: {os.path.join(result.output, 'trials.csv')}")
+    print(f"best run directory: {result.best_run_dir}")
+    return 0
+
+
+def _searched(args) -> dict:
+    """The search arguments given: a range or choices searches, a training flag fixes."""
+    from keras_ft import KerasFTError
+
+    given = {}
+    for name, flag in (
+        ("head_lr", "head_lr_range"),
+        ("finetune_lr", "finetune_lr_range"),
+        ("unfreeze", "unfreeze_choices"),
+        ("dropout", "dropout_range"),
+        ("dense_units", "dense_units_choices"),
+    ):
+        fixed, values = getattr(args, name), getattr(args, flag)
+        if fixed is not None and values is not None:
+            raise KerasFTError(
+                f"Pass --{name.replace('_', '-')} to fix the setting or "
+                f"--{flag.replace('_', '-')} to search it, not both."
+            )
+        if values is not None:
+            given[name] = list(values)
+        elif fixed is not None:
+            given[name] = fixed
+    units = given.get("dense_units")
+    if isinstance(units, tuple):  # --dense-units, comma-separated layer sizes
+        if len(units) > 1:
+            raise KerasFTError(
+                f"keras-ft tune searches heads with at most one hidden layer, received "
+                f"--dense-units {','.join(map(str, units))}. Pass one width, or "
+                "--dense-units-choices."
+            )
+        given["dense_units"] = units[0] if units else 0
+    if args.augment_range is not None:
+        given["augment_strength"] = list(args.augment_range)
+    return given
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "-" if value is None else str(value)
 
 
 def evaluate(args) -> int:

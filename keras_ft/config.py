@@ -14,6 +14,7 @@ from keras_ft.errors import KerasFTError
 
 POOLINGS = ("avg", "max", "avgmax", "flatten")
 MIXED_PRECISION = (None, "float16", "bfloat16")
+SCHEDULES = ("constant", "cosine")
 
 
 def check(condition: bool, argument: str, expected: str, received: object, fix: str = "") -> None:
@@ -161,6 +162,11 @@ class TrainingConfig:
     deterministic: bool = True
     feature_cache: bool = True
     jit_compile: bool = False
+    class_weight: str | dict[str, float] | None = None
+    label_smoothing: float = 0.0
+    finetune_schedule: str = "constant"
+    warmup_epochs: int = 0
+    early_stopping: int | None = None
 
     def __post_init__(self):
         for name in ("head_epochs", "finetune_epochs"):
@@ -187,6 +193,48 @@ class TrainingConfig:
             "unfreeze",
             "'all', a layer name such as 'block5_conv1', or a number of top layers >= 1",
             self.unfreeze,
+        )
+        check(
+            self.class_weight is None
+            or self.class_weight == "balanced"
+            or (
+                isinstance(self.class_weight, dict)
+                and all(is_number(w) and w > 0 for w in self.class_weight.values())
+            ),
+            "class_weight",
+            "None, 'balanced', or a dict mapping class names to positive weights",
+            self.class_weight,
+        )
+        check(
+            is_number(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0,
+            "label_smoothing",
+            "a float in [0, 1), e.g. 0.1",
+            self.label_smoothing,
+        )
+        check(
+            self.finetune_schedule in SCHEDULES,
+            "finetune_schedule",
+            f"one of {SCHEDULES}",
+            self.finetune_schedule,
+        )
+        check(
+            is_int(self.warmup_epochs) and 0 <= self.warmup_epochs <= self.finetune_epochs,
+            "warmup_epochs",
+            f"an int from 0 to finetune_epochs ({self.finetune_epochs})",
+            self.warmup_epochs,
+        )
+        check(
+            self.warmup_epochs == 0 or self.finetune_schedule == "cosine",
+            "warmup_epochs",
+            "0 unless finetune_schedule='cosine' (warm-up leads into the cosine decay)",
+            self.warmup_epochs,
+        )
+        check(
+            self.early_stopping is None
+            or (is_int(self.early_stopping) and self.early_stopping >= 1),
+            "early_stopping",
+            "None or a patience in epochs >= 1",
+            self.early_stopping,
         )
         if self.jit_compile and self.deterministic:
             raise KerasFTError(

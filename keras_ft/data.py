@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 import weakref
 
 import numpy as np
@@ -227,6 +228,7 @@ class ImageFolder:
             self.report.files, self.config.validation_split, seed
         )
         self._check_split_sizes()
+        self._warn_if_imbalanced()
         self.test_report = None
         self.test_files = []
         if test_dir is not None:
@@ -238,6 +240,19 @@ class ImageFolder:
         self._cache = {}
         self.memory_budget = memory_budget
         self._spill_dir = None
+
+    def _warn_if_imbalanced(self) -> None:
+        counts = self.report.counts()
+        if max(counts.values()) > 3 * min(counts.values()):
+            largest = max(counts, key=counts.get)
+            smallest = min(counts, key=counts.get)
+            warnings.warn(
+                f"Imbalanced classes in '{self.config.directory}': '{largest}' has "
+                f"{counts[largest]} images, '{smallest}' {counts[smallest]} (more than 3x). "
+                "Consider fit(..., class_weight='balanced') (--class-weight balanced) and "
+                "watch the per-class recall in the report.",
+                stacklevel=3,
+            )
 
     def _check_split_sizes(self) -> None:
         config = self.config

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
+import warnings
+import weakref
 from datetime import datetime, timezone
 
 import keras
@@ -17,6 +22,7 @@ from keras_ft.data import ImageFolder, folder_dataset
 from keras_ft.errors import KerasFTError
 from keras_ft.evaluation import evaluate_model
 from keras_ft.model import build_classifier
+from keras_ft.report import EpochTensorBoard
 from keras_ft.reproducibility import check_deterministic_gradients, file_hashes, seed_everything
 from keras_ft.training import TrainingHistory, fit_two_phase
 
@@ -114,6 +120,7 @@ class FineTuner:
         self.record: dict = {}
         self.file_hashes: dict | None = None
         self._data = None
+        self.tensorboard_dir: str | None = None
 
     def build(self, image_size, num_classes: int) -> keras.Model:
         """Build the Keras model (done by `fit`; call it yourself to inspect the model)."""
@@ -157,11 +164,17 @@ class FineTuner:
         unfreeze="all",
         feature_cache=True,
         jit_compile=False,
+        class_weight=None,
+        label_smoothing=0.0,
+        finetune_schedule="constant",
+        warmup_epochs=0,
+        early_stopping=None,
         callbacks=(),
         verbose="auto",
         evaluate=True,
         checkpoint_dir=None,
         resume=False,
+        tensorboard_dir="auto",
     ) -> TrainingHistory:
         """Train on `data` in two phases, then evaluate on its test split if it has one.
 
@@ -179,12 +192,26 @@ class FineTuner:
                 same result up to float rounding).
             jit_compile: compile training steps with XLA (faster on GPUs); needs
                 `deterministic=False`.
+            class_weight: `None`, `"balanced"` (scikit-learn's rule: rarer classes
+                weigh more), or `{class name: weight}` (unnamed classes weigh 1).
+            label_smoothing: e.g. 0.1: targets of 0.9 and 0.1 / (classes - 1)
+                rather than 1 and 0.
+            finetune_schedule: phase 2 learning rate: `"constant"`, or `"cosine"`
+                decay to 0 over the phase.
+            warmup_epochs: with `"cosine"`, epochs of linear warm-up from 0 to
+                `finetune_lr` first.
+            early_stopping: patience in epochs: stop a phase when the validation
+                loss has not improved for that long, and keep the best weights.
             callbacks: Keras callbacks, passed to both phases.
             checkpoint_dir: save a checkpoint there after every epoch.
             resume: continue from the checkpoint in `checkpoint_dir`; the
                 result is bitwise the one an uninterrupted run gives.
             verbose: Keras verbosity.
             evaluate: evaluate on `data.test` at the end, when there is one.
+            tensorboard_dir: TensorBoard logs of both phases on one epoch axis.
+                `"auto"`: in `checkpoint_dir/logs` (kept on resume), else in a
+                temporary folder; `save` copies them into the run directory's
+                `logs/`. A path: written there. `None`: no logs.
 
         Returns:
             The `TrainingHistory` of both phases (also kept as `self.history`).
@@ -204,6 +231,11 @@ class FineTuner:
             deterministic=self.deterministic,
             feature_cache=feature_cache,
             jit_compile=jit_compile,
+            class_weight=class_weight,
+            label_smoothing=label_smoothing,
+            finetune_schedule=finetune_schedule,
+            warmup_epochs=warmup_epochs,
+            early_stopping=early_stopping,
         )
         if self.model is None:
             self.build(data.image_size, data.num_classes)
@@ -216,6 +248,9 @@ class FineTuner:
         seed_everything(self.seed, self.deterministic)
         if self.deterministic:
             check_deterministic_gradients(self.model, self.model_config.backbone)
+        self.tensorboard_dir = self._log_dir(tensorboard_dir, checkpoint_dir, resume)
+        if self.tensorboard_dir is not None:
+            callbacks = [*callbacks, EpochTensorBoard(self.tensorboard_dir)]
         self.history = fit_two_phase(
             self.model,
             data,
@@ -235,6 +270,28 @@ class FineTuner:
             "command": sys.argv,
         }
         return self.history
+
+    def _log_dir(self, tensorboard_dir, checkpoint_dir, resume: bool) -> str | None:
+        """Where this fit's TensorBoard logs go (see `fit`'s `tensorboard_dir`)."""
+        if tensorboard_dir is None:
+            return None
+        if importlib.util.find_spec("tensorboard") is None:  # tf.summary needs it to write
+            warnings.warn(
+                "No TensorBoard logs: the tensorboard package is not installed. "
+                "pip install tensorboard (or pass tensorboard_dir=None to silence this).",
+                stacklevel=3,
+            )
+            return None
+        if tensorboard_dir != "auto":
+            return os.fspath(tensorboard_dir)
+        if checkpoint_dir is None:
+            scratch = tempfile.mkdtemp(prefix="keras_ft_logs_")
+            weakref.finalize(self, shutil.rmtree, scratch, ignore_errors=True)
+            return scratch
+        logs = os.path.join(checkpoint_dir, "logs")
+        if not resume:  # a fresh run starts a fresh timeline
+            shutil.rmtree(logs, ignore_errors=True)
+        return logs
 
     def _signature(self) -> str:
         """A digest of everything that decides the training: configuration and data."""

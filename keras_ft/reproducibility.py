@@ -149,16 +149,10 @@ def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto") -> dict
         mixed_precision=model_config.mixed_precision,
     )
     with tempfile.TemporaryDirectory() as scratch:
+        fit_options = {k: v for k, v in to_dict(training).items() if k != "deterministic"}
         tuner.fit(
             data,
-            head_epochs=training.head_epochs,
-            finetune_epochs=training.finetune_epochs,
-            head_lr=training.head_lr,
-            finetune_lr=training.finetune_lr,
-            momentum=training.momentum,
-            unfreeze=training.unfreeze,
-            feature_cache=training.feature_cache,
-            jit_compile=training.jit_compile,
+            **fit_options,
             verbose=verbose,
             evaluate=False,
             checkpoint_dir=f"{scratch}/checkpoints",

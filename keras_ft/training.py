@@ -9,6 +9,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+from sklearn.utils.class_weight import compute_class_weight
 
 from keras_ft.config import TrainingConfig
 from keras_ft.errors import KerasFTError
@@ -45,17 +46,83 @@ class TrainingHistory:
         return Recorder()
 
 
+@keras.saving.register_keras_serializable(package="keras_ft")
+class SparseSmoothedCrossentropy(keras.losses.Loss):
+    """Cross-entropy of integer labels with label smoothing.
+
+    Keras's `SparseCategoricalCrossentropy` has no `label_smoothing`; this is
+    `CategoricalCrossentropy(label_smoothing=...)` on one-hot labels.
+    """
+
+    def __init__(self, label_smoothing: float = 0.0, name="sparse_smoothed_crossentropy", **kw):
+        super().__init__(name=name, **kw)
+        self.label_smoothing = label_smoothing
+
+    def call(self, y_true, y_pred):
+        one_hot = keras.ops.one_hot(keras.ops.reshape(y_true, (-1,)), keras.ops.shape(y_pred)[-1])
+        return keras.losses.categorical_crossentropy(
+            one_hot, y_pred, label_smoothing=self.label_smoothing
+        )
+
+    def get_config(self):
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+def finetune_learning_rate(config: TrainingConfig, steps_per_epoch: int):
+    """Phase 2's learning rate: constant, or linear warm-up then cosine decay to 0."""
+    if config.finetune_schedule == "constant":
+        return config.finetune_lr
+    warmup = config.warmup_epochs * steps_per_epoch
+    decay = max(1, (config.finetune_epochs - config.warmup_epochs) * steps_per_epoch)
+    if not warmup:
+        return keras.optimizers.schedules.CosineDecay(config.finetune_lr, decay)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, decay, warmup_target=config.finetune_lr, warmup_steps=warmup
+    )
+
+
+def class_weights(config: TrainingConfig, data) -> dict[int, float] | None:
+    """`config.class_weight` as Keras wants it: {class index: weight}.
+
+    `"balanced"` weighs each class by n_samples / (n_classes * its count),
+    scikit-learn's rule; a dict names classes, and unnamed ones weigh 1.
+    """
+    if config.class_weight is None:
+        return None
+    labels = np.array([f.label for f in data.train_files])
+    if config.class_weight == "balanced":
+        weights = compute_class_weight("balanced", classes=np.arange(data.num_classes), y=labels)
+        return {i: float(w) for i, w in enumerate(weights)}
+    unknown = sorted(set(config.class_weight) - set(data.class_names))
+    if unknown:
+        raise KerasFTError(
+            f"Invalid `class_weight`: unknown class(es) {unknown}. "
+            f"The classes are: {list(data.class_names)}."
+        )
+    return {i: float(config.class_weight.get(name, 1.0)) for i, name in enumerate(data.class_names)}
+
+
 def compile_for_phase(
-    model: keras.Model, phase: str, config: TrainingConfig, num_classes: int
+    model: keras.Model,
+    phase: str,
+    config: TrainingConfig,
+    num_classes: int,
+    steps_per_epoch: int = 1,
 ) -> None:
-    """Compile `model` for `phase`: Adam at `head_lr`, or SGD momentum at `finetune_lr`."""
+    """Compile `model` for `phase`: Adam at `head_lr`, or SGD momentum for fine-tuning."""
     if phase == "head":
         optimizer = keras.optimizers.Adam(learning_rate=config.head_lr)
     else:
-        optimizer = keras.optimizers.SGD(learning_rate=config.finetune_lr, momentum=config.momentum)
+        optimizer = keras.optimizers.SGD(
+            learning_rate=finetune_learning_rate(config, steps_per_epoch), momentum=config.momentum
+        )
+    if config.label_smoothing:
+        loss = SparseSmoothedCrossentropy(config.label_smoothing)
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy()
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(),
+        loss=loss,
         metrics=[
             keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
             keras.metrics.SparseTopKCategoricalAccuracy(
@@ -166,6 +233,17 @@ def fit_two_phase(
     Returns:
         A `TrainingHistory` covering both phases.
     """
+    if config.early_stopping and data.validation is None:
+        raise KerasFTError(
+            "Invalid `early_stopping`: it watches the validation loss, and "
+            "validation_split is 0. Set validation_split > 0 (e.g. 0.2)."
+        )
+    if config.early_stopping and resume:
+        raise KerasFTError(
+            "`resume` cannot replay early stopping's state exactly. Start again "
+            "without resume, or train without early_stopping."
+        )
+    weights = class_weights(config, data)
     state = read_checkpoint(checkpoint_dir, signature) if resume and checkpoint_dir else None
     done = state["epoch"] if state else 0
     history = TrainingHistory(state["history"] if state else [])
@@ -186,18 +264,24 @@ def fit_two_phase(
         else:
             unfreeze_backbone(model, config.unfreeze)
             trained = model
-        compile_for_phase(trained, phase, config, data.num_classes)
+        steps = data.steps_per_epoch
+        compile_for_phase(trained, phase, config, data.num_classes, steps)
         if state:  # resuming: the optimizer state only carries over within its phase
             _restore(state, model, trained if state["phase"] == phase and first > start else None)
             state = None
-        steps = data.steps_per_epoch
         if trained is model:
             dataset = data.train_dataset(first, end - first)
             validation = data.validation
         else:
-            dataset = feature_batches(extractor, data, first, end)
-            validation = _features(extractor, data.validation) if data.validation else None
+            dataset = feature_batches(extractor, data, first, end, verbose)
+            validation = _features(extractor, data.validation, verbose) if data.validation else None
         run_callbacks = [*callbacks, history.recorder(phase)]
+        if config.early_stopping:
+            run_callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor="val_loss", patience=config.early_stopping, restore_best_weights=True
+                )
+            )
         if checkpoint_dir:
             run_callbacks.append(Checkpoint(checkpoint_dir, model, phase, history, signature))
         trained.fit(
@@ -207,21 +291,33 @@ def fit_two_phase(
             steps_per_epoch=steps,
             validation_data=validation,
             callbacks=run_callbacks,
+            class_weight=weights,
             shuffle=False,  # each epoch is already shuffled from the seed
             verbose=verbose,
         )
     return history
 
 
-def _features(extractor: keras.Model, dataset) -> tuple[np.ndarray, np.ndarray]:
+def _features(extractor: keras.Model, dataset, verbose=0) -> tuple[np.ndarray, np.ndarray]:
+    """The frozen backbone's features of every batch, with a progress bar unless `verbose` is 0."""
+    progress = None
+    if verbose != 0:
+        total = int(dataset.cardinality())
+        progress = keras.utils.Progbar(
+            total if total >= 0 else None, verbose=2 if verbose == 2 else 1, unit_name="batch"
+        )
     features, labels = [], []
     for images, batch_labels in dataset:
         features.append(np.asarray(extractor(images, training=False)))
         labels.append(np.asarray(batch_labels))
+        if progress is not None:
+            progress.add(1)
     return np.concatenate(features), np.concatenate(labels)
 
 
-def feature_batches(extractor: keras.Model, data, first: int, end: int) -> tf.data.Dataset:
+def feature_batches(
+    extractor: keras.Model, data, first: int, end: int, verbose=0
+) -> tf.data.Dataset:
     """Phase 1 without augmentation: run the frozen backbone once, then serve its features.
 
     The training images do not change between epochs, so neither do the
@@ -229,7 +325,9 @@ def feature_batches(extractor: keras.Model, data, first: int, end: int) -> tf.da
     only the head. Epochs `first` to `end - 1` are ordered as
     `data.train_dataset` orders them. User callbacks see the head model.
     """
-    features, labels = _features(extractor, data.unaugmented_train())
+    if verbose != 0:
+        print("Backbone features of the training and validation images, computed once:")
+    features, labels = _features(extractor, data.unaugmented_train(), verbose)
 
     def gather(indices):
         batch = tf.numpy_function(lambda i: features[i], [indices], tf.float32, stateful=False)

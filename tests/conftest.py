@@ -18,6 +18,8 @@ from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "data_samples" / "digits"
+# A small, untrained registry backbone at 32 px: the cheapest real `keras-ft train`.
+TINY_TRAIN = "--backbone mobilenetv3small --weights none --image-size 32 --quiet".split()
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600):
@@ -31,6 +33,19 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600):
         cwd=cwd,
         timeout=timeout,
     )
+
+
+def copy_run(run_dir: Path, destination: Path, edit=None) -> Path:
+    """Copy a run directory; `edit(record)` may change its run.json in place first."""
+    import json
+    import shutil
+
+    shutil.copytree(run_dir, destination)
+    if edit is not None:
+        record = json.loads((destination / "run.json").read_text())
+        edit(record)
+        (destination / "run.json").write_text(json.dumps(record))
+    return destination
 
 
 def write_folder(

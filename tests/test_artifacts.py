@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_backbone
+from conftest import copy_run, tiny_backbone
 from PIL import Image
 
 import keras_ft
@@ -137,11 +137,7 @@ def test_existing_run_directory_is_not_overwritten(trained, tmp_path):
 
 
 def test_changed_weights_are_refused(trained, tmp_path):
-    _, run_dir, _ = trained
-    import shutil
-
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
+    copy = copy_run(trained[1], tmp_path / "run")
     model = keras.saving.load_model(copy / "model.keras")
     model.get_layer("predictions").kernel.assign(model.get_layer("predictions").kernel * 2)
     model.save(copy / "model.keras")
@@ -150,11 +146,7 @@ def test_changed_weights_are_refused(trained, tmp_path):
 
 
 def test_truncated_model_file_is_refused(trained, tmp_path):
-    _, run_dir, _ = trained
-    import shutil
-
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
+    copy = copy_run(trained[1], tmp_path / "run")
     data = (copy / "model.keras").read_bytes()
     (copy / "model.keras").write_bytes(data[: len(data) // 2])
     with pytest.raises(KerasFTError, match="Cannot load '.*model.keras'"):
@@ -167,27 +159,21 @@ def test_not_a_run_directory(tmp_path):
 
 
 def test_newer_format_version_is_refused(trained, tmp_path):
-    _, run_dir, _ = trained
-    import shutil
-
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
-    record = json.loads((copy / "run.json").read_text())
-    record["format_version"] = FORMAT_VERSION + 1
-    (copy / "run.json").write_text(json.dumps(record))
+    copy = copy_run(
+        trained[1],
+        tmp_path / "run",
+        lambda record: record.update(format_version=FORMAT_VERSION + 1),
+    )
     with pytest.raises(KerasFTError, match="Upgrade keras-ft"):
         keras_ft.load(copy)
 
 
 def test_other_library_version_warns_but_loads(trained, tmp_path):
-    _, run_dir, _ = trained
-    import shutil
-
-    copy = tmp_path / "run"
-    shutil.copytree(run_dir, copy)
-    record = json.loads((copy / "run.json").read_text())
-    record["environment"]["tensorflow"] = "2.0.0"
-    (copy / "run.json").write_text(json.dumps(record))
+    copy = copy_run(
+        trained[1],
+        tmp_path / "run",
+        lambda record: record["environment"].update(tensorflow="2.0.0"),
+    )
     with pytest.warns(UserWarning, match="written with tensorflow 2.0.0"):
         keras_ft.load(copy)
 

@@ -4,7 +4,7 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from conftest import DIGITS, run_cli, write_folder
+from conftest import DIGITS, TINY_TRAIN, run_cli, write_folder
 
 from keras_ft.cli import main
 
@@ -189,3 +189,24 @@ def test_usage_error_exits_2():
     result = run_cli("train")
     assert result.returncode == 2 and "usage:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_training_options_reach_the_run_record(tmp_path, capsys):
+    write_folder(tmp_path / "data", ("cat", "dog"), per_class=8)
+    output = tmp_path / "run"
+    options = (
+        "--batch-size 4 --head-epochs 1 --finetune-epochs 2 --class-weight cat=2,dog=1 "
+        "--label-smoothing 0.1 --finetune-schedule cosine --warmup-epochs 1 "
+        "--early-stopping 3"
+    ).split()
+    result = run_here(capsys, "train", tmp_path / "data", *TINY_TRAIN, *options, "--output", output)
+    assert result.returncode == 0, result.stderr
+    training = json.loads((output / "run.json").read_text())["training"]
+    assert training["class_weight"] == {"cat": 2.0, "dog": 1.0}
+    assert (training["label_smoothing"], training["finetune_schedule"]) == (0.1, "cosine")
+    assert (training["warmup_epochs"], training["early_stopping"]) == (1, 3)
+
+
+def test_bad_class_weight_is_a_usage_error(tmp_path):
+    result = run_cli("train", tmp_path, "--output", tmp_path / "run", "--class-weight", "cat=x")
+    assert result.returncode == 2 and "CLASS=WEIGHT pairs" in result.stderr

@@ -282,3 +282,34 @@ def test_from_dict_validates():
     values = to_dict(DataConfig(directory="d")) | {"batch_size": 0}
     with pytest.raises(KerasFTError, match="`batch_size`"):
         from_dict(DataConfig, values)
+
+
+@pytest.mark.parametrize(
+    ("values", "argument"),
+    [
+        ({"class_weight": "sometimes"}, "class_weight"),
+        ({"class_weight": {"cat": -1.0}}, "class_weight"),
+        ({"label_smoothing": 1.0}, "label_smoothing"),
+        ({"finetune_schedule": "step"}, "finetune_schedule"),
+        (
+            {"finetune_epochs": 2, "warmup_epochs": 3, "finetune_schedule": "cosine"},
+            "warmup_epochs",
+        ),
+        ({"warmup_epochs": 1}, "warmup_epochs"),
+        ({"early_stopping": 0}, "early_stopping"),
+    ],
+)
+def test_training_options_are_checked(values, argument):
+    with pytest.raises(KerasFTError, match=f"`{argument}`"):
+        TrainingConfig(**values)
+
+
+def test_training_options_round_trip_through_json():
+    config = TrainingConfig(
+        class_weight={"cat": 2.0},
+        label_smoothing=0.1,
+        finetune_schedule="cosine",
+        warmup_epochs=2,
+        early_stopping=3,
+    )
+    assert from_dict(TrainingConfig, json.loads(json.dumps(to_dict(config)))) == config

@@ -1,9 +1,8 @@
 import json
-import shutil
 
 import numpy as np
 import pytest
-from conftest import run_cli, tiny_backbone
+from conftest import TINY_TRAIN, copy_run, run_cli, tiny_backbone
 
 from keras_ft.cli import main
 from keras_ft.reproducibility import environment, file_hashes, fingerprint, weights_sha256
@@ -11,26 +10,9 @@ from keras_ft.scan import scan_folder
 
 
 def train_in_fresh_process(data_dir, output, seed):
+    epochs = "--batch-size 32 --head-epochs 1 --finetune-epochs 1".split()
     result = run_cli(
-        "train",
-        data_dir / "train",
-        "--backbone",
-        "mobilenetv3small",
-        "--weights",
-        "none",
-        "--image-size",
-        "32",
-        "--batch-size",
-        "32",
-        "--head-epochs",
-        "1",
-        "--finetune-epochs",
-        "1",
-        "--seed",
-        seed,
-        "--quiet",
-        "--output",
-        output,
+        "train", data_dir / "train", *TINY_TRAIN, *epochs, "--seed", seed, "--output", output
     )
     assert result.returncode == 0, result.stderr
     return json.loads((output / "run.json").read_text())["weights_sha256"]
@@ -89,12 +71,11 @@ def test_reproduce_prints_match(hashes, capsys):
 
 
 def test_reproduce_reports_mismatch_with_exit_1(hashes, tmp_path, capsys):
-    copy = tmp_path / "run"
-    shutil.copytree(hashes["run_dir"], copy)
-    record = json.loads((copy / "run.json").read_text())
-    record["weights_sha256"] = "0" * 64
-    record["environment"]["tensorflow"] = "0.0.1"
-    (copy / "run.json").write_text(json.dumps(record))
+    def edit(record):
+        record["weights_sha256"] = "0" * 64
+        record["environment"]["tensorflow"] = "0.0.1"
+
+    copy = copy_run(hashes["run_dir"], tmp_path / "run", edit)
     assert main(["reproduce", str(copy), "--quiet"]) == 1
     out = capsys.readouterr().out
     assert out.splitlines()[-1] == "MISMATCH"
@@ -102,15 +83,17 @@ def test_reproduce_reports_mismatch_with_exit_1(hashes, tmp_path, capsys):
 
 
 def test_reproduce_stops_on_changed_data_and_lists_files(hashes, tmp_path, capsys):
-    copy = tmp_path / "run"
-    shutil.copytree(hashes["run_dir"], copy)
-    record = json.loads((copy / "run.json").read_text())
-    files = record["data_files"]["train"]
-    first, second = sorted(files)[:2]
-    del files[first]
-    files[second] = "f" * 64
-    files["3/gone.png"] = "e" * 64
-    (copy / "run.json").write_text(json.dumps(record))
+    first, second = sorted(
+        json.loads((hashes["run_dir"] / "run.json").read_text())["data_files"]["train"]
+    )[:2]
+
+    def edit(record):
+        files = record["data_files"]["train"]
+        del files[first]
+        files[second] = "f" * 64
+        files["3/gone.png"] = "e" * 64
+
+    copy = copy_run(hashes["run_dir"], tmp_path / "run", edit)
     assert main(["reproduce", str(copy), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert f"added: {first}" in err and f"changed: {second}" in err

@@ -7,34 +7,13 @@ import sys
 import time
 
 import pytest
-from conftest import run_cli, write_folder
+from conftest import TINY_TRAIN, run_cli, write_folder
 
 
 def train_args(data, output, augment):
-    args = [
-        "train",
-        data,
-        "--backbone",
-        "mobilenetv3small",
-        "--weights",
-        "none",
-        "--image-size",
-        "32",
-        "--batch-size",
-        "8",
-        "--validation-split",
-        "0.2",
-        "--head-epochs",
-        "3",
-        "--finetune-epochs",
-        "3",
-        "--seed",
-        "5",
-        "--quiet",
-        "--output",
-        output,
-    ]
-    return [str(a) for a in args] + ([] if augment else ["--no-augment"])
+    options = "--batch-size 8 --validation-split 0.2 --head-epochs 3 --finetune-epochs 3 --seed 5"
+    args = ["train", str(data), *TINY_TRAIN, *options.split(), "--output", str(output)]
+    return args + ([] if augment else ["--no-augment"])
 
 
 def kill_after_checkpoint(args, state, epoch):

@@ -91,3 +91,95 @@ def test_jit_compile_needs_determinism_off(split_folders):
     ):
         tuner.fit(data, head_epochs=1, finetune_epochs=0, jit_compile=True, verbose=0)
     assert tuner.history.rows == []  # refused before training
+
+
+@pytest.fixture
+def imbalanced(tmp_path):
+    from conftest import write_folder
+
+    write_folder(tmp_path / "data", ("common",), per_class=32, seed=1)
+    return write_folder(tmp_path / "data", ("rare",), per_class=8, seed=2)
+
+
+def test_imbalance_warns_and_balanced_weights_follow_sklearn(imbalanced):
+    from keras_ft.config import TrainingConfig
+    from keras_ft.training import class_weights
+
+    with pytest.warns(UserWarning, match="'common' has 32 images, 'rare' 8.*class_weight"):
+        data = keras_ft.ImageFolder(imbalanced, image_size=32, batch_size=8, validation_split=0)
+    weights = class_weights(TrainingConfig(class_weight="balanced"), data)
+    assert weights == pytest.approx({0: 40 / (2 * 32), 1: 40 / (2 * 8)})
+    assert class_weights(TrainingConfig(class_weight={"rare": 3.0}), data) == {0: 1.0, 1: 3.0}
+    with pytest.raises(keras_ft.KerasFTError, match=r"unknown class\(es\) \['zebra'\]"):
+        class_weights(TrainingConfig(class_weight={"zebra": 2.0}), data)
+
+
+def test_class_weight_changes_what_the_model_favours(imbalanced):
+    with pytest.warns(UserWarning):
+        data = keras_ft.ImageFolder(
+            imbalanced, image_size=32, batch_size=8, validation_split=0, augment=False
+        )
+    recalls = {}
+    for weight in (None, {"common": 0.01, "rare": 100.0}):
+        tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+        tuner.fit(
+            data,
+            head_epochs=3,
+            finetune_epochs=0,
+            head_lr=0.05,
+            class_weight=weight,
+            verbose=0,
+            evaluate=False,
+        )
+        metrics = tuner.evaluate(data.unaugmented_train())
+        recalls[weight is None] = metrics["per_class"]["rare"]["recall"]
+    assert recalls[False] == 1.0 and recalls[False] > recalls[True]
+
+
+def test_label_smoothing_loss_matches_its_formula():
+    from keras_ft.training import SparseSmoothedCrossentropy
+
+    probabilities = np.array([[0.7, 0.2, 0.1]], "float32")
+    loss = float(SparseSmoothedCrossentropy(0.3)(np.array([0]), probabilities))
+    targets = np.array([0.7 + 0.1, 0.1, 0.1])  # 1 - 0.3 + 0.3 / 3, and 0.3 / 3
+    assert loss == pytest.approx(-(targets * np.log(probabilities[0])).sum(), rel=1e-5)
+
+
+def test_label_smoothing_is_used_by_training(split_folders):
+    train, _ = split_folders
+    data = keras_ft.ImageFolder(train, image_size=32, batch_size=8, validation_split=0.0)
+    tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf")
+    tuner.fit(data, head_epochs=0, finetune_epochs=1, label_smoothing=0.2, verbose=0)
+    assert tuner.model.loss.label_smoothing == 0.2
+
+
+def test_warmup_then_cosine_schedule():
+    from keras_ft.config import TrainingConfig
+    from keras_ft.training import finetune_learning_rate
+
+    config = TrainingConfig(
+        finetune_epochs=4, finetune_lr=0.1, finetune_schedule="cosine", warmup_epochs=1
+    )
+    schedule = finetune_learning_rate(config, steps_per_epoch=10)
+    rates = [float(schedule(step)) for step in (0, 5, 10, 25, 40)]
+    assert rates[0] == 0.0 and rates[1] == pytest.approx(0.05) and rates[2] == pytest.approx(0.1)
+    assert rates[2] > rates[3] > rates[4] and rates[4] == pytest.approx(0.0, abs=1e-7)
+    assert finetune_learning_rate(TrainingConfig(), 10) == 1e-4  # constant by default
+
+
+def test_early_stopping_stops_the_phase_and_keeps_the_best_weights(split_folders):
+    train, _ = split_folders
+    data = keras_ft.ImageFolder(train, image_size=32, batch_size=8, validation_split=0.25)
+    tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf")
+    # A learning rate so large that the validation loss soon stops improving.
+    tuner.fit(data, head_epochs=10, finetune_epochs=0, head_lr=1.0, early_stopping=1, verbose=0)
+    losses = tuner.history.history["val_loss"]
+    assert len(losses) < 10  # stopped early
+    best = tuner.model.evaluate(data.validation, verbose=0)[0]  # Keras's loss, as in history
+    assert best == pytest.approx(min(losses), rel=1e-4)  # best weights restored, not the last
+    assert min(losses) < losses[-1]
+    with pytest.raises(keras_ft.KerasFTError, match="validation_split is 0"):
+        no_validation = keras_ft.ImageFolder(
+            train, image_size=32, batch_size=8, validation_split=0.0
+        )
+        tuner.fit(no_validation, head_epochs=2, finetune_epochs=0, early_stopping=1, verbose=0)

@@ -1,0 +1,398 @@
+"""Results people can look at: the run report and the TensorBoard callback.
+
+`write_report` is called by `keras_ft.artifacts.save_run` and writes
+`RUN_DIR/report/`:
+
+    curves.png            loss and accuracy, train and validation, both phases on
+                          one epoch axis with the phase boundary marked
+    confusion_matrix.png  the test confusion matrix
+    mistakes.png          the most confidently wrong test images, true and predicted labels
+    per_class.csv         precision, recall, F1 and support per class
+    report.html           all of the above on one self-contained page (images
+                          embedded as base64): open it in a browser, no server needed
+
+matplotlib draws the two plots; it is an optional extra (`pip install
+"keras-ft[plots]"`). Without it the run still completes and `report.html` keeps
+every table and says how to get the plots. The mistakes grid is drawn with
+Pillow and is always there when there is a test set.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import warnings
+from pathlib import Path
+
+import keras
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from keras_ft.data import pil_to_rgb
+from keras_ft.evaluation import predict_dataset
+
+PLOTS_HINT = 'Plots need matplotlib: pip install "keras-ft[plots]"'
+MAX_MISTAKES = 24
+_TILE, _CAPTION = 128, 34
+
+
+class EpochTensorBoard(keras.callbacks.TensorBoard):
+    """`keras.callbacks.TensorBoard` writing per-epoch summaries only.
+
+    Steps are epochs, which `fit_two_phase` numbers continuously across both
+    phases, so the head and fine-tune phases share one axis. Keras's extra
+    `evaluation_*_vs_iterations` summaries are left out: they are keyed on the
+    optimizer's step count, which restarts with phase 2's new optimizer.
+    """
+
+    def __init__(self, log_dir):
+        super().__init__(log_dir=str(log_dir), write_graph=False, update_freq="epoch")
+
+    def on_test_end(self, logs=None):
+        # With update_freq="epoch" the base class pushes no writer at test begin;
+        # all it would do here is write the iteration-keyed summaries.
+        pass
+
+
+def _matplotlib_figure():
+    """matplotlib's `Figure` class (no pyplot, no GUI backend), or None when not installed."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    return Figure
+
+
+def _png(figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def plot_curves(rows: list[dict]) -> bytes | None:
+    """Loss and accuracy of both phases on one epoch axis, as PNG bytes (None without matplotlib).
+
+    Args:
+        rows: `TrainingHistory.rows`: one dict per epoch with `epoch` (1-based),
+            `phase` and the Keras logs (`loss`, `accuracy`, `val_loss`, ...).
+    """
+    Figure = _matplotlib_figure()
+    if Figure is None or not rows:
+        return None
+    from matplotlib.ticker import MaxNLocator
+
+    figure = Figure(figsize=(11, 4))
+    epochs = [row["epoch"] for row in rows]
+    head = [row["epoch"] for row in rows if row["phase"] == "head"]
+    tuned = [row["epoch"] for row in rows if row["phase"] != "head"]
+    for axis, metric in zip(figure.subplots(1, 2), ("loss", "accuracy"), strict=True):
+        for key, label, style in ((metric, "train", "o-"), (f"val_{metric}", "validation", "s--")):
+            values = [row.get(key) for row in rows]
+            if any(v is not None for v in values):
+                values = [np.nan if v is None else v for v in values]
+                axis.plot(epochs, values, style, markersize=3, label=label)
+        if head and tuned:
+            boundary = max(head) + 0.5
+            axis.axvspan(min(head) - 0.5, boundary, color="grey", alpha=0.08, linewidth=0)
+            axis.axvline(boundary, color="grey", linestyle=":", linewidth=1.5)
+        on_top = axis.get_xaxis_transform()
+        for phase, span in (("head", head), ("fine-tune", tuned)):
+            if span:
+                middle = (min(span) + max(span)) / 2
+                axis.text(middle, 1.01, phase, transform=on_top, ha="center", color="grey")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(metric)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    return _png(figure)
+
+
+def plot_confusion(matrix, class_names) -> bytes | None:
+    """The confusion matrix (rows true, columns predicted) as PNG bytes; None without matplotlib.
+
+    Colours are per-row fractions (recall), so small classes show as clearly as
+    large ones; the cells give the counts.
+    """
+    Figure = _matplotlib_figure()
+    if Figure is None:
+        return None
+    counts = np.asarray(matrix)
+    fractions = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    n = len(class_names)
+    side = min(4 + 0.45 * n, 24)
+    figure = Figure(figsize=(side, side * 0.85))
+    axis = figure.subplots()
+    image = axis.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="fraction of the true class")
+    long_names = n > 6 and max(len(str(name)) for name in class_names) > 3
+    axis.set_xticks(range(n), labels=class_names, rotation=90 if long_names else 0, fontsize=8)
+    axis.set_yticks(range(n), labels=class_names, fontsize=8)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    if n <= 30:
+        for (i, j), value in np.ndenumerate(counts):
+            color = "white" if fractions[i, j] > 0.5 else "black"
+            axis.text(j, i, str(value), ha="center", va="center", fontsize=7, color=color)
+    return _png(figure)
+
+
+def confident_mistakes(probabilities: np.ndarray, labels: np.ndarray, count: int = MAX_MISTAKES):
+    """Indices of the wrong predictions, most confident first (at most `count`)."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    confidence = probabilities[wrong, predicted[wrong]]
+    return wrong[np.argsort(-confidence, kind="stable")][:count]
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow < 10.1 or no FreeType: the small bitmap font
+        return ImageFont.load_default()
+
+
+def _fit_text(draw, text: str, font, width: int) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def mistakes_grid(paths, true_names, predicted_names, confidences, columns: int = 6) -> Image.Image:
+    """A grid of image thumbnails, each captioned with its true and predicted label."""
+    columns = max(1, min(columns, len(paths)))
+    rows = -(-len(paths) // columns)
+    width, height = _TILE + 8, _TILE + _CAPTION + 8
+    grid = Image.new("RGB", (columns * width, rows * height), "white")
+    draw = ImageDraw.Draw(grid)
+    font = _font(11)
+    for i, (path, true, predicted, confidence) in enumerate(
+        zip(paths, true_names, predicted_names, confidences, strict=True)
+    ):
+        x, y = (i % columns) * width + 4, (i // columns) * height + 4
+        try:
+            with Image.open(path) as image:
+                thumb = ImageOps.contain(Image.fromarray(pil_to_rgb(image)), (_TILE, _TILE))
+            grid.paste(thumb, (x + (_TILE - thumb.width) // 2, y + (_TILE - thumb.height) // 2))
+        except (OSError, ValueError):
+            draw.rectangle((x, y, x + _TILE, y + _TILE), outline="grey")
+        draw.text((x, y + _TILE + 3), _fit_text(draw, f"true: {true}", font, _TILE), "black", font)
+        caption = _fit_text(draw, f"pred: {predicted} ({confidence:.2f})", font, _TILE)
+        draw.text((x, y + _TILE + 18), caption, (190, 20, 20), font)
+    return grid
+
+
+def _mistakes_png(tuner) -> bytes | None:
+    """A PNG grid of the most confidently wrong test images (None when there is none)."""
+    data = tuner._data
+    if data is None or data.test is None or not data.test_files:
+        return None
+    probabilities, labels = predict_dataset(tuner.model, data.test)
+    order = confident_mistakes(probabilities, labels)
+    if not len(order):
+        return None
+    names = tuner.class_names
+    predicted = probabilities.argmax(axis=1)
+    grid = mistakes_grid(
+        [data.test_files[i].path for i in order],
+        [names[labels[i]] for i in order],
+        [names[predicted[i]] for i in order],
+        [float(probabilities[i, predicted[i]]) for i in order],
+    )
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _table(header, rows, css: str = "") -> str:
+    """An HTML table; no header row when `header` is None."""
+    head = ""
+    if header is not None:
+        cells = "".join(f"<th>{html.escape(str(h), quote=False)}</th>" for h in header)
+        head = f"<thead><tr>{cells}</tr></thead>"
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(v), quote=False)}</td>" for v in row) + "</tr>"
+        for row in rows
+    )
+    return f'<table class="{css}">{head}<tbody>{body}</tbody></table>'
+
+
+def _number(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _image(png: bytes, alt: str) -> str:
+    encoded = base64.b64encode(png).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
+
+
+def _summary_rows(tuner) -> list[tuple[str, object]]:
+    model, training, data = tuner.model_config, tuner.training_config, tuner._data
+    weights = model.weights or "none (random initialisation)"
+    if getattr(tuner, "_backbone_model", None) is not None:
+        weights = "your own backbone's"
+    rows = [
+        ("backbone", model.backbone),
+        ("weights", weights),
+        ("image size", "×".join(map(str, model.image_size))),
+        ("classes", f"{len(tuner.class_names)}: {', '.join(tuner.class_names)}"),
+    ]
+    if data is not None:
+        rows.append(
+            (
+                "images",
+                f"{len(data.train_files)} train, {len(data.validation_files)} validation, "
+                f"{len(data.test_files)} test",
+            )
+        )
+    if training is not None:
+        rows += [
+            ("head phase", f"{training.head_epochs} epochs, Adam lr {training.head_lr}"),
+            (
+                "fine-tune phase",
+                f"{training.finetune_epochs} epochs, SGD lr {training.finetune_lr} momentum "
+                f"{training.momentum}, unfreeze {training.unfreeze}",
+            ),
+        ]
+    rows.append(("seed", tuner.seed))
+    if tuner.record:
+        rows += [
+            ("finished", tuner.record.get("finished")),
+            ("training time", f"{tuner.record.get('train_seconds')} s"),
+        ]
+    if tuner.metrics is not None:
+        m = tuner.metrics
+        rows += [
+            ("test accuracy", f"{m['accuracy']:.4f}"),
+            (f"test top-{m['top_k']} accuracy", f"{m['top_k_accuracy']:.4f}"),
+            ("test loss", f"{m['loss']:.4f}"),
+            ("test macro F1", f"{m['macro_f1']:.4f}"),
+        ]
+    return rows
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+img { max-width: 100%; }
+table.run td { text-align: left; } table.run td:first-child { font-weight: 600; }
+.hint { background: #fff6d5; border: 1px solid #e6c200; padding: 0.6em 1em; }
+"""
+
+
+def render_html(title, summary, rows, metrics, class_names, images, plots) -> str:
+    """The report page. `images` maps a name to PNG bytes (or None); all are embedded."""
+    parts = [f"<h1>{html.escape(title)}</h1>"]
+    if not plots:
+        parts.append(f'<p class="hint">{html.escape(PLOTS_HINT, quote=False)}</p>')
+    parts.append("<h2>Run</h2>" + _table(None, summary, "run"))
+    parts.append("<h2>Training curves</h2>")
+    if images.get("curves"):
+        parts.append(
+            "<p>Both phases on one epoch axis; the dotted line is where the backbone "
+            "was unfrozen.</p>" + _image(images["curves"], "training curves")
+        )
+    keys = list(dict.fromkeys(key for row in rows for key in row))
+    parts.append(
+        f"<details{' open' if len(rows) <= 20 else ''}><summary>per-epoch history</summary>"
+        + _table(keys, ([_number(row.get(k, "")) for k in keys] for row in rows))
+        + "</details>"
+    )
+    parts.append("<h2>Test set</h2>")
+    if metrics is None:
+        parts.append(
+            "<p>No test results: pass <code>test_dir=</code> (<code>--test-dir</code>) to "
+            "get the per-class table, the confusion matrix and the mistakes.</p>"
+        )
+    else:
+        per_class = [
+            (name, f"{r['precision']:.3f}", f"{r['recall']:.3f}", f"{r['f1']:.3f}", r["support"])
+            for name, r in metrics["per_class"].items()
+        ]
+        parts.append("<h3>Per class</h3>")
+        parts.append(_table(("class", "precision", "recall", "F1", "support"), per_class))
+        parts.append("<h3>Confusion matrix</h3><p>Rows: true class; columns: predicted.</p>")
+        if images.get("confusion_matrix"):
+            parts.append(_image(images["confusion_matrix"], "confusion matrix"))
+        matrix = metrics["confusion_matrix"]
+        parts.append(
+            _table(
+                ["true \\ predicted", *class_names],
+                ([n, *r] for n, r in zip(class_names, matrix, strict=True)),
+            )
+        )
+        parts.append("<h3>Most confidently wrong</h3>")
+        wrong = int(np.sum(matrix) - np.trace(matrix))
+        if not wrong:
+            parts.append("<p>No test image was misclassified.</p>")
+        elif images.get("mistakes"):
+            parts.append(
+                f"<p>{min(wrong, MAX_MISTAKES)} of the {wrong} misclassified test images, most "
+                "confident first: true label, predicted label (probability).</p>"
+                + _image(images["mistakes"], "most confidently wrong test images")
+            )
+        else:
+            parts.append(f"<p>{wrong} misclassified test images (the grid could not be drawn).</p>")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
+        f"<body>{''.join(parts)}</body></html>\n"
+    )
+
+
+def _safely(function, *args):
+    """`function(*args)`, or None with a warning: a figure must never cost the trained run."""
+    try:
+        return function(*args)
+    except Exception as error:  # noqa: BLE001 - reported, and the run directory is still written
+        warnings.warn(f"Report: {function.__name__} failed ({error!r}); skipped.", stacklevel=3)
+        return None
+
+
+def write_report(tuner, directory) -> Path:
+    """Write the report of a fitted `FineTuner` into `directory`; return `report.html`'s path.
+
+    Args:
+        tuner: a fitted `FineTuner` (its test images are predicted again for
+            the mistakes grid).
+        directory: the folder to create (`RUN_DIR/report` when called by `save_run`).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    plots = _matplotlib_figure() is not None
+    if not plots:
+        warnings.warn(f"The run report has tables but no plots. {PLOTS_HINT}", stacklevel=2)
+    metrics = tuner.metrics
+    images = {"curves": _safely(plot_curves, tuner.history.rows)}
+    if metrics is not None:
+        matrix = metrics["confusion_matrix"]
+        images["confusion_matrix"] = _safely(plot_confusion, matrix, tuner.class_names)
+        images["mistakes"] = _safely(_mistakes_png, tuner)
+        with (directory / "per_class.csv").open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(("class", "precision", "recall", "f1", "support"))
+            for name, r in metrics["per_class"].items():
+                writer.writerow((name, r["precision"], r["recall"], r["f1"], r["support"]))
+    for name, png in images.items():
+        if png:
+            (directory / f"{name}.png").write_bytes(png)
+    title = f"keras_ft run: {tuner.model_config.backbone}, {len(tuner.class_names)} classes"
+    page = render_html(
+        title,
+        _summary_rows(tuner),
+        tuner.history.rows,
+        metrics,
+        tuner.class_names,
+        images,
+        plots,
+    )
+    path = directory / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path

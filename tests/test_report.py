@@ -1,0 +1,148 @@
+"""What a run shows people: report/ (plots, tables, report.html) and TensorBoard logs/."""
+
+from __future__ import annotations
+
+import base64
+import html
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli, tiny_backbone, write_folder
+from PIL import Image
+
+import keras_ft
+from keras_ft.report import PLOTS_HINT, confident_mistakes, write_report
+
+CLASSES = ("red", "green", "blue")
+
+
+def event_steps(folder: Path) -> dict[str, dict[int, float]]:
+    """{tag: {step: value}} of every scalar in the TensorBoard event files under `folder`."""
+    import tensorflow as tf
+
+    steps: dict[str, dict[int, float]] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # summary_iterator is deprecated, still the plain reader
+        for path in sorted(folder.glob("events.out.tfevents.*")):
+            for event in tf.compat.v1.train.summary_iterator(str(path)):
+                for value in event.summary.value:
+                    number = float(tf.make_ndarray(value.tensor))
+                    steps.setdefault(value.tag, {})[event.step] = number
+    return steps
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """A real `keras-ft train` (tiny: MobileNetV3Small, untrained, 32 px, 1 + 1 epochs)."""
+    root = tmp_path_factory.mktemp("report")
+    write_folder(root / "train", CLASSES, per_class=16, seed=1)
+    write_folder(root / "test", CLASSES, per_class=4, seed=2)
+    output = root / "run"
+    result = run_cli(
+        "train",
+        root / "train",
+        "--test-dir",
+        root / "test",
+        *("--backbone", "mobilenetv3small", "--weights", "none", "--image-size", "32"),
+        *("--head-epochs", "1", "--finetune-epochs", "1", "--batch-size", "8"),
+        *("--output", output),
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result, output
+
+
+def test_report_plots_decode_and_are_embedded_in_the_html(cli_run):
+    result, output = cli_run
+    report = output / "report"
+    assert f"report: {report / 'report.html'}" in result.stdout
+    page = (report / "report.html").read_text(encoding="utf-8")
+    plots = ["curves.png", "confusion_matrix.png"]
+    if "No test image was misclassified" not in page:
+        plots.append("mistakes.png")
+    for name in plots:
+        with Image.open(report / name) as image:
+            image.load()  # decodes the whole file
+            assert image.format == "PNG" and min(image.size) > 50
+        embedded = base64.b64encode((report / name).read_bytes()).decode("ascii")
+        assert f"data:image/png;base64,{embedded}" in page, name
+    assert 'src="http' not in page and "<link" not in page  # nothing to fetch: opens offline
+    for text in ("Training curves", "Per class", "Confusion matrix", "Most confidently wrong"):
+        assert text in page
+    assert all(f"<td>{name}</td>" in page for name in CLASSES)
+    assert PLOTS_HINT not in html.unescape(page)
+    assert (report / "per_class.csv").read_text().splitlines()[0] == (
+        "class,precision,recall,f1,support"
+    )
+
+
+def test_tensorboard_logs_cover_both_phases_on_one_epoch_axis(cli_run):
+    _, output = cli_run
+    train = event_steps(output / "logs" / "train")
+    validation = event_steps(output / "logs" / "validation")
+    for tags in (train, validation):
+        assert sorted(tags["epoch_loss"]) == [0, 1]  # head epoch 0, fine-tune epoch 1
+        assert sorted(tags["epoch_accuracy"]) == [0, 1]
+    # Each phase wrote its own epoch: Adam at head_lr, then SGD at finetune_lr.
+    assert train["epoch_learning_rate"] == pytest.approx({0: 1e-3, 1: 1e-4})
+    assert not (output / "checkpoints").exists()
+
+
+@pytest.fixture(scope="module")
+def tuner(tmp_path_factory):
+    """A tiny in-process fit (cached features in phase 1, so the head trains as its own model)."""
+    root = tmp_path_factory.mktemp("tiny")
+    write_folder(root / "train", CLASSES, per_class=16, seed=1)
+    write_folder(root / "test", CLASSES, per_class=4, seed=2)
+    data = keras_ft.ImageFolder(
+        root / "train", test_dir=root / "test", image_size=32, batch_size=8, augment=False
+    )
+    tuner = keras_ft.FineTuner(tiny_backbone(32), preprocessing="tf", seed=1)
+    tuner.fit(data, head_epochs=2, finetune_epochs=1, verbose=0)
+    return tuner
+
+
+def test_feature_cached_head_phase_logs_on_the_same_axis(tuner, tmp_path):
+    run = Path(tuner.save(tmp_path / "run"))
+    assert sorted(event_steps(run / "logs" / "train")["epoch_loss"]) == [0, 1, 2]
+    assert sorted(event_steps(run / "logs" / "validation")["epoch_loss"]) == [0, 1, 2]
+    assert (run / "report" / "report.html").is_file()
+
+
+def test_without_matplotlib_the_report_keeps_its_tables_and_says_how_to_get_plots(
+    tuner, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib...` now fails
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.warns(UserWarning, match=r"keras-ft\[plots\]"):
+        path = write_report(tuner, tmp_path / "report")
+    page = html.unescape(path.read_text(encoding="utf-8"))
+    assert PLOTS_HINT in page and 'pip install "keras-ft[plots]"' in page
+    assert not (tmp_path / "report" / "curves.png").exists()
+    assert not (tmp_path / "report" / "confusion_matrix.png").exists()
+    for text in ("per-epoch history", "Per class", "precision", "true \\ predicted"):
+        assert text in page
+    assert all(f"<td>{name}</td>" in page for name in CLASSES)
+    if tuner.metrics["accuracy"] < 1:  # the mistakes grid is drawn with Pillow: still there
+        with Image.open(tmp_path / "report" / "mistakes.png") as image:
+            image.load()
+
+
+def test_no_tensorboard_writes_no_logs(tmp_path):
+    write_folder(tmp_path / "train", CLASSES[:2], per_class=8)
+    data = keras_ft.ImageFolder(tmp_path / "train", image_size=32, batch_size=4, augment=False)
+    tuner = keras_ft.FineTuner(tiny_backbone(32), preprocessing="tf", seed=1)
+    tuner.fit(data, head_epochs=1, finetune_epochs=0, verbose=0, tensorboard_dir=None)
+    run = Path(tuner.save(tmp_path / "run"))
+    assert not (run / "logs").exists()
+    page = (run / "report" / "report.html").read_text(encoding="utf-8")
+    assert "No test results" in page  # no test_dir: said, not an error
+
+
+def test_confident_mistakes_come_most_confident_first():
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.95, 0.05]])
+    labels = np.array([1, 1, 0, 1])
+    assert confident_mistakes(probabilities, labels).tolist() == [3, 0, 2]
+    assert confident_mistakes(probabilities, labels, count=1).tolist() == [3]
