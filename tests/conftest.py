@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# Scan caches of test folders go to a throw-away place, not the user's ~/.cache.
-os.environ["KERAS_FT_CACHE"] = tempfile.mkdtemp(prefix="keras_ft_test_cache_")
+# Scan caches of test folders go to a throw-away place, not the user's ~/.cache;
+# subprocesses inherit it, and the process that made it removes it at exit.
+if "KERAS_FT_TEST_CACHE" not in os.environ:
+    os.environ["KERAS_FT_TEST_CACHE"] = tempfile.mkdtemp(prefix="keras_ft_test_cache_")
+    atexit.register(shutil.rmtree, os.environ["KERAS_FT_TEST_CACHE"], True)
+os.environ["KERAS_FT_CACHE"] = os.environ["KERAS_FT_TEST_CACHE"]
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
