@@ -593,7 +593,6 @@ def tune(
             unfreeze=settings["unfreeze"],
             verbose=verbose,
             evaluate=False,
-            tensorboard_dir=None,  # trials are compared in trials.csv; the best run is saved
             **fit_options,
         )
         scores = model.evaluate(trial_data.validation)
