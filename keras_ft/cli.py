@@ -212,18 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def train(args) -> int:
-    from pathlib import Path
+def _image_folder(args, spec):
+    """The `ImageFolder` that `train` and `tune` read, from the shared flags."""
+    from keras_ft import ImageFolder
 
-    from keras_ft import FineTuner, ImageFolder
-    from keras_ft.backbones import get_backbone
-    from keras_ft.evaluation import format_metrics
-
-    output = Path(args.output)
-    checkpoints = _checkpoint_dir(output, args.resume, args.overwrite)
-
-    spec = get_backbone(args.backbone)
-    data = ImageFolder(
+    return ImageFolder(
         args.data_dir,
         test_dir=args.test_dir,
         image_size=args.image_size or spec.default_size,
@@ -238,6 +231,36 @@ def train(args) -> int:
         skip_bad=args.skip_bad,
         quiet=args.quiet,
     )
+
+
+def _fit_options(args) -> dict:
+    """`FineTuner.fit` options shared by `train` and `tune` (not the searched ones)."""
+    return dict(
+        momentum=args.momentum,
+        feature_cache=not args.no_feature_cache,
+        jit_compile=args.jit_compile,
+        class_weight=args.class_weight,
+        label_smoothing=args.label_smoothing,
+        finetune_schedule=args.finetune_schedule,
+        warmup_epochs=args.warmup_epochs,
+        early_stopping=args.early_stopping,
+        tensorboard_dir=None if args.no_tensorboard else "auto",
+        verbose=0 if args.quiet else "auto",
+    )
+
+
+def train(args) -> int:
+    from pathlib import Path
+
+    from keras_ft import FineTuner
+    from keras_ft.backbones import get_backbone
+    from keras_ft.evaluation import format_metrics
+
+    output = Path(args.output)
+    checkpoints = _checkpoint_dir(output, args.resume, args.overwrite)
+
+    spec = get_backbone(args.backbone)
+    data = _image_folder(args, spec)
     weights = None if args.weights.lower() == "none" else args.weights
     tuner = FineTuner(
         spec.name,
@@ -262,19 +285,10 @@ def train(args) -> int:
         finetune_epochs=args.finetune_epochs,
         head_lr=args.head_lr,
         finetune_lr=args.finetune_lr,
-        momentum=args.momentum,
         unfreeze=args.unfreeze,
-        feature_cache=not args.no_feature_cache,
-        jit_compile=args.jit_compile,
-        class_weight=args.class_weight,
-        label_smoothing=args.label_smoothing,
-        finetune_schedule=args.finetune_schedule,
-        warmup_epochs=args.warmup_epochs,
-        early_stopping=args.early_stopping,
+        **_fit_options(args),
         checkpoint_dir=checkpoints,
         resume=args.resume,
-        tensorboard_dir=None if args.no_tensorboard else "auto",
-        verbose=0 if args.quiet else "auto",
     )
     # The output now holds this run's checkpoints; the finished run replaces them.
     _say(args, f"writing the run directory (model, SavedModel, report, logs): {output}")
@@ -313,7 +327,6 @@ def _checkpoint_dir(output, resume: bool, overwrite: bool):
 
 
 def tune(args) -> int:
-    from keras_ft import ImageFolder
     from keras_ft.backbones import get_backbone
     from keras_ft.evaluation import format_metrics
     from keras_ft.search import SETTINGS, check_output, check_search
@@ -323,21 +336,7 @@ def tune(args) -> int:
     check_search(args.trials, args.search, args.grid_points, **searched)  # before any image
     check_output(args.output, args.overwrite)
     spec = get_backbone(args.backbone)
-    data = ImageFolder(
-        args.data_dir,
-        test_dir=args.test_dir,
-        image_size=args.image_size or spec.default_size,
-        batch_size=args.batch_size,
-        validation_split=args.validation_split,
-        seed=args.seed,
-        augment=not args.no_augment,
-        flip=not args.no_flip,
-        rotation=args.rotation,
-        zoom=args.zoom,
-        contrast=args.contrast,
-        skip_bad=args.skip_bad,
-        quiet=args.quiet,
-    )
+    data = _image_folder(args, spec)
     result = search(
         data,
         args.output,
@@ -353,16 +352,7 @@ def tune(args) -> int:
         head_epochs=args.head_epochs,
         finetune_epochs=args.finetune_epochs,
         overwrite=args.overwrite,
-        verbose=0 if args.quiet else "auto",
-        momentum=args.momentum,
-        feature_cache=not args.no_feature_cache,
-        jit_compile=args.jit_compile,
-        class_weight=args.class_weight,
-        label_smoothing=args.label_smoothing,
-        finetune_schedule=args.finetune_schedule,
-        warmup_epochs=args.warmup_epochs,
-        early_stopping=args.early_stopping,
-        tensorboard_dir=None if args.no_tensorboard else "auto",
+        **_fit_options(args),
         **searched,
     )
     columns = ("trial", *SETTINGS, "val_accuracy")
