@@ -32,7 +32,7 @@ from keras_ft.config import to_dict
 from keras_ft.data import decode_and_resize, pil_to_rgb, resize
 from keras_ft.errors import KerasFTError
 from keras_ft.report import write_report
-from keras_ft.reproducibility import GUARANTEE, environment, fingerprint, weights_sha256
+from keras_ft.reproducibility import environment, fingerprint, guarantee, weights_sha256
 
 FORMAT_VERSION = 1
 RUN_FILES = ("model.keras", "class_names.json", "history.csv", "run.json")
@@ -181,7 +181,7 @@ def _replace(staging: Path, target: Path) -> None:
 
 def run_record(tuner) -> dict:
     """The JSON run record of a fitted `FineTuner`."""
-    data = tuner._data
+    data, distribution = tuner._data, tuner.distribution
     record = {
         "format_version": FORMAT_VERSION,
         "keras_ft_version": __version__,
@@ -194,9 +194,13 @@ def run_record(tuner) -> dict:
         "training": to_dict(tuner.training_config) if tuner.training_config else None,
         **tuner.record,
         "environment": environment(),
-        "reproducibility": GUARANTEE,
+        "reproducibility": guarantee(distribution.name, distribution.replicas),
         "weights_sha256": weights_sha256(tuner.model),
     }
+    if tuner.training_config is not None:
+        record["distribution"] = distribution.describe(
+            tuner.data_config.batch_size, tuner.training_config.lr_scaling
+        )
     if data is not None:
         hashes = tuner.file_hashes
         record["data_fingerprint"] = {

@@ -46,6 +46,19 @@ def _add_train(commands) -> None:
         action="store_true",
         help="finish an interrupted run from its last checkpoint in --output",
     )
+    p.add_argument(
+        "--strategy",
+        choices=("auto", "none", "mirrored", "multiworker", "tpu"),
+        default="auto",
+        help="tf.distribute strategy: auto (all local GPUs if several), none, mirrored, "
+        "multiworker (the cluster in TF_CONFIG) or tpu; --batch-size is then per replica",
+    )
+    p.add_argument(
+        "--lr-scaling",
+        choices=("none", "linear"),
+        default="none",
+        help="with N replicas: keep the learning rates (none) or multiply them by N (linear)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=train)
 
@@ -255,13 +268,12 @@ def train(args) -> int:
     from keras_ft import FineTuner
     from keras_ft.backbones import get_backbone
     from keras_ft.evaluation import format_metrics
+    from keras_ft.reproducibility import weights_sha256
 
     output = Path(args.output)
-    checkpoints = _checkpoint_dir(output, args.resume, args.overwrite)
-
     spec = get_backbone(args.backbone)
-    data = _image_folder(args, spec)
     weights = None if args.weights.lower() == "none" else args.weights
+    # First: a multi-worker strategy joins its cluster before TensorFlow runs anything.
     tuner = FineTuner(
         spec.name,
         weights=weights,
@@ -271,7 +283,21 @@ def train(args) -> int:
         seed=args.seed,
         deterministic=not args.no_determinism,
         mixed_precision=args.mixed_precision,
+        strategy=args.strategy,
     )
+    distribution = tuner.distribution
+    if distribution.is_chief or args.resume:  # other workers leave --output alone
+        checkpoints = _checkpoint_dir(output, args.resume, args.overwrite)
+    else:
+        checkpoints = output / "checkpoints"
+    if distribution.replicas > 1:
+        _say(
+            args,
+            f"strategy: {distribution.name}, {distribution.replicas} replicas on "
+            f"{distribution.workers} worker(s), global batch "
+            f"{args.batch_size * distribution.replicas}",
+        )
+    data = _image_folder(args, spec)
     tuner.build(data.image_size, data.num_classes)
     _say(args, f"classes ({data.num_classes}): {', '.join(data.class_names)}")
     _say(
@@ -289,7 +315,14 @@ def train(args) -> int:
         **_fit_options(args),
         checkpoint_dir=checkpoints,
         resume=args.resume,
+        lr_scaling=args.lr_scaling,
     )
+    if not distribution.is_chief:
+        print(
+            f"worker {distribution.worker_index} of {distribution.workers} finished; weights "
+            f"sha256 {weights_sha256(tuner.model)}. The chief writes the run directory."
+        )
+        return 0
     # The output now holds this run's checkpoints; the finished run replaces them.
     _say(args, f"writing the run directory (model, SavedModel, report, logs): {output}")
     path = tuner.save(output, overwrite=True)
@@ -493,13 +526,16 @@ def main(argv=None) -> int:
     """Run the command line; return the exit code."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
-    from keras_ft.errors import KerasFTError
+    from keras_ft.errors import KerasFTError, WorkerLostError
 
     try:
         return args.func(args)
     except KerasFTError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except WorkerLostError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -15,6 +15,8 @@ from keras_ft.errors import KerasFTError
 POOLINGS = ("avg", "max", "avgmax", "flatten")
 MIXED_PRECISION = (None, "float16", "bfloat16")
 SCHEDULES = ("constant", "cosine")
+STRATEGIES = ("auto", "none", "mirrored", "multiworker", "tpu")
+LR_SCALINGS = ("none", "linear")
 
 
 def check(condition: bool, argument: str, expected: str, received: object, fix: str = "") -> None:
@@ -167,6 +169,8 @@ class TrainingConfig:
     finetune_schedule: str = "constant"
     warmup_epochs: int = 0
     early_stopping: int | None = None
+    strategy: str = "auto"
+    lr_scaling: str = "none"
 
     def __post_init__(self):
         for name in ("head_epochs", "finetune_epochs"):
@@ -235,6 +239,19 @@ class TrainingConfig:
             "early_stopping",
             "None or a patience in epochs >= 1",
             self.early_stopping,
+        )
+        check(
+            self.strategy in STRATEGIES,
+            "strategy",
+            f"one of {STRATEGIES}",
+            self.strategy,
+            "'auto' uses all local GPUs when there are several.",
+        )
+        check(
+            self.lr_scaling in LR_SCALINGS,
+            "lr_scaling",
+            f"one of {LR_SCALINGS} ('linear' multiplies the learning rates by the replicas)",
+            self.lr_scaling,
         )
         if self.jit_compile and self.deterministic:
             raise KerasFTError(

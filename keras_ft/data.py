@@ -156,7 +156,8 @@ class ImageFolder:
         directory: training folder, one sub-folder per class.
         test_dir: optional held-out folder with the same class sub-folders.
         image_size: `(height, width)` or one int, the size images are resized to.
-        batch_size: images per batch.
+        batch_size: images per batch and replica: under a `tf.distribute`
+            strategy with N replicas each training step takes N times as many.
         validation_split: fraction of `directory` held out for validation,
             chosen per file from a hash of (seed, relative path).
         seed: seeds the split, the shuffling and the augmentation.
@@ -344,14 +345,21 @@ class ImageFolder:
         rng = np.random.default_rng([self.config.seed, epoch])
         return rng.permutation(len(self.train_files))
 
-    def train_dataset(self, start_epoch: int = 0, epochs: int = 1) -> tf.data.Dataset:
+    def train_dataset(
+        self, start_epoch: int = 0, epochs: int = 1, batch_size: int | None = None, replicas=1
+    ) -> tf.data.Dataset:
         """Training batches for epochs `start_epoch` to `start_epoch + epochs - 1`.
 
         Each epoch's order and augmentation follow from the data seed and the
         epoch number alone (not TensorFlow's global seed), so epoch 7 is the
-        same whether training started at epoch 0 or resumed there.
+        same whether training started at epoch 0 or resumed there. Batches
+        hold `batch_size` images (default: the configured, per-replica size;
+        training under a `tf.distribute` strategy asks for the global size).
+        With `replicas` > 1 each epoch leaves out the last `len % replicas`
+        images of its order, so that every batch splits evenly over replicas.
         """
         config = self.config
+        batch_size = batch_size or config.batch_size
         count = len(self.train_files)
 
         def one_epoch(epoch: int) -> tf.data.Dataset:
@@ -362,9 +370,10 @@ class ImageFolder:
                 return tf.cast(image, tf.float32), label
 
             order = self.epoch_order(epoch)
+            order = order[: len(order) - len(order) % replicas]
             elements = self._gathered("train", self.train_files, order, 256).unbatch()
             elements = elements.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
-            return elements.batch(config.batch_size)
+            return elements.batch(batch_size)
 
         dataset = one_epoch(start_epoch)
         for epoch in range(start_epoch + 1, start_epoch + epochs):

@@ -7,3 +7,11 @@ class KerasFTError(ValueError):
     The message names what is wrong, what was expected and how to fix it.
     The command line prints it without a traceback and exits with code 2.
     """
+
+
+class WorkerLostError(RuntimeError):
+    """A multi-worker run lost a worker (it died or hung) and cannot go on.
+
+    The message names the worker and says how to resume. The command line
+    prints it without a traceback and exits with code 1.
+    """

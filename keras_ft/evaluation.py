@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from keras_ft.distribute import predict_batch
+
 
 def predict_dataset(model, dataset) -> tuple[np.ndarray, np.ndarray]:
     """Run `model` over a dataset of (images, labels) batches; return (probabilities, labels)."""
     probabilities, labels = [], []
     for images, batch_labels in dataset:
-        probabilities.append(np.asarray(model(images, training=False)))
+        probabilities.append(np.asarray(predict_batch(model, images)))
         labels.append(np.asarray(batch_labels))
     return np.concatenate(probabilities), np.concatenate(labels)
 

@@ -19,12 +19,13 @@ import keras
 from keras_ft.backbones import PREPROCESSING, get_backbone
 from keras_ft.config import ModelConfig, TrainingConfig, check, image_size_pair, to_dict
 from keras_ft.data import ImageFolder, folder_dataset
+from keras_ft.distribute import LOST_PEER_ERRORS, all_agree, get_distribution, lost_worker
 from keras_ft.errors import KerasFTError
 from keras_ft.evaluation import evaluate_model
 from keras_ft.model import build_classifier
 from keras_ft.report import EpochTensorBoard
 from keras_ft.reproducibility import check_deterministic_gradients, file_hashes, seed_everything
-from keras_ft.training import TrainingHistory, fit_two_phase
+from keras_ft.training import TrainingHistory, fit_two_phase, read_checkpoint
 
 
 def _now() -> str:
@@ -57,6 +58,12 @@ class FineTuner:
         mixed_precision: `None`, `"float16"` (NVIDIA GPUs) or `"bfloat16"`
             (TPUs, recent CPUs): compute in half precision, keep variables and
             the output probabilities in float32.
+        strategy: how to spread training over devices, with `tf.distribute`:
+            `"auto"` (all local GPUs when there are several, else one device),
+            `"none"`, `"mirrored"` (all local GPUs), `"multiworker"` (the
+            cluster in `TF_CONFIG`; create the FineTuner before any other
+            TensorFlow work) or `"tpu"`. See `keras_ft.distribute`. The data's
+            `batch_size` is then per replica.
 
     Example:
 
@@ -80,7 +87,10 @@ class FineTuner:
         seed=42,
         deterministic=True,
         mixed_precision=None,
+        strategy="auto",
     ):
+        self.distribution = get_distribution(strategy)
+        self.strategy = strategy
         if isinstance(backbone, keras.Model):
             check(
                 preprocessing in PREPROCESSING,
@@ -143,12 +153,21 @@ class FineTuner:
         previous = keras.mixed_precision.global_policy()
         if self.model_config.mixed_precision:  # layers take the policy when created
             keras.mixed_precision.set_global_policy(f"mixed_{self.model_config.mixed_precision}")
+        distribution = self.distribution
         try:
-            backbone = self._backbone_model
-            if backbone is None:
-                spec = get_backbone(self.model_config.backbone)
-                backbone = spec.build(image_size, self.model_config.weights)
-            self.model = build_classifier(backbone, self.model_config, self.preprocessing)
+            with distribution.strategy.scope():  # variables are created per replica
+                backbone = self._backbone_model
+                if backbone is None:
+                    spec = get_backbone(self.model_config.backbone)
+                    backbone = spec.build(image_size, self.model_config.weights)
+                elif distribution.replicas > 1:
+                    _check_in_scope(backbone, distribution)
+                self.model = build_classifier(
+                    backbone,
+                    self.model_config,
+                    self.preprocessing,
+                    synchronized=distribution.replicas > 1,
+                )
         finally:
             keras.mixed_precision.set_global_policy(previous)
         return self.model
@@ -169,6 +188,7 @@ class FineTuner:
         finetune_schedule="constant",
         warmup_epochs=0,
         early_stopping=None,
+        lr_scaling="none",
         callbacks=(),
         verbose="auto",
         evaluate=True,
@@ -202,10 +222,15 @@ class FineTuner:
                 `finetune_lr` first.
             early_stopping: patience in epochs: stop a phase when the validation
                 loss has not improved for that long, and keep the best weights.
+            lr_scaling: under a strategy with N replicas the global batch is N
+                times the data's `batch_size`: `"none"` keeps `head_lr` and
+                `finetune_lr`, `"linear"` multiplies both by N.
             callbacks: Keras callbacks, passed to both phases.
-            checkpoint_dir: save a checkpoint there after every epoch.
+            checkpoint_dir: save a checkpoint there after every epoch (only the
+                chief does, under a multi-worker strategy).
             resume: continue from the checkpoint in `checkpoint_dir`; the
-                result is bitwise the one an uninterrupted run gives.
+                result is bitwise the one an uninterrupted run gives. Every
+                worker reads it: share `checkpoint_dir` between machines.
             verbose: Keras verbosity.
             evaluate: evaluate on `data.test` at the end, when there is one.
             tensorboard_dir: TensorBoard logs of both phases on one epoch axis.
@@ -236,6 +261,8 @@ class FineTuner:
             finetune_schedule=finetune_schedule,
             warmup_epochs=warmup_epochs,
             early_stopping=early_stopping,
+            strategy=self.strategy,
+            lr_scaling=lr_scaling,
         )
         if self.model is None:
             self.build(data.image_size, data.num_classes)
@@ -248,20 +275,33 @@ class FineTuner:
         seed_everything(self.seed, self.deterministic)
         if self.deterministic:
             check_deterministic_gradients(self.model, self.model_config.backbone)
-        self.tensorboard_dir = self._log_dir(tensorboard_dir, checkpoint_dir, resume)
+        distribution = self.distribution
+        self.tensorboard_dir = None
+        if distribution.is_chief:  # other workers write nothing the user sees
+            self.tensorboard_dir = self._log_dir(tensorboard_dir, checkpoint_dir, resume)
         if self.tensorboard_dir is not None:
             callbacks = [*callbacks, EpochTensorBoard(self.tensorboard_dir)]
-        self.history = fit_two_phase(
-            self.model,
-            data,
-            self.training_config,
-            callbacks,
-            verbose,
-            checkpoint_dir=checkpoint_dir,
-            resume=resume,
-            signature=self._signature(),
-        )
-        if evaluate and data.test is not None:
+        signature = self._signature()
+        try:
+            with distribution.strategy.scope():  # both phases compile in it
+                self._check_same_checkpoint(checkpoint_dir, resume, signature)
+                self.history = fit_two_phase(
+                    self.model,
+                    data,
+                    self.training_config,
+                    callbacks,
+                    verbose,
+                    checkpoint_dir=checkpoint_dir,
+                    resume=resume,
+                    signature=signature,
+                    replicas=distribution.replicas,
+                    chief=distribution.is_chief,
+                )
+        except LOST_PEER_ERRORS as error:
+            if distribution.workers == 1:
+                raise
+            raise lost_worker(error, distribution, checkpoint_dir) from None
+        if evaluate and data.test is not None and distribution.is_chief:
             self.metrics = self.evaluate(data.test)
         self.record = {
             "started": started,
@@ -293,9 +333,23 @@ class FineTuner:
             shutil.rmtree(logs, ignore_errors=True)
         return logs
 
+    def _check_same_checkpoint(self, checkpoint_dir, resume: bool, signature: str) -> None:
+        """Refuse to resume a multi-worker run unless every worker reads the same checkpoint."""
+        if not resume or self.distribution.workers == 1:
+            return
+        state = read_checkpoint(checkpoint_dir, signature) if checkpoint_dir else None
+        if not all_agree(self.distribution, state["epoch"] if state else 0):
+            raise KerasFTError(
+                f"Cannot resume: the workers see different checkpoints in '{checkpoint_dir}' "
+                f"(worker {self.distribution.worker_index} sees epoch "
+                f"{state['epoch'] if state else 'none'}). Put --output on a filesystem all "
+                "workers share, or copy the chief's checkpoints folder to every worker."
+            )
+
     def _signature(self) -> str:
         """A digest of everything that decides the training: configuration and data."""
         described = {
+            "replicas": self.distribution.replicas,
             "data": to_dict(self.data_config),
             "model": to_dict(self.model_config),
             "training": to_dict(self.training_config),
@@ -329,13 +383,31 @@ class FineTuner:
             )
         return evaluate_model(self.model, data, self.class_names, top_k)
 
-    def save(self, path, overwrite: bool = False) -> str:
-        """Write the run directory (see `keras_ft.artifacts.save_run`)."""
+    def save(self, path, overwrite: bool = False) -> str | None:
+        """Write the run directory (see `keras_ft.artifacts.save_run`).
+
+        Under a multi-worker strategy only the chief writes; on the other
+        workers this writes nothing and returns `None`.
+        """
         from keras_ft.artifacts import save_run
 
         self._require_model()
+        if not self.distribution.is_chief:
+            return None
         return save_run(self, path, overwrite=overwrite)
 
     def _require_model(self) -> None:
         if self.model is None or self.class_names is None:
             raise KerasFTError("This FineTuner has not been trained yet. Call `fit(data)` first.")
+
+
+def _check_in_scope(backbone: keras.Model, distribution) -> None:
+    """Refuse a custom backbone whose weights were made outside the strategy's scope."""
+    extended = distribution.strategy.extended
+    if not all(extended.variable_created_in_scope(v.value) for v in backbone.weights):
+        raise KerasFTError(
+            f"Your backbone '{backbone.name}' was created outside the "
+            f"strategy={distribution.requested!r} scope, so its weights live on one device. "
+            "Create it inside keras_ft.distribute.get_distribution("
+            f"{distribution.requested!r}).strategy.scope()."
+        )

@@ -53,13 +53,17 @@ class Preprocess(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
-def build_classifier(backbone: keras.Model, config: ModelConfig, preprocessing: str) -> keras.Model:
+def build_classifier(
+    backbone: keras.Model, config: ModelConfig, preprocessing: str, synchronized: bool = False
+) -> keras.Model:
     """Wrap `backbone` into a classifier taking raw 0-255 RGB images.
 
     Args:
         backbone: a headless model mapping `(H, W, 3)` images to feature maps.
         config: the head and input size.
         preprocessing: the `Preprocess` mode the backbone's weights expect.
+        synchronized: compute the head's batch statistics over all replicas of
+            a `tf.distribute` strategy (as one device would over the global batch).
 
     Returns:
         A functional `keras.Model` named `"classifier"` whose output is the
@@ -83,7 +87,7 @@ def build_classifier(backbone: keras.Model, config: ModelConfig, preprocessing: 
     else:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if config.normalize_features:
-        x = keras.layers.BatchNormalization(name="feature_norm")(x)
+        x = keras.layers.BatchNormalization(name="feature_norm", synchronized=synchronized)(x)
     for i, units in enumerate(config.dense_units):
         x = keras.layers.Dense(
             units,

@@ -18,6 +18,25 @@ GUARANTEE = (
     "Across other versions, hardware or several devices, results agree only to "
     "floating-point tolerance."
 )
+# The largest difference of any final weight between one device and two replicas
+# at the same global batch, without dropout: tests/test_distribute.py measures
+# 2.2e-08 on a short run (two logical CPUs); this leaves a margin.
+REPLICA_TOLERANCE = 1e-6
+
+
+def guarantee(strategy: str = "none", replicas: int = 1) -> str:
+    """What reproducibility holds for a run under `strategy` with `replicas` replicas."""
+    if replicas == 1:
+        return GUARANTEE
+    return (
+        f"Trained on {replicas} replicas ({strategy}): gradients and batch statistics are "
+        "summed over replicas in another order than on one device, so the final weights "
+        "match a one-device run with the same global batch only within floating-point "
+        f"tolerance (measured without dropout: every weight within {REPLICA_TOLERANCE:g} "
+        "after a short run; the gap can grow with the number of steps). Dropout draws its "
+        "masks per replica, so with dropout the runs differ more. Bitwise replay holds on "
+        "a single device."
+    )
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -147,9 +166,11 @@ def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto") -> dict
         seed=record["seed"],
         deterministic=training.deterministic,
         mixed_precision=model_config.mixed_precision,
+        strategy=training.strategy,
     )
     with tempfile.TemporaryDirectory() as scratch:
-        fit_options = {k: v for k, v in to_dict(training).items() if k != "deterministic"}
+        constructor = ("deterministic", "strategy")
+        fit_options = {k: v for k, v in to_dict(training).items() if k not in constructor}
         tuner.fit(
             data,
             **fit_options,

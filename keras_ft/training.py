@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import tensorflow as tf
 from sklearn.utils.class_weight import compute_class_weight
 
 from keras_ft.config import TrainingConfig
+from keras_ft.distribute import evenly_batched, predict_batch, scale_learning_rate, shard_by_data
 from keras_ft.errors import KerasFTError
 from keras_ft.model import freeze_backbone, split_at_features, unfreeze_backbone
 
@@ -211,6 +214,8 @@ def fit_two_phase(
     checkpoint_dir=None,
     resume: bool = False,
     signature: str = "",
+    replicas: int = 1,
+    chief: bool = True,
 ) -> TrainingHistory:
     """Train `model` on `data` (an `ImageFolder`) in two phases.
 
@@ -229,6 +234,11 @@ def fit_two_phase(
             one does.
         signature: identifies the configuration and data; a checkpoint with
             another signature is refused.
+        replicas: model replicas of the `tf.distribute` strategy this runs
+            under (in its scope): each step takes `data.config.batch_size`
+            images per replica, and `config.lr_scaling` applies.
+        chief: whether this process writes checkpoints (under a multi-worker
+            strategy only the chief does; every worker reads them to resume).
 
     Returns:
         A `TrainingHistory` covering both phases.
@@ -244,6 +254,19 @@ def fit_two_phase(
             "without resume, or train without early_stopping."
         )
     weights = class_weights(config, data)
+    config = dataclasses.replace(
+        config,
+        head_lr=scale_learning_rate(config.head_lr, replicas, config.lr_scaling),
+        finetune_lr=scale_learning_rate(config.finetune_lr, replicas, config.lr_scaling),
+    )
+    batch_size = data.config.batch_size * replicas  # global: the strategy splits it
+    used = len(data.train_files) - len(data.train_files) % replicas  # see train_dataset
+    if used == 0:
+        raise KerasFTError(
+            f"Only {len(data.train_files)} training images for {replicas} replicas. "
+            "Add images or use fewer devices."
+        )
+    steps = math.ceil(used / batch_size)
     state = read_checkpoint(checkpoint_dir, signature) if resume and checkpoint_dir else None
     done = state["epoch"] if state else 0
     history = TrainingHistory(state["history"] if state else [])
@@ -264,17 +287,22 @@ def fit_two_phase(
         else:
             unfreeze_backbone(model, config.unfreeze)
             trained = model
-        steps = data.steps_per_epoch
         compile_for_phase(trained, phase, config, data.num_classes, steps)
         if state:  # resuming: the optimizer state only carries over within its phase
             _restore(state, model, trained if state["phase"] == phase and first > start else None)
             state = None
         if trained is model:
-            dataset = data.train_dataset(first, end - first)
+            dataset = data.train_dataset(first, end - first, batch_size, replicas)
             validation = data.validation
         else:
-            dataset = feature_batches(extractor, data, first, end, verbose)
+            dataset = feature_batches(extractor, data, first, end, verbose, batch_size, replicas)
+            # Arrays: Keras batches them itself, and shards them by DATA under a strategy.
             validation = _features(extractor, data.validation, verbose) if data.validation else None
+        if validation is not None and replicas > 1:
+            count = len(data.validation_files)
+            validation = evenly_batched(validation, count, batch_size, replicas)
+        if isinstance(validation, tf.data.Dataset):
+            validation = shard_by_data(validation)
         run_callbacks = [*callbacks, history.recorder(phase)]
         if config.early_stopping:
             run_callbacks.append(
@@ -282,10 +310,10 @@ def fit_two_phase(
                     monitor="val_loss", patience=config.early_stopping, restore_best_weights=True
                 )
             )
-        if checkpoint_dir:
+        if checkpoint_dir and chief:
             run_callbacks.append(Checkpoint(checkpoint_dir, model, phase, history, signature))
         trained.fit(
-            dataset,
+            shard_by_data(dataset),
             epochs=end,
             initial_epoch=first,
             steps_per_epoch=steps,
@@ -308,7 +336,7 @@ def _features(extractor: keras.Model, dataset, verbose=0) -> tuple[np.ndarray, n
         )
     features, labels = [], []
     for images, batch_labels in dataset:
-        features.append(np.asarray(extractor(images, training=False)))
+        features.append(np.asarray(predict_batch(extractor, images)))
         labels.append(np.asarray(batch_labels))
         if progress is not None:
             progress.add(1)
@@ -316,14 +344,22 @@ def _features(extractor: keras.Model, dataset, verbose=0) -> tuple[np.ndarray, n
 
 
 def feature_batches(
-    extractor: keras.Model, data, first: int, end: int, verbose=0
+    extractor: keras.Model,
+    data,
+    first: int,
+    end: int,
+    verbose=0,
+    batch_size: int | None = None,
+    replicas: int = 1,
 ) -> tf.data.Dataset:
     """Phase 1 without augmentation: run the frozen backbone once, then serve its features.
 
     The training images do not change between epochs, so neither do the
     backbone's features: computing them once makes every head epoch cost
     only the head. Epochs `first` to `end - 1` are ordered as
-    `data.train_dataset` orders them. User callbacks see the head model.
+    `data.train_dataset` orders them (and trims them for `replicas`), in
+    batches of `batch_size` (default: the data's). User callbacks see the
+    head model.
     """
     if verbose != 0:
         print("Backbone features of the training and validation images, computed once:")
@@ -336,7 +372,8 @@ def feature_batches(
 
     dataset = None
     for epoch in range(first, end):
-        order = tf.data.Dataset.from_tensor_slices(data.epoch_order(epoch).astype(np.int64))
-        batches = order.batch(data.config.batch_size).map(gather)
+        order = data.epoch_order(epoch).astype(np.int64)
+        order = tf.data.Dataset.from_tensor_slices(order[: len(order) - len(order) % replicas])
+        batches = order.batch(batch_size or data.config.batch_size).map(gather)
         dataset = batches if dataset is None else dataset.concatenate(batches)
     return dataset.prefetch(tf.data.AUTOTUNE)
