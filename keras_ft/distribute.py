@@ -278,7 +278,8 @@ def predict_batch(model, images):
     multi-worker, makes every worker join in); this process's own call is
     what evaluation and feature caching need there.
     """
-    if model.distribute_strategy.num_replicas_in_sync > 1:
+    strategy = getattr(model, "distribute_strategy", None)  # absent from stand-ins in tests
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
         return model(images, training=False)
     return model.predict_on_batch(images)
 
