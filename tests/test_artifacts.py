@@ -66,7 +66,7 @@ def test_in_memory_keras_and_savedmodel_agree(trained):
             for p in sorted((test / "red").iterdir())
         ]
     )
-    in_memory = np.asarray(tuner.model(images, training=False))
+    in_memory = np.asarray(tuner.model.predict_on_batch(images))  # as evaluation and load do
     reloaded = keras_ft.load(run_dir).predict_proba(images)
     served = tf.saved_model.load(str(run_dir / "saved_model"))
     serving = served.signatures["serving_default"](images=tf.constant(images))["probabilities"]

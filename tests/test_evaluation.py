@@ -113,14 +113,13 @@ def test_format_metrics(metrics):
 
 
 class FixedModel:
-    """Returns fixed probabilities batch by batch, like a Keras model called on images."""
+    """Returns fixed probabilities batch by batch, like a Keras model's `predict_on_batch`."""
 
     def __init__(self, probabilities):
         self.probabilities = probabilities
         self.seen = 0
 
-    def __call__(self, images, training=False):
-        assert training is False
+    def predict_on_batch(self, images):
         batch = self.probabilities[self.seen : self.seen + len(images)]
         self.seen += len(images)
         return tf.constant(batch)
