@@ -25,6 +25,12 @@ from keras_ft.errors import KerasFTError
 from keras_ft.scan import ImageFile, ScanReport, scan_folder
 
 AUTOTUNE = tf.data.AUTOTUNE
+# tf.data's autotuner thread sleeps between rounds for doubling periods (up to a
+# minute), and deleting an iterator waits for it to wake: measured here, the end of
+# a `fit` often stalled 10-15 s. Without it, AUTOTUNE parallelism is the core count
+# (at most 16) and prefetch buffers stay small; every keras_ft dataset sets this.
+FIXED_PARALLELISM = tf.data.Options()
+FIXED_PARALLELISM.autotune.enabled = False
 
 
 def pil_to_rgb(image: Image.Image) -> np.ndarray:
@@ -378,14 +384,15 @@ class ImageFolder:
         dataset = one_epoch(start_epoch)
         for epoch in range(start_epoch + 1, start_epoch + epochs):
             dataset = dataset.concatenate(one_epoch(epoch))
-        return dataset.prefetch(AUTOTUNE)
+        return dataset.prefetch(AUTOTUNE).with_options(FIXED_PARALLELISM)
 
     def _evaluation_dataset(self, name: str, files: list[ImageFile]) -> tf.data.Dataset | None:
         """Float32 batches of a split in file order, never augmented."""
         if not files:
             return None
         batches = self._gathered(name, files, np.arange(len(files)), self.config.batch_size)
-        return batches.map(lambda images, labels, _: (tf.cast(images, tf.float32), labels))
+        batches = batches.map(lambda images, labels, _: (tf.cast(images, tf.float32), labels))
+        return batches.with_options(FIXED_PARALLELISM)
 
     def unaugmented_train(self) -> tf.data.Dataset:
         """The training split in file order, without augmentation (for feature caching)."""
@@ -420,7 +427,7 @@ def decoded_dataset(files: list[ImageFile], image_size: tuple[int, int]) -> tf.d
         lambda path, pil, label: (load_image(path, pil, image_size), label),
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
-    )
+    ).with_options(FIXED_PARALLELISM)
 
 
 def evaluation_batches(decoded: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:

@@ -284,6 +284,12 @@ def fit_two_phase(
             trained = model
             if config.feature_cache and not data.config.augment:
                 extractor, trained = split_at_features(model)
+            elif config.feature_cache and verbose != 0:
+                print(
+                    "Phase 1 runs the frozen backbone on every batch: augmentation is on, so "
+                    "its features change each epoch and cannot be cached. (Without "
+                    "augmentation they are computed once: ImageFolder(..., augment=False).)"
+                )
         else:
             unfreeze_backbone(model, config.unfreeze)
             trained = model

@@ -183,3 +183,26 @@ def test_early_stopping_stops_the_phase_and_keeps_the_best_weights(split_folders
             train, image_size=32, batch_size=8, validation_split=0.0
         )
         tuner.fit(no_validation, head_epochs=2, finetune_epochs=0, early_stopping=1, verbose=0)
+
+
+def test_feature_cache_gives_the_result_of_recomputing_the_backbone(split_folders, capsys):
+    train, _ = split_folders
+    weights = {}
+    for cache in (True, False):
+        data = keras_ft.ImageFolder(
+            train, image_size=32, batch_size=8, validation_split=0.25, augment=False, seed=0
+        )
+        tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+        tuner.fit(data, head_epochs=3, finetune_epochs=0, feature_cache=cache, verbose=0)
+        weights[cache] = tuner.model.get_weights()
+    for cached, recomputed in zip(weights[True], weights[False], strict=True):
+        np.testing.assert_allclose(cached, recomputed, atol=1e-6)
+    assert "cannot be cached" not in capsys.readouterr().out
+
+
+def test_augmentation_keeps_the_full_phase_1_and_says_so(split_folders, capsys):
+    train, _ = split_folders
+    data = keras_ft.ImageFolder(train, image_size=32, batch_size=8, validation_split=0, seed=0)
+    tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+    tuner.fit(data, head_epochs=1, finetune_epochs=0, verbose=2)
+    assert "augmentation is on, so its features change each epoch" in capsys.readouterr().out
