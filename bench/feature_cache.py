@@ -116,7 +116,8 @@ def report(results: list[dict], work: common.Workspace) -> str:
             rows,
         ),  # fmt: skip
         "",
-        f"- phase 1, recomputing / cached: **{speedup:.2f}x**: {common.verdict(speedup, 5.0)}; "
+        f"- phase 1, recomputing / cached: **{speedup:.2f}x**: {common.verdict(speedup, 5.0)} "
+        f"(over the means: {common.mean(phase1[recomputed]) / common.mean(phase1[cached]):.2f}x); "
         f"whole `fit` (with its checks and data hashing): {fit_speedup:.2f}x.",
         f"- why about {epochs}x: the recomputing side runs the backbone over the training and "
         f"validation images in each of the {epochs} epochs, the cached side once; the head's "

@@ -143,7 +143,8 @@ def report(results: list[dict], work: common.Workspace) -> str:
         f"{common.mean(accuracy[OURS]):.3f} vs {common.mean(accuracy[HAND]):.3f}: "
         f"{'no worse' if no_worse else 'WORSE'}.",
         f"- determinism cost, keras_ft on / off: **{determinism:.3f}**: "
-        f"{common.verdict(determinism, 1.10, higher_is_better=False)}.",
+        f"{common.verdict(determinism, 1.10, higher_is_better=False)}; over the means "
+        f"of the rounds: {common.mean(seconds[OURS]) / common.mean(seconds[OURS_NONDET]):.3f}.",
     ]
     lines.append(common.load_note(results))
     return "\n".join(lines)
