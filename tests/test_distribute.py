@@ -49,6 +49,25 @@ for strategy, batch in (("none", 16), ("mirrored", 8)):
     np.savez(f"{out}/{strategy}.npz", *[np.asarray(w) for w in tuner.model.weights])
     result[strategy] = {"accuracy": tuner.metrics["accuracy"],
                         "replicas": tuner.distribution.replicas}
+
+import keras
+class Interrupt(keras.callbacks.Callback):  # stops at phase 2's start, after the head's checkpoint
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt
+class Epochs(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        result.setdefault("resumed_epochs", []).append(epoch)
+for resume, callbacks in ((False, [Interrupt()]), (True, [Epochs()])):
+    tuner = keras_ft.FineTuner("mobilenetv3small", weights=None, seed=5, dropout=0.0,
+                               strategy="mirrored")
+    try:
+        tuner.fit(data, head_epochs=1, finetune_epochs=1, head_lr=0.01, finetune_lr=0.01,
+                  verbose=0, tensorboard_dir=None, callbacks=callbacks,
+                  checkpoint_dir=f"{out}/checkpoints", resume=resume)
+    except KeyboardInterrupt:
+        result["interrupted"] = True
+np.savez(f"{out}/resumed.npz", *[np.asarray(w) for w in tuner.model.weights])
 print(json.dumps(result))
 """
 
@@ -131,7 +150,7 @@ def colours(tmp_path_factory):
 
 
 def test_two_replicas_match_one_device_within_the_stated_tolerance(colours, tmp_path):
-    """Both phases train on two logical CPUs; weights stay within REPLICA_TOLERANCE."""
+    """Both phases train on two logical CPUs; weights stay within REPLICA_TOLERANCE; resume."""
     train, test = colours
     result = python("-c", REPLICAS_SCRIPT, str(train), str(test), str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -151,6 +170,11 @@ def test_two_replicas_match_one_device_within_the_stated_tolerance(colours, tmp_
     assert "Bitwise" in json.loads((tmp_path / "none" / "run.json").read_text())["reproducibility"]
     predictor = keras_ft.load(tmp_path / "mirrored")
     assert len(predictor.predict(sorted((test / "red").iterdir()))) == 4
+    # Interrupted after phase 1 and resumed from its checkpoint: the uninterrupted weights.
+    assert measured["interrupted"] and measured["resumed_epochs"] == [1]  # phase 2 only
+    resumed = np.load(tmp_path / "resumed.npz")
+    for key in two.files:
+        np.testing.assert_array_equal(resumed[key], two[key])
 
 
 def free_ports(count: int) -> list[int]:
