@@ -28,7 +28,8 @@ AUTOTUNE = tf.data.AUTOTUNE
 # tf.data's autotuner thread sleeps between rounds for doubling periods (up to a
 # minute), and deleting an iterator waits for it to wake: measured here, the end of
 # a `fit` often stalled 10-15 s. Without it, AUTOTUNE parallelism is the core count
-# (at most 16) and prefetch buffers stay small; every keras_ft dataset sets this.
+# (at most 16) and prefetch buffers stay small. Set on the two sources every
+# keras_ft dataset grows from (`_gathered`, `decoded_dataset`); options carry over.
 FIXED_PARALLELISM = tf.data.Options()
 FIXED_PARALLELISM.autotune.enabled = False
 
@@ -344,7 +345,7 @@ class ImageFolder:
             return taken, tf.gather(labels, indices), indices
 
         indices = tf.data.Dataset.from_tensor_slices(order.astype(np.int64))
-        return indices.batch(batch).map(gather)
+        return indices.batch(batch).map(gather).with_options(FIXED_PARALLELISM)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The order of the training files in `epoch`: a permutation fixed by (seed, epoch)."""
@@ -384,15 +385,14 @@ class ImageFolder:
         dataset = one_epoch(start_epoch)
         for epoch in range(start_epoch + 1, start_epoch + epochs):
             dataset = dataset.concatenate(one_epoch(epoch))
-        return dataset.prefetch(AUTOTUNE).with_options(FIXED_PARALLELISM)
+        return dataset.prefetch(AUTOTUNE)
 
     def _evaluation_dataset(self, name: str, files: list[ImageFile]) -> tf.data.Dataset | None:
         """Float32 batches of a split in file order, never augmented."""
         if not files:
             return None
         batches = self._gathered(name, files, np.arange(len(files)), self.config.batch_size)
-        batches = batches.map(lambda images, labels, _: (tf.cast(images, tf.float32), labels))
-        return batches.with_options(FIXED_PARALLELISM)
+        return batches.map(lambda images, labels, _: (tf.cast(images, tf.float32), labels))
 
     def unaugmented_train(self) -> tf.data.Dataset:
         """The training split in file order, without augmentation (for feature caching)."""
