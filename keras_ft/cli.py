@@ -63,13 +63,20 @@ def _add_train(commands) -> None:
     p.set_defaults(func=train)
 
 
+def _weights(value: str) -> str | None:
+    """`--weights none` means `weights=None` (random initial weights)."""
+    return None if value.lower() == "none" else value
+
+
 def _add_run_arguments(p, output_help: str) -> None:
     """The data, model and training flags `train` and `tune` share, with --output/--overwrite."""
     p.add_argument("data_dir", help="training folder: DATA_DIR/<class>/<image>")
     p.add_argument("--output", required=True, help=output_help)
     p.add_argument("--test-dir", help="held-out folder with the same class sub-folders")
     p.add_argument("--backbone", default="vgg16", help="see `keras-ft backbones` (default vgg16)")
-    p.add_argument("--weights", default="imagenet", help="imagenet, none, or a weights file path")
+    p.add_argument(
+        "--weights", type=_weights, default="imagenet", help="imagenet, none, or a weights path"
+    )
     p.add_argument("--image-size", type=int, help="input size in px (default: the backbone's)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--validation-split", type=float, default=0.2)
@@ -272,11 +279,10 @@ def train(args) -> int:
 
     output = Path(args.output)
     spec = get_backbone(args.backbone)
-    weights = None if args.weights.lower() == "none" else args.weights
     # First: a multi-worker strategy joins its cluster before TensorFlow runs anything.
     tuner = FineTuner(
         spec.name,
-        weights=weights,
+        weights=args.weights,
         pooling=args.pooling,
         dense_units=args.dense_units,
         dropout=args.dropout,
@@ -378,7 +384,7 @@ def tune(args) -> int:
         seed=args.seed,
         grid_points=args.grid_points,
         backbone=spec.name,
-        weights=None if args.weights.lower() == "none" else args.weights,
+        weights=args.weights,
         pooling=args.pooling,
         deterministic=not args.no_determinism,
         mixed_precision=args.mixed_precision,
