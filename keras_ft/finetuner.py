@@ -25,7 +25,7 @@ from keras_ft.evaluation import evaluate_model
 from keras_ft.model import build_classifier
 from keras_ft.report import EpochTensorBoard
 from keras_ft.reproducibility import check_deterministic_gradients, file_hashes, seed_everything
-from keras_ft.training import TrainingHistory, fit_two_phase, read_checkpoint
+from keras_ft.training import TrainingHistory, advice, fit_two_phase, read_checkpoint
 
 
 def _now() -> str:
@@ -128,6 +128,7 @@ class FineTuner:
         self.history = TrainingHistory()
         self.metrics: dict | None = None
         self.record: dict = {}
+        self.advice: list[str] = []
         self.file_hashes: dict | None = None
         self._data = None
         self.tensorboard_dir: str | None = None
@@ -240,6 +241,10 @@ class FineTuner:
 
         Returns:
             The `TrainingHistory` of both phases (also kept as `self.history`).
+            `self.advice` then lists what the history suggests (a phase stopped
+            early, is still improving, or fine-tuning ended below the head; see
+            `keras_ft.training.advice`); it is printed unless `verbose=0` and
+            recorded in `run.json`.
         """
         if not isinstance(data, ImageFolder):
             raise KerasFTError(
@@ -301,6 +306,10 @@ class FineTuner:
             if distribution.workers == 1:
                 raise
             raise lost_worker(error, distribution, checkpoint_dir) from None
+        self.advice = advice(self.history.rows, self.training_config)
+        if verbose != 0 and distribution.is_chief:
+            for message in self.advice:
+                print(f"advice: {message}")
         if evaluate and data.test is not None and distribution.is_chief:
             self.metrics = self.evaluate(data.test)
         self.record = {
@@ -308,6 +317,7 @@ class FineTuner:
             "finished": _now(),
             "train_seconds": round(time.perf_counter() - clock, 3),
             "command": sys.argv,
+            "advice": self.advice,
         }
         return self.history
 

@@ -332,6 +332,69 @@ def fit_two_phase(
     return history
 
 
+def kept_epoch(rows: list[dict], config: TrainingConfig) -> dict | None:
+    """The history row whose weights a phase ended with, given that phase's rows.
+
+    With early stopping, Keras restores the weights of the epoch with the
+    lowest validation loss (the first such epoch); otherwise the last epoch's stay.
+    """
+    if not rows:
+        return None
+    if config.early_stopping and all("val_loss" in row for row in rows):
+        return rows[int(np.argmin([row["val_loss"] for row in rows]))]
+    return rows[-1]
+
+
+def advice(rows: list[dict], config: TrainingConfig) -> list[str]:
+    """What the history says about the epoch budget and the fine-tuning, in plain sentences.
+
+    Three checks, on the validation split (nothing is said without one):
+    a phase stopped early (fewer epochs than its budget); a phase's validation
+    loss was still at its best at its last epoch, so more epochs would likely
+    help ("+N epochs": half the phase's budget, at least 1); fine-tuning ended
+    with a lower validation accuracy than the phase-1 head it started from.
+
+    Args:
+        rows: `TrainingHistory.rows` of both phases.
+        config: the run's `TrainingConfig`.
+
+    Returns:
+        A list of messages (empty when there is nothing to say).
+    """
+    messages, kept = [], {}
+    budgets = {"head": config.head_epochs, "finetune": config.finetune_epochs}
+    names = {"head": "phase 1 (head)", "finetune": "phase 2 (fine-tuning)"}
+    for phase in PHASES:
+        ran = [row for row in rows if row["phase"] == phase]
+        if not ran or "val_loss" not in ran[-1]:
+            continue
+        kept[phase] = kept_epoch(ran, config)
+        losses = [row["val_loss"] for row in ran]
+        if len(ran) < budgets[phase]:
+            messages.append(
+                f"{names[phase]} stopped early at epoch {ran[-1]['epoch']} ({len(ran)} of "
+                f"{budgets[phase]} epochs): val_loss did not improve for "
+                f"{config.early_stopping} epoch(s); kept the weights of epoch "
+                f"{kept[phase]['epoch']}."
+            )
+        elif len(ran) > 1 and losses[-1] < min(losses[:-1]):
+            more = max(1, round(budgets[phase] / 2))
+            option = "head_epochs" if phase == "head" else "finetune_epochs"
+            messages.append(
+                f"{names[phase]}: val_loss was still improving at its last epoch "
+                f"({losses[-2]:.4g} -> {losses[-1]:.4g}): train longer: +{more} epochs "
+                f"({option}={budgets[phase] + more})."
+            )
+    head, tuned = kept.get("head"), kept.get("finetune")
+    if head and tuned and tuned.get("val_accuracy", 1) < head.get("val_accuracy", 0):
+        messages.append(
+            f"fine-tuning ended below the phase-1 head: val_accuracy "
+            f"{tuned['val_accuracy']:.4f} after phase 2 vs {head['val_accuracy']:.4f} after "
+            "phase 1. Try a lower finetune_lr, unfreezing fewer layers, or finetune_epochs=0."
+        )
+    return messages
+
+
 def _features(extractor: keras.Model, dataset, verbose=0) -> tuple[np.ndarray, np.ndarray]:
     """The frozen backbone's features of every batch, with a progress bar unless `verbose` is 0."""
     progress = None

@@ -201,7 +201,9 @@ def test_training_options_reach_the_run_record(tmp_path, capsys):
     ).split()
     result = run_here(capsys, "train", tmp_path / "data", *TINY_TRAIN, *options, "--output", output)
     assert result.returncode == 0, result.stderr
-    training = json.loads((output / "run.json").read_text())["training"]
+    record = json.loads((output / "run.json").read_text())
+    training = record["training"]
+    assert isinstance(record["advice"], list)  # what fit's history suggested, if anything
     assert training["class_weight"] == {"cat": 2.0, "dog": 1.0}
     assert (training["label_smoothing"], training["finetune_schedule"]) == (0.1, "cosine")
     assert (training["warmup_epochs"], training["early_stopping"]) == (1, 3)

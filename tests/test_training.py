@@ -4,7 +4,9 @@ import pytest
 from conftest import tiny_backbone
 
 import keras_ft
+from keras_ft.config import TrainingConfig
 from keras_ft.model import backbone_of
+from keras_ft.training import advice
 
 
 class EpochRecorder(keras.callbacks.Callback):
@@ -154,7 +156,6 @@ def test_label_smoothing_is_used_by_training(split_folders):
 
 
 def test_warmup_then_cosine_schedule():
-    from keras_ft.config import TrainingConfig
     from keras_ft.training import finetune_learning_rate
 
     config = TrainingConfig(
@@ -167,14 +168,17 @@ def test_warmup_then_cosine_schedule():
     assert finetune_learning_rate(TrainingConfig(), 10) == 1e-4  # constant by default
 
 
-def test_early_stopping_stops_the_phase_and_keeps_the_best_weights(split_folders):
+def test_early_stopping_stops_the_phase_and_keeps_the_best_weights(split_folders, capsys):
     train, _ = split_folders
     data = keras_ft.ImageFolder(train, image_size=32, batch_size=8, validation_split=0.25)
     tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf")
     # A learning rate so large that the validation loss soon stops improving.
-    tuner.fit(data, head_epochs=10, finetune_epochs=0, head_lr=1.0, early_stopping=1, verbose=0)
+    tuner.fit(data, head_epochs=10, finetune_epochs=0, head_lr=1.0, early_stopping=1, verbose=2)
     losses = tuner.history.history["val_loss"]
     assert len(losses) < 10  # stopped early
+    stopped = f"phase 1 (head) stopped early at epoch {len(losses)} ({len(losses)} of 10 epochs)"
+    assert tuner.advice[0].startswith(stopped)
+    assert f"advice: {stopped}" in capsys.readouterr().out
     best = tuner.model.evaluate(data.validation, verbose=0)[0]  # Keras's loss, as in history
     assert best == pytest.approx(min(losses), rel=1e-4)  # best weights restored, not the last
     assert min(losses) < losses[-1]
@@ -206,3 +210,33 @@ def test_augmentation_keeps_the_full_phase_1_and_says_so(split_folders, capsys):
     tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
     tuner.fit(data, head_epochs=1, finetune_epochs=0, verbose=2)
     assert "augmentation is on, so its features change each epoch" in capsys.readouterr().out
+
+
+def rows(phase, losses, accuracies, start=1):
+    return [
+        {"epoch": start + i, "phase": phase, "val_loss": loss, "val_accuracy": accuracy}
+        for i, (loss, accuracy) in enumerate(zip(losses, accuracies, strict=True))
+    ]
+
+
+def test_advice_says_stopped_early_still_improving_and_below_the_head():
+    config = TrainingConfig(head_epochs=4, finetune_epochs=6, early_stopping=2)
+    history = rows("head", [1.0, 0.8, 0.7, 0.6], [0.5, 0.6, 0.7, 0.8])
+    history += rows("finetune", [0.65, 0.62, 0.7, 0.75], [0.75, 0.78, 0.6, 0.5], start=5)
+    head, tuned, below = advice(history, config)
+    assert "phase 1 (head): val_loss was still improving" in head
+    assert "train longer: +2 epochs (head_epochs=6)" in head
+    assert "phase 2 (fine-tuning) stopped early at epoch 8 (4 of 6 epochs)" in tuned
+    assert "kept the weights of epoch 6" in tuned
+    # The kept fine-tuned epoch (6, the lowest val_loss) has 0.78 < the head's 0.8.
+    assert "fine-tuning ended below the phase-1 head: val_accuracy 0.7800" in below
+    assert "vs 0.8000 after phase 1" in below
+
+
+def test_advice_is_silent_on_a_settled_run_or_without_validation():
+    config = TrainingConfig(head_epochs=3, finetune_epochs=2)
+    history = rows("head", [1.0, 0.5, 0.6], [0.5, 0.8, 0.8])
+    history += rows("finetune", [0.55, 0.58], [0.85, 0.85], start=4)
+    assert advice(history, config) == []
+    unvalidated = [{"epoch": 1, "phase": "head", "loss": 0.3}]
+    assert advice(unvalidated, TrainingConfig(head_epochs=1, finetune_epochs=0)) == []
