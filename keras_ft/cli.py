@@ -95,10 +95,23 @@ def _add_run_arguments(p, output_help: str) -> None:
     p.add_argument("--dense-units", type=_units, default=(), help="hidden head layers, e.g. 256")
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    p.add_argument("--no-flip", action="store_true", help="no horizontal flips (digits, text)")
+    flips = p.add_mutually_exclusive_group()
+    flips.add_argument("--no-flip", action="store_true", help="no horizontal flips (digits, text)")
+    flips.add_argument(
+        "--auto-flip",
+        action="store_true",
+        help="decide after phase 1: flip in phase 2 only if the head classifies mirrored "
+        "validation images about as well as the originals",
+    )
     p.add_argument("--rotation", type=float, default=0.05, help="fraction of a full turn")
     p.add_argument("--zoom", type=float, default=0.1)
     p.add_argument("--contrast", type=float, default=0.1)
+    p.add_argument(
+        "--translation",
+        type=float,
+        default=0.0,
+        help="random shifts up to this fraction of the size (with --zoom: random crops)",
+    )
     p.add_argument(
         "--no-feature-cache",
         action="store_true",
@@ -129,6 +142,14 @@ def _add_run_arguments(p, output_help: str) -> None:
         type=int,
         metavar="PATIENCE",
         help="stop a phase after PATIENCE epochs without a better val_loss",
+    )
+    p.add_argument(
+        "--discriminative-lr",
+        type=float,
+        default=1.0,
+        metavar="RATIO",
+        help="phase 2: the lowest unfrozen layer trains at --finetune-lr / RATIO, rising "
+        "layer by layer to --finetune-lr at the top (default 1: one rate)",
     )
     p.add_argument(
         "--mixed-precision",
@@ -244,10 +265,11 @@ def _image_folder(args, spec):
         validation_split=args.validation_split,
         seed=args.seed,
         augment=not args.no_augment,
-        flip=not args.no_flip,
+        flip="auto" if args.auto_flip else not args.no_flip,
         rotation=args.rotation,
         zoom=args.zoom,
         contrast=args.contrast,
+        translation=args.translation,
         skip_bad=args.skip_bad,
         quiet=args.quiet,
     )
@@ -264,6 +286,7 @@ def _fit_options(args) -> dict:
         finetune_schedule=args.finetune_schedule,
         warmup_epochs=args.warmup_epochs,
         early_stopping=args.early_stopping,
+        discriminative_lr=args.discriminative_lr,
         tensorboard_dir=None if args.no_tensorboard else "auto",
         verbose=0 if args.quiet else "auto",
     )

@@ -62,10 +62,11 @@ class DataConfig:
     validation_split: float = 0.2
     seed: int = 42
     augment: bool = True
-    flip: bool = True
+    flip: bool | str = True
     rotation: float = 0.05
     zoom: float = 0.1
     contrast: float = 0.1
+    translation: float = 0.0
     skip_bad: bool = False
 
     def __post_init__(self):
@@ -96,6 +97,19 @@ class DataConfig:
             "zoom",
             "a fraction in [0, 1)",
             self.zoom,
+        )
+        check(
+            self.flip in (True, False, "auto"),
+            "flip",
+            "True, False or 'auto' (decide after phase 1 from mirrored validation images)",
+            self.flip,
+        )
+        check(
+            is_number(self.translation) and 0.0 <= self.translation <= 0.25,
+            "translation",
+            "a fraction of the image size in [0, 0.25]",
+            self.translation,
+            "0.1 shifts by up to a tenth of the width and height either way.",
         )
         check(
             is_number(self.contrast) and 0.0 <= self.contrast < 1.0,
@@ -169,6 +183,7 @@ class TrainingConfig:
     finetune_schedule: str = "constant"
     warmup_epochs: int = 0
     early_stopping: int | None = None
+    discriminative_lr: float = 1.0
     strategy: str = "auto"
     lr_scaling: str = "none"
 
@@ -239,6 +254,14 @@ class TrainingConfig:
             "early_stopping",
             "None or a patience in epochs >= 1",
             self.early_stopping,
+        )
+        check(
+            is_number(self.discriminative_lr) and self.discriminative_lr >= 1.0,
+            "discriminative_lr",
+            "a float >= 1: how many times lower the lowest unfrozen layer's rate is than "
+            "finetune_lr (1: one rate for all)",
+            self.discriminative_lr,
+            "fastai's slice(lr / 100, lr) is 100.",
         )
         check(
             self.strategy in STRATEGIES,

@@ -8,6 +8,7 @@ epoch sees different ones, and the `map` stays parallel under op determinism.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -111,23 +112,33 @@ def split_files(files, validation_split: float, seed: int):
 
 
 def augment(image: tf.Tensor, seed: tf.Tensor, config: DataConfig) -> tf.Tensor:
-    """Randomly flip, rotate, zoom and change contrast, statelessly from `seed` (shape [2])."""
+    """Randomly flip, rotate, zoom, shift and change contrast, statelessly from `seed` (shape [2]).
+
+    Zooming in and shifting together make a random crop. `flip="auto"` does
+    not flip: `fit` decides after phase 1 and passes `flip=True` or `False`.
+    """
     image = tf.cast(image, tf.float32)
     flip_seed, angle_seed, zoom_seed, contrast_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, num=4)
     )
-    if config.flip:
+    if config.flip is True:
         image = tf.image.stateless_random_flip_left_right(image, flip_seed)
-    if config.rotation or config.zoom:
+    if config.rotation or config.zoom or config.translation:
         turn = config.rotation * 2.0 * math.pi
         angle = tf.random.stateless_uniform([], angle_seed, -turn, turn)
         scale = tf.random.stateless_uniform([], zoom_seed, 1.0 - config.zoom, 1.0 + config.zoom)
         height, width = config.image_size
+        # Its own stream (the four above stay as they were before translation existed).
+        shift_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+        shift = tf.random.stateless_uniform([2], shift_seed, -1.0, 1.0) * config.translation
+        dx, dy = shift[0] * width, shift[1] * height
         cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
         a0, a1 = tf.cos(angle) / scale, -tf.sin(angle) / scale
         b0, b1 = tf.sin(angle) / scale, tf.cos(angle) / scale
+        # Output pixel (x, y) samples the input at A @ (x - cx - dx, y - cy - dy) + (cx, cy).
+        x0, y0 = cx + dx, cy + dy
         transform = tf.stack(
-            [a0, a1, cx - a0 * cx - a1 * cy, b0, b1, cy - b0 * cx - b1 * cy, 0.0, 0.0]
+            [a0, a1, cx - a0 * x0 - a1 * y0, b0, b1, cy - b0 * x0 - b1 * y0, 0.0, 0.0]
         )
         image = tf.raw_ops.ImageProjectiveTransformV3(
             images=image[None],
@@ -169,10 +180,16 @@ class ImageFolder:
             chosen per file from a hash of (seed, relative path).
         seed: seeds the split, the shuffling and the augmentation.
         augment: whether training images are augmented.
-        flip: random horizontal flips (turn off for digits and text).
+        flip: random horizontal flips: `True`, `False` (digits, text), or
+            `"auto"`: `FineTuner.fit` trains phase 1 without flips, then flips
+            in phase 2 only if the phase-1 head classifies mirrored validation
+            images about as well as the originals (see
+            `keras_ft.training.decide_flip`).
         rotation: maximum rotation as a fraction of a full turn.
         zoom: maximum zoom in or out, as a fraction.
         contrast: maximum contrast change, as a fraction.
+        translation: maximum shift either way, as a fraction of the width and
+            height (with `zoom`, a random crop).
         skip_bad: train on the usable files when some cannot be used (see
             `keras_ft.scan`), instead of refusing; `skipped` lists what was
             left out and why.
@@ -200,6 +217,7 @@ class ImageFolder:
         rotation=0.05,
         zoom=0.1,
         contrast=0.1,
+        translation=0.0,
         skip_bad=False,
         quiet=False,
         memory_budget=4 * 1024**3,
@@ -216,6 +234,7 @@ class ImageFolder:
             rotation=rotation,
             zoom=zoom,
             contrast=contrast,
+            translation=translation,
             skip_bad=skip_bad,
         )
         self.report = scan_folder(directory, quiet=quiet)
@@ -353,7 +372,12 @@ class ImageFolder:
         return rng.permutation(len(self.train_files))
 
     def train_dataset(
-        self, start_epoch: int = 0, epochs: int = 1, batch_size: int | None = None, replicas=1
+        self,
+        start_epoch: int = 0,
+        epochs: int = 1,
+        batch_size: int | None = None,
+        replicas=1,
+        flip: bool | None = None,
     ) -> tf.data.Dataset:
         """Training batches for epochs `start_epoch` to `start_epoch + epochs - 1`.
 
@@ -364,8 +388,11 @@ class ImageFolder:
         training under a `tf.distribute` strategy asks for the global size).
         With `replicas` > 1 each epoch leaves out the last `len % replicas`
         images of its order, so that every batch splits evenly over replicas.
+        `flip` overrides the configured flip (`fit`'s decision for `"auto"`).
         """
         config = self.config
+        if flip is not None:
+            config = dataclasses.replace(config, flip=flip)
         batch_size = batch_size or config.batch_size
         count = len(self.train_files)
 

@@ -189,6 +189,7 @@ class FineTuner:
         finetune_schedule="constant",
         warmup_epochs=0,
         early_stopping=None,
+        discriminative_lr=1.0,
         lr_scaling="none",
         callbacks=(),
         verbose="auto",
@@ -223,6 +224,10 @@ class FineTuner:
                 `finetune_lr` first.
             early_stopping: patience in epochs: stop a phase when the validation
                 loss has not improved for that long, and keep the best weights.
+            discriminative_lr: phase 2's rate for the lowest unfrozen backbone
+                layer is `finetune_lr / discriminative_lr`, rising geometrically
+                layer by layer to `finetune_lr` at the top and in the head
+                (`keras_ft.training.layer_multipliers`). 1: one rate for all.
             lr_scaling: under a strategy with N replicas the global batch is N
                 times the data's `batch_size`: `"none"` keeps `head_lr` and
                 `finetune_lr`, `"linear"` multiplies both by N.
@@ -266,6 +271,7 @@ class FineTuner:
             finetune_schedule=finetune_schedule,
             warmup_epochs=warmup_epochs,
             early_stopping=early_stopping,
+            discriminative_lr=discriminative_lr,
             strategy=self.strategy,
             lr_scaling=lr_scaling,
         )
@@ -318,6 +324,7 @@ class FineTuner:
             "train_seconds": round(time.perf_counter() - clock, 3),
             "command": sys.argv,
             "advice": self.advice,
+            "decisions": self.history.decisions,
         }
         return self.history
 

@@ -16,7 +16,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from keras_ft.config import TrainingConfig
 from keras_ft.distribute import evenly_batched, predict_batch, scale_learning_rate, shard_by_data
 from keras_ft.errors import KerasFTError
-from keras_ft.model import freeze_backbone, split_at_features, unfreeze_backbone
+from keras_ft.model import backbone_of, freeze_backbone, split_at_features, unfreeze_backbone
 
 PHASES = ("head", "finetune")
 
@@ -27,10 +27,13 @@ class TrainingHistory:
     Attributes:
         history: like `keras.callbacks.History.history`, a dict of lists, plus
             `"epoch"` and `"phase"` (`"head"` or `"finetune"`) for each epoch.
+        decisions: what training decided from the data on the way (`"flip"`
+            for `flip="auto"`), kept in checkpoints so a resumed run keeps them.
     """
 
-    def __init__(self, rows: list[dict] | None = None):
+    def __init__(self, rows: list[dict] | None = None, decisions: dict | None = None):
         self.rows = list(rows or [])
+        self.decisions = dict(decisions or {})
 
     @property
     def history(self) -> dict[str, list]:
@@ -69,6 +72,58 @@ class SparseSmoothedCrossentropy(keras.losses.Loss):
 
     def get_config(self):
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+@keras.saving.register_keras_serializable(package="keras_ft")
+class LayerwiseSGD(keras.optimizers.SGD):
+    """SGD (with momentum) whose learning rate is multiplied per variable.
+
+    Keras's SGD update is linear in `learning_rate * gradient`, so this is
+    what scaling each variable's gradient would do, and exactly per-variable
+    learning rates: a variable with multiplier s trains as plain SGD at
+    `s * learning_rate` would (up to float rounding of the product).
+
+    Args:
+        multipliers: `{variable path: multiplier}`; unnamed variables keep 1.
+        **kwargs: `keras.optimizers.SGD` arguments.
+    """
+
+    def __init__(self, multipliers=None, **kwargs):
+        super().__init__(**kwargs)
+        self.multipliers = dict(multipliers or {})
+
+    def build(self, variables):
+        # The backend hands `update_step` raw variables without paths: key by index.
+        self._scales = [self.multipliers.get(v.path, 1.0) for v in variables]
+        super().build(variables)
+
+    def update_step(self, gradient, variable, learning_rate):
+        scale = self._scales[self._get_variable_index(variable)]
+        if scale != 1.0:
+            learning_rate = keras.ops.multiply(learning_rate, scale)
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "multipliers": self.multipliers}
+
+
+def layer_multipliers(model: keras.Model, ratio: float) -> dict[str, float]:
+    """Discriminative learning rates: lower multipliers for lower trainable backbone layers.
+
+    The backbone's trainable layers, in depth order, get multipliers spaced
+    geometrically from `1 / ratio` (the lowest) to 1 (the top one); the
+    head's layers keep 1 (fastai's `slice(lr / ratio, lr)`, one step per layer).
+
+    Returns:
+        `{variable path: multiplier}` for the backbone's trainable variables.
+    """
+    layers = [layer for layer in backbone_of(model).layers if layer.trainable_weights]
+    multipliers = {}
+    for i, layer in enumerate(layers):
+        depth = i / (len(layers) - 1) if len(layers) > 1 else 1.0
+        for variable in layer.trainable_weights:
+            multipliers[variable.path] = float(ratio ** (depth - 1.0))
+    return multipliers
 
 
 def finetune_learning_rate(config: TrainingConfig, steps_per_epoch: int):
@@ -112,13 +167,20 @@ def compile_for_phase(
     num_classes: int,
     steps_per_epoch: int = 1,
 ) -> None:
-    """Compile `model` for `phase`: Adam at `head_lr`, or SGD momentum for fine-tuning."""
+    """Compile `model` for `phase`: Adam at `head_lr`, or SGD momentum for fine-tuning.
+
+    With `config.discriminative_lr` > 1, fine-tuning uses `LayerwiseSGD` with
+    `layer_multipliers`: lower backbone layers train at lower rates.
+    """
     if phase == "head":
         optimizer = keras.optimizers.Adam(learning_rate=config.head_lr)
     else:
-        optimizer = keras.optimizers.SGD(
-            learning_rate=finetune_learning_rate(config, steps_per_epoch), momentum=config.momentum
-        )
+        rate = finetune_learning_rate(config, steps_per_epoch)
+        if config.discriminative_lr > 1.0:
+            multipliers = layer_multipliers(model, config.discriminative_lr)
+            optimizer = LayerwiseSGD(multipliers, learning_rate=rate, momentum=config.momentum)
+        else:
+            optimizer = keras.optimizers.SGD(learning_rate=rate, momentum=config.momentum)
     if config.label_smoothing:
         loss = SparseSmoothedCrossentropy(config.label_smoothing)
     else:
@@ -168,6 +230,7 @@ class Checkpoint(keras.callbacks.Callback):
             "file": name,
             "signature": self.signature,
             "history": self.history.rows,
+            "decisions": self.history.decisions,
         }
         partial = self.directory / ".state.json.partial"
         partial.write_text(json.dumps(state))
@@ -193,16 +256,18 @@ def read_checkpoint(directory, signature: str) -> dict | None:
     return state
 
 
-def _restore(state: dict, classifier: keras.Model, trained: keras.Model | None) -> None:
-    """Put the checkpoint's model variables back; also the optimizer's, when `trained` is given."""
-    arrays = state["arrays"]
+def _restore_model(state: dict, classifier: keras.Model) -> None:
+    """Put the checkpoint's model variables back."""
     for i, variable in enumerate(classifier.variables):
-        variable.assign(arrays[f"model_{i}"])
-    if trained is not None:
-        optimizer = trained.optimizer
-        optimizer.build(trained.trainable_variables)
-        for i, variable in enumerate(optimizer.variables):
-            variable.assign(arrays[f"optimizer_{i}"])
+        variable.assign(state["arrays"][f"model_{i}"])
+
+
+def _restore_optimizer(state: dict, trained: keras.Model) -> None:
+    """Put the checkpoint's optimizer variables back into `trained`'s (compiled) optimizer."""
+    optimizer = trained.optimizer
+    optimizer.build(trained.trainable_variables)
+    for i, variable in enumerate(optimizer.variables):
+        variable.assign(state["arrays"][f"optimizer_{i}"])
 
 
 def fit_two_phase(
@@ -269,7 +334,9 @@ def fit_two_phase(
     steps = math.ceil(used / batch_size)
     state = read_checkpoint(checkpoint_dir, signature) if resume and checkpoint_dir else None
     done = state["epoch"] if state else 0
-    history = TrainingHistory(state["history"] if state else [])
+    history = TrainingHistory(state["history"], state["decisions"]) if state else TrainingHistory()
+    if state:  # before any decision is measured on the model
+        _restore_model(state, model)
     plan = (
         ("head", 0, config.head_epochs),
         ("finetune", config.head_epochs, config.finetune_epochs),
@@ -291,14 +358,24 @@ def fit_two_phase(
                     "augmentation they are computed once: ImageFolder(..., augment=False).)"
                 )
         else:
+            if (
+                data.config.augment
+                and data.config.flip == "auto"
+                and "flip" not in history.decisions
+            ):
+                history.decisions["flip"] = decide_flip(model, data, config.head_epochs > 0)
+                if verbose != 0:
+                    print(f"flip='auto': {history.decisions['flip']['reason']}")
             unfreeze_backbone(model, config.unfreeze)
             trained = model
         compile_for_phase(trained, phase, config, data.num_classes, steps)
         if state:  # resuming: the optimizer state only carries over within its phase
-            _restore(state, model, trained if state["phase"] == phase and first > start else None)
+            if state["phase"] == phase and first > start:
+                _restore_optimizer(state, trained)
             state = None
         if trained is model:
-            dataset = data.train_dataset(first, end - first, batch_size, replicas)
+            flip = history.decisions.get("flip", {}).get("flip") if phase == "finetune" else None
+            dataset = data.train_dataset(first, end - first, batch_size, replicas, flip)
             validation = data.validation
         else:
             dataset = feature_batches(extractor, data, first, end, verbose, batch_size, replicas)
@@ -330,6 +407,63 @@ def fit_two_phase(
             verbose=verbose,
         )
     return history
+
+
+FLIP_MARGIN = 0.03  # how much lower mirrored validation accuracy may be, for flip="auto"
+
+
+def decide_flip(model: keras.Model, data, trained_head: bool = True) -> dict:
+    """Whether phase 2 should flip images, from how the phase-1 head sees mirrored ones.
+
+    A head trained without flips classifies mirrored photos about as well as
+    the originals (left and right carry no meaning), and mirrored digits or
+    text worse. The rule: flip when the head is informative (its validation
+    accuracy closes at least a quarter of the gap from chance to 1) and its
+    accuracy on the horizontally mirrored validation images is at most
+    `max(FLIP_MARGIN, 2 / validation images)` lower. Otherwise do not flip:
+    a wrong flip is the silent mistake.
+
+    Args:
+        model: the classifier after phase 1.
+        data: the `ImageFolder` (its validation split is measured).
+        trained_head: False when phase 1 had no epochs (nothing to measure).
+
+    Returns:
+        A dict: `flip` (bool), `accuracy`, `mirrored_accuracy`, `margin` and
+        `reason` (one sentence, for the user).
+    """
+    if not trained_head or data.validation is None:
+        missing = "a validation split" if trained_head else "a phase-1 head (head_epochs=0)"
+        return {"flip": False, "reason": f"no horizontal flips: measuring needs {missing}."}
+    correct = np.zeros(2)
+    for images, labels in data.validation:
+        for mirrored in (0, 1):
+            batch = tf.image.flip_left_right(images) if mirrored else images
+            predicted = np.argmax(np.asarray(predict_batch(model, batch)), axis=-1)
+            correct[mirrored] += np.sum(predicted == np.asarray(labels))
+    count = len(data.validation_files)
+    accuracy, mirrored_accuracy = correct / count
+    chance = 1.0 / data.num_classes
+    margin = max(FLIP_MARGIN, 2.0 / count)
+    informative = accuracy >= chance + (1.0 - chance) / 4
+    flip = bool(informative and mirrored_accuracy >= accuracy - margin)
+    measured = (
+        f"the phase-1 head's validation accuracy is {accuracy:.3f} on the images and "
+        f"{mirrored_accuracy:.3f} on their mirror images"
+    )
+    if not informative:
+        reason = f"no horizontal flips: {measured}, too close to chance to tell."
+    elif flip:
+        reason = f"horizontal flips in phase 2: {measured} (within {margin:.3f})."
+    else:
+        reason = f"no horizontal flips: {measured} (more than {margin:.3f} lower)."
+    return {
+        "flip": flip,
+        "accuracy": float(accuracy),
+        "mirrored_accuracy": float(mirrored_accuracy),
+        "margin": margin,
+        "reason": reason,
+    }
 
 
 def kept_epoch(rows: list[dict], config: TrainingConfig) -> dict | None:

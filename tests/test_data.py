@@ -504,3 +504,42 @@ def test_every_split_runs_without_the_tf_data_autotuner(split_folders):
     data = ImageFolder(train, test_dir=test, image_size=32, batch_size=4, validation_split=0.25)
     splits = (data.train_dataset(0, 2), data.validation, data.test, data.unaugmented_train())
     assert [split.options().autotune.enabled for split in splits] == [False] * 4
+
+
+def test_translation_shifts_each_image_by_its_own_stateless_amount():
+    from keras_ft.config import DataConfig
+    from keras_ft.data import augment
+
+    image = np.zeros((32, 32, 3), np.float32)
+    image[12:20, 12:20] = 255.0  # a bright square in the middle
+    still = dict(flip=False, rotation=0.0, zoom=0.0, contrast=0.0)
+    shifted = DataConfig("d", image_size=(32, 32), translation=0.2, **still)
+
+    def centre(seed, config=shifted):
+        out = augment(tf.constant(image), tf.constant(seed, tf.int64), config).numpy()
+        rows, cols = np.nonzero(out[..., 0] > 127)
+        return out, np.array([rows.mean(), cols.mean()]) - 15.5
+
+    moves = [centre([5, i])[1] for i in range(8)]
+    assert all(np.abs(move).max() <= 0.2 * 32 + 0.5 for move in moves)  # at most 20% either way
+    assert len({tuple(np.round(move, 3)) for move in moves}) == 8  # each element its own shift
+    assert max(np.abs(move).max() for move in moves) > 2  # and they do move
+    np.testing.assert_array_equal(centre([5, 3])[0], centre([5, 3])[0])  # same key, same image
+    unchanged = DataConfig("d", image_size=(32, 32), **still)
+    np.testing.assert_array_equal(centre([5, 3], unchanged)[0], image)
+
+
+def test_flip_auto_does_not_flip_until_told(aug_folder):
+    seed_everything(0)
+    still = dict(rotation=0.0, zoom=0.0, contrast=0.0)
+    auto = make_data(aug_folder[0], flip="auto", **still)
+    none = make_data(aug_folder[0], flip=False, **still)
+    assert_same_batches(batch_list(auto.train_dataset(0, 1)), batch_list(none.train_dataset(0, 1)))
+    flipped = make_data(aug_folder[0], flip=True, **still)
+    assert_same_batches(
+        batch_list(auto.train_dataset(0, 1, flip=True)), batch_list(flipped.train_dataset(0, 1))
+    )
+    with pytest.raises(KerasFTError, match="Invalid `flip`: expected True, False or 'auto'"):
+        make_data(aug_folder[0], flip="yes")
+    with pytest.raises(KerasFTError, match="Invalid `translation`"):
+        make_data(aug_folder[0], translation=0.5)

@@ -9,11 +9,18 @@ import time
 import pytest
 from conftest import TINY_TRAIN, run_cli, write_folder
 
+# Augmentation on, off, and with the options decided or drawn during training.
+VARIANTS = {
+    "augment": [],
+    "no-augment": ["--no-augment"],
+    "adaptive": "--auto-flip --translation 0.1".split(),
+}
 
-def train_args(data, output, augment):
+
+def train_args(data, output, variant):
     options = "--batch-size 8 --validation-split 0.2 --head-epochs 3 --finetune-epochs 3 --seed 5"
     args = ["train", str(data), *TINY_TRAIN, *options.split(), "--output", str(output)]
-    return args + ([] if augment else ["--no-augment"])
+    return args + VARIANTS[variant]
 
 
 def kill_after_checkpoint(args, state, epoch):
@@ -46,27 +53,29 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(data, tmp_path_factory):
-    """Weights hashes of uninterrupted runs, with and without augmentation."""
-    hashes = {}
-    for augment in (True, False):
+    """Weights hashes and decisions of uninterrupted runs, per variant."""
+    runs = {}
+    for variant in VARIANTS:
         output = tmp_path_factory.mktemp("reference") / "run"
-        result = run_cli(*train_args(data, output, augment))
+        result = run_cli(*train_args(data, output, variant))
         assert result.returncode == 0, result.stderr
-        hashes[augment] = json.loads((output / "run.json").read_text())["weights_sha256"]
-    return hashes
+        record = json.loads((output / "run.json").read_text())
+        runs[variant] = (record["weights_sha256"], record["decisions"])
+    return runs
 
 
 @pytest.mark.parametrize(
-    ("augment", "kill_at"),
+    ("variant", "kill_at"),
     [
-        (True, 1),  # phase 1, head trained on augmented images
-        (False, 1),  # phase 1, head trained on cached features
-        (True, 4),  # phase 2, fine-tuning
+        ("augment", 1),  # phase 1, head trained on augmented images
+        ("no-augment", 1),  # phase 1, head trained on cached features
+        ("augment", 4),  # phase 2, fine-tuning
+        ("adaptive", 3),  # from phase 1's end: the flip decision is taken or read back
     ],
 )
-def test_resume_after_sigkill_is_bitwise_identical(augment, kill_at, data, reference, tmp_path):
+def test_resume_after_sigkill_is_bitwise_identical(variant, kill_at, data, reference, tmp_path):
     output = tmp_path / "run"
-    args = train_args(data, output, augment)
+    args = train_args(data, output, variant)
     reached = kill_after_checkpoint(args, output / "checkpoints" / "state.json", kill_at)
     assert kill_at <= reached < 6, "the process must die mid-run"
     assert not (output / "run.json").exists()
@@ -75,12 +84,12 @@ def test_resume_after_sigkill_is_bitwise_identical(augment, kill_at, data, refer
     resumed = run_cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     record = json.loads((output / "run.json").read_text())
-    assert record["weights_sha256"] == reference[augment]
+    assert (record["weights_sha256"], record["decisions"]) == reference[variant]
     assert not (output / "checkpoints").exists()
     history = (output / "history.csv").read_text().splitlines()
     assert len(history) == 1 + 6  # every epoch of both phases, once
 
 
 def test_resume_without_a_checkpoint_is_refused(data, tmp_path):
-    result = run_cli(*train_args(data, tmp_path / "run", True), "--resume")
+    result = run_cli(*train_args(data, tmp_path / "run", "augment"), "--resume")
     assert result.returncode == 2 and "holds no checkpoint" in result.stderr

@@ -1,7 +1,8 @@
 import keras
 import numpy as np
 import pytest
-from conftest import tiny_backbone
+import tensorflow as tf
+from conftest import tiny_backbone, write_folder
 
 import keras_ft
 from keras_ft.config import TrainingConfig
@@ -240,3 +241,134 @@ def test_advice_is_silent_on_a_settled_run_or_without_validation():
     assert advice(history, config) == []
     unvalidated = [{"epoch": 1, "phase": "head", "loss": 0.3}]
     assert advice(unvalidated, TrainingConfig(head_epochs=1, finetune_epochs=0)) == []
+
+
+def halves_folder(root):
+    """Class 'left': the left half bright; class 'right': the right half."""
+    from PIL import Image
+
+    for c, name in enumerate(("left", "right")):
+        (root / name).mkdir(parents=True)
+        for i in range(10):
+            pixels = np.full((32, 32, 3), 20 + i, np.uint8)
+            pixels[:, 16 * c : 16 * c + 16] = 220
+            Image.fromarray(pixels).save(root / name / f"{i}.png")
+    return root
+
+
+def scorer(score) -> keras.Model:
+    """A fixed two-class 'classifier': softmax of `score(images)`."""
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Lambda(lambda x: keras.ops.softmax(score(x)), output_shape=(2,))(inputs)
+    return keras.Model(inputs, outputs)
+
+
+def test_decide_flip_flips_only_when_mirror_images_score_as_well(tmp_path):
+    from keras_ft.training import decide_flip
+
+    ops = keras.ops
+    halves = keras_ft.ImageFolder(
+        halves_folder(tmp_path / "halves"), image_size=32, batch_size=4, validation_split=0.5
+    )
+    by_side = scorer(
+        lambda x: ops.stack(
+            [ops.mean(x[:, :, :16], (1, 2, 3)), ops.mean(x[:, :, 16:], (1, 2, 3))], 1
+        )
+    )
+    sided = decide_flip(by_side, halves)
+    assert (sided["flip"], sided["accuracy"], sided["mirrored_accuracy"]) == (False, 1.0, 0.0)
+    assert sided["reason"].startswith("no horizontal flips: the phase-1 head's validation")
+    colours = keras_ft.ImageFolder(
+        write_folder(tmp_path / "colours", ("a_red", "b_green"), per_class=10),
+        image_size=32,
+        batch_size=4,
+        validation_split=0.5,
+    )
+    by_colour = scorer(lambda x: ops.mean(x, (1, 2))[:, :2])
+    coloured = decide_flip(by_colour, colours)
+    assert coloured["flip"] and coloured["accuracy"] == coloured["mirrored_accuracy"] == 1.0
+    assert coloured["reason"].startswith("horizontal flips in phase 2")
+    constant = decide_flip(scorer(lambda x: x[:, 0, 0, :2] * 0.0), halves)
+    assert not constant["flip"] and "too close to chance" in constant["reason"]
+    assert decide_flip(by_colour, colours, trained_head=False) == {
+        "flip": False,
+        "reason": "no horizontal flips: measuring needs a phase-1 head (head_epochs=0).",
+    }
+
+
+def test_flip_auto_decides_after_phase_1_and_phase_2_follows(split_folders, capsys):
+    train, _ = split_folders
+    weights, heads = {}, {}
+    for flip in ("auto", False):
+        data = keras_ft.ImageFolder(
+            train, image_size=32, batch_size=8, validation_split=0.25, seed=0, flip=flip
+        )
+        tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+        tuner.fit(data, head_epochs=4, finetune_epochs=1, head_lr=1e-2, verbose=2)
+        weights[flip] = tuner.model.get_weights()
+        heads[flip] = [row for row in tuner.history.rows if row["phase"] == "head"]
+        if flip == "auto":
+            decision = tuner.record["decisions"]["flip"]
+    # Colour classes: left and right mean nothing, the mirror images score the same.
+    assert decision["flip"] and decision["accuracy"] == decision["mirrored_accuracy"]
+    assert f"flip='auto': {decision['reason']}" in capsys.readouterr().out
+    assert heads["auto"] == heads[False]  # no flips in phase 1, before the decision
+    # ... and phase 2 flipped, so the final weights differ.
+    assert any(not np.array_equal(a, b) for a, b in zip(*weights.values(), strict=True))
+
+
+def test_layerwise_sgd_is_plain_sgd_at_each_variables_scaled_rate():
+    from keras_ft.training import LayerwiseSGD
+
+    def model():
+        init = keras.initializers.GlorotUniform(seed=1)
+        inputs = keras.Input((6,))
+        hidden = keras.layers.Dense(5, "tanh", kernel_initializer=init, name="low")(inputs)
+        return keras.Model(
+            inputs, keras.layers.Dense(3, kernel_initializer=init, name="top")(hidden)
+        )
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 6)).astype("float32"), rng.normal(size=(16, 3)).astype("float32")
+    layerwise, reference = model(), model()
+    low = {v.path: 0.1 for v in layerwise.get_layer("low").trainable_weights}
+    optimizer = LayerwiseSGD(low, learning_rate=0.05, momentum=0.9)
+    # The reference: two plain SGDs, the low layer's at 0.1 x the rate.
+    plain_low = keras.optimizers.SGD(learning_rate=0.005, momentum=0.9)
+    plain_top = keras.optimizers.SGD(learning_rate=0.05, momentum=0.9)
+    for _ in range(200):
+        for net in (layerwise, reference):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_mean((net(x) - y) ** 2)
+            grads = tape.gradient(loss, net.trainable_variables)
+            if net is layerwise:
+                optimizer.apply(grads, net.trainable_variables)
+            else:
+                plain_low.apply(grads[:2], net.trainable_variables[:2])
+                plain_top.apply(grads[2:], net.trainable_variables[2:])
+    for mine, theirs in zip(layerwise.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-6, atol=1e-7)
+    start = model().get_weights()
+    moved = [np.abs(w - s).max() for w, s in zip(layerwise.get_weights(), start, strict=True)]
+    assert min(moved) > 1e-3  # every layer trained
+    config = optimizer.get_config()
+    assert LayerwiseSGD.from_config(config).multipliers == low
+
+
+def test_discriminative_lr_spaces_rates_by_depth_and_replays_bitwise(split_folders):
+    from keras_ft.training import LayerwiseSGD, layer_multipliers
+
+    train, _ = split_folders
+    runs = []
+    for _ in range(2):
+        data = keras_ft.ImageFolder(train, image_size=32, batch_size=8, validation_split=0.25)
+        tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+        tuner.fit(data, head_epochs=1, finetune_epochs=1, discriminative_lr=100.0, verbose=0)
+        runs.append(tuner.model.get_weights())
+    optimizer = tuner.model.optimizer
+    assert isinstance(optimizer, LayerwiseSGD)
+    by_layer = {path.split("/")[-2]: m for path, m in optimizer.multipliers.items()}
+    assert by_layer == {"conv_a": pytest.approx(0.01), "conv_b": 1.0}  # BatchNorm stays frozen
+    assert layer_multipliers(tuner.model, 100.0) == optimizer.multipliers
+    for first, second in zip(*runs, strict=True):
+        np.testing.assert_array_equal(first, second)
