@@ -17,6 +17,18 @@ def _unfreeze(value: str):
     return int(value) if value.isdigit() else value
 
 
+def _rate(value: str):
+    """A learning rate, or `auto` (a learning-rate range test picks it)."""
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number such as 1e-4 or 'auto', received {value!r}"
+        ) from None
+
+
 def _units(value: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in value.split(",") if v.strip())
@@ -82,8 +94,8 @@ def _add_run_arguments(p, output_help: str) -> None:
     p.add_argument("--validation-split", type=float, default=0.2)
     p.add_argument("--head-epochs", type=int, default=10)
     p.add_argument("--finetune-epochs", type=int, default=10)
-    p.add_argument("--head-lr", type=float, default=1e-3)
-    p.add_argument("--finetune-lr", type=float, default=1e-4)
+    p.add_argument("--head-lr", type=_rate, default=1e-3, help="a rate, or auto (range test)")
+    p.add_argument("--finetune-lr", type=_rate, default=1e-4, help="a rate, or auto")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument(
         "--unfreeze",
@@ -248,9 +260,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="decode every file again")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=scan)
+    _add_lr_find(commands)
     p = commands.add_parser("backbones", help="list the backbones that can be used")
     p.set_defaults(func=backbones)
     return parser
+
+
+def _add_lr_find(commands) -> None:
+    p = commands.add_parser(
+        "lr-find",
+        help="learning-rate range test: plot loss against learning rate, suggest one",
+        description=(
+            "Train for up to --steps batches while the learning rate grows exponentially "
+            "from --start-lr to --end-lr, plot the loss against it (--output PNG) and print a "
+            "suggestion: a tenth of the rate at the lowest smoothed loss. --phase finetune "
+            "trains the head first (--head-epochs at --head-lr). Takes train's flags."
+        ),
+    )
+    _add_run_arguments(p, "PNG file to write the plot to")
+    p.add_argument("--phase", choices=("head", "finetune"), default="head")
+    p.add_argument("--steps", type=int, default=200, help="at most this many batches")
+    p.add_argument("--start-lr", type=float, default=1e-7)
+    p.add_argument("--end-lr", type=float, default=10.0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=lr_find)
+
+
+def lr_find(args) -> int:
+    from pathlib import Path
+
+    from keras_ft import FineTuner, KerasFTError
+    from keras_ft.backbones import get_backbone
+
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise KerasFTError(
+            f"'{output}' already exists. Choose another --output, or pass --overwrite."
+        )
+    spec = get_backbone(args.backbone)
+    tuner = FineTuner(
+        spec.name,
+        weights=args.weights,
+        pooling=args.pooling,
+        dense_units=args.dense_units,
+        dropout=args.dropout,
+        seed=args.seed,
+        deterministic=not args.no_determinism,
+        mixed_precision=args.mixed_precision,
+        strategy="none",
+    )
+    data = _image_folder(args, spec)
+    result = tuner.lr_find(
+        data,
+        phase=args.phase,
+        head_epochs=args.head_epochs,
+        head_lr=args.head_lr,
+        momentum=args.momentum,
+        unfreeze=args.unfreeze,
+        discriminative_lr=args.discriminative_lr,
+        steps=args.steps,
+        start_lr=args.start_lr,
+        end_lr=args.end_lr,
+        verbose=0 if args.quiet else "auto",
+    )
+    result.plot(output)
+    name = "--head-lr" if args.phase == "head" else "--finetune-lr"
+    last = result.learning_rates[-1]
+    print(f"swept {len(result.losses)} steps, learning rate {args.start_lr:g} to {last:.3g}")
+    print(f"steepest descent: {result.steepest:.3g}")
+    print(f"suggested {name}: {result.suggestion:.3g} (a tenth of the rate at the lowest loss)")
+    print(f"plot: {output}")
+    return 0
 
 
 def _image_folder(args, spec):

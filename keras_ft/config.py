@@ -171,8 +171,8 @@ class TrainingConfig:
 
     head_epochs: int = 10
     finetune_epochs: int = 10
-    head_lr: float = 1e-3
-    finetune_lr: float = 1e-4
+    head_lr: float | str = 1e-3
+    finetune_lr: float | str = 1e-4
     momentum: float = 0.9
     unfreeze: str | int = "all"
     deterministic: bool = True
@@ -199,7 +199,12 @@ class TrainingConfig:
         )
         for name in ("head_lr", "finetune_lr"):
             value = getattr(self, name)
-            check(is_number(value) and value > 0, name, "a float > 0", value)
+            check(
+                (is_number(value) and value > 0) or value == "auto",
+                name,
+                "a float > 0, or 'auto' (a learning-rate range test picks it)",
+                value,
+            )
         check(
             is_number(self.momentum) and 0.0 <= self.momentum < 1.0,
             "momentum",

@@ -25,7 +25,7 @@ from keras_ft.evaluation import evaluate_model
 from keras_ft.model import build_classifier
 from keras_ft.report import EpochTensorBoard
 from keras_ft.reproducibility import check_deterministic_gradients, file_hashes, seed_everything
-from keras_ft.training import TrainingHistory, advice, fit_two_phase, read_checkpoint
+from keras_ft.training import PHASES, TrainingHistory, advice, fit_two_phase, read_checkpoint
 
 
 def _now() -> str:
@@ -204,8 +204,11 @@ class FineTuner:
             data: an `ImageFolder`.
             head_epochs: phase 1 epochs (frozen backbone, Adam at `head_lr`).
             finetune_epochs: phase 2 epochs (SGD at `finetune_lr` with `momentum`).
-            head_lr: phase 1 learning rate.
-            finetune_lr: phase 2 learning rate.
+            head_lr: phase 1 learning rate, or `"auto"`: a learning-rate range
+                test (`lr_find`) before phase 1 picks it.
+            finetune_lr: phase 2 learning rate, or `"auto"`: a range test after
+                phase 1 picks it. Found rates are printed and kept in
+                `run.json` under `"decisions"`; `reproduce` replays them.
             momentum: phase 2 SGD momentum.
             unfreeze: `"all"`, a backbone layer name to unfreeze from (e.g.
                 `"block5_conv1"`), or the number of top backbone layers.
@@ -327,6 +330,57 @@ class FineTuner:
             "decisions": self.history.decisions,
         }
         return self.history
+
+    def lr_find(
+        self,
+        data: ImageFolder,
+        phase="head",
+        head_epochs=10,
+        head_lr=1e-3,
+        momentum=0.9,
+        unfreeze="all",
+        discriminative_lr=1.0,
+        steps=200,
+        start_lr=1e-7,
+        end_lr=10.0,
+        verbose="auto",
+    ):
+        """Learning-rate range test (Smith 2015, fastai's `lr_find`) for one phase.
+
+        Trains for up to `steps` batches while the learning rate grows
+        exponentially from `start_lr` to `end_lr`, then restores the weights.
+        For `phase="finetune"` the head is trained first (phase 1: `head_epochs`
+        at `head_lr`), as `fit` would, and the backbone unfrozen per `unfreeze`.
+
+        Returns:
+            A `keras_ft.lr_find.LRFinderResult`: the losses, the `suggestion`
+            (a tenth of the rate at the lowest smoothed loss), the `steepest`
+            point, and `plot(path)`.
+        """
+        from keras_ft.lr_find import sweep
+
+        check(phase in PHASES, "phase", f"one of {PHASES}", phase)
+        if phase == "finetune" and head_epochs:
+            self.fit(
+                data,
+                head_epochs=head_epochs,
+                finetune_epochs=0,
+                head_lr=head_lr,
+                verbose=verbose,
+                evaluate=False,
+                tensorboard_dir=None,
+            )
+        elif self.model is None:
+            self.build(data.image_size, data.num_classes)
+        config = TrainingConfig(
+            momentum=momentum,
+            unfreeze=unfreeze,
+            discriminative_lr=discriminative_lr,
+            deterministic=self.deterministic,
+        )
+        seed_everything(self.seed, self.deterministic)
+        with self.distribution.strategy.scope():
+            return sweep(self.model, data, phase, config, start_lr, end_lr, steps)
 
     def _log_dir(self, tensorboard_dir, checkpoint_dir, resume: bool) -> str | None:
         """Where this fit's TensorBoard logs go (see `fit`'s `tensorboard_dir`)."""

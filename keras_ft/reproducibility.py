@@ -171,6 +171,9 @@ def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto") -> dict
     with tempfile.TemporaryDirectory() as scratch:
         constructor = ("deterministic", "strategy")
         fit_options = {k: v for k, v in to_dict(training).items() if k not in constructor}
+        for name in ("head_lr", "finetune_lr"):  # the rates the range test found, not a new test
+            if fit_options[name] == "auto" and name in record.get("decisions", {}):
+                fit_options[name] = record["decisions"][name]["suggestion"]
         tuner.fit(
             data,
             **fit_options,

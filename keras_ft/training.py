@@ -166,16 +166,18 @@ def compile_for_phase(
     config: TrainingConfig,
     num_classes: int,
     steps_per_epoch: int = 1,
+    learning_rate: float | None = None,
 ) -> None:
     """Compile `model` for `phase`: Adam at `head_lr`, or SGD momentum for fine-tuning.
 
     With `config.discriminative_lr` > 1, fine-tuning uses `LayerwiseSGD` with
     `layer_multipliers`: lower backbone layers train at lower rates.
+    `learning_rate` replaces the configured rate and schedule (the range test's sweep).
     """
     if phase == "head":
-        optimizer = keras.optimizers.Adam(learning_rate=config.head_lr)
+        optimizer = keras.optimizers.Adam(learning_rate=learning_rate or config.head_lr)
     else:
-        rate = finetune_learning_rate(config, steps_per_epoch)
+        rate = learning_rate or finetune_learning_rate(config, steps_per_epoch)
         if config.discriminative_lr > 1.0:
             multipliers = layer_multipliers(model, config.discriminative_lr)
             optimizer = LayerwiseSGD(multipliers, learning_rate=rate, momentum=config.momentum)
@@ -319,11 +321,12 @@ def fit_two_phase(
             "without resume, or train without early_stopping."
         )
     weights = class_weights(config, data)
-    config = dataclasses.replace(
-        config,
-        head_lr=scale_learning_rate(config.head_lr, replicas, config.lr_scaling),
-        finetune_lr=scale_learning_rate(config.finetune_lr, replicas, config.lr_scaling),
-    )
+    scaled = {  # a rate found by the range test is found at the global batch already
+        name: scale_learning_rate(rate, replicas, config.lr_scaling)
+        for name in ("head_lr", "finetune_lr")
+        if (rate := getattr(config, name)) != "auto"
+    }
+    config = dataclasses.replace(config, **scaled)
     batch_size = data.config.batch_size * replicas  # global: the strategy splits it
     used = len(data.train_files) - len(data.train_files) % replicas  # see train_dataset
     if used == 0:
@@ -346,6 +349,7 @@ def fit_two_phase(
         if not epochs or done >= end:
             continue
         first = max(start, done)
+        config = _decide(model, data, phase, config, history, verbose, batch_size)
         if phase == "head":
             freeze_backbone(model)
             trained = model
@@ -358,14 +362,6 @@ def fit_two_phase(
                     "augmentation they are computed once: ImageFolder(..., augment=False).)"
                 )
         else:
-            if (
-                data.config.augment
-                and data.config.flip == "auto"
-                and "flip" not in history.decisions
-            ):
-                history.decisions["flip"] = decide_flip(model, data, config.head_epochs > 0)
-                if verbose != 0:
-                    print(f"flip='auto': {history.decisions['flip']['reason']}")
             unfreeze_backbone(model, config.unfreeze)
             trained = model
         compile_for_phase(trained, phase, config, data.num_classes, steps)
@@ -407,6 +403,38 @@ def fit_two_phase(
             verbose=verbose,
         )
     return history
+
+
+def _decide(model, data, phase, config, history, verbose, batch_size) -> TrainingConfig:
+    """Take `phase`'s decisions from the data: flips for `flip="auto"`, `"auto"` learning rates.
+
+    Each is taken once, before the phase trains, and kept in `history.decisions`
+    (so in checkpoints, where a resumed run reads it back, and in the run record).
+
+    Returns:
+        `config` with the phase's learning rate resolved.
+    """
+    from keras_ft.lr_find import resolve, sweep
+
+    decisions = history.decisions
+    flip_auto = data.config.augment and data.config.flip == "auto"
+    if phase == "finetune" and flip_auto and "flip" not in decisions:
+        decisions["flip"] = decide_flip(model, data, config.head_epochs > 0)
+        if verbose != 0:
+            print(f"flip='auto': {decisions['flip']['reason']}")
+    name = f"{phase}_lr"
+    if getattr(config, name) != "auto":
+        return config
+    if name not in decisions:
+        flip = decisions.get("flip", {}).get("flip") if phase == "finetune" else None
+        found = sweep(model, data, phase, config, batch_size=batch_size, flip=flip)
+        decisions[name] = found.summary()
+        if verbose != 0:
+            print(
+                f"{name}='auto': the learning-rate range test ({len(found.losses)} steps) "
+                f"suggests {found.suggestion:.3g} (steepest descent at {found.steepest:.3g})"
+            )
+    return resolve(config, phase, decisions[name]["suggestion"])
 
 
 FLIP_MARGIN = 0.03  # how much lower mirrored validation accuracy may be, for flip="auto"
