@@ -156,6 +156,13 @@ def _add_run_arguments(p, output_help: str) -> None:
         help="stop a phase after PATIENCE epochs without a better val_loss",
     )
     p.add_argument(
+        "--recipe",
+        choices=("auto",),
+        help="auto: settings that adapt to the data for every flag left at its default "
+        "(phase 2 until val_loss stalls, within 30 epochs; --auto-flip; --translation 0.1; "
+        "--discriminative-lr 10); what it set is printed and kept in run.json",
+    )
+    p.add_argument(
         "--discriminative-lr",
         type=float,
         default=1.0,
@@ -367,6 +374,7 @@ def _fit_options(args) -> dict:
         warmup_epochs=args.warmup_epochs,
         early_stopping=args.early_stopping,
         discriminative_lr=args.discriminative_lr,
+        recipe=args.recipe,
         tensorboard_dir=None if args.no_tensorboard else "auto",
         verbose=0 if args.quiet else "auto",
     )

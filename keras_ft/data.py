@@ -8,6 +8,7 @@ epoch sees different ones, and the `map` stays parallel under op determinism.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import math
@@ -267,6 +268,17 @@ class ImageFolder:
         self._cache = {}
         self.memory_budget = memory_budget
         self._spill_dir = None
+
+    def with_augmentation(self, **changes) -> ImageFolder:
+        """A copy with other augmentation settings (e.g. `flip="auto"`), same images and split.
+
+        The copy shares the decoded images already read (augmentation happens
+        after them).
+        """
+        other = copy.copy(self)
+        other.config = dataclasses.replace(self.config, **changes)
+        other._source = self  # keeps the shared store (and any spill folder) alive
+        return other
 
     def _warn_if_imbalanced(self) -> None:
         counts = self.report.counts()

@@ -23,6 +23,7 @@ from keras_ft.distribute import LOST_PEER_ERRORS, all_agree, get_distribution, l
 from keras_ft.errors import KerasFTError
 from keras_ft.evaluation import evaluate_model
 from keras_ft.model import build_classifier
+from keras_ft.recipe import apply_recipe
 from keras_ft.report import EpochTensorBoard
 from keras_ft.reproducibility import check_deterministic_gradients, file_hashes, seed_everything
 from keras_ft.training import PHASES, TrainingHistory, advice, fit_two_phase, read_checkpoint
@@ -191,6 +192,7 @@ class FineTuner:
         early_stopping=None,
         discriminative_lr=1.0,
         lr_scaling="none",
+        recipe=None,
         callbacks=(),
         verbose="auto",
         evaluate=True,
@@ -234,6 +236,12 @@ class FineTuner:
             lr_scaling: under a strategy with N replicas the global batch is N
                 times the data's `batch_size`: `"none"` keeps `head_lr` and
                 `finetune_lr`, `"linear"` multiplies both by N.
+            recipe: `None`, or `"auto"`: settings that adapt to the data for
+                every option left at its default (`keras_ft.recipe.AutoRecipe`:
+                phase 2 runs until the validation loss stalls, within a budget
+                of epochs, keeping the best weights; `flip="auto"`; small
+                translations; discriminative learning rates). What it changed
+                is printed and kept in `run.json` under `"recipe"`.
             callbacks: Keras callbacks, passed to both phases.
             checkpoint_dir: save a checkpoint there after every epoch (only the
                 chief does, under a multi-worker strategy).
@@ -259,14 +267,13 @@ class FineTuner:
                 f"`fit` expects an ImageFolder, received {type(data).__name__}. "
                 "Wrap your folder: keras_ft.ImageFolder('path/to/train')."
             )
-        self.training_config = TrainingConfig(
+        options = dict(
             head_epochs=head_epochs,
             finetune_epochs=finetune_epochs,
             head_lr=head_lr,
             finetune_lr=finetune_lr,
             momentum=momentum,
             unfreeze=unfreeze,
-            deterministic=self.deterministic,
             feature_cache=feature_cache,
             jit_compile=jit_compile,
             class_weight=class_weight,
@@ -275,8 +282,20 @@ class FineTuner:
             warmup_epochs=warmup_epochs,
             early_stopping=early_stopping,
             discriminative_lr=discriminative_lr,
-            strategy=self.strategy,
             lr_scaling=lr_scaling,
+        )
+        options, data, applied = apply_recipe(recipe, options, data)
+        if applied and resume and options["early_stopping"]:
+            raise KerasFTError(
+                f"recipe={recipe!r} stops phases early (early_stopping="
+                f"{options['early_stopping']}), which `resume` cannot replay exactly. "
+                "Start again without resume, or train without the recipe."
+            )
+        if applied and verbose != 0:
+            settings = ", ".join(f"{key}={value!r}" for key, value in applied.items())
+            print(f"recipe={recipe!r}: {settings}")
+        self.training_config = TrainingConfig(
+            **options, deterministic=self.deterministic, strategy=self.strategy
         )
         if self.model is None:
             self.build(data.image_size, data.num_classes)
@@ -328,6 +347,7 @@ class FineTuner:
             "command": sys.argv,
             "advice": self.advice,
             "decisions": self.history.decisions,
+            "recipe": {"name": recipe, "applied": applied} if recipe else None,
         }
         return self.history
 

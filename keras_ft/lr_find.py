@@ -6,8 +6,8 @@ variable back (weights, BatchNorm statistics, dropout generator states), so
 that the sweep leaves no trace on the training that follows.
 
 The suggestion is a tenth of the learning rate where the smoothed loss is
-lowest (Smith's rule of thumb: the minimum is already on the edge of
-divergence). The steepest descent of the smoothed loss is reported too.
+lowest, past the first 10 steps (Smith's rule of thumb: the minimum is
+already on the edge of divergence). The steepest descent of the smoothed loss is reported too.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from keras_ft.errors import KerasFTError
 from keras_ft.model import freeze_backbone, unfreeze_backbone
 
 SMOOTHING = 0.98  # exponential moving average of the loss, bias-corrected (fastai's)
+SKIP_START = 10  # the first steps' average rests on few batches: not where the minimum is sought
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this many times its minimum
 
 
@@ -160,7 +161,8 @@ def _suggest(result: LRFinderResult) -> LRFinderResult:
             f"The learning-rate sweep diverged after {len(rates)} steps, before it could "
             "suggest anything. Lower start_lr."
         )
-    lowest = int(np.nanargmin(smoothed))
+    skip = SKIP_START if len(rates) > 2 * SKIP_START else 0
+    lowest = skip + int(np.nanargmin(smoothed[skip:]))
     result.suggestion = float(rates[lowest] / 10.0)
     slopes = np.gradient(smoothed[: lowest + 1], np.log10(rates[: lowest + 1]))
     result.steepest = float(rates[int(np.argmin(slopes))]) if lowest >= 2 else result.suggestion

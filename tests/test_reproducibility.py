@@ -98,3 +98,22 @@ def test_reproduce_stops_on_changed_data_and_lists_files(hashes, tmp_path, capsy
     err = capsys.readouterr().err
     assert f"added: {first}" in err and f"changed: {second}" in err
     assert "removed: 3/gone.png" in err
+
+
+def test_reproduce_replays_the_adaptive_recipe_and_found_learning_rates(tmp_path, capsys):
+    from conftest import DIGITS
+
+    output = tmp_path / "run"
+    options = "--recipe auto --head-lr auto --finetune-lr auto --head-epochs 2 --finetune-epochs 2"
+    result = run_cli(
+        "train", DIGITS / "train", *TINY_TRAIN, *options.split(), "--seed", "3", "--output", output
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads((output / "run.json").read_text())
+    assert record["data"]["flip"] == "auto" and record["data"]["translation"] == 0.1
+    assert record["training"]["discriminative_lr"] == 10.0
+    assert record["training"]["head_lr"] == record["training"]["finetune_lr"] == "auto"
+    assert {"flip", "head_lr", "finetune_lr"} <= set(record["decisions"])
+    code = main(["reproduce", str(output), "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.splitlines()[-1] == "MATCH", out
