@@ -279,22 +279,27 @@ class Predictor:
             arrays.append(array.astype(np.float32))
         return np.stack(arrays)
 
-    def predict_proba(self, images, batch_size: int = 32) -> np.ndarray:
+    def predict_proba(self, images, batch_size: int = 32, tta: bool = False) -> np.ndarray:
         """Class probabilities, `(N, num_classes)`.
 
         Batch by batch through Keras' compiled predict function, as in
         evaluation, so a loaded run gives bitwise the probabilities the
-        trained model gave.
+        trained model gave. `tta`: the mean over test-time views (shifts, and
+        the mirror image if the run trained with flips; see
+        `keras_ft.evaluation.predict_views`).
         """
+        from keras_ft.evaluation import predict_views, trained_with_flips
+
+        flip = trained_with_flips(self.record.get("data") or {}, self.record.get("decisions", {}))
         batch = self._as_batch(images)
         return np.concatenate(
             [
-                np.asarray(self.model.predict_on_batch(batch[i : i + batch_size]))
+                predict_views(self.model, batch[i : i + batch_size], tta, flip)
                 for i in range(0, len(batch), batch_size)
             ]
         )
 
-    def predict(self, images, top_k: int = 3) -> list[dict]:
+    def predict(self, images, top_k: int = 3, tta: bool = False) -> list[dict]:
         """Predict each image's label.
 
         Args:
@@ -302,13 +307,14 @@ class Predictor:
                 array, or a list of any of those. Arrays hold 0-255 RGB pixels;
                 other sizes are resized.
             top_k: how many labels to list per image.
+            tta: test-time augmentation (see `predict_proba`).
 
         Returns:
             One dict per image: `label`, `probability` and `top_k`, a list of
             `{"label", "probability"}` in decreasing probability.
         """
         results = []
-        for row in self.predict_proba(images):
+        for row in self.predict_proba(images, tta=tta):
             order = np.argsort(-row, kind="stable")[:top_k]
             top = [{"label": self.class_names[i], "probability": float(row[i])} for i in order]
             results.append(

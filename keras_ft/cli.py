@@ -233,6 +233,12 @@ def _add_tune(commands) -> None:
     p.set_defaults(func=tune)
 
 
+TTA_HELP = (
+    "test-time augmentation: average over the image, two shifted copies and, if the run "
+    "trained with flips, its mirror image (3-4x the compute)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keras-ft", description="Transfer learning on image folders with Keras 3."
@@ -244,11 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("data_dir")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--tta", action="store_true", help=TTA_HELP)
     p.set_defaults(func=evaluate)
     p = commands.add_parser("predict", help="predict images; one JSON object per line")
     p.add_argument("run_dir")
     p.add_argument("images", nargs="+")
     p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--tta", action="store_true", help=TTA_HELP)
     p.set_defaults(func=predict)
     p = commands.add_parser("export", help="write a run's SavedModel as OUT/<version>/")
     p.add_argument("run_dir")
@@ -562,13 +570,18 @@ def _cell(value) -> str:
 def evaluate(args) -> int:
     from keras_ft import load
     from keras_ft.data import folder_dataset
-    from keras_ft.evaluation import evaluate_model, format_metrics
+    from keras_ft.evaluation import evaluate_model, format_metrics, trained_with_flips
 
     predictor = load(args.run_dir)
     dataset, _ = folder_dataset(
         args.data_dir, predictor.class_names, predictor.image_size, args.batch_size
     )
-    print(format_metrics(evaluate_model(predictor.model, dataset, predictor.class_names)))
+    record = predictor.record
+    flip = trained_with_flips(record.get("data") or {}, record.get("decisions", {}))
+    metrics = evaluate_model(
+        predictor.model, dataset, predictor.class_names, tta=args.tta, flip=flip
+    )
+    print(format_metrics(metrics))
     return 0
 
 
@@ -579,7 +592,7 @@ def predict(args) -> int:
     status = 0
     for path in args.images:
         try:
-            result = predictor.predict([path], top_k=args.top_k)[0]
+            result = predictor.predict([path], top_k=args.top_k, tta=args.tta)[0]
             print(json.dumps({"path": path, **result}))
         except KerasFTError as error:
             print(json.dumps({"path": path, "error": str(error)}))

@@ -3,20 +3,63 @@
 from __future__ import annotations
 
 import numpy as np
+import tensorflow as tf
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from keras_ft.distribute import predict_batch
 
+TTA_SHIFT = 0.05  # test-time shifts: a twentieth of the width and height, both ways
 
-def predict_dataset(model, dataset) -> tuple[np.ndarray, np.ndarray]:
+
+def trained_with_flips(data_config: dict, decisions: dict) -> bool:
+    """Whether a run's training flipped images (`flip=True`, or `"auto"` decided to)."""
+    if not data_config.get("augment", False):
+        return False
+    flip = data_config.get("flip", True)
+    return flip is True or (flip == "auto" and decisions.get("flip", {}).get("flip", False))
+
+
+def shift(images: tf.Tensor, dx: float, dy: float) -> tf.Tensor:
+    """Move a batch of images by (dx, dy) pixels, reflecting at the borders as augmentation does."""
+    height, width = images.shape[1], images.shape[2]
+    transform = tf.constant([[1.0, 0.0, -dx, 0.0, 1.0, -dy, 0.0, 0.0]], tf.float32)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(images, tf.float32),
+        transforms=tf.repeat(transform, tf.shape(images)[0], axis=0),
+        output_shape=[height, width],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="REFLECT",
+    )
+
+
+def predict_views(model, images, tta: bool = False, flip: bool = False) -> np.ndarray:
+    """Probabilities of a batch; with `tta`, their mean over test-time views.
+
+    The views: the images, two copies shifted diagonally by `TTA_SHIFT` of the
+    size (down-right and up-left), and, when `flip` (the run trained with
+    flips), the mirror images: 3 or 4 forward passes per batch.
+    """
+    if not tta:
+        return np.asarray(predict_batch(model, images))
+    images = tf.cast(images, tf.float32)
+    dx, dy = TTA_SHIFT * images.shape[2], TTA_SHIFT * images.shape[1]
+    views = [images, shift(images, dx, dy), shift(images, -dx, -dy)]
+    if flip:
+        views.append(tf.image.flip_left_right(images))
+    return np.mean([np.asarray(predict_batch(model, view)) for view in views], axis=0)
+
+
+def predict_dataset(model, dataset, tta: bool = False, flip: bool = False):
     """Run `model` over a dataset of (images, labels) batches; return (probabilities, labels).
 
     Each batch goes through Keras' compiled predict function, not an eager call:
-    on a VGG16 test split that is over twice as fast.
+    on a VGG16 test split that is over twice as fast. `tta` and `flip`: see
+    `predict_views`.
     """
     probabilities, labels = [], []
     for images, batch_labels in dataset:
-        probabilities.append(np.asarray(predict_batch(model, images)))
+        probabilities.append(predict_views(model, images, tta, flip))
         labels.append(np.asarray(batch_labels))
     return np.concatenate(probabilities), np.concatenate(labels)
 
@@ -61,9 +104,11 @@ def classification_metrics(
     }
 
 
-def evaluate_model(model, dataset, class_names, top_k: int = 5) -> dict:
-    """Evaluate `model` on a dataset of (images, labels) batches."""
-    probabilities, labels = predict_dataset(model, dataset)
+def evaluate_model(
+    model, dataset, class_names, top_k: int = 5, tta: bool = False, flip: bool = False
+) -> dict:
+    """Evaluate `model` on a dataset of (images, labels) batches (`tta`: see `predict_views`)."""
+    probabilities, labels = predict_dataset(model, dataset, tta, flip)
     return classification_metrics(probabilities, labels, class_names, top_k)
 
 

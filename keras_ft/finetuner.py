@@ -21,7 +21,7 @@ from keras_ft.config import ModelConfig, TrainingConfig, check, image_size_pair,
 from keras_ft.data import ImageFolder, folder_dataset
 from keras_ft.distribute import LOST_PEER_ERRORS, all_agree, get_distribution, lost_worker
 from keras_ft.errors import KerasFTError
-from keras_ft.evaluation import evaluate_model
+from keras_ft.evaluation import evaluate_model, trained_with_flips
 from keras_ft.model import build_classifier
 from keras_ft.recipe import apply_recipe
 from keras_ft.report import EpochTensorBoard
@@ -450,12 +450,17 @@ class FineTuner:
         }
         return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
 
-    def evaluate(self, data, top_k: int = 5) -> dict:
+    def evaluate(self, data, top_k: int = 5, tta: bool = False) -> dict:
         """Loss, accuracy, top-k accuracy, per-class report and confusion matrix.
 
         Args:
             data: an `ImageFolder` (its test split), a folder path with the same
                 class sub-folders, or a dataset of (images, labels) batches.
+            top_k: the k of top-k accuracy.
+            tta: test-time augmentation: average the predictions for each
+                image, two slightly shifted copies and, if training flipped
+                images, its mirror image (3 or 4 times the cost; see
+                `keras_ft.evaluation.predict_views`).
         """
         self._require_model()
         if isinstance(data, ImageFolder):
@@ -472,7 +477,9 @@ class FineTuner:
                 self.model_config.image_size,
                 self.data_config.batch_size if self.data_config else 32,
             )
-        return evaluate_model(self.model, data, self.class_names, top_k)
+        trained = to_dict(self.data_config) if self.data_config else {}
+        flip = trained_with_flips(trained, self.history.decisions)
+        return evaluate_model(self.model, data, self.class_names, top_k, tta, flip)
 
     def save(self, path, overwrite: bool = False) -> str | None:
         """Write the run directory (see `keras_ft.artifacts.save_run`).

@@ -84,6 +84,35 @@ def test_predict_prints_one_json_object_per_image(vgg16_run, tmp_path):
     assert result.returncode == 2  # one image failed, the others were still predicted
 
 
+def test_evaluate_and_predict_with_test_time_augmentation(vgg16_run, capsys):
+    import numpy as np
+
+    from keras_ft import load
+    from keras_ft.evaluation import TTA_SHIFT, shift
+
+    _, output = vgg16_run
+    evaluated = run_here(capsys, "evaluate", output, DIGITS / "test", "--tta")
+    assert evaluated.returncode == 0 and "test accuracy: " in evaluated.stdout
+    image = sorted((DIGITS / "test" / "7").iterdir())[0]
+    plain = json.loads(run_here(capsys, "predict", output, image).stdout)
+    augmented = json.loads(run_here(capsys, "predict", output, image, "--tta").stdout)
+    predictor = load(output)
+    views = predictor.predict_proba([image], tta=True)[0]
+    assert augmented["probability"] == pytest.approx(float(views.max()), rel=1e-6)
+    assert augmented["probability"] != plain["probability"]  # the shifted views count
+    # The run trained with --no-flip: no mirror view, three in all.
+    images = predictor._as_batch([image])
+    d = TTA_SHIFT * 32
+    by_hand = np.mean(
+        [
+            predictor.model.predict_on_batch(v)
+            for v in (images, shift(images, d, d), shift(images, -d, -d))
+        ],
+        axis=0,
+    )[0]
+    np.testing.assert_allclose(views, by_hand, rtol=1e-6)
+
+
 def test_backbones_lists_the_registry(capsys):
     result = run_here(capsys, "backbones")
     assert result.returncode == 0

@@ -130,3 +130,51 @@ def test_evaluate_model_runs_over_batches():
     dataset = tf.data.Dataset.from_tensor_slices((images, LABELS.astype(np.int32))).batch(2)
     metrics = evaluate_model(FixedModel(PROBABILITIES), dataset, CLASSES, top_k=2)
     assert metrics == classification_metrics(PROBABILITIES, LABELS, CLASSES, top_k=2)
+
+
+def test_shift_moves_images_by_whole_pixels_and_reflects_at_borders():
+    from keras_ft.evaluation import shift
+
+    images = np.zeros((1, 8, 8, 3), np.float32)
+    images[0, 2, 5] = 255.0  # row 2, column 5
+    moved = shift(tf.constant(images), 2.0, 1.0).numpy()
+    assert np.argwhere(moved[0, ..., 0] > 0).tolist() == [[3, 7]]
+    back = shift(tf.constant(images), -3.0, 0.0).numpy()
+    # Columns 5-7 of the output read columns 8-10, reflected: 7, 6, 5 (the pixel again).
+    assert np.argwhere(back[0, ..., 0] > 0).tolist() == [[2, 2], [2, 7]]
+
+
+def test_trained_with_flips_reads_the_run_settings():
+    from keras_ft.evaluation import trained_with_flips
+
+    assert trained_with_flips({"augment": True, "flip": True}, {})
+    assert not trained_with_flips({"augment": False, "flip": True}, {})
+    assert not trained_with_flips({"augment": True, "flip": False}, {})
+    assert trained_with_flips({"augment": True, "flip": "auto"}, {"flip": {"flip": True}})
+    assert not trained_with_flips({"augment": True, "flip": "auto"}, {"flip": {"flip": False}})
+
+
+def test_tta_averages_shifted_views_and_the_mirror_only_when_trained_with_flips():
+    import keras
+
+    from keras_ft.evaluation import predict_views
+
+    ops = keras.ops
+    inputs = keras.Input((20, 20, 3))
+    sides = keras.layers.Lambda(
+        lambda x: ops.softmax(
+            ops.stack([ops.mean(x[:, :, :10], (1, 2, 3)), ops.mean(x[:, :, 10:], (1, 2, 3))], 1)
+            / 10.0
+        ),
+        output_shape=(2,),
+    )(inputs)
+    model = keras.Model(inputs, sides)
+    images = np.zeros((2, 20, 20, 3), np.float32)
+    images[:, :, :10] = 255.0  # bright on the left: class 0
+    plain = predict_views(model, images)
+    shifted = predict_views(model, images, tta=True, flip=False)
+    mirrored = predict_views(model, images, tta=True, flip=True)
+    assert plain[0, 0] > 0.99
+    assert shifted[0, 0] > 0.95  # one-pixel shifts keep the bright side
+    # The mirror view votes for the right side: a quarter of the vote moves over.
+    assert mirrored[0, 0] == pytest.approx((3 * shifted[0, 0] + plain[0, 1]) / 4, abs=1e-5)
