@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import traceback
+from pathlib import Path
 
 
 def _unfreeze(value: str):
@@ -270,14 +272,12 @@ def _fit_options(args) -> dict:
 
 
 def train(args) -> int:
-    from pathlib import Path
-
     from keras_ft import FineTuner
     from keras_ft.backbones import get_backbone
     from keras_ft.evaluation import format_metrics
+    from keras_ft.output import check_output
     from keras_ft.reproducibility import weights_sha256
 
-    output = Path(args.output)
     spec = get_backbone(args.backbone)
     # First: a multi-worker strategy joins its cluster before TensorFlow runs anything.
     tuner = FineTuner(
@@ -291,11 +291,24 @@ def train(args) -> int:
         mixed_precision=args.mixed_precision,
         strategy=args.strategy,
     )
+    fit_options = dict(
+        head_epochs=args.head_epochs,
+        finetune_epochs=args.finetune_epochs,
+        head_lr=args.head_lr,
+        finetune_lr=args.finetune_lr,
+        unfreeze=args.unfreeze,
+        **_fit_options(args),
+        resume=args.resume,
+        lr_scaling=args.lr_scaling,
+    )
+    tuner.check_fit_options(**fit_options)
     distribution = tuner.distribution
     if distribution.is_chief or args.resume:  # other workers leave --output alone
-        checkpoints = _checkpoint_dir(output, args.resume, args.overwrite)
+        output, state = check_output(
+            args.output, (args.data_dir, args.test_dir), args.overwrite, args.resume
+        )
     else:
-        checkpoints = output / "checkpoints"
+        output, state = Path(os.path.realpath(args.output)), "new"
     if distribution.replicas > 1:
         _say(
             args,
@@ -311,22 +324,15 @@ def train(args) -> int:
         f"images: {len(data.train_files)} train, {len(data.validation_files)} "
         f"validation, {len(data.test_files)} test",
     )
-    tuner.fit(
-        data,
-        head_epochs=args.head_epochs,
-        finetune_epochs=args.finetune_epochs,
-        head_lr=args.head_lr,
-        finetune_lr=args.finetune_lr,
-        unfreeze=args.unfreeze,
-        **_fit_options(args),
-        checkpoint_dir=checkpoints,
-        resume=args.resume,
-        lr_scaling=args.lr_scaling,
-    )
+    checkpoints = output / "checkpoints"
+    if state == "replace" and distribution.is_chief:  # everything checked: now clear
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    tuner.fit(data, **fit_options, checkpoint_dir=checkpoints)
     if not distribution.is_chief:
         print(
-            f"worker {distribution.worker_index} of {distribution.workers} finished; weights "
-            f"sha256 {weights_sha256(tuner.model)}. The chief writes the run directory."
+            f"worker {distribution.worker_index} of {distribution.workers} finished; "
+            f"weights sha256 {weights_sha256(tuner.model)}. The chief writes the run "
+            "directory."
         )
         return 0
     # The output now holds this run's checkpoints; the finished run replaces them.
@@ -339,46 +345,21 @@ def train(args) -> int:
     return 0
 
 
-def _checkpoint_dir(output, resume: bool, overwrite: bool):
-    """Check what `--output` holds against --resume/--overwrite; return the checkpoint folder."""
-    import shutil
-
-    from keras_ft import KerasFTError
-
-    checkpoints = output / "checkpoints"
-    finished = (output / "run.json").is_file()
-    interrupted = (checkpoints / "state.json").is_file() and not finished
-    if resume:
-        if not interrupted:
-            state = "is a finished run" if finished else "holds no checkpoint"
-            raise KerasFTError(f"Cannot --resume: '{output}' {state}. Run without --resume.")
-    elif output.exists():
-        if not overwrite:
-            hint = (
-                " It holds an interrupted run: pass --resume to finish it." if interrupted else ""
-            )
-            raise KerasFTError(
-                f"Run directory '{output}' already exists.{hint} Choose another "
-                "--output, or pass --overwrite to replace it."
-            )
-        shutil.rmtree(checkpoints, ignore_errors=True)
-    return checkpoints
-
-
 def tune(args) -> int:
     from keras_ft.backbones import get_backbone
     from keras_ft.evaluation import format_metrics
-    from keras_ft.search import SETTINGS, check_output, check_search
+    from keras_ft.output import check_output
+    from keras_ft.search import SETTINGS, check_search
     from keras_ft.search import tune as search
 
     searched = _searched(args)
     check_search(args.trials, args.search, args.grid_points, **searched)  # before any image
-    check_output(args.output, args.overwrite)
+    output, _ = check_output(args.output, (args.data_dir, args.test_dir), args.overwrite)
     spec = get_backbone(args.backbone)
     data = _image_folder(args, spec)
     result = search(
         data,
-        args.output,
+        output,
         trials=args.trials,
         search=args.search,
         seed=args.seed,

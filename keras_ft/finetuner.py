@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -310,6 +311,20 @@ class FineTuner:
             "command": sys.argv,
         }
         return self.history
+
+    def check_fit_options(self, **options) -> TrainingConfig:
+        """Check `fit`'s training options without training: the command line does it first.
+
+        Args:
+            **options: keyword arguments of `fit`; those that are not training
+                settings (`callbacks`, `verbose`, `checkpoint_dir`, ...) are ignored.
+
+        Returns:
+            The `TrainingConfig` they make.
+        """
+        own = {"deterministic": self.deterministic, "strategy": self.strategy}
+        names = {f.name for f in dataclasses.fields(TrainingConfig)} - set(own)
+        return TrainingConfig(**{k: v for k, v in options.items() if k in names}, **own)
 
     def _log_dir(self, tensorboard_dir, checkpoint_dir, resume: bool) -> str | None:
         """Where this fit's TensorBoard logs go (see `fit`'s `tensorboard_dir`)."""

@@ -173,6 +173,7 @@ def test_bad_input_gets_one_clear_message_and_writes_nothing(case, bad_input_dir
 def test_existing_output_is_refused_before_training(tmp_path, capsys):
     write_folder(tmp_path / "data", ("a", "b"), per_class=4)
     (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text("{}")  # a finished run
     result = run_here(
         capsys, "train", tmp_path / "data", "--weights", "none", "--output", tmp_path / "run"
     )

@@ -1,0 +1,77 @@
+"""`--output` of train and tune: never a user's files, one run at a time, nothing left behind."""
+
+import os
+
+import pytest
+from conftest import TINY_TRAIN, write_folder
+from test_cli import assert_clean_failure, run_here
+
+FAST = [*TINY_TRAIN, "--batch-size", "4", "--head-epochs", "1", "--finetune-epochs", "1"]
+
+
+def snapshot(root):
+    """Every path under `root` with its kind, size and modification time."""
+    listing = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            info = os.lstat(path)
+            listing[os.path.relpath(path, root)] = (info.st_mode, info.st_size, info.st_mtime_ns)
+    return listing
+
+
+@pytest.fixture
+def data(tmp_path):
+    """tmp/data/train and tmp/data/test, two classes."""
+    write_folder(tmp_path / "data" / "train", ("a", "b"), per_class=6)
+    write_folder(tmp_path / "data" / "test", ("a", "b"), per_class=2)
+    return tmp_path / "data"
+
+
+@pytest.mark.parametrize("where", ["train", "train/run", "data", "test"])
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_output_overlapping_the_data_is_refused(where, overwrite, data, tmp_path, capsys):
+    before = snapshot(tmp_path)
+    output = tmp_path / "data" / where if where != "data" else data
+    flags = ["--overwrite"] if overwrite else []
+    result = run_here(
+        capsys, "train", data / "train", "--test-dir", data / "test", *FAST,
+        "--output", output, *flags,
+    )  # fmt: skip
+    assert_clean_failure(result, "the data folder", "Choose an --output outside the data")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert snapshot(tmp_path) == before
+
+
+def test_overlap_is_judged_on_resolved_paths(data, tmp_path, capsys):
+    (tmp_path / "alias").symlink_to(data / "train")
+    before = snapshot(tmp_path)
+    result = run_here(
+        capsys, "train", data / "train", *FAST, "--output", tmp_path / "alias", "--overwrite"
+    )
+    assert_clean_failure(result, "the data folder")
+    assert snapshot(tmp_path) == before
+
+
+def test_overwrite_refuses_a_folder_keras_ft_did_not_write(data, tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("years of work")
+    before = snapshot(tmp_path)
+    result = run_here(
+        capsys, "train", data / "train", *FAST, "--output", tmp_path / "mine", "--overwrite"
+    )
+    assert_clean_failure(result, "a folder keras_ft did not write", "thesis.tex")
+    assert snapshot(tmp_path) == before
+
+
+def test_tune_overwrite_refuses_a_folder_keras_ft_did_not_write(data, tmp_path, capsys):
+    pytest.importorskip("keras_tuner")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    before = snapshot(tmp_path)
+    result = run_here(
+        capsys, "tune", data / "train", *FAST, "--trials", "1",
+        "--output", tmp_path / "mine", "--overwrite",
+    )  # fmt: skip
+    assert_clean_failure(result, "a folder keras_ft did not write", "notes.txt")
+    assert snapshot(tmp_path) == before
