@@ -7,6 +7,7 @@ Exit codes: 0 success; 2 bad usage or bad input (one message, no traceback);
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -275,7 +276,7 @@ def train(args) -> int:
     from keras_ft import FineTuner
     from keras_ft.backbones import get_backbone
     from keras_ft.evaluation import format_metrics
-    from keras_ft.output import check_output
+    from keras_ft.output import OutputLock, check_output
     from keras_ft.reproducibility import weights_sha256
 
     spec = get_backbone(args.backbone)
@@ -303,41 +304,45 @@ def train(args) -> int:
     )
     tuner.check_fit_options(**fit_options)
     distribution = tuner.distribution
+    lock = contextlib.nullcontext()
     if distribution.is_chief or args.resume:  # other workers leave --output alone
         output, state = check_output(
             args.output, (args.data_dir, args.test_dir), args.overwrite, args.resume
         )
+        if distribution.is_chief:
+            lock = OutputLock(output)
     else:
         output, state = Path(os.path.realpath(args.output)), "new"
-    if distribution.replicas > 1:
+    with lock:
+        if distribution.replicas > 1:
+            _say(
+                args,
+                f"strategy: {distribution.name}, {distribution.replicas} replicas on "
+                f"{distribution.workers} worker(s), global batch "
+                f"{args.batch_size * distribution.replicas}",
+            )
+        data = _image_folder(args, spec)
+        tuner.build(data.image_size, data.num_classes)
+        _say(args, f"classes ({data.num_classes}): {', '.join(data.class_names)}")
         _say(
             args,
-            f"strategy: {distribution.name}, {distribution.replicas} replicas on "
-            f"{distribution.workers} worker(s), global batch "
-            f"{args.batch_size * distribution.replicas}",
+            f"images: {len(data.train_files)} train, {len(data.validation_files)} "
+            f"validation, {len(data.test_files)} test",
         )
-    data = _image_folder(args, spec)
-    tuner.build(data.image_size, data.num_classes)
-    _say(args, f"classes ({data.num_classes}): {', '.join(data.class_names)}")
-    _say(
-        args,
-        f"images: {len(data.train_files)} train, {len(data.validation_files)} "
-        f"validation, {len(data.test_files)} test",
-    )
-    checkpoints = output / "checkpoints"
-    if state == "replace" and distribution.is_chief:  # everything checked: now clear
-        shutil.rmtree(checkpoints, ignore_errors=True)
-    tuner.fit(data, **fit_options, checkpoint_dir=checkpoints)
-    if not distribution.is_chief:
-        print(
-            f"worker {distribution.worker_index} of {distribution.workers} finished; "
-            f"weights sha256 {weights_sha256(tuner.model)}. The chief writes the run "
-            "directory."
-        )
-        return 0
-    # The output now holds this run's checkpoints; the finished run replaces them.
-    _say(args, f"writing the run directory (model, SavedModel, report, logs): {output}")
-    path = tuner.save(output, overwrite=True)
+        checkpoints = output / "checkpoints"
+        if state == "replace" and distribution.is_chief:  # everything checked: now clear
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        tuner.fit(data, **fit_options, checkpoint_dir=checkpoints)
+        if not distribution.is_chief:
+            print(
+                f"worker {distribution.worker_index} of {distribution.workers} finished; "
+                f"weights sha256 {weights_sha256(tuner.model)}. The chief writes the run "
+                "directory."
+            )
+            return 0
+        # The output now holds this run's checkpoints; the finished run replaces them.
+        _say(args, f"writing the run directory (model, SavedModel, report, logs): {output}")
+        path = tuner.save(output, overwrite=True)
     if tuner.metrics is not None:
         print(format_metrics(tuner.metrics))
     print(f"run directory: {path}")
@@ -348,7 +353,7 @@ def train(args) -> int:
 def tune(args) -> int:
     from keras_ft.backbones import get_backbone
     from keras_ft.evaluation import format_metrics
-    from keras_ft.output import check_output
+    from keras_ft.output import OutputLock, check_output
     from keras_ft.search import SETTINGS, check_search
     from keras_ft.search import tune as search
 
@@ -356,25 +361,26 @@ def tune(args) -> int:
     check_search(args.trials, args.search, args.grid_points, **searched)  # before any image
     output, _ = check_output(args.output, (args.data_dir, args.test_dir), args.overwrite)
     spec = get_backbone(args.backbone)
-    data = _image_folder(args, spec)
-    result = search(
-        data,
-        output,
-        trials=args.trials,
-        search=args.search,
-        seed=args.seed,
-        grid_points=args.grid_points,
-        backbone=spec.name,
-        weights=args.weights,
-        pooling=args.pooling,
-        deterministic=not args.no_determinism,
-        mixed_precision=args.mixed_precision,
-        head_epochs=args.head_epochs,
-        finetune_epochs=args.finetune_epochs,
-        overwrite=args.overwrite,
-        **_fit_options(args),
-        **searched,
-    )
+    with OutputLock(output):
+        data = _image_folder(args, spec)
+        result = search(
+            data,
+            output,
+            trials=args.trials,
+            search=args.search,
+            seed=args.seed,
+            grid_points=args.grid_points,
+            backbone=spec.name,
+            weights=args.weights,
+            pooling=args.pooling,
+            deterministic=not args.no_determinism,
+            mixed_precision=args.mixed_precision,
+            head_epochs=args.head_epochs,
+            finetune_epochs=args.finetune_epochs,
+            overwrite=args.overwrite,
+            **_fit_options(args),
+            **searched,
+        )
     columns = ("trial", *SETTINGS, "val_accuracy")
     print("  ".join(columns))
     for row in result.trials:

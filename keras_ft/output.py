@@ -1,4 +1,4 @@
-"""The output folder of `train` and `tune`: what may be replaced.
+"""The output folder of `train` and `tune`: what may be replaced, and the lock on it.
 
 A user's files are never lost to `--overwrite`: only a folder that keras_ft
 wrote (a run or a search directory) may be replaced, and an output that is,
@@ -11,6 +11,8 @@ written into the link's target, and the link is left as it was.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 from pathlib import Path
 
@@ -100,3 +102,80 @@ def check_output(
             )
         return path, "replace"
     return path, "new"
+
+
+class OutputLock:
+    """An exclusive lock on an output folder, held for a whole `train` or `tune`.
+
+    The lock is `fcntl.flock` on a hidden sibling file `.NAME.lock` holding
+    the owner's process id. The kernel drops it when the process ends, however
+    it ends, so a run killed with SIGKILL never blocks the next one (or its
+    `--resume`). The file is removed when the lock is released.
+
+    Example:
+
+    >>> with OutputLock("runs/flowers"):
+    ...     ...  # train and save
+    """
+
+    def __init__(self, output):
+        output = Path(os.path.realpath(output))
+        self.path = output.parent / f".{output.name}.lock"
+        self.output = output
+        self._handle = None
+        self._made: list[Path] = []  # parent folders the lock created, removed with it
+
+    def acquire(self) -> None:
+        missing = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._made = missing
+        while True:
+            handle = open(self.path, "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                handle.seek(0)
+                owner = handle.read().strip() or "unknown"
+                handle.close()
+                if error.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                raise KerasFTError(
+                    f"--output '{self.output}' is in use by another keras-ft run (process "
+                    f"{owner}, lock file '{self.path}'). Wait for it to finish, or choose "
+                    "another --output."
+                ) from None
+            # The holder before us may have removed the file after we opened it: lock again.
+            try:
+                same = os.fstat(handle.fileno()).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            handle.close()
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is None:
+            return
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        self._handle.close()  # closing drops the flock
+        self._handle = None
+        for folder in self._made:  # deepest first; a folder the run wrote into stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()

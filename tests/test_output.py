@@ -1,10 +1,16 @@
 """`--output` of train and tune: never a user's files, one run at a time, nothing left behind."""
 
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 from conftest import TINY_TRAIN, write_folder
 from test_cli import assert_clean_failure, run_here
+
+from keras_ft.output import OutputLock
 
 FAST = [*TINY_TRAIN, "--batch-size", "4", "--head-epochs", "1", "--finetune-epochs", "1"]
 
@@ -75,3 +81,48 @@ def test_tune_overwrite_refuses_a_folder_keras_ft_did_not_write(data, tmp_path, 
     )  # fmt: skip
     assert_clean_failure(result, "a folder keras_ft did not write", "notes.txt")
     assert snapshot(tmp_path) == before
+
+
+def test_a_locked_output_is_refused_at_once(data, tmp_path, capsys):
+    before = snapshot(tmp_path)
+    with OutputLock(tmp_path / "run"):
+        result = run_here(capsys, "train", data / "train", *FAST, "--output", tmp_path / "run")
+    assert_clean_failure(result, "is in use by another keras-ft run", f"process {os.getpid()}")
+    assert snapshot(tmp_path) == before  # the lock file went with the lock
+
+
+def test_two_real_runs_into_one_output(data, tmp_path, capsys):
+    output = tmp_path / "run"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "keras_ft.cli", "train", str(data / "train"), *FAST]
+        + ["--output", str(output)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lock = tmp_path / ".run.lock"
+    deadline = time.monotonic() + 120
+    while not (lock.is_file() and lock.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    second = run_here(capsys, "train", data / "train", *FAST, "--output", output)
+    assert_clean_failure(second, f"process {first.pid}")
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert (output / "run.json").is_file() and (output / "logs").is_dir()
+    assert not lock.exists()
+
+
+def test_a_killed_lock_holder_does_not_block(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom keras_ft.output import OutputLock\n"
+         "OutputLock(sys.argv[1]).acquire(); print('LOCKED', flush=True); time.sleep(120)",
+         str(tmp_path / "run")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "LOCKED"
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+    assert (tmp_path / ".run.lock").read_text().strip() == str(holder.pid)  # left behind
+    with OutputLock(tmp_path / "run"):  # but not holding anything
+        assert (tmp_path / ".run.lock").read_text().strip() == str(os.getpid())
