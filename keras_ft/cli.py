@@ -345,8 +345,9 @@ def train(args) -> int:
         path = tuner.save(output, overwrite=True)
     if tuner.metrics is not None:
         print(format_metrics(tuner.metrics))
-    print(f"run directory: {path}")
-    _say(args, f"report: {Path(path) / 'report' / 'report.html'} (open it in a browser)")
+    link = f" (a link to {path})" if os.path.islink(args.output) else ""
+    print(f"run directory: {args.output}{link}")
+    _say(args, f"report: {Path(args.output) / 'report' / 'report.html'} (open it in a browser)")
     return 0
 
 

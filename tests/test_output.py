@@ -126,3 +126,18 @@ def test_a_killed_lock_holder_does_not_block(tmp_path):
     assert (tmp_path / ".run.lock").read_text().strip() == str(holder.pid)  # left behind
     with OutputLock(tmp_path / "run"):  # but not holding anything
         assert (tmp_path / ".run.lock").read_text().strip() == str(os.getpid())
+
+
+def test_overwrite_through_a_symlink_replaces_the_target_and_keeps_the_link(data, tmp_path, capsys):
+    real = tmp_path / "store" / "run"
+    real.mkdir(parents=True)
+    link = tmp_path / "run"
+    link.symlink_to(real)
+    for flags in ([], ["--overwrite"]):
+        result = run_here(capsys, "train", data / "train", *FAST, "--output", link, *flags)
+        assert result.returncode == 0, result.stderr
+        assert f"run directory: {link} (a link to {real})" in result.stdout
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert (real / "run.json").is_file() and not (real / "checkpoints").exists()
+    leftovers = [p.name for p in (tmp_path, tmp_path / "store") for p in p.iterdir()]
+    assert sorted(leftovers) == ["data", "run", "run", "store"]  # no .old-, .partial-, .lock
