@@ -314,6 +314,9 @@ def train(args) -> int:
     else:
         output, state = Path(os.path.realpath(args.output)), "new"
     with lock:
+        image_size = args.image_size or spec.default_size
+        tuner.build_backbone(image_size)  # weights first: a failed download stops here
+        tuner.check_unfreeze(image_size, args.unfreeze)
         if distribution.replicas > 1:
             _say(
                 args,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
@@ -23,7 +24,7 @@ from keras_ft.data import ImageFolder, folder_dataset
 from keras_ft.distribute import LOST_PEER_ERRORS, all_agree, get_distribution, lost_worker
 from keras_ft.errors import KerasFTError
 from keras_ft.evaluation import evaluate_model
-from keras_ft.model import build_classifier
+from keras_ft.model import build_classifier, unknown_layer_message
 from keras_ft.report import EpochTensorBoard
 from keras_ft.reproducibility import check_deterministic_gradients, file_hashes, seed_everything
 from keras_ft.training import TrainingHistory, fit_two_phase, read_checkpoint
@@ -131,7 +132,40 @@ class FineTuner:
         self.record: dict = {}
         self.file_hashes: dict | None = None
         self._data = None
+        self._built_backbone = None  # (image_size, backbone), made once by build_backbone
         self.tensorboard_dir: str | None = None
+
+    def build_backbone(self, image_size) -> keras.Model:
+        """Build the backbone alone, with its weights (done by `build`).
+
+        The command line calls it before reading any data, so that a weights
+        file that does not fit, an ImageNet download that fails or an image
+        size below the backbone's minimum is reported at once.
+        """
+        image_size = image_size_pair(image_size)
+        if self._backbone_model is not None:
+            return self._backbone_model
+        if self._built_backbone is None or self._built_backbone[0] != image_size:
+            seed_everything(self.seed, self.deterministic)
+            spec = get_backbone(self._model_kwargs["backbone"])
+            with self._building():
+                backbone = spec.build(image_size, self._model_kwargs["weights"])
+            self._built_backbone = (image_size, backbone)
+        return self._built_backbone[1]
+
+    @contextlib.contextmanager
+    def _building(self):
+        """The mixed-precision policy and strategy scope that layers are created under."""
+        previous = keras.mixed_precision.global_policy()
+        if self._model_kwargs["mixed_precision"]:  # layers take the policy when created
+            keras.mixed_precision.set_global_policy(
+                f"mixed_{self._model_kwargs['mixed_precision']}"
+            )
+        try:
+            with self.distribution.strategy.scope():  # variables are created per replica
+                yield
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
 
     def build(self, image_size, num_classes: int) -> keras.Model:
         """Build the Keras model (done by `fit`; call it yourself to inspect the model)."""
@@ -150,28 +184,29 @@ class FineTuner:
         self.model_config = ModelConfig(
             num_classes=num_classes, image_size=image_size, **self._model_kwargs
         )
-        seed_everything(self.seed, self.deterministic)
-        previous = keras.mixed_precision.global_policy()
-        if self.model_config.mixed_precision:  # layers take the policy when created
-            keras.mixed_precision.set_global_policy(f"mixed_{self.model_config.mixed_precision}")
+        backbone = self.build_backbone(image_size)
         distribution = self.distribution
-        try:
-            with distribution.strategy.scope():  # variables are created per replica
-                backbone = self._backbone_model
-                if backbone is None:
-                    spec = get_backbone(self.model_config.backbone)
-                    backbone = spec.build(image_size, self.model_config.weights)
-                elif distribution.replicas > 1:
-                    _check_in_scope(backbone, distribution)
-                self.model = build_classifier(
-                    backbone,
-                    self.model_config,
-                    self.preprocessing,
-                    synchronized=distribution.replicas > 1,
-                )
-        finally:
-            keras.mixed_precision.set_global_policy(previous)
+        if self._backbone_model is not None:
+            seed_everything(self.seed, self.deterministic)
+            if distribution.replicas > 1:
+                _check_in_scope(backbone, distribution)
+        with self._building():
+            self.model = build_classifier(
+                backbone,
+                self.model_config,
+                self.preprocessing,
+                synchronized=distribution.replicas > 1,
+            )
         return self.model
+
+    def check_unfreeze(self, image_size, unfreeze) -> None:
+        """Refuse an `unfreeze` layer name the backbone does not have, before any training."""
+        if isinstance(unfreeze, str) and unfreeze != "all" and not unfreeze.isdigit():
+            names = [layer.name for layer in self.build_backbone(image_size).layers]
+            if unfreeze not in names:
+                raise KerasFTError(
+                    unknown_layer_message(unfreeze, self._model_kwargs["backbone"], names)
+                )
 
     def fit(
         self,

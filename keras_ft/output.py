@@ -1,4 +1,4 @@
-"""The output folder of `train` and `tune`: what may be replaced, and the lock on it.
+"""The output folder of `train` and `tune`: what may be replaced, the lock, writability.
 
 A user's files are never lost to `--overwrite`: only a folder that keras_ft
 wrote (a run or a search directory) may be replaced, and an output that is,
@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import tempfile
 from pathlib import Path
 
 from keras_ft.errors import KerasFTError
@@ -42,6 +43,27 @@ def _related(output: Path, data: Path) -> str | None:
     if output in data.parents:
         return "contains"
     return None
+
+
+def _check_writable(output: Path) -> None:
+    """Refuse an output whose nearest existing folder cannot take a new file."""
+    ancestor = output
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if ancestor != output and not ancestor.is_dir():
+        raise KerasFTError(
+            f"Cannot write --output '{output}': '{ancestor}' is a file, not a folder. "
+            "Choose an --output in a folder you can write."
+        )
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".keras_ft_probe_", dir=ancestor)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        raise KerasFTError(
+            f"Cannot write --output '{output}': creating a file in '{ancestor}' failed "
+            f"({error.strerror or error}). Choose an --output on a writable filesystem."
+        ) from None
 
 
 def check_output(
@@ -84,6 +106,7 @@ def check_output(
         if not interrupted:
             state = "is a finished run" if marker == "run.json" else "holds no checkpoint"
             raise KerasFTError(f"Cannot --resume: '{given}' {state}. Run without --resume.")
+        _check_writable(path)
         return path, "resume"
     if path.is_dir() and any(path.iterdir()):
         if marker is None:
@@ -100,7 +123,9 @@ def check_output(
                 f"Run directory '{given}' already exists.{hint} Choose another "
                 "--output, or pass --overwrite to replace it."
             )
+        _check_writable(path)
         return path, "replace"
+    _check_writable(path)
     return path, "new"
 
 

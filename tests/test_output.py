@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 
 import pytest
 from conftest import TINY_TRAIN, write_folder
@@ -141,3 +142,57 @@ def test_overwrite_through_a_symlink_replaces_the_target_and_keeps_the_link(data
     assert (real / "run.json").is_file() and not (real / "checkpoints").exists()
     leftovers = [p.name for p in (tmp_path, tmp_path / "store") for p in p.iterdir()]
     assert sorted(leftovers) == ["data", "run", "run", "store"]  # no .old-, .partial-, .lock
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda tmp: tmp / "file.txt", "is an existing file"),
+        (lambda tmp: tmp / "file.txt" / "run", "is a file, not a folder"),
+        (lambda tmp: "/proc/keras_ft_run", "Choose an --output on a writable filesystem"),
+    ],
+)
+def test_unwritable_output_is_refused_before_the_scan(make, fragment, data, tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("x")
+    before = snapshot(tmp_path)
+    result = run_here(capsys, "train", data / "train", *FAST, "--output", make(tmp_path))
+    assert_clean_failure(result, fragment)
+    assert "classes (" not in result.stdout  # refused before the data was read
+    assert snapshot(tmp_path) == before
+
+
+def test_unknown_unfreeze_layer_is_refused_before_the_data_is_read(
+    data, tmp_path, capsys, monkeypatch
+):
+    def no_scan(*args, **kwargs):
+        raise AssertionError("the data was read before the options were checked")
+
+    monkeypatch.setattr("keras_ft.data.scan_folder", no_scan)
+    before = snapshot(tmp_path)
+    result = run_here(
+        capsys, "train", data / "train", *FAST, "--unfreeze", "nosuchlayer",
+        "--output", tmp_path / "run",
+    )  # fmt: skip
+    assert_clean_failure(result, "no layer named 'nosuchlayer'", "expanded_conv")
+    assert snapshot(tmp_path) == before
+
+
+def test_imagenet_weights_without_network_say_what_to_do(data, tmp_path, capsys, monkeypatch):
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", offline)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    result = run_here(
+        capsys, "train", data / "train", "--backbone", "mobilenetv3small", "--image-size", "32",
+        "--output", tmp_path / "run",
+    )  # fmt: skip
+    assert_clean_failure(
+        result,
+        "Cannot download the ImageNet weights of backbone 'mobilenetv3small'",
+        "Temporary failure in name resolution",
+        str(tmp_path / "keras_home" / "models"),
+        "--weights PATH",
+    )
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
