@@ -17,6 +17,7 @@ import weakref
 from datetime import datetime, timezone
 
 import keras
+import tensorflow as tf
 
 from keras_ft.backbones import PREPROCESSING, get_backbone
 from keras_ft.config import ModelConfig, TrainingConfig, check, image_size_pair, to_dict
@@ -28,6 +29,8 @@ from keras_ft.model import build_classifier, unknown_layer_message
 from keras_ft.report import EpochTensorBoard
 from keras_ft.reproducibility import check_deterministic_gradients, file_hashes, seed_everything
 from keras_ft.training import TrainingHistory, fit_two_phase, read_checkpoint
+
+FOLDERS = ("directory", "test_dir")  # where the data is, not what it is
 
 
 def _now() -> str:
@@ -397,10 +400,15 @@ class FineTuner:
             )
 
     def _signature(self) -> str:
-        """A digest of everything that decides the training: configuration and data."""
+        """A digest of everything that decides the training: configuration and data.
+
+        The data enters by content (the files' hashes), not by where the folders
+        are or how their paths were typed.
+        """
+        data = {k: v for k, v in to_dict(self.data_config).items() if k not in FOLDERS}
         described = {
             "replicas": self.distribution.replicas,
-            "data": to_dict(self.data_config),
+            "data": data,
             "model": to_dict(self.model_config),
             "training": to_dict(self.training_config),
             "files": self.file_hashes,
@@ -444,7 +452,14 @@ class FineTuner:
         self._require_model()
         if not self.distribution.is_chief:
             return None
-        return save_run(self, path, overwrite=overwrite)
+        try:
+            return save_run(self, path, overwrite=overwrite)
+        except (OSError, tf.errors.OpError) as error:  # nothing half-written stays behind
+            reason = getattr(error, "strerror", None) or getattr(error, "message", str(error))
+            raise KerasFTError(
+                f"Cannot write the run directory '{path}': {reason}. Nothing was written; free "
+                "some space or choose another --output, then run again."
+            ) from None
 
     def _require_model(self) -> None:
         if self.model is None or self.class_names is None:

@@ -158,10 +158,6 @@ class Checkpoint(keras.callbacks.Callback):
         arrays.update(
             {f"optimizer_{i}": np.asarray(v) for i, v in enumerate(self.model.optimizer.variables)}
         )
-        partial = self.directory / f".{name}.partial"
-        with open(partial, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(partial, self.directory / name)
         state = {
             "phase": self.phase,
             "epoch": epoch + 1,
@@ -169,12 +165,33 @@ class Checkpoint(keras.callbacks.Callback):
             "signature": self.signature,
             "history": self.history.rows,
         }
-        partial = self.directory / ".state.json.partial"
-        partial.write_text(json.dumps(state))
-        os.replace(partial, self.directory / "state.json")
+        write_atomically(self.directory / name, lambda handle: np.savez(handle, **arrays))
+        write_atomically(
+            self.directory / "state.json", lambda h: h.write(json.dumps(state).encode())
+        )
         for old in self.directory.glob("epoch-*.npz"):
             if old.name != name:
                 old.unlink()
+
+
+def write_atomically(path: Path, write) -> None:
+    """Write `path` through a hidden partial file renamed into place; refuse a failed write.
+
+    A full disk or a read-only filesystem raises `KerasFTError` naming the
+    file, and leaves no partial file: the previous checkpoint stays complete,
+    so the run can be resumed once there is room.
+    """
+    partial = path.parent / f".{path.name}.partial"
+    try:
+        with open(partial, "wb") as handle:
+            write(handle)
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise KerasFTError(
+            f"Cannot write checkpoint '{path}': {error.strerror or error}. The last complete "
+            "checkpoint is kept: free some space (or fix the folder), then run again with --resume."
+        ) from None
 
 
 def read_checkpoint(directory, signature: str) -> dict | None:
@@ -329,6 +346,8 @@ def fit_two_phase(
             shuffle=False,  # each epoch is already shuffled from the seed
             verbose=verbose,
         )
+    if state:  # every epoch was done (the save after them failed): take the final weights
+        _restore(state, model, None)
     return history
 
 

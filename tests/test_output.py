@@ -1,5 +1,6 @@
 """`--output` of train and tune: never a user's files, one run at a time, nothing left behind."""
 
+import json
 import os
 import signal
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import time
 import urllib.error
 
+import numpy as np
 import pytest
 from conftest import TINY_TRAIN, write_folder
 from test_cli import assert_clean_failure, run_here
@@ -84,6 +86,60 @@ def test_tune_overwrite_refuses_a_folder_keras_ft_did_not_write(data, tmp_path, 
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda tmp: tmp / "file.txt", "is an existing file"),
+        (lambda tmp: tmp / "file.txt" / "run", "is a file, not a folder"),
+        (lambda tmp: "/proc/keras_ft_run", "Choose an --output on a writable filesystem"),
+    ],
+)
+def test_unwritable_output_is_refused_before_the_scan(make, fragment, data, tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("x")
+    before = snapshot(tmp_path)
+    result = run_here(capsys, "train", data / "train", *FAST, "--output", make(tmp_path))
+    assert_clean_failure(result, fragment)
+    assert "classes (" not in result.stdout  # refused before the data was read
+    assert snapshot(tmp_path) == before
+
+
+def test_unknown_unfreeze_layer_is_refused_before_the_data_is_read(
+    data, tmp_path, capsys, monkeypatch
+):
+    def no_scan(*args, **kwargs):
+        raise AssertionError("the data was read before the options were checked")
+
+    monkeypatch.setattr("keras_ft.data.scan_folder", no_scan)
+    before = snapshot(tmp_path)
+    result = run_here(
+        capsys, "train", data / "train", *FAST, "--unfreeze", "nosuchlayer",
+        "--output", tmp_path / "run",
+    )  # fmt: skip
+    assert_clean_failure(result, "no layer named 'nosuchlayer'", "expanded_conv")
+    assert snapshot(tmp_path) == before
+
+
+def test_imagenet_weights_without_network_say_what_to_do(data, tmp_path, capsys, monkeypatch):
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", offline)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    result = run_here(
+        capsys, "train", data / "train", "--backbone", "mobilenetv3small", "--image-size", "32",
+        "--output", tmp_path / "run",
+    )  # fmt: skip
+    assert_clean_failure(
+        result,
+        "Cannot download the ImageNet weights of backbone 'mobilenetv3small'",
+        "Temporary failure in name resolution",
+        str(tmp_path / "keras_home" / "models"),
+        "--weights PATH",
+    )
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_locked_output_is_refused_at_once(data, tmp_path, capsys):
     before = snapshot(tmp_path)
     with OutputLock(tmp_path / "run"):
@@ -144,55 +200,52 @@ def test_overwrite_through_a_symlink_replaces_the_target_and_keeps_the_link(data
     assert sorted(leftovers) == ["data", "run", "run", "store"]  # no .old-, .partial-, .lock
 
 
-@pytest.mark.parametrize(
-    ("make", "fragment"),
-    [
-        (lambda tmp: tmp / "file.txt", "is an existing file"),
-        (lambda tmp: tmp / "file.txt" / "run", "is a file, not a folder"),
-        (lambda tmp: "/proc/keras_ft_run", "Choose an --output on a writable filesystem"),
-    ],
-)
-def test_unwritable_output_is_refused_before_the_scan(make, fragment, data, tmp_path, capsys):
-    (tmp_path / "file.txt").write_text("x")
-    before = snapshot(tmp_path)
-    result = run_here(capsys, "train", data / "train", *FAST, "--output", make(tmp_path))
-    assert_clean_failure(result, fragment)
-    assert "classes (" not in result.stdout  # refused before the data was read
-    assert snapshot(tmp_path) == before
+def test_full_disk_mid_training_is_exit_2_and_resumable(data, tmp_path, capsys, monkeypatch):
+    real_savez, calls = np.savez, []
+
+    def savez_until_full(handle, **arrays):
+        calls.append(1)
+        if len(calls) == 2:
+            handle.write(b"partial bytes")
+            raise OSError(28, "No space left on device")
+        real_savez(handle, **arrays)
+
+    monkeypatch.setattr(np, "savez", savez_until_full)
+    output = tmp_path / "run"
+    args = ["train", data / "train", *FAST, "--output", output]
+    result = run_here(capsys, *args)
+    assert_clean_failure(result, "No space left on device", str(output / "checkpoints"), "--resume")
+    checkpoints = output / "checkpoints"
+    assert not [p for p in checkpoints.iterdir() if "partial" in p.name]
+    assert json.loads((checkpoints / "state.json").read_text())["epoch"] == 1
+    monkeypatch.setattr(np, "savez", real_savez)
+    # The data spelled another way (relative, through a link) is still the same data.
+    (tmp_path / "same").symlink_to(data)
+    monkeypatch.chdir(tmp_path)
+    resumed = run_here(capsys, "train", "same/train", *FAST, "--output", output, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (output / "run.json").is_file()
 
 
-def test_unknown_unfreeze_layer_is_refused_before_the_data_is_read(
+def test_full_disk_while_saving_is_exit_2_and_resume_saves_the_run(
     data, tmp_path, capsys, monkeypatch
 ):
-    def no_scan(*args, **kwargs):
-        raise AssertionError("the data was read before the options were checked")
+    from keras_ft import artifacts
+    from keras_ft.reproducibility import weights_sha256
 
-    monkeypatch.setattr("keras_ft.data.scan_folder", no_scan)
-    before = snapshot(tmp_path)
-    result = run_here(
-        capsys, "train", data / "train", *FAST, "--unfreeze", "nosuchlayer",
-        "--output", tmp_path / "run",
-    )  # fmt: skip
-    assert_clean_failure(result, "no layer named 'nosuchlayer'", "expanded_conv")
-    assert snapshot(tmp_path) == before
+    trained = []
 
+    def full_disk(tuner, folder):
+        trained.append(weights_sha256(tuner.model))
+        raise OSError(28, "No space left on device")
 
-def test_imagenet_weights_without_network_say_what_to_do(data, tmp_path, capsys, monkeypatch):
-    def offline(url, *args, **kwargs):
-        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", offline)
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    result = run_here(
-        capsys, "train", data / "train", "--backbone", "mobilenetv3small", "--image-size", "32",
-        "--output", tmp_path / "run",
-    )  # fmt: skip
-    assert_clean_failure(
-        result,
-        "Cannot download the ImageNet weights of backbone 'mobilenetv3small'",
-        "Temporary failure in name resolution",
-        str(tmp_path / "keras_home" / "models"),
-        "--weights PATH",
-    )
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "run").exists()
+    monkeypatch.setattr(artifacts, "write_report", full_disk)
+    output = tmp_path / "run"
+    result = run_here(capsys, "train", data / "train", *FAST, "--output", output)
+    assert_clean_failure(result, f"Cannot write the run directory '{output}'", "No space left")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "run"]  # no staging left
+    assert not (output / "run.json").exists()
+    monkeypatch.undo()
+    resumed = run_here(capsys, "train", data / "train", *FAST, "--output", output, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((output / "run.json").read_text())["weights_sha256"] == trained[0]
