@@ -12,10 +12,12 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-import keras
+from typing import TYPE_CHECKING
 
 from keras_ft.errors import KerasFTError
+
+if TYPE_CHECKING:  # Keras (and TensorFlow) are imported only to build a backbone
+    import keras
 
 # How each family's `preprocess_input` maps 0-255 RGB pixels (see model.Preprocess).
 #   caffe: RGB->BGR, minus the ImageNet mean, no scaling (VGG, ResNet v1)
@@ -52,6 +54,8 @@ class BackboneSpec:
                 f"for backbone '{self.name}'. Use image_size >= {self.min_size} "
                 f"(its usual size is {self.default_size})."
             )
+        import keras
+
         path = None
         if weights not in ("imagenet", None):
             path = Path(weights)

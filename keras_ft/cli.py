@@ -232,7 +232,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=scan)
     p = commands.add_parser("backbones", help="list the backbones that can be used")
     p.set_defaults(func=backbones)
+    for command in commands.choices.values():
+        command.add_argument(
+            "--verbose", action="store_true", help="show TensorFlow's own log lines too"
+        )
     return parser
+
+
+# Commands that never need TensorFlow: they start in a fraction of a second.
+WITHOUT_TENSORFLOW = ("scan", "backbones")
+
+
+def _quiet_tensorflow() -> None:
+    """Import TensorFlow and Keras with their log lines kept out of the output.
+
+    TensorFlow's C++ side writes a few lines while it loads, before its log
+    level applies (oneDNN, CUDA, CPU features): standard error is pointed at
+    /dev/null for the import alone. Later messages below ERROR are filtered.
+    """
+    import logging
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import keras  # noqa: F401  (it imports TensorFlow)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _image_folder(args, spec):
@@ -521,8 +551,9 @@ def _say(args, message: str) -> None:
 
 def main(argv=None) -> int:
     """Run the command line; return the exit code."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
+    if not args.verbose and args.command not in WITHOUT_TENSORFLOW:
+        _quiet_tensorflow()
     from keras_ft.errors import KerasFTError, WorkerLostError
 
     try:
