@@ -6,27 +6,42 @@
 >>> tuner.fit(data, head_epochs=10, finetune_epochs=10, unfreeze="block5_conv1")
 >>> tuner.save("runs/flowers")
 >>> keras_ft.load("runs/flowers").predict(["a.jpg"])
+
+Importing the package does not import TensorFlow: each name below is imported
+from its module on first use, so `keras-ft scan`, `keras-ft backbones` and
+`--help` start in a fraction of a second.
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from keras_ft.artifacts import Predictor, load  # noqa: E402
-from keras_ft.backbones import BACKBONES, BackboneSpec, get_backbone  # noqa: E402
-from keras_ft.data import ImageFolder  # noqa: E402
-from keras_ft.errors import KerasFTError  # noqa: E402
-from keras_ft.finetuner import FineTuner  # noqa: E402
-from keras_ft.scan import scan_folder  # noqa: E402
-from keras_ft.search import tune  # noqa: E402
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "BACKBONES": "keras_ft.backbones",
+    "BackboneSpec": "keras_ft.backbones",
+    "FineTuner": "keras_ft.finetuner",
+    "ImageFolder": "keras_ft.data",
+    "KerasFTError": "keras_ft.errors",
+    "Predictor": "keras_ft.artifacts",
+    "get_backbone": "keras_ft.backbones",
+    "load": "keras_ft.artifacts",
+    "scan_folder": "keras_ft.scan",
+    "tune": "keras_ft.search",
+}
 
-__all__ = [
-    "BACKBONES",
-    "BackboneSpec",
-    "FineTuner",
-    "ImageFolder",
-    "KerasFTError",
-    "Predictor",
-    "get_backbone",
-    "load",
-    "scan_folder",
-    "tune",
-]
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'keras_ft' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *_EXPORTS})

@@ -15,6 +15,9 @@ A run directory holds:
 from __future__ import annotations
 
 import csv
+import ctypes
+import errno
+import glob
 import json
 import os
 import shutil
@@ -105,14 +108,15 @@ def save_run(tuner, path, overwrite: bool = False) -> str:
     Returns:
         The path written.
     """
-    target = Path(path)
+    target = Path(os.path.realpath(path))  # a link to a folder: write into its target
     if target.exists() and not overwrite:
         raise KerasFTError(
-            f"Run directory '{target}' already exists. Choose another --output, or pass "
+            f"Run directory '{path}' already exists. Choose another --output, or pass "
             "overwrite=True (--overwrite) to replace it."
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    _remove_stale_siblings(target)
+    staging = _sibling(target, "partial")
     staging.mkdir()
     try:
         tuner.model.save(staging / "model.keras")
@@ -168,15 +172,71 @@ def export_for_serving(run_dir, output, version: int | None = None) -> Path:
     return target
 
 
+def _sibling(target: Path, kind: str) -> Path:
+    """A hidden sibling of `target` named for this process: `.NAME.KIND-PID-RANDOM`."""
+    return target.parent / f".{target.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _remove_stale_siblings(target: Path) -> None:
+    """Delete what saves of `target` killed mid-way left: siblings of processes now gone."""
+    for sibling in target.parent.glob(f".{glob.escape(target.name)}.*-*"):
+        kind, _, rest = sibling.name[len(target.name) + 2 :].partition("-")
+        pid = rest.split("-")[0]
+        if kind not in ("partial", "old") or (pid.isdigit() and _alive(int(pid))):
+            continue
+        shutil.rmtree(sibling, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one atomic step (Linux `renameat2(RENAME_EXCHANGE)`).
+
+    Returns:
+        False where the system or filesystem cannot (the caller falls back).
+    """
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, bytes(first), at_fdcwd, bytes(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
 def _replace(staging: Path, target: Path) -> None:
-    """Move `staging` to `target`; an existing `target` is moved aside first, then deleted."""
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(target, old)
-    os.replace(staging, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Put `staging` at `target`; a previous `target` is swapped out, then deleted.
+
+    Where the system can swap two folders atomically, `target` is at every
+    moment either the previous run or the new one, complete. Elsewhere the
+    previous run is renamed aside first; a kill between the two renames
+    leaves it in `.NAME.old-*`, which `load` points to and the next save removes.
+    """
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    if _exchange(staging, target):
+        shutil.rmtree(staging, ignore_errors=True)  # it now holds the previous run
+        return
+    old = _sibling(target, "old")
+    os.replace(target, old)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(old, target)  # put the previous run back
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def run_record(tuner) -> dict:
@@ -223,6 +283,12 @@ def read_record(path) -> dict:
     """Read and check `path/run.json`; refuse what is not a run directory."""
     run_dir = Path(path)
     missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
+    left = sorted(run_dir.parent.glob(f".{run_dir.name}.old-*"))
+    if not run_dir.exists() and left:
+        raise KerasFTError(
+            f"'{run_dir}' does not exist: a save into it was killed after moving the previous "
+            f"run aside, to '{left[-1]}'. Rename that folder to '{run_dir.name}' to use it."
+        )
     if not run_dir.is_dir() or missing:
         raise KerasFTError(
             f"'{run_dir}' is not a keras_ft run directory (missing: "

@@ -8,13 +8,16 @@ partial fine-tune starts from.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-
-import keras
+from typing import TYPE_CHECKING
 
 from keras_ft.errors import KerasFTError
+
+if TYPE_CHECKING:  # Keras (and TensorFlow) are imported only to build a backbone
+    import keras
 
 # How each family's `preprocess_input` maps 0-255 RGB pixels (see model.Preprocess).
 #   caffe: RGB->BGR, minus the ImageNet mean, no scaling (VGG, ResNet v1)
@@ -51,6 +54,8 @@ class BackboneSpec:
                 f"for backbone '{self.name}'. Use image_size >= {self.min_size} "
                 f"(its usual size is {self.default_size})."
             )
+        import keras
+
         path = None
         if weights not in ("imagenet", None):
             path = Path(weights)
@@ -60,15 +65,32 @@ class BackboneSpec:
                     "weights=None, or the path of an existing weights file."
                 )
             weights = None
-        model = getattr(keras.applications, self.builder)(
-            include_top=False,
-            weights=weights,
-            input_shape=(*image_size, 3),
-            **dict(self.builder_kwargs),
-        )
+        try:
+            model = getattr(keras.applications, self.builder)(
+                include_top=False,
+                weights=weights,
+                input_shape=(*image_size, 3),
+                **dict(self.builder_kwargs),
+            )
+        except Exception as error:  # Keras turns a failed download into a bare Exception
+            if weights != "imagenet" or "URL fetch failure" not in str(error):
+                raise
+            raise KerasFTError(download_failure(self.name, error)) from None
         if path is not None:
             load_backbone_weights(model, path, self.name)
         return model
+
+
+def download_failure(name: str, error: Exception) -> str:
+    """The message for ImageNet weights that could not be downloaded (no network, say)."""
+    home = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+    reason = str(error).split(" -- ")[-1]
+    return (
+        f"Cannot download the ImageNet weights of backbone '{name}' ({reason}); Keras keeps "
+        f"them in '{os.path.join(home, 'models')}' once downloaded. Without network access, "
+        "pass a local weights file (--weights PATH, saved from the same backbone built with "
+        "include_top=False), or --weights none to start from random weights."
+    )
 
 
 def load_backbone_weights(model: keras.Model, path: Path, name: str) -> None:

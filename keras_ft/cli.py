@@ -7,10 +7,13 @@ Exit codes: 0 success; 2 bad usage or bad input (one message, no traceback);
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import sys
 import traceback
+from pathlib import Path
 
 
 def _unfreeze(value: str):
@@ -278,6 +281,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lr_find(commands)
     p = commands.add_parser("backbones", help="list the backbones that can be used")
     p.set_defaults(func=backbones)
+    for command in commands.choices.values():
+        command.add_argument(
+            "--verbose", action="store_true", help="show TensorFlow's own log lines too"
+        )
     return parser
 
 
@@ -348,6 +355,32 @@ def lr_find(args) -> int:
     return 0
 
 
+# Commands that never need TensorFlow: they start in a fraction of a second.
+WITHOUT_TENSORFLOW = ("scan", "backbones")
+
+
+def _quiet_tensorflow() -> None:
+    """Import TensorFlow and Keras with their log lines kept out of the output.
+
+    TensorFlow's C++ side writes a few lines while it loads, before its log
+    level applies (oneDNN, CUDA, CPU features): standard error is pointed at
+    /dev/null for the import alone. Later messages below ERROR are filtered.
+    """
+    import logging
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import keras  # noqa: F401  (it imports TensorFlow)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _image_folder(args, spec):
     """The `ImageFolder` that `train` and `tune` read, from the shared flags."""
     from keras_ft import ImageFolder
@@ -389,14 +422,12 @@ def _fit_options(args) -> dict:
 
 
 def train(args) -> int:
-    from pathlib import Path
-
     from keras_ft import FineTuner
     from keras_ft.backbones import get_backbone
     from keras_ft.evaluation import format_metrics
+    from keras_ft.output import OutputLock, check_output
     from keras_ft.reproducibility import weights_sha256
 
-    output = Path(args.output)
     spec = get_backbone(args.backbone)
     # First: a multi-worker strategy joins its cluster before TensorFlow runs anything.
     tuner = FineTuner(
@@ -410,109 +441,99 @@ def train(args) -> int:
         mixed_precision=args.mixed_precision,
         strategy=args.strategy,
     )
-    distribution = tuner.distribution
-    if distribution.is_chief or args.resume:  # other workers leave --output alone
-        checkpoints = _checkpoint_dir(output, args.resume, args.overwrite)
-    else:
-        checkpoints = output / "checkpoints"
-    if distribution.replicas > 1:
-        _say(
-            args,
-            f"strategy: {distribution.name}, {distribution.replicas} replicas on "
-            f"{distribution.workers} worker(s), global batch "
-            f"{args.batch_size * distribution.replicas}",
-        )
-    data = _image_folder(args, spec)
-    tuner.build(data.image_size, data.num_classes)
-    _say(args, f"classes ({data.num_classes}): {', '.join(data.class_names)}")
-    _say(
-        args,
-        f"images: {len(data.train_files)} train, {len(data.validation_files)} "
-        f"validation, {len(data.test_files)} test",
-    )
-    tuner.fit(
-        data,
+    fit_options = dict(
         head_epochs=args.head_epochs,
         finetune_epochs=args.finetune_epochs,
         head_lr=args.head_lr,
         finetune_lr=args.finetune_lr,
         unfreeze=args.unfreeze,
         **_fit_options(args),
-        checkpoint_dir=checkpoints,
         resume=args.resume,
         lr_scaling=args.lr_scaling,
     )
-    if not distribution.is_chief:
-        print(
-            f"worker {distribution.worker_index} of {distribution.workers} finished; weights "
-            f"sha256 {weights_sha256(tuner.model)}. The chief writes the run directory."
+    tuner.check_fit_options(**fit_options)
+    distribution = tuner.distribution
+    lock = contextlib.nullcontext()
+    if distribution.is_chief or args.resume:  # other workers leave --output alone
+        output, state = check_output(
+            args.output, (args.data_dir, args.test_dir), args.overwrite, args.resume
         )
-        return 0
-    # The output now holds this run's checkpoints; the finished run replaces them.
-    _say(args, f"writing the run directory (model, SavedModel, report, logs): {output}")
-    path = tuner.save(output, overwrite=True)
+        if distribution.is_chief:
+            lock = OutputLock(output)
+    else:
+        output, state = Path(os.path.realpath(args.output)), "new"
+    with lock:
+        image_size = args.image_size or spec.default_size
+        tuner.build_backbone(image_size)  # weights first: a failed download stops here
+        tuner.check_unfreeze(image_size, args.unfreeze)
+        if distribution.replicas > 1:
+            _say(
+                args,
+                f"strategy: {distribution.name}, {distribution.replicas} replicas on "
+                f"{distribution.workers} worker(s), global batch "
+                f"{args.batch_size * distribution.replicas}",
+            )
+        data = _image_folder(args, spec)
+        tuner.build(data.image_size, data.num_classes)
+        _say(args, f"classes ({data.num_classes}): {', '.join(data.class_names)}")
+        _say(
+            args,
+            f"images: {len(data.train_files)} train, {len(data.validation_files)} "
+            f"validation, {len(data.test_files)} test",
+        )
+        checkpoints = output / "checkpoints"
+        if state == "replace" and distribution.is_chief:  # everything checked: now clear
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        tuner.fit(data, **fit_options, checkpoint_dir=checkpoints)
+        if not distribution.is_chief:
+            print(
+                f"worker {distribution.worker_index} of {distribution.workers} finished; "
+                f"weights sha256 {weights_sha256(tuner.model)}. The chief writes the run "
+                "directory."
+            )
+            return 0
+        # The output now holds this run's checkpoints; the finished run replaces them.
+        _say(args, f"writing the run directory (model, SavedModel, report, logs): {output}")
+        path = tuner.save(output, overwrite=True)
     if tuner.metrics is not None:
         print(format_metrics(tuner.metrics))
-    print(f"run directory: {path}")
-    _say(args, f"report: {Path(path) / 'report' / 'report.html'} (open it in a browser)")
+    link = f" (a link to {path})" if os.path.islink(args.output) else ""
+    print(f"run directory: {args.output}{link}")
+    _say(args, f"report: {Path(args.output) / 'report' / 'report.html'} (open it in a browser)")
     return 0
-
-
-def _checkpoint_dir(output, resume: bool, overwrite: bool):
-    """Check what `--output` holds against --resume/--overwrite; return the checkpoint folder."""
-    import shutil
-
-    from keras_ft import KerasFTError
-
-    checkpoints = output / "checkpoints"
-    finished = (output / "run.json").is_file()
-    interrupted = (checkpoints / "state.json").is_file() and not finished
-    if resume:
-        if not interrupted:
-            state = "is a finished run" if finished else "holds no checkpoint"
-            raise KerasFTError(f"Cannot --resume: '{output}' {state}. Run without --resume.")
-    elif output.exists():
-        if not overwrite:
-            hint = (
-                " It holds an interrupted run: pass --resume to finish it." if interrupted else ""
-            )
-            raise KerasFTError(
-                f"Run directory '{output}' already exists.{hint} Choose another "
-                "--output, or pass --overwrite to replace it."
-            )
-        shutil.rmtree(checkpoints, ignore_errors=True)
-    return checkpoints
 
 
 def tune(args) -> int:
     from keras_ft.backbones import get_backbone
     from keras_ft.evaluation import format_metrics
-    from keras_ft.search import SETTINGS, check_output, check_search
+    from keras_ft.output import OutputLock, check_output
+    from keras_ft.search import SETTINGS, check_search
     from keras_ft.search import tune as search
 
     searched = _searched(args)
     check_search(args.trials, args.search, args.grid_points, **searched)  # before any image
-    check_output(args.output, args.overwrite)
+    output, _ = check_output(args.output, (args.data_dir, args.test_dir), args.overwrite)
     spec = get_backbone(args.backbone)
-    data = _image_folder(args, spec)
-    result = search(
-        data,
-        args.output,
-        trials=args.trials,
-        search=args.search,
-        seed=args.seed,
-        grid_points=args.grid_points,
-        backbone=spec.name,
-        weights=args.weights,
-        pooling=args.pooling,
-        deterministic=not args.no_determinism,
-        mixed_precision=args.mixed_precision,
-        head_epochs=args.head_epochs,
-        finetune_epochs=args.finetune_epochs,
-        overwrite=args.overwrite,
-        **_fit_options(args),
-        **searched,
-    )
+    with OutputLock(output):
+        data = _image_folder(args, spec)
+        result = search(
+            data,
+            output,
+            trials=args.trials,
+            search=args.search,
+            seed=args.seed,
+            grid_points=args.grid_points,
+            backbone=spec.name,
+            weights=args.weights,
+            pooling=args.pooling,
+            deterministic=not args.no_determinism,
+            mixed_precision=args.mixed_precision,
+            head_epochs=args.head_epochs,
+            finetune_epochs=args.finetune_epochs,
+            overwrite=args.overwrite,
+            **_fit_options(args),
+            **searched,
+        )
     columns = ("trial", *SETTINGS, "val_accuracy")
     print("  ".join(columns))
     for row in result.trials:
@@ -654,8 +675,9 @@ def _say(args, message: str) -> None:
 
 def main(argv=None) -> int:
     """Run the command line; return the exit code."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
+    if not args.verbose and args.command not in WITHOUT_TENSORFLOW:
+        _quiet_tensorflow()
     from keras_ft.errors import KerasFTError, WorkerLostError
 
     try:

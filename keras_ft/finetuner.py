@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -15,6 +17,7 @@ import weakref
 from datetime import datetime, timezone
 
 import keras
+import tensorflow as tf
 
 from keras_ft.backbones import PREPROCESSING, get_backbone
 from keras_ft.config import ModelConfig, TrainingConfig, check, image_size_pair, to_dict
@@ -22,11 +25,13 @@ from keras_ft.data import ImageFolder, folder_dataset
 from keras_ft.distribute import LOST_PEER_ERRORS, all_agree, get_distribution, lost_worker
 from keras_ft.errors import KerasFTError
 from keras_ft.evaluation import evaluate_model, trained_with_flips
-from keras_ft.model import build_classifier
+from keras_ft.model import build_classifier, unknown_layer_message
 from keras_ft.recipe import apply_recipe
 from keras_ft.report import EpochTensorBoard
 from keras_ft.reproducibility import check_deterministic_gradients, file_hashes, seed_everything
 from keras_ft.training import PHASES, TrainingHistory, advice, fit_two_phase, read_checkpoint
+
+FOLDERS = ("directory", "test_dir")  # where the data is, not what it is
 
 
 def _now() -> str:
@@ -132,7 +137,40 @@ class FineTuner:
         self.advice: list[str] = []
         self.file_hashes: dict | None = None
         self._data = None
+        self._built_backbone = None  # (image_size, backbone), made once by build_backbone
         self.tensorboard_dir: str | None = None
+
+    def build_backbone(self, image_size) -> keras.Model:
+        """Build the backbone alone, with its weights (done by `build`).
+
+        The command line calls it before reading any data, so that a weights
+        file that does not fit, an ImageNet download that fails or an image
+        size below the backbone's minimum is reported at once.
+        """
+        image_size = image_size_pair(image_size)
+        if self._backbone_model is not None:
+            return self._backbone_model
+        if self._built_backbone is None or self._built_backbone[0] != image_size:
+            seed_everything(self.seed, self.deterministic)
+            spec = get_backbone(self._model_kwargs["backbone"])
+            with self._building():
+                backbone = spec.build(image_size, self._model_kwargs["weights"])
+            self._built_backbone = (image_size, backbone)
+        return self._built_backbone[1]
+
+    @contextlib.contextmanager
+    def _building(self):
+        """The mixed-precision policy and strategy scope that layers are created under."""
+        previous = keras.mixed_precision.global_policy()
+        if self._model_kwargs["mixed_precision"]:  # layers take the policy when created
+            keras.mixed_precision.set_global_policy(
+                f"mixed_{self._model_kwargs['mixed_precision']}"
+            )
+        try:
+            with self.distribution.strategy.scope():  # variables are created per replica
+                yield
+        finally:
+            keras.mixed_precision.set_global_policy(previous)
 
     def build(self, image_size, num_classes: int) -> keras.Model:
         """Build the Keras model (done by `fit`; call it yourself to inspect the model)."""
@@ -151,28 +189,29 @@ class FineTuner:
         self.model_config = ModelConfig(
             num_classes=num_classes, image_size=image_size, **self._model_kwargs
         )
-        seed_everything(self.seed, self.deterministic)
-        previous = keras.mixed_precision.global_policy()
-        if self.model_config.mixed_precision:  # layers take the policy when created
-            keras.mixed_precision.set_global_policy(f"mixed_{self.model_config.mixed_precision}")
+        backbone = self.build_backbone(image_size)
         distribution = self.distribution
-        try:
-            with distribution.strategy.scope():  # variables are created per replica
-                backbone = self._backbone_model
-                if backbone is None:
-                    spec = get_backbone(self.model_config.backbone)
-                    backbone = spec.build(image_size, self.model_config.weights)
-                elif distribution.replicas > 1:
-                    _check_in_scope(backbone, distribution)
-                self.model = build_classifier(
-                    backbone,
-                    self.model_config,
-                    self.preprocessing,
-                    synchronized=distribution.replicas > 1,
-                )
-        finally:
-            keras.mixed_precision.set_global_policy(previous)
+        if self._backbone_model is not None:
+            seed_everything(self.seed, self.deterministic)
+            if distribution.replicas > 1:
+                _check_in_scope(backbone, distribution)
+        with self._building():
+            self.model = build_classifier(
+                backbone,
+                self.model_config,
+                self.preprocessing,
+                synchronized=distribution.replicas > 1,
+            )
         return self.model
+
+    def check_unfreeze(self, image_size, unfreeze) -> None:
+        """Refuse an `unfreeze` layer name the backbone does not have, before any training."""
+        if isinstance(unfreeze, str) and unfreeze != "all" and not unfreeze.isdigit():
+            names = [layer.name for layer in self.build_backbone(image_size).layers]
+            if unfreeze not in names:
+                raise KerasFTError(
+                    unknown_layer_message(unfreeze, self._model_kwargs["backbone"], names)
+                )
 
     def fit(
         self,
@@ -402,6 +441,20 @@ class FineTuner:
         with self.distribution.strategy.scope():
             return sweep(self.model, data, phase, config, start_lr, end_lr, steps)
 
+    def check_fit_options(self, **options) -> TrainingConfig:
+        """Check `fit`'s training options without training: the command line does it first.
+
+        Args:
+            **options: keyword arguments of `fit`; those that are not training
+                settings (`callbacks`, `verbose`, `checkpoint_dir`, ...) are ignored.
+
+        Returns:
+            The `TrainingConfig` they make.
+        """
+        own = {"deterministic": self.deterministic, "strategy": self.strategy}
+        names = {f.name for f in dataclasses.fields(TrainingConfig)} - set(own)
+        return TrainingConfig(**{k: v for k, v in options.items() if k in names}, **own)
+
     def _log_dir(self, tensorboard_dir, checkpoint_dir, resume: bool) -> str | None:
         """Where this fit's TensorBoard logs go (see `fit`'s `tensorboard_dir`)."""
         if tensorboard_dir is None:
@@ -438,10 +491,15 @@ class FineTuner:
             )
 
     def _signature(self) -> str:
-        """A digest of everything that decides the training: configuration and data."""
+        """A digest of everything that decides the training: configuration and data.
+
+        The data enters by content (the files' hashes), not by where the folders
+        are or how their paths were typed.
+        """
+        data = {k: v for k, v in to_dict(self.data_config).items() if k not in FOLDERS}
         described = {
             "replicas": self.distribution.replicas,
-            "data": to_dict(self.data_config),
+            "data": data,
             "model": to_dict(self.model_config),
             "training": to_dict(self.training_config),
             "files": self.file_hashes,
@@ -492,7 +550,14 @@ class FineTuner:
         self._require_model()
         if not self.distribution.is_chief:
             return None
-        return save_run(self, path, overwrite=overwrite)
+        try:
+            return save_run(self, path, overwrite=overwrite)
+        except (OSError, tf.errors.OpError) as error:  # nothing half-written stays behind
+            reason = getattr(error, "strerror", None) or getattr(error, "message", str(error))
+            raise KerasFTError(
+                f"Cannot write the run directory '{path}': {reason}. Nothing was written; free "
+                "some space or choose another --output, then run again."
+            ) from None
 
     def _require_model(self) -> None:
         if self.model is None or self.class_names is None:

@@ -137,6 +137,15 @@ def freeze_backbone(model: keras.Model) -> None:
     backbone_of(model).trainable = False
 
 
+def unknown_layer_message(unfreeze: str, backbone: str, names: list[str]) -> str:
+    """The error for an `unfreeze` layer name that `backbone` (with layers `names`) lacks."""
+    sample = ", ".join(names[-40::4])
+    return (
+        f"Invalid `unfreeze`: no layer named {unfreeze!r} in backbone '{backbone}'. "
+        f"Pass 'all', a number of top layers, or a layer name such as: {sample}."
+    )
+
+
 def unfreeze_backbone(model: keras.Model, unfreeze: str | int = "all") -> int:
     """Phase 2: make the backbone trainable from a point on, BatchNorm excepted.
 
@@ -158,11 +167,7 @@ def unfreeze_backbone(model: keras.Model, unfreeze: str | int = "all") -> int:
     elif unfreeze in names:
         start = names.index(unfreeze)
     else:
-        sample = ", ".join(names[-40::4])
-        raise KerasFTError(
-            f"Invalid `unfreeze`: no layer named {unfreeze!r} in backbone '{backbone.name}'. "
-            f"Pass 'all', a number of top layers, or a layer name such as: {sample}."
-        )
+        raise KerasFTError(unknown_layer_message(unfreeze, backbone.name, names))
     backbone.trainable = True
     for i, layer in enumerate(layers):
         layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)

@@ -36,6 +36,7 @@ from keras_ft.config import check, is_int, is_number
 from keras_ft.data import ImageFolder
 from keras_ft.errors import KerasFTError
 from keras_ft.finetuner import FineTuner
+from keras_ft.output import check_output
 
 SEARCHES = ("random", "bayesian", "grid")
 OBJECTIVE = "val_accuracy"
@@ -350,23 +351,18 @@ def _check_strength(data: ImageFolder, dimension: Dimension) -> None:
         ) from None
 
 
-def check_output(output, overwrite: bool) -> None:
-    """Refuse an existing `output` unless `overwrite`."""
-    if Path(output).exists() and not overwrite:
-        raise KerasFTError(
-            f"Search directory '{output}' already exists. Choose another output, "
-            "or pass overwrite=True (--overwrite) to replace it."
-        )
+def _prepare_output(output, overwrite: bool, data: ImageFolder) -> Path:
+    """Make the search folder, once the data and every option have been checked.
 
-
-def _prepare_output(output: Path, overwrite: bool) -> None:
-    check_output(output, overwrite)
-    if output.exists():
-        if output.is_dir():
-            shutil.rmtree(output)
-        else:
-            output.unlink()
-    output.mkdir(parents=True)
+    A folder keras_ft did not write, or one that overlaps the data, is refused
+    (see `keras_ft.output.check_output`); with `overwrite` an earlier search or
+    run there is replaced.
+    """
+    path, state = check_output(output, (data.config.directory, data.config.test_dir), overwrite)
+    if state == "replace":
+        shutil.rmtree(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _write_table(output: Path, rows: list[dict]) -> None:
@@ -522,7 +518,7 @@ def tune(
     check(is_int(seed), "seed", "an int", seed)
     fit_options = _fit_arguments(fit_options)
     keras_tuner = _import_keras_tuner()
-    check_output(output, overwrite)
+    check_output(output, (), overwrite)
     if not isinstance(data, ImageFolder):
         if not isinstance(data, (str, os.PathLike)):
             raise KerasFTError(
@@ -546,8 +542,7 @@ def tune(
         _check_strength(data, space["augment_strength"])
     _check_layer_names(space, spec, data.image_size)
 
-    output = Path(output)
-    _prepare_output(output, overwrite)
+    output = _prepare_output(output, overwrite, data)
     fixed = {
         "backbone": spec.name,
         "weights": weights,
@@ -675,4 +670,4 @@ def tune(
     return SearchResult(rows, best_row, best_dir, best, str(output))
 
 
-__all__ = ["SEARCHES", "Dimension", "SearchResult", "check_output", "check_search", "tune"]
+__all__ = ["SEARCHES", "Dimension", "SearchResult", "check_search", "tune"]

@@ -222,10 +222,6 @@ class Checkpoint(keras.callbacks.Callback):
         arrays.update(
             {f"optimizer_{i}": np.asarray(v) for i, v in enumerate(self.model.optimizer.variables)}
         )
-        partial = self.directory / f".{name}.partial"
-        with open(partial, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(partial, self.directory / name)
         state = {
             "phase": self.phase,
             "epoch": epoch + 1,
@@ -234,12 +230,33 @@ class Checkpoint(keras.callbacks.Callback):
             "history": self.history.rows,
             "decisions": self.history.decisions,
         }
-        partial = self.directory / ".state.json.partial"
-        partial.write_text(json.dumps(state))
-        os.replace(partial, self.directory / "state.json")
+        write_atomically(self.directory / name, lambda handle: np.savez(handle, **arrays))
+        write_atomically(
+            self.directory / "state.json", lambda h: h.write(json.dumps(state).encode())
+        )
         for old in self.directory.glob("epoch-*.npz"):
             if old.name != name:
                 old.unlink()
+
+
+def write_atomically(path: Path, write) -> None:
+    """Write `path` through a hidden partial file renamed into place; refuse a failed write.
+
+    A full disk or a read-only filesystem raises `KerasFTError` naming the
+    file, and leaves no partial file: the previous checkpoint stays complete,
+    so the run can be resumed once there is room.
+    """
+    partial = path.parent / f".{path.name}.partial"
+    try:
+        with open(partial, "wb") as handle:
+            write(handle)
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise KerasFTError(
+            f"Cannot write checkpoint '{path}': {error.strerror or error}. The last complete "
+            "checkpoint is kept: free some space (or fix the folder), then run again with --resume."
+        ) from None
 
 
 def read_checkpoint(directory, signature: str) -> dict | None:
@@ -338,7 +355,9 @@ def fit_two_phase(
     state = read_checkpoint(checkpoint_dir, signature) if resume and checkpoint_dir else None
     done = state["epoch"] if state else 0
     history = TrainingHistory(state["history"], state["decisions"]) if state else TrainingHistory()
-    if state:  # before any decision is measured on the model
+    # Weights first: decisions are measured on them, and when every epoch was done
+    # (only the save after them failed) they are the final weights.
+    if state:
         _restore_model(state, model)
     plan = (
         ("head", 0, config.head_epochs),

@@ -237,3 +237,63 @@ def test_kill_during_save_leaves_previous_state_or_nothing(previous, tmp_path):
         assert sorted(p.name for p in target.iterdir()) == ["run.json"]
     else:
         assert not target.exists()
+
+
+KILLED_REPLACE = """
+import os, sys
+import keras_ft, keras_ft.artifacts as artifacts
+sys.path.insert(0, sys.argv[3])
+from conftest import tiny_backbone
+data = keras_ft.ImageFolder(sys.argv[1], image_size=32, batch_size=8, validation_split=0.0)
+tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+tuner.fit(data, head_epochs=1, finetune_epochs=0, verbose=0)
+replace, rename = artifacts._replace, os.replace
+def killed(staging, target):  # SIGKILL at the worst moment: no cleanup runs
+    if sys.argv[4] == "two-renames":  # a system without an atomic swap
+        artifacts._exchange = lambda first, second: False
+        calls = []
+        def second_kills(src, dst):
+            calls.append(dst)
+            if len(calls) == 2:
+                os._exit(9)
+            rename(src, dst)
+        artifacts.os.replace = second_kills
+    else:  # swapped, before the previous run is deleted
+        artifacts.shutil.rmtree = lambda *args, **kwargs: os._exit(9)
+    replace(staging, target)
+artifacts._replace = killed
+tuner.save(sys.argv[2], overwrite=True)
+"""
+
+
+@pytest.mark.parametrize("window", ["swap", "two-renames"])
+def test_kill_while_replacing_a_run_then_save_again(window, trained, tmp_path):
+    from conftest import ROOT, write_folder
+
+    data = write_folder(tmp_path / "data", ("a", "b"), per_class=8)
+    target = tmp_path / "run"
+    target.mkdir()
+    (target / "run.json").write_text('{"previous": true}')
+    killed = subprocess.Popen(
+        [sys.executable, "-c", KILLED_REPLACE, str(data), str(target), str(ROOT / "tests"), window],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    killed.stderr.read()
+    killed.wait(timeout=300)
+    assert killed.returncode == 9
+    left = {p.name.split("-")[0]: p for p in tmp_path.iterdir() if p.name.startswith(".run.")}
+    if window == "swap":  # the new run is whole, the previous one waits to be deleted
+        assert sorted(left) == [".run.partial"] and (target / "model.keras").is_file()
+        previous = left[".run.partial"]
+    else:  # the previous run was moved aside; loading says where it is
+        assert sorted(left) == [".run.old", ".run.partial"] and not target.exists()
+        previous = left[".run.old"]
+        with pytest.raises(KerasFTError, match=rf"to '{previous}'. Rename that folder to 'run'"):
+            keras_ft.load(target)
+    assert previous.name.split("-")[1] == str(killed.pid)
+    assert json.loads((previous / "run.json").read_text()) == {"previous": True}
+    trained[0].save(target, overwrite=True)  # the next save clears what the killed one left
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]
+    assert keras_ft.load(target).class_names == trained[0].class_names

@@ -1,6 +1,8 @@
 """The `keras-ft` command, run in fresh processes as a user would."""
 
 import json
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import pytest
@@ -59,6 +61,21 @@ def test_train_prints_test_accuracy_and_writes_the_run(vgg16_run):
     assert record["model"]["backbone"] == "vgg16" and record["model"]["weights"] is None
     assert record["image_counts"]["test"] == 100
     assert record["command"][1:3] == ["train", str(DIGITS / "train")]
+    for log_line in ("I0000", "absl::InitializeLog", "oneDNN", "WARNING:tensorflow"):
+        assert log_line not in result.stderr + result.stdout  # TensorFlow's own log lines
+
+
+@pytest.mark.parametrize("args", [["--help"], ["backbones"], ["scan", str(DIGITS), "--quiet"]])
+def test_commands_that_need_no_model_do_not_import_tensorflow(args):
+    check = "import sys\nfrom keras_ft.cli import main\ntry:\n    main(sys.argv[1:])\n"
+    check += (
+        "except SystemExit:\n    pass\nprint('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", check, *args], capture_output=True, text=True, timeout=120
+    )
+    assert result.stdout.splitlines()[-1] == "False False", result.stdout + result.stderr
+    assert result.stderr == ""
 
 
 def test_evaluate_prints_the_same_accuracy(vgg16_run):
@@ -202,6 +219,7 @@ def test_bad_input_gets_one_clear_message_and_writes_nothing(case, bad_input_dir
 def test_existing_output_is_refused_before_training(tmp_path, capsys):
     write_folder(tmp_path / "data", ("a", "b"), per_class=4)
     (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text("{}")  # a finished run
     result = run_here(
         capsys, "train", tmp_path / "data", "--weights", "none", "--output", tmp_path / "run"
     )
