@@ -63,7 +63,17 @@ def _add_train(commands) -> None:
         help="with N replicas: keep the learning rates (none) or multiply them by N (linear)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_signing_key(p, "sign run.json with the key in FILE (default: $KERAS_FT_SIGNING_KEY)")
     p.set_defaults(func=train)
+
+
+def _add_signing_key(p, text: str) -> None:
+    p.add_argument("--signing-key-file", metavar="FILE", help=text)
+
+
+_VERIFY_HELP = (
+    "refuse the run unless run.json is signed with the key in FILE (default: $KERAS_FT_SIGNING_KEY)"
+)
 
 
 def _weights(value: str) -> str | None:
@@ -207,22 +217,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("data_dir")
     p.add_argument("--batch-size", type=int, default=32)
+    _add_signing_key(p, _VERIFY_HELP)
     p.set_defaults(func=evaluate)
     p = commands.add_parser("predict", help="predict images; one JSON object per line")
     p.add_argument("run_dir")
     p.add_argument("images", nargs="+")
     p.add_argument("--top-k", type=int, default=3)
+    _add_signing_key(p, _VERIFY_HELP)
     p.set_defaults(func=predict)
     p = commands.add_parser("export", help="write a run's SavedModel as OUT/<version>/")
     p.add_argument("run_dir")
     p.add_argument("output", help="TF Serving model base path")
     p.add_argument("--version", type=int, help="version number (default: next free)")
+    _add_signing_key(p, _VERIFY_HELP)
     p.set_defaults(func=export)
     p = commands.add_parser("reproduce", help="re-train a run from its record, compare weights")
     p.add_argument("run_dir")
     p.add_argument("--data", help="training folder, if it moved since the run")
     p.add_argument("--test-dir", help="held-out folder, if it moved since the run")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_signing_key(p, _VERIFY_HELP)
     p.set_defaults(func=reproduce)
     p = commands.add_parser("scan", help="check a data set before training")
     p.add_argument("data_dir", help="training folder: DATA_DIR/<class>/<image>")
@@ -309,6 +323,7 @@ def train(args) -> int:
     from keras_ft.output import OutputLock, check_output
     from keras_ft.reproducibility import weights_sha256
 
+    key = _key(args)  # a bad key file is refused before any training
     spec = get_backbone(args.backbone)
     # First: a multi-worker strategy joins its cluster before TensorFlow runs anything.
     tuner = FineTuner(
@@ -375,7 +390,7 @@ def train(args) -> int:
             return 0
         # The output now holds this run's checkpoints; the finished run replaces them.
         _say(args, f"writing the run directory (model, SavedModel, report, logs): {output}")
-        path = tuner.save(output, overwrite=True)
+        path = tuner.save(output, overwrite=True, signing_key=key)
     if tuner.metrics is not None:
         print(format_metrics(tuner.metrics))
     link = f" (a link to {path})" if os.path.islink(args.output) else ""
@@ -474,7 +489,7 @@ def evaluate(args) -> int:
     from keras_ft.data import folder_dataset
     from keras_ft.evaluation import evaluate_model, format_metrics
 
-    predictor = load(args.run_dir)
+    predictor = load(args.run_dir, signing_key=_key(args))
     dataset, _ = folder_dataset(
         args.data_dir, predictor.class_names, predictor.image_size, args.batch_size
     )
@@ -485,7 +500,7 @@ def evaluate(args) -> int:
 def predict(args) -> int:
     from keras_ft import KerasFTError, load
 
-    predictor = load(args.run_dir)
+    predictor = load(args.run_dir, signing_key=_key(args))
     status = 0
     for path in args.images:
         try:
@@ -501,7 +516,11 @@ def reproduce(args) -> int:
     from keras_ft.reproducibility import reproduce_run
 
     result = reproduce_run(
-        args.run_dir, args.data, args.test_dir, verbose=0 if args.quiet else "auto"
+        args.run_dir,
+        args.data,
+        args.test_dir,
+        verbose=0 if args.quiet else "auto",
+        signing_key=_key(args),
     )
     print(f"recorded weights:   {result['recorded']}")
     print(f"reproduced weights: {result['reproduced']}")
@@ -514,7 +533,8 @@ def reproduce(args) -> int:
 def export(args) -> int:
     from keras_ft.artifacts import export_for_serving
 
-    print(f"exported: {export_for_serving(args.run_dir, args.output, args.version)}")
+    target = export_for_serving(args.run_dir, args.output, args.version, _key(args))
+    print(f"exported: {target}")
     return 0
 
 
@@ -542,6 +562,13 @@ def backbones(args) -> int:
 
     print(describe_backbones())
     return 0
+
+
+def _key(args) -> bytes | None:
+    """The signing key: --signing-key-file's contents, else $KERAS_FT_SIGNING_KEY, else None."""
+    from keras_ft.manifest import signing_key
+
+    return signing_key(key_file=args.signing_key_file)
 
 
 def _say(args, message: str) -> None:
