@@ -765,3 +765,28 @@ def test_fuzzed_records_give_exit_0_or_2_and_never_a_traceback(run_copy, capsys)
         for original, text in originals.items():
             (run_dir / original).write_text(text)
     assert codes[2] > 300  # the mutations do get refused, not silently used
+
+
+def test_train_signs_with_the_key_file_and_refuses_a_bad_one_before_training(tmp_path, capsys):
+    from conftest import TINY_TRAIN, write_folder
+
+    from keras_ft.manifest import signature
+
+    data = write_folder(tmp_path / "data", ("a", "b"), per_class=6, size=32)
+    (tmp_path / "train.key").write_text("team key\n")
+    epochs = "--head-epochs 1 --finetune-epochs 0 --batch-size 8 --no-tensorboard".split()
+    missing = ("--signing-key-file", tmp_path / "nope.key", "--output", tmp_path / "bad")
+    before = listing(tmp_path)
+    assert_refused(cli(capsys, "train", data, *TINY_TRAIN, *epochs, *missing), "nope.key")
+    assert listing(tmp_path) == before
+    output = tmp_path / "run"
+    keyed = ("--signing-key-file", tmp_path / "train.key", "--output", output)
+    code, out, err = cli(capsys, "train", data, *TINY_TRAIN, *epochs, *keyed)
+    assert code == 0, err
+    record = json.loads((output / "run.json").read_text())
+    assert record["signature"] == signature(record, b"team key")
+    image = sorted((data / "a").iterdir())[0]
+    code, out, err = cli(
+        capsys, "predict", output, image, "--signing-key-file", tmp_path / "train.key"
+    )
+    assert code == 0 and json.loads(out)["label"] in ("a", "b"), err
