@@ -42,6 +42,7 @@ from keras_ft.manifest import (
     copy_verified,
     is_class_list,
     seal,
+    short_json,
 )
 from keras_ft.manifest import signing_key as _signing_key
 from keras_ft.report import write_report
@@ -319,7 +320,7 @@ def read_record(path) -> dict:
             f"'{run_dir}' has run-directory format {version!r}; this keras_ft "
             f"{__version__} reads format {FORMAT_VERSION}. Upgrade keras-ft."
         )
-    if isinstance(version, int) and version < FORMAT_VERSION and "manifest" not in record:
+    if isinstance(version, int) and version < FORMAT_VERSION:
         raise KerasFTError(
             f"'{run_dir}' has run-directory format {version}, which records no file manifest, "
             f"so this keras_ft cannot verify it. Re-create the run with keras-ft {__version__} "
@@ -367,13 +368,13 @@ def verify_run(path, signing_key=None) -> tuple[dict, tuple[str, ...]]:
     if not is_class_list(class_names):
         raise KerasFTError(
             f"'{names_path}' is damaged: expected a JSON list of distinct class-name strings, "
-            f"received {json.dumps(class_names)[:40]}. Restore the run directory from a copy."
+            f"received {short_json(class_names)}. Restore the run directory from a copy."
         )
     if class_names != record["class_names"]:
         raise KerasFTError(
-            f"'{names_path}' ({', '.join(class_names)}) does not match 'class_names' in "
-            f"'{run_dir / 'run.json'}' ({', '.join(record['class_names'])}). Restore the run "
-            "directory from a copy."
+            f"'{names_path}' ({short_json(class_names)}) does not match 'class_names' in "
+            f"'{run_dir / 'run.json'}' ({short_json(record['class_names'])}). Restore the "
+            "run directory from a copy."
         )
     return record, tuple(class_names)
 

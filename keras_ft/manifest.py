@@ -100,6 +100,12 @@ RECORD_SCHEMA = {
 }
 
 
+def short_json(value, limit: int = 40) -> str:
+    """`value` as one line of JSON, cut to `limit` characters, for a message."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def check_record(record, path) -> None:
     """Check a parsed `run.json` against `RECORD_SCHEMA`.
 
@@ -120,11 +126,9 @@ def check_record(record, path) -> None:
             if required:
                 raise KerasFTError(f"'{path}' is damaged: '{key}' is missing. " + _RESTORE)
         elif not check(record[key]):
-            received = json.dumps(record[key])
-            received = received if len(received) <= 40 else received[:37] + "..."
             raise KerasFTError(
-                f"'{path}' is damaged: '{key}' should be {expected}, received {received}. "
-                + _RESTORE
+                f"'{path}' is damaged: '{key}' should be {expected}, received "
+                f"{short_json(record[key])}. " + _RESTORE
             )
 
 
