@@ -21,7 +21,6 @@ import stat
 from pathlib import Path
 
 from keras_ft.errors import KerasFTError
-from keras_ft.reproducibility import compare_files
 
 SIGNING_KEY_ENV = "KERAS_FT_SIGNING_KEY"
 _RESTORE = "Restore the run directory from a copy, or re-create the run with `keras-ft train`."
@@ -200,6 +199,8 @@ def check_manifest(run_dir, manifest: dict[str, str]) -> None:
     Raises:
         KerasFTError: one line naming the files (the first five of each kind).
     """
+    from keras_ft.reproducibility import compare_files  # imports TensorFlow: only here
+
     changes = compare_files(manifest, file_manifest(run_dir))
     if any(changes.values()):
         parts = []
