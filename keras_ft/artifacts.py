@@ -479,6 +479,8 @@ def load(path, signing_key=None) -> Predictor:
                 f"{current}. Predictions may differ slightly.",
                 stacklevel=2,
             )
+    import keras_ft.model  # noqa: F401  registers `Preprocess`, which every model.keras holds
+
     model_path = run_dir / "model.keras"
     try:
         model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
