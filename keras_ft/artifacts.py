@@ -401,8 +401,13 @@ class Predictor:
                 try:
                     with Image.open(item) as image:
                         item = pil_to_rgb(image)
-                except (OSError, ValueError) as error:
-                    raise KerasFTError(f"Cannot read image '{item}': {error}.") from None
+                except Image.DecompressionBombError as error:
+                    raise KerasFTError(
+                        f"Cannot read image '{item}': too large to decode safely ({error})."
+                    ) from None
+                except Exception as error:  # any decoder failure: this image cannot be used
+                    text = str(error) or type(error).__name__
+                    raise KerasFTError(f"Cannot read image '{item}': {text}.") from None
             elif isinstance(item, Image.Image):
                 item = pil_to_rgb(item)
             array = np.asarray(item)
@@ -439,6 +444,11 @@ class Predictor:
                 array, or a list of any of those. Arrays hold 0-255 RGB pixels;
                 other sizes are resized.
             top_k: how many labels to list per image.
+
+        An image file that cannot be read or decoded raises `KerasFTError`
+        naming it; so does one of more than twice Pillow's
+        `Image.MAX_IMAGE_PIXELS` (a decompression bomb). Between one and two
+        times that limit it is read, with Pillow's `DecompressionBombWarning`.
 
         Returns:
             One dict per image: `label`, `probability` and `top_k`, a list of

@@ -1,12 +1,16 @@
 """The `keras-ft` command, run in fresh processes as a user would."""
 
 import json
+import struct
 import subprocess
 import sys
+import zlib
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from conftest import DIGITS, TINY_TRAIN, run_cli, write_folder
+from PIL import Image
 
 from keras_ft.cli import main
 
@@ -99,6 +103,49 @@ def test_predict_prints_one_json_object_per_image(vgg16_run, tmp_path):
         assert 0.0 <= line["probability"] <= 1.0 and len(line["top_k"]) == 3
     assert "Cannot read image" in lines[2]["error"]
     assert result.returncode == 2  # one image failed, the others were still predicted
+
+
+def bomb_png(path, side: int = 20000):
+    """A PNG of a few KB whose header claims `side` x `side` grey pixels (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = zlib.compress(bytes((side + 1) * 64), 9)  # 64 rows of zeros; all of it would be 400 MB
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def test_predict_reports_each_bad_image_and_still_predicts_the_rest(vgg16_run, tmp_path, capsys):
+    _, output = vgg16_run
+    good = sorted((DIGITS / "test" / "7").iterdir())[0]
+    bomb = bomb_png(tmp_path / "bomb.png")
+    assert bomb.stat().st_size < 10_000
+    with Image.open(good) as image:
+        pixels = np.asarray(image.convert("L"))
+    webp, tiff = tmp_path / "digit.webp", tmp_path / "digit16.tif"
+    Image.fromarray(pixels).convert("RGB").save(webp, lossless=True)
+    Image.fromarray(pixels.astype(np.uint16) * 257).save(tiff)  # 16-bit greyscale TIFF
+    folder = tmp_path / "a folder.png"
+    folder.mkdir()
+    images = [good, bomb, folder, webp, tiff, tmp_path / "missing.jpg"]
+    result = run_here(capsys, "predict", output, *images)
+    assert result.returncode == 2  # some images failed, the others were still predicted
+    assert "Traceback" not in result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["path"] for line in lines] == [str(p) for p in images]
+    failed = {line["path"]: line["error"] for line in lines if "error" in line}
+    assert sorted(failed) == sorted(str(p) for p in (bomb, folder, tmp_path / "missing.jpg"))
+    assert "too large to decode safely" in failed[str(bomb)]
+    assert "400000000 pixels" in failed[str(bomb)]
+    predicted = [line for line in lines if "error" not in line]
+    assert len(predicted) == 3
+    # the lossless WebP and the 16-bit TIFF hold the same pixels as the PNG: same prediction
+    assert predicted[1]["top_k"] == predicted[0]["top_k"] == predicted[2]["top_k"]
 
 
 def test_backbones_lists_the_registry(capsys):
