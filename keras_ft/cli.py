@@ -322,6 +322,7 @@ def train(args) -> int:
     from keras_ft.evaluation import format_metrics
     from keras_ft.output import OutputLock, check_output
     from keras_ft.reproducibility import weights_sha256
+    from keras_ft.text import printable
 
     key = _key(args)  # a bad key file is refused before any training
     spec = get_backbone(args.backbone)
@@ -371,7 +372,7 @@ def train(args) -> int:
             )
         data = _image_folder(args, spec)
         tuner.build(data.image_size, data.num_classes)
-        _say(args, f"classes ({data.num_classes}): {', '.join(data.class_names)}")
+        _say(args, f"classes ({data.num_classes}): {', '.join(map(printable, data.class_names))}")
         _say(
             args,
             f"images: {len(data.train_files)} train, {len(data.validation_files)} "
@@ -576,6 +577,13 @@ def _say(args, message: str) -> None:
         print(message)
 
 
+def _printable_lines(message) -> str:
+    """`message` for the terminal: its lines kept, control characters in names escaped."""
+    from keras_ft.text import printable
+
+    return "\n".join(printable(line) for line in str(message).split("\n"))
+
+
 def main(argv=None) -> int:
     """Run the command line; return the exit code."""
     args = build_parser().parse_args(argv)
@@ -586,7 +594,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except KerasFTError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_printable_lines(error)}", file=sys.stderr)
         return 2
     except WorkerLostError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -6,6 +6,7 @@ import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from keras_ft.distribute import predict_batch
+from keras_ft.text import printable
 
 
 def predict_dataset(model, dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -68,8 +69,11 @@ def evaluate_model(model, dataset, class_names, top_k: int = 5) -> dict:
 
 
 def format_metrics(metrics: dict) -> str:
-    """A plain-text report: headline numbers, per-class table, confusion matrix."""
-    names = list(metrics["per_class"])
+    """A plain-text report: headline numbers, per-class table, confusion matrix.
+
+    Class names are shown with control characters escaped (see `keras_ft.text.printable`).
+    """
+    names = [printable(name) for name in metrics["per_class"]]
     width = max(8, *(len(n) for n in names))
     lines = [
         f"test loss: {metrics['loss']:.4f}",
@@ -79,7 +83,7 @@ def format_metrics(metrics: dict) -> str:
         "",
         f"{'class':<{width}}  precision  recall     f1  support",
     ]
-    for name, row in metrics["per_class"].items():
+    for name, row in zip(names, metrics["per_class"].values(), strict=True):
         lines.append(
             f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}"
             f"  {row['f1']:5.3f}  {row['support']:7d}"

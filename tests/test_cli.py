@@ -234,6 +234,14 @@ def test_bad_input_gets_one_clear_message_and_writes_nothing(case, bad_input_dir
     assert not output.exists()
 
 
+def test_error_messages_escape_control_characters_in_file_names(tmp_path, capsys):
+    root = write_folder(tmp_path / "data", ("a", "b"), per_class=2)
+    (root / "a" / "bad\x1b[2J.png").write_bytes(b"")
+    result = run_here(capsys, "train", root, *TINY_TRAIN, "--output", tmp_path / "run")
+    assert_clean_failure(result, "1 file(s) in", f"  {root / 'a'}/bad\\x1b[2J.png: empty file")
+    assert "\x1b" not in result.stderr and not (tmp_path / "run").exists()
+
+
 def test_existing_output_is_refused_before_training(tmp_path, capsys):
     write_folder(tmp_path / "data", ("a", "b"), per_class=4)
     (tmp_path / "run").mkdir()
