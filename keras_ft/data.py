@@ -156,6 +156,16 @@ def _refuse_bad_files(report: ScanReport, skip_bad: bool) -> None:
         )
 
 
+def _warn_about_run_directories(report: ScanReport) -> None:
+    for note in report.problems:
+        if note.kind == "run_directory":
+            warnings.warn(
+                f"Skipped '{note.path}': a keras_ft run directory (an output), not used as "
+                "training data. Write outputs outside the data folder.",
+                stacklevel=3,
+            )
+
+
 class ImageFolder:
     """A labelled image folder, split and served as tf.data pipelines.
 
@@ -219,6 +229,7 @@ class ImageFolder:
             skip_bad=skip_bad,
         )
         self.report = scan_folder(directory, quiet=quiet)
+        _warn_about_run_directories(self.report)
         _refuse_bad_files(self.report, skip_bad)
         self.class_names = self.report.class_names
         if len(self.class_names) < 2:
