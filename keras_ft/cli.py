@@ -541,6 +541,7 @@ def export(args) -> int:
 
 def scan(args) -> int:
     from keras_ft.scan import scan_folder
+    from keras_ft.text import printable
 
     options = dict(cache=not args.no_cache, quiet=args.quiet)
     reports = [scan_folder(args.data_dir, **options)]
@@ -551,7 +552,7 @@ def scan(args) -> int:
     if len(reports[0].class_names) < 2:
         refuse.append("a classifier needs at least two class sub-folders")
     if refuse:
-        print(f"status: training would refuse this data ({'; '.join(refuse)})")
+        print(printable(f"status: training would refuse this data ({'; '.join(refuse)})"))
         return 2
     warned = sum(len(r.warnings) for r in reports)
     print(f"status: ok, with {warned} warning(s) (not fatal)" if warned else "status: ok")

@@ -23,6 +23,7 @@ from PIL import Image
 from keras_ft.config import DataConfig
 from keras_ft.errors import KerasFTError
 from keras_ft.scan import ImageFile, ScanReport, scan_folder
+from keras_ft.text import printable
 
 AUTOTUNE = tf.data.AUTOTUNE
 # tf.data's autotuner thread sleeps between rounds for doubling periods (up to a
@@ -160,8 +161,10 @@ def _warn_about_run_directories(report: ScanReport) -> None:
     for note in report.problems:
         if note.kind == "run_directory":
             warnings.warn(
-                f"Skipped '{note.path}': a keras_ft run directory (an output), not used as "
-                "training data. Write outputs outside the data folder.",
+                printable(
+                    f"Skipped '{note.path}': a keras_ft run directory (an output), not used "
+                    "as training data. Write outputs outside the data folder."
+                ),
                 stacklevel=3,
             )
 
@@ -266,10 +269,12 @@ class ImageFolder:
             largest = max(counts, key=counts.get)
             smallest = min(counts, key=counts.get)
             warnings.warn(
-                f"Imbalanced classes in '{self.config.directory}': '{largest}' has "
-                f"{counts[largest]} images, '{smallest}' {counts[smallest]} (more than 3x). "
-                "Consider fit(..., class_weight='balanced') (--class-weight balanced) and "
-                "watch the per-class recall in the report.",
+                printable(
+                    f"Imbalanced classes in '{self.config.directory}': '{largest}' has "
+                    f"{counts[largest]} images, '{smallest}' {counts[smallest]} (more than 3x). "
+                    "Consider fit(..., class_weight='balanced') (--class-weight balanced) and "
+                    "watch the per-class recall in the report."
+                ),
                 stacklevel=3,
             )
 

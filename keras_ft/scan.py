@@ -79,7 +79,8 @@ DEFAULT_MIN_SIZE = 8
 # one line redrawn in place, otherwise as one line every PROGRESS_EVERY files.
 PROGRESS_MIN_FILES = 1000
 PROGRESS_EVERY = 5000
-CACHE_VERSION = 1
+# 2: only verdicts that are properties of the bytes (version 1 cached every decoder failure).
+CACHE_VERSION = 2
 WARNING_KINDS = frozenset({"leakage"})
 # Decoder errors only the bytes can cause; any other (an OSError such as "decoder
 # jpeg2k not available", MemoryError, a bug) may pass without the file changing.

@@ -1,15 +1,13 @@
 """The `keras-ft` command, run in fresh processes as a user would."""
 
 import json
-import struct
 import subprocess
 import sys
-import zlib
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import DIGITS, TINY_TRAIN, run_cli, write_folder
+from conftest import DIGITS, TINY_TRAIN, bomb_png, run_cli, write_folder
 from PIL import Image
 
 from keras_ft.cli import main
@@ -103,21 +101,6 @@ def test_predict_prints_one_json_object_per_image(vgg16_run, tmp_path):
         assert 0.0 <= line["probability"] <= 1.0 and len(line["top_k"]) == 3
     assert "Cannot read image" in lines[2]["error"]
     assert result.returncode == 2  # one image failed, the others were still predicted
-
-
-def bomb_png(path, side: int = 20000):
-    """A PNG of a few KB whose header claims `side` x `side` grey pixels (a decompression bomb)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    rows = zlib.compress(bytes((side + 1) * 64), 9)  # 64 rows of zeros; all of it would be 400 MB
-    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
-    )
-    return path
 
 
 def test_predict_reports_each_bad_image_and_still_predicts_the_rest(vgg16_run, tmp_path, capsys):

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import write_folder
+from conftest import bomb_png, write_folder
 from PIL import Image
 
 from keras_ft import scan as scan_module
@@ -171,6 +171,18 @@ def write_run_marker(folder: Path, marker: str) -> Path:
 RUN_MARKERS = ("run.json", "checkpoints/state.json", "trials.json", "search.json")
 
 
+def test_a_decompression_bomb_is_a_problem_and_the_cli_scan_exits_2(tmp_path, capsys):
+    solid(tmp_path / "cat" / "a.png")
+    solid(tmp_path / "dog" / "b.png")
+    bomb = bomb_png(tmp_path / "dog" / "bomb.png")
+    (problem,) = scan_folder(tmp_path, cache=False).bad_files
+    assert (problem.path, problem.kind) == (str(bomb), "too_large")
+    assert "too large to decode safely" in problem.reason and "400000000 pixels" in problem.reason
+    result = run_here(capsys, "scan", tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"problem: {bomb}: too large to decode safely" in result.stdout
+
+
 def test_keras_ft_run_directories_in_the_data_folder_are_skipped_and_said(tmp_path, capsys):
     root = write_folder(tmp_path / "data", per_class=4, size=16)
     runs = [
@@ -204,14 +216,23 @@ def test_a_test_folder_holding_a_run_directory_keeps_the_training_classes(tmp_pa
     assert report.class_names == ("cat", "dog") and report.bad_files == ()
 
 
-def test_summary_escapes_control_characters_in_names(tmp_path):
-    solid(tmp_path / "\x1b[2Jcat" / "a\rb.png")
-    solid(tmp_path / "dog" / "b.png")
-    (tmp_path / "dog" / "bad\x07.png").write_bytes(b"")
-    summary = scan_folder(tmp_path, cache=False).summary()
+def test_scan_output_and_warnings_escape_control_characters_in_names(tmp_path, capsys):
+    root = tmp_path / "d\x1bta"
+    for i in range(4):
+        solid(root / "\x1b[2Jcat" / f"a\r{i}.png")
+    solid(root / "dog" / "b.png")
+    (root / "dog" / "bad\x07.png").write_bytes(b"")
+    summary = scan_folder(root, cache=False).summary()
     assert not any(c in summary for c in "\x1b\r\x07")
-    assert "  \\x1b[2Jcat: 1" in summary
-    assert f"problem: {tmp_path / 'dog'}/bad\\x07.png: empty file" in summary
+    assert "  \\x1b[2Jcat: 4" in summary
+    assert f"problem: {tmp_path}/d\\x1bta/dog/bad\\x07.png: empty file" in summary
+    result = run_here(capsys, "scan", root, "--no-cache")
+    assert result.returncode == 2 and "status: training would refuse" in result.stdout
+    assert not any(c in result.stdout + result.stderr for c in "\x1b\r\x07")
+    (root / "dog" / "bad\x07.png").unlink()
+    with pytest.warns(UserWarning, match="Imbalanced classes") as caught:
+        ImageFolder(root, image_size=16, batch_size=1, validation_split=0.0)
+    assert "'\\x1b[2Jcat' has 4 images" in str(caught[0].message)
 
 
 @pytest.fixture
@@ -715,6 +736,20 @@ def test_a_failure_that_is_not_a_property_of_the_bytes_is_never_cached(
     report = scan_folder(root)
     assert report.bad_files == () and str(flaky) in {f.path for f in report.files}
     assert report.from_cache == 3 and len(counted_decodes) == 3 + 1
+
+
+def test_a_cache_of_an_older_version_is_not_trusted(counted_decodes, tmp_path):
+    # Version 1 cached every decoder failure, also those that pass without the file changing.
+    root = write_folder(tmp_path / "data", per_class=2, size=16)
+    scan_folder(root)
+    (cache_file,) = (tmp_path / "cache").iterdir()
+    payload = json.loads(cache_file.read_text())
+    payload["version"] = 1
+    for entry in payload["entries"].values():
+        entry["record"] = {"error": "undecodable", "reason": "cannot be decoded (MemoryError)"}
+    cache_file.write_text(json.dumps(payload))
+    report = scan_folder(root)
+    assert report.bad_files == () and report.from_cache == 0 and len(counted_decodes) == 8
 
 
 def test_a_content_error_is_cached_until_the_file_changes(counted_decodes, monkeypatch, tmp_path):
