@@ -19,9 +19,9 @@ Every finding is a `Problem` at one of three levels:
   its training folder (leakage: the test accuracy will be optimistic).
 * **note** (not fatal): content that does not match the extension (read as
   what it is), a symbolic link that loops back or repeats a folder (not
-  followed), a keras_ft run or search directory inside the data (`run.json`,
-  `checkpoints/state.json`, `trials.json` or `search.json` at its top: an
-  output, not data; not scanned, so its report PNGs never become a class).
+  followed), a keras_ft run or search directory inside the data (one of
+  `keras_ft.output.MARKERS` at its top, e.g. `run.json`: an output, not data;
+  not scanned, so its report PNGs never become a class).
 
 Every other file (`.txt`, `.csv` ...) is counted and named in the summary as
 "not an image, skipped"; hidden files and folders, `Thumbs.db` and
@@ -67,11 +67,10 @@ from PIL import Image, UnidentifiedImageError
 from PIL.ImageFile import StubImageFile
 
 from keras_ft.errors import KerasFTError
+from keras_ft.output import keras_ft_marker
 from keras_ft.text import printable
 
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
-# A folder with one of these at its top is a keras_ft output (run, interrupted run, search).
-RUN_MARKERS = ("run.json", "checkpoints/state.json", "trials.json", "search.json")
 # How many names of files that are not images the summary shows.
 NOT_IMAGES_SHOWN = 5
 DEFAULT_MIN_SIZE = 8
@@ -358,7 +357,7 @@ def _is_image_name(name: str) -> bool:
 
 def _run_note(path: str) -> Problem | None:
     """A note when the folder at `path` is a keras_ft run or search directory, else None."""
-    marker = next((m for m in RUN_MARKERS if os.path.isfile(os.path.join(path, m))), None)
+    marker = keras_ft_marker(Path(path))
     if marker is None:
         return None
     reason = f"a keras_ft run directory (holds {marker}): an output, not data; not scanned"

@@ -168,9 +168,6 @@ def write_run_marker(folder: Path, marker: str) -> Path:
     return folder
 
 
-RUN_MARKERS = ("run.json", "checkpoints/state.json", "trials.json", "search.json")
-
-
 def test_a_decompression_bomb_is_a_problem_and_the_cli_scan_exits_2(tmp_path, capsys):
     solid(tmp_path / "cat" / "a.png")
     solid(tmp_path / "dog" / "b.png")
