@@ -7,7 +7,8 @@ A run directory holds:
     class_names.json    the class order
     history.csv         per-epoch metrics of both phases
     metrics.json        held-out test metrics (when a test set was given)
-    run.json            configuration, seed, versions, data fingerprints, weights SHA-256
+    run.json            configuration, seed, versions, data fingerprints, weights SHA-256,
+                        the SHA-256 of every other file (the manifest), optionally signed
     report/             curves, confusion matrix, per-class table, mistakes, report.html
     logs/               TensorBoard logs of both phases (when the fit wrote them)
 """
@@ -34,10 +35,21 @@ from keras_ft import __version__
 from keras_ft.config import to_dict
 from keras_ft.data import decode_and_resize, pil_to_rgb, resize
 from keras_ft.errors import KerasFTError
+from keras_ft.manifest import (
+    check_manifest,
+    check_record,
+    check_signature,
+    copy_verified,
+    is_class_list,
+    seal,
+    short_json,
+)
+from keras_ft.manifest import signing_key as _signing_key
 from keras_ft.report import write_report
 from keras_ft.reproducibility import environment, fingerprint, guarantee, weights_sha256
 
-FORMAT_VERSION = 1
+# 2: run.json holds a manifest of every file (format 1 runs cannot be verified, so not read).
+FORMAT_VERSION = 2
 RUN_FILES = ("model.keras", "class_names.json", "history.csv", "run.json")
 
 
@@ -93,7 +105,7 @@ def _write_history(path: Path, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
-def save_run(tuner, path, overwrite: bool = False) -> str:
+def save_run(tuner, path, overwrite: bool = False, signing_key=None) -> str:
     """Write `tuner`'s run directory at `path`, atomically.
 
     Everything is written to a hidden temporary sibling, then renamed into
@@ -104,11 +116,14 @@ def save_run(tuner, path, overwrite: bool = False) -> str:
         tuner: a fitted `FineTuner`.
         path: the run directory to create.
         overwrite: replace an existing directory at `path`.
+        signing_key: sign `run.json` with this HMAC key (bytes or str); `None`
+            takes `$KERAS_FT_SIGNING_KEY` when set (see `keras_ft.manifest`).
 
     Returns:
         The path written.
     """
     target = Path(os.path.realpath(path))  # a link to a folder: write into its target
+    key = _signing_key(signing_key)
     if target.exists() and not overwrite:
         raise KerasFTError(
             f"Run directory '{path}' already exists. Choose another --output, or pass "
@@ -125,10 +140,10 @@ def save_run(tuner, path, overwrite: bool = False) -> str:
         _write_history(staging / "history.csv", tuner.history.rows)
         if tuner.metrics is not None:
             _write_json(staging / "metrics.json", tuner.metrics)
-        _write_json(staging / "run.json", run_record(tuner))
         write_report(tuner, staging / "report")
         if getattr(tuner, "tensorboard_dir", None) and os.path.isdir(tuner.tensorboard_dir):
             shutil.copytree(tuner.tensorboard_dir, staging / "logs")
+        _write_json(staging / "run.json", seal(run_record(tuner), staging, key))  # last
         _replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -136,18 +151,20 @@ def save_run(tuner, path, overwrite: bool = False) -> str:
     return str(target)
 
 
-def export_for_serving(run_dir, output, version: int | None = None) -> Path:
+def export_for_serving(run_dir, output, version: int | None = None, signing_key=None) -> Path:
     """Copy a run's SavedModel into a TF Serving layout, `output/<version>/`.
 
     Args:
-        run_dir: a run directory; it is verified (weights hash) first.
+        run_dir: a run directory; it is verified first, as `load` does.
         output: the model base path TF Serving watches.
         version: the version number; `None` takes one more than the highest there.
+        signing_key: as for `load`.
 
     Returns:
-        The version directory written.
+        The version directory written: the files the manifest lists under
+        `saved_model/`, each checked again as it is copied, no link followed.
     """
-    load(run_dir)
+    record = load(run_dir, signing_key=signing_key).record
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise KerasFTError(f"Export path '{output}' exists and is not a directory.")
@@ -164,7 +181,7 @@ def export_for_serving(run_dir, output, version: int | None = None) -> Path:
     output.mkdir(parents=True, exist_ok=True)
     staging = output / f".{version}.partial-{uuid.uuid4().hex[:8]}"
     try:
-        shutil.copytree(Path(run_dir) / "saved_model", staging)
+        copy_verified(run_dir, "saved_model", staging, record["manifest"])
         os.replace(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -280,7 +297,7 @@ def run_record(tuner) -> dict:
 
 
 def read_record(path) -> dict:
-    """Read and check `path/run.json`; refuse what is not a run directory."""
+    """Read `path/run.json` and check its schema; refuse what is not a run directory."""
     run_dir = Path(path)
     missing = [name for name in RUN_FILES if not (run_dir / name).is_file()]
     left = sorted(run_dir.parent.glob(f".{run_dir.name}.old-*"))
@@ -295,17 +312,71 @@ def read_record(path) -> dict:
             f"{', '.join(missing) if run_dir.is_dir() else 'the directory itself'}). "
             "Pass a directory written by `keras-ft train --output` or `FineTuner.save`."
         )
-    try:
-        record = json.loads((run_dir / "run.json").read_text())
-    except json.JSONDecodeError as error:
-        raise KerasFTError(f"'{run_dir / 'run.json'}' is not valid JSON ({error}).") from None
-    version = record.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    path = run_dir / "run.json"
+    record = _read_json(path)
+    version = record.get("format_version") if isinstance(record, dict) else None
+    if isinstance(version, int) and version > FORMAT_VERSION:
         raise KerasFTError(
             f"'{run_dir}' has run-directory format {version!r}; this keras_ft "
-            f"{__version__} reads format {FORMAT_VERSION} and older. Upgrade keras-ft."
+            f"{__version__} reads format {FORMAT_VERSION}. Upgrade keras-ft."
         )
+    if isinstance(version, int) and version < FORMAT_VERSION:
+        raise KerasFTError(
+            f"'{run_dir}' has run-directory format {version}, which records no file manifest, "
+            f"so this keras_ft cannot verify it. Re-create the run with keras-ft {__version__} "
+            f"(format {FORMAT_VERSION})."
+        )
+    check_record(record, path)
     return record
+
+
+def _read_json(path: Path):
+    """Parse a JSON record of a run directory; refuse undecodable text in one line."""
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        reason = "not UTF-8 text" if isinstance(error, UnicodeDecodeError) else str(error)
+        raise KerasFTError(
+            f"'{path}' is damaged: not valid JSON ({reason}). Restore the run directory from "
+            "a copy, or re-create the run with `keras-ft train`."
+        ) from None
+
+
+def verify_run(path, signing_key=None) -> tuple[dict, tuple[str, ...]]:
+    """Check a run directory before anything in it is used; return its record and classes.
+
+    Checks, in order: `run.json`'s schema; its signature when a key is given
+    (see `keras_ft.manifest.signature`); the SHA-256 of every file against
+    the manifest (links refused); `class_names.json` against the record.
+    The model itself is checked by `load`.
+
+    Args:
+        path: a run directory.
+        signing_key: HMAC key (bytes or str); `None` takes `$KERAS_FT_SIGNING_KEY`
+            when set. With a key, an unsigned or wrongly signed run is refused;
+            without one, a signed run is checked by its hashes only.
+
+    Returns:
+        `(record, class_names)`.
+    """
+    run_dir = Path(path)
+    record = read_record(run_dir)
+    check_signature(record, run_dir / "run.json", _signing_key(signing_key))
+    check_manifest(run_dir, record["manifest"])
+    names_path = run_dir / "class_names.json"
+    class_names = _read_json(names_path)
+    if not is_class_list(class_names):
+        raise KerasFTError(
+            f"'{names_path}' is damaged: expected a JSON list of distinct class-name strings, "
+            f"received {short_json(class_names)}. Restore the run directory from a copy."
+        )
+    if class_names != record["class_names"]:
+        raise KerasFTError(
+            f"'{names_path}' ({short_json(class_names)}) does not match 'class_names' in "
+            f"'{run_dir / 'run.json'}' ({short_json(record['class_names'])}). Restore the "
+            "run directory from a copy."
+        )
+    return record, tuple(class_names)
 
 
 class Predictor:
@@ -330,8 +401,13 @@ class Predictor:
                 try:
                     with Image.open(item) as image:
                         item = pil_to_rgb(image)
-                except (OSError, ValueError) as error:
-                    raise KerasFTError(f"Cannot read image '{item}': {error}.") from None
+                except Image.DecompressionBombError as error:
+                    raise KerasFTError(
+                        f"Cannot read image '{item}': too large to decode safely ({error})."
+                    ) from None
+                except Exception as error:  # any decoder failure: this image cannot be used
+                    text = str(error) or type(error).__name__
+                    raise KerasFTError(f"Cannot read image '{item}': {text}.") from None
             elif isinstance(item, Image.Image):
                 item = pil_to_rgb(item)
             array = np.asarray(item)
@@ -375,6 +451,11 @@ class Predictor:
             top_k: how many labels to list per image.
             tta: test-time augmentation (see `predict_proba`).
 
+        An image file that cannot be read or decoded raises `KerasFTError`
+        naming it; so does one of more than twice Pillow's
+        `Image.MAX_IMAGE_PIXELS` (a decompression bomb). Between one and two
+        times that limit it is read, with Pillow's `DecompressionBombWarning`.
+
         Returns:
             One dict per image: `label`, `probability` and `top_k`, a list of
             `{"label", "probability"}` in decreasing probability.
@@ -389,17 +470,23 @@ class Predictor:
         return results
 
 
-def load(path) -> Predictor:
+def load(path, signing_key=None) -> Predictor:
     """Load a run directory for prediction, checking it is complete and unchanged.
+
+    Every file is checked against the manifest in `run.json` (see
+    `verify_run`), then the model is loaded in Keras's safe mode and its
+    weights checked against their SHA-256.
 
     Args:
         path: a directory written by `FineTuner.save` or `keras-ft train`.
+        signing_key: HMAC key (bytes or str) the run was signed with; `None`
+            takes `$KERAS_FT_SIGNING_KEY` when set.
 
     Returns:
         A `Predictor`.
     """
     run_dir = Path(path)
-    record = read_record(run_dir)
+    record, class_names = verify_run(run_dir, signing_key)
     written = record.get("environment", {})
     for library, current in (("tensorflow", tf.__version__), ("keras", keras.__version__)):
         if written.get(library) and written[library] != current:
@@ -408,19 +495,32 @@ def load(path) -> Predictor:
                 f"{current}. Predictions may differ slightly.",
                 stacklevel=2,
             )
+    import keras_ft.model  # noqa: F401  registers `Preprocess`, which every model.keras holds
+
     model_path = run_dir / "model.keras"
     try:
         model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
     except Exception as error:  # a truncated or altered zip fails in many ways
+        if "safe_mode" in str(error):  # Keras refuses to deserialise Python code
+            raise KerasFTError(
+                f"'{model_path}' contains code that keras_ft will not run (a Python lambda "
+                "or function, which Keras's safe mode refuses to load). Rebuild the model "
+                "without Lambda layers, or use a run directory you trust."
+            ) from None
         raise KerasFTError(
-            f"Cannot load '{model_path}': {error}. The file is damaged; "
+            f"Cannot load '{model_path}': {str(error).splitlines()[0]}. The file is damaged; "
             "re-create the run or restore it from a copy."
         ) from None
     if weights_sha256(model) != record.get("weights_sha256"):
         raise KerasFTError(
-            f"The weights in '{model_path}' do not match the SHA-256 in "
-            f"'{run_dir / 'run.json'}': the file was changed after the run was saved. "
-            "Re-create the run or restore the original file."
+            f"The weights in '{model_path}' do not match 'weights_sha256' in "
+            f"'{run_dir / 'run.json'}': one of them was changed after the run was saved. "
+            "Restore the run directory from a copy, or re-create the run."
         )
-    class_names = json.loads((run_dir / "class_names.json").read_text())
+    outputs = model.output_shape[-1]
+    if len(class_names) != outputs:
+        raise KerasFTError(
+            f"'{run_dir / 'class_names.json'}' lists {len(class_names)} class names for a "
+            f"model with {outputs} outputs. Restore the run directory from a copy."
+        )
     return Predictor(model, class_names, record)

@@ -75,7 +75,17 @@ def _add_train(commands) -> None:
         help="with N replicas: keep the learning rates (none) or multiply them by N (linear)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_signing_key(p, "sign run.json with the key in FILE (default: $KERAS_FT_SIGNING_KEY)")
     p.set_defaults(func=train)
+
+
+def _add_signing_key(p, text: str) -> None:
+    p.add_argument("--signing-key-file", metavar="FILE", help=text)
+
+
+_VERIFY_HELP = (
+    "refuse the run unless run.json is signed with the key in FILE (default: $KERAS_FT_SIGNING_KEY)"
+)
 
 
 def _weights(value: str) -> str | None:
@@ -254,23 +264,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data_dir")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--tta", action="store_true", help=TTA_HELP)
+    _add_signing_key(p, _VERIFY_HELP)
     p.set_defaults(func=evaluate)
     p = commands.add_parser("predict", help="predict images; one JSON object per line")
     p.add_argument("run_dir")
     p.add_argument("images", nargs="+")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--tta", action="store_true", help=TTA_HELP)
+    _add_signing_key(p, _VERIFY_HELP)
     p.set_defaults(func=predict)
     p = commands.add_parser("export", help="write a run's SavedModel as OUT/<version>/")
     p.add_argument("run_dir")
     p.add_argument("output", help="TF Serving model base path")
     p.add_argument("--version", type=int, help="version number (default: next free)")
+    _add_signing_key(p, _VERIFY_HELP)
     p.set_defaults(func=export)
     p = commands.add_parser("reproduce", help="re-train a run from its record, compare weights")
     p.add_argument("run_dir")
     p.add_argument("--data", help="training folder, if it moved since the run")
     p.add_argument("--test-dir", help="held-out folder, if it moved since the run")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_signing_key(p, _VERIFY_HELP)
     p.set_defaults(func=reproduce)
     p = commands.add_parser("scan", help="check a data set before training")
     p.add_argument("data_dir", help="training folder: DATA_DIR/<class>/<image>")
@@ -427,7 +441,9 @@ def train(args) -> int:
     from keras_ft.evaluation import format_metrics
     from keras_ft.output import OutputLock, check_output
     from keras_ft.reproducibility import weights_sha256
+    from keras_ft.text import printable
 
+    key = _key(args)  # a bad key file is refused before any training
     spec = get_backbone(args.backbone)
     # First: a multi-worker strategy joins its cluster before TensorFlow runs anything.
     tuner = FineTuner(
@@ -475,7 +491,7 @@ def train(args) -> int:
             )
         data = _image_folder(args, spec)
         tuner.build(data.image_size, data.num_classes)
-        _say(args, f"classes ({data.num_classes}): {', '.join(data.class_names)}")
+        _say(args, f"classes ({data.num_classes}): {', '.join(map(printable, data.class_names))}")
         _say(
             args,
             f"images: {len(data.train_files)} train, {len(data.validation_files)} "
@@ -494,7 +510,7 @@ def train(args) -> int:
             return 0
         # The output now holds this run's checkpoints; the finished run replaces them.
         _say(args, f"writing the run directory (model, SavedModel, report, logs): {output}")
-        path = tuner.save(output, overwrite=True)
+        path = tuner.save(output, overwrite=True, signing_key=key)
     if tuner.metrics is not None:
         print(format_metrics(tuner.metrics))
     link = f" (a link to {path})" if os.path.islink(args.output) else ""
@@ -593,7 +609,7 @@ def evaluate(args) -> int:
     from keras_ft.data import folder_dataset
     from keras_ft.evaluation import evaluate_model, format_metrics, trained_with_flips
 
-    predictor = load(args.run_dir)
+    predictor = load(args.run_dir, signing_key=_key(args))
     dataset, _ = folder_dataset(
         args.data_dir, predictor.class_names, predictor.image_size, args.batch_size
     )
@@ -609,7 +625,7 @@ def evaluate(args) -> int:
 def predict(args) -> int:
     from keras_ft import KerasFTError, load
 
-    predictor = load(args.run_dir)
+    predictor = load(args.run_dir, signing_key=_key(args))
     status = 0
     for path in args.images:
         try:
@@ -625,7 +641,11 @@ def reproduce(args) -> int:
     from keras_ft.reproducibility import reproduce_run
 
     result = reproduce_run(
-        args.run_dir, args.data, args.test_dir, verbose=0 if args.quiet else "auto"
+        args.run_dir,
+        args.data,
+        args.test_dir,
+        verbose=0 if args.quiet else "auto",
+        signing_key=_key(args),
     )
     print(f"recorded weights:   {result['recorded']}")
     print(f"reproduced weights: {result['reproduced']}")
@@ -638,12 +658,14 @@ def reproduce(args) -> int:
 def export(args) -> int:
     from keras_ft.artifacts import export_for_serving
 
-    print(f"exported: {export_for_serving(args.run_dir, args.output, args.version)}")
+    target = export_for_serving(args.run_dir, args.output, args.version, _key(args))
+    print(f"exported: {target}")
     return 0
 
 
 def scan(args) -> int:
     from keras_ft.scan import scan_folder
+    from keras_ft.text import printable
 
     options = dict(cache=not args.no_cache, quiet=args.quiet)
     reports = [scan_folder(args.data_dir, **options)]
@@ -654,7 +676,7 @@ def scan(args) -> int:
     if len(reports[0].class_names) < 2:
         refuse.append("a classifier needs at least two class sub-folders")
     if refuse:
-        print(f"status: training would refuse this data ({'; '.join(refuse)})")
+        print(printable(f"status: training would refuse this data ({'; '.join(refuse)})"))
         return 2
     warned = sum(len(r.warnings) for r in reports)
     print(f"status: ok, with {warned} warning(s) (not fatal)" if warned else "status: ok")
@@ -668,9 +690,23 @@ def backbones(args) -> int:
     return 0
 
 
+def _key(args) -> bytes | None:
+    """The signing key: --signing-key-file's contents, else $KERAS_FT_SIGNING_KEY, else None."""
+    from keras_ft.manifest import signing_key
+
+    return signing_key(key_file=args.signing_key_file)
+
+
 def _say(args, message: str) -> None:
     if not getattr(args, "quiet", False):
         print(message)
+
+
+def _printable_lines(message) -> str:
+    """`message` for the terminal: its lines kept, control characters in names escaped."""
+    from keras_ft.text import printable
+
+    return "\n".join(printable(line) for line in str(message).split("\n"))
 
 
 def main(argv=None) -> int:
@@ -683,7 +719,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except KerasFTError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_printable_lines(error)}", file=sys.stderr)
         return 2
     except WorkerLostError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -25,6 +25,7 @@ from PIL import Image
 from keras_ft.config import DataConfig
 from keras_ft.errors import KerasFTError
 from keras_ft.scan import ImageFile, ScanReport, scan_folder
+from keras_ft.text import printable
 
 AUTOTUNE = tf.data.AUTOTUNE
 # tf.data's autotuner thread sleeps between rounds for doubling periods (up to a
@@ -168,6 +169,18 @@ def _refuse_bad_files(report: ScanReport, skip_bad: bool) -> None:
         )
 
 
+def _warn_about_run_directories(report: ScanReport) -> None:
+    for note in report.problems:
+        if note.kind == "run_directory":
+            warnings.warn(
+                printable(
+                    f"Skipped '{note.path}': a keras_ft run directory (an output), not used "
+                    "as training data. Write outputs outside the data folder."
+                ),
+                stacklevel=3,
+            )
+
+
 class ImageFolder:
     """A labelled image folder, split and served as tf.data pipelines.
 
@@ -239,6 +252,7 @@ class ImageFolder:
             skip_bad=skip_bad,
         )
         self.report = scan_folder(directory, quiet=quiet)
+        _warn_about_run_directories(self.report)
         _refuse_bad_files(self.report, skip_bad)
         self.class_names = self.report.class_names
         if len(self.class_names) < 2:
@@ -286,10 +300,12 @@ class ImageFolder:
             largest = max(counts, key=counts.get)
             smallest = min(counts, key=counts.get)
             warnings.warn(
-                f"Imbalanced classes in '{self.config.directory}': '{largest}' has "
-                f"{counts[largest]} images, '{smallest}' {counts[smallest]} (more than 3x). "
-                "Consider fit(..., class_weight='balanced') (--class-weight balanced) and "
-                "watch the per-class recall in the report.",
+                printable(
+                    f"Imbalanced classes in '{self.config.directory}': '{largest}' has "
+                    f"{counts[largest]} images, '{smallest}' {counts[smallest]} (more than 3x). "
+                    "Consider fit(..., class_weight='balanced') (--class-weight balanced) and "
+                    "watch the per-class recall in the report."
+                ),
                 stacklevel=3,
             )
 

@@ -7,6 +7,7 @@ import tensorflow as tf
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from keras_ft.distribute import predict_batch
+from keras_ft.text import printable
 
 TTA_SHIFT = 0.05  # test-time shifts: a twentieth of the width and height, both ways
 
@@ -113,8 +114,11 @@ def evaluate_model(
 
 
 def format_metrics(metrics: dict) -> str:
-    """A plain-text report: headline numbers, per-class table, confusion matrix."""
-    names = list(metrics["per_class"])
+    """A plain-text report: headline numbers, per-class table, confusion matrix.
+
+    Class names are shown with control characters escaped (see `keras_ft.text.printable`).
+    """
+    names = [printable(name) for name in metrics["per_class"]]
     width = max(8, *(len(n) for n in names))
     lines = [
         f"test loss: {metrics['loss']:.4f}",
@@ -124,7 +128,7 @@ def format_metrics(metrics: dict) -> str:
         "",
         f"{'class':<{width}}  precision  recall     f1  support",
     ]
-    for name, row in metrics["per_class"].items():
+    for name, row in zip(names, metrics["per_class"].values(), strict=True):
         lines.append(
             f"{name:<{width}}  {row['precision']:9.3f}  {row['recall']:6.3f}"
             f"  {row['f1']:5.3f}  {row['support']:7d}"

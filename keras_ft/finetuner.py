@@ -539,8 +539,8 @@ class FineTuner:
         flip = trained_with_flips(trained, self.history.decisions)
         return evaluate_model(self.model, data, self.class_names, top_k, tta, flip)
 
-    def save(self, path, overwrite: bool = False) -> str | None:
-        """Write the run directory (see `keras_ft.artifacts.save_run`).
+    def save(self, path, overwrite: bool = False, signing_key=None) -> str | None:
+        """Write the run directory (see `keras_ft.artifacts.save_run`), signed if a key is set.
 
         Under a multi-worker strategy only the chief writes; on the other
         workers this writes nothing and returns `None`.
@@ -551,7 +551,7 @@ class FineTuner:
         if not self.distribution.is_chief:
             return None
         try:
-            return save_run(self, path, overwrite=overwrite)
+            return save_run(self, path, overwrite=overwrite, signing_key=signing_key)
         except (OSError, tf.errors.OpError) as error:  # nothing half-written stays behind
             reason = getattr(error, "strerror", None) or getattr(error, "message", str(error))
             raise KerasFTError(

@@ -32,6 +32,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from keras_ft.data import pil_to_rgb
 from keras_ft.evaluation import predict_dataset
+from keras_ft.text import csv_cell, printable
 
 PLOTS_HINT = 'Plots need matplotlib: pip install "keras-ft[plots]"'
 MAX_MISTAKES = 24
@@ -127,9 +128,13 @@ def plot_confusion(matrix, class_names) -> bytes | None:
     axis = figure.subplots()
     image = axis.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
     figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04, label="fraction of the true class")
-    long_names = n > 6 and max(len(str(name)) for name in class_names) > 3
-    axis.set_xticks(range(n), labels=class_names, rotation=90 if long_names else 0, fontsize=8)
-    axis.set_yticks(range(n), labels=class_names, fontsize=8)
+    labels = [printable(name) for name in class_names]
+    long_names = n > 6 and max(len(label) for label in labels) > 3
+    # Class names are data: "$x$" is drawn as it is, not parsed as mathtext.
+    axis.set_xticks(
+        range(n), labels=labels, rotation=90 if long_names else 0, fontsize=8, parse_math=False
+    )
+    axis.set_yticks(range(n), labels=labels, fontsize=8, parse_math=False)
     axis.set_xlabel("predicted")
     axis.set_ylabel("true")
     if n <= 30:
@@ -180,8 +185,9 @@ def mistakes_grid(paths, true_names, predicted_names, confidences, columns: int 
             grid.paste(thumb, (x + (_TILE - thumb.width) // 2, y + (_TILE - thumb.height) // 2))
         except (OSError, ValueError):
             draw.rectangle((x, y, x + _TILE, y + _TILE), outline="grey")
-        draw.text((x, y + _TILE + 3), _fit_text(draw, f"true: {true}", font, _TILE), "black", font)
-        caption = _fit_text(draw, f"pred: {predicted} ({confidence:.2f})", font, _TILE)
+        caption = _fit_text(draw, f"true: {printable(true)}", font, _TILE)
+        draw.text((x, y + _TILE + 3), caption, "black", font)
+        caption = _fit_text(draw, f"pred: {printable(predicted)} ({confidence:.2f})", font, _TILE)
         draw.text((x, y + _TILE + 18), caption, (190, 20, 20), font)
     return grid
 
@@ -208,16 +214,17 @@ def _mistakes_png(tuner) -> bytes | None:
     return buffer.getvalue()
 
 
+def _html(text) -> str:
+    """Text for an HTML page: markup escaped, control characters shown as escapes."""
+    return html.escape(printable(text))
+
+
 def _table(header, rows, css: str = "") -> str:
     """An HTML table; no header row when `header` is None."""
     head = ""
     if header is not None:
-        cells = "".join(f"<th>{html.escape(str(h), quote=False)}</th>" for h in header)
-        head = f"<thead><tr>{cells}</tr></thead>"
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(str(v), quote=False)}</td>" for v in row) + "</tr>"
-        for row in rows
-    )
+        head = f"<thead><tr>{''.join(f'<th>{_html(h)}</th>' for h in header)}</tr></thead>"
+    body = "".join("<tr>" + "".join(f"<td>{_html(v)}</td>" for v in row) + "</tr>" for row in rows)
     return f'<table class="{css}">{head}<tbody>{body}</tbody></table>'
 
 
@@ -227,7 +234,7 @@ def _number(value) -> str:
 
 def _image(png: bytes, alt: str) -> str:
     encoded = base64.b64encode(png).decode("ascii")
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
+    return f'<img alt="{_html(alt)}" src="data:image/png;base64,{encoded}">'
 
 
 def _summary_rows(tuner) -> list[tuple[str, object]]:
@@ -289,7 +296,7 @@ table.run td { text-align: left; } table.run td:first-child { font-weight: 600; 
 
 def render_html(title, summary, rows, metrics, class_names, images, plots) -> str:
     """The report page. `images` maps a name to PNG bytes (or None); all are embedded."""
-    parts = [f"<h1>{html.escape(title)}</h1>"]
+    parts = [f"<h1>{_html(title)}</h1>"]
     if not plots:
         parts.append(f'<p class="hint">{html.escape(PLOTS_HINT, quote=False)}</p>')
     parts.append("<h2>Run</h2>" + _table(None, summary, "run"))
@@ -342,7 +349,7 @@ def render_html(title, summary, rows, metrics, class_names, images, plots) -> st
             parts.append(f"<p>{wrong} misclassified test images (the grid could not be drawn).</p>")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
+        f"<title>{_html(title)}</title><style>{_STYLE}</style></head>"
         f"<body>{''.join(parts)}</body></html>\n"
     )
 
@@ -378,8 +385,10 @@ def write_report(tuner, directory) -> Path:
         with (directory / "per_class.csv").open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(("class", "precision", "recall", "f1", "support"))
-            for name, r in metrics["per_class"].items():
-                writer.writerow((name, r["precision"], r["recall"], r["f1"], r["support"]))
+            for name, r in metrics["per_class"].items():  # a name is data, never a formula
+                writer.writerow(
+                    (csv_cell(name), r["precision"], r["recall"], r["f1"], r["support"])
+                )
     for name, png in images.items():
         if png:
             (directory / f"{name}.png").write_bytes(png)

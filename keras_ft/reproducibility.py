@@ -104,7 +104,7 @@ def compare_files(recorded: dict[str, str], current: dict[str, str]) -> dict[str
     }
 
 
-def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto") -> dict:
+def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto", signing_key=None) -> dict:
     """Re-train a run from its record and compare the final weights.
 
     The data is checked first: if any file was added, removed or changed since
@@ -115,6 +115,7 @@ def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto") -> dict
         data_dir: the training folder, if it moved (default: the recorded one).
         test_dir: the held-out folder, if it moved.
         verbose: Keras verbosity of the re-training.
+        signing_key: as for `keras_ft.load`: the run directory is verified first.
 
     Returns:
         A dict: `match` (bool), `recorded` and `reproduced` weight hashes, and
@@ -122,18 +123,23 @@ def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto") -> dict
     """
     import tempfile
 
-    from keras_ft.artifacts import read_record
+    from keras_ft.artifacts import verify_run
     from keras_ft.backbones import BACKBONES
-    from keras_ft.config import DataConfig, ModelConfig, TrainingConfig, from_dict, to_dict
+    from keras_ft.config import DataConfig, ModelConfig, TrainingConfig, to_dict
     from keras_ft.data import ImageFolder
     from keras_ft.errors import KerasFTError
     from keras_ft.finetuner import FineTuner
     from keras_ft.scan import scan_folder
 
-    record = read_record(run_dir)
-    data_config = from_dict(DataConfig, record["data"])
-    model_config = from_dict(ModelConfig, record["model"])
-    training = from_dict(TrainingConfig, record["training"])
+    record, _ = verify_run(run_dir, signing_key)
+    if record["data"] is None or record["training"] is None or "data_files" not in record:
+        raise KerasFTError(
+            f"'{run_dir}' records no training data or settings (it was saved without "
+            "`FineTuner.fit` on an ImageFolder), so it cannot be re-trained."
+        )
+    data_config = _recorded(run_dir, "data", DataConfig, record)
+    model_config = _recorded(run_dir, "model", ModelConfig, record)
+    training = _recorded(run_dir, "training", TrainingConfig, record)
     if model_config.backbone not in BACKBONES:
         raise KerasFTError(
             f"'{run_dir}' used a custom backbone ({model_config.backbone!r}); `reproduce` "
@@ -145,7 +151,8 @@ def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto") -> dict
         if folder is None:
             continue
         report = scan_folder(folder, class_names=tuple(record["class_names"]))
-        changes = compare_files(record["data_files"][split], file_hashes(report.files))
+        recorded = record["data_files"].get(split) or {}
+        changes = compare_files(recorded, file_hashes(report.files))
         if any(changes.values()):
             listing = "\n".join(
                 f"  {kind}: {path}" for kind, paths in changes.items() for path in paths
@@ -189,6 +196,21 @@ def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto") -> dict
         "reproduced": reproduced,
         "environment_differences": {k: (then.get(k), now[k]) for k in now if then.get(k) != now[k]},
     }
+
+
+def _recorded(run_dir, key: str, config, record: dict):
+    """Rebuild config class `config` from `record[key]`; a damaged entry is refused in one line."""
+    from keras_ft.config import from_dict
+    from keras_ft.errors import KerasFTError
+
+    try:
+        return from_dict(config, record[key])
+    except (TypeError, ValueError) as error:  # KerasFTError included
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise KerasFTError(
+            f"'{run_dir}/run.json' is damaged: '{key}' does not rebuild a {config.__name__} "
+            f"({reason}). Restore the run directory from a copy."
+        ) from None
 
 
 def check_deterministic_gradients(model: keras.Model, backbone_name: str) -> None:

@@ -1,8 +1,10 @@
 """Walk an image folder: the class list, the file list, and every file that cannot be used.
 
-A folder is `root/<class>/<image>`. Each candidate file is read and fully
-decoded with Pillow before any model is built, so that one corrupt file is
-reported by path up front instead of killing a tf.data epoch hours later.
+A folder is `root/<class>/<image>`. A file is an image candidate when its
+extension is one of a format Pillow decodes (`image_extensions`: JPEG, PNG,
+WebP, TIFF, BMP, GIF, PPM ...). Each candidate is read and fully decoded with
+Pillow before any model is built, so that one corrupt file is reported by path
+up front instead of killing a tf.data epoch hours later.
 
 Every finding is a `Problem` at one of three levels:
 
@@ -17,25 +19,41 @@ Every finding is a `Problem` at one of three levels:
   its training folder (leakage: the test accuracy will be optimistic).
 * **note** (not fatal): content that does not match the extension (read as
   what it is), a symbolic link that loops back or repeats a folder (not
-  followed).
+  followed), a keras_ft run or search directory inside the data (one of
+  `keras_ft.output.MARKERS` at its top, e.g. `run.json`: an output, not data;
+  not scanned, so its report PNGs never become a class).
 
-Hidden files and folders, `Thumbs.db`, `desktop.ini` and files without an
-image extension (`.txt`, `.csv` ...) are ignored silently.
+Every other file (`.txt`, `.csv` ...) is counted and named in the summary as
+"not an image, skipped"; hidden files and folders, `Thumbs.db` and
+`desktop.ini` are ignored silently.
 
-Decoding results are cached by (path, size, modification time) in one JSON
+Size limit: an image of more than twice Pillow's `Image.MAX_IMAGE_PIXELS`
+(about 179 megapixels by default) is a "too_large" problem, as Pillow refuses
+to decode it (a decompression bomb). Between one and two times the limit it is
+decoded and used, and Pillow's `DecompressionBombWarning` is left as Pillow
+shows it.
+
+Decoding verdicts are cached by (path, size, modification time) in one JSON
 file per root folder under `$KERAS_FT_CACHE` (default `~/.cache/keras_ft`),
 never inside the data folder, so a second scan of an unchanged folder only
-lists and stats it.
+lists and stats it. Only verdicts that are properties of the file's bytes are
+cached: a usable image, an empty file, content no Pillow format recognises, a
+truncated file, a decoder error only bad content causes. A failure to read the
+file, a lack of memory, a decoder that is not available, the size limit (a
+setting) or any other error may pass without the file changing, and is
+checked again at the next scan.
 """
 
 from __future__ import annotations
 
 import codecs
+import functools
 import hashlib
 import io
 import json
 import os
 import re
+import struct
 import sys
 import time
 from collections import defaultdict
@@ -46,21 +64,26 @@ from stat import S_ISREG
 
 import PIL
 from PIL import Image, UnidentifiedImageError
+from PIL.ImageFile import StubImageFile
 
 from keras_ft.errors import KerasFTError
+from keras_ft.output import keras_ft_marker
+from keras_ft.text import printable
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
+# How many names of files that are not images the summary shows.
+NOT_IMAGES_SHOWN = 5
 DEFAULT_MIN_SIZE = 8
 # Progress is shown for folders of at least this many files: on a terminal as
 # one line redrawn in place, otherwise as one line every PROGRESS_EVERY files.
 PROGRESS_MIN_FILES = 1000
 PROGRESS_EVERY = 5000
-CACHE_VERSION = 1
+# 2: only verdicts that are properties of the bytes (version 1 cached every decoder failure).
+CACHE_VERSION = 2
 WARNING_KINDS = frozenset({"leakage"})
-# Failures that can change without the file changing (permissions, a link's
-# target): never cached.
-_TRANSIENT_KINDS = frozenset({"unreadable", "missing"})
+# Decoder errors only the bytes can cause; any other (an OSError such as "decoder
+# jpeg2k not available", MemoryError, a bug) may pass without the file changing.
+_CONTENT_ERRORS = (SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError)
 
 # Pillow (format, mode) pairs that tf.io.decode_image reads correctly as RGB.
 # Anything else that Pillow can read (CMYK JPEG, 16-bit PNG, any BMP or GIF,
@@ -71,9 +94,30 @@ _TF_NATIVE = {
     "JPEG": {"L", "RGB"},
     "PNG": {"1", "L", "LA", "P", "RGB", "RGBA"},
 }
-_EXTENSION_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".gif": "GIF"}
 # Formats that are a kind of what their extension says (a camera's multi-picture JPEG).
 _SAME_FORMAT = {"MPO": "JPEG"}
+# Formats Pillow identifies but cannot decode (MPEG: video).
+_NOT_DECODED = frozenset({"MPEG"})
+
+
+@functools.cache
+def image_extensions() -> dict[str, str]:
+    """The extensions of image candidates (lower case, with the dot) and the format each names.
+
+    Every extension Pillow registers for a format it can open and decode
+    (`.jpg`, `.png`, `.webp`, `.tif`, `.tiff`, `.bmp`, `.gif`, `.ppm` ...); not
+    the formats it can only write (PDF) or only identify (stubs such as HDF5,
+    and MPEG video).
+    """
+
+    def decodes(fmt: str) -> bool:
+        if fmt in _SAME_FORMAT:
+            return True
+        factory = Image.OPEN.get(fmt, (None,))[0]
+        stub = isinstance(factory, type) and issubclass(factory, StubImageFile)
+        return factory is not None and not stub and fmt not in _NOT_DECODED
+
+    return {ext: fmt for ext, fmt in Image.registered_extensions().items() if decodes(fmt)}
 
 
 def natural_key(name: str) -> list:
@@ -132,6 +176,8 @@ class ScanReport:
         files: the usable images, ordered by class, then by path.
         problems: every problem, warning and note, each naming its path.
         from_cache: how many files were judged from the cache, not decoded.
+        not_images: the files left out because their extension is not an image
+            format's (`notes.txt`, `labels.csv` ...), as paths relative to `root`.
     """
 
     root: str
@@ -139,6 +185,7 @@ class ScanReport:
     files: tuple[ImageFile, ...]
     problems: tuple[Problem, ...] = field(default=())
     from_cache: int = 0
+    not_images: tuple[str, ...] = field(default=())
 
     @property
     def bad_files(self) -> tuple[Problem, ...]:
@@ -158,11 +205,20 @@ class ScanReport:
         return counts
 
     def summary(self) -> str:
-        """Per-class counts, the class order and every problem with its path and reason."""
+        """Per-class counts, the class order and every problem with its path and reason.
+
+        Control characters in names are escaped (see `keras_ft.text.printable`).
+        """
         lines = [f"{self.root}: {len(self.files)} images in {len(self.class_names)} classes"]
         lines.append(f"class order (label 0 first): {list(self.class_names)}")
         lines += [f"  {name}: {count}" for name, count in self.counts().items()]
         lines += [f"  {p.level}: {p.path}: {p.reason}" for p in self.problems]
+        if self.not_images:
+            shown = list(self.not_images[:NOT_IMAGES_SHOWN])
+            shown += ["..."] if len(self.not_images) > NOT_IMAGES_SHOWN else []
+            lines.append(
+                f"{len(self.not_images)} file(s) not an image, skipped: {', '.join(shown)}"
+            )
         if self.bad_files:
             lines.append(
                 f"{len(self.bad_files)} problem(s): training refuses these; fix or remove "
@@ -172,7 +228,7 @@ class ScanReport:
             lines.append(
                 f"{len(self.warnings)} warning(s): reported, not fatal; the files are used."
             )
-        return "\n".join(lines)
+        return "\n".join(printable(line) for line in lines)
 
 
 # ----------------------------------------------------------------- one file
@@ -214,36 +270,43 @@ def _read(path: str) -> bytes:
         return handle.read()
 
 
-def _inspect(path: str) -> dict:
+def _inspect(path: str) -> tuple[dict, bool]:
     """Read and fully decode one file.
 
     Returns:
-        A JSON-serialisable record: `{"error": kind, "reason": text}` when the
-        file cannot be used, else its format, mode, width, height and SHA-256.
+        (record, lasting). The record is JSON-serialisable: `{"error": kind,
+        "reason": text}` when the file cannot be used, else its format, mode,
+        width, height and SHA-256. `lasting` says whether the record is a
+        property of the file's bytes, which only a change to the file can
+        change: only then may it be cached.
     """
     try:
         data = _read(path)
     except PermissionError:
-        return _failure("unreadable", "cannot be read (permission denied); fix with chmod a+r")
+        reason = "cannot be read (permission denied); fix with chmod a+r"
+        return _failure("unreadable", reason), False
     except FileNotFoundError:
-        return _failure("missing", "cannot be read: a broken symbolic link or a vanished file")
+        reason = "cannot be read: a broken symbolic link or a vanished file"
+        return _failure("missing", reason), False
     except OSError as error:
-        return _failure("unreadable", f"cannot be read ({error.strerror or error})")
+        return _failure("unreadable", f"cannot be read ({error.strerror or error})"), False
     if not data:
-        return _failure("empty", "empty file (0 bytes)")
+        return _failure("empty", "empty file (0 bytes)"), True
     try:
         fmt, mode, width, height = _decode(data)
     except UnidentifiedImageError:
-        return _failure("not_image", _not_an_image(data))
-    except Image.DecompressionBombError as error:
-        return _failure("too_large", f"too large to decode safely ({error})")
+        return _failure("not_image", _not_an_image(data)), True
+    except Image.DecompressionBombError as error:  # the limit is a setting: not lasting
+        return _failure("too_large", f"too large to decode safely ({error})"), False
     except Exception as error:  # any decoder failure at all means the file cannot be used
         text = str(error) or type(error).__name__
         if "truncated" in text.lower():
-            return _failure("truncated", f"truncated, e.g. an interrupted download ({text})")
-        return _failure("undecodable", f"cannot be decoded ({text})")
+            return _failure("truncated", f"truncated, e.g. an interrupted download ({text})"), True
+        reason = f"cannot be decoded ({text})"
+        return _failure("undecodable", reason), isinstance(error, _CONTENT_ERRORS)
     digest = hashlib.sha256(data).hexdigest()
-    return {"format": fmt, "mode": mode, "width": width, "height": height, "sha256": digest}
+    record = {"format": fmt, "mode": mode, "width": width, "height": height, "sha256": digest}
+    return record, True
 
 
 def _valid_record(record) -> bool:
@@ -269,7 +332,7 @@ def _judge(path: str, relpath: str, label: int, record: dict, min_size: int):
     image = ImageFile(
         path, relpath, label, record["mode"] not in _TF_NATIVE.get(fmt, ()), record["sha256"]
     )
-    expected = _EXTENSION_FORMAT[Path(path).suffix.lower()]
+    expected = image_extensions()[Path(path).suffix.lower()]
     if _SAME_FORMAT.get(fmt, fmt) == expected:
         return image, None
     note = f"content is {fmt} but the name says {expected}; read as {fmt}"
@@ -283,12 +346,22 @@ def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _is_candidate(name: str) -> bool:
-    return (
-        not name.startswith(".")
-        and name.lower() not in IGNORED_NAMES
-        and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-    )
+def _ignored(name: str) -> bool:
+    """Hidden and system files: left out silently."""
+    return name.startswith(".") or name.lower() in IGNORED_NAMES
+
+
+def _is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in image_extensions()
+
+
+def _run_note(path: str) -> Problem | None:
+    """A note when the folder at `path` is a keras_ft run or search directory, else None."""
+    marker = keras_ft_marker(Path(path))
+    if marker is None:
+        return None
+    reason = f"a keras_ft run directory (holds {marker}): an output, not data; not scanned"
+    return Problem(path, reason, fatal=False, kind="run_directory")
 
 
 def _link_note(path: str, here: str, others: list[str], visited: set[str]) -> Problem | None:
@@ -310,32 +383,41 @@ def _walk_class(top: str, others: list[str], visited: set[str]):
     """Candidate image paths under one class folder, following links without looping.
 
     Returns:
-        (paths in walk order, notes about links not followed).
+        (image paths in walk order, notes about folders not walked, paths of
+        files that are not images).
     """
-    paths, notes = [], []
+    paths, notes, not_images = [], [], []
     for dirpath, dirnames, filenames in os.walk(top, followlinks=True):
         here = os.path.realpath(dirpath)
         keep = []
         for name in sorted(dirnames):
             if not name.startswith("."):
-                note = _link_note(os.path.join(dirpath, name), here, others, visited)
+                path = os.path.join(dirpath, name)
+                note = _run_note(path) or _link_note(path, here, others, visited)
                 if note is None:
                     keep.append(name)
                 else:
                     notes.append(note)
         dirnames[:] = keep
-        paths += [os.path.join(dirpath, name) for name in sorted(filenames) if _is_candidate(name)]
-    return paths, notes
+        for name in sorted(filenames):
+            if not _ignored(name):
+                group = paths if _is_image_name(name) else not_images
+                group.append(os.path.join(dirpath, name))
+    return paths, notes, not_images
 
 
 def _class_dirs(root: Path) -> tuple[list[str], list[Problem]]:
-    """Non-hidden folders of `root`, without links that loop back to `root` or above it."""
+    """Non-hidden folders of `root`, without links that loop back to `root` or above it
+    and without keras_ft run directories."""
     names, notes, real_root = [], [], os.path.realpath(root)
-    for entry in root.iterdir():
+    for entry in sorted(root.iterdir()):
         if entry.name.startswith(".") or not entry.is_dir():
             continue
         real = os.path.realpath(entry)
-        if _within(real_root, real):
+        run_note = _run_note(str(entry))
+        if run_note is not None:
+            notes.append(run_note)
+        elif _within(real_root, real):
             reason = f"symbolic link loop: points to {real}, which contains it; not a class"
             notes.append(Problem(str(entry), reason, fatal=False, kind="link"))
         else:
@@ -489,7 +571,7 @@ def _inspect_all(root: Path, candidates, workers: int, use_cache: bool, quiet: b
         try:
             stat = os.stat(path)
         except FileNotFoundError:
-            records[i] = _inspect(path)
+            records[i], _ = _inspect(path)
             continue
         except OSError:
             records[i] = _failure("unreadable", "cannot be read (cannot stat it)")
@@ -507,9 +589,11 @@ def _inspect_all(root: Path, candidates, workers: int, use_cache: bool, quiet: b
     progress.advance(len(candidates) - len(todo))
     with ThreadPoolExecutor(max_workers=workers) as pool:
         paths = [candidates[i][0] for i, _, _ in todo]
-        for (i, relpath, stamp), record in zip(todo, pool.map(_inspect, paths), strict=True):
+        for (i, relpath, stamp), (record, lasting) in zip(
+            todo, pool.map(_inspect, paths), strict=True
+        ):
             records[i] = record
-            if record.get("error") not in _TRANSIENT_KINDS:
+            if lasting:
                 entries[relpath] = {"stamp": stamp, "record": record}
             progress.advance()
     from_cache = len(candidates) - len(todo)
@@ -604,15 +688,16 @@ def scan_folder(
         class_names = training.class_names if training is not None else found
     _check_same_classes(root, found, class_names)
     _, problems = _class_dirs(root)
-    candidates, labels = [], []
+    candidates, labels, not_images = [], [], []
     real_classes = [os.path.realpath(root / name) for name in class_names]
     visited = set(real_classes)
     for label, name in enumerate(class_names):
         others = real_classes[:label] + real_classes[label + 1 :]
-        paths, notes = _walk_class(str(root / name), others, visited)
+        paths, notes, others_files = _walk_class(str(root / name), others, visited)
         candidates += [(path, Path(path).relative_to(root).as_posix()) for path in paths]
         labels += [label] * len(paths)
         problems += notes
+        not_images += [Path(path).relative_to(root).as_posix() for path in others_files]
     workers = workers or min(32, 4 * (os.cpu_count() or 1))
     records, from_cache = _inspect_all(root, candidates, workers, cache, quiet)
     files = []
@@ -628,4 +713,6 @@ def scan_folder(
             problems.append(Problem(str(root / name), reason, kind="empty_class"))
     if training is not None:
         problems += _leaks(files, training)
-    return ScanReport(str(root), tuple(class_names), tuple(files), tuple(problems), from_cache)
+    return ScanReport(
+        str(root), tuple(class_names), tuple(files), tuple(problems), from_cache, tuple(not_images)
+    )

@@ -5,8 +5,10 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import struct
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -99,3 +101,18 @@ def split_folders(tmp_path) -> tuple[Path, Path]:
         write_folder(tmp_path / "train", classes, per_class=16, seed=1),
         write_folder(tmp_path / "test", classes, per_class=4, seed=2),
     )
+
+
+def bomb_png(path, side: int = 20000):
+    """A PNG of a few KB whose header claims `side` x `side` grey pixels (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = zlib.compress(bytes((side + 1) * 64), 9)  # 64 rows of zeros; all of it would be 400 MB
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    )
+    return path

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -141,7 +142,10 @@ def test_changed_weights_are_refused(trained, tmp_path):
     model = keras.saving.load_model(copy / "model.keras")
     model.get_layer("predictions").kernel.assign(model.get_layer("predictions").kernel * 2)
     model.save(copy / "model.keras")
-    with pytest.raises(KerasFTError, match="model.keras' do not match the SHA-256"):
+    with pytest.raises(KerasFTError, match="changed: model.keras"):
+        keras_ft.load(copy)
+    reseal(copy)  # the manifest rewritten too: the weights' own SHA-256 still differs
+    with pytest.raises(KerasFTError, match="model.keras' do not match 'weights_sha256'"):
         keras_ft.load(copy)
 
 
@@ -149,7 +153,10 @@ def test_truncated_model_file_is_refused(trained, tmp_path):
     copy = copy_run(trained[1], tmp_path / "run")
     data = (copy / "model.keras").read_bytes()
     (copy / "model.keras").write_bytes(data[: len(data) // 2])
-    with pytest.raises(KerasFTError, match="Cannot load '.*model.keras'"):
+    with pytest.raises(KerasFTError, match="changed: model.keras"):
+        keras_ft.load(copy)
+    reseal(copy)
+    with pytest.raises(KerasFTError, match="Cannot load '.*model.keras'.*damaged"):
         keras_ft.load(copy)
 
 
@@ -297,3 +304,489 @@ def test_kill_while_replacing_a_run_then_save_again(window, trained, tmp_path):
     trained[0].save(target, overwrite=True)  # the next save clears what the killed one left
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]
     assert keras_ft.load(target).class_names == trained[0].class_names
+
+
+# --- Trust: the manifest, the signature, the records' schema (one shared trained run) ---
+
+
+def cli(capsys, *args):
+    """Run `keras-ft ARGS` in this process; return (exit code, stdout, stderr)."""
+    from keras_ft.cli import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def listing(root) -> dict:
+    """Every path under `root`: a symlink's target, a file's SHA-256, or None for a folder."""
+    import hashlib
+    import os
+
+    entries = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            if os.path.islink(path):
+                entries[path] = ("link", os.readlink(path))
+            elif os.path.isfile(path):
+                with open(path, "rb") as handle:
+                    entries[path] = hashlib.sha256(handle.read()).hexdigest()
+            else:
+                entries[path] = None
+    return entries
+
+
+def assert_refused(result, *fragments):
+    """Exit 2, one line on stderr naming each fragment, no traceback, nothing on stdout."""
+    code, out, err = result
+    assert code == 2, out + err
+    assert "Traceback" not in err and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def reseal(run_dir, edit=None):
+    """Rewrite run.json as someone without the signing key could: edit, recompute the manifest."""
+    from keras_ft.manifest import file_manifest
+
+    record = json.loads((run_dir / "run.json").read_text())
+    if edit is not None:
+        edit(record)
+    record["manifest"] = file_manifest(run_dir)
+    (run_dir / "run.json").write_text(json.dumps(record))
+
+
+def edit_model_config(model_file, old, new):
+    """Replace `old` by `new` in the config.json inside a .keras zip archive."""
+    import zipfile
+
+    with zipfile.ZipFile(model_file) as archive:
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+    config = members["config.json"].decode()
+    assert old in config
+    members["config.json"] = config.replace(old, new).encode()
+    with zipfile.ZipFile(model_file, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path):
+    """A fresh copy of the shared run, an image to predict and an empty export base."""
+    _, run_dir, test = trained
+    return copy_run(run_dir, tmp_path / "run"), sorted((test / "red").iterdir())[0], test
+
+
+def test_run_json_holds_a_manifest_of_every_other_file(trained):
+    import hashlib
+
+    _, run_dir, _ = trained
+    record = json.loads((run_dir / "run.json").read_text())
+    files = sorted(
+        p.relative_to(run_dir).as_posix()
+        for p in run_dir.rglob("*")
+        if p.is_file() and p.name != "run.json"
+    )
+    assert list(record["manifest"]) == files
+    assert {"model.keras", "class_names.json", "saved_model/saved_model.pb"} <= set(files)
+    assert any(f.startswith("report/") for f in files)
+    for relpath, digest in record["manifest"].items():
+        assert hashlib.sha256((run_dir / relpath).read_bytes()).hexdigest() == digest
+    assert "signature" not in record
+
+
+def _swap_labels(run_dir):
+    names = json.loads((run_dir / "class_names.json").read_text())
+    (run_dir / "class_names.json").write_text(json.dumps(names[::-1]))
+
+
+def _preprocessing_caffe(run_dir):
+    edit_model_config(run_dir / "model.keras", '"mode": "tf"', '"mode": "caffe"')
+
+
+def _file_added(run_dir):
+    (run_dir / "saved_model" / "assets").mkdir(exist_ok=True)
+    (run_dir / "saved_model" / "assets" / "extra.txt").write_text("new")
+
+
+def _file_removed(run_dir):
+    (run_dir / "metrics.json").unlink()
+
+
+def _saved_model_replaced(run_dir):
+    pb = run_dir / "saved_model" / "saved_model.pb"
+    pb.write_bytes(pb.read_bytes() + b"\0")
+
+
+DAMAGE = {
+    "labels swapped": (_swap_labels, "changed: class_names.json"),
+    "preprocessing edited": (_preprocessing_caffe, "changed: model.keras"),
+    "file added": (_file_added, "added: saved_model/assets/extra.txt"),
+    "file removed": (_file_removed, "removed: metrics.json"),
+    "saved_model changed": (_saved_model_replaced, "changed: saved_model/saved_model.pb"),
+}
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "export", "reproduce"])
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_changed_run_directory_is_refused_by_every_command(damage, command, run_copy, capsys):
+    run_dir, image, test = run_copy
+    change, named = DAMAGE[damage]
+    change(run_dir)
+    args = {
+        "predict": ("predict", run_dir, image),
+        "evaluate": ("evaluate", run_dir, test),
+        "export": ("export", run_dir, run_dir.parent / "serving"),
+        "reproduce": ("reproduce", run_dir, "--data", test),
+    }[command]
+    before = listing(run_dir.parent)
+    assert_refused(cli(capsys, *args), named, "Restore the run directory")
+    assert listing(run_dir.parent) == before
+
+
+def test_changed_run_directory_is_refused_by_load(run_copy):
+    run_dir, _, _ = run_copy
+    _preprocessing_caffe(run_dir)
+    with pytest.raises(KerasFTError, match="changed: model.keras"):
+        keras_ft.load(run_dir)
+
+
+@pytest.mark.parametrize("where", ["saved_model/variables/outside", "report/link", "logs"])
+def test_symlink_in_a_run_directory_is_refused_and_never_followed(where, run_copy, capsys):
+    run_dir, image, _ = run_copy
+    secret = run_dir.parent / "secret.txt"
+    secret.write_text("not for export")
+    link = run_dir / where
+    if link.exists():
+        import shutil
+
+        shutil.rmtree(link)
+    link.symlink_to(secret)
+    before = listing(run_dir.parent)
+    serving = run_dir.parent / "serving"
+    assert_refused(cli(capsys, "export", run_dir, serving), where, "symbolic link")
+    assert_refused(cli(capsys, "predict", run_dir, image), where, "symbolic link")
+    assert listing(run_dir.parent) == before and not serving.exists()
+
+
+def test_export_refuses_a_symlink_even_when_the_manifest_was_rewritten(run_copy, capsys):
+    run_dir, _, _ = run_copy
+    secret = run_dir.parent / "secret.txt"
+    secret.write_text("not for export")
+    (run_dir / "saved_model" / "assets").mkdir(exist_ok=True)
+    (run_dir / "saved_model" / "assets" / "vocab.txt").symlink_to(secret)
+    with pytest.raises(KerasFTError, match="symbolic link"):
+        reseal(run_dir)  # not even the manifest of a directory with a link is written
+
+
+def test_export_copies_verified_files_only(trained, tmp_path):
+    """The copy is hashed again against the manifest: what was served is what was saved."""
+    from keras_ft.artifacts import export_for_serving
+
+    _, run_dir, _ = trained
+    target = export_for_serving(run_dir, tmp_path / "serving")
+    record = json.loads((run_dir / "run.json").read_text())
+    copied = {
+        f"saved_model/{p.relative_to(target).as_posix()}" for p in target.rglob("*") if p.is_file()
+    }
+    assert copied == {k for k in record["manifest"] if k.startswith("saved_model/")}
+
+
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        (["a", "b", "c", "d"], "4 class names for a model with 3 outputs"),
+        (["a"], "1 class names for a model with 3 outputs"),
+        ({"blue": 0, "green": 1, "red": 2}, "a JSON list of distinct class-name strings"),
+        (["blue", "blue", "red"], "a JSON list of distinct class-name strings"),
+    ],
+)
+def test_class_list_must_match_the_model(names, message, run_copy, capsys):
+    """Even with run.json rewritten to agree (possible without a signing key)."""
+    run_dir, image, _ = run_copy
+    (run_dir / "class_names.json").write_text(json.dumps(names))
+    valid = isinstance(names, list) and len(set(names)) == len(names)
+    reseal(run_dir, lambda record: record.update(class_names=names) if valid else None)
+    before = listing(run_dir.parent)
+    assert_refused(cli(capsys, "predict", run_dir, image), "class_names.json", message)
+    assert listing(run_dir.parent) == before
+
+
+def test_class_names_json_must_match_run_json(run_copy, capsys):
+    run_dir, image, _ = run_copy
+    _swap_labels(run_dir)
+    reseal(run_dir)
+    assert_refused(
+        cli(capsys, "predict", run_dir, image), "class_names.json", "run.json", "class_names"
+    )
+
+
+def test_model_with_code_is_refused_as_code_not_as_damage(run_copy, capsys):
+    run_dir, image, _ = run_copy
+    inputs = keras.Input((32, 32, 3))
+    outputs = keras.layers.Lambda(lambda x: x * 2.0)(inputs)
+    keras.Model(inputs, outputs).save(run_dir / "model.keras")
+    reseal(run_dir)
+    code, out, err = cli(capsys, "predict", run_dir, image)
+    assert_refused((code, out, err), "model.keras", "code that keras_ft will not run")
+    assert "damaged" not in err
+
+
+def test_old_runs_without_a_manifest_get_a_clear_message(run_copy, capsys):
+    run_dir, image, _ = run_copy
+    record = json.loads((run_dir / "run.json").read_text())
+    record["format_version"] = 1
+    del record["manifest"]
+    (run_dir / "run.json").write_text(json.dumps(record))
+    assert_refused(cli(capsys, "predict", run_dir, image), "format 1", "no file manifest")
+
+
+# --- Signing ---
+
+
+@pytest.fixture(scope="module")
+def signed(trained, tmp_path_factory):
+    tuner, _, test = trained
+    tmp = tmp_path_factory.mktemp("signed")
+    run_dir = Path(tuner.save(tmp / "run", signing_key=b"right key"))
+    (tmp / "right.key").write_text("right key\n")
+    (tmp / "wrong.key").write_text("wrong key\n")
+    return run_dir, tmp, sorted((test / "red").iterdir())[0]
+
+
+def test_signed_run_carries_an_hmac_over_the_record(signed):
+    import hashlib
+    import hmac
+
+    run_dir, _, _ = signed
+    record = json.loads((run_dir / "run.json").read_text())
+    body = {k: v for k, v in record.items() if k != "signature"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    expected = hmac.new(b"right key", canonical.encode(), hashlib.sha256).hexdigest()
+    assert record["signature"] == expected
+
+
+def test_signed_run_loads_with_its_key_from_the_flag_or_the_environment(
+    signed, capsys, monkeypatch
+):
+    run_dir, tmp, image = signed
+    code, out, err = cli(capsys, "predict", run_dir, image, "--signing-key-file", tmp / "right.key")
+    assert code == 0 and json.loads(out)["label"] in ("blue", "green", "red"), err
+    monkeypatch.setenv("KERAS_FT_SIGNING_KEY", "right key")
+    assert cli(capsys, "predict", run_dir, image)[0] == 0
+    assert keras_ft.load(run_dir).class_names == ("blue", "green", "red")
+
+
+def test_signed_run_without_a_key_still_checks_the_hashes(signed, tmp_path, capsys):
+    run_dir, _, image = signed
+    assert cli(capsys, "predict", run_dir, image)[0] == 0
+    copy = copy_run(run_dir, tmp_path / "run")
+    _swap_labels(copy)
+    assert_refused(cli(capsys, "predict", copy, image), "changed: class_names.json")
+
+
+def test_wrong_key_is_refused(signed, capsys, monkeypatch):
+    run_dir, tmp, image = signed
+    before = listing(tmp)
+    assert_refused(
+        cli(capsys, "predict", run_dir, image, "--signing-key-file", tmp / "wrong.key"),
+        "signature",
+        "run.json",
+    )
+    monkeypatch.setenv("KERAS_FT_SIGNING_KEY", "wrong key")
+    serving = tmp / "serving"
+    assert_refused(cli(capsys, "export", run_dir, serving), "signature")
+    assert listing(tmp) == before and not serving.exists()
+
+
+def test_resealed_signed_run_is_refused_with_the_key(signed, tmp_path, capsys, monkeypatch):
+    """Without the key, an attacker can rewrite the manifest but not the signature."""
+    run_dir, _, image = signed
+    copy = copy_run(run_dir, tmp_path / "run")
+    _swap_labels(copy)
+    reseal(copy, lambda record: record.update(class_names=record["class_names"][::-1]))
+    monkeypatch.setenv("KERAS_FT_SIGNING_KEY", "right key")
+    assert_refused(cli(capsys, "predict", copy, image), "signature", "run.json")
+    with pytest.raises(KerasFTError, match="signature"):
+        keras_ft.load(copy)
+
+
+def test_unsigned_run_is_refused_when_a_key_is_given(run_copy, signed, capsys):
+    run_dir, image, _ = run_copy
+    _, tmp, _ = signed
+    assert_refused(
+        cli(capsys, "predict", run_dir, image, "--signing-key-file", tmp / "right.key"),
+        "not signed",
+    )
+
+
+def test_missing_or_empty_key_file_is_refused(run_copy, tmp_path, capsys):
+    run_dir, image, _ = run_copy
+    assert_refused(
+        cli(capsys, "predict", run_dir, image, "--signing-key-file", tmp_path / "nope.key"),
+        "--signing-key-file",
+        "nope.key",
+    )
+    (tmp_path / "empty.key").write_text("")
+    assert_refused(
+        cli(capsys, "predict", run_dir, image, "--signing-key-file", tmp_path / "empty.key"),
+        "empty",
+    )
+
+
+# --- Damaged records ---
+
+
+DAMAGED_RECORDS = {
+    "random bytes": (b"\x8f\x00\xffrun\x9c", "run.json"),
+    "not an object": (b"[1, 2]", "run.json"),
+    "class_names a number": ({"class_names": 5}, "'class_names'"),
+    "weights_sha256 a number": ({"weights_sha256": 5}, "'weights_sha256'"),
+    "environment a list": ({"environment": []}, "'environment'"),
+    "manifest missing": ({"manifest": None}, "'manifest'"),
+    "format_version missing": ({"format_version": None}, "'format_version'"),
+    "data a string": ({"data": "x"}, "'data'"),
+    "training missing": ({"training": None}, "'training'"),
+    "data_files a list": ({"data_files": []}, "'data_files'"),
+    "seed a string": ({"seed": "42"}, "'seed'"),
+}
+
+
+def _damage_record(run_dir, damage):
+    if isinstance(damage, bytes):
+        (run_dir / "run.json").write_bytes(damage)
+        return
+    record = json.loads((run_dir / "run.json").read_text())
+    for key, value in damage.items():
+        if value is None:
+            del record[key]
+        else:
+            record[key] = value
+    (run_dir / "run.json").write_text(json.dumps(record))
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate", "reproduce"])
+@pytest.mark.parametrize("case", list(DAMAGED_RECORDS))
+def test_damaged_run_json_gets_one_message(case, command, run_copy, capsys):
+    run_dir, image, test = run_copy
+    damage, named = DAMAGED_RECORDS[case]
+    _damage_record(run_dir, damage)
+    args = {
+        "predict": ("predict", run_dir, image),
+        "evaluate": ("evaluate", run_dir, test),
+        "reproduce": ("reproduce", run_dir, "--data", test),
+    }[command]
+    before = listing(run_dir.parent)
+    assert_refused(cli(capsys, *args), "run.json", named)
+    assert listing(run_dir.parent) == before
+
+
+@pytest.mark.parametrize("content", [b"[bad", b"5", b"\xff\xfe", b'{"a": 1}', b"[1, 2, 3]"])
+@pytest.mark.parametrize("command", ["predict", "evaluate", "reproduce"])
+def test_damaged_class_names_json_gets_one_message(content, command, run_copy, capsys):
+    run_dir, image, test = run_copy
+    (run_dir / "class_names.json").write_bytes(content)
+    reseal(run_dir)  # past the manifest: the file's own check must hold too
+    args = {
+        "predict": ("predict", run_dir, image),
+        "evaluate": ("evaluate", run_dir, test),
+        "reproduce": ("reproduce", run_dir, "--data", test),
+    }[command]
+    before = listing(run_dir.parent)
+    assert_refused(cli(capsys, *args), "class_names.json")
+    assert listing(run_dir.parent) == before
+
+
+def _paths(value, prefix=()):
+    """Every (key or index) path into a JSON value, the value itself first."""
+    yield prefix
+    items = value.items() if isinstance(value, dict) else enumerate(value)
+    if isinstance(value, (dict, list)):
+        for key, item in items:
+            yield from _paths(item, (*prefix, key))
+
+
+def _mutate(text: str, rng) -> bytes:
+    """One random damage to a JSON file: a type swap, a deletion, a truncation or random bytes."""
+    raw = text.encode()
+    kind = rng.choice(["swap", "delete", "truncate", "bytes", "flip"])
+    if kind == "truncate":
+        return raw[: rng.integers(0, len(raw))]
+    if kind == "bytes":
+        return rng.bytes(int(rng.integers(1, 64)))
+    if kind == "flip":
+        data = bytearray(raw)
+        for i in rng.integers(0, len(data), int(rng.integers(1, 4))):
+            data[i] = int(rng.integers(0, 256))
+        return bytes(data)
+    value = json.loads(text)
+    # A top-level key, then deeper with probability 1/2 per level: every part gets hit.
+    path = ()
+    node = value
+    while isinstance(node, (dict, list)) and len(node) and (not path or rng.random() < 0.5):
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        key = keys[int(rng.integers(len(keys)))]
+        path, node = (*path, key), node[key]
+    if not path:
+        value = [5, "x", None, {}, 1.5][int(rng.integers(5))]
+    else:
+        parent = value
+        for key in path[:-1]:
+            parent = parent[key]
+        if kind == "delete":
+            del parent[path[-1]]
+        else:
+            choices = [5, -1, 2.5, "x", "", None, True, [], {}, ["a"], {"a": 1}]
+            parent[path[-1]] = choices[int(rng.integers(len(choices)))]
+    return json.dumps(value).encode()
+
+
+def test_fuzzed_records_give_exit_0_or_2_and_never_a_traceback(run_copy, capsys):
+    """300 seeded mutations of run.json and class_names.json through predict and reproduce."""
+    run_dir, image, test = run_copy
+    originals = {name: (run_dir / name).read_text() for name in ("run.json", "class_names.json")}
+    rng = np.random.default_rng(13)
+    codes = {0: 0, 2: 0}
+    for trial in range(300):
+        name = "run.json" if trial % 3 else "class_names.json"
+        (run_dir / name).write_bytes(_mutate(originals[name], rng))
+        if name == "class_names.json" and trial % 2:
+            reseal(run_dir)  # past the manifest, so class_names.json's own check is reached
+        for args in (("predict", run_dir, image), ("reproduce", run_dir, "--data", test)):
+            code, out, err = cli(capsys, *args)
+            assert code in (0, 2), (trial, args[0], err)
+            assert "Traceback" not in err, (trial, args[0], err)
+            if code == 2:
+                assert len(err.strip().splitlines()) == 1, (trial, args[0], err)
+            codes[code] = codes.get(code, 0) + 1
+        for original, text in originals.items():
+            (run_dir / original).write_text(text)
+    assert codes[2] > 300  # the mutations do get refused, not silently used
+
+
+def test_train_signs_with_the_key_file_and_refuses_a_bad_one_before_training(tmp_path, capsys):
+    from conftest import TINY_TRAIN, write_folder
+
+    from keras_ft.manifest import signature
+
+    data = write_folder(tmp_path / "data", ("a", "b"), per_class=6, size=32)
+    (tmp_path / "train.key").write_text("team key\n")
+    epochs = "--head-epochs 1 --finetune-epochs 0 --batch-size 8 --no-tensorboard".split()
+    missing = ("--signing-key-file", tmp_path / "nope.key", "--output", tmp_path / "bad")
+    before = listing(tmp_path)
+    assert_refused(cli(capsys, "train", data, *TINY_TRAIN, *epochs, *missing), "nope.key")
+    assert listing(tmp_path) == before
+    output = tmp_path / "run"
+    keyed = ("--signing-key-file", tmp_path / "train.key", "--output", output)
+    code, out, err = cli(capsys, "train", data, *TINY_TRAIN, *epochs, *keyed)
+    assert code == 0, err
+    record = json.loads((output / "run.json").read_text())
+    assert record["signature"] == signature(record, b"team key")
+    image = sorted((data / "a").iterdir())[0]
+    code, out, err = cli(
+        capsys, "predict", output, image, "--signing-key-file", tmp_path / "train.key"
+    )
+    assert code == 0 and json.loads(out)["label"] in ("a", "b"), err

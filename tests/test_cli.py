@@ -5,8 +5,10 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
-from conftest import DIGITS, TINY_TRAIN, run_cli, write_folder
+from conftest import DIGITS, TINY_TRAIN, bomb_png, run_cli, write_folder
+from PIL import Image
 
 from keras_ft.cli import main
 
@@ -102,8 +104,6 @@ def test_predict_prints_one_json_object_per_image(vgg16_run, tmp_path):
 
 
 def test_evaluate_and_predict_with_test_time_augmentation(vgg16_run, capsys):
-    import numpy as np
-
     from keras_ft import load
     from keras_ft.evaluation import TTA_SHIFT, shift
 
@@ -128,6 +128,34 @@ def test_evaluate_and_predict_with_test_time_augmentation(vgg16_run, capsys):
         axis=0,
     )[0]
     np.testing.assert_allclose(views, by_hand, rtol=1e-6)
+
+
+def test_predict_reports_each_bad_image_and_still_predicts_the_rest(vgg16_run, tmp_path, capsys):
+    _, output = vgg16_run
+    good = sorted((DIGITS / "test" / "7").iterdir())[0]
+    bomb = bomb_png(tmp_path / "bomb.png")
+    assert bomb.stat().st_size < 10_000
+    with Image.open(good) as image:
+        pixels = np.asarray(image.convert("L"))
+    webp, tiff = tmp_path / "digit.webp", tmp_path / "digit16.tif"
+    Image.fromarray(pixels).convert("RGB").save(webp, lossless=True)
+    Image.fromarray(pixels.astype(np.uint16) * 257).save(tiff)  # 16-bit greyscale TIFF
+    folder = tmp_path / "a folder.png"
+    folder.mkdir()
+    images = [good, bomb, folder, webp, tiff, tmp_path / "missing.jpg"]
+    result = run_here(capsys, "predict", output, *images)
+    assert result.returncode == 2  # some images failed, the others were still predicted
+    assert "Traceback" not in result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["path"] for line in lines] == [str(p) for p in images]
+    failed = {line["path"]: line["error"] for line in lines if "error" in line}
+    assert sorted(failed) == sorted(str(p) for p in (bomb, folder, tmp_path / "missing.jpg"))
+    assert "too large to decode safely" in failed[str(bomb)]
+    assert "400000000 pixels" in failed[str(bomb)]
+    predicted = [line for line in lines if "error" not in line]
+    assert len(predicted) == 3
+    # the lossless WebP and the 16-bit TIFF hold the same pixels as the PNG: same prediction
+    assert predicted[1]["top_k"] == predicted[0]["top_k"] == predicted[2]["top_k"]
 
 
 def test_backbones_lists_the_registry(capsys):
@@ -214,6 +242,14 @@ def test_bad_input_gets_one_clear_message_and_writes_nothing(case, bad_input_dir
     )
     assert_clean_failure(result, *fragments)
     assert not output.exists()
+
+
+def test_error_messages_escape_control_characters_in_file_names(tmp_path, capsys):
+    root = write_folder(tmp_path / "data", ("a", "b"), per_class=2)
+    (root / "a" / "bad\x1b[2J.png").write_bytes(b"")
+    result = run_here(capsys, "train", root, *TINY_TRAIN, "--output", tmp_path / "run")
+    assert_clean_failure(result, "1 file(s) in", f"  {root / 'a'}/bad\\x1b[2J.png: empty file")
+    assert "\x1b" not in result.stderr and not (tmp_path / "run").exists()
 
 
 def test_existing_output_is_refused_before_training(tmp_path, capsys):

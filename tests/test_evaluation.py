@@ -112,6 +112,16 @@ def test_format_metrics(metrics):
     assert ant_row.split() == ["ant", "0.500", "0.500", "0.500", "2"]
 
 
+def test_format_metrics_escapes_control_characters_in_class_names():
+    names = ("\x1b[2Jant", "bee\r", "cow")
+    text = format_metrics(classification_metrics(PROBABILITIES, LABELS, names, top_k=2))
+    assert "\x1b" not in text and "\r" not in text
+    lines = text.splitlines()
+    assert lines[-3].split() == ["\\x1b[2Jant", "1", "1", "0"]
+    assert lines[-2].split() == ["bee\\r", "0", "1", "0"]
+    assert lines[-4].split() == ["\\x1b[2Jant", "bee\\r", "cow"]
+
+
 class FixedModel:
     """Returns fixed probabilities batch by batch, like a Keras model's `predict_on_batch`."""
 

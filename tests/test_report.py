@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import csv
 import html
 import sys
 import warnings
@@ -14,7 +15,8 @@ from conftest import run_cli, tiny_backbone, write_folder
 from PIL import Image
 
 import keras_ft
-from keras_ft.report import PLOTS_HINT, confident_mistakes, write_report
+from keras_ft.cli import main
+from keras_ft.report import PLOTS_HINT, confident_mistakes, plot_confusion, write_report
 
 CLASSES = ("red", "green", "blue")
 
@@ -146,3 +148,42 @@ def test_confident_mistakes_come_most_confident_first():
     labels = np.array([1, 1, 0, 1])
     assert confident_mistakes(probabilities, labels).tolist() == [3, 0, 2]
     assert confident_mistakes(probabilities, labels, count=1).tolist() == [3]
+
+
+# Folder names a user may have, each harmful somewhere: matplotlib mathtext, a terminal
+# escape sequence, a spreadsheet formula.
+AWKWARD = ("$\\bad{x}$", "\x1b[31mred", "=1+1")
+
+
+def test_class_names_are_shown_safely_on_the_terminal_in_the_csv_plots_and_html(tmp_path, capsys):
+    write_folder(tmp_path / "train", AWKWARD, per_class=8, size=32, seed=1)
+    write_folder(tmp_path / "test", AWKWARD, per_class=3, size=32, seed=2)
+    output = tmp_path / "run"
+    args = "--backbone mobilenetv3small --weights none --image-size 32 --batch-size 8".split()
+    args += ["--head-epochs", "1", "--finetune-epochs", "0", "--test-dir", tmp_path / "test"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main([str(a) for a in ("train", tmp_path / "train", *args, "--output", output)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert not [w for w in caught if "Report:" in str(w.message) or "Glyph" in str(w.message)]
+    # printed escaped, never raw (Keras's progress bars have escape sequences of their own)
+    assert "\x1b[31mred" not in out + err
+    classes = next(line for line in out.splitlines() if line.startswith("classes (3): "))
+    assert sorted(classes.removeprefix("classes (3): ").split(", ")) == sorted(
+        ["$\\bad{x}$", "\\x1b[31mred", "=1+1"]
+    )
+    assert "\\x1b[31mred" in out.split("confusion matrix")[-1]  # the metrics table too
+    report = output / "report"
+    with Image.open(report / "confusion_matrix.png") as image:  # mathtext off: it is drawn
+        image.load()
+    with (report / "per_class.csv").open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert sorted(row[0] for row in rows[1:]) == sorted(["$\\bad{x}$", "\x1b[31mred", "'=1+1"])
+    page = (report / "report.html").read_text(encoding="utf-8")
+    assert "\x1b" not in page and "\\x1b[31mred" in page and "$\\bad{x}$" in page
+
+
+def test_plot_confusion_draws_dollar_signs_and_backslashes_literally():
+    png = plot_confusion([[1, 0], [0, 1]], ["$\\bad{x}$", "a$\\x$ b"])
+    assert png.startswith(b"\x89PNG")

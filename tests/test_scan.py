@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import write_folder
+from conftest import bomb_png, write_folder
 from PIL import Image
 
 from keras_ft import scan as scan_module
@@ -107,14 +107,129 @@ def test_hidden_and_system_files_are_ignored_silently(tmp_path):
     (tmp_path / "cat" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1 not an image")
     (tmp_path / "dog" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0 junk")
     (tmp_path / "dog" / "desktop.ini").write_text("[.ShellClassInfo]\n")
-    (tmp_path / "dog" / "notes.txt").write_text("labels checked by hand\n")
     (tmp_path / ".git").mkdir()
     solid(tmp_path / ".git" / "x.png")
     report = scan_folder(tmp_path)
     assert report.class_names == ("cat", "dog")
     assert names(report) == ["cat/good.png", "dog/good.png"]
-    assert report.problems == ()
-    assert "problem" not in report.summary()
+    assert report.problems == () and report.not_images == ()
+    assert "problem" not in report.summary() and "not an image" not in report.summary()
+
+
+def test_every_format_pillow_decodes_is_read_including_webp_and_16_bit_tiff(tmp_path):
+    grey = np.full((32, 32), 100, np.uint8)
+    (tmp_path / "cat").mkdir()
+    Image.fromarray(grey).save(tmp_path / "cat" / "a.webp", lossless=True)
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "cat" / "deep16.tif")
+    Image.new("RGB", (32, 32), (10, 200, 30)).save(tmp_path / "cat" / "rgb.TIFF")
+    solid(tmp_path / "dog" / "b.ppm", colour=(200, 10, 10))
+    solid(tmp_path / "dog" / "c.png", colour=(200, 10, 20))
+    report = scan_folder(tmp_path, cache=False)
+    assert report.problems == () and report.not_images == ()
+    needs_pil = {f.relpath: f.needs_pil for f in report.files}
+    assert needs_pil == {
+        "cat/a.webp": True,
+        "cat/deep16.tif": True,
+        "cat/rgb.TIFF": True,
+        "dog/b.ppm": True,
+        "dog/c.png": False,
+    }
+    data = ImageFolder(tmp_path, image_size=16, batch_size=5, validation_split=0.0, augment=False)
+    images = np.concatenate([x.numpy() for x, _ in data.unaugmented_train()])
+    pixels = dict(zip((Path(f.path).name for f in data.train_files), images, strict=True))
+    assert np.all(pixels["a.webp"] == 100) and np.all(pixels["deep16.tif"] == 100)
+    assert np.all(pixels["rgb.TIFF"] == [10, 200, 30]) and np.all(pixels["b.ppm"] == [200, 10, 10])
+
+
+def test_files_that_are_not_images_are_counted_and_named_in_the_summary(tmp_path):
+    solid(tmp_path / "cat" / "a.png")
+    solid(tmp_path / "dog" / "b.png")
+    for name in ("notes.txt", "labels.csv", "model.h5", "x.pdf", "readme", "y.json", "z.zip"):
+        (tmp_path / "dog" / name).write_text("not an image\n")
+    (tmp_path / "cat" / ".hidden.txt").write_text("hidden files stay silent\n")
+    report = scan_folder(tmp_path, cache=False)
+    assert names(report) == ["cat/a.png", "dog/b.png"] and report.problems == ()
+    assert report.not_images == tuple(
+        f"dog/{n}"
+        for n in ("labels.csv", "model.h5", "notes.txt", "readme", "x.pdf", "y.json", "z.zip")
+    )
+    assert (
+        "7 file(s) not an image, skipped: dog/labels.csv, dog/model.h5, dog/notes.txt, "
+        "dog/readme, dog/x.pdf, ..." in report.summary().splitlines()
+    )
+
+
+def write_run_marker(folder: Path, marker: str) -> Path:
+    """Make `folder` look like a keras_ft output: `marker` at its top, report PNGs inside."""
+    (folder / marker).parent.mkdir(parents=True, exist_ok=True)
+    (folder / marker).write_text("{}")
+    solid(folder / "report" / "confusion_matrix.png", size=40)
+    solid(folder / "report" / "curves.png", size=40)
+    return folder
+
+
+def test_a_decompression_bomb_is_a_problem_and_the_cli_scan_exits_2(tmp_path, capsys):
+    solid(tmp_path / "cat" / "a.png")
+    solid(tmp_path / "dog" / "b.png")
+    bomb = bomb_png(tmp_path / "dog" / "bomb.png")
+    (problem,) = scan_folder(tmp_path, cache=False).bad_files
+    assert (problem.path, problem.kind) == (str(bomb), "too_large")
+    assert "too large to decode safely" in problem.reason and "400000000 pixels" in problem.reason
+    result = run_here(capsys, "scan", tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"problem: {bomb}: too large to decode safely" in result.stdout
+
+
+def test_keras_ft_run_directories_in_the_data_folder_are_skipped_and_said(tmp_path, capsys):
+    root = write_folder(tmp_path / "data", per_class=4, size=16)
+    runs = [
+        write_run_marker(root / "run", "run.json"),  # would become a class
+        write_run_marker(root / "cat" / "interrupted", "checkpoints/state.json"),
+        write_run_marker(root / "dog" / "nested" / "search", "search.json"),
+        write_run_marker(root / "tuned", "trials.json"),
+    ]
+    report = scan_folder(root, cache=False)
+    assert report.class_names == ("cat", "dog")
+    assert all(Path(f.relpath).parent.name in ("cat", "dog") for f in report.files)
+    assert report.counts() == {"cat": 4, "dog": 4} and report.bad_files == ()
+    notes = {p.path: p for p in report.problems}
+    assert sorted(notes) == sorted(str(run) for run in runs)
+    for note in notes.values():
+        assert note.kind == "run_directory" and note.level == "note"
+        assert "a keras_ft run directory" in note.reason and "not scanned" in note.reason
+    result = run_here(capsys, "scan", root, "--no-cache")
+    assert result.returncode == 0 and result.stdout.rstrip().endswith("status: ok")
+    assert f"note: {root / 'run'}: a keras_ft run directory (holds run.json)" in result.stdout
+    with pytest.warns(UserWarning, match=r"keras_ft run directory.*not used as training data"):
+        data = ImageFolder(root, image_size=16, batch_size=2, validation_split=0.0)
+    assert data.class_names == ("cat", "dog") and len(data.train_files) == 8
+
+
+def test_a_test_folder_holding_a_run_directory_keeps_the_training_classes(tmp_path):
+    train = write_folder(tmp_path / "train", per_class=2, size=16)
+    test = write_folder(tmp_path / "test", per_class=2, size=16, seed=1)
+    write_run_marker(test / "run", "run.json")
+    report = scan_folder(test, training=scan_folder(train, cache=False), cache=False)
+    assert report.class_names == ("cat", "dog") and report.bad_files == ()
+
+
+def test_scan_output_and_warnings_escape_control_characters_in_names(tmp_path, capsys):
+    root = tmp_path / "d\x1bta"
+    for i in range(4):
+        solid(root / "\x1b[2Jcat" / f"a\r{i}.png")
+    solid(root / "dog" / "b.png")
+    (root / "dog" / "bad\x07.png").write_bytes(b"")
+    summary = scan_folder(root, cache=False).summary()
+    assert not any(c in summary for c in "\x1b\r\x07")
+    assert "  \\x1b[2Jcat: 4" in summary
+    assert f"problem: {tmp_path}/d\\x1bta/dog/bad\\x07.png: empty file" in summary
+    result = run_here(capsys, "scan", root, "--no-cache")
+    assert result.returncode == 2 and "status: training would refuse" in result.stdout
+    assert not any(c in result.stdout + result.stderr for c in "\x1b\r\x07")
+    (root / "dog" / "bad\x07.png").unlink()
+    with pytest.warns(UserWarning, match="Imbalanced classes") as caught:
+        ImageFolder(root, image_size=16, batch_size=1, validation_split=0.0)
+    assert "'\\x1b[2Jcat' has 4 images" in str(caught[0].message)
 
 
 @pytest.fixture
@@ -587,6 +702,60 @@ def test_a_modified_file_is_checked_again(counted_decodes, tmp_path):
     (problem,) = report.bad_files
     assert problem.path == str(target) and "truncated" in problem.reason
     assert report.from_cache == 5
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        MemoryError(),
+        OSError("decoder jpeg2k not available"),
+        RuntimeError("a decoder bug"),
+        Image.DecompressionBombError("Image size (400000000 pixels) exceeds limit"),
+    ],
+    ids=type,
+)
+def test_a_failure_that_is_not_a_property_of_the_bytes_is_never_cached(
+    failure, counted_decodes, monkeypatch, tmp_path
+):
+    root = write_folder(tmp_path / "data", per_class=2, size=16)
+    flaky = root / "dog" / "001.png"
+    counting = scan_module._decode
+
+    def decode(data):
+        if data == flaky.read_bytes():
+            raise failure
+        return counting(data)
+
+    monkeypatch.setattr(scan_module, "_decode", decode)
+    (problem,) = scan_folder(root).bad_files
+    assert problem.path == str(flaky)
+    monkeypatch.setattr(scan_module, "_decode", counting)  # the same bytes, decoded this time
+    report = scan_folder(root)
+    assert report.bad_files == () and str(flaky) in {f.path for f in report.files}
+    assert report.from_cache == 3 and len(counted_decodes) == 3 + 1
+
+
+def test_a_cache_of_an_older_version_is_not_trusted(counted_decodes, tmp_path):
+    # Version 1 cached every decoder failure, also those that pass without the file changing.
+    root = write_folder(tmp_path / "data", per_class=2, size=16)
+    scan_folder(root)
+    (cache_file,) = (tmp_path / "cache").iterdir()
+    payload = json.loads(cache_file.read_text())
+    payload["version"] = 1
+    for entry in payload["entries"].values():
+        entry["record"] = {"error": "undecodable", "reason": "cannot be decoded (MemoryError)"}
+    cache_file.write_text(json.dumps(payload))
+    report = scan_folder(root)
+    assert report.bad_files == () and report.from_cache == 0 and len(counted_decodes) == 8
+
+
+def test_a_content_error_is_cached_until_the_file_changes(counted_decodes, monkeypatch, tmp_path):
+    root = write_folder(tmp_path / "data", per_class=2, size=16)
+    (root / "dog" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    first = scan_folder(root)
+    assert [Path(p.path).name for p in first.bad_files] == ["bad.png"]
+    second = scan_folder(root)
+    assert second.problems == first.problems and second.from_cache == 5
 
 
 def test_a_corrupt_cache_file_is_ignored(counted_decodes, tmp_path):
