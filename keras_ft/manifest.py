@@ -94,6 +94,9 @@ RECORD_SCHEMA = {
     "skipped_files": (_instance(list), "a list", False),
     "image_counts": (_instance(dict), "an object", False),
     "test_accuracy": (_is_number, "a number", False),
+    "advice": (_instance(list), "a list", False),
+    "decisions": (_instance(dict), "an object", False),
+    "recipe": (_optional(_instance(dict)), "an object or null", False),
     "manifest": (_is_hashes, "an object of SHA-256s by relative path", True),
     "signature": (_is_sha256, "an HMAC-SHA256 (64 lowercase hex digits)", False),
 }
