@@ -332,7 +332,7 @@ def _data_options(data: ImageFolder, strength: float) -> dict:
     if data.config.augment:
         for name in ("rotation", "zoom", "contrast"):
             options[name] = getattr(data.config, name) * strength
-        options["augment"] = data.config.flip or strength > 0
+        options["augment"] = data.config.flip is not False or strength > 0  # True or "auto"
     return options
 
 
