@@ -176,6 +176,17 @@ def _add_run_arguments(p, output_help: str) -> None:
         "--discriminative-lr 10); what it set is printed and kept in run.json",
     )
     p.add_argument(
+        "--no-head-augment",
+        action="store_true",
+        help="phase 1 trains on the unaugmented images' features, computed once; phase 2 "
+        "still augments",
+    )
+    p.add_argument(
+        "--fallback-to-head",
+        action="store_true",
+        help="keep the phase-1 head's weights if fine-tuning does not lower the validation loss",
+    )
+    p.add_argument(
         "--discriminative-lr",
         type=float,
         default=1.0,
@@ -429,6 +440,8 @@ def _fit_options(args) -> dict:
         warmup_epochs=args.warmup_epochs,
         early_stopping=args.early_stopping,
         discriminative_lr=args.discriminative_lr,
+        head_augment=not args.no_head_augment,
+        fallback_to_head=args.fallback_to_head,
         recipe=args.recipe,
         tensorboard_dir=None if args.no_tensorboard else "auto",
         verbose=0 if args.quiet else "auto",

@@ -184,6 +184,8 @@ class TrainingConfig:
     warmup_epochs: int = 0
     early_stopping: int | None = None
     discriminative_lr: float = 1.0
+    head_augment: bool = True
+    fallback_to_head: bool = False
     strategy: str = "auto"
     lr_scaling: str = "none"
 
@@ -267,6 +269,15 @@ class TrainingConfig:
             "finetune_lr (1: one rate for all)",
             self.discriminative_lr,
             "fastai's slice(lr / 100, lr) is 100.",
+        )
+        for name in ("head_augment", "fallback_to_head"):
+            check(isinstance(getattr(self, name), bool), name, "True or False", getattr(self, name))
+        check(
+            self.head_augment or self.feature_cache,
+            "head_augment",
+            "True unless feature_cache=True (phase 1 then trains on the features of the "
+            "unaugmented images, computed once)",
+            self.head_augment,
         )
         check(
             self.strategy in STRATEGIES,

@@ -230,6 +230,8 @@ class FineTuner:
         warmup_epochs=0,
         early_stopping=None,
         discriminative_lr=1.0,
+        head_augment=True,
+        fallback_to_head=False,
         lr_scaling="none",
         recipe=None,
         callbacks=(),
@@ -272,6 +274,12 @@ class FineTuner:
                 layer is `finetune_lr / discriminative_lr`, rising geometrically
                 layer by layer to `finetune_lr` at the top and in the head
                 (`keras_ft.training.layer_multipliers`). 1: one rate for all.
+            head_augment: False trains phase 1 on the features of the
+                unaugmented training images, computed once (`feature_cache`),
+                even when the data augments; phase 2 still sees augmented images.
+            fallback_to_head: after phase 2, restore the phase-1 head's weights
+                if fine-tuning did not lower the validation loss (needs a
+                validation split; recorded in `run.json` under `decisions`).
             lr_scaling: under a strategy with N replicas the global batch is N
                 times the data's `batch_size`: `"none"` keeps `head_lr` and
                 `finetune_lr`, `"linear"` multiplies both by N.
@@ -321,6 +329,8 @@ class FineTuner:
             warmup_epochs=warmup_epochs,
             early_stopping=early_stopping,
             discriminative_lr=discriminative_lr,
+            head_augment=head_augment,
+            fallback_to_head=fallback_to_head,
             lr_scaling=lr_scaling,
         )
         options, data, applied = apply_recipe(recipe, options, data)
@@ -373,7 +383,7 @@ class FineTuner:
             if distribution.workers == 1:
                 raise
             raise lost_worker(error, distribution, checkpoint_dir) from None
-        self.advice = advice(self.history.rows, self.training_config)
+        self.advice = advice(self.history.rows, self.training_config, self.history.decisions)
         if verbose != 0 and distribution.is_chief:
             for message in self.advice:
                 print(f"advice: {message}")

@@ -25,8 +25,11 @@ DATA_OPTIONS = ("flip", "translation")  # set on the ImageFolder, the others on 
 class AutoRecipe:
     """What `recipe="auto"` sets, for each option left at its default."""
 
+    head_epochs: int = 100  # a budget: on cached features an epoch of the head costs little
+    head_augment: bool = False  # phase 1 on the unaugmented images' features, computed once
     finetune_epochs: int = 30  # a budget: early stopping ends phase 2 when val_loss stalls
     early_stopping: int = 3  # patience, both phases; the best epoch's weights are kept
+    fallback_to_head: bool = True  # phase 2 kept only if it lowered the validation loss
     flip: bool | str = "auto"  # decided after phase 1 from mirrored validation images
     translation: float = 0.1  # placeholder: shifts up to 10% (random crops, with zoom)
     discriminative_lr: float = 10.0  # placeholder: lowest unfrozen layer at finetune_lr / 10

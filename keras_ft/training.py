@@ -337,6 +337,12 @@ def fit_two_phase(
             "`resume` cannot replay early stopping's state exactly. Start again "
             "without resume, or train without early_stopping."
         )
+    if config.fallback_to_head and (resume or data.validation is None):
+        raise KerasFTError(
+            "Invalid `fallback_to_head`: it compares the validation loss before and after "
+            "phase 2, which needs a validation split and cannot be replayed by `resume`. "
+            "Set validation_split > 0 and train without resume, or pass fallback_to_head=False."
+        )
     weights = class_weights(config, data)
     scaled = {  # a rate found by the range test is found at the global batch already
         name: scale_learning_rate(rate, replicas, config.lr_scaling)
@@ -372,13 +378,14 @@ def fit_two_phase(
         if phase == "head":
             freeze_backbone(model)
             trained = model
-            if config.feature_cache and not data.config.augment:
+            if config.feature_cache and not (data.config.augment and config.head_augment):
                 extractor, trained = split_at_features(model)
             elif config.feature_cache and verbose != 0:
                 print(
                     "Phase 1 runs the frozen backbone on every batch: augmentation is on, so "
-                    "its features change each epoch and cannot be cached. (Without "
-                    "augmentation they are computed once: ImageFolder(..., augment=False).)"
+                    "its features change each epoch and cannot be cached. (With "
+                    "head_augment=False, --no-head-augment, phase 1 trains on the unaugmented "
+                    "images' features, computed once; phase 2 still augments.)"
                 )
         else:
             unfreeze_backbone(model, config.unfreeze)
@@ -410,6 +417,9 @@ def fit_two_phase(
             )
         if checkpoint_dir and chief:
             run_callbacks.append(Checkpoint(checkpoint_dir, model, phase, history, signature))
+        head = None
+        if phase == "finetune" and config.fallback_to_head:
+            head = (model.get_weights(), _loss(trained, validation))
         trained.fit(
             shard_by_data(dataset),
             epochs=end,
@@ -421,7 +431,41 @@ def fit_two_phase(
             shuffle=False,  # each epoch is already shuffled from the seed
             verbose=verbose,
         )
+        if head is not None:
+            history.decisions["fallback"] = _fall_back(model, trained, validation, *head)
+            if verbose != 0:
+                print(f"fallback_to_head: {history.decisions['fallback']['reason']}")
     return history
+
+
+def _loss(model: keras.Model, validation) -> float:
+    """The compiled loss of `model` on the validation split (no class weights, as val_loss)."""
+    return float(model.evaluate(validation, verbose=0, return_dict=True)["loss"])
+
+
+def _fall_back(model, trained, validation, head_weights, head_loss: float) -> dict:
+    """After phase 2: keep the fine-tuned weights only if they lowered the validation loss.
+
+    Returns:
+        The decision for the run record: `kept` ("finetune" or "head"), both
+        losses, and `reason` (one sentence).
+    """
+    tuned_loss = _loss(trained, validation)
+    kept = "finetune" if tuned_loss < head_loss else "head"
+    if kept == "head":
+        model.set_weights(head_weights)
+    verdict = (
+        "kept the fine-tuned weights"
+        if kept == "finetune"
+        else "fine-tuning did not lower it, so the phase-1 head's weights were restored"
+    )
+    return {
+        "kept": kept,
+        "head_val_loss": head_loss,
+        "finetune_val_loss": tuned_loss,
+        "reason": f"validation loss {head_loss:.4g} after phase 1, {tuned_loss:.4g} after "
+        f"phase 2: {verdict}.",
+    }
 
 
 def _decide(model, data, phase, config, history, verbose, batch_size) -> TrainingConfig:
@@ -526,7 +570,7 @@ def kept_epoch(rows: list[dict], config: TrainingConfig) -> dict | None:
     return rows[-1]
 
 
-def advice(rows: list[dict], config: TrainingConfig) -> list[str]:
+def advice(rows: list[dict], config: TrainingConfig, decisions: dict | None = None) -> list[str]:
     """What the history says about the epoch budget and the fine-tuning, in plain sentences.
 
     Three checks, on the validation split (nothing is said without one):
@@ -538,6 +582,8 @@ def advice(rows: list[dict], config: TrainingConfig) -> list[str]:
     Args:
         rows: `TrainingHistory.rows` of both phases.
         config: the run's `TrainingConfig`.
+        decisions: `TrainingHistory.decisions`; with `fallback_to_head`, whether
+            the phase-1 head's weights were kept.
 
     Returns:
         A list of messages (empty when there is nothing to say).
@@ -567,7 +613,14 @@ def advice(rows: list[dict], config: TrainingConfig) -> list[str]:
                 f"({option}={budgets[phase] + more})."
             )
     head, tuned = kept.get("head"), kept.get("finetune")
-    if head and tuned and tuned.get("val_accuracy", 1) < head.get("val_accuracy", 0):
+    fallback = (decisions or {}).get("fallback", {})
+    if fallback.get("kept") == "head":
+        messages.append(
+            f"fine-tuning did not lower the validation loss of the phase-1 head "
+            f"({fallback['head_val_loss']:.4g} -> {fallback['finetune_val_loss']:.4g}): the "
+            "head's weights were kept. Try a lower finetune_lr or unfreezing fewer layers."
+        )
+    elif head and tuned and tuned.get("val_accuracy", 1) < head.get("val_accuracy", 0):
         messages.append(
             f"fine-tuning ended below the phase-1 head: val_accuracy "
             f"{tuned['val_accuracy']:.4f} after phase 2 vs {head['val_accuracy']:.4f} after "

@@ -31,9 +31,14 @@ def test_auto_sets_the_options_left_at_their_defaults(folder):
     assert options["discriminative_lr"] == recipe.discriminative_lr
     assert (adapted.config.flip, adapted.config.translation) == ("auto", recipe.translation)
     assert adapted.train_files == data.train_files and data.config.flip is True  # a copy
+    assert (options["head_epochs"], options["head_augment"]) == (100, False)
+    assert options["fallback_to_head"] is True
     assert set(applied) == {
+        "head_epochs",
+        "head_augment",
         "finetune_epochs",
         "early_stopping",
+        "fallback_to_head",
         "flip",
         "translation",
         "discriminative_lr",
@@ -73,7 +78,10 @@ def test_fit_with_auto_records_the_recipe_and_trains_adaptively(folder, capsys):
     tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
     tuner.fit(data, head_epochs=2, finetune_epochs=3, head_lr=1e-2, recipe="auto", verbose=2)
     out = capsys.readouterr().out
-    assert "recipe='auto': early_stopping=3, flip='auto', translation=0.1" in out
+    assert (
+        "recipe='auto': head_augment=False, early_stopping=3, fallback_to_head=True, "
+        "flip='auto', translation=0.1"
+    ) in out
     assert tuner.record["recipe"]["applied"]["discriminative_lr"] == 10.0
     assert tuner.training_config.finetune_epochs == 3  # chosen, so kept
     assert tuner.data_config.flip == "auto" and "flip" in tuner.record["decisions"]

@@ -213,6 +213,54 @@ def test_augmentation_keeps_the_full_phase_1_and_says_so(split_folders, capsys):
     assert "augmentation is on, so its features change each epoch" in capsys.readouterr().out
 
 
+def test_head_augment_false_trains_phase_1_on_the_unaugmented_features(split_folders, capsys):
+    train, _ = split_folders
+    weights = {}
+    for augment in (True, False):
+        data = keras_ft.ImageFolder(
+            train, image_size=32, batch_size=8, validation_split=0.25, augment=augment, seed=0
+        )
+        tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+        tuner.fit(data, head_epochs=3, finetune_epochs=0, head_augment=False, verbose=0)
+        weights[augment] = tuner.model.get_weights()
+    for augmented_data, plain in zip(weights[True], weights[False], strict=True):
+        np.testing.assert_array_equal(augmented_data, plain)  # the same cached features
+    assert "cannot be cached" not in capsys.readouterr().out
+    with pytest.raises(keras_ft.KerasFTError, match="`head_augment`"):
+        TrainingConfig(head_augment=False, feature_cache=False)
+
+
+def test_fallback_to_head_keeps_the_head_when_fine_tuning_hurts(split_folders, capsys):
+    train, _ = split_folders
+    data = keras_ft.ImageFolder(
+        train, image_size=32, batch_size=8, validation_split=0.25, augment=False, seed=0
+    )
+    results = {}
+    for finetune_epochs, fallback in ((0, False), (2, False), (2, True)):
+        tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+        tuner.fit(
+            data, head_epochs=3, finetune_epochs=finetune_epochs, head_lr=1e-2,
+            finetune_lr=5.0, fallback_to_head=fallback, verbose=0,
+        )  # fmt: skip
+        results[finetune_epochs, fallback] = tuner
+    head, wrecked, kept = results[0, False], results[2, False], results[2, True]
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(head.model.get_weights(), wrecked.model.get_weights(), strict=True)
+    )  # a learning rate of 5 ruins the model ...
+    for a, b in zip(head.model.get_weights(), kept.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # ... and the fallback puts the head back
+    decision = kept.record["decisions"]["fallback"]
+    assert decision["kept"] == "head"
+    assert decision["finetune_val_loss"] >= decision["head_val_loss"]
+    assert any("the head's weights were kept" in message for message in kept.advice)
+    with pytest.raises(keras_ft.KerasFTError, match="`fallback_to_head`"):
+        unvalidated = keras_ft.ImageFolder(train, image_size=32, batch_size=8, validation_split=0)
+        keras_ft.FineTuner(tiny_backbone(), preprocessing="tf").fit(
+            unvalidated, head_epochs=1, finetune_epochs=1, fallback_to_head=True, verbose=0
+        )
+
+
 def rows(phase, losses, accuracies, start=1):
     return [
         {"epoch": start + i, "phase": phase, "val_loss": loss, "val_accuracy": accuracy}
