@@ -336,7 +336,7 @@ def _add_lr_find(commands) -> None:
 def lr_find(args) -> int:
     from pathlib import Path
 
-    from keras_ft import FineTuner, KerasFTError
+    from keras_ft import KerasFTError
     from keras_ft.backbones import get_backbone
 
     output = Path(args.output)
@@ -345,17 +345,7 @@ def lr_find(args) -> int:
             f"'{output}' already exists. Choose another --output, or pass --overwrite."
         )
     spec = get_backbone(args.backbone)
-    tuner = FineTuner(
-        spec.name,
-        weights=args.weights,
-        pooling=args.pooling,
-        dense_units=args.dense_units,
-        dropout=args.dropout,
-        seed=args.seed,
-        deterministic=not args.no_determinism,
-        mixed_precision=args.mixed_precision,
-        strategy="none",
-    )
+    tuner = _fine_tuner(args, spec, strategy="none")
     data = _image_folder(args, spec)
     result = tuner.lr_find(
         data,
@@ -406,6 +396,23 @@ def _quiet_tensorflow() -> None:
         os.close(saved)
 
 
+def _fine_tuner(args, spec, strategy: str):
+    """The `FineTuner` that `train` and `lr-find` build, from the shared model flags."""
+    from keras_ft import FineTuner
+
+    return FineTuner(
+        spec.name,
+        weights=args.weights,
+        pooling=args.pooling,
+        dense_units=args.dense_units,
+        dropout=args.dropout,
+        seed=args.seed,
+        deterministic=not args.no_determinism,
+        mixed_precision=args.mixed_precision,
+        strategy=strategy,
+    )
+
+
 def _image_folder(args, spec):
     """The `ImageFolder` that `train` and `tune` read, from the shared flags."""
     from keras_ft import ImageFolder
@@ -449,7 +456,6 @@ def _fit_options(args) -> dict:
 
 
 def train(args) -> int:
-    from keras_ft import FineTuner
     from keras_ft.backbones import get_backbone
     from keras_ft.evaluation import format_metrics
     from keras_ft.output import OutputLock, check_output
@@ -459,17 +465,7 @@ def train(args) -> int:
     key = _key(args)  # a bad key file is refused before any training
     spec = get_backbone(args.backbone)
     # First: a multi-worker strategy joins its cluster before TensorFlow runs anything.
-    tuner = FineTuner(
-        spec.name,
-        weights=args.weights,
-        pooling=args.pooling,
-        dense_units=args.dense_units,
-        dropout=args.dropout,
-        seed=args.seed,
-        deterministic=not args.no_determinism,
-        mixed_precision=args.mixed_precision,
-        strategy=args.strategy,
-    )
+    tuner = _fine_tuner(args, spec, args.strategy)
     fit_options = dict(
         head_epochs=args.head_epochs,
         finetune_epochs=args.finetune_epochs,
