@@ -1,0 +1,496 @@
+"""Quality: how accurate keras-ft's recipes end on held-out tasks, against a linear probe.
+
+    python -m bench.quality                       # the full benchmark (hours on 2 cores; resumable)
+    python -m bench.quality --tasks mnist --sizes 100 --methods probe today --seeds 0
+    python -m bench.quality --report              # only print the tables of what is measured
+    python -m bench.quality --quick               # tiny sizes, random weights: a smoke test
+
+Tasks (`bench/quality_tasks.py`) are image folders drawn offline, per (task, images
+per class, seed), from images that packages ship, never the shipped sample's. Methods
+are the rows of `METHODS`: keras-ft recipes run as the user runs them (`python -m
+keras_ft.cli train ... --quiet`, one process each; test accuracy from the run's
+metrics.json, validation accuracy from its history.csv), the Keras guide's recipe and
+a linear probe on frozen features (`bench/quality_child.py`). A recipe is a row of
+flags; a row whose flags the installed keras-ft does not know is skipped, saying so.
+
+Every result is appended as one JSON line to `--results` (default
+bench/results/quality.jsonl), with the wall time and the load average before and
+after; a rerun skips what that file already holds, so the benchmark can be finished
+across sessions. Choose recipes on `val_accuracy` only; `test_accuracy` is for the
+report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bench import common, quality_tasks
+
+RESULTS = common.ROOT / "bench" / "results" / "quality.jsonl"
+QUICK_RESULTS = common.ROOT / "build" / "bench" / "quality-quick.jsonl"
+SIZES = (10, 30, 100)  # training images per class
+SEEDS = (0, 1, 2)
+IMAGE_SIZE = 64
+VALIDATION_SPLIT = 0.2
+# Flags a user would give for the task: digits must not be mirrored; spins and
+# microstructures keep their class under any flip.
+TASK_FLAGS = {"mnist": ("--no-flip",), "digits": ("--no-flip",)}
+# Quick mode: a smoke test of every code path; its figures mean nothing.
+QUICK = {
+    "tasks": ("digits", "ising"),
+    "classes": 3,
+    "per_class": 6,
+    "test_per_class": 3,
+    "image_size": 32,
+    "methods": ("probe", "today"),
+    "epochs": ("1", "1"),
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A row of the benchmark: `kind` says how it runs, `flags` what keras-ft is given."""
+
+    kind: str  # "keras-ft", "probe" or "guide"
+    flags: tuple[str, ...] = ()
+    note: str = ""
+
+
+TODAY = (
+    "--head-epochs",
+    "10",
+    "--finetune-epochs",
+    "10",
+    "--unfreeze",
+    "all",
+    "--pooling",
+    "avg",
+    "--dropout",
+    "0.2",
+    "--head-lr",
+    "1e-3",
+    "--finetune-lr",
+    "1e-4",
+    "--momentum",
+    "0.9",
+    "--finetune-schedule",
+    "constant",
+)
+DEMO = (
+    "--pooling",
+    "avgmax",
+    "--dropout",
+    "0.3",
+    "--no-augment",
+    "--no-flip",
+    "--validation-split",
+    "0.1",
+    "--head-epochs",
+    "40",
+    "--finetune-epochs",
+    "5",
+    "--unfreeze",
+    "block5_conv1",
+    "--finetune-lr",
+    "1e-4",
+)
+
+METHODS = {
+    "probe": Method("probe", note="logistic regression on avg+max pooled frozen features"),
+    "guide": Method("guide", note="the Keras guide's recipe as written: 3 head + 2 fine-tune"),
+    "defaults": Method("keras-ft", note="keras-ft's defaults (whatever the installed one has)"),
+    "today": Method("keras-ft", TODAY, note="keras-ft's defaults before issue 14, pinned"),
+    "auto": Method("keras-ft", ("--recipe", "auto"), note="keras-ft --recipe auto"),
+    "demo": Method("keras-ft", DEMO, note="`make demo`'s flags (its own validation split)"),
+    # Candidate recipes from existing flags (issue 14): compare on validation only.
+    "c-head30": Method("keras-ft", (*TODAY, "--head-epochs", "30")),
+    "c-block4": Method("keras-ft", (*TODAY, "--unfreeze", "block4_conv1")),
+    "c-block5": Method("keras-ft", (*TODAY, "--unfreeze", "block5_conv1")),
+    "c-es3x30": Method("keras-ft", (*TODAY, "--early-stopping", "3", "--finetune-epochs", "30")),
+    "c-cosine": Method(
+        "keras-ft", (*TODAY, "--finetune-schedule", "cosine", "--warmup-epochs", "1")
+    ),
+    "c-avgmax": Method("keras-ft", (*TODAY, "--pooling", "avgmax")),
+    "c-lr3e-4": Method("keras-ft", (*TODAY, "--finetune-lr", "3e-4")),
+    "c-noaug": Method("keras-ft", (*TODAY, "--no-augment")),
+}
+DEFAULT_METHODS = ("probe", "guide", "defaults", "auto")
+GUIDE_EPOCHS = (3, 2)
+
+
+# ------------------------------------------------------------------ running one result
+
+
+def _known_flags() -> set[str]:
+    """The options `keras-ft train --help` lists."""
+    done = subprocess.run(
+        [sys.executable, "-m", "keras_ft.cli", "train", "--help"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=common.ROOT,
+    )
+    return set(re.findall(r"--[a-z][a-z0-9-]*", done.stdout))
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(common.ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
+
+
+def _final_val_accuracy(history: list[dict], early_stopping: bool) -> float | None:
+    """Validation accuracy of the weights the run ends with: the last fine-tuning epoch's,
+    or with early stopping (best weights restored) that of its lowest val_loss."""
+    rows = [r for r in history if r.get("phase") == "finetune" and r.get("val_accuracy")]
+    rows = rows or [r for r in history if r.get("val_accuracy")]
+    if not rows:
+        return None
+    if early_stopping:
+        return float(min(rows, key=lambda r: float(r["val_loss"]))["val_accuracy"])
+    return float(rows[-1]["val_accuracy"])
+
+
+def _keras_ft(case: dict, flags: list[str], temp: Path) -> dict:
+    run = temp / "run"
+    command = [
+        sys.executable,
+        "-m",
+        "keras_ft.cli",
+        "train",
+        case["train_dir"],
+        "--test-dir",
+        case["test_dir"],
+        "--output",
+        str(run),
+        "--quiet",
+        "--seed",
+        str(case["seed"]),
+        *flags,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env=_env(), cwd=common.ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"keras-ft failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    with open(run / "history.csv") as f:
+        history = list(csv.DictReader(f))
+    metrics = json.loads((run / "metrics.json").read_text())
+    keep = ("epoch", "phase", "accuracy", "val_accuracy", "val_loss")
+    return {
+        "test_accuracy": metrics["accuracy"],
+        "val_accuracy": _final_val_accuracy(history, "--early-stopping" in flags),
+        "history": [{k: r[k] for k in keep if r.get(k)} for r in history],
+    }
+
+
+def _child(kind: str, config: dict, temp: Path) -> dict:
+    infile, outfile = temp / "in.json", temp / "out.json"
+    infile.write_text(json.dumps(config))
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.quality_child", kind, str(infile), str(outfile)],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=common.ROOT,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"{kind} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(outfile.read_text())
+
+
+def keras_ft_flags(case: dict, method: Method, quick: bool) -> list[str]:
+    """The full flag list of a keras-ft row for one case (weights, size, batch, task flags)."""
+    batch = min(32, case["n_train"] // 2)  # keras-ft refuses a split smaller than one batch
+    flags = [
+        "--weights",
+        case["weights"] or "none",
+        "--image-size",
+        str(case["image_size"]),
+        "--batch-size",
+        str(batch),
+        *TASK_FLAGS.get(case["task"], ()),
+        *method.flags,
+    ]
+    if quick:
+        flags += ["--head-epochs", QUICK["epochs"][0], "--finetune-epochs", QUICK["epochs"][1]]
+    return flags
+
+
+def measure(case: dict, name: str, quick: bool) -> dict:
+    """Run method `name` on one case; return its result record."""
+    method = METHODS[name]
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="keras_ft_quality_") as temp:
+        if method.kind == "keras-ft":
+            measured = _keras_ft(case, case["flags"], Path(temp))
+        else:
+            head, finetune = (1, 1) if quick else GUIDE_EPOCHS
+            config = {
+                **case,
+                "validation_split": VALIDATION_SPLIT,
+                "head_epochs": head,
+                "finetune_epochs": finetune,
+            }
+            measured = _child(method.kind, config, Path(temp))
+    return {
+        **{
+            k: case[k]
+            for k in (
+                "mode",
+                "task",
+                "per_class",
+                "seed",
+                "image_size",
+                "n_train",
+                "n_test",
+                "flags",
+            )
+        },
+        "method": name,
+        "weights": common.weights_label(case["weights"]),
+        **measured,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "load_before": [round(v, 2) for v in load_before],
+        "load_after": [round(v, 2) for v in os.getloadavg()],
+        "commit": _commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def _commit() -> str:
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=common.ROOT
+    )
+    return done.stdout.strip() or "unknown"
+
+
+# ------------------------------------------------------------------ the benchmark loop
+
+
+def _key(record: dict) -> tuple:
+    return (
+        record["mode"],
+        record["task"],
+        record["per_class"],
+        record["method"],
+        record["seed"],
+        record["image_size"],
+        tuple(record["flags"]),
+    )
+
+
+def load_results(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run(args) -> None:
+    """Measure every (seed, task, size, method) not yet in the results file, appending each."""
+    results = Path(args.results)
+    results.parent.mkdir(parents=True, exist_ok=True)
+    done = {_key(r) for r in load_results(results)}
+    known = _known_flags()
+    skipped = set()
+    for name in args.methods:
+        unknown = [f for f in METHODS[name].flags if f.startswith("--") and f not in known]
+        if unknown:
+            print(f"[quality] skip {name}: the installed keras-ft has no {' '.join(unknown)}")
+            skipped.add(name)
+    weights = None if args.quick else common.offline_weights("full")
+    for seed in args.seeds:
+        for task in args.tasks:
+            for per_class in args.sizes:
+                classes = QUICK["classes"] if args.quick else None
+                test = QUICK["test_per_class"] if args.quick else None
+                train_dir, test_dir = quality_tasks.build(
+                    task, per_class, seed, Path(args.data), classes, test
+                )
+                n_classes = len([d for d in train_dir.iterdir() if d.is_dir()])
+                case = {
+                    "mode": "quick" if args.quick else "full",
+                    "task": task,
+                    "per_class": per_class,
+                    "seed": seed,
+                    "image_size": args.image_size,
+                    "weights": weights,
+                    "train_dir": str(train_dir),
+                    "test_dir": str(test_dir),
+                    "n_train": per_class * n_classes,
+                    "n_test": len(list(test_dir.glob("*/*.png"))),
+                }
+                for name in args.methods:
+                    method = METHODS[name]
+                    case["flags"] = (
+                        keras_ft_flags(case, method, args.quick)
+                        if method.kind == "keras-ft"
+                        else []
+                    )
+                    if name in skipped or _key({**case, "method": name}) in done:
+                        continue
+                    print(f"[quality] {task} {per_class}/class seed {seed}: {name}", flush=True)
+                    record = measure(case, name, args.quick)
+                    with open(results, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    print(
+                        f"[quality]   test {record['test_accuracy']:.3f}, val "
+                        f"{record['val_accuracy'] or float('nan'):.3f}, "
+                        f"{record['wall_s']:.0f} s",
+                        flush=True,
+                    )
+
+
+# ------------------------------------------------------------------ report
+
+
+def _cell(values: list[float], digits: int = 3) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+
+
+def summary(records: list[dict]) -> dict[tuple, dict]:
+    """{(task, per_class, method): mean/min/max figures over seeds}, in first-seen order."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["task"], r["per_class"], r["method"]), []).append(r)
+    out = {}
+    for key, rows in groups.items():
+        vals = [r["val_accuracy"] for r in rows if r.get("val_accuracy") is not None]
+        out[key] = {
+            "test": [r["test_accuracy"] for r in rows],
+            "val": vals,
+            "wall": [r["wall_s"] for r in rows],
+            "seeds": sorted(r["seed"] for r in rows),
+            "load": [r["load_before"][0] for r in rows],
+        }
+    return out
+
+
+def targets(stats: dict[tuple, dict]) -> list[str]:
+    """Issue 14's targets on what is measured; `defaults` stands in `today`'s place if absent."""
+    lines = []
+    cases = sorted({(t, n) for t, n, _ in stats})
+    ours = "defaults" if any(m == "defaults" for *_, m in stats) else "today"
+    gaps = []
+    for task, n in cases:
+        mine, probe = stats.get((task, n, ours)), stats.get((task, n, "probe"))
+        if mine and probe:
+            gaps.append((task, n, np.mean(mine["test"]) - np.mean(probe["test"])))
+    if gaps:
+        losses = [f"{t} {n}/class ({g:+.3f})" for t, n, g in gaps if g <= 0]
+        lines.append(
+            f"- `{ours}` beats the probe on every task and size measured "
+            f"({len(gaps)}): {'yes' if not losses else 'no: ' + ', '.join(losses)}"
+        )
+        mean_gap = float(np.mean([g for *_, g in gaps]))
+        lines.append(
+            f"- mean margin over the probe: {100 * mean_gap:+.1f} points "
+            f"({common.verdict(100 * mean_gap, 3)})"
+        )
+    mnist = stats.get(("mnist", 100, ours))
+    if mnist:
+        acc, wall = np.mean(mnist["test"]), np.mean(mnist["wall"])
+        lines.append(
+            f"- MNIST 100/class: `{ours}` test accuracy {acc:.3f} "
+            f"({common.verdict(acc, 0.98)}), {wall:.0f} s ({common.verdict(wall, 600, False)})"
+        )
+    if ours == "defaults":
+        worse = [
+            f"{t} {n}/class"
+            for t, n in cases
+            if (t, n, "today") in stats
+            and (t, n, "defaults") in stats
+            and np.mean(stats[(t, n, "defaults")]["test"]) < np.mean(stats[(t, n, "today")]["test"])
+        ]
+        lines.append(
+            f"- `defaults` never below `today`: {'yes' if not worse else 'no: ' + ', '.join(worse)}"
+        )
+    return lines or ["- no target can be judged yet: no pair of runs measured"]
+
+
+def report(records: list[dict]) -> str:
+    """The markdown table of `records` (one mode), then the targets' status."""
+    stats = summary(records)
+    rows = []
+    for (task, n, method), s in stats.items():
+        val = _cell(s["val"]) if s["val"] else "-"
+        rows.append(
+            [
+                task,
+                n,
+                method,
+                _cell(s["test"]),
+                val,
+                _cell(s["wall"], 0),
+                ",".join(map(str, s["seeds"])),
+                f"{min(s['load']):.1f}-{max(s['load']):.1f}",
+            ]
+        )
+    header = [
+        "task",
+        "train/class",
+        "method",
+        "test accuracy",
+        "val accuracy",
+        "wall s",
+        "seeds",
+        "load (1 min)",
+    ]
+    order = sorted(range(len(rows)), key=lambda i: (rows[i][0], rows[i][1]))
+    lines = [
+        "### Quality on held-out tasks",
+        "",
+        "Mean (min-max over seeds). Choose recipes on the validation column only.",
+        "",
+        common.table(header, [rows[i] for i in order]),
+        "",
+        "Targets (issue 14):",
+        *targets(stats),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, random weights")
+    parser.add_argument("--tasks", nargs="+", choices=tuple(quality_tasks.TASKS))
+    parser.add_argument("--sizes", nargs="+", type=int, help="training images per class")
+    parser.add_argument("--methods", nargs="+", choices=tuple(METHODS))
+    parser.add_argument("--seeds", nargs="+", type=int, help="default 0 1 2 (quick: 0)")
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--results", help=f"JSON-lines results file (default {RESULTS})")
+    parser.add_argument("--data", help="task folders cache (default build/quality-data)")
+    parser.add_argument("--report", action="store_true", help="only print the tables")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    args.tasks = args.tasks or list(QUICK["tasks"] if quick else quality_tasks.TASKS)
+    args.sizes = args.sizes or ([QUICK["per_class"]] if quick else list(SIZES))
+    args.methods = args.methods or list(QUICK["methods"] if quick else DEFAULT_METHODS)
+    args.seeds = args.seeds or ([0] if quick else list(SEEDS))
+    args.image_size = args.image_size or (QUICK["image_size"] if quick else IMAGE_SIZE)
+    args.results = args.results or str(QUICK_RESULTS if quick else RESULTS)
+    args.data = args.data or str(common.ROOT / "build" / "quality-data")
+    if not args.report:
+        run(args)
+    records = [
+        r for r in load_results(Path(args.results)) if r["mode"] == ("quick" if quick else "full")
+    ]
+    print(report(records))
+
+
+if __name__ == "__main__":
+    main()

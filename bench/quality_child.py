@@ -1,0 +1,120 @@
+"""The quality benchmark's in-process methods, each run in a fresh process by `bench.quality`.
+
+    python -m bench.quality_child probe|guide CONFIG_JSON OUT_JSON
+
+* `probe`: a linear probe on frozen features. The backbone (VGG16 at the task's image
+  size, same weights) runs once over every image; each feature map is pooled by
+  average and by max (concatenated), standardised, and fed to a logistic regression
+  whose C is chosen by 3-fold cross-validation on the training images only. Its
+  validation accuracy is measured on exactly the images keras-ft holds out for
+  validation (`keras_ft.data.stable_fraction`, same seed and split), fitting on the
+  rest; its test accuracy comes from a refit on all training images (as issue 14's
+  probe did: it sees 1/(1 - split) times the images keras-ft trains on).
+* `guide`: the Keras guide's recipe as `bench/guide_script.py` writes it.
+
+Both write `{"test_accuracy", "val_accuracy", ...}` to OUT_JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+C_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+def _files(folder: str) -> tuple[list[str], list[str], np.ndarray]:
+    """(paths, relative paths, labels) of `folder/<class>/*.png`, classes sorted by name."""
+    from keras_ft.scan import natural_key
+
+    root = Path(folder)
+    classes = sorted((d.name for d in root.iterdir() if d.is_dir()), key=natural_key)
+    paths = [p for i, c in enumerate(classes) for p in sorted((root / c).glob("*.png"))]
+    labels = np.array([classes.index(p.parent.name) for p in paths])
+    return [str(p) for p in paths], [p.relative_to(root).as_posix() for p in paths], labels
+
+
+def _features(paths: list[str], size: int, weights: str | None) -> np.ndarray:
+    import keras
+
+    from keras_ft.data import read_images
+
+    backbone = keras.applications.VGG16(
+        weights=None, include_top=False, input_shape=(size, size, 3)
+    )
+    if weights:
+        backbone.load_weights(weights)
+    images = keras.applications.vgg16.preprocess_input(
+        read_images(paths, (size, size)).astype("float32")
+    )
+    maps = backbone.predict(images, batch_size=64, verbose=0)
+    return np.concatenate([maps.mean(axis=(1, 2)), maps.max(axis=(1, 2))], axis=1)
+
+
+def _fit(features: np.ndarray, labels: np.ndarray, seed: int):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = min(3, int(np.bincount(labels).min()))
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+    search = GridSearchCV(
+        model,
+        {"logisticregression__C": C_GRID},
+        cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
+    )
+    return search.fit(features, labels)
+
+
+def probe(config: dict) -> dict:
+    """Linear probe on avg+max pooled frozen features; validation and test accuracy."""
+    import keras
+
+    from keras_ft.data import stable_fraction
+
+    keras.utils.set_random_seed(config["seed"])
+    paths, relpaths, labels = _files(config["train_dir"])
+    test_paths, _, test_labels = _files(config["test_dir"])
+    started = time.perf_counter()
+    features = _features(paths + test_paths, config["image_size"], config["weights"])
+    train, test = features[: len(paths)], features[len(paths) :]
+    is_val = np.array(
+        [stable_fraction(config["seed"], r) < config["validation_split"] for r in relpaths]
+    )
+    held = _fit(train[~is_val], labels[~is_val], config["seed"])
+    val_accuracy = float(held.score(train[is_val], labels[is_val])) if is_val.any() else None
+    full = _fit(train, labels, config["seed"])
+    return {
+        "test_accuracy": float(full.score(test, test_labels)),
+        "val_accuracy": val_accuracy,
+        "chosen_c": full.best_params_["logisticregression__C"],
+        "fit_s": time.perf_counter() - started,
+    }
+
+
+def guide(config: dict) -> dict:
+    """The Keras guide's recipe (`bench/guide_script.py`)."""
+    from bench.guide_script import train
+
+    accuracy, info = train(
+        config["train_dir"],
+        config["test_dir"],
+        config["image_size"],
+        32,
+        config["head_epochs"],
+        config["finetune_epochs"],
+        config["weights"],
+        config["seed"],
+    )
+    return {"test_accuracy": accuracy, **info}
+
+
+if __name__ == "__main__":
+    method, infile, outfile = sys.argv[1:4]
+    result = {"probe": probe, "guide": guide}[method](json.loads(Path(infile).read_text()))
+    Path(outfile).write_text(json.dumps(result))
