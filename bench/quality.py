@@ -126,6 +126,11 @@ METHODS = {
     "c-avgmax": Method("keras-ft", (*TODAY, "--pooling", "avgmax")),
     "c-lr3e-4": Method("keras-ft", (*TODAY, "--finetune-lr", "3e-4")),
     "c-noaug": Method("keras-ft", (*TODAY, "--no-augment")),
+    "c-head-lr1e-4": Method("keras-ft", (*TODAY, "--head-lr", "1e-4")),
+    "c-lr3e-4-es3x30": Method(
+        "keras-ft",
+        (*TODAY, "--finetune-lr", "3e-4", "--early-stopping", "3", "--finetune-epochs", "30"),
+    ),
 }
 DEFAULT_METHODS = ("probe", "guide", "defaults", "auto")
 GUIDE_EPOCHS = (3, 2)
