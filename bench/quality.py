@@ -114,7 +114,7 @@ METHODS = {
     "defaults": Method("keras-ft", note="keras-ft's defaults (whatever the installed one has)"),
     "today": Method("keras-ft", TODAY, note="keras-ft's defaults before issue 14, pinned"),
     "auto": Method("keras-ft", ("--recipe", "auto"), note="keras-ft --recipe auto"),
-    "demo": Method("keras-ft", DEMO, note="`make demo`'s flags (its own validation split)"),
+    "demo": Method("keras-ft", DEMO, note="`make demo`'s flags before issue 14"),
     # Candidate recipes from existing flags (issue 14): compare on validation only.
     "c-head30": Method("keras-ft", (*TODAY, "--head-epochs", "30")),
     "c-block4": Method("keras-ft", (*TODAY, "--unfreeze", "block4_conv1")),
