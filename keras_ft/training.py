@@ -375,12 +375,19 @@ def fit_two_phase(
             continue
         first = max(start, done)
         config = _decide(model, data, phase, config, history, verbose, batch_size)
+        features = None
         if phase == "head":
             freeze_backbone(model)
-            trained = model
-            if config.feature_cache and not (data.config.augment and config.head_augment):
-                extractor, trained = split_at_features(model)
-            elif config.feature_cache and verbose != 0:
+            extractor, head = split_at_features(model)
+            cached = config.feature_cache and not (data.config.augment and config.head_augment)
+            trained = head if cached else model
+            if cached or first == 0:
+                if verbose != 0:
+                    print("Backbone features of the training images, computed once:")
+                features = _features(extractor, data.unaugmented_train(), verbose)
+            if first == 0:  # a fresh phase 1 (a resumed one has its statistics back)
+                start_feature_norm(model, features[0])
+            if not cached and config.feature_cache and verbose != 0:
                 print(
                     "Phase 1 runs the frozen backbone on every batch: augmentation is on, so "
                     "its features change each epoch and cannot be cached. (With "
@@ -400,7 +407,7 @@ def fit_two_phase(
             dataset = data.train_dataset(first, end - first, batch_size, replicas, flip)
             validation = data.validation
         else:
-            dataset = feature_batches(extractor, data, first, end, verbose, batch_size, replicas)
+            dataset = feature_batches(features, data, first, end, batch_size, replicas)
             # Arrays: Keras batches them itself, and shards them by DATA under a strategy.
             validation = _features(extractor, data.validation, verbose) if data.validation else None
         if validation is not None and replicas > 1:
@@ -646,27 +653,47 @@ def _features(extractor: keras.Model, dataset, verbose=0) -> tuple[np.ndarray, n
     return np.concatenate(features), np.concatenate(labels)
 
 
+def start_feature_norm(model: keras.Model, features: np.ndarray) -> None:
+    """Start the head's feature BatchNormalization from the training features' statistics.
+
+    Done once, before a fresh phase 1, from the unaugmented training images
+    (whether phase 1 then trains on cached features or on augmented images).
+
+    Its moving mean and variance begin at 0 and 1, and the frozen backbone's
+    features are nothing like that (VGG16's have a standard deviation of about
+    14 and peaks near 400). They move 1 % a step, so with a few hundred
+    images, whose phase 1 is a few dozen steps, validation and prediction
+    would use statistics that are still mostly the initial ones. Starting
+    them at the features' own mean and variance (as the linear probe
+    standardises its features) makes them right from the first epoch. A
+    model without the layer (`normalize_features=False`) is left as it is.
+    """
+    names = [layer.name for layer in model.layers]
+    if "feature_norm" not in names:
+        return
+    norm = model.get_layer("feature_norm")
+    norm.moving_mean.assign(features.mean(axis=0).astype(np.float32))
+    norm.moving_variance.assign(features.var(axis=0).astype(np.float32))
+
+
 def feature_batches(
-    extractor: keras.Model,
+    cached: tuple[np.ndarray, np.ndarray],
     data,
     first: int,
     end: int,
-    verbose=0,
     batch_size: int | None = None,
     replicas: int = 1,
 ) -> tf.data.Dataset:
-    """Phase 1 without augmentation: run the frozen backbone once, then serve its features.
+    """Phase 1 on features computed once: batches of the frozen backbone's `cached` outputs.
 
     The training images do not change between epochs, so neither do the
-    backbone's features: computing them once makes every head epoch cost
-    only the head. Epochs `first` to `end - 1` are ordered as
-    `data.train_dataset` orders them (and trims them for `replicas`), in
-    batches of `batch_size` (default: the data's). User callbacks see the
-    head model.
+    backbone's features (`cached`: features and labels of the training split
+    in file order): computing them once makes every head epoch cost only the
+    head. Epochs `first` to `end - 1` are ordered as `data.train_dataset`
+    orders them (and trims them for `replicas`), in batches of `batch_size`
+    (default: the data's). User callbacks see the head model.
     """
-    if verbose != 0:
-        print("Backbone features of the training and validation images, computed once:")
-    features, labels = _features(extractor, data.unaugmented_train(), verbose)
+    features, labels = cached
 
     def gather(indices):
         batch = tf.numpy_function(lambda i: features[i], [indices], tf.float32, stateful=False)
