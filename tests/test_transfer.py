@@ -1,0 +1,144 @@
+"""Transferability scores: LogME and H-score against direct implementations, the linear probe."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from keras_ft.errors import KerasFTError
+from keras_ft.transfer import (
+    LOGME_EPSILON,
+    LOGME_MAX_ITERATIONS,
+    LOGME_TOLERANCE,
+    _ledoit_wolf_shrinkage,
+    h_score,
+    linear_probe,
+    logme,
+)
+
+
+def slow_logme(features: np.ndarray, labels: np.ndarray) -> float:
+    """LogME as the paper writes it: per class, D x D matrices, inverse and log-determinant."""
+    f = features.astype(np.float64)
+    n, d = f.shape
+    gram = f.T @ f
+    evidences = []
+    for k in np.unique(labels):
+        y = (labels == k).astype(np.float64)
+        alpha, beta = 1.0, 1.0
+        for _ in range(LOGME_MAX_ITERATIONS):
+            a = alpha * np.eye(d) + beta * gram
+            a_inv = np.linalg.inv(a)
+            m = beta * a_inv @ f.T @ y
+            gamma = d - alpha * np.trace(a_inv)
+            new_alpha = gamma / (m @ m + LOGME_EPSILON)
+            new_beta = (n - gamma) / (np.sum((y - f @ m) ** 2) + LOGME_EPSILON)
+            converged = abs((new_alpha / new_beta) / (alpha / beta) - 1) < LOGME_TOLERANCE
+            alpha, beta = new_alpha, new_beta
+            if converged:
+                break
+        a = alpha * np.eye(d) + beta * gram
+        m = beta * np.linalg.solve(a, f.T @ y)
+        evidence = (
+            d / 2 * np.log(alpha)
+            + n / 2 * np.log(beta)
+            - np.linalg.slogdet(a)[1] / 2
+            - beta / 2 * np.sum((y - f @ m) ** 2)
+            - alpha / 2 * (m @ m)
+            - n / 2 * math.log(2 * math.pi)
+        )
+        evidences.append(evidence / n)
+    return float(np.mean(evidences))
+
+
+def _data(n: int, d: int, classes: int, signal: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    centres = rng.normal(size=(classes, d)) * signal
+    return centres[labels] + rng.normal(size=(n, d)), labels
+
+
+@pytest.mark.parametrize("n, d", [(60, 20), (30, 50), (40, 40)])
+def test_logme_matches_the_direct_implementation(n, d):
+    features, labels = _data(n, d, classes=3, signal=0.7, seed=n + d)
+    assert logme(features, labels) == pytest.approx(slow_logme(features, labels), abs=1e-6)
+
+
+def test_logme_with_constant_and_duplicate_features_matches_the_direct_implementation():
+    features, labels = _data(50, 12, classes=4, signal=1.0, seed=3)
+    features = np.concatenate([features, features[:, :3], np.zeros((50, 2))], axis=1)
+    assert logme(features, labels) == pytest.approx(slow_logme(features, labels), abs=1e-6)
+
+
+def test_scores_rank_informative_features_above_noise():
+    informative, labels = _data(120, 30, classes=4, signal=1.0, seed=1)
+    noise = np.random.default_rng(2).normal(size=(120, 30))
+    assert logme(informative, labels) > logme(noise, labels) + 0.1
+    assert h_score(informative, labels) > 3 * h_score(noise, labels)
+
+
+def test_ledoit_wolf_shrinkage_matches_scikit_learn():
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
+    for n, d in ((40, 100), (100, 30)):
+        features, _ = _data(n, d, classes=3, signal=0.5, seed=d)
+        centered = features - features.mean(axis=0)
+        expected = ledoit_wolf_shrinkage(centered, assume_centered=True)
+        assert _ledoit_wolf_shrinkage(centered) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("n, d", [(40, 100), (100, 30)])
+def test_h_score_matches_the_direct_formula_with_sklearn_ledoit_wolf(n, d):
+    from sklearn.covariance import LedoitWolf
+
+    features, labels = _data(n, d, classes=3, signal=0.5, seed=d)
+    covariance = LedoitWolf().fit(features).covariance_
+    mean = features.mean(axis=0)
+    between = sum(
+        np.mean(labels == k)
+        * np.outer(features[labels == k].mean(0) - mean, features[labels == k].mean(0) - mean)
+        for k in range(3)
+    )
+    expected = np.trace(np.linalg.inv(covariance) @ between)
+    assert h_score(features, labels) == pytest.approx(expected, rel=1e-8)
+
+
+def test_scores_refuse_bad_input_with_a_message():
+    with pytest.raises(KerasFTError, match=r"shape \(N, D\).*Pool the feature maps"):
+        logme(np.zeros((4, 2, 2)), np.array([0, 1, 0, 1]))
+    with pytest.raises(KerasFTError, match="at least two classes"):
+        h_score(np.zeros((4, 2)), np.zeros(4, int))
+    with pytest.raises(KerasFTError, match="NaN or infinite"):
+        logme(np.full((4, 2), np.nan), np.array([0, 1, 0, 1]))
+    with pytest.raises(KerasFTError, match=r"class\(es\) \[2\] have no training image"):
+        linear_probe(np.ones((4, 2)), np.array([0, 1, 0, 1]), num_classes=3)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_linear_probe_folds_into_one_dense_layer(classes):
+    features, labels = _data(120, 16, classes=classes, signal=1.0, seed=5)
+    features = features * np.linspace(0.1, 50, 16) + 7  # scales the standardisation must undo
+    features, labels, val, val_labels = features[:90], labels[:90], features[90:], labels[90:]
+    probe = linear_probe(features, labels, val, val_labels)
+    kernel, bias = probe.folded()
+    logits = val @ kernel + bias
+    folded_accuracy = np.mean(logits.argmax(axis=1) == val_labels)
+    assert kernel.shape == (16, classes)
+    assert folded_accuracy == pytest.approx(probe.validation_accuracy)
+    assert probe.validation_accuracy > 0.8
+    assert probe.c in (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+    again = linear_probe(features, labels, val, val_labels)
+    np.testing.assert_array_equal(again.coef, probe.coef)  # deterministic, bit for bit
+
+
+def test_transfer_module_does_not_import_tensorflow():
+    code = (
+        "import sys, numpy as np; from keras_ft.transfer import logme; "
+        "logme(np.eye(4), np.array([0, 1, 0, 1])); print('tensorflow' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
