@@ -263,6 +263,44 @@ TTA_HELP = (
 )
 
 
+def _add_rank(commands) -> None:
+    p = commands.add_parser(
+        "rank",
+        help="score backbones (or one backbone's layers) from frozen features, before training",
+        description=(
+            "For each backbone, or with --layers each layer of one backbone, compute the "
+            "frozen features of DATA_DIR once and score them: LogME, H-score and a linear "
+            "probe's validation accuracy. Prints the table ranked by LogME and a "
+            "recommendation; writes rank.json, rank.csv and rank.png into --output."
+        ),
+    )
+    p.add_argument("data_dir", help="training folder: DATA_DIR/<class>/<image>")
+    p.add_argument(
+        "--backbones",
+        nargs="+",
+        default=["vgg16"],
+        metavar="NAME[=WEIGHTS]",
+        help="registry names; NAME=WEIGHTS (a path or none) overrides --weights for one",
+    )
+    p.add_argument(
+        "--weights", type=_weights, default="imagenet", help="imagenet, none, or a weights path"
+    )
+    p.add_argument("--image-size", type=int, help="input size in px (default: the backbone's)")
+    p.add_argument(
+        "--layers",
+        nargs="+",
+        metavar="auto|all|NAME",
+        help="rank the layers of one backbone: auto (each stage's output), all, or names",
+    )
+    p.add_argument("--pooling", default="avg", help="avg, max, avgmax or flatten (as the head)")
+    p.add_argument("--validation-split", type=float, default=0.2)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--output", help="folder for rank.json, rank.csv and rank.png")
+    p.add_argument("--quiet", action="store_true", help="only the table")
+    p.set_defaults(func=rank)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keras-ft", description="Transfer learning on image folders with Keras 3."
@@ -304,6 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=scan)
     _add_lr_find(commands)
+    _add_rank(commands)
     p = commands.add_parser("backbones", help="list the backbones that can be used")
     p.set_defaults(func=backbones)
     for command in commands.choices.values():
@@ -689,6 +728,31 @@ def scan(args) -> int:
         return 2
     warned = sum(len(r.warnings) for r in reports)
     print(f"status: ok, with {warned} warning(s) (not fatal)" if warned else "status: ok")
+    return 0
+
+
+def rank(args) -> int:
+    from keras_ft.ranking import rank as rank_candidates
+
+    layers = args.layers
+    if layers is not None and len(layers) == 1 and layers[0] in ("auto", "all"):
+        layers = layers[0]
+    result = rank_candidates(
+        args.data_dir,
+        backbones=args.backbones,
+        weights=args.weights,
+        image_size=args.image_size,
+        layers=layers,
+        pooling=args.pooling,
+        output=args.output,
+        validation_split=args.validation_split,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        verbose=not args.quiet,
+    )
+    print(result.table())
+    for path in result.files:
+        print(f"wrote {path}")
     return 0
 
 

@@ -53,6 +53,28 @@ class Preprocess(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+def pool_features(feature_map, pooling: str, prefix: str = ""):
+    """Pool a `(H, W, C)` feature map to a vector the way the head does.
+
+    Args:
+        feature_map: a symbolic 4-D tensor.
+        pooling: `"avg"`, `"max"`, `"avgmax"` (both, concatenated) or `"flatten"`.
+        prefix: put before the layer names (to pool several maps in one model).
+    """
+    if pooling == "flatten":
+        return keras.layers.Flatten(name=f"{prefix}flatten")(feature_map)
+    if pooling == "avgmax":
+        return keras.layers.Concatenate(name=f"{prefix}avg_max_pool")(
+            [
+                keras.layers.GlobalAveragePooling2D(name=f"{prefix}avg_pool")(feature_map),
+                keras.layers.GlobalMaxPooling2D(name=f"{prefix}max_pool")(feature_map),
+            ]
+        )
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name=f"{prefix}max_pool")(feature_map)
+    return keras.layers.GlobalAveragePooling2D(name=f"{prefix}avg_pool")(feature_map)
+
+
 def build_classifier(
     backbone: keras.Model, config: ModelConfig, preprocessing: str, synchronized: bool = False
 ) -> keras.Model:
@@ -72,20 +94,7 @@ def build_classifier(
     seed = config.seed
     inputs = keras.Input((*config.image_size, 3), name="image")
     x = Preprocess(preprocessing, name="preprocess")(inputs)
-    x = backbone(x, training=False)
-    if config.pooling == "flatten":
-        x = keras.layers.Flatten(name="flatten")(x)
-    elif config.pooling == "avgmax":
-        x = keras.layers.Concatenate(name="avg_max_pool")(
-            [
-                keras.layers.GlobalAveragePooling2D(name="avg_pool")(x),
-                keras.layers.GlobalMaxPooling2D(name="max_pool")(x),
-            ]
-        )
-    elif config.pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
-    else:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    x = pool_features(backbone(x, training=False), config.pooling)
     if config.normalize_features:
         x = keras.layers.BatchNormalization(name="feature_norm", synchronized=synchronized)(x)
     for i, units in enumerate(config.dense_units):
