@@ -1,0 +1,149 @@
+"""Ranking backbones and layers from frozen features: the table, the files, the unfreeze rule."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import keras
+import pytest
+
+from keras_ft.backbones import get_backbone
+from keras_ft.errors import KerasFTError
+from keras_ft.ranking import _recommend_layer, parse_candidate, rank, stage_outputs
+from tests.conftest import run_cli, write_folder
+
+CLASSES = ("red", "green", "blue")
+
+
+@pytest.fixture(scope="module")
+def three_classes(tmp_path_factory):
+    return write_folder(tmp_path_factory.mktemp("rank") / "train", CLASSES, per_class=14, size=32)
+
+
+@pytest.fixture(scope="module")
+def vgg16():
+    return keras.applications.VGG16(include_top=False, weights=None, input_shape=(64, 64, 3))
+
+
+@pytest.fixture(scope="module")
+def layer_ranking(three_classes, tmp_path_factory):
+    output = tmp_path_factory.mktemp("layers")
+    result = rank(
+        three_classes,
+        backbones=["vgg16=none"],
+        image_size=32,
+        layers="auto",
+        output=output,
+        batch_size=8,
+        verbose=False,
+    )
+    return result, output
+
+
+def test_auto_layers_are_each_stage_output(vgg16):
+    assert stage_outputs(vgg16) == [
+        "block1_conv2",
+        "block2_conv2",
+        "block3_conv3",
+        "block4_conv3",
+        "block5_conv3",
+        "block5_pool",
+    ]
+
+
+def test_candidates_name_their_own_weights():
+    assert parse_candidate("VGG16", "imagenet") == ("vgg16", "vgg16", "imagenet")
+    assert parse_candidate("vgg16=none", "imagenet") == ("vgg16:none", "vgg16", None)
+    assert parse_candidate("vgg16=w/hed.weights.h5", None) == (
+        "vgg16:hed",
+        "vgg16",
+        "w/hed.weights.h5",
+    )
+    with pytest.raises(KerasFTError, match="Unknown backbone 'nope'"):
+        parse_candidate("nope", None)
+
+
+def _rows(scores):
+    names = ["block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3", "block5_pool"]
+    return [
+        {"layer": n, "logme": s, "backbone": "vgg16", "weights": None}
+        for n, s in zip(names, scores, strict=True)
+    ]
+
+
+def test_unfreeze_rule_takes_the_layer_after_the_earliest_near_best(vgg16):
+    spec = get_backbone("vgg16")
+    # best 1.0, worst 0.0: within 10% means >= 0.9; block3_conv3 is the first such.
+    chosen = _recommend_layer(_rows([0.0, 0.5, 0.95, 1.0, 0.9]), vgg16, spec, 0.1)
+    assert (chosen["layer"], chosen["unfreeze"]) == ("block3_conv3", "block4_conv1")
+    assert "best - 0.1 x (best - worst)" in chosen["rule"]
+    # Only the last layer is near the best: adapt the top only, the backbone's usual point.
+    chosen = _recommend_layer(_rows([0.0, 0.1, 0.2, 0.3, 1.0]), vgg16, spec, 0.1)
+    assert (chosen["layer"], chosen["unfreeze"]) == ("block5_pool", "block5_conv1")
+    # A wider margin picks an earlier layer.
+    chosen = _recommend_layer(_rows([0.0, 0.5, 0.95, 1.0, 0.9]), vgg16, spec, 0.6)
+    assert (chosen["layer"], chosen["unfreeze"]) == ("block2_conv2", "block3_conv1")
+
+
+def test_layer_ranking_scores_every_stage_and_writes_the_files(layer_ranking):
+    result, output = layer_ranking
+    assert result.mode == "layers"
+    assert sorted(r["layer"] for r in result.rows) == sorted(
+        [
+            "block1_conv2",
+            "block2_conv2",
+            "block3_conv3",
+            "block4_conv3",
+            "block5_conv3",
+            "block5_pool",
+        ]
+    )
+    scores = [r["logme"] for r in result.rows]
+    assert scores == sorted(scores, reverse=True)  # ranked by LogME
+    dims = {r["layer"]: r["dimension"] for r in result.rows}
+    assert dims["block1_conv2"] == 64 and dims["block3_conv3"] == 256 and dims["block5_pool"] == 512
+    assert all(0.0 <= r["probe_val_accuracy"] <= 1.0 for r in result.rows)
+    record = json.loads((output / "rank.json").read_text())
+    assert record["rows"] == json.loads(json.dumps(result.rows))
+    assert record["recommendation"]["unfreeze"].startswith("block")
+    with open(output / "rank.csv") as handle:
+        assert [row["candidate"] for row in csv.DictReader(handle)] == [
+            r["candidate"] for r in result.rows
+        ]
+    assert (output / "rank.png").read_bytes()[:4] == b"\x89PNG"
+    assert "recommended: --unfreeze" in result.table()
+
+
+def test_ranking_refuses_unknown_layers_and_several_backbones_with_layers(three_classes):
+    with pytest.raises(KerasFTError, match=r"\['conv9'\] are not layers.*block5_pool"):
+        rank(three_classes, ["vgg16=none"], image_size=32, layers=["conv9"], batch_size=8)
+    with pytest.raises(KerasFTError, match="exactly one backbone, received 2"):
+        rank(three_classes, ["vgg16", "resnet50"], layers="auto")
+
+
+def test_cli_rank_prints_the_table_and_refuses_bad_input(three_classes, tmp_path):
+    result = run_cli(
+        "rank",
+        three_classes,
+        "--backbones",
+        "mobilenetv3small=none",
+        "vgg16=none",
+        "--image-size",
+        "32",
+        "--batch-size",
+        "8",
+        "--quiet",
+        "--output",
+        tmp_path / "out",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:3] == ["candidate", "dim", "seconds"]
+    assert {lines[1].split()[0], lines[2].split()[0]} == {"mobilenetv3small:none", "vgg16:none"}
+    assert "recommended backbone:" in result.stdout
+    assert json.loads((tmp_path / "out" / "rank.json").read_text())["mode"] == "backbones"
+    bad = run_cli("rank", three_classes, "--backbones", "vgg16", "vgg19", "--layers", "auto")
+    assert bad.returncode == 2
+    assert "error: Ranking layers needs exactly one backbone" in bad.stderr
+    assert "Traceback" not in bad.stderr
