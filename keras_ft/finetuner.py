@@ -25,11 +25,18 @@ from keras_ft.data import ImageFolder, folder_dataset
 from keras_ft.distribute import LOST_PEER_ERRORS, all_agree, get_distribution, lost_worker
 from keras_ft.errors import KerasFTError
 from keras_ft.evaluation import evaluate_model, trained_with_flips
-from keras_ft.model import build_classifier, unknown_layer_message
+from keras_ft.model import build_classifier, split_at_features, unknown_layer_message
 from keras_ft.recipe import apply_recipe
 from keras_ft.report import EpochTensorBoard
 from keras_ft.reproducibility import check_deterministic_gradients, file_hashes, seed_everything
-from keras_ft.training import PHASES, TrainingHistory, advice, fit_two_phase, read_checkpoint
+from keras_ft.training import (
+    PHASES,
+    TrainingHistory,
+    advice,
+    fit_two_phase,
+    frozen_features,
+    read_checkpoint,
+)
 
 FOLDERS = ("directory", "test_dir")  # where the data is, not what it is
 
@@ -364,6 +371,7 @@ class FineTuner:
         if self.tensorboard_dir is not None:
             callbacks = [*callbacks, EpochTensorBoard(self.tensorboard_dir)]
         signature = self._signature()
+        features, probe = self._linear_probe(data, verbose)
         try:
             with distribution.strategy.scope():  # both phases compile in it
                 self._check_same_checkpoint(checkpoint_dir, resume, signature)
@@ -378,6 +386,7 @@ class FineTuner:
                     signature=signature,
                     replicas=distribution.replicas,
                     chief=distribution.is_chief,
+                    frozen=features,
                 )
         except LOST_PEER_ERRORS as error:
             if distribution.workers == 1:
@@ -398,6 +407,8 @@ class FineTuner:
             "decisions": self.history.decisions,
             "recipe": {"name": recipe, "applied": applied} if recipe else None,
         }
+        if probe is not None:
+            self.record["linear_probe"] = compare_with_probe(probe, self.history)
         return self.history
 
     def lr_find(
@@ -450,6 +461,24 @@ class FineTuner:
         seed_everything(self.seed, self.deterministic)
         with self.distribution.strategy.scope():
             return sweep(self.model, data, phase, config, start_lr, end_lr, steps)
+
+    def _linear_probe(self, data: ImageFolder, verbose):
+        """The frozen features (for phase 1's cache) and a linear probe on them.
+
+        Returns:
+            `(features, probe summary)`, or `(None, None)` without a validation
+            split (the probe is scored on it) or on a worker that is not the chief.
+        """
+        if data.validation is None or not self.distribution.is_chief:
+            return None, None
+        from keras_ft.transfer import linear_probe
+
+        clock = time.perf_counter()
+        extractor, _ = split_at_features(self.model)
+        features = frozen_features(extractor, data, verbose)
+        probe = linear_probe(*features, num_classes=data.num_classes).summary()
+        probe["seconds"] = round(time.perf_counter() - clock, 3)
+        return features, probe
 
     def check_fit_options(self, **options) -> TrainingConfig:
         """Check `fit`'s training options without training: the command line does it first.
@@ -584,3 +613,30 @@ def _check_in_scope(backbone: keras.Model, distribution) -> None:
             "Create it inside keras_ft.distribute.get_distribution("
             f"{distribution.requested!r}).strategy.scope()."
         )
+
+
+def compare_with_probe(probe: dict, history: TrainingHistory) -> dict:
+    """`probe` with the fine-tuned validation accuracy added; warn when fine-tuning is below it.
+
+    Args:
+        probe: `ProbeResult.summary()` of a linear probe on the frozen features.
+        history: the finished training's history (its last `val_accuracy`).
+
+    Returns:
+        The record's `"linear_probe"` entry: the probe's numbers, plus
+        `finetuned_validation_accuracy` and `below_probe`.
+    """
+    accuracies = history.history.get("val_accuracy") or [None]
+    finetuned = accuracies[-1]
+    below = finetuned is not None and finetuned < probe["validation_accuracy"]
+    if below:
+        warnings.warn(
+            f"Fine-tuning reached a validation accuracy of {finetuned:.4f}, below the "
+            f"{probe['validation_accuracy']:.4f} of a logistic regression on the frozen "
+            "backbone's features: the training hurt what the backbone already knew "
+            "(negative transfer). Try unfreezing fewer layers (--unfreeze with a later "
+            "layer, or --finetune-epochs 0), a lower --finetune-lr, or keep the linear "
+            "probe itself (`keras-ft rank` scores it per backbone).",
+            stacklevel=3,
+        )
+    return {**probe, "finetuned_validation_accuracy": finetuned, "below_probe": below}

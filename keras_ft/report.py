@@ -33,6 +33,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from keras_ft.data import pil_to_rgb
 from keras_ft.evaluation import predict_dataset
 from keras_ft.text import csv_cell, printable
+from keras_ft.transfer import describe_probe
 
 PLOTS_HINT = 'Plots need matplotlib: pip install "keras-ft[plots]"'
 MAX_MISTAKES = 24
@@ -271,6 +272,8 @@ def _summary_rows(tuner) -> list[tuple[str, object]]:
             ("finished", tuner.record.get("finished")),
             ("training time", f"{tuner.record.get('train_seconds')} s"),
         ]
+        if tuner.record.get("linear_probe"):
+            rows.append(("linear probe", describe_probe(tuner.record["linear_probe"])))
     if tuner.metrics is not None:
         m = tuner.metrics
         rows += [

@@ -300,6 +300,7 @@ def fit_two_phase(
     signature: str = "",
     replicas: int = 1,
     chief: bool = True,
+    frozen=None,
 ) -> TrainingHistory:
     """Train `model` on `data` (an `ImageFolder`) in two phases.
 
@@ -323,6 +324,9 @@ def fit_two_phase(
             images per replica, and `config.lr_scaling` applies.
         chief: whether this process writes checkpoints (under a multi-worker
             strategy only the chief does; every worker reads them to resume).
+        frozen: the frozen backbone's `(train, train labels, validation,
+            validation labels)` features if already computed (see
+            `frozen_features`); phase 1 then uses them instead of computing them.
 
     Returns:
         A `TrainingHistory` covering both phases.
@@ -381,7 +385,9 @@ def fit_two_phase(
             extractor, head = split_at_features(model)
             cached = config.feature_cache and not (data.config.augment and config.head_augment)
             trained = head if cached else model
-            if cached or first == 0:
+            if frozen is not None:  # computed by the caller (FineTuner, for its linear probe)
+                features = frozen[:2]
+            elif cached or first == 0:
                 if verbose != 0:
                     print("Backbone features of the training images, computed once:")
                 features = _features(extractor, data.unaugmented_train(), verbose)
@@ -409,7 +415,12 @@ def fit_two_phase(
         else:
             dataset = feature_batches(features, data, first, end, batch_size, replicas)
             # Arrays: Keras batches them itself, and shards them by DATA under a strategy.
-            validation = _features(extractor, data.validation, verbose) if data.validation else None
+            if frozen is not None:
+                validation = frozen[2:] if data.validation else None
+            else:
+                validation = (
+                    _features(extractor, data.validation, verbose) if data.validation else None
+                )
         if validation is not None and replicas > 1:
             count = len(data.validation_files)
             validation = evenly_batched(validation, count, batch_size, replicas)
@@ -651,6 +662,19 @@ def _features(extractor: keras.Model, dataset, verbose=0) -> tuple[np.ndarray, n
         if progress is not None:
             progress.add(1)
     return np.concatenate(features), np.concatenate(labels)
+
+
+def frozen_features(extractor: keras.Model, data, verbose=0) -> tuple:
+    """The frozen backbone's features: (train, train labels, validation, validation labels).
+
+    The training split in file order, unaugmented; the validation pair is
+    `(None, None)` without a validation split.
+    """
+    if verbose != 0:
+        print("Backbone features of the training and validation images, computed once:")
+    train = _features(extractor, data.unaugmented_train(), verbose)
+    validation = _features(extractor, data.validation, verbose) if data.validation else None
+    return (*train, *(validation or (None, None)))
 
 
 def start_feature_norm(model: keras.Model, features: np.ndarray) -> None:

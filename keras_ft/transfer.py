@@ -343,3 +343,19 @@ def linear_probe(
 
 def _accuracy(standardised: np.ndarray, labels: np.ndarray, coef, intercept) -> float:
     return float(np.mean((standardised @ coef.T + intercept).argmax(axis=1) == labels))
+
+
+def describe_probe(entry: dict) -> str:
+    """One sentence for the report from a run record's `"linear_probe"` entry."""
+    text = (
+        "a logistic regression on the frozen features reaches "
+        f"{entry['validation_accuracy']:.4f} on validation"
+    )
+    if entry.get("finetuned_validation_accuracy") is not None:
+        text += f"; fine-tuning reached {entry['finetuned_validation_accuracy']:.4f}"
+    if entry.get("below_probe"):
+        text += (
+            " (below the probe: negative transfer; try fewer unfrozen layers, a lower "
+            "learning rate, or the probe itself)"
+        )
+    return text

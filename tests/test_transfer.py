@@ -142,3 +142,68 @@ def test_transfer_module_does_not_import_tensorflow():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------- the probe inside `fit`
+
+
+@pytest.fixture(scope="module")
+def probed_tuner(tmp_path_factory):
+    """A tiny fit with a validation split: `fit` computes the probe on the cached features."""
+    import keras_ft
+    from tests.conftest import tiny_backbone, write_folder
+
+    root = write_folder(tmp_path_factory.mktemp("probe") / "train", ("a", "b", "c"), 16, 32)
+    data = keras_ft.ImageFolder(root, image_size=32, batch_size=8, augment=False, seed=3)
+    tuner = keras_ft.FineTuner(tiny_backbone(32), preprocessing="tf", seed=1)
+    tuner.fit(data, head_epochs=2, finetune_epochs=1, verbose=0, tensorboard_dir=None)
+    return tuner, data
+
+
+def test_fit_records_the_probe_of_the_frozen_features(probed_tuner):
+    from keras_ft.artifacts import run_record
+    from keras_ft.report import _summary_rows
+
+    tuner, data = probed_tuner
+    entry = run_record(tuner)["linear_probe"]
+    # The same probe, fitted here on features of the untrained-backbone classifier.
+    import keras_ft
+    from keras_ft.model import split_at_features
+    from keras_ft.training import frozen_features
+    from tests.conftest import tiny_backbone
+
+    fresh = keras_ft.FineTuner(tiny_backbone(32), preprocessing="tf", seed=1)
+    fresh.build(data.image_size, data.num_classes)
+    features = frozen_features(split_at_features(fresh.model)[0], data)
+    expected = linear_probe(*features, num_classes=3)
+    assert entry["validation_accuracy"] == expected.validation_accuracy
+    assert entry["c"] == expected.c
+    assert entry["finetuned_validation_accuracy"] == tuner.history.history["val_accuracy"][-1]
+    assert entry["below_probe"] == (
+        entry["finetuned_validation_accuracy"] < entry["validation_accuracy"]
+    )
+    summary = dict(_summary_rows(tuner))
+    assert summary["linear probe"].startswith(
+        f"a logistic regression on the frozen features reaches {expected.validation_accuracy:.4f}"
+        " on validation; fine-tuning reached"
+    )
+
+
+def test_fine_tuning_below_the_probe_warns_what_to_try():
+    from keras_ft.finetuner import compare_with_probe
+    from keras_ft.training import TrainingHistory
+
+    probe = {"validation_accuracy": 0.8, "train_accuracy": 1.0, "c": 1.0}
+    history = TrainingHistory([{"val_accuracy": 0.9}, {"val_accuracy": 0.5}])
+    with pytest.warns(UserWarning, match=r"0\.5000, below the 0\.8000.*negative transfer") as w:
+        entry = compare_with_probe(probe, history)
+    assert "--finetune-lr" in str(w[0].message) and "--unfreeze" in str(w[0].message)
+    assert entry["below_probe"] is True and entry["finetuned_validation_accuracy"] == 0.5
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert (
+            compare_with_probe(probe, TrainingHistory([{"val_accuracy": 0.8}]))["below_probe"]
+            is False
+        )
