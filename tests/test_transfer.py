@@ -96,14 +96,15 @@ def test_h_score_matches_the_direct_formula_with_sklearn_ledoit_wolf(n, d):
     from sklearn.covariance import LedoitWolf
 
     features, labels = _data(n, d, classes=3, signal=0.5, seed=d)
-    covariance = LedoitWolf().fit(features).covariance_
+    shrunk = LedoitWolf().fit(features)
+    covariance = shrunk.covariance_
     mean = features.mean(axis=0)
     between = sum(
         np.mean(labels == k)
         * np.outer(features[labels == k].mean(0) - mean, features[labels == k].mean(0) - mean)
         for k in range(3)
     )
-    expected = np.trace(np.linalg.inv(covariance) @ between)
+    expected = np.trace(np.linalg.inv(covariance) @ ((1 - shrunk.shrinkage_) * between))
     assert h_score(features, labels) == pytest.approx(expected, rel=1e-8)
 
 
