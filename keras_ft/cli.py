@@ -53,8 +53,18 @@ def _class_weight(value: str):
         ) from None
 
 
-def _add_train(commands) -> None:
-    p = commands.add_parser("train", help="fine-tune a backbone on an image folder")
+_PROBE_HELP = (
+    "keep a linear probe as the model: a logistic regression on the frozen, pooled "
+    "features, folded into one Dense layer; an ordinary run directory (load, predict, "
+    "export, reproduce). The epoch, learning-rate, augmentation and head flags are ignored."
+)
+
+
+def _add_train(commands, name: str = "train", head: str = "dense") -> None:
+    if head == "linear":
+        p = commands.add_parser(name, help=_PROBE_HELP.split(";")[0], description=_PROBE_HELP)
+    else:
+        p = commands.add_parser(name, help="fine-tune a backbone on an image folder")
     _add_run_arguments(p, "run directory to write")
     p.add_argument(
         "--resume",
@@ -76,7 +86,7 @@ def _add_train(commands) -> None:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_signing_key(p, "sign run.json with the key in FILE (default: $KERAS_FT_SIGNING_KEY)")
-    p.set_defaults(func=train)
+    p.set_defaults(func=train, head=head)
 
 
 def _add_signing_key(p, text: str) -> None:
@@ -307,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train(commands)
+    _add_train(commands, "probe", head="linear")
     _add_tune(commands)
     p = commands.add_parser("evaluate", help="evaluate a run on a held-out folder")
     p.add_argument("run_dir")
@@ -435,7 +446,7 @@ def _quiet_tensorflow() -> None:
         os.close(saved)
 
 
-def _fine_tuner(args, spec, strategy: str):
+def _fine_tuner(args, spec, strategy: str, head: str = "dense"):
     """The `FineTuner` that `train` and `lr-find` build, from the shared model flags."""
     from keras_ft import FineTuner
 
@@ -449,6 +460,7 @@ def _fine_tuner(args, spec, strategy: str):
         deterministic=not args.no_determinism,
         mixed_precision=args.mixed_precision,
         strategy=strategy,
+        head=head,
     )
 
 
@@ -504,7 +516,7 @@ def train(args) -> int:
     key = _key(args)  # a bad key file is refused before any training
     spec = get_backbone(args.backbone)
     # First: a multi-worker strategy joins its cluster before TensorFlow runs anything.
-    tuner = _fine_tuner(args, spec, args.strategy)
+    tuner = _fine_tuner(args, spec, args.strategy, head=args.head)
     fit_options = dict(
         head_epochs=args.head_epochs,
         finetune_epochs=args.finetune_epochs,

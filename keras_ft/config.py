@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from keras_ft.errors import KerasFTError
 
 POOLINGS = ("avg", "max", "avgmax", "flatten")
+HEADS = ("dense", "linear")
 MIXED_PRECISION = (None, "float16", "bfloat16")
 SCHEDULES = ("constant", "cosine")
 STRATEGIES = ("auto", "none", "mirrored", "multiworker", "tpu")
@@ -133,9 +134,11 @@ class ModelConfig:
     normalize_features: bool = True
     mixed_precision: str | None = None
     seed: int = 42
+    head: str = "dense"
 
     def __post_init__(self):
         object.__setattr__(self, "image_size", image_size_pair(self.image_size))
+        check(self.head in HEADS, "head", f"one of {HEADS}", self.head)
         object.__setattr__(self, "dense_units", tuple(self.dense_units))
         check(
             is_int(self.num_classes) and self.num_classes >= 2,

@@ -71,6 +71,14 @@ class FineTuner:
         mixed_precision: `None`, `"float16"` (NVIDIA GPUs) or `"bfloat16"`
             (TPUs, recent CPUs): compute in half precision, keep variables and
             the output probabilities in float32.
+        head: `"dense"` (the trained head: normalisation, optional hidden
+            layers, dropout, softmax) or `"linear"`: keep the linear probe
+            as the model. `fit` then trains nothing by gradient: it fits a
+            logistic regression on the frozen features (see
+            `keras_ft.transfer.linear_probe`) and folds it, standardisation
+            included, into one Dense softmax layer; the epoch and learning
+            rate options are ignored. Often the best choice with tens of
+            images per class.
         strategy: how to spread training over devices, with `tf.distribute`:
             `"auto"` (all local GPUs when there are several, else one device),
             `"none"`, `"mirrored"` (all local GPUs), `"multiworker"` (the
@@ -101,6 +109,7 @@ class FineTuner:
         deterministic=True,
         mixed_precision=None,
         strategy="auto",
+        head="dense",
     ):
         self.distribution = get_distribution(strategy)
         self.strategy = strategy
@@ -128,6 +137,7 @@ class FineTuner:
             normalize_features=normalize_features,
             mixed_precision=mixed_precision,
             seed=seed,
+            head=head,
         )
         self._image_size = None if image_size is None else image_size_pair(image_size)
         self._num_classes = num_classes
@@ -371,6 +381,8 @@ class FineTuner:
         if self.tensorboard_dir is not None:
             callbacks = [*callbacks, EpochTensorBoard(self.tensorboard_dir)]
         signature = self._signature()
+        if self.model_config.head == "linear":
+            return self._fit_linear(data, started, clock, evaluate, verbose)
         features, probe = self._linear_probe(data, verbose)
         try:
             with distribution.strategy.scope():  # both phases compile in it
@@ -461,6 +473,29 @@ class FineTuner:
         seed_everything(self.seed, self.deterministic)
         with self.distribution.strategy.scope():
             return sweep(self.model, data, phase, config, start_lr, end_lr, steps)
+
+    def _fit_linear(self, data: ImageFolder, started, clock, evaluate, verbose):
+        """`fit` for `head="linear"`: the probe on the frozen features becomes the Dense layer."""
+        from keras_ft.transfer import linear_probe
+
+        extractor, _ = split_at_features(self.model)
+        features = frozen_features(extractor, data, verbose)
+        probe = linear_probe(*features, num_classes=data.num_classes)
+        kernel, bias = probe.folded()
+        self.model.get_layer("predictions").set_weights(
+            [kernel.astype("float32"), bias.astype("float32")]
+        )
+        self.history = TrainingHistory()
+        if evaluate and data.test is not None:
+            self.metrics = self.evaluate(data.test)
+        self.record = {
+            "started": started,
+            "finished": _now(),
+            "train_seconds": round(time.perf_counter() - clock, 3),
+            "command": sys.argv,
+            "linear_probe": {**probe.summary(), "is_the_model": True},
+        }
+        return self.history
 
     def _linear_probe(self, data: ImageFolder, verbose):
         """The frozen features (for phase 1's cache) and a linear probe on them.

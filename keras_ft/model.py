@@ -89,12 +89,19 @@ def build_classifier(
 
     Returns:
         A functional `keras.Model` named `"classifier"` whose output is the
-        softmax over `config.num_classes`.
+        softmax over `config.num_classes`. With `config.head == "linear"` the
+        head is one Dense layer on the pooled features (no normalisation,
+        dropout or hidden layers), for `FineTuner.fit` to set.
     """
     seed = config.seed
     inputs = keras.Input((*config.image_size, 3), name="image")
     x = Preprocess(preprocessing, name="preprocess")(inputs)
     x = pool_features(backbone(x, training=False), config.pooling)
+    if config.head == "linear":  # the probe: one Dense layer, its weights set by `fit`
+        outputs = keras.layers.Dense(
+            config.num_classes, activation="softmax", dtype="float32", name="predictions"
+        )(x)
+        return keras.Model(inputs, outputs, name="classifier")
     if config.normalize_features:
         x = keras.layers.BatchNormalization(name="feature_norm", synchronized=synchronized)(x)
     for i, units in enumerate(config.dense_units):

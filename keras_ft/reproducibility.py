@@ -174,6 +174,7 @@ def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto", signing
         deterministic=training.deterministic,
         mixed_precision=model_config.mixed_precision,
         strategy=training.strategy,
+        head=model_config.head,
     )
     with tempfile.TemporaryDirectory() as scratch:
         constructor = ("deterministic", "strategy")

@@ -350,10 +350,11 @@ def _accuracy(standardised: np.ndarray, labels: np.ndarray, coef, intercept) -> 
 
 def describe_probe(entry: dict) -> str:
     """One sentence for the report from a run record's `"linear_probe"` entry."""
-    text = (
-        "a logistic regression on the frozen features reaches "
-        f"{entry['validation_accuracy']:.4f} on validation"
-    )
+    accuracy = entry["validation_accuracy"]
+    reached = "(no validation split)" if accuracy is None else f"{accuracy:.4f} on validation"
+    if entry.get("is_the_model"):
+        return f"this model is a logistic regression on the frozen features: {reached}"
+    text = f"a logistic regression on the frozen features reaches {reached}"
     if entry.get("finetuned_validation_accuracy") is not None:
         text += f"; fine-tuning reached {entry['finetuned_validation_accuracy']:.4f}"
     if entry.get("below_probe"):

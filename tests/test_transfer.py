@@ -208,3 +208,73 @@ def test_fine_tuning_below_the_probe_warns_what_to_try():
             compare_with_probe(probe, TrainingHistory([{"val_accuracy": 0.8}]))["below_probe"]
             is False
         )
+
+
+# ------------------------------------------------------------- the probe as the model
+
+
+@pytest.fixture(scope="module")
+def probe_run(tmp_path_factory):
+    """`keras-ft probe`: a tiny run directory whose model is the linear probe."""
+    from tests.conftest import TINY_TRAIN, run_cli, write_folder
+
+    root = tmp_path_factory.mktemp("probe_run")
+    classes = ("red", "green", "blue")
+    write_folder(root / "train", classes, per_class=12, size=32, seed=1)
+    write_folder(root / "test", classes, per_class=3, size=32, seed=2)
+    result = run_cli(
+        "probe",
+        root / "train",
+        "--test-dir",
+        root / "test",
+        *TINY_TRAIN,
+        "--batch-size",
+        "8",
+        "--output",
+        root / "run",
+    )
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def test_probe_run_is_an_ordinary_run_directory_holding_the_probe(probe_run):
+    import json
+
+    import keras_ft
+    from keras_ft.data import read_images
+
+    record = json.loads((probe_run / "run" / "run.json").read_text())
+    assert record["model"]["head"] == "linear"
+    assert record["linear_probe"]["is_the_model"] is True
+    predictor = keras_ft.load(probe_run / "run")
+    layers = [layer.name for layer in predictor.model.layers]
+    assert layers[-2:] == ["avg_pool", "predictions"]  # pooled features -> one Dense layer
+    # The folded Dense layer classifies the validation images as the probe did.
+    data = keras_ft.ImageFolder(probe_run / "train", image_size=32, batch_size=8, quiet=True)
+    images = read_images([f.path for f in data.validation_files], (32, 32))
+    predicted = predictor.predict_proba(images).argmax(axis=1)
+    truth = np.array([f.label for f in data.validation_files])
+    assert np.mean(predicted == truth) == pytest.approx(
+        record["linear_probe"]["validation_accuracy"]
+    )
+
+
+def test_probe_run_predicts_and_reproduces(probe_run):
+    from tests.conftest import run_cli
+
+    image = next((probe_run / "test" / "red").glob("*.png"))
+    predicted = run_cli("predict", probe_run / "run", image)
+    assert predicted.returncode == 0, predicted.stderr
+    assert '"path"' in predicted.stdout
+    reproduced = run_cli("reproduce", probe_run / "run", "--quiet")
+    assert reproduced.returncode == 0, reproduced.stdout + reproduced.stderr
+    assert reproduced.stdout.strip().endswith("MATCH")
+
+
+def test_unknown_head_is_refused_with_the_choices():
+    from keras_ft.config import ModelConfig
+
+    with pytest.raises(
+        KerasFTError, match=r"Invalid `head`: expected one of \('dense', 'linear'\)"
+    ):
+        ModelConfig(num_classes=2, head="mlp")
