@@ -28,6 +28,7 @@ _EXPORTS = {
     "Predictor": "keras_ft.artifacts",
     "get_backbone": "keras_ft.backbones",
     "load": "keras_ft.artifacts",
+    "rank": "keras_ft.ranking",
     "scan_folder": "keras_ft.scan",
     "tune": "keras_ft.search",
 }

@@ -671,7 +671,7 @@ def compare_with_probe(probe: dict, history: TrainingHistory) -> dict:
             "backbone's features: the training hurt what the backbone already knew "
             "(negative transfer). Try unfreezing fewer layers (--unfreeze with a later "
             "layer, or --finetune-epochs 0), a lower --finetune-lr, or keep the linear "
-            "probe itself (`keras-ft rank` scores it per backbone).",
+            "probe itself as the model (`keras-ft probe`, or FineTuner(..., head='linear')).",
             stacklevel=3,
         )
     return {**probe, "finetuned_validation_accuracy": finetuned, "below_probe": below}

@@ -52,6 +52,12 @@ def test_auto_layers_are_each_stage_output(vgg16):
     ]
 
 
+def test_rank_is_public():
+    import keras_ft
+
+    assert keras_ft.rank is rank
+
+
 def test_candidates_name_their_own_weights():
     assert parse_candidate("VGG16", "imagenet") == ("vgg16", "vgg16", "imagenet")
     assert parse_candidate("vgg16=none", "imagenet") == ("vgg16:none", "vgg16", None)

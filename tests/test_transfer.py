@@ -198,7 +198,8 @@ def test_fine_tuning_below_the_probe_warns_what_to_try():
     history = TrainingHistory([{"val_accuracy": 0.9}, {"val_accuracy": 0.5}])
     with pytest.warns(UserWarning, match=r"0\.5000, below the 0\.8000.*negative transfer") as w:
         entry = compare_with_probe(probe, history)
-    assert "--finetune-lr" in str(w[0].message) and "--unfreeze" in str(w[0].message)
+    message = str(w[0].message)
+    assert "--finetune-lr" in message and "--unfreeze" in message and "keras-ft probe" in message
     assert entry["below_probe"] is True and entry["finetuned_validation_accuracy"] == 0.5
     import warnings
 
