@@ -300,7 +300,7 @@ def report(results: dict) -> str:
         lines += ["", f"{kind.capitalize()}: score vs test accuracy after fine-tuning:", ""]
         for size, part in results[kind].items():
             lines += [
-                f"{size} training images per class (load {part['load']}, {part['seconds']} s):",
+                f"{size} (load {part['load']}, {part['seconds']} s):",
                 "",
             ]
             lines += [
