@@ -213,6 +213,9 @@ def rank(
             f"Ranking layers needs exactly one backbone, received {len(candidates)}: "
             f"{[c[0] for c in candidates]}. Pass one --backbones value with --layers."
         )
+    directory = data.config.directory if isinstance(data, ImageFolder) else data
+    if output is not None:
+        _check_output(output, directory)
     if not isinstance(data, ImageFolder):
         size = image_size or get_backbone(candidates[0][1]).default_size
         data = ImageFolder(
@@ -274,6 +277,17 @@ def rank(
     if output is not None:
         result.files = write_rank(result, output)
     return result
+
+
+def _check_output(output, directory) -> None:
+    """Refuse an `output` that is, or lies inside, the data folder (before any work)."""
+    inside, data = Path(os.path.realpath(output)), Path(os.path.realpath(directory))
+    if inside == data or data in inside.parents:
+        raise KerasFTError(
+            f"Invalid `output` '{output}': it lies inside the data folder '{directory}', "
+            "where rank.json, rank.csv and rank.png would sit among the images. Choose a "
+            "folder outside it."
+        )
 
 
 def _recommend_backbone(rows: list[dict]) -> dict:

@@ -126,6 +126,9 @@ def test_ranking_refuses_unknown_layers_and_several_backbones_with_layers(three_
         rank(three_classes, ["vgg16=none"], image_size=32, layers=["conv9"], batch_size=8)
     with pytest.raises(KerasFTError, match="exactly one backbone, received 2"):
         rank(three_classes, ["vgg16", "resnet50"], layers="auto")
+    with pytest.raises(KerasFTError, match="lies inside the data folder"):
+        rank(three_classes, ["vgg16=none"], output=three_classes / "red" / "scores")
+    assert not (three_classes / "red" / "scores").exists()
 
 
 def test_cli_rank_prints_the_table_and_refuses_bad_input(three_classes, tmp_path):
