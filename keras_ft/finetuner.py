@@ -500,11 +500,15 @@ class FineTuner:
     def _linear_probe(self, data: ImageFolder, verbose):
         """The frozen features (for phase 1's cache) and a linear probe on them.
 
+        Every worker of a multi-worker run computes them, so that all train
+        phase 1 on features computed the same way (the chief alone records the
+        probe).
+
         Returns:
             `(features, probe summary)`, or `(None, None)` without a validation
-            split (the probe is scored on it) or on a worker that is not the chief.
+            split (the probe is scored on it).
         """
-        if data.validation is None or not self.distribution.is_chief:
+        if data.validation is None:
             return None, None
         from keras_ft.transfer import linear_probe
 
