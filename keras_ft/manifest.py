@@ -161,8 +161,14 @@ def _copy_hashing(source: Path, destination: Path | None) -> str:
     return digest.hexdigest()
 
 
+# A run trained with --overwrite into a finished run's folder keeps its checkpoints
+# there until its own save replaces the folder: training state, not part of the run,
+# and never read by load, predict, evaluate, export or reproduce.
+TRAINING_STATE = "checkpoints"
+
+
 def file_manifest(run_dir) -> dict[str, str]:
-    """SHA-256 of every file of `run_dir` but its top-level `run.json`.
+    """SHA-256 of every file of `run_dir` but its top-level `run.json` and `checkpoints/`.
 
     Args:
         run_dir: a run directory (or its staging folder, while it is saved).
@@ -177,6 +183,8 @@ def file_manifest(run_dir) -> dict[str, str]:
     root = Path(run_dir)
     hashes = {}
     for folder, dirs, files in os.walk(root):  # does not descend into linked folders
+        if Path(folder) == root and TRAINING_STATE in dirs:
+            dirs.remove(TRAINING_STATE)  # a new run's checkpoints, while it trains here
         dirs.sort()
         for name in sorted(dirs + files):
             path = Path(folder) / name

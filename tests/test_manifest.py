@@ -33,6 +33,17 @@ def test_manifest_lists_every_file_but_run_json_by_sorted_posix_path(run_dir):
     assert manifest["model.keras"] == hashlib.sha256(b"model").hexdigest()
 
 
+def test_checkpoints_of_a_run_training_into_the_folder_are_not_part_of_the_run(run_dir):
+    manifest = file_manifest(run_dir)
+    (run_dir / "checkpoints").mkdir()
+    (run_dir / "checkpoints" / "state.json").write_text("{}")  # an --overwrite run, halfway
+    check_manifest(run_dir, manifest)  # the finished run still loads
+    (run_dir / "saved_model" / "checkpoints").mkdir()
+    (run_dir / "saved_model" / "checkpoints" / "x").write_text("x")  # not at the top: counted
+    with pytest.raises(KerasFTError, match="saved_model/checkpoints/x"):
+        check_manifest(run_dir, manifest)
+
+
 def test_manifest_names_added_changed_and_removed_files(run_dir):
     manifest = file_manifest(run_dir)
     (run_dir / "model.keras").write_bytes(b"other")
