@@ -8,9 +8,11 @@ Each score says, in seconds and without fine-tuning, how well features
   Practical Assessment of Pre-trained Models for Transfer Learning", ICML 2021).
   The evidence-maximisation fixed point runs for every class at once on one
   eigendecomposition of the smaller Gram matrix.
-- `h_score`: tr(cov(f)^-1 cov(E[f | y])) (Bao et al., ICIP 2019), with the
-  Ledoit-Wolf shrinkage estimate of cov(f) as in Ibrahim et al. (2022), so it
-  stays finite with more features than images.
+- `h_score`: tr(cov(f)^-1 cov(E[f | y])) (Bao et al., ICIP 2019) in its
+  shrinkage-regularised form (Ibrahim et al., "Newer is not always better",
+  2022): the Ledoit-Wolf estimate of cov(f), so it stays finite with more
+  features than images, and the between-class covariance shrunk alike. It
+  equals TLlib's `regularized_h_score` (the reference implementation).
 - `linear_probe`: a scikit-learn LogisticRegression on standardised features,
   its C chosen by cross-validation on the training split, scored on the
   validation split.
@@ -149,6 +151,8 @@ def _ledoit_wolf_shrinkage(centered: np.ndarray, gram: np.ndarray | None = None)
     (X^2)^T X^2 is the sum of the squared row norms squared. `gram`: `_gram(centered)`.
     """
     n, d = centered.shape
+    if d == 1:  # scikit-learn's convention: one feature is never shrunk
+        return 0.0
     gram = _gram(centered) if gram is None else gram
     row_norms2 = (centered**2).sum(axis=1)
     trace = row_norms2.sum() / n  # of the empirical covariance
@@ -181,13 +185,16 @@ def _right_basis(data: np.ndarray, gram: np.ndarray | None = None):
 
 
 def h_score(features, labels) -> float:
-    """The H-score of `features` for `labels`, with a shrunk covariance.
+    """The shrinkage-regularised H-score of `features` for `labels`.
 
-    `(1 - a) sum_k p_k (m_k - m)^T S^-1 (m_k - m)`: `m_k` the class means,
-    `p_k` the class frequencies, `S` the Ledoit-Wolf estimate of the feature
-    covariance and `a` its shrinkage: the regularised H-score of Ibrahim et al.
-    (2022), tr(S^-1 (1 - a) cov(E[f | y])), where the class-mean covariance
-    is shrunk as the total covariance is.
+    `tr(S_a^-1 (1 - a) cov(E[f | y]))` (Ibrahim et al., 2022): `S_a` the
+    Ledoit-Wolf estimate of the feature covariance (scikit-learn's: shrunk
+    towards `mu I`, `mu` the mean variance, normalised by N) and `a` its
+    shrinkage, which scales the covariance of the class means
+    `cov(E[f | y])` alike (normalised by N - 1, as `numpy.cov`). Exactly
+    TLlib's `regularized_h_score`: the features are centred, not
+    standardised, and `S_a^-1` is its pseudo-inverse. Computed through the
+    eigendecomposition of the smaller Gram matrix, never a D x D inverse.
 
     Args:
         features: `(N, D)` array of pooled frozen features.
@@ -195,31 +202,33 @@ def h_score(features, labels) -> float:
 
     Returns:
         The score: how far apart the class means lie in units of the
-        features' spread (higher is better; at most the number of classes - 1
-        without shrinkage).
+        features' shrunk spread (higher is better; without shrinkage at most
+        `(K - 1) N / (N - 1)` for K classes). With N <= D the unshrunk score
+        is that maximum for any features, so the score then mostly says how
+        much the shrinkage takes away.
     """
     features, labels = _check(features, labels)
     n, d = features.shape
     centered = features - features.mean(axis=0)
     gram = _gram(centered)
     shrinkage = _ledoit_wolf_shrinkage(centered, gram)
-    mu = (centered**2).sum() / (n * d)
-    floor = shrinkage * mu  # S = (1 - shrinkage) X^T X / N + floor * I
+    floor = shrinkage * (centered**2).sum() / (n * d)  # S_a = (1 - a) X^T X / N + floor I
     classes, inverse = np.unique(labels, return_inverse=True)
     counts = np.bincount(inverse).astype(np.float64)
     means = np.zeros((len(classes), d))
     np.add.at(means, inverse, centered)
     means /= counts[:, None]
-    weights = counts / n
-    # S^-1 on the span of the data through its eigenbasis, 1/floor on the rest.
+    # cov(E[f | y]) = sum_k count_k m_k m_k^T / (N - 1); the trace against S_a^-1
+    # is sum_k count_k m_k^T S_a^-1 m_k / (N - 1). S_a^-1 on the span of the
+    # data through its eigenbasis, 1 / floor on the rest (0 there if floor is 0).
     squared, basis = _right_basis(centered, gram)
-    inside = means @ basis
     eig = (1 - shrinkage) * squared / n + floor
-    outside = (means**2).sum(axis=1) - (inside**2).sum(axis=1)
-    quadratic = (inside**2 / np.maximum(eig, np.finfo(np.float64).tiny)).sum(axis=1)
+    inside = means @ basis
+    quadratic = (inside**2 / eig).sum(axis=1)
     if floor > 0:
-        quadratic = quadratic + outside / floor
-    return float((1 - shrinkage) * (weights * quadratic).sum())
+        outside = (means**2).sum(axis=1) - (inside**2).sum(axis=1)
+        quadratic = quadratic + np.maximum(outside, 0.0) / floor
+    return float((1 - shrinkage) * (counts * quadratic).sum() / (n - 1))
 
 
 @dataclass(frozen=True)

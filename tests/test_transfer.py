@@ -84,28 +84,58 @@ def test_scores_rank_informative_features_above_noise():
 def test_ledoit_wolf_shrinkage_matches_scikit_learn():
     from sklearn.covariance import ledoit_wolf_shrinkage
 
-    for n, d in ((40, 100), (100, 30)):
+    for n, d in ((40, 100), (100, 30), (20, 1)):
         features, _ = _data(n, d, classes=3, signal=0.5, seed=d)
         centered = features - features.mean(axis=0)
         expected = ledoit_wolf_shrinkage(centered, assume_centered=True)
         assert _ledoit_wolf_shrinkage(centered) == pytest.approx(expected, rel=1e-9)
 
 
-@pytest.mark.parametrize("n, d", [(40, 100), (100, 30)])
-def test_h_score_matches_the_direct_formula_with_sklearn_ledoit_wolf(n, d):
+def slow_h_score(features: np.ndarray, labels: np.ndarray) -> float:
+    """The regularised H-score as its reference (TLlib's `regularized_h_score`) computes it.
+
+    tr(pinv(S_a) (1 - a) cov(g)): S_a and a from scikit-learn's LedoitWolf on
+    the centred features, g each image's class mean, cov as numpy.cov (N - 1).
+    """
+    f = features.astype(np.float64)
+    f = f - f.mean(axis=0, keepdims=True)
     from sklearn.covariance import LedoitWolf
 
-    features, labels = _data(n, d, classes=3, signal=0.5, seed=d)
-    shrunk = LedoitWolf().fit(features)
-    covariance = shrunk.covariance_
-    mean = features.mean(axis=0)
-    between = sum(
-        np.mean(labels == k)
-        * np.outer(features[labels == k].mean(0) - mean, features[labels == k].mean(0) - mean)
-        for k in range(3)
-    )
-    expected = np.trace(np.linalg.inv(covariance) @ ((1 - shrunk.shrinkage_) * between))
-    assert h_score(features, labels) == pytest.approx(expected, rel=1e-8)
+    shrunk = LedoitWolf(assume_centered=False).fit(f)
+    g = np.zeros_like(f)
+    for k in np.unique(labels):
+        g[labels == k] = f[labels == k].mean(axis=0)
+    between = np.atleast_2d(np.cov(g, rowvar=False))
+    inverse = np.linalg.pinv(shrunk.covariance_, rcond=1e-15)
+    return float(np.trace(inverse @ ((1 - shrunk.shrinkage_) * between)))
+
+
+@pytest.mark.parametrize(
+    "n, d, classes",
+    [(40, 100, 3), (100, 30, 3), (50, 50, 5), (30, 1, 2), (24, 200, 4)],
+)
+def test_h_score_matches_the_reference_implementation(n, d, classes):
+    features, labels = _data(n, d, classes=classes, signal=0.5, seed=n + d)
+    features = features * np.linspace(0.2, 30, d) + 5  # unequal scales and an offset
+    assert h_score(features, labels) == pytest.approx(slow_h_score(features, labels), abs=1e-6)
+
+
+def test_h_score_with_constant_and_duplicate_features_matches_the_reference():
+    features, labels = _data(60, 40, classes=4, signal=0.8, seed=7)
+    features = np.concatenate([features, features[:, :5], np.full((60, 3), 2.0)], axis=1)
+    labels = labels * 3 + 1  # labels need not be 0..K-1
+    assert h_score(features, labels) == pytest.approx(slow_h_score(features, labels), abs=1e-6)
+
+
+def test_h_score_is_not_scale_free_but_shift_and_permutation_free():
+    features, labels = _data(80, 20, classes=3, signal=0.6, seed=11)
+    score = h_score(features, labels)
+    shuffled = np.random.default_rng(0).permutation(20)
+    assert h_score(features[:, shuffled] + 3.0, labels) == pytest.approx(score, rel=1e-9)
+    assert h_score(features * 7.0, labels) == pytest.approx(score, rel=1e-9)  # one common scale
+    # Ledoit-Wolf shrinks towards a multiple of the identity: rescaling single
+    # features changes the score (the reference does not standardise, nor do we).
+    assert h_score(features * np.linspace(0.1, 10, 20), labels) != pytest.approx(score, rel=1e-3)
 
 
 def test_scores_refuse_bad_input_with_a_message():
