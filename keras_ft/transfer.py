@@ -40,12 +40,13 @@ LOGME_EPSILON = 1e-5
 PROBE_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 PROBE_FOLDS = 3
 PROBE_SEED = 0
-# The probe's BLAS threads. Its products are small (N x min(N, D) by K): two
-# threads barely beat one on an idle machine and are several times slower on a
-# busy one (a 793 x 506 by 10 product took 12 ms with two threads, 2 ms with
-# one, at load 6 on 2 cores); one thread also keeps the weights independent of
-# the machine's core count.
-PROBE_BLAS_THREADS = 1
+# BLAS threads for the scores' matrix products, which are small (at most
+# min(N, D) squared, a few thousand): two threads barely beat one on an idle
+# machine and are several times slower on a busy one (at load 6-7 on 2 cores:
+# a 793 x 506 by 10 product 12 ms against 2 ms, LogME of 1,000 x 4,096
+# features 3.7 s against 0.6 s). One thread also keeps the probe's weights
+# independent of the machine's core count.
+BLAS_THREADS = 1
 
 
 def _check(features, labels, name: str = "features") -> tuple[np.ndarray, np.ndarray]:
@@ -68,6 +69,13 @@ def _check(features, labels, name: str = "features") -> tuple[np.ndarray, np.nda
             "weights and preprocessing."
         )
     return features, labels
+
+
+def _blas_threads():
+    """A context in which NumPy's and SciPy's BLAS use `BLAS_THREADS` threads."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(BLAS_THREADS, user_api="blas")
 
 
 def _one_hot(labels: np.ndarray) -> np.ndarray:
@@ -108,7 +116,8 @@ def logme(features, labels) -> float:
     features, labels = _check(features, labels)
     n, d = features.shape
     targets = _one_hot(labels)
-    s, z2 = _spectrum(features, targets)
+    with _blas_threads():
+        s, z2 = _spectrum(features, targets)
     norm2 = (targets**2).sum(axis=0)
     outside = norm2 - z2.sum(axis=0)  # the part of y no feature direction reaches
     alpha, beta = np.ones(targets.shape[1]), np.ones(targets.shape[1])
@@ -216,7 +225,9 @@ def h_score(features, labels) -> float:
     features, labels = _check(features, labels)
     n, d = features.shape
     centered = features - features.mean(axis=0)
-    gram = _gram(centered)
+    with _blas_threads():
+        gram = _gram(centered)
+        squared, basis = _right_basis(centered, gram)
     shrinkage = _ledoit_wolf_shrinkage(centered, gram)
     floor = shrinkage * (centered**2).sum() / (n * d)  # S_a = (1 - a) X^T X / N + floor I
     classes, inverse = np.unique(labels, return_inverse=True)
@@ -227,7 +238,6 @@ def h_score(features, labels) -> float:
     # cov(E[f | y]) = sum_k count_k m_k m_k^T / (N - 1); the trace against S_a^-1
     # is sum_k count_k m_k^T S_a^-1 m_k / (N - 1). S_a^-1 on the span of the
     # data through its eigenbasis, 1 / floor on the rest (0 there if floor is 0).
-    squared, basis = _right_basis(centered, gram)
     eig = (1 - shrinkage) * squared / n + floor
     inside = means @ basis
     quadratic = (inside**2 / eig).sum(axis=1)
@@ -301,7 +311,6 @@ def linear_probe(
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
-    from threadpoolctl import threadpool_limits
 
     features, labels = _check(train_features, train_labels, "train_features")
     num_classes = int(num_classes or labels.max() + 1)
@@ -318,11 +327,12 @@ def linear_probe(
     # The L2-penalised optimum lies in the span of the training rows (of every
     # fold's rows too): fit in that span's coordinates, exactly the same model,
     # with min(N, D) rather than D weights per class.
-    _, basis = _right_basis(standardised)
-    coordinates = standardised @ basis
+    with _blas_threads():
+        _, basis = _right_basis(standardised)
+        coordinates = standardised @ basis
     options = dict(solver="lbfgs", max_iter=500, random_state=PROBE_SEED)
     folds = min(PROBE_FOLDS, int(np.bincount(labels).min()))
-    with warnings.catch_warnings(), threadpool_limits(PROBE_BLAS_THREADS, user_api="blas"):
+    with warnings.catch_warnings(), _blas_threads():
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.simplefilter("ignore", FutureWarning)  # scikit-learn 1.9 notices on defaults
         if folds >= 2:  # the smallest C among equally good ones: the simplest model
