@@ -161,15 +161,14 @@ def _tau(scores: dict[str, dict], accuracy: dict[str, float]) -> dict[str, float
 
 
 def pretrained_vs_random(folders: dict[str, Path], image_size: int) -> list[dict]:
-    from keras_ft.ranking import rank
+    from keras_ft.ranking import parse_candidate, rank
 
+    pretrained = f"vgg16={WEIGHTS}"
     rows = []
     for name, train in folders.items():
-        result = rank(
-            train, [f"vgg16={WEIGHTS}", "vgg16=none"], image_size=image_size, verbose=False
-        )
+        result = rank(train, [pretrained, "vgg16=none"], image_size=image_size, verbose=False)
         scores = _scores(result)
-        hed, random = scores["vgg16:vgg16_hed_notop"], scores["vgg16:none"]
+        hed, random = scores[parse_candidate(pretrained, None)[0]], scores["vgg16:none"]
         wins = {k: hed[k] > random[k] for k in ("logme", "h_score", "probe_val_accuracy")}
         rows.append(
             {"data": name, "image_size": image_size, "hed": hed, "random": random, "hed_wins": wins}

