@@ -40,12 +40,11 @@ LOGME_EPSILON = 1e-5
 PROBE_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 PROBE_FOLDS = 3
 PROBE_SEED = 0
-# BLAS threads for the scores' matrix products, which are small (at most
-# min(N, D) squared, a few thousand): two threads barely beat one on an idle
-# machine and are several times slower on a busy one (at load 6-7 on 2 cores:
-# a 793 x 506 by 10 product 12 ms against 2 ms, LogME of 1,000 x 4,096
-# features 3.7 s against 0.6 s). One thread also keeps the probe's weights
-# independent of the machine's core count.
+# BLAS threads for the scores' matrix products, whose sides are a few thousand
+# at most. On the busy 2-core machine two threads were several times slower
+# than one (at load 6-7: products of 793 x 506 by 10 and back 12 ms against
+# 2 ms; LogME of 1,000 x 4,096 features 3.7 s against 0.6 s). One thread also
+# keeps the summation order the same whatever the machine's core count.
 BLAS_THREADS = 1
 
 
