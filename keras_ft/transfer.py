@@ -45,6 +45,8 @@ PROBE_SEED = 0
 # than one (at load 6-7: products of 793 x 506 by 10 and back 12 ms against
 # 2 ms; LogME of 1,000 x 4,096 features 3.7 s against 0.6 s). One thread also
 # keeps the summation order the same whatever the machine's core count.
+# None leaves BLAS its own thread count (for tens of thousands of images on an
+# idle many-core machine).
 BLAS_THREADS = 1
 
 
