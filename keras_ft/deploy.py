@@ -1,0 +1,497 @@
+"""Deploying a run: TF Serving, LiteRT (TensorFlow Lite) and ONNX, each checked for parity.
+
+`export(run_dir, output, format=...)` verifies the run directory (as `load`
+does), then writes one of:
+
+    saved_model   output/<version>/, the run's SavedModel in a TF Serving layout
+                  (see `keras_ft.artifacts.export_for_serving`)
+    litert        output/model.tflite, labels.txt, export.json
+    onnx          output/model.onnx, labels.txt, export.json
+
+A LiteRT or ONNX file is run in its own runtime (the `ai-edge-litert`
+interpreter, `onnxruntime`) on the run's test images, and `export.json`
+records how it compares with the run's Keras model: top-1 agreement, largest
+absolute probability difference, test accuracy of both, file size and images
+per second of both. The parity targets are in `TARGETS`; an export that
+misses one is still written, for inspection, and the command exits 1.
+
+The runtimes are optional extras: `pip install "keras-ft[litert]"` or
+`"keras-ft[onnx]"`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from keras_ft import __version__
+from keras_ft.errors import KerasFTError
+
+FORMATS = ("saved_model", "litert", "onnx")
+QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
+ONNX_OPSET = 17
+PARITY_BATCH = 32
+# What each format needs beyond TensorFlow (distribution, module); the extra of the same
+# name installs them: pip install "keras-ft[litert]".
+EXTRAS = {
+    "litert": (("ai-edge-litert", "ai_edge_litert"),),
+    "onnx": (("onnx", "onnx"), ("tf2onnx", "tf2onnx"), ("onnxruntime", "onnxruntime")),
+}
+# Parity targets: float files must agree with the Keras model on top-1; quantized ones
+# may lose at most a point of test accuracy; int8 must be at most a third of float32.
+MIN_AGREEMENT = 0.995
+MAX_ACCURACY_DROP = 0.01
+MAX_INT8_SIZE_RATIO = 1 / 3
+
+
+@dataclass
+class ExportResult:
+    """What `export` wrote.
+
+    Attributes:
+        path: the file written (`model.tflite`, `model.onnx`), or the
+            SavedModel version directory.
+        record: the contents of `export.json` (`None` for a SavedModel).
+        failures: one line per parity target missed; empty when all are met.
+    """
+
+    path: Path
+    record: dict | None = None
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def check_options(format: str, quantize: str) -> None:
+    """Refuse an unknown format or quantization, or one that does not apply."""
+    if format not in FORMATS:
+        raise KerasFTError(
+            f"Invalid `format`: expected one of {', '.join(FORMATS)}, received {format!r}."
+        )
+    if quantize not in QUANTIZATIONS:
+        raise KerasFTError(
+            f"Invalid `quantize`: expected one of {', '.join(QUANTIZATIONS)}, "
+            f"received {quantize!r}."
+        )
+    if quantize != "none" and format != "litert":
+        raise KerasFTError(
+            f"`quantize={quantize!r}` applies to format 'litert' only, received "
+            f"format {format!r}. Pass --format litert, or leave --quantize out."
+        )
+
+
+def require_extra(format: str) -> None:
+    """Refuse a format whose runtime packages are not installed, naming the extra."""
+    for package, module in EXTRAS.get(format, ()):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            raise KerasFTError(
+                f"Exporting to {format} needs the package '{package}', which is not installed. "
+                f'Install the extra: pip install "keras-ft[{format}]".'
+            ) from None
+
+
+def export(
+    run_dir,
+    output,
+    format: str = "saved_model",
+    quantize: str = "none",
+    version: int | None = None,
+    test_dir=None,
+    calibration_dir=None,
+    calibration_images: int = 200,
+    max_images: int = 500,
+    seed: int = 0,
+    signing_key=None,
+) -> ExportResult:
+    """Export a run for serving, a phone or a browser, and check the copy against the run.
+
+    Args:
+        run_dir: a run directory; it is verified first, as `keras_ft.load` does.
+        output: for `"saved_model"`, the TF Serving model base path (a version
+            directory is written inside); otherwise a new directory, which must
+            not exist or be empty.
+        format: `"saved_model"`, `"litert"` or `"onnx"`.
+        quantize: LiteRT only: `"none"` (float32), `"float16"` (half-precision
+            weights), `"dynamic"` (int8 weights, float activations) or `"int8"`
+            (full-integer, uint8 pixels in, uint8 probabilities out, calibrated
+            on training images).
+        version: SavedModel only: the version number (default: the next free one).
+        test_dir: the held-out folder to check parity on; `None` takes the
+            run's recorded test folder.
+        calibration_dir: int8 only: a folder in the training layout
+            (`<class>/<image>`) to calibrate on; `None` takes the run's
+            recorded training folder.
+        calibration_images: int8 only: how many images (a seeded sample) to calibrate on.
+        max_images: parity uses a seeded sample of at most this many test images.
+        seed: the seed of both samples.
+        signing_key: as for `keras_ft.load`.
+
+    Returns:
+        An `ExportResult`; `result.passed` says whether every parity target was met.
+    """
+    check_options(format, quantize)
+    if format == "saved_model":
+        from keras_ft.artifacts import export_for_serving
+
+        return ExportResult(export_for_serving(run_dir, output, version, signing_key))
+    require_extra(format)
+    for name, value in (("calibration_images", calibration_images), ("max_images", max_images)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise KerasFTError(f"Invalid `{name}`: expected an int >= 1, received {value!r}.")
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise KerasFTError(
+            f"Export directory '{output}' already exists and is not empty. Choose another "
+            "output directory, or remove it first."
+        )
+    from keras_ft.artifacts import copy_verified, load
+
+    predictor = load(run_dir, signing_key=signing_key)
+    record = predictor.record
+    test = _parity_sample(record, predictor, test_dir, max_images, seed)
+    calibration = None
+    if quantize == "int8":
+        calibration = _calibration_sample(
+            record, predictor, calibration_dir, calibration_images, seed
+        )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        with tempfile.TemporaryDirectory() as scratch:
+            if format == "litert":
+                saved_model = Path(scratch) / "saved_model"
+                copy_verified(run_dir, "saved_model", saved_model, record["manifest"])
+                details = _write_litert(saved_model, staging, quantize, calibration, predictor)
+            else:
+                details = _write_onnx(predictor.model, staging)
+        details["labels"] = "labels.txt"
+        names = [layer.name for layer in predictor.model.layers]
+        details["feature_norm"] = "feature_norm" in names
+        (staging / "labels.txt").write_text("".join(f"{name}\n" for name in predictor.class_names))
+        details["run"] = {
+            "run_dir": str(run_dir),
+            "weights_sha256": record["weights_sha256"],
+            "test_accuracy": record.get("test_accuracy"),
+        }
+        details["parity"] = _parity(staging / details["file"], format, predictor.model, test)
+        failures = _check_targets(details, format, quantize)
+        details["targets_met"] = not failures
+        details["failures"] = failures
+        details["environment"] = _environment(format)
+        (staging / "export.json").write_text(json.dumps(details, indent=2) + "\n")
+        if output.exists():
+            output.rmdir()  # empty, checked above
+        os.replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExportResult(output / details["file"], details, failures)
+
+
+@dataclass
+class _Images:
+    """A sample of a folder: uint8 pixels, labels, where from."""
+
+    directory: str
+    pixels: np.ndarray
+    labels: np.ndarray
+    of: int
+
+
+def _sample_folder(directory, class_names, image_size, count: int, seed: int, what: str):
+    """A seeded sample of at most `count` usable images of `directory`, read as training does."""
+    from keras_ft.data import read_images
+    from keras_ft.scan import scan_folder
+
+    report = scan_folder(directory, class_names=class_names, quiet=True)
+    files = list(report.files)
+    if not files:
+        raise KerasFTError(f"The {what} folder '{directory}' holds no usable images.")
+    if len(files) > count:
+        chosen = np.random.default_rng(seed).choice(len(files), count, replace=False)
+        files = [files[i] for i in sorted(chosen)]
+    return _Images(
+        str(directory),
+        read_images([f.path for f in files], image_size),
+        np.array([f.label for f in files], np.int32),
+        len(report.files),
+    )
+
+
+def _parity_sample(record, predictor, test_dir, max_images, seed) -> _Images:
+    test_dir = test_dir or (record.get("data") or {}).get("test_dir")
+    if not test_dir:
+        raise KerasFTError(
+            "The run records no test folder, and parity is checked on one. Pass --test-dir "
+            "(test_dir=) with a held-out folder that has the run's class sub-folders."
+        )
+    if not Path(test_dir).is_dir():
+        raise KerasFTError(
+            f"Test folder '{test_dir}' does not exist. Pass --test-dir (test_dir=) with the "
+            "held-out folder, if it moved since the run."
+        )
+    return _sample_folder(
+        test_dir, predictor.class_names, predictor.image_size, max_images, seed, "test"
+    )
+
+
+def _calibration_sample(record, predictor, calibration_dir, count, seed) -> _Images:
+    directory = calibration_dir or (record.get("data") or {}).get("directory")
+    if not directory or not Path(directory).is_dir():
+        where = f"'{directory}'" if directory else "of the run"
+        raise KerasFTError(
+            f"int8 quantization is calibrated on training images, but the training folder "
+            f"{where} is not there. Pass --calibration-dir (calibration_dir=) with a folder "
+            "of <class>/<image> files like the training data."
+        )
+    return _sample_folder(directory, None, predictor.image_size, count, seed, "calibration")
+
+
+def _convert_litert(saved_model: Path, quantize: str, calibration: _Images | None) -> bytes:
+    """The run's `serving_default` signature as a LiteRT flatbuffer, quantized as asked."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(
+        str(saved_model), signature_keys=["serving_default"]
+    )
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantize == "int8":
+        pixels = calibration.pixels.astype(np.float32)
+        converter.representative_dataset = lambda: ([image[None]] for image in pixels)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.uint8
+    return converter.convert()
+
+
+def _tensor(detail: dict) -> dict:
+    """A LiteRT tensor's name, dtype, shape and (if quantized) scale and zero point."""
+    shape = [None if d < 0 else int(d) for d in detail["shape_signature"]]
+    described = {"name": detail["name"], "dtype": np.dtype(detail["dtype"]).name, "shape": shape}
+    scale, zero_point = detail["quantization"]
+    if scale:
+        described["quantization"] = {"scale": float(scale), "zero_point": int(zero_point)}
+    return described
+
+
+def _write_litert(saved_model, staging, quantize, calibration, predictor) -> dict:
+    from ai_edge_litert.interpreter import Interpreter
+
+    flatbuffer = _convert_litert(saved_model, quantize, calibration)
+    (staging / "model.tflite").write_bytes(flatbuffer)
+    interpreter = Interpreter(model_content=flatbuffer)
+    details = {
+        "format": "litert",
+        "quantize": quantize,
+        "file": "model.tflite",
+        "file_bytes": len(flatbuffer),
+        "input": {
+            **_tensor(interpreter.get_input_details()[0]),
+            "pixels": "RGB, 0-255, resized to the shape; preprocessing is inside the model",
+        },
+        "output": {**_tensor(interpreter.get_output_details()[0]), "values": "probabilities"},
+    }
+    if quantize != "none":
+        details["float32_file_bytes"] = len(_convert_litert(saved_model, "none", None))
+    if calibration is not None:
+        details["calibration"] = {
+            "directory": calibration.directory,
+            "images": len(calibration.pixels),
+            "of": calibration.of,
+        }
+    return details
+
+
+def _write_onnx(model, staging) -> dict:
+    import onnx
+    import tensorflow as tf
+
+    path = staging / "model.onnx"
+    signature = [tf.TensorSpec([None, *model.input_shape[1:]], tf.float32, name="images")]
+    with warnings.catch_warnings():  # Keras' tf2onnx patch probes a removed numpy name
+        warnings.simplefilter("ignore", FutureWarning)
+        model.export(
+            str(path),
+            format="onnx",
+            verbose=False,
+            input_signature=signature,
+            opset_version=ONNX_OPSET,
+        )
+    graph = onnx.load(str(path), load_external_data=False).graph
+
+    def describe(value):
+        dims = value.type.tensor_type.shape.dim
+        return {
+            "name": value.name,
+            "dtype": "float32",
+            "shape": [d.dim_value if d.HasField("dim_value") else None for d in dims],
+        }
+
+    return {
+        "format": "onnx",
+        "quantize": "none",
+        "file": "model.onnx",
+        "file_bytes": path.stat().st_size,
+        "opset": ONNX_OPSET,
+        "converter": "keras Model.export(format='onnx') (tf2onnx)",
+        "input": {
+            **describe(graph.input[0]),
+            "pixels": "RGB, 0-255, resized to the shape; preprocessing is inside the model",
+        },
+        "output": {**describe(graph.output[0]), "values": "probabilities"},
+    }
+
+
+def _litert_runner(path: Path):
+    """A function: uint8 pixels `(N, H, W, 3)` -> probabilities, through the LiteRT interpreter."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    scale, zero_point = target["quantization"]
+    batch = [0]
+
+    def run(pixels: np.ndarray) -> np.ndarray:
+        if batch[0] != len(pixels):
+            interpreter.resize_tensor_input(source["index"], [len(pixels), *source["shape"][1:]])
+            interpreter.allocate_tensors()
+            batch[0] = len(pixels)
+        interpreter.set_tensor(source["index"], pixels.astype(source["dtype"]))
+        interpreter.invoke()
+        output = interpreter.get_tensor(target["index"]).astype(np.float32)
+        return (output - zero_point) * scale if scale else output
+
+    return run
+
+
+def _onnx_runner(path: Path):
+    """A function: uint8 pixels `(N, H, W, 3)` -> probabilities, through onnxruntime."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda pixels: session.run(None, {name: pixels.astype(np.float32)})[0]
+
+
+def _timed(run, pixels: np.ndarray) -> tuple[np.ndarray, float]:
+    """`run` over `pixels` in batches: (probabilities, images per second after a warm-up)."""
+    run(pixels[:PARITY_BATCH])  # first call: allocation, kernel selection
+    start = time.perf_counter()
+    outputs = [run(pixels[i : i + PARITY_BATCH]) for i in range(0, len(pixels), PARITY_BATCH)]
+    seconds = time.perf_counter() - start
+    return np.concatenate(outputs).astype(np.float32), len(pixels) / seconds
+
+
+def _parity(path: Path, format: str, model, test: _Images) -> dict:
+    """Compare the exported file, in its runtime, with the Keras model on `test`."""
+    runner = _litert_runner(path) if format == "litert" else _onnx_runner(path)
+    exported, exported_speed = _timed(runner, test.pixels)
+    reference, reference_speed = _timed(
+        lambda pixels: np.asarray(model.predict_on_batch(pixels.astype(np.float32))), test.pixels
+    )
+    top1, top1_reference = exported.argmax(axis=1), reference.argmax(axis=1)
+    return {
+        "test_dir": test.directory,
+        "images": len(test.pixels),
+        "of": test.of,
+        "batch_size": PARITY_BATCH,
+        "top1_agreement": float(np.mean(top1 == top1_reference)),
+        "max_abs_probability_difference": float(np.abs(exported - reference).max()),
+        "accuracy": {
+            "keras": float(np.mean(top1_reference == test.labels)),
+            format: float(np.mean(top1 == test.labels)),
+        },
+        "images_per_second": {"keras": reference_speed, format: exported_speed},
+    }
+
+
+_NORM_HINT = (
+    ". The head's feature BatchNormalization (normalize_features=True) is folded into the "
+    "last Dense layer, and its large scales on near-constant features widen that layer's "
+    "int8 range; ship --quantize float16, or train with normalize_features=False"
+)
+
+
+def _check_targets(details: dict, format: str, quantize: str) -> list[str]:
+    """One line per parity target the export misses (see the module docstring)."""
+    parity, failures = details["parity"], []
+    if quantize in ("none", "float16"):
+        details["targets"] = {"min_top1_agreement": MIN_AGREEMENT}
+        if parity["top1_agreement"] < MIN_AGREEMENT:
+            failures.append(
+                f"top-1 agreement with the Keras model is {parity['top1_agreement']:.2%}, "
+                f"below the target of {MIN_AGREEMENT:.1%}"
+            )
+    else:
+        details["targets"] = {"max_accuracy_drop": MAX_ACCURACY_DROP}
+        drop = parity["accuracy"]["keras"] - parity["accuracy"][format]
+        if drop > MAX_ACCURACY_DROP:
+            failures.append(
+                f"test accuracy drops by {drop:.2%} ({parity['accuracy']['keras']:.2%} -> "
+                f"{parity['accuracy'][format]:.2%}), more than the target of "
+                f"{MAX_ACCURACY_DROP:.0%}" + (_NORM_HINT if details["feature_norm"] else "")
+            )
+    if quantize == "int8":
+        details["targets"]["max_size_ratio_to_float32"] = MAX_INT8_SIZE_RATIO
+        ratio = details["file_bytes"] / details["float32_file_bytes"]
+        if ratio > MAX_INT8_SIZE_RATIO:
+            failures.append(
+                f"the int8 file is {ratio:.2f} of the float32 file's size, above the target "
+                f"of {MAX_INT8_SIZE_RATIO:.2f}"
+            )
+    return failures
+
+
+def _environment(format: str) -> dict:
+    from importlib.metadata import version
+
+    import tensorflow as tf
+
+    packages = {"keras_ft": __version__, "tensorflow": tf.__version__}
+    for package, _ in EXTRAS[format]:
+        packages[package] = version(package)
+    return {**packages, "machine": platform.machine(), "cpus": os.cpu_count()}
+
+
+def summary(result: ExportResult) -> str:
+    """What `keras-ft export` prints: the file, the parity figures, the targets missed."""
+    if result.record is None:
+        return f"exported: {result.path}"
+    record, parity = result.record, result.record["parity"]
+    name = record["format"]
+    size = f"{record['file_bytes'] / 1e6:.2f} MB"
+    if "float32_file_bytes" in record:
+        size += f" (float32: {record['float32_file_bytes'] / 1e6:.2f} MB)"
+    lines = [
+        f"exported: {result.path}, {size}",
+        f"parity on {parity['images']} of {parity['of']} test images: top-1 agreement "
+        f"{parity['top1_agreement']:.2%}, largest probability difference "
+        f"{parity['max_abs_probability_difference']:.4f}",
+        f"test accuracy: keras {parity['accuracy']['keras']:.4f}, "
+        f"{name} {parity['accuracy'][name]:.4f}",
+        f"images/s (batches of {parity['batch_size']}): keras "
+        f"{parity['images_per_second']['keras']:.1f}, {name} "
+        f"{parity['images_per_second'][name]:.1f}",
+        f"record: {result.path.parent / 'export.json'}",
+    ]
+    lines += [f"target missed: {failure}" for failure in result.failures]
+    return "\n".join(lines)
