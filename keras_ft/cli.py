@@ -334,6 +334,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_signing_key(p, _VERIFY_HELP)
     p.set_defaults(func=predict)
     _add_export(commands)
+    p = commands.add_parser(
+        "explain",
+        help="Grad-CAM: one PNG per image, showing where the model looked",
+        description=(
+            "Write OUTPUT/<image name>.png for each image: the image, the Grad-CAM heatmap of "
+            "its top-1 class over it (on the backbone's last convolutional feature map), and "
+            "the top-3 labels with their probabilities. Needs matplotlib."
+        ),
+    )
+    p.add_argument("run_dir")
+    p.add_argument("images", nargs="+")
+    p.add_argument("--output", required=True, help="folder for the PNG files")
+    _add_signing_key(p, _VERIFY_HELP)
+    p.set_defaults(func=explain)
     p = commands.add_parser("reproduce", help="re-train a run from its record, compare weights")
     p.add_argument("run_dir")
     p.add_argument("--data", help="training folder, if it moved since the run")
@@ -772,6 +786,14 @@ def export(args) -> int:
     )
     print(summary(result))
     return 0 if result.passed else 1
+
+
+def explain(args) -> int:
+    from keras_ft.explain import explain as explain_images
+
+    for path in explain_images(args.run_dir, args.images, args.output, signing_key=_key(args)):
+        print(f"wrote {path}")
+    return 0
 
 
 def scan(args) -> int:

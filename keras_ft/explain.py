@@ -1,0 +1,187 @@
+"""Where the model looked: Grad-CAM (Selvaraju et al. 2017) on the backbone's last feature map.
+
+For the class explained (the top-1 prediction by default), Grad-CAM weighs
+each channel of a convolutional feature map by the mean gradient of that
+class's score (its logit, before the softmax) with respect to it, sums the
+weighted channels and keeps the positive part: a coarse map of the pixels
+that raised the class, scaled to [0, 1] and resized to the image.
+
+The feature map is the last 4-D output of the backbone that is not a pooling
+layer: for the registered backbones, the backbone's own output
+(`include_top=False`), or for VGG the last convolution before its final
+max-pooling (`block5_conv3`, twice as fine); for a custom backbone that ends
+in a vector, the last layer before that which still has height and width.
+
+`explain(run_dir, images, output)` (and `keras-ft explain RUN IMAGE...
+--output DIR`) writes one PNG per image: the image, the heatmap over it and
+the top-3 labels with their probabilities. It needs matplotlib
+(`pip install "keras-ft[plots]"`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_ft.errors import KerasFTError
+from keras_ft.model import backbone_of
+
+PLOTS_EXTRA = 'pip install "keras-ft[plots]"'
+
+
+# A pooling layer at the end of a backbone only coarsens the map before it (VGG's block5_pool).
+_POOLING = (keras.layers.InputLayer, keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
+
+
+def feature_layer(backbone: keras.Model) -> keras.layers.Layer:
+    """The backbone's last layer with a 4-D `(N, H, W, C)` output, pooling layers skipped.
+
+    Raises:
+        KerasFTError: when no layer but the input has a height and a width.
+    """
+    for layer in reversed(backbone.layers):
+        if isinstance(layer, _POOLING):
+            continue
+        if len(layer.output.shape) == 4:
+            return layer
+    raise KerasFTError(
+        f"Grad-CAM needs a convolutional feature map, but backbone '{backbone.name}' has no "
+        "layer with a 4-D (batch, height, width, channels) output after its input. Use a "
+        "backbone whose layers keep a spatial map, such as a registered one "
+        "(`keras-ft backbones`)."
+    )
+
+
+class GradCAM:
+    """Grad-CAM heatmaps of a classifier built by `keras_ft.model.build_classifier`.
+
+    Args:
+        model: the classifier (0-255 RGB in, probabilities out).
+
+    Attributes:
+        layer: the name of the backbone layer whose feature map is used.
+    """
+
+    def __init__(self, model: keras.Model):
+        backbone = backbone_of(model)
+        node = backbone._inbound_nodes[0]  # the backbone's call inside the classifier
+        features = feature_layer(backbone)
+        self.layer = features.name
+        self._before = keras.Model(model.input, node.input_tensors[0])
+        self._backbone = keras.Model(backbone.input, [features.output, backbone.output])
+        # Grad-CAM differentiates the class score before the softmax: the logits of the
+        # last Dense layer, computed from its input with its own weights.
+        self._output = model.get_layer("predictions")
+        self._after = keras.Model(node.output_tensors[0], [self._output.input, model.output])
+        self.image_size = tuple(model.input_shape[1:3])
+
+    def __call__(self, images, class_index=None) -> tuple[np.ndarray, np.ndarray]:
+        """Heatmaps and probabilities of a batch.
+
+        Args:
+            images: `(N, H, W, 3)` 0-255 RGB pixels at the model's input size.
+            class_index: the class to explain, one int for all images or one
+                per image; `None` explains each image's top-1 prediction.
+
+        Returns:
+            `(heatmaps, probabilities)`: `(N, H, W)` float32 in [0, 1], at the
+            image size (all zeros where no position raised the class), and
+            `(N, num_classes)`.
+        """
+        images = tf.convert_to_tensor(np.asarray(images, np.float32))
+        with tf.GradientTape() as tape:
+            maps, features = self._backbone(self._before(images, training=False), training=False)
+            tape.watch(maps)
+            hidden, probabilities = self._after(features, training=False)
+            logits = tf.matmul(hidden, self._output.kernel) + self._output.bias
+            if class_index is None:
+                chosen = tf.argmax(probabilities, axis=1)
+            else:
+                chosen = tf.broadcast_to(tf.constant(class_index, tf.int64), [len(images)])
+            score = tf.gather(logits, chosen, axis=1, batch_dims=1)
+        gradients = tape.gradient(score, maps)
+        weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+        cams = tf.nn.relu(tf.reduce_sum(weights * maps, axis=-1))
+        cams = tf.image.resize(cams[..., None], self.image_size, method="bilinear")[..., 0]
+        peak = tf.reduce_max(cams, axis=(1, 2), keepdims=True)
+        return tf.math.divide_no_nan(cams, peak).numpy(), probabilities.numpy()
+
+
+def figure_png(image: np.ndarray, heatmap: np.ndarray, top: list[tuple[str, float]]) -> bytes:
+    """A PNG: the image, the heatmap over it, the top labels with their probabilities."""
+    from keras_ft.report import _matplotlib_figure, _png
+
+    figure_class = _matplotlib_figure()
+    if figure_class is None:
+        raise KerasFTError(f"Drawing Grad-CAM figures needs matplotlib: {PLOTS_EXTRA}.")
+    figure = figure_class(figsize=(6.4, 3.6))
+    left, right = figure.subplots(1, 2)
+    for axis in (left, right):
+        axis.imshow(image)
+        axis.set_axis_off()
+    right.imshow(heatmap, cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0)
+    left.set_title("image", fontsize=9)
+    right.set_title("Grad-CAM", fontsize=9)
+    from keras_ft.text import printable
+
+    figure.suptitle(
+        "   ".join(f"{printable(name)}: {probability:.3f}" for name, probability in top),
+        fontsize=9,
+    )
+    return _png(figure)
+
+
+def _png_names(paths) -> list[str]:
+    """`<stem>.png` for each image, numbered where two images share a stem."""
+    names, seen = [], {}
+    for path in paths:
+        stem = Path(path).stem or "image"
+        seen[stem] = seen.get(stem, 0) + 1
+        names.append(f"{stem}.png" if seen[stem] == 1 else f"{stem}-{seen[stem]}.png")
+    return names
+
+
+def explain(run_dir, images, output, top_k: int = 3, signing_key=None) -> list[Path]:
+    """Write one Grad-CAM figure per image file into `output`.
+
+    Args:
+        run_dir: a run directory, verified as `keras_ft.load` does.
+        images: image file paths.
+        output: the folder to write `<image stem>.png` into (created if needed;
+            an existing file of the same name is refused, not overwritten).
+        top_k: how many labels to show.
+        signing_key: as for `keras_ft.load`.
+
+    Returns:
+        The PNG paths written, in the order of `images`.
+    """
+    from keras_ft.artifacts import load
+    from keras_ft.report import _matplotlib_figure
+
+    if _matplotlib_figure() is None:
+        raise KerasFTError(f"Drawing Grad-CAM figures needs matplotlib: {PLOTS_EXTRA}.")
+    predictor = load(run_dir, signing_key=signing_key)
+    explainer = GradCAM(predictor.model)
+    output = Path(output)
+    targets = [output / name for name in _png_names(images)]
+    taken = [str(path) for path in targets if path.exists()]
+    if taken:
+        raise KerasFTError(
+            f"'{taken[0]}' already exists. Choose another --output folder, or remove the file."
+        )
+    pixels = predictor._as_batch([os.fspath(path) for path in images])  # names bad files
+    output.mkdir(parents=True, exist_ok=True)
+    for start in range(0, len(pixels), 16):
+        batch = pixels[start : start + 16]
+        heatmaps, probabilities = explainer(batch)
+        for image, heatmap, row, target in zip(
+            batch, heatmaps, probabilities, targets[start : start + 16], strict=True
+        ):
+            order = np.argsort(-row, kind="stable")[:top_k]
+            top = [(predictor.class_names[i], float(row[i])) for i in order]
+            target.write_bytes(figure_png(image.astype(np.uint8), heatmap, top))
+    return targets
