@@ -159,7 +159,7 @@ def export(
             f"Export directory '{output}' already exists and is not empty. Choose another "
             "output directory, or remove it first."
         )
-    from keras_ft.artifacts import copy_verified, load
+    from keras_ft.artifacts import copy_verified, export_saved_model, load
 
     predictor = load(run_dir, signing_key=signing_key)
     record = predictor.record
@@ -177,12 +177,18 @@ def export(
             if format == "litert":
                 saved_model = Path(scratch) / "saved_model"
                 copy_verified(run_dir, "saved_model", saved_model, record["manifest"])
-                details = _write_litert(saved_model, staging, quantize, calibration, predictor)
+                source, head = saved_model, None
+                if quantize in ("dynamic", "int8"):
+                    model, head = split_head(predictor.model)
+                    if head is not None:
+                        source = Path(scratch) / "split_head"
+                        export_saved_model(model, source)
+                details = _write_litert(saved_model, source, staging, quantize, calibration)
+                if head is not None:
+                    details["head"] = head
             else:
                 details = _write_onnx(predictor.model, staging)
         details["labels"] = "labels.txt"
-        names = [layer.name for layer in predictor.model.layers]
-        details["feature_norm"] = "feature_norm" in names
         (staging / "labels.txt").write_text("".join(f"{name}\n" for name in predictor.class_names))
         details["run"] = {
             "run_dir": str(run_dir),
@@ -263,6 +269,55 @@ def _calibration_sample(record, predictor, calibration_dir, count, seed) -> _Ima
     return _sample_folder(directory, None, predictor.image_size, count, seed, "calibration")
 
 
+def split_head(model, ratio: float = 4.0):
+    """The classifier with a head that quantizes well, computing the same function.
+
+    The converter folds the head's feature BatchNormalization into the next
+    Dense layer: its weights are multiplied, per input feature, by the
+    normalisation's scale, which is ~30 for features that were nearly
+    constant in training (1 / sqrt(epsilon)). Those rows then set each output's
+    int8 range and the other weights keep a few levels: a run that is 92%
+    accurate in float32 loses 3-4 points. Here the fold is done by hand and
+    the rows whose largest weight is above `ratio` times the median row's go
+    to a Dense layer of their own; the two are added.
+
+    Returns:
+        `(model, description)`; `(model, None)` unchanged when there is no
+        feature normalisation or no row to split off.
+    """
+    import keras
+
+    names = [layer.name for layer in model.layers]
+    if "feature_norm" not in names:
+        return model, None
+    index = names.index("feature_norm")
+    norm = model.layers[index]
+    dense = next(x for x in model.layers[index + 1 :] if isinstance(x, keras.layers.Dense))
+    gamma, beta, mean, variance = (np.asarray(w) for w in norm.get_weights())
+    scale = gamma / np.sqrt(variance + norm.epsilon)
+    kernel, bias = dense.get_weights()
+    folded, folded_bias = scale[:, None] * kernel, (beta - mean * scale) @ kernel + bias
+    rows = np.abs(folded).max(axis=1)
+    large = rows > ratio * np.median(rows)
+    if not large.any():
+        return model, None
+    parts = []
+    for name, group in (("large", np.flatnonzero(large)), ("rest", np.flatnonzero(~large))):
+        layer = keras.layers.Dense(kernel.shape[1], use_bias=name == "rest", name=name)
+        take = keras.layers.Lambda(lambda x, group=group: keras.ops.take(x, group, axis=-1))
+        parts.append(layer(take(norm.input)))
+        layer.set_weights([folded[group]] + ([folded_bias] if name == "rest" else []))
+    x = keras.layers.Activation(dense.activation, dtype="float32")(keras.layers.Add()(parts))
+    for layer in model.layers[model.layers.index(dense) + 1 :]:
+        if not isinstance(layer, keras.layers.Dropout):  # inference: dropout does nothing
+            x = layer(x)
+    description = (
+        f"feature_norm folded into {dense.name}, whose {int(large.sum())} of {len(rows)} "
+        f"rows with weights above {ratio:g}x the median row's are a separate layer"
+    )
+    return keras.Model(model.input, x, name=model.name), description
+
+
 def _convert_litert(saved_model: Path, quantize: str, calibration: _Images | None) -> bytes:
     """The run's `serving_default` signature as a LiteRT flatbuffer, quantized as asked."""
     import tensorflow as tf
@@ -293,10 +348,11 @@ def _tensor(detail: dict) -> dict:
     return described
 
 
-def _write_litert(saved_model, staging, quantize, calibration, predictor) -> dict:
+def _write_litert(saved_model, source, staging, quantize, calibration) -> dict:
+    """Convert `source` (the run's SavedModel, or one with a split head) into staging."""
     from ai_edge_litert.interpreter import Interpreter
 
-    flatbuffer = _convert_litert(saved_model, quantize, calibration)
+    flatbuffer = _convert_litert(source, quantize, calibration)
     (staging / "model.tflite").write_bytes(flatbuffer)
     interpreter = Interpreter(model_content=flatbuffer)
     details = {
@@ -424,13 +480,6 @@ def _parity(path: Path, format: str, model, test: _Images) -> dict:
     }
 
 
-_NORM_HINT = (
-    ". The head's feature BatchNormalization (normalize_features=True) is folded into the "
-    "last Dense layer, and its large scales on near-constant features widen that layer's "
-    "int8 range; ship --quantize float16, or train with normalize_features=False"
-)
-
-
 def _check_targets(details: dict, format: str, quantize: str) -> list[str]:
     """One line per parity target the export misses (see the module docstring)."""
     parity, failures = details["parity"], []
@@ -444,11 +493,11 @@ def _check_targets(details: dict, format: str, quantize: str) -> list[str]:
     else:
         details["targets"] = {"max_accuracy_drop": MAX_ACCURACY_DROP}
         drop = parity["accuracy"]["keras"] - parity["accuracy"][format]
-        if drop > MAX_ACCURACY_DROP:
+        if round(drop, 9) > MAX_ACCURACY_DROP:  # 1 image in 100 is a drop of 0.01, not more
             failures.append(
                 f"test accuracy drops by {drop:.2%} ({parity['accuracy']['keras']:.2%} -> "
                 f"{parity['accuracy'][format]:.2%}), more than the target of "
-                f"{MAX_ACCURACY_DROP:.0%}" + (_NORM_HINT if details["feature_norm"] else "")
+                f"{MAX_ACCURACY_DROP:.0%}; try --quantize float16, or more --calibration-images"
             )
     if quantize == "int8":
         details["targets"]["max_size_ratio_to_float32"] = MAX_INT8_SIZE_RATIO

@@ -23,7 +23,7 @@ def run(tmp_path_factory):
     data = keras_ft.ImageFolder(
         train, test_dir=test, image_size=32, batch_size=8, validation_split=0.0, seed=0
     )
-    tuner = keras_ft.FineTuner("vgg16", weights=None, normalize_features=False, seed=0)
+    tuner = keras_ft.FineTuner("vgg16", weights=None, seed=0)
     tuner.fit(data, head_epochs=1, finetune_epochs=0, verbose=0)
     tuner.save(tmp / "run")
     return tmp / "run", test
@@ -84,6 +84,20 @@ def test_litert_int8_takes_camera_pixels_and_is_a_third_of_float32(run, tmp_path
     interpreter.invoke()
     output = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     assert output.dtype == np.uint8 and output.shape == (1, 3)
+
+
+def test_split_head_computes_the_same_probabilities(run):
+    """The quantization-friendly head is the same function, with the large rows apart."""
+    model = keras_ft.load(run[0]).model
+    variance = model.get_layer("feature_norm").moving_variance
+    variance.assign(np.concatenate([np.zeros(5), np.ones(507)]).astype(np.float32))
+    split, description = deploy.split_head(model)
+    large = split.get_layer("large").kernel.shape[0]
+    assert large == 5 and "5 of 512 rows" in description
+    pixels = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(
+        split.predict_on_batch(pixels), model.predict_on_batch(pixels), atol=1e-5
+    )
 
 
 def test_onnx_export_runs_in_onnxruntime(run, tmp_path, capsys):
