@@ -6,7 +6,8 @@
     curves.png            loss and accuracy, train and validation, both phases on
                           one epoch axis with the phase boundary marked
     confusion_matrix.png  the test confusion matrix
-    mistakes.png          the most confidently wrong test images, true and predicted labels
+    mistakes.png          the most confidently wrong test images, true and predicted labels,
+                          each above its Grad-CAM heatmap (keras_ft.explain) in red
     per_class.csv         precision, recall, F1 and support per class
     report.html           all of the above on one self-contained page (images
                           embedded as base64): open it in a browser, no server needed
@@ -168,11 +169,25 @@ def _fit_text(draw, text: str, font, width: int) -> str:
     return text + "…"
 
 
-def mistakes_grid(paths, true_names, predicted_names, confidences, columns: int = 6) -> Image.Image:
-    """A grid of image thumbnails, each captioned with its true and predicted label."""
+def heat_overlay(pixels: np.ndarray, heatmap: np.ndarray) -> Image.Image:
+    """An RGB image with a [0, 1] heatmap of the same size laid over it in red."""
+    alpha = 0.6 * heatmap[..., None]
+    blended = pixels.astype(np.float32) * (1 - alpha) + np.array([255.0, 0, 0]) * alpha
+    return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
+
+
+def mistakes_grid(
+    paths, true_names, predicted_names, confidences, columns: int = 6, overlays=None
+) -> Image.Image:
+    """A grid of image thumbnails, each captioned with its true and predicted label.
+
+    `overlays`: one PIL image per path (its Grad-CAM heatmap over it), drawn
+    below its thumbnail; `None` draws none.
+    """
     columns = max(1, min(columns, len(paths)))
     rows = -(-len(paths) // columns)
-    width, height = _TILE + 8, _TILE + _CAPTION + 8
+    heat = _TILE + 4 if overlays is not None else 0
+    width, height = _TILE + 8, _TILE + heat + _CAPTION + 8
     grid = Image.new("RGB", (columns * width, rows * height), "white")
     draw = ImageDraw.Draw(grid)
     font = _font(11)
@@ -186,11 +201,29 @@ def mistakes_grid(paths, true_names, predicted_names, confidences, columns: int 
             grid.paste(thumb, (x + (_TILE - thumb.width) // 2, y + (_TILE - thumb.height) // 2))
         except (OSError, ValueError):
             draw.rectangle((x, y, x + _TILE, y + _TILE), outline="grey")
+        if overlays is not None:
+            thumb = ImageOps.contain(overlays[i], (_TILE, _TILE))
+            grid.paste(thumb, (x + (_TILE - thumb.width) // 2, y + _TILE + 4))
         caption = _fit_text(draw, f"true: {printable(true)}", font, _TILE)
-        draw.text((x, y + _TILE + 3), caption, "black", font)
+        draw.text((x, y + _TILE + heat + 3), caption, "black", font)
         caption = _fit_text(draw, f"pred: {printable(predicted)} ({confidence:.2f})", font, _TILE)
-        draw.text((x, y + _TILE + 18), caption, (190, 20, 20), font)
+        draw.text((x, y + _TILE + heat + 18), caption, (190, 20, 20), font)
     return grid
+
+
+def _heat_overlays(model, paths) -> list[Image.Image] | None:
+    """Each image with the Grad-CAM heatmap of its predicted class; None if there is no map."""
+    from keras_ft.data import read_images
+    from keras_ft.errors import KerasFTError
+    from keras_ft.explain import GradCAM
+
+    try:
+        explainer = GradCAM(model)
+    except KerasFTError:  # a custom backbone without a 4-D layer: the grid, without heatmaps
+        return None
+    pixels = read_images(paths, explainer.image_size)
+    heatmaps, _ = explainer(pixels)
+    return [heat_overlay(p, h) for p, h in zip(pixels, heatmaps, strict=True)]
 
 
 def _mistakes_png(tuner) -> bytes | None:
@@ -204,11 +237,13 @@ def _mistakes_png(tuner) -> bytes | None:
         return None
     names = tuner.class_names
     predicted = probabilities.argmax(axis=1)
+    paths = [data.test_files[i].path for i in order]
     grid = mistakes_grid(
-        [data.test_files[i].path for i in order],
+        paths,
         [names[labels[i]] for i in order],
         [names[predicted[i]] for i in order],
         [float(probabilities[i, predicted[i]]) for i in order],
+        overlays=_heat_overlays(tuner.model, paths),
     )
     buffer = io.BytesIO()
     grid.save(buffer, format="PNG")
@@ -345,7 +380,9 @@ def render_html(title, summary, rows, metrics, class_names, images, plots) -> st
         elif images.get("mistakes"):
             parts.append(
                 f"<p>{min(wrong, MAX_MISTAKES)} of the {wrong} misclassified test images, most "
-                "confident first: true label, predicted label (probability).</p>"
+                "confident first: true label, predicted label (probability); below each, where "
+                "the backbone has a feature map, its Grad-CAM heatmap for the predicted class "
+                "(red: where the model found that class).</p>"
                 + _image(images["mistakes"], "most confidently wrong test images")
             )
         else:

@@ -187,3 +187,27 @@ def test_class_names_are_shown_safely_on_the_terminal_in_the_csv_plots_and_html(
 def test_plot_confusion_draws_dollar_signs_and_backslashes_literally():
     png = plot_confusion([[1, 0], [0, 1]], ["$\\bad{x}$", "a$\\x$ b"])
     assert png.startswith(b"\x89PNG")
+
+
+def test_mistakes_grid_draws_each_heatmap_below_its_image(tmp_path):
+    from keras_ft.report import _TILE, heat_overlay, mistakes_grid
+
+    pixels = np.full((32, 32, 3), 128, np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    heatmap = np.zeros((32, 32), np.float32)
+    heatmap[:, :16] = 1.0  # all the heat on the left half
+    args = ([tmp_path / "a.png"], ["cat"], ["dog"], [0.9])
+    plain = mistakes_grid(*args)
+    with_heat = mistakes_grid(*args, overlays=[heat_overlay(pixels, heatmap)])
+    assert with_heat.height == plain.height + _TILE + 4
+    row = np.asarray(with_heat)[4 + _TILE + 4 : 4 + 2 * _TILE + 4, 4 : 4 + _TILE].astype(int)
+    redness = row[..., 0] - row[..., 1]
+    assert redness[:, : _TILE // 2].mean() > 100 and redness[:, 3 * _TILE // 4 :].max() == 0
+
+
+def test_heat_overlays_of_a_trained_run(tuner):
+    from keras_ft.report import _heat_overlays
+
+    paths = [f.path for f in tuner._data.test_files[:3]]
+    overlays = _heat_overlays(tuner.model, paths)
+    assert [o.size for o in overlays] == [(32, 32)] * 3
