@@ -1,13 +1,20 @@
 """Flat, typed, frozen configuration for each stage, validated once, stored as JSON.
 
-The public classes (`ImageFolder`, `FineTuner`) take these values as plain
-keyword arguments and keep them here, so a run record can be written and read
-back without loss.
+Every option is declared once, here, as a dataclass field with an `Option`
+in its metadata: its help text, its check and its command-line flag, as
+scikit-learn declares parameter constraints in one table. Validation
+(`__post_init__`), the `keras-ft` flags (`keras_ft.cli`), and the documented
+keyword arguments of `FineTuner` and `FineTuner.fit` are all made from it, so
+adding an option means adding a field (and the code that uses it).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import inspect
+import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from keras_ft.errors import KerasFTError
@@ -52,202 +59,612 @@ def image_size_pair(image_size: int | tuple[int, int] | list[int]) -> tuple[int,
     return (int(image_size[0]), int(image_size[1]))
 
 
+# ------------------------------------------------------------------ constraints
+
+
+@dataclass(frozen=True)
+class Range:
+    """Numbers from `low` to `high` (`None`: unbounded), like scikit-learn's `Interval`.
+
+    Calling it checks a value; `str()` says what it allows, for error messages.
+
+    Args:
+        low: the lower bound, or `None`.
+        high: the upper bound, or `None`.
+        integer: only ints (never bools) are allowed; otherwise ints and floats.
+        closed: which bounds are allowed values: `"both"`, `"left"`, `"right"`
+            or `"neither"`.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    integer: bool = False
+    closed: str = "both"
+
+    def __call__(self, value) -> bool:
+        if not (is_int(value) if self.integer else is_number(value)):
+            return False
+        left, right = self.closed in ("both", "left"), self.closed in ("both", "right")
+        above = self.low is None or (value >= self.low if left else value > self.low)
+        below = self.high is None or (value <= self.high if right else value < self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        kind = "an int" if self.integer else "a float"
+        if self.low is None and self.high is None:
+            return kind
+        if self.high is None:
+            return f"{kind} {'>=' if self.closed in ('both', 'left') else '>'} {self.low:g}"
+        if self.low is None:
+            return f"{kind} {'<=' if self.closed in ('both', 'right') else '<'} {self.high:g}"
+        left = "[" if self.closed in ("both", "left") else "("
+        right = "]" if self.closed in ("both", "right") else ")"
+        return f"{kind} in {left}{self.low:g}, {self.high:g}{right}"
+
+    def parse(self, text: str):
+        """The command line's text as a number of the right type."""
+        return int(text) if self.integer else float(text)
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, bool)
+
+
+# ------------------------------------------------- command-line forms of values
+
+
+def parse_unfreeze(value: str):
+    """`--unfreeze`: a number of top layers, or `all` / a layer name."""
+    return int(value) if value.isdigit() else value
+
+
+def parse_rate(value: str):
+    """A learning rate, or `auto` (a learning-rate range test picks it)."""
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number such as 1e-4 or 'auto', received {value!r}"
+        ) from None
+
+
+def parse_units(value: str) -> tuple[int, ...]:
+    """`--dense-units 256,128`: comma-separated layer widths."""
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated ints such as 256,128, received {value!r}"
+        ) from None
+
+
+def parse_class_weight(value: str):
+    """`--class-weight balanced` or `cat=2,dog=1`."""
+    if value == "balanced":
+        return value
+    try:
+        pairs = [item.rsplit("=", 1) for item in value.split(",") if item.strip()]
+        return {name.strip(): float(weight) for name, weight in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'balanced' or CLASS=WEIGHT pairs such as cat=2,dog=1, received {value!r}"
+        ) from None
+
+
+def parse_weights(value: str) -> str | None:
+    """`--weights none` means `weights=None` (random initial weights)."""
+    return None if value.lower() == "none" else value
+
+
+# ---------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class Option:
+    """Everything about one config field, declared once (see `option`).
+
+    Attributes:
+        help: what the option does, in Python terms (docstrings, `--help`).
+        valid: the check: true for an allowed value.
+        expected: what `valid` allows, in words, for the error message.
+        fix: a hint appended to the error message.
+        choices: the allowed values, when they are a fixed set.
+        convert: normalises a value before the check (e.g. a list to a tuple).
+        flag: the command-line flag; `""` for none (the command sets it).
+        parse: turns the flag's text into a value.
+        metavar: the flag's placeholder in `--help`.
+        cli_help: the flag's help, where the command-line form differs.
+        cli_default: the flag's default: `"field"` (the field's), or another
+            value (`None`: decided later, e.g. from the backbone).
+        switches: `(flag, value, help)` triples, mutually exclusive flags
+            that each set the option to one value (`--no-flip`, `--auto-flip`).
+        constructor: a `TrainingConfig` option that `FineTuner` takes rather
+            than `fit`, because it acts before training (on the build).
+    """
+
+    help: str
+    valid: Callable[[object], bool] | None = None
+    expected: str = ""
+    fix: str = ""
+    choices: tuple | None = None
+    convert: Callable | None = None
+    flag: str | None = None
+    parse: Callable[[str], object] | None = None
+    metavar: str | None = None
+    cli_help: str | None = None
+    cli_default: object = "field"
+    switches: tuple = ()
+    constructor: bool = False
+
+
+def option(default=dataclasses.MISSING, **declared):
+    """A dataclass field whose metadata is an `Option` (see there for the arguments).
+
+    `valid` may be a `Range` (then `expected` defaults to its words and the
+    flag parses a number), `choices` a tuple (the check and the flag's choices
+    follow from it), and a bool default makes the check "True or False" and
+    the flag a switch (`--name`, or `--no-name` when the default is True).
+    """
+    if "choices" in declared:
+        choices = declared["choices"]
+        declared.setdefault("valid", lambda value: value in choices)
+        declared.setdefault("expected", f"one of {choices}")
+    if isinstance(default, bool):
+        declared.setdefault("valid", _is_bool)
+        declared.setdefault("expected", "True or False")
+    valid = declared.get("valid")
+    if isinstance(valid, Range):
+        declared.setdefault("expected", str(valid))
+        declared.setdefault("parse", valid.parse)
+    return dataclasses.field(default=default, metadata={"option": Option(**declared)})
+
+
+def options_of(config) -> dict[str, Option]:
+    """`{field name: Option}` of a config class or instance, in field order."""
+    return {f.name: f.metadata["option"] for f in dataclasses.fields(config)}
+
+
+def defaults_of(config) -> dict[str, object]:
+    """`{field name: default}` of a config class (fields without a default left out)."""
+    return {
+        f.name: f.default
+        for f in dataclasses.fields(config)
+        if f.default is not dataclasses.MISSING
+    }
+
+
+def validate(config) -> None:
+    """Check every field of `config` against its `Option`, converting values first."""
+    for name, declared in options_of(config).items():
+        value = getattr(config, name)
+        if declared.convert is not None:
+            value = declared.convert(value)
+            object.__setattr__(config, name, value)
+        if declared.valid is not None:
+            check(declared.valid(value), name, declared.expected, value, declared.fix)
+
+
+def describe(config, names, indent: int = 8) -> str:
+    """Keras-style `Args:` lines for the fields `names` of `config`, for a docstring."""
+    declared = options_of(config)
+    first, rest = " " * indent, " " * (indent + 4)
+    return "\n".join(
+        textwrap.fill(
+            f"{name}: {declared[name].help}", 88, initial_indent=first, subsequent_indent=rest
+        )
+        for name in names
+    )
+
+
+def _fill_in(doc: str, config, names) -> str:
+    """`doc` with its `{options}` line replaced by the `Args:` lines of `names`."""
+    lines = []
+    for line in doc.splitlines():
+        if line.strip() == "{options}":
+            line = describe(config, names, len(line) - len(line.lstrip()))
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def takes_options(config, names, defaults=None):
+    """Decorator: a method's `**options` become documented keyword arguments.
+
+    The method keeps one implementation taking `**options`; its signature (for
+    `help()`, `inspect` and IDEs) lists `names`, the fields of `config`, as
+    keyword-only arguments with their defaults, and `{options}` in its docstring
+    becomes their `Args:` lines from the fields' help. A keyword that is neither
+    one of them nor one of the method's own arguments is a `TypeError`, as for
+    any Python function.
+
+    Args:
+        config: a config dataclass.
+        names: the fields the method takes.
+        defaults: `{name: default}` where the method's default differs from
+            the field's (e.g. `None`: taken from the data).
+    """
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    defaults = defaults or {}
+
+    def decorate(method):
+        signature = inspect.signature(method)
+        own = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
+        added = [
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=defaults.get(name, fields[name].default),
+            )
+            for name in names
+        ]
+        positional = [p for p in own if p.kind != p.KEYWORD_ONLY]
+        keyword = [p for p in own if p.kind == p.KEYWORD_ONLY]
+        full = signature.replace(parameters=[*positional, *added, *keyword])
+
+        def wrapper(*args, **kwargs):
+            full.bind(*args, **kwargs)  # a TypeError names an unknown keyword
+            return method(*args, **kwargs)
+
+        wrapper.__name__, wrapper.__qualname__ = method.__name__, method.__qualname__
+        wrapper.__module__ = method.__module__
+        wrapper.__doc__ = _fill_in(method.__doc__ or "", config, names)
+        wrapper.__signature__ = full
+        return wrapper
+
+    return decorate
+
+
+# ---------------------------------------------------------------------- configs
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """How images are read, split, augmented and batched."""
 
-    directory: str
-    test_dir: str | None = None
-    image_size: tuple[int, int] = (224, 224)
-    batch_size: int = 32
-    validation_split: float = 0.2
-    seed: int = 42
-    augment: bool = True
-    flip: bool | str = True
-    rotation: float = 0.05
-    zoom: float = 0.1
-    contrast: float = 0.1
-    translation: float = 0.0
-    skip_bad: bool = False
+    directory: str = option(help="training folder, one sub-folder per class.", flag="")
+    test_dir: str | None = option(
+        None,
+        help="optional held-out folder with the same class sub-folders.",
+        metavar="DIR",
+    )
+    image_size: tuple[int, int] = option(
+        (224, 224),
+        help="`(height, width)` or one int, the size images are resized to.",
+        convert=image_size_pair,
+        parse=int,
+        cli_default=None,
+        cli_help="input size in px (default: the backbone's)",
+    )
+    batch_size: int = option(
+        32,
+        help="images per batch and replica: under a `tf.distribute` strategy with N "
+        "replicas each training step takes N times as many.",
+        valid=Range(1, integer=True),
+    )
+    validation_split: float = option(
+        0.2,
+        help="fraction of `directory` held out for validation, chosen per file from a "
+        "hash of (seed, relative path).",
+        valid=Range(0.0, 1.0, closed="left"),
+        fix="Use 0 to train on every image, e.g. 0.2 to hold out a fifth.",
+    )
+    seed: int = option(
+        42,
+        help="seeds the split, the shuffling and the augmentation.",
+        valid=Range(integer=True),
+        expected="an int",
+        cli_help="seeds the split, the augmentation, the initializers and the training",
+    )
+    augment: bool = option(True, help="whether training images are augmented.")
+    flip: bool | str = option(
+        True,
+        help='random horizontal flips: `True`, `False` (digits, text), or `"auto"`: '
+        "`FineTuner.fit` trains phase 1 without flips, then flips in phase 2 only if the "
+        "phase-1 head classifies mirrored validation images about as well as the originals "
+        "(see `keras_ft.training.decide_flip`).",
+        valid=lambda value: value in (True, False, "auto"),
+        expected="True, False or 'auto' (decide after phase 1 from mirrored validation images)",
+        switches=(
+            ("--no-flip", False, "no horizontal flips (digits, text)"),
+            (
+                "--auto-flip",
+                "auto",
+                "decide after phase 1: flip in phase 2 only if the head classifies mirrored "
+                "validation images about as well as the originals",
+            ),
+        ),
+    )
+    rotation: float = option(
+        0.05,
+        help="maximum rotation as a fraction of a full turn.",
+        valid=Range(0.0, 0.5),
+        expected="a fraction of a full turn in [0, 0.5]",
+        fix="0.05 rotates by up to 18 degrees either way.",
+    )
+    zoom: float = option(
+        0.1,
+        help="maximum zoom in or out, as a fraction.",
+        valid=Range(0.0, 1.0, closed="left"),
+        expected="a fraction in [0, 1)",
+    )
+    contrast: float = option(
+        0.1,
+        help="maximum contrast change, as a fraction.",
+        valid=Range(0.0, 1.0, closed="left"),
+        expected="a fraction in [0, 1)",
+    )
+    translation: float = option(
+        0.0,
+        help="maximum shift either way, as a fraction of the width and height (with "
+        "`zoom`, a random crop).",
+        valid=Range(0.0, 0.25),
+        expected="a fraction of the image size in [0, 0.25]",
+        fix="0.1 shifts by up to a tenth of the width and height either way.",
+    )
+    skip_bad: bool = option(
+        False,
+        help="train on the usable files when some cannot be used (see `keras_ft.scan`), "
+        "instead of refusing.",
+    )
 
     def __post_init__(self):
-        object.__setattr__(self, "image_size", image_size_pair(self.image_size))
-        check(
-            is_int(self.batch_size) and self.batch_size >= 1,
-            "batch_size",
-            "an int >= 1",
-            self.batch_size,
-        )
-        check(
-            is_number(self.validation_split) and 0.0 <= self.validation_split < 1.0,
-            "validation_split",
-            "a float in [0, 1)",
-            self.validation_split,
-            "Use 0 to train on every image, e.g. 0.2 to hold out a fifth.",
-        )
-        check(is_int(self.seed), "seed", "an int", self.seed)
-        check(
-            is_number(self.rotation) and 0.0 <= self.rotation <= 0.5,
-            "rotation",
-            "a fraction of a full turn in [0, 0.5]",
-            self.rotation,
-            "0.05 rotates by up to 18 degrees either way.",
-        )
-        check(
-            is_number(self.zoom) and 0.0 <= self.zoom < 1.0,
-            "zoom",
-            "a fraction in [0, 1)",
-            self.zoom,
-        )
-        check(
-            self.flip in (True, False, "auto"),
-            "flip",
-            "True, False or 'auto' (decide after phase 1 from mirrored validation images)",
-            self.flip,
-        )
-        check(
-            is_number(self.translation) and 0.0 <= self.translation <= 0.25,
-            "translation",
-            "a fraction of the image size in [0, 0.25]",
-            self.translation,
-            "0.1 shifts by up to a tenth of the width and height either way.",
-        )
-        check(
-            is_number(self.contrast) and 0.0 <= self.contrast < 1.0,
-            "contrast",
-            "a fraction in [0, 1)",
-            self.contrast,
-        )
+        validate(self)
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Which backbone, which weights, and what head."""
 
-    num_classes: int
-    backbone: str = "vgg16"
-    weights: str | None = "imagenet"
-    image_size: tuple[int, int] = (224, 224)
-    pooling: str = "avg"
-    dense_units: tuple[int, ...] = ()
-    dropout: float = 0.2
-    normalize_features: bool = True
-    mixed_precision: str | None = None
-    seed: int = 42
-    head: str = "dense"
+    num_classes: int = option(
+        help="number of classes; `None` takes it from the data.",
+        valid=Range(2, integer=True),
+        expected="an int >= 2 (a classifier needs at least two classes)",
+        flag="",
+    )
+    backbone: str = option(
+        "vgg16",
+        help="a registry name (`keras-ft backbones` lists them); `FineTuner` also takes a "
+        "headless `keras.Model` of your own mapping `(H, W, 3)` images to features.",
+        valid=lambda value: isinstance(value, str) and value != "",
+        expected="a backbone name",
+        cli_help="see `keras-ft backbones`",
+    )
+    weights: str | None = option(
+        "imagenet",
+        help='`"imagenet"`, `None` (random init, for tests), or the path of a weights file '
+        "saved from the same backbone with `include_top=False`.",
+        parse=parse_weights,
+        cli_help="imagenet, none, or a weights path",
+    )
+    image_size: tuple[int, int] = option(
+        (224, 224),
+        help="input size; `None` takes the data's.",
+        convert=image_size_pair,
+        flag="",  # DataConfig's flag
+    )
+    pooling: str = option(
+        "avg",
+        help='`"avg"`, `"max"`, `"avgmax"` (both, concatenated) or `"flatten"` (the '
+        "classic VGG recipe).",
+        choices=POOLINGS,
+    )
+    dense_units: tuple[int, ...] = option(
+        (),
+        help="sizes of optional hidden Dense layers in the head.",
+        convert=lambda value: tuple(value) if isinstance(value, (tuple, list)) else value,
+        valid=lambda value: isinstance(value, tuple) and all(is_int(u) and u > 0 for u in value),
+        expected="a sequence of positive ints",
+        parse=parse_units,
+        cli_help="hidden head layers, comma-separated, e.g. 256 or 256,128",
+    )
+    dropout: float = option(
+        0.2,
+        help="dropout rate before the classifier layer.",
+        valid=Range(0.0, 1.0, closed="left"),
+    )
+    normalize_features: bool = option(
+        True,
+        help="batch-normalise the pooled features, so that one learning rate suits backbones "
+        "whose features have any scale.",
+    )
+    mixed_precision: str | None = option(
+        None,
+        help='`None`, `"float16"` (NVIDIA GPUs) or `"bfloat16"` (TPUs, recent CPUs): compute '
+        "in half precision, keep variables and the output probabilities in float32.",
+        choices=MIXED_PRECISION,
+        expected=f"one of {MIXED_PRECISION} (float16 for NVIDIA GPUs, bfloat16 for TPUs and "
+        "new CPUs)",
+        cli_help="half-precision compute (float16 on NVIDIA GPUs)",
+    )
+    seed: int = option(
+        42,
+        help="seeds every initializer, the dropout and the training.",
+        valid=Range(integer=True),
+        expected="an int",
+    )
+    head: str = option(
+        "dense",
+        help='`"dense"` (the trained head: normalisation, optional hidden layers, dropout, '
+        'softmax) or `"linear"`: keep the linear probe as the model. `fit` then trains '
+        "nothing by gradient: it fits a logistic regression on the frozen features (see "
+        "`keras_ft.transfer.linear_probe`) and folds it, standardisation included, into one "
+        "Dense softmax layer; the epoch and learning rate options are ignored. Often the "
+        "best choice with tens of images per class.",
+        choices=HEADS,
+        flag="",  # `keras-ft probe` is the linear head
+    )
 
     def __post_init__(self):
-        object.__setattr__(self, "image_size", image_size_pair(self.image_size))
-        check(self.head in HEADS, "head", f"one of {HEADS}", self.head)
-        object.__setattr__(self, "dense_units", tuple(self.dense_units))
-        check(
-            is_int(self.num_classes) and self.num_classes >= 2,
-            "num_classes",
-            "an int >= 2 (a classifier needs at least two classes)",
-            self.num_classes,
-        )
-        check(self.pooling in POOLINGS, "pooling", f"one of {POOLINGS}", self.pooling)
-        check(
-            all(is_int(u) and u > 0 for u in self.dense_units),
-            "dense_units",
-            "a sequence of positive ints",
-            self.dense_units,
-        )
-        check(
-            is_number(self.dropout) and 0.0 <= self.dropout < 1.0,
-            "dropout",
-            "a float in [0, 1)",
-            self.dropout,
-        )
-        check(
-            self.mixed_precision in MIXED_PRECISION,
-            "mixed_precision",
-            f"one of {MIXED_PRECISION} (float16 for NVIDIA GPUs, bfloat16 for TPUs and new CPUs)",
-            self.mixed_precision,
-        )
-        check(is_int(self.seed), "seed", "an int", self.seed)
+        validate(self)
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
     """The two phases: head on a frozen backbone, then fine-tuning with SGD."""
 
-    head_epochs: int = 10
-    finetune_epochs: int = 10
-    head_lr: float | str = 1e-3
-    finetune_lr: float | str = 1e-4
-    momentum: float = 0.9
-    unfreeze: str | int = "all"
-    deterministic: bool = True
-    feature_cache: bool = True
-    jit_compile: bool = False
-    class_weight: str | dict[str, float] | None = None
-    label_smoothing: float = 0.0
-    finetune_schedule: str = "constant"
-    warmup_epochs: int = 0
-    early_stopping: int | None = None
-    discriminative_lr: float = 1.0
-    head_augment: bool = True
-    fallback_to_head: bool = False
-    strategy: str = "auto"
-    lr_scaling: str = "none"
+    head_epochs: int = option(
+        10,
+        help="phase 1 epochs (frozen backbone, Adam at `head_lr`).",
+        valid=Range(0, integer=True),
+    )
+    finetune_epochs: int = option(
+        10,
+        help="phase 2 epochs (SGD at `finetune_lr` with `momentum`).",
+        valid=Range(0, integer=True),
+    )
+    head_lr: float | str = option(
+        1e-3,
+        help='phase 1 learning rate, or `"auto"`: a learning-rate range test (`lr_find`) '
+        "before phase 1 picks it.",
+        valid=lambda value: Range(0.0, closed="neither")(value) or value == "auto",
+        expected="a float > 0, or 'auto' (a learning-rate range test picks it)",
+        parse=parse_rate,
+        cli_help="a rate, or auto (range test)",
+    )
+    finetune_lr: float | str = option(
+        1e-4,
+        help='phase 2 learning rate, or `"auto"`: a range test after phase 1 picks it. '
+        'Found rates are printed and kept in `run.json` under `"decisions"`; `reproduce` '
+        "replays them.",
+        valid=lambda value: Range(0.0, closed="neither")(value) or value == "auto",
+        expected="a float > 0, or 'auto' (a learning-rate range test picks it)",
+        parse=parse_rate,
+        cli_help="a rate, or auto",
+    )
+    momentum: float = option(
+        0.9, help="phase 2 SGD momentum.", valid=Range(0.0, 1.0, closed="left")
+    )
+    unfreeze: str | int = option(
+        "all",
+        help='`"all"`, a backbone layer name to unfreeze from (e.g. `"block5_conv1"`), or the '
+        "number of top backbone layers.",
+        valid=lambda value: (
+            (is_int(value) and value >= 1) or (isinstance(value, str) and value != "")
+        ),
+        expected="'all', a layer name such as 'block5_conv1', or a number of top layers >= 1",
+        parse=parse_unfreeze,
+        cli_help="all, a layer name to unfreeze from, or a number of top layers",
+    )
+    deterministic: bool = option(
+        True,
+        help="turn on TensorFlow op determinism (bitwise replay).",
+        flag="--no-determinism",
+        cli_help="turn op determinism off (faster on some GPUs, no bitwise replay)",
+        constructor=True,
+    )
+    feature_cache: bool = option(
+        True,
+        help="without augmentation, compute the frozen backbone's features once and train "
+        "phase 1's head on them (much faster, same result up to float rounding).",
+        cli_help="recompute the frozen backbone every phase-1 epoch (no-augment runs)",
+    )
+    jit_compile: bool = option(
+        False,
+        help="compile training steps with XLA (faster on GPUs); needs `deterministic=False`.",
+        cli_help="XLA-compile training steps (needs --no-determinism)",
+    )
+    class_weight: str | dict[str, float] | None = option(
+        None,
+        help='`None`, `"balanced"` (scikit-learn\'s rule: rarer classes weigh more), or '
+        "`{class name: weight}` (unnamed classes weigh 1).",
+        valid=lambda value: (
+            value is None
+            or value == "balanced"
+            or (isinstance(value, dict) and all(is_number(w) and w > 0 for w in value.values()))
+        ),
+        expected="None, 'balanced', or a dict mapping class names to positive weights",
+        parse=parse_class_weight,
+        cli_help="'balanced' or CLASS=WEIGHT pairs, e.g. cat=2,dog=1",
+    )
+    label_smoothing: float = option(
+        0.0,
+        help="e.g. 0.1: targets of 0.9 and 0.1 / (classes - 1) rather than 1 and 0.",
+        valid=Range(0.0, 1.0, closed="left"),
+        expected="a float in [0, 1), e.g. 0.1",
+    )
+    finetune_schedule: str = option(
+        "constant",
+        help='phase 2 learning rate: `"constant"`, or `"cosine"` decay to 0 over the phase.',
+        choices=SCHEDULES,
+    )
+    warmup_epochs: int = option(
+        0,
+        help='with `"cosine"`, epochs of linear warm-up from 0 to `finetune_lr` first.',
+        valid=Range(0, integer=True),
+    )
+    early_stopping: int | None = option(
+        None,
+        help="patience in epochs: stop a phase when the validation loss has not improved for "
+        "that long, and keep the best weights.",
+        valid=lambda value: value is None or Range(1, integer=True)(value),
+        expected="None or a patience in epochs >= 1",
+        parse=int,
+        metavar="PATIENCE",
+        cli_help="stop a phase after PATIENCE epochs without a better val_loss",
+    )
+    discriminative_lr: float = option(
+        1.0,
+        help="phase 2's rate for the lowest unfrozen backbone layer is `finetune_lr / "
+        "discriminative_lr`, rising geometrically layer by layer to `finetune_lr` at the top "
+        "and in the head (`keras_ft.training.layer_multipliers`). 1: one rate for all.",
+        valid=Range(1.0),
+        expected="a float >= 1: how many times lower the lowest unfrozen layer's rate is than "
+        "finetune_lr (1: one rate for all)",
+        fix="fastai's slice(lr / 100, lr) is 100.",
+        metavar="RATIO",
+        cli_help="phase 2: the lowest unfrozen layer trains at --finetune-lr / RATIO, rising "
+        "layer by layer to --finetune-lr at the top",
+    )
+    head_augment: bool = option(
+        True,
+        help="False trains phase 1 on the features of the unaugmented training images, "
+        "computed once (`feature_cache`), even when the data augments; phase 2 still sees "
+        "augmented images.",
+        cli_help="phase 1 trains on the unaugmented images' features, computed once; phase 2 "
+        "still augments",
+    )
+    fallback_to_head: bool = option(
+        False,
+        help="after phase 2, restore the phase-1 head's weights if fine-tuning did not lower "
+        "the validation loss (needs a validation split; recorded in `run.json` under "
+        "`decisions`).",
+        cli_help="keep the phase-1 head's weights if fine-tuning does not lower the "
+        "validation loss",
+    )
+    strategy: str = option(
+        "auto",
+        help='how to spread training over devices, with `tf.distribute`: `"auto"` (all local '
+        'GPUs when there are several, else one device), `"none"`, `"mirrored"` (all local '
+        'GPUs), `"multiworker"` (the cluster in `TF_CONFIG`; create the FineTuner before any '
+        'other TensorFlow work) or `"tpu"`. See `keras_ft.distribute`. The data\'s '
+        "`batch_size` is then per replica.",
+        choices=STRATEGIES,
+        fix="'auto' uses all local GPUs when there are several.",
+        cli_help="tf.distribute strategy: auto (all local GPUs if several), none, mirrored, "
+        "multiworker (the cluster in TF_CONFIG) or tpu; --batch-size is then per replica",
+        constructor=True,
+    )
+    lr_scaling: str = option(
+        "none",
+        help="under a strategy with N replicas the global batch is N times the data's "
+        '`batch_size`: `"none"` keeps `head_lr` and `finetune_lr`, `"linear"` multiplies '
+        "both by N.",
+        choices=LR_SCALINGS,
+        expected=f"one of {LR_SCALINGS} ('linear' multiplies the learning rates by the replicas)",
+        cli_help="with N replicas: keep the learning rates (none) or multiply them by N (linear)",
+    )
 
     def __post_init__(self):
-        for name in ("head_epochs", "finetune_epochs"):
-            value = getattr(self, name)
-            check(is_int(value) and value >= 0, name, "an int >= 0", value)
+        validate(self)
         check(
             self.head_epochs + self.finetune_epochs > 0,
             "head_epochs/finetune_epochs",
             "at least one epoch in total",
             0,
         )
-        for name in ("head_lr", "finetune_lr"):
-            value = getattr(self, name)
-            check(
-                (is_number(value) and value > 0) or value == "auto",
-                name,
-                "a float > 0, or 'auto' (a learning-rate range test picks it)",
-                value,
-            )
         check(
-            is_number(self.momentum) and 0.0 <= self.momentum < 1.0,
-            "momentum",
-            "a float in [0, 1)",
-            self.momentum,
-        )
-        check(
-            (is_int(self.unfreeze) and self.unfreeze >= 1)
-            or (isinstance(self.unfreeze, str) and self.unfreeze != ""),
-            "unfreeze",
-            "'all', a layer name such as 'block5_conv1', or a number of top layers >= 1",
-            self.unfreeze,
-        )
-        check(
-            self.class_weight is None
-            or self.class_weight == "balanced"
-            or (
-                isinstance(self.class_weight, dict)
-                and all(is_number(w) and w > 0 for w in self.class_weight.values())
-            ),
-            "class_weight",
-            "None, 'balanced', or a dict mapping class names to positive weights",
-            self.class_weight,
-        )
-        check(
-            is_number(self.label_smoothing) and 0.0 <= self.label_smoothing < 1.0,
-            "label_smoothing",
-            "a float in [0, 1), e.g. 0.1",
-            self.label_smoothing,
-        )
-        check(
-            self.finetune_schedule in SCHEDULES,
-            "finetune_schedule",
-            f"one of {SCHEDULES}",
-            self.finetune_schedule,
-        )
-        check(
-            is_int(self.warmup_epochs) and 0 <= self.warmup_epochs <= self.finetune_epochs,
+            self.warmup_epochs <= self.finetune_epochs,
             "warmup_epochs",
             f"an int from 0 to finetune_epochs ({self.finetune_epochs})",
             self.warmup_epochs,
@@ -259,41 +676,11 @@ class TrainingConfig:
             self.warmup_epochs,
         )
         check(
-            self.early_stopping is None
-            or (is_int(self.early_stopping) and self.early_stopping >= 1),
-            "early_stopping",
-            "None or a patience in epochs >= 1",
-            self.early_stopping,
-        )
-        check(
-            is_number(self.discriminative_lr) and self.discriminative_lr >= 1.0,
-            "discriminative_lr",
-            "a float >= 1: how many times lower the lowest unfrozen layer's rate is than "
-            "finetune_lr (1: one rate for all)",
-            self.discriminative_lr,
-            "fastai's slice(lr / 100, lr) is 100.",
-        )
-        for name in ("head_augment", "fallback_to_head"):
-            check(isinstance(getattr(self, name), bool), name, "True or False", getattr(self, name))
-        check(
             self.head_augment or self.feature_cache,
             "head_augment",
             "True unless feature_cache=True (phase 1 then trains on the features of the "
             "unaugmented images, computed once)",
             self.head_augment,
-        )
-        check(
-            self.strategy in STRATEGIES,
-            "strategy",
-            f"one of {STRATEGIES}",
-            self.strategy,
-            "'auto' uses all local GPUs when there are several.",
-        )
-        check(
-            self.lr_scaling in LR_SCALINGS,
-            "lr_scaling",
-            f"one of {LR_SCALINGS} ('linear' multiplies the learning rates by the replicas)",
-            self.lr_scaling,
         )
         if self.jit_compile and self.deterministic:
             raise KerasFTError(
@@ -301,6 +688,10 @@ class TrainingConfig:
                 "kernels for some ops and fails mid-training. Pass deterministic=False "
                 "(--no-determinism) to use XLA, or leave jit_compile off for bitwise replay."
             )
+
+
+CONSTRUCTOR_OPTIONS = tuple(n for n, o in options_of(TrainingConfig).items() if o.constructor)
+FIT_OPTIONS = tuple(n for n in options_of(TrainingConfig) if n not in CONSTRUCTOR_OPTIONS)
 
 
 def to_dict(config) -> dict:
