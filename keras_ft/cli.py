@@ -10,47 +10,23 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
 import sys
 import traceback
 from pathlib import Path
 
+from keras_ft.config import (
+    DataConfig,
+    ModelConfig,
+    Option,
+    TrainingConfig,
+    options_of,
+    parse_unfreeze,
+    parse_weights,
+)
 
-def _unfreeze(value: str):
-    return int(value) if value.isdigit() else value
-
-
-def _rate(value: str):
-    """A learning rate, or `auto` (a learning-rate range test picks it)."""
-    if value == "auto":
-        return value
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number such as 1e-4 or 'auto', received {value!r}"
-        ) from None
-
-
-def _units(value: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated ints such as 256,128, received {value!r}"
-        ) from None
-
-
-def _class_weight(value: str):
-    if value == "balanced":
-        return value
-    try:
-        pairs = [item.rsplit("=", 1) for item in value.split(",") if item.strip()]
-        return {name.strip(): float(weight) for name, weight in pairs}
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected 'balanced' or CLASS=WEIGHT pairs such as cat=2,dog=1, received {value!r}"
-        ) from None
+CONFIGS = (DataConfig, ModelConfig, TrainingConfig)
 
 
 _PROBE_HELP = (
@@ -65,24 +41,11 @@ def _add_train(commands, name: str = "train", head: str = "dense") -> None:
         p = commands.add_parser(name, help=_PROBE_HELP.split(";")[0], description=_PROBE_HELP)
     else:
         p = commands.add_parser(name, help="fine-tune a backbone on an image folder")
-    _add_run_arguments(p, "run directory to write")
+    _add_run_arguments(p, "run directory to write", exclude=())
     p.add_argument(
         "--resume",
         action="store_true",
         help="finish an interrupted run from its last checkpoint in --output",
-    )
-    p.add_argument(
-        "--strategy",
-        choices=("auto", "none", "mirrored", "multiworker", "tpu"),
-        default="auto",
-        help="tf.distribute strategy: auto (all local GPUs if several), none, mirrored, "
-        "multiworker (the cluster in TF_CONFIG) or tpu; --batch-size is then per replica",
-    )
-    p.add_argument(
-        "--lr-scaling",
-        choices=("none", "linear"),
-        default="none",
-        help="with N replicas: keep the learning rates (none) or multiply them by N (linear)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_signing_key(p, "sign run.json with the key in FILE (default: $KERAS_FT_SIGNING_KEY)")
@@ -98,86 +61,20 @@ _VERIFY_HELP = (
 )
 
 
-def _weights(value: str) -> str | None:
-    """`--weights none` means `weights=None` (random initial weights)."""
-    return None if value.lower() == "none" else value
+# Options `train` alone takes: tune's trials and lr-find's sweep run on one device.
+TRAIN_ONLY = ("strategy", "lr_scaling")
 
 
-def _add_run_arguments(p, output_help: str) -> None:
-    """The data, model and training flags `train` and `tune` share, with --output/--overwrite."""
+def _add_run_arguments(p, output_help: str, exclude=TRAIN_ONLY) -> None:
+    """The flags `train`, `tune` and `lr-find` share: one per config field, and --output."""
     p.add_argument("data_dir", help="training folder: DATA_DIR/<class>/<image>")
     p.add_argument("--output", required=True, help=output_help)
-    p.add_argument("--test-dir", help="held-out folder with the same class sub-folders")
-    p.add_argument("--backbone", default="vgg16", help="see `keras-ft backbones` (default vgg16)")
-    p.add_argument(
-        "--weights", type=_weights, default="imagenet", help="imagenet, none, or a weights path"
-    )
-    p.add_argument("--image-size", type=int, help="input size in px (default: the backbone's)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--validation-split", type=float, default=0.2)
-    p.add_argument("--head-epochs", type=int, default=10)
-    p.add_argument("--finetune-epochs", type=int, default=10)
-    p.add_argument("--head-lr", type=_rate, default=1e-3, help="a rate, or auto (range test)")
-    p.add_argument("--finetune-lr", type=_rate, default=1e-4, help="a rate, or auto")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument(
-        "--unfreeze",
-        type=_unfreeze,
-        default="all",
-        help="all, a layer name to unfreeze from, or a number of top layers",
-    )
-    p.add_argument("--pooling", default="avg", help="avg, max, avgmax or flatten")
-    p.add_argument("--dense-units", type=_units, default=(), help="hidden head layers, e.g. 256")
-    p.add_argument("--dropout", type=float, default=0.2)
-    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    flips = p.add_mutually_exclusive_group()
-    flips.add_argument("--no-flip", action="store_true", help="no horizontal flips (digits, text)")
-    flips.add_argument(
-        "--auto-flip",
-        action="store_true",
-        help="decide after phase 1: flip in phase 2 only if the head classifies mirrored "
-        "validation images about as well as the originals",
-    )
-    p.add_argument("--rotation", type=float, default=0.05, help="fraction of a full turn")
-    p.add_argument("--zoom", type=float, default=0.1)
-    p.add_argument("--contrast", type=float, default=0.1)
-    p.add_argument(
-        "--translation",
-        type=float,
-        default=0.0,
-        help="random shifts up to this fraction of the size (with --zoom: random crops)",
-    )
-    p.add_argument(
-        "--no-feature-cache",
-        action="store_true",
-        help="recompute the frozen backbone every phase-1 epoch (no-augment runs)",
-    )
-    p.add_argument("--skip-bad", action="store_true", help="train on the files that decode")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument(
-        "--no-determinism",
-        action="store_true",
-        help="turn op determinism off (faster on some GPUs, no bitwise replay)",
-    )
-    p.add_argument(
-        "--class-weight",
-        type=_class_weight,
-        help="'balanced' or CLASS=WEIGHT pairs, e.g. cat=2,dog=1",
-    )
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--finetune-schedule", default="constant", help="constant or cosine")
-    p.add_argument(
-        "--warmup-epochs",
-        type=int,
-        default=0,
-        help="with --finetune-schedule cosine: linear warm-up epochs first",
-    )
-    p.add_argument(
-        "--early-stopping",
-        type=int,
-        metavar="PATIENCE",
-        help="stop a phase after PATIENCE epochs without a better val_loss",
-    )
+    seen = set(exclude)
+    for config in CONFIGS:
+        for name, declared in options_of(config).items():
+            if name not in seen and declared.flag != "":
+                _add_option(p, name, declared, config.__dataclass_fields__[name].default)
+                seen.add(name)
     p.add_argument(
         "--recipe",
         choices=("auto",),
@@ -186,40 +83,46 @@ def _add_run_arguments(p, output_help: str) -> None:
         "--discriminative-lr 10); what it set is printed and kept in run.json",
     )
     p.add_argument(
-        "--no-head-augment",
-        action="store_true",
-        help="phase 1 trains on the unaugmented images' features, computed once; phase 2 "
-        "still augments",
-    )
-    p.add_argument(
-        "--fallback-to-head",
-        action="store_true",
-        help="keep the phase-1 head's weights if fine-tuning does not lower the validation loss",
-    )
-    p.add_argument(
-        "--discriminative-lr",
-        type=float,
-        default=1.0,
-        metavar="RATIO",
-        help="phase 2: the lowest unfrozen layer trains at --finetune-lr / RATIO, rising "
-        "layer by layer to --finetune-lr at the top (default 1: one rate)",
-    )
-    p.add_argument(
-        "--mixed-precision",
-        choices=("float16", "bfloat16"),
-        help="half-precision compute (float16 on NVIDIA GPUs)",
-    )
-    p.add_argument(
-        "--jit-compile",
-        action="store_true",
-        help="XLA-compile training steps (needs --no-determinism)",
-    )
-    p.add_argument(
         "--no-tensorboard",
         action="store_true",
         help="write no TensorBoard logs (default: RUN_DIR/logs)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+
+
+def _add_option(p, name: str, declared: Option, default) -> None:
+    """The flag of config field `name`, from its `Option`: it stores into `args.<name>`."""
+    default = default if declared.cli_default == "field" else declared.cli_default
+    text = declared.cli_help or re.sub(r'`"?([^`"]*)"?`', r"\1", declared.help.rstrip("."))
+    text = text.replace("%", "%%")  # argparse formats help with %
+    if declared.switches:  # mutually exclusive flags, one value each
+        group = p.add_mutually_exclusive_group()
+        for flag, value, switch_help in declared.switches:
+            group.add_argument(flag, dest=name, action="store_const", const=value, help=switch_help)
+        p.set_defaults(**{name: default})
+    elif isinstance(default, bool):
+        flag = declared.flag or f"--{'no-' if default else ''}{name.replace('_', '-')}"
+        action = "store_false" if default else "store_true"
+        p.add_argument(flag, dest=name, action=action, help=text)
+    else:
+        if default is not None and "default" not in text:
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            text += f" (default: {shown})" if shown != "" else " (default: none)"
+        choices = [c for c in declared.choices if c is not None] if declared.choices else None
+        p.add_argument(
+            declared.flag or f"--{name.replace('_', '-')}",
+            dest=name,
+            type=declared.parse,
+            choices=choices,
+            default=default,
+            metavar=declared.metavar,
+            help=text,
+        )
+
+
+def _options(args, config) -> dict:
+    """`config`'s fields that the command line set (every field with a flag, given or not)."""
+    return {name: getattr(args, name) for name in options_of(config) if hasattr(args, name)}
 
 
 def _add_tune(commands) -> None:
@@ -251,7 +154,7 @@ def _add_tune(commands) -> None:
         )
     p.add_argument(
         "--unfreeze-choices",
-        type=_unfreeze,
+        type=parse_unfreeze,
         nargs="*",
         metavar="CHOICE",
         help="all, layer names, numbers of top layers (default: the backbone's suggestion, all)",
@@ -293,7 +196,10 @@ def _add_rank(commands) -> None:
         help="registry names; NAME=WEIGHTS (a path or none) overrides --weights for one",
     )
     p.add_argument(
-        "--weights", type=_weights, default="imagenet", help="imagenet, none, or a weights path"
+        "--weights",
+        type=parse_weights,
+        default="imagenet",
+        help="imagenet, none, or a weights path",
     )
     p.add_argument("--image-size", type=int, help="input size in px (default: the backbone's)")
     p.add_argument(
@@ -447,16 +353,11 @@ def lr_find(args) -> int:
             f"'{output}' already exists. Choose another --output, or pass --overwrite."
         )
     spec = get_backbone(args.backbone)
-    tuner = _fine_tuner(args, spec, strategy="none")
+    tuner = _fine_tuner(args, _training(args, strategy="none"))
     data = _image_folder(args, spec)
     result = tuner.lr_find(
         data,
         phase=args.phase,
-        head_epochs=args.head_epochs,
-        head_lr=args.head_lr,
-        momentum=args.momentum,
-        unfreeze=args.unfreeze,
-        discriminative_lr=args.discriminative_lr,
         steps=args.steps,
         start_lr=args.start_lr,
         end_lr=args.end_lr,
@@ -498,60 +399,29 @@ def _quiet_tensorflow() -> None:
         os.close(saved)
 
 
-def _fine_tuner(args, spec, strategy: str, head: str = "dense"):
-    """The `FineTuner` that `train` and `lr-find` build, from the shared model flags."""
+def _fine_tuner(args, training):
+    """The `FineTuner` that `train` and `lr-find` build: the model flags and `training`."""
     from keras_ft import FineTuner
 
-    return FineTuner(
-        spec.name,
-        weights=args.weights,
-        pooling=args.pooling,
-        dense_units=args.dense_units,
-        dropout=args.dropout,
-        seed=args.seed,
-        deterministic=not args.no_determinism,
-        mixed_precision=args.mixed_precision,
-        strategy=strategy,
-        head=head,
-    )
+    return FineTuner.from_configs(_options(args, ModelConfig), training)
+
+
+def _training(args, **fixed):
+    """The training flags (and `fixed` values) as a `TrainingConfig`: all checked at once."""
+    return TrainingConfig(**{**_options(args, TrainingConfig), **fixed})
 
 
 def _image_folder(args, spec):
-    """The `ImageFolder` that `train` and `tune` read, from the shared flags."""
+    """The `ImageFolder` that `train`, `tune` and `lr-find` read, from the data flags."""
     from keras_ft import ImageFolder
 
-    return ImageFolder(
-        args.data_dir,
-        test_dir=args.test_dir,
-        image_size=args.image_size or spec.default_size,
-        batch_size=args.batch_size,
-        validation_split=args.validation_split,
-        seed=args.seed,
-        augment=not args.no_augment,
-        flip="auto" if args.auto_flip else not args.no_flip,
-        rotation=args.rotation,
-        zoom=args.zoom,
-        contrast=args.contrast,
-        translation=args.translation,
-        skip_bad=args.skip_bad,
-        quiet=args.quiet,
-    )
+    options = {**_options(args, DataConfig), "image_size": args.image_size or spec.default_size}
+    return ImageFolder(args.data_dir, **options, quiet=args.quiet)
 
 
-def _fit_options(args) -> dict:
-    """`FineTuner.fit` options shared by `train` and `tune` (not the searched ones)."""
+def _fit_arguments(args) -> dict:
+    """The `FineTuner.fit` arguments that are not training options: how to run, not what."""
     return dict(
-        momentum=args.momentum,
-        feature_cache=not args.no_feature_cache,
-        jit_compile=args.jit_compile,
-        class_weight=args.class_weight,
-        label_smoothing=args.label_smoothing,
-        finetune_schedule=args.finetune_schedule,
-        warmup_epochs=args.warmup_epochs,
-        early_stopping=args.early_stopping,
-        discriminative_lr=args.discriminative_lr,
-        head_augment=not args.no_head_augment,
-        fallback_to_head=args.fallback_to_head,
         recipe=args.recipe,
         tensorboard_dir=None if args.no_tensorboard else "auto",
         verbose=0 if args.quiet else "auto",
@@ -567,19 +437,9 @@ def train(args) -> int:
 
     key = _key(args)  # a bad key file is refused before any training
     spec = get_backbone(args.backbone)
+    training = _training(args)  # every training flag checked before anything runs
     # First: a multi-worker strategy joins its cluster before TensorFlow runs anything.
-    tuner = _fine_tuner(args, spec, args.strategy, head=args.head)
-    fit_options = dict(
-        head_epochs=args.head_epochs,
-        finetune_epochs=args.finetune_epochs,
-        head_lr=args.head_lr,
-        finetune_lr=args.finetune_lr,
-        unfreeze=args.unfreeze,
-        **_fit_options(args),
-        resume=args.resume,
-        lr_scaling=args.lr_scaling,
-    )
-    tuner.check_fit_options(**fit_options)
+    tuner = _fine_tuner(args, training)
     distribution = tuner.distribution
     lock = contextlib.nullcontext()
     if distribution.is_chief or args.resume:  # other workers leave --output alone
@@ -593,7 +453,7 @@ def train(args) -> int:
     with lock:
         image_size = args.image_size or spec.default_size
         tuner.build_backbone(image_size)  # weights first: a failed download stops here
-        tuner.check_unfreeze(image_size, args.unfreeze)
+        tuner.check_unfreeze(image_size, training.unfreeze)
         if distribution.replicas > 1:
             _say(
                 args,
@@ -612,7 +472,7 @@ def train(args) -> int:
         checkpoints = output / "checkpoints"
         if state == "replace" and distribution.is_chief:  # everything checked: now clear
             shutil.rmtree(checkpoints, ignore_errors=True)
-        tuner.fit(data, **fit_options, checkpoint_dir=checkpoints)
+        tuner.fit(data, **_fit_arguments(args), resume=args.resume, checkpoint_dir=checkpoints)
         if not distribution.is_chief:
             print(
                 f"worker {distribution.worker_index} of {distribution.workers} finished; "
@@ -644,22 +504,18 @@ def tune(args) -> int:
     spec = get_backbone(args.backbone)
     with OutputLock(output):
         data = _image_folder(args, spec)
+        # Every model and training flag: fixed for all trials, unless it is searched.
+        options = {**_options(args, ModelConfig), **_options(args, TrainingConfig)}
+        fixed = {k: v for k, v in options.items() if k not in SETTINGS and k != "image_size"}
         result = search(
             data,
             output,
             trials=args.trials,
             search=args.search,
-            seed=args.seed,
             grid_points=args.grid_points,
-            backbone=spec.name,
-            weights=args.weights,
-            pooling=args.pooling,
-            deterministic=not args.no_determinism,
-            mixed_precision=args.mixed_precision,
-            head_epochs=args.head_epochs,
-            finetune_epochs=args.finetune_epochs,
             overwrite=args.overwrite,
-            **_fit_options(args),
+            **{**fixed, "backbone": spec.name},
+            **_fit_arguments(args),
             **searched,
         )
     columns = ("trial", *SETTINGS, "val_accuracy")

@@ -246,46 +246,58 @@ def validate(config) -> None:
             check(declared.valid(value), name, declared.expected, value, declared.fix)
 
 
-def describe(config, names, indent: int = 8) -> str:
-    """Keras-style `Args:` lines for the fields `names` of `config`, for a docstring."""
-    declared = options_of(config)
+def describe(groups, indent: int = 8) -> str:
+    """Keras-style `Args:` lines for `(config, field names)` groups, for a docstring."""
     first, rest = " " * indent, " " * (indent + 4)
     return "\n".join(
         textwrap.fill(
-            f"{name}: {declared[name].help}", 88, initial_indent=first, subsequent_indent=rest
+            f"{name}: {options_of(config)[name].help}",
+            88,
+            initial_indent=first,
+            subsequent_indent=rest,
         )
+        for config, names in groups
         for name in names
     )
 
 
-def _fill_in(doc: str, config, names) -> str:
-    """`doc` with its `{options}` line replaced by the `Args:` lines of `names`."""
-    lines = []
+def document(doc: str, *groups) -> str:
+    """`doc` with its `{options}` line replaced by the `Args:` entries of the groups' fields."""
+    lines, indent = [], 8
     for line in doc.splitlines():
+        if line.strip() == "Args:":  # the entries go one level deeper
+            indent = len(line) - len(line.lstrip()) + 4
         if line.strip() == "{options}":
-            line = describe(config, names, len(line) - len(line.lstrip()))
+            line = describe(groups, indent)
         lines.append(line)
     return "\n".join(lines)
 
 
-def takes_options(config, names, defaults=None):
+def merge_options(given: dict, defaults: dict, where: str) -> dict:
+    """`defaults` updated with `given`; a name not in `defaults` is a `TypeError`, as in Python."""
+    for name in given:
+        if name not in defaults:
+            raise TypeError(f"{where}() got an unexpected keyword argument {name!r}")
+    return {**defaults, **given}
+
+
+def takes_options(*groups, defaults=None):
     """Decorator: a method's `**options` become documented keyword arguments.
 
-    The method keeps one implementation taking `**options`; its signature (for
-    `help()`, `inspect` and IDEs) lists `names`, the fields of `config`, as
-    keyword-only arguments with their defaults, and `{options}` in its docstring
-    becomes their `Args:` lines from the fields' help. A keyword that is neither
-    one of them nor one of the method's own arguments is a `TypeError`, as for
-    any Python function.
+    The method keeps one implementation taking `**options` (it checks them
+    with `merge_options`); its signature (for `help()`, `inspect` and IDEs)
+    lists the fields of each `(config, names)` group as keyword-only arguments
+    with their defaults, and a `{options}` line in its docstring becomes their
+    `Args:` lines, from the fields' help. No wrapper: warnings and tracebacks
+    point at the caller as before.
 
     Args:
-        config: a config dataclass.
-        names: the fields the method takes.
+        *groups: `(config dataclass, field names)` pairs.
         defaults: `{name: default}` where the method's default differs from
             the field's (e.g. `None`: taken from the data).
     """
-    fields = {f.name: f for f in dataclasses.fields(config)}
     defaults = defaults or {}
+    fields = {(config, f.name): f for config, _ in groups for f in dataclasses.fields(config)}
 
     def decorate(method):
         signature = inspect.signature(method)
@@ -294,23 +306,18 @@ def takes_options(config, names, defaults=None):
             inspect.Parameter(
                 name,
                 inspect.Parameter.KEYWORD_ONLY,
-                default=defaults.get(name, fields[name].default),
+                default=defaults.get(name, fields[config, name].default),
             )
+            for config, names in groups
             for name in names
         ]
         positional = [p for p in own if p.kind != p.KEYWORD_ONLY]
         keyword = [p for p in own if p.kind == p.KEYWORD_ONLY]
         full = signature.replace(parameters=[*positional, *added, *keyword])
 
-        def wrapper(*args, **kwargs):
-            full.bind(*args, **kwargs)  # a TypeError names an unknown keyword
-            return method(*args, **kwargs)
-
-        wrapper.__name__, wrapper.__qualname__ = method.__name__, method.__qualname__
-        wrapper.__module__ = method.__module__
-        wrapper.__doc__ = _fill_in(method.__doc__ or "", config, names)
-        wrapper.__signature__ = full
-        return wrapper
+        method.__doc__ = document(method.__doc__ or "", *groups)
+        method.__signature__ = full
+        return method
 
     return decorate
 
@@ -356,7 +363,11 @@ class DataConfig:
         expected="an int",
         cli_help="seeds the split, the augmentation, the initializers and the training",
     )
-    augment: bool = option(True, help="whether training images are augmented.")
+    augment: bool = option(
+        True,
+        help="whether training images are augmented.",
+        cli_help="train without augmentation",
+    )
     flip: bool | str = option(
         True,
         help='random horizontal flips: `True`, `False` (digits, text), or `"auto"`: '
@@ -406,6 +417,7 @@ class DataConfig:
         False,
         help="train on the usable files when some cannot be used (see `keras_ft.scan`), "
         "instead of refusing.",
+        cli_help="train on the files that decode",
     )
 
     def __post_init__(self):
@@ -467,6 +479,7 @@ class ModelConfig:
         True,
         help="batch-normalise the pooled features, so that one learning rate suits backbones "
         "whose features have any scale.",
+        cli_help="feed the pooled features to the head without batch normalisation",
     )
     mixed_precision: str | None = option(
         None,

@@ -20,7 +20,19 @@ import keras
 import tensorflow as tf
 
 from keras_ft.backbones import PREPROCESSING, get_backbone
-from keras_ft.config import ModelConfig, TrainingConfig, check, image_size_pair, to_dict
+from keras_ft.config import (
+    CONSTRUCTOR_OPTIONS,
+    FIT_OPTIONS,
+    ModelConfig,
+    TrainingConfig,
+    check,
+    defaults_of,
+    document,
+    image_size_pair,
+    merge_options,
+    takes_options,
+    to_dict,
+)
 from keras_ft.data import ImageFolder, folder_dataset
 from keras_ft.distribute import LOST_PEER_ERRORS, all_agree, get_distribution, lost_worker
 from keras_ft.errors import KerasFTError
@@ -39,6 +51,18 @@ from keras_ft.training import (
 )
 
 FOLDERS = ("directory", "test_dir")  # where the data is, not what it is
+# ModelConfig fields the constructor takes as keywords (backbone and num_classes come first).
+MODEL_OPTIONS = tuple(n for n in defaults_of(ModelConfig) if n != "backbone")
+# The constructor's keyword options: the model's, and the training options that act on the
+# build (the strategy's scope, the seeding), so they cannot wait for `fit`.
+CONSTRUCTOR_GROUPS = ((ModelConfig, MODEL_OPTIONS), (TrainingConfig, CONSTRUCTOR_OPTIONS))
+FROM_DATA = {"image_size": None}  # the constructor's default: the data's
+
+
+def _defaults(*groups) -> dict:
+    """`{name: default}` of the groups' fields, with the constructor's `FROM_DATA`."""
+    values = {n: defaults_of(config)[n] for config, names in groups for n in names}
+    return {**values, **{k: v for k, v in FROM_DATA.items() if k in values}}
 
 
 def _now() -> str:
@@ -55,36 +79,12 @@ class FineTuner:
         backbone: a registry name (`keras-ft backbones` lists them) or a headless
             `keras.Model` of your own mapping `(H, W, 3)` images to features.
         num_classes: number of classes; `None` takes it from the data.
-        weights: `"imagenet"`, `None` (random init, for tests), or the path of a
-            weights file saved from the same backbone with `include_top=False`.
-        image_size: input size; `None` takes the data's.
-        pooling: `"avg"`, `"max"`, `"avgmax"` (both, concatenated) or
-            `"flatten"` (the classic VGG recipe).
-        dense_units: sizes of optional hidden Dense layers in the head.
-        dropout: dropout rate before the classifier layer.
-        normalize_features: batch-normalise the pooled features, so that one
-            learning rate suits backbones whose features have any scale.
+        {options}
         preprocessing: only for a custom backbone: `"caffe"`, `"tf"`, `"torch"`
             or `"none"`.
-        seed: seeds every initializer, the dropout and the training.
-        deterministic: turn on TensorFlow op determinism (bitwise replay).
-        mixed_precision: `None`, `"float16"` (NVIDIA GPUs) or `"bfloat16"`
-            (TPUs, recent CPUs): compute in half precision, keep variables and
-            the output probabilities in float32.
-        head: `"dense"` (the trained head: normalisation, optional hidden
-            layers, dropout, softmax) or `"linear"`: keep the linear probe
-            as the model. `fit` then trains nothing by gradient: it fits a
-            logistic regression on the frozen features (see
-            `keras_ft.transfer.linear_probe`) and folds it, standardisation
-            included, into one Dense softmax layer; the epoch and learning
-            rate options are ignored. Often the best choice with tens of
-            images per class.
-        strategy: how to spread training over devices, with `tf.distribute`:
-            `"auto"` (all local GPUs when there are several, else one device),
-            `"none"`, `"mirrored"` (all local GPUs), `"multiworker"` (the
-            cluster in `TF_CONFIG`; create the FineTuner before any other
-            TensorFlow work) or `"tpu"`. See `keras_ft.distribute`. The data's
-            `batch_size` is then per replica.
+
+    `FineTuner.from_configs(model_config, training_config)` builds one from
+    the configs a run records (`run.json`'s `"model"` and `"training"`).
 
     Example:
 
@@ -94,25 +94,12 @@ class FineTuner:
     >>> tuner.evaluate(data)["accuracy"]
     """
 
-    def __init__(
-        self,
-        backbone="vgg16",
-        num_classes=None,
-        weights="imagenet",
-        image_size=None,
-        pooling="avg",
-        dense_units=(),
-        dropout=0.2,
-        normalize_features=True,
-        preprocessing=None,
-        seed=42,
-        deterministic=True,
-        mixed_precision=None,
-        strategy="auto",
-        head="dense",
-    ):
-        self.distribution = get_distribution(strategy)
-        self.strategy = strategy
+    @takes_options(*CONSTRUCTOR_GROUPS, defaults=FROM_DATA)
+    def __init__(self, backbone="vgg16", num_classes=None, *, preprocessing=None, **options):
+        options = merge_options(options, _defaults(*CONSTRUCTOR_GROUPS), "FineTuner")
+        for name in CONSTRUCTOR_OPTIONS:  # TrainingConfig's, kept for every fit
+            setattr(self, name, options.pop(name))
+        self.distribution = get_distribution(self.strategy)
         if isinstance(backbone, keras.Model):
             check(
                 preprocessing in PREPROCESSING,
@@ -126,23 +113,15 @@ class FineTuner:
             spec = get_backbone(backbone)
             self._backbone_model, name = None, spec.name
             self.preprocessing = preprocessing or spec.preprocessing
-        if weights is not None and weights != "imagenet":
-            weights = os.fspath(weights)
-        self._model_kwargs = dict(
-            backbone=name,
-            weights=weights,
-            pooling=pooling,
-            dense_units=tuple(dense_units),
-            dropout=dropout,
-            normalize_features=normalize_features,
-            mixed_precision=mixed_precision,
-            seed=seed,
-            head=head,
-        )
+        if options["weights"] is not None and options["weights"] != "imagenet":
+            options["weights"] = os.fspath(options["weights"])
+        image_size = options.pop("image_size")
+        options["dense_units"] = tuple(options["dense_units"])
+        self._model_kwargs = dict(backbone=name, **options)  # ModelConfig's, less the data's
+        self._fit_options = _defaults((TrainingConfig, FIT_OPTIONS))  # from_configs sets them
         self._image_size = None if image_size is None else image_size_pair(image_size)
         self._num_classes = num_classes
-        self.deterministic = deterministic
-        self.seed = seed
+        self.seed = options["seed"]
         self.model: keras.Model | None = None
         self.model_config: ModelConfig | None = None
         self.training_config: TrainingConfig | None = None
@@ -230,26 +209,40 @@ class FineTuner:
                     unknown_layer_message(unfreeze, self._model_kwargs["backbone"], names)
                 )
 
+    @classmethod
+    def from_configs(cls, model, training=None, preprocessing=None) -> FineTuner:
+        """A `FineTuner` built from a `ModelConfig` whose `fit` trains per a `TrainingConfig`.
+
+        `run.json` records these two configs; `keras-ft train`, `tune`'s trials
+        and `reproduce` all build their `FineTuner` this way.
+
+        Args:
+            model: a `ModelConfig`, or a dict of some of its fields (the others
+                take the constructor's defaults; `num_classes` and
+                `image_size` left out or `None` are taken from the data).
+            training: a `TrainingConfig` (or a dict of its fields, checked at
+                once): `deterministic` and `strategy` go to the constructor, the
+                other fields become `fit`'s defaults. `None`: the defaults.
+            preprocessing: as for the constructor (only for a custom backbone).
+        """
+        if dataclasses.is_dataclass(model):
+            model = to_dict(model)
+        if not isinstance(training, TrainingConfig):
+            training = TrainingConfig(**(training or {}))
+        values = to_dict(training)
+        tuner = cls(
+            **model,
+            **{name: values[name] for name in CONSTRUCTOR_OPTIONS},
+            preprocessing=preprocessing,
+        )
+        tuner._fit_options = {name: values[name] for name in FIT_OPTIONS}
+        return tuner
+
+    @takes_options((TrainingConfig, FIT_OPTIONS))
     def fit(
         self,
         data: ImageFolder,
-        head_epochs=10,
-        finetune_epochs=10,
-        head_lr=1e-3,
-        finetune_lr=1e-4,
-        momentum=0.9,
-        unfreeze="all",
-        feature_cache=True,
-        jit_compile=False,
-        class_weight=None,
-        label_smoothing=0.0,
-        finetune_schedule="constant",
-        warmup_epochs=0,
-        early_stopping=None,
-        discriminative_lr=1.0,
-        head_augment=True,
-        fallback_to_head=False,
-        lr_scaling="none",
+        *,
         recipe=None,
         callbacks=(),
         verbose="auto",
@@ -257,49 +250,17 @@ class FineTuner:
         checkpoint_dir=None,
         resume=False,
         tensorboard_dir="auto",
+        **options,
     ) -> TrainingHistory:
         """Train on `data` in two phases, then evaluate on its test split if it has one.
 
+        The training options (`head_epochs` to `lr_scaling`) are the fields of
+        `keras_ft.config.TrainingConfig`; one left out takes its value in the
+        `TrainingConfig` given to `from_configs`, else the default shown.
+
         Args:
             data: an `ImageFolder`.
-            head_epochs: phase 1 epochs (frozen backbone, Adam at `head_lr`).
-            finetune_epochs: phase 2 epochs (SGD at `finetune_lr` with `momentum`).
-            head_lr: phase 1 learning rate, or `"auto"`: a learning-rate range
-                test (`lr_find`) before phase 1 picks it.
-            finetune_lr: phase 2 learning rate, or `"auto"`: a range test after
-                phase 1 picks it. Found rates are printed and kept in
-                `run.json` under `"decisions"`; `reproduce` replays them.
-            momentum: phase 2 SGD momentum.
-            unfreeze: `"all"`, a backbone layer name to unfreeze from (e.g.
-                `"block5_conv1"`), or the number of top backbone layers.
-            feature_cache: without augmentation, compute the frozen backbone's
-                features once and train phase 1's head on them (much faster,
-                same result up to float rounding).
-            jit_compile: compile training steps with XLA (faster on GPUs); needs
-                `deterministic=False`.
-            class_weight: `None`, `"balanced"` (scikit-learn's rule: rarer classes
-                weigh more), or `{class name: weight}` (unnamed classes weigh 1).
-            label_smoothing: e.g. 0.1: targets of 0.9 and 0.1 / (classes - 1)
-                rather than 1 and 0.
-            finetune_schedule: phase 2 learning rate: `"constant"`, or `"cosine"`
-                decay to 0 over the phase.
-            warmup_epochs: with `"cosine"`, epochs of linear warm-up from 0 to
-                `finetune_lr` first.
-            early_stopping: patience in epochs: stop a phase when the validation
-                loss has not improved for that long, and keep the best weights.
-            discriminative_lr: phase 2's rate for the lowest unfrozen backbone
-                layer is `finetune_lr / discriminative_lr`, rising geometrically
-                layer by layer to `finetune_lr` at the top and in the head
-                (`keras_ft.training.layer_multipliers`). 1: one rate for all.
-            head_augment: False trains phase 1 on the features of the
-                unaugmented training images, computed once (`feature_cache`),
-                even when the data augments; phase 2 still sees augmented images.
-            fallback_to_head: after phase 2, restore the phase-1 head's weights
-                if fine-tuning did not lower the validation loss (needs a
-                validation split; recorded in `run.json` under `decisions`).
-            lr_scaling: under a strategy with N replicas the global batch is N
-                times the data's `batch_size`: `"none"` keeps `head_lr` and
-                `finetune_lr`, `"linear"` multiplies both by N.
+        {options}
             recipe: `None`, or `"auto"`: settings that adapt to the data for
                 every option left at its default (`keras_ft.recipe.AutoRecipe`:
                 phase 2 runs until the validation loss stalls, within a budget
@@ -331,25 +292,7 @@ class FineTuner:
                 f"`fit` expects an ImageFolder, received {type(data).__name__}. "
                 "Wrap your folder: keras_ft.ImageFolder('path/to/train')."
             )
-        options = dict(
-            head_epochs=head_epochs,
-            finetune_epochs=finetune_epochs,
-            head_lr=head_lr,
-            finetune_lr=finetune_lr,
-            momentum=momentum,
-            unfreeze=unfreeze,
-            feature_cache=feature_cache,
-            jit_compile=jit_compile,
-            class_weight=class_weight,
-            label_smoothing=label_smoothing,
-            finetune_schedule=finetune_schedule,
-            warmup_epochs=warmup_epochs,
-            early_stopping=early_stopping,
-            discriminative_lr=discriminative_lr,
-            head_augment=head_augment,
-            fallback_to_head=fallback_to_head,
-            lr_scaling=lr_scaling,
-        )
+        options = merge_options(options, self._fit_options, "FineTuner.fit")
         options, data, applied = apply_recipe(recipe, options, data)
         if applied and resume and options["early_stopping"]:
             raise KerasFTError(
@@ -360,9 +303,7 @@ class FineTuner:
         if applied and verbose != 0:
             settings = ", ".join(f"{key}={value!r}" for key, value in applied.items())
             print(f"recipe={recipe!r}: {settings}")
-        self.training_config = TrainingConfig(
-            **options, deterministic=self.deterministic, strategy=self.strategy
-        )
+        self.training_config = self._training_config(options)
         if self.model is None:
             self.build(data.image_size, data.num_classes)
         self._data, self.data_config, self.class_names = data, data.config, data.class_names
@@ -423,19 +364,17 @@ class FineTuner:
             self.record["linear_probe"] = compare_with_probe(probe, self.history)
         return self.history
 
+    @takes_options((TrainingConfig, FIT_OPTIONS))
     def lr_find(
         self,
         data: ImageFolder,
         phase="head",
-        head_epochs=10,
-        head_lr=1e-3,
-        momentum=0.9,
-        unfreeze="all",
-        discriminative_lr=1.0,
+        *,
         steps=200,
         start_lr=1e-7,
         end_lr=10.0,
         verbose="auto",
+        **options,
     ):
         """Learning-rate range test (Smith 2015, fastai's `lr_find`) for one phase.
 
@@ -443,6 +382,17 @@ class FineTuner:
         exponentially from `start_lr` to `end_lr`, then restores the weights.
         For `phase="finetune"` the head is trained first (phase 1: `head_epochs`
         at `head_lr`), as `fit` would, and the backbone unfrozen per `unfreeze`.
+        The sweep compiles as `fit` would (`momentum`, `discriminative_lr`,
+        `label_smoothing` ...), with the swept rate in place of the phase's.
+
+        Args:
+            data: an `ImageFolder`.
+            phase: `"head"` or `"finetune"`.
+            steps: at most this many batches.
+            start_lr: the first step's learning rate.
+            end_lr: the last step's (the sweep stops sooner once the loss diverges).
+            verbose: Keras verbosity of phase 1 (`"finetune"`).
+        {options}
 
         Returns:
             A `keras_ft.lr_find.LRFinderResult`: the losses, the `suggestion`
@@ -452,24 +402,23 @@ class FineTuner:
         from keras_ft.lr_find import sweep
 
         check(phase in PHASES, "phase", f"one of {PHASES}", phase)
-        if phase == "finetune" and head_epochs:
+        options = merge_options(options, self._fit_options, "FineTuner.lr_find")
+        config = self._training_config(options)  # every option checked before any training
+        if phase == "finetune" and config.head_epochs:
             self.fit(
                 data,
-                head_epochs=head_epochs,
-                finetune_epochs=0,
-                head_lr=head_lr,
+                **{  # phase 1 alone, with the other options at their defaults
+                    **_defaults((TrainingConfig, FIT_OPTIONS)),
+                    "head_epochs": config.head_epochs,
+                    "finetune_epochs": 0,
+                    "head_lr": config.head_lr,
+                },
                 verbose=verbose,
                 evaluate=False,
                 tensorboard_dir=None,
             )
         elif self.model is None:
             self.build(data.image_size, data.num_classes)
-        config = TrainingConfig(
-            momentum=momentum,
-            unfreeze=unfreeze,
-            discriminative_lr=discriminative_lr,
-            deterministic=self.deterministic,
-        )
         seed_everything(self.seed, self.deterministic)
         with self.distribution.strategy.scope():
             return sweep(self.model, data, phase, config, start_lr, end_lr, steps)
@@ -519,19 +468,9 @@ class FineTuner:
         probe["seconds"] = round(time.perf_counter() - clock, 3)
         return features, probe
 
-    def check_fit_options(self, **options) -> TrainingConfig:
-        """Check `fit`'s training options without training: the command line does it first.
-
-        Args:
-            **options: keyword arguments of `fit`; those that are not training
-                settings (`callbacks`, `verbose`, `checkpoint_dir`, ...) are ignored.
-
-        Returns:
-            The `TrainingConfig` they make.
-        """
-        own = {"deterministic": self.deterministic, "strategy": self.strategy}
-        names = {f.name for f in dataclasses.fields(TrainingConfig)} - set(own)
-        return TrainingConfig(**{k: v for k, v in options.items() if k in names}, **own)
+    def _training_config(self, options: dict) -> TrainingConfig:
+        """The `TrainingConfig` of `fit`'s options and the constructor's training options."""
+        return TrainingConfig(**options, **{n: getattr(self, n) for n in CONSTRUCTOR_OPTIONS})
 
     def _log_dir(self, tensorboard_dir, checkpoint_dir, resume: bool) -> str | None:
         """Where this fit's TensorBoard logs go (see `fit`'s `tensorboard_dir`)."""
@@ -640,6 +579,9 @@ class FineTuner:
     def _require_model(self) -> None:
         if self.model is None or self.class_names is None:
             raise KerasFTError("This FineTuner has not been trained yet. Call `fit(data)` first.")
+
+
+FineTuner.__doc__ = document(FineTuner.__doc__, *CONSTRUCTOR_GROUPS)
 
 
 def _check_in_scope(backbone: keras.Model, distribution) -> None:

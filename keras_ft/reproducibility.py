@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import platform
@@ -163,32 +164,14 @@ def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto", signing
             )
     values = {**to_dict(data_config), "directory": data_dir, "test_dir": test_dir}
     data = ImageFolder(**values)
-    tuner = FineTuner(
-        model_config.backbone,
-        weights=model_config.weights,
-        pooling=model_config.pooling,
-        dense_units=model_config.dense_units,
-        dropout=model_config.dropout,
-        normalize_features=model_config.normalize_features,
-        seed=record["seed"],
-        deterministic=training.deterministic,
-        mixed_precision=model_config.mixed_precision,
-        strategy=training.strategy,
-        head=model_config.head,
-    )
+    for name in ("head_lr", "finetune_lr"):  # the rates the range test found, not a new test
+        if getattr(training, name) == "auto" and name in record.get("decisions", {}):
+            training = dataclasses.replace(
+                training, **{name: record["decisions"][name]["suggestion"]}
+            )
+    tuner = FineTuner.from_configs(model_config, training)
     with tempfile.TemporaryDirectory() as scratch:
-        constructor = ("deterministic", "strategy")
-        fit_options = {k: v for k, v in to_dict(training).items() if k not in constructor}
-        for name in ("head_lr", "finetune_lr"):  # the rates the range test found, not a new test
-            if fit_options[name] == "auto" and name in record.get("decisions", {}):
-                fit_options[name] = record["decisions"][name]["suggestion"]
-        tuner.fit(
-            data,
-            **fit_options,
-            verbose=verbose,
-            evaluate=False,
-            checkpoint_dir=f"{scratch}/checkpoints",
-        )
+        tuner.fit(data, verbose=verbose, evaluate=False, checkpoint_dir=f"{scratch}/checkpoints")
     reproduced = weights_sha256(tuner.model)
     now, then = environment(), record.get("environment", {})
     return {

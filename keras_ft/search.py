@@ -32,7 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keras_ft.backbones import get_backbone
-from keras_ft.config import check, is_int, is_number
+from keras_ft.config import (
+    ModelConfig,
+    TrainingConfig,
+    check,
+    is_int,
+    is_number,
+    options_of,
+    to_dict,
+)
 from keras_ft.data import ImageFolder
 from keras_ft.errors import KerasFTError
 from keras_ft.finetuner import FineTuner
@@ -52,8 +60,11 @@ FLAGS = {
     "dense_units": ("--dense-units", "--dense-units-choices UNITS [UNITS ...]"),
     "augment_strength": (None, "--augment-range LOW HIGH"),
 }
-# FineTuner.fit arguments that tune sets itself (searched, or decided per trial).
-_OWN_FIT_ARGUMENTS = ("data", "head_lr", "finetune_lr", "unfreeze", "verbose", "evaluate")
+# FineTuner and fit arguments that tune sets itself (searched, or decided per trial).
+_OWN_ARGUMENTS = (
+    *SETTINGS,
+    *("self", "data", "backbone", "num_classes", "seed", "preprocessing", "verbose", "evaluate"),
+)
 _REFUSED_FIT_ARGUMENTS = ("checkpoint_dir", "resume")
 
 
@@ -283,22 +294,35 @@ def _oracle(keras_tuner, search: str, trials: int, seed: int, hp):
     )
 
 
-def _fit_arguments(fit_options: dict) -> dict:
-    """Check the extra `FineTuner.fit` arguments `tune` passes through to every trial."""
-    accepted = set(inspect.signature(FineTuner.fit).parameters) - {"self"}
-    for name in fit_options:
+def _split_options(options: dict) -> tuple[dict, dict, dict]:
+    """Check the arguments `tune` passes to every trial; split them by where they go.
+
+    Returns:
+        `(model, training, fit)`: `ModelConfig` fields, `TrainingConfig` fields,
+        and the other `FineTuner.fit` arguments (`recipe`, `callbacks`, ...).
+    """
+    accepted = {
+        *inspect.signature(FineTuner).parameters,
+        *inspect.signature(FineTuner.fit).parameters,
+    } - set(_OWN_ARGUMENTS)
+    for name in options:
         if name in _REFUSED_FIT_ARGUMENTS:
             raise KerasFTError(
                 f"`tune` does not take `{name}`: trials are not checkpointed. "
                 "Run `keras-ft train` with the best settings to train with checkpoints."
             )
-        if name not in accepted or name in _OWN_FIT_ARGUMENTS:
-            allowed = sorted(accepted - set(_OWN_FIT_ARGUMENTS) - set(_REFUSED_FIT_ARGUMENTS))
+        if name not in accepted:
+            allowed = sorted(accepted - set(_REFUSED_FIT_ARGUMENTS))
             raise KerasFTError(
                 f"`tune` received an unknown argument `{name}`. It passes these on to "
-                f"FineTuner.fit: {', '.join(allowed)}."
+                f"FineTuner and FineTuner.fit: {', '.join(allowed)}."
             )
-    return fit_options
+    model, training = options_of(ModelConfig), options_of(TrainingConfig)
+    return (
+        {k: v for k, v in options.items() if k in model},
+        {k: v for k, v in options.items() if k in training},
+        {k: v for k, v in options.items() if k not in model and k not in training},
+    )
 
 
 def _unfreeze_value(value):
@@ -422,16 +446,9 @@ def tune(
     augment_strength=None,
     grid_points=3,
     backbone="vgg16",
-    weights="imagenet",
-    pooling="avg",
-    normalize_features=True,
-    deterministic=True,
-    mixed_precision=None,
-    head_epochs=10,
-    finetune_epochs=10,
     overwrite=False,
     verbose="auto",
-    **fit_options,
+    **options,
 ) -> SearchResult:
     """Search fine-tuning settings with KerasTuner; save the best model as a run directory.
 
@@ -471,19 +488,15 @@ def tune(
             learning rates).
         backbone: a registry name (`keras-ft backbones`); each trial builds it
             afresh.
-        weights: `"imagenet"`, `None` or a weights file, as for `FineTuner`.
-        pooling: as for `FineTuner`.
-        normalize_features: as for `FineTuner`.
-        deterministic: op determinism, as for `FineTuner`: the same seed then
-            gives the same trials and scores.
-        mixed_precision: as for `FineTuner`.
-        head_epochs: phase 1 epochs of every trial.
-        finetune_epochs: phase 2 epochs of every trial.
         overwrite: replace an existing `output`.
         verbose: 0 for silence; otherwise KerasTuner's trial summaries and
             Keras progress.
-        **fit_options: further `FineTuner.fit` arguments, the same for every
-            trial (`momentum`, `feature_cache`, `callbacks`, ...).
+        **options: the same for every trial: any other `FineTuner` argument
+            (`weights`, `pooling`, `deterministic`: the same seed then gives
+            the same trials and scores, ...) and any `FineTuner.fit` argument
+            (`head_epochs`, `finetune_epochs`, `momentum`, `callbacks`, ...).
+            Each trial's `FineTuner` is `FineTuner.from_configs` of these
+            configs with the trial's settings replaced.
 
     Returns:
         A `SearchResult`: the trial rows, the best row, the best run directory
@@ -516,7 +529,8 @@ def tune(
         (0.0, 2.0) if augment_strength is None else augment_strength,
     )
     check(is_int(seed), "seed", "an int", seed)
-    fit_options = _fit_arguments(fit_options)
+    model_options, training_options, fit_arguments = _split_options(options)
+    training = TrainingConfig(**training_options)  # checked before any image is read
     keras_tuner = _import_keras_tuner()
     check_output(output, (), overwrite)
     if not isinstance(data, ImageFolder):
@@ -542,17 +556,16 @@ def tune(
         _check_strength(data, space["augment_strength"])
     _check_layer_names(space, spec, data.image_size)
 
+    model = ModelConfig(
+        **{"num_classes": data.num_classes, "image_size": data.image_size, **model_options},
+        backbone=spec.name,
+        seed=seed,
+    )
     output = _prepare_output(output, overwrite, data)
     fixed = {
-        "backbone": spec.name,
-        "weights": weights,
-        "pooling": pooling,
-        "normalize_features": normalize_features,
-        "deterministic": deterministic,
-        "mixed_precision": mixed_precision,
-        "head_epochs": head_epochs,
-        "finetune_epochs": finetune_epochs,
-        **{k: v for k, v in fit_options.items() if k != "callbacks"},
+        k: v
+        for k, v in {**to_dict(model), **to_dict(training), **fit_arguments}.items()
+        if k not in SETTINGS and k not in ("num_classes", "callbacks")
     }
     rows: list[dict] = []
     pending: dict[str, dict] = {}
@@ -564,33 +577,23 @@ def tune(
         settings["unfreeze"] = _unfreeze_value(settings["unfreeze"])
         started = time.perf_counter()
         strength = float(settings["augment_strength"])
-        options = _data_options(data, strength)
-        same = options == _data_options(data, 1.0) or not data.config.augment
-        trial_data = data if same else ImageFolder(**options, quiet=True)
+        data_options = _data_options(data, strength)
+        same = data_options == _data_options(data, 1.0) or not data.config.augment
+        trial_data = data if same else ImageFolder(**data_options, quiet=True)
         width = int(settings["dense_units"])
-        model = FineTuner(
-            spec.name,
-            weights=weights,
-            pooling=pooling,
-            dense_units=(width,) if width else (),
-            dropout=float(settings["dropout"]),
-            normalize_features=normalize_features,
-            seed=seed,
-            deterministic=deterministic,
-            mixed_precision=mixed_precision,
+        candidate = FineTuner.from_configs(
+            dataclasses.replace(
+                model, dropout=float(settings["dropout"]), dense_units=(width,) if width else ()
+            ),
+            dataclasses.replace(
+                training,
+                head_lr=float(settings["head_lr"]),
+                finetune_lr=float(settings["finetune_lr"]),
+                unfreeze=settings["unfreeze"],
+            ),
         )
-        model.fit(
-            trial_data,
-            head_epochs=head_epochs,
-            finetune_epochs=finetune_epochs,
-            head_lr=float(settings["head_lr"]),
-            finetune_lr=float(settings["finetune_lr"]),
-            unfreeze=settings["unfreeze"],
-            verbose=verbose,
-            evaluate=False,
-            **fit_options,
-        )
-        scores = model.evaluate(trial_data.validation)
+        candidate.fit(trial_data, verbose=verbose, evaluate=False, **fit_arguments)
+        scores = candidate.evaluate(trial_data.validation)
         row = {
             "trial": int(trial.trial_id) + 1,
             **settings,
@@ -600,9 +603,9 @@ def tune(
         }
         pending[trial.trial_id] = row
         if _better(row, kept["row"]):
-            kept.update(row=row, tuner=model, data=trial_data)
+            kept.update(row=row, tuner=candidate, data=trial_data)
         else:
-            del model, trial_data
+            del candidate, trial_data
             gc.collect()
         return {OBJECTIVE: row[OBJECTIVE], "val_loss": row["val_loss"]}
 

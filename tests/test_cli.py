@@ -295,3 +295,54 @@ def test_training_options_reach_the_run_record(tmp_path, capsys):
 def test_bad_class_weight_is_a_usage_error(tmp_path):
     result = run_cli("train", tmp_path, "--output", tmp_path / "run", "--class-weight", "cat=x")
     assert result.returncode == 2 and "CLASS=WEIGHT pairs" in result.stderr
+
+
+# Every flag `train` had before its flags were generated from the configs: scripts use them.
+TRAIN_FLAGS = (
+    "--output --test-dir --backbone --weights --image-size --batch-size --validation-split "
+    "--head-epochs --finetune-epochs --head-lr --finetune-lr --momentum --unfreeze --pooling "
+    "--dense-units --dropout --no-augment --no-flip --auto-flip --rotation --zoom --contrast "
+    "--translation --no-feature-cache --skip-bad --seed --no-determinism --class-weight "
+    "--label-smoothing --finetune-schedule --warmup-epochs --early-stopping --recipe "
+    "--no-head-augment --fallback-to-head --discriminative-lr --mixed-precision --jit-compile "
+    "--no-tensorboard --overwrite --resume --strategy --lr-scaling --quiet --signing-key-file"
+).split()
+
+
+def test_train_flags_come_from_the_config_fields_with_their_help_and_defaults(capsys):
+    from keras_ft.cli import build_parser
+    from keras_ft.config import DataConfig, ModelConfig, TrainingConfig, defaults_of, options_of
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag in TRAIN_FLAGS:
+        assert f"{flag} " in text, flag
+    assert "phase 2 SGD momentum (default: 0.9)" in text  # the field's help, its default
+    args = build_parser().parse_args(["train", "d", "--output", "o"])
+    for config in (DataConfig, ModelConfig, TrainingConfig):
+        for name, declared in options_of(config).items():
+            if declared.flag != "" and declared.cli_default == "field":
+                assert getattr(args, name) == defaults_of(config)[name], name
+    assert args.image_size is None  # the backbone's default size
+
+
+def test_each_flag_sets_its_field():
+    from keras_ft.cli import _options, _training, build_parser
+    from keras_ft.config import DataConfig, ModelConfig
+
+    given = (
+        "--no-determinism --auto-flip --unfreeze 4 --head-lr auto --dense-units 256,128 "
+        "--weights none --no-feature-cache --early-stopping 2 --strategy none --no-augment"
+    )
+    args = build_parser().parse_args(["train", "d", "--output", "o", *given.split()])
+    training = _training(args)
+    assert (training.deterministic, training.unfreeze, training.head_lr) == (False, 4, "auto")
+    assert (training.feature_cache, training.early_stopping) == (False, 2)
+    assert training.strategy == "none"
+    data = _options(args, DataConfig)
+    assert (data["flip"], data["augment"]) == ("auto", False)
+    model = _options(args, ModelConfig)
+    assert (model["dense_units"], model["weights"], model["head"]) == ((256, 128), None, "dense")
+    probe = build_parser().parse_args(["probe", "d", "--output", "o"])
+    assert _options(probe, ModelConfig)["head"] == "linear"

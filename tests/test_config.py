@@ -8,11 +8,15 @@ import json
 import pytest
 
 from keras_ft.config import (
+    CONSTRUCTOR_OPTIONS,
+    FIT_OPTIONS,
     DataConfig,
     ModelConfig,
+    Range,
     TrainingConfig,
     from_dict,
     image_size_pair,
+    options_of,
     to_dict,
 )
 from keras_ft.errors import KerasFTError
@@ -313,3 +317,41 @@ def test_training_options_round_trip_through_json():
         early_stopping=3,
     )
     assert from_dict(TrainingConfig, json.loads(json.dumps(to_dict(config)))) == config
+
+
+# ------------------------------------------------------------ the options table
+
+
+@pytest.mark.parametrize("cls", [DataConfig, ModelConfig, TrainingConfig])
+def test_every_field_declares_its_help_and_check(cls):
+    for name, declared in options_of(cls).items():
+        assert declared.help.strip(), name
+        assert (declared.valid is None) == (declared.expected == ""), name
+
+
+def test_a_field_is_checked_from_its_declared_option():
+    declared = options_of(TrainingConfig)["momentum"]
+    assert isinstance(declared.valid, Range) and str(declared.valid) == "a float in [0, 1)"
+    with pytest.raises(KerasFTError) as error:
+        TrainingConfig(momentum=1.0)
+    assert str(error.value) == "Invalid `momentum`: expected a float in [0, 1), received 1.0."
+
+
+@pytest.mark.parametrize(
+    ("constraint", "inside", "outside", "words"),
+    [
+        (Range(1, integer=True), [1, 7], [0, 1.0, True, "2"], "an int >= 1"),
+        (Range(0.0, 1.0, closed="left"), [0, 0.5], [1.0, -0.1, float("nan")], "a float in [0, 1)"),
+        (Range(0.0, closed="neither"), [1e-9], [0.0, "auto"], "a float > 0"),
+        (Range(integer=True), [-3, 0], [0.5, "42"], "an int"),
+    ],
+)
+def test_range_checks_and_says_what_it_allows(constraint, inside, outside, words):
+    assert all(constraint(v) for v in inside)
+    assert not any(constraint(v) for v in outside)
+    assert str(constraint) == words
+
+
+def test_only_deterministic_and_strategy_act_before_fit():
+    assert CONSTRUCTOR_OPTIONS == ("deterministic", "strategy")
+    assert set(FIT_OPTIONS) | set(CONSTRUCTOR_OPTIONS) == set(options_of(TrainingConfig))
