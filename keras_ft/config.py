@@ -548,6 +548,15 @@ class TrainingConfig:
     momentum: float = option(
         0.9, help="phase 2 SGD momentum.", valid=Range(0.0, 1.0, closed="left")
     )
+    weight_decay: float = option(
+        0.0,
+        help="phase 2 decoupled weight decay (Keras's SGD `weight_decay`): each step shrinks "
+        "every trained weight by `weight_decay` times the step's learning rate, before the "
+        "gradient step (not scaled by `discriminative_lr`). About PyTorch's SGD "
+        "`weight_decay`, e.g. 1e-4; 0: none.",
+        valid=Range(0.0),
+        expected="a float >= 0, e.g. 1e-4 (0: no weight decay)",
+    )
     unfreeze: str | int = option(
         "all",
         help='`"all"`, a backbone layer name to unfreeze from (e.g. `"block5_conv1"`), or the '

@@ -178,11 +178,15 @@ def compile_for_phase(
         optimizer = keras.optimizers.Adam(learning_rate=learning_rate or config.head_lr)
     else:
         rate = learning_rate or finetune_learning_rate(config, steps_per_epoch)
+        sgd = dict(
+            learning_rate=rate,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay or None,  # None: Keras skips the decay step
+        )
         if config.discriminative_lr > 1.0:
-            multipliers = layer_multipliers(model, config.discriminative_lr)
-            optimizer = LayerwiseSGD(multipliers, learning_rate=rate, momentum=config.momentum)
+            optimizer = LayerwiseSGD(layer_multipliers(model, config.discriminative_lr), **sgd)
         else:
-            optimizer = keras.optimizers.SGD(learning_rate=rate, momentum=config.momentum)
+            optimizer = keras.optimizers.SGD(**sgd)
     if config.label_smoothing:
         loss = SparseSmoothedCrossentropy(config.label_smoothing)
     else:

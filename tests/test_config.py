@@ -301,6 +301,8 @@ def test_from_dict_validates():
         ),
         ({"warmup_epochs": 1}, "warmup_epochs"),
         ({"early_stopping": 0}, "early_stopping"),
+        ({"weight_decay": -1e-4}, "weight_decay"),
+        ({"weight_decay": "1e-4"}, "weight_decay"),
     ],
 )
 def test_training_options_are_checked(values, argument):

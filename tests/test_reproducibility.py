@@ -100,11 +100,12 @@ def test_reproduce_stops_on_changed_data_and_lists_files(hashes, tmp_path, capsy
     assert "removed: 3/gone.png" in err
 
 
-def test_reproduce_replays_the_adaptive_recipe_and_found_learning_rates(tmp_path, capsys):
+def test_reproduce_replays_the_recipe_found_learning_rates_and_weight_decay(tmp_path, capsys):
     from conftest import DIGITS
 
     output = tmp_path / "run"
     options = "--recipe auto --head-lr auto --finetune-lr auto --head-epochs 2 --finetune-epochs 2"
+    options += " --weight-decay 0.01"  # any decay changes the weights: reproduce must carry it
     result = run_cli(
         "train", DIGITS / "train", *TINY_TRAIN, *options.split(), "--seed", "3", "--output", output
     )
@@ -113,6 +114,7 @@ def test_reproduce_replays_the_adaptive_recipe_and_found_learning_rates(tmp_path
     assert record["data"]["flip"] == "auto" and record["data"]["translation"] == 0.1
     assert record["training"]["discriminative_lr"] == 10.0
     assert record["training"]["head_lr"] == record["training"]["finetune_lr"] == "auto"
+    assert record["training"]["weight_decay"] == 0.01
     assert {"flip", "head_lr", "finetune_lr"} <= set(record["decisions"])
     code = main(["reproduce", str(output), "--quiet"])
     out = capsys.readouterr().out

@@ -55,7 +55,8 @@ def search(folders, tmp_path_factory):
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(
             ["tune", str(train), "--test-dir", str(test), *FAST, "--trials", "2"]
-            + ["--head-lr-range", "1e-4", "1e-2", "--output", str(output), "--quiet"]
+            + ["--head-lr-range", "1e-4", "1e-2", "--weight-decay", "0.001"]
+            + ["--output", str(output), "--quiet"]
         )
     return code, out.getvalue(), err.getvalue(), output
 
@@ -84,6 +85,7 @@ def test_search_records_every_trial_and_keeps_the_best(search):
     assert summary["search"] == "random" and summary["trials_run"] == 2
     assert summary["space"]["head_lr"] == {"type": "log_range", "low": 1e-4, "high": 1e-2}
     assert summary["best"]["trial"] == best[0]["trial"] and summary["best"]["run_dir"] == "best"
+    assert summary["fixed"]["weight_decay"] == 0.001 and summary["fixed"]["momentum"] == 0.9
     assert "<- best" in stdout and f"best run directory: {output / 'best'}" in stdout
     # KerasTuner's own files went to a temporary folder, now removed.
     assert sorted(p.name for p in output.iterdir()) == [
@@ -98,6 +100,7 @@ def test_search_records_every_trial_and_keeps_the_best(search):
     assert record["training"]["head_lr"] == best[0]["head_lr"]
     assert record["training"]["unfreeze"] == best[0]["unfreeze"]
     assert record["model"]["dropout"] == best[0]["dropout"]
+    assert record["training"]["weight_decay"] == 0.001  # a fixed training flag, in every trial
     assert record["data"]["rotation"] == pytest.approx(0.05 * best[0]["augment_strength"])
 
 
@@ -127,6 +130,7 @@ def test_same_seed_gives_the_same_trials_and_scores(search, folders, tmp_path):
         weights=None,
         head_epochs=1,
         finetune_epochs=1,
+        weight_decay=0.001,
         verbose=0,
     )
     first = json.loads((output / "trials.json").read_text())

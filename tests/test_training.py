@@ -447,3 +447,27 @@ def test_discriminative_lr_spaces_rates_by_depth_and_replays_bitwise(split_folde
     assert layer_multipliers(tuner.model, 100.0) == optimizer.multipliers
     for first, second in zip(*runs, strict=True):
         np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.5])
+def test_weight_decay_shrinks_phase_2_weights_by_decay_times_rate(weight_decay):
+    from keras_ft.training import compile_for_phase
+
+    def model():
+        init = keras.initializers.GlorotUniform(seed=2)
+        inputs = keras.Input((4,))
+        outputs = keras.layers.Dense(3, "softmax", kernel_initializer=init, name="top")(inputs)
+        return keras.Model(inputs, outputs)
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(8, 4)).astype("float32"), rng.integers(0, 3, 8)
+    decayed, plain = model(), model()
+    start = decayed.get_layer("top").kernel.numpy()
+    for net, decay in ((decayed, weight_decay), (plain, 0.0)):
+        config = TrainingConfig(finetune_lr=0.1, momentum=0.9, weight_decay=decay)
+        compile_for_phase(net, "finetune", config, num_classes=3)
+        net.train_on_batch(x, y)
+    # Keras's decoupled decay: w -= w * weight_decay * lr, then the same gradient step.
+    difference = decayed.get_layer("top").kernel.numpy() - plain.get_layer("top").kernel.numpy()
+    np.testing.assert_allclose(difference, -start * weight_decay * 0.1, atol=1e-6)
+    assert decayed.optimizer.weight_decay == (weight_decay or None)  # 0: Keras skips it
