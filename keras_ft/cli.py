@@ -606,7 +606,7 @@ def predict(args) -> int:
 
 
 def reproduce(args) -> int:
-    from keras_ft.reproducibility import reproduce_run
+    from keras_ft.reproduce import reproduce_run
 
     result = reproduce_run(
         args.run_dir,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import os
 import platform
@@ -103,98 +102,6 @@ def compare_files(recorded: dict[str, str], current: dict[str, str]) -> dict[str
         "removed": sorted(set(recorded) - set(current)),
         "changed": sorted(p for p in set(recorded) & set(current) if recorded[p] != current[p]),
     }
-
-
-def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto", signing_key=None) -> dict:
-    """Re-train a run from its record and compare the final weights.
-
-    The data is checked first: if any file was added, removed or changed since
-    the run, nothing is trained and the differences are listed.
-
-    Args:
-        run_dir: a run directory.
-        data_dir: the training folder, if it moved (default: the recorded one).
-        test_dir: the held-out folder, if it moved.
-        verbose: Keras verbosity of the re-training.
-        signing_key: as for `keras_ft.load`: the run directory is verified first.
-
-    Returns:
-        A dict: `match` (bool), `recorded` and `reproduced` weight hashes, and
-        `environment_differences` ({key: (recorded, now)}).
-    """
-    import tempfile
-
-    from keras_ft.artifacts import verify_run
-    from keras_ft.backbones import BACKBONES
-    from keras_ft.config import DataConfig, ModelConfig, TrainingConfig, to_dict
-    from keras_ft.data import ImageFolder
-    from keras_ft.errors import KerasFTError
-    from keras_ft.finetuner import FineTuner
-    from keras_ft.scan import scan_folder
-
-    record, _ = verify_run(run_dir, signing_key)
-    if record["data"] is None or record["training"] is None or "data_files" not in record:
-        raise KerasFTError(
-            f"'{run_dir}' records no training data or settings (it was saved without "
-            "`FineTuner.fit` on an ImageFolder), so it cannot be re-trained."
-        )
-    data_config = _recorded(run_dir, "data", DataConfig, record)
-    model_config = _recorded(run_dir, "model", ModelConfig, record)
-    training = _recorded(run_dir, "training", TrainingConfig, record)
-    if model_config.backbone not in BACKBONES:
-        raise KerasFTError(
-            f"'{run_dir}' used a custom backbone ({model_config.backbone!r}); `reproduce` "
-            "can only rebuild registry backbones. Re-run your own script with the same seed."
-        )
-    data_dir = data_dir or data_config.directory
-    test_dir = test_dir or data_config.test_dir
-    for split, folder in (("train", data_dir), ("test", test_dir)):
-        if folder is None:
-            continue
-        report = scan_folder(folder, class_names=tuple(record["class_names"]))
-        recorded = record["data_files"].get(split) or {}
-        changes = compare_files(recorded, file_hashes(report.files))
-        if any(changes.values()):
-            listing = "\n".join(
-                f"  {kind}: {path}" for kind, paths in changes.items() for path in paths
-            )
-            raise KerasFTError(
-                f"The {split} data in '{folder}' differs from the run's:\n{listing}\n"
-                "Restore the original files (or pass --data/--test-dir to where they are)."
-            )
-    values = {**to_dict(data_config), "directory": data_dir, "test_dir": test_dir}
-    data = ImageFolder(**values)
-    for name in ("head_lr", "finetune_lr"):  # the rates the range test found, not a new test
-        if getattr(training, name) == "auto" and name in record.get("decisions", {}):
-            training = dataclasses.replace(
-                training, **{name: record["decisions"][name]["suggestion"]}
-            )
-    tuner = FineTuner.from_configs(model_config, training)
-    with tempfile.TemporaryDirectory() as scratch:
-        tuner.fit(data, verbose=verbose, evaluate=False, checkpoint_dir=f"{scratch}/checkpoints")
-    reproduced = weights_sha256(tuner.model)
-    now, then = environment(), record.get("environment", {})
-    return {
-        "match": reproduced == record["weights_sha256"],
-        "recorded": record["weights_sha256"],
-        "reproduced": reproduced,
-        "environment_differences": {k: (then.get(k), now[k]) for k in now if then.get(k) != now[k]},
-    }
-
-
-def _recorded(run_dir, key: str, config, record: dict):
-    """Rebuild config class `config` from `record[key]`; a damaged entry is refused in one line."""
-    from keras_ft.config import from_dict
-    from keras_ft.errors import KerasFTError
-
-    try:
-        return from_dict(config, record[key])
-    except (TypeError, ValueError) as error:  # KerasFTError included
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise KerasFTError(
-            f"'{run_dir}/run.json' is damaged: '{key}' does not rebuild a {config.__name__} "
-            f"({reason}). Restore the run directory from a copy."
-        ) from None
 
 
 def check_deterministic_gradients(model: keras.Model, backbone_name: str) -> None:

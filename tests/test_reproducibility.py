@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,3 +120,19 @@ def test_reproduce_replays_the_recipe_found_learning_rates_and_weight_decay(tmp_
     code = main(["reproduce", str(output), "--quiet"])
     out = capsys.readouterr().out
     assert code == 0 and out.splitlines()[-1] == "MATCH", out
+
+
+def test_reproducibility_imports_no_stage_and_reproduce_run_is_public():
+    """No import circle: reproduce_run (which needs artifacts and finetuner) has its own module."""
+    import ast
+
+    import keras_ft
+    from keras_ft import reproducibility
+    from keras_ft.reproduce import reproduce_run
+
+    tree = ast.parse(Path(reproducibility.__file__).read_text())
+    imported = {
+        node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert {m for m in imported if m.startswith("keras_ft")} <= {"keras_ft.errors"}
+    assert keras_ft.reproduce_run is reproduce_run
