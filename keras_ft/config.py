@@ -416,7 +416,7 @@ class DataConfig:
     skip_bad: bool = option(
         False,
         help="train on the usable files when some cannot be used (see `keras_ft.scan`), "
-        "instead of refusing.",
+        "instead of refusing; `ImageFolder.skipped` lists what was left out and why.",
         cli_help="train on the files that decode",
     )
 

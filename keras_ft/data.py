@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
-from keras_ft.config import DataConfig
+from keras_ft.config import DataConfig, defaults_of, document, merge_options, takes_options
 from keras_ft.errors import KerasFTError
 from keras_ft.scan import ImageFile, ScanReport, scan_folder
 from keras_ft.text import printable
@@ -181,32 +181,16 @@ def _warn_about_run_directories(report: ScanReport) -> None:
             )
 
 
+DATA_DEFAULTS = defaults_of(DataConfig)  # every field but `directory`
+DATA_OPTIONS = tuple(DATA_DEFAULTS)
+
+
 class ImageFolder:
     """A labelled image folder, split and served as tf.data pipelines.
 
     Args:
         directory: training folder, one sub-folder per class.
-        test_dir: optional held-out folder with the same class sub-folders.
-        image_size: `(height, width)` or one int, the size images are resized to.
-        batch_size: images per batch and replica: under a `tf.distribute`
-            strategy with N replicas each training step takes N times as many.
-        validation_split: fraction of `directory` held out for validation,
-            chosen per file from a hash of (seed, relative path).
-        seed: seeds the split, the shuffling and the augmentation.
-        augment: whether training images are augmented.
-        flip: random horizontal flips: `True`, `False` (digits, text), or
-            `"auto"`: `FineTuner.fit` trains phase 1 without flips, then flips
-            in phase 2 only if the phase-1 head classifies mirrored validation
-            images about as well as the originals (see
-            `keras_ft.training.decide_flip`).
-        rotation: maximum rotation as a fraction of a full turn.
-        zoom: maximum zoom in or out, as a fraction.
-        contrast: maximum contrast change, as a fraction.
-        translation: maximum shift either way, as a fraction of the width and
-            height (with `zoom`, a random crop).
-        skip_bad: train on the usable files when some cannot be used (see
-            `keras_ft.scan`), instead of refusing; `skipped` lists what was
-            left out and why.
+        {options}
         quiet: no scan progress on stderr.
         memory_budget: bytes of decoded images a split may hold in memory; a
             larger split is kept in a memory-mapped temporary file instead.
@@ -218,39 +202,13 @@ class ImageFolder:
     ('daisy', 'dandelion', 'roses', 'sunflowers', 'tulips')
     """
 
-    def __init__(
-        self,
-        directory,
-        test_dir=None,
-        image_size=(224, 224),
-        batch_size=32,
-        validation_split=0.2,
-        seed=42,
-        augment=True,
-        flip=True,
-        rotation=0.05,
-        zoom=0.1,
-        contrast=0.1,
-        translation=0.0,
-        skip_bad=False,
-        quiet=False,
-        memory_budget=4 * 1024**3,
-    ):
-        self.config = DataConfig(
-            directory=str(directory),
-            test_dir=None if test_dir is None else str(test_dir),
-            image_size=image_size,
-            batch_size=batch_size,
-            validation_split=validation_split,
-            seed=seed,
-            augment=augment,
-            flip=flip,
-            rotation=rotation,
-            zoom=zoom,
-            contrast=contrast,
-            translation=translation,
-            skip_bad=skip_bad,
-        )
+    @takes_options((DataConfig, DATA_OPTIONS))
+    def __init__(self, directory, *, quiet=False, memory_budget=4 * 1024**3, **options):
+        options = merge_options(options, DATA_DEFAULTS, "ImageFolder")
+        if options["test_dir"] is not None:
+            options["test_dir"] = str(options["test_dir"])
+        self.config = DataConfig(directory=str(directory), **options)
+        test_dir, skip_bad, seed = self.config.test_dir, self.config.skip_bad, self.config.seed
         self.report = scan_folder(directory, quiet=quiet)
         _warn_about_run_directories(self.report)
         _refuse_bad_files(self.report, skip_bad)
@@ -467,6 +425,9 @@ class ImageFolder:
     def test(self) -> tf.data.Dataset | None:
         """Held-out test batches (no augmentation), or `None` without `test_dir`."""
         return self._evaluation_dataset("test", self.test_files)
+
+
+ImageFolder.__doc__ = document(ImageFolder.__doc__, (DataConfig, DATA_OPTIONS))
 
 
 def decoded_dataset(files: list[ImageFile], image_size: tuple[int, int]) -> tf.data.Dataset:

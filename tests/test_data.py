@@ -543,3 +543,20 @@ def test_flip_auto_does_not_flip_until_told(aug_folder):
         make_data(aug_folder[0], flip="yes")
     with pytest.raises(KerasFTError, match="Invalid `translation`"):
         make_data(aug_folder[0], translation=0.5)
+
+
+def test_image_folder_takes_every_data_config_field_with_its_default(folder):
+    import inspect
+
+    from keras_ft.config import DataConfig, defaults_of
+
+    parameters = inspect.signature(ImageFolder).parameters
+    for name, default in defaults_of(DataConfig).items():
+        assert parameters[name].default == default, name
+    assert "\n    translation: maximum shift" in inspect.getdoc(ImageFolder)
+    data = ImageFolder(folder, image_size=32, batch_size=4, translation=0.1, quiet=True)
+    assert data.config == DataConfig(
+        directory=str(folder), image_size=32, batch_size=4, translation=0.1
+    )
+    with pytest.raises(TypeError, match="unexpected keyword argument 'rotations'"):
+        ImageFolder(folder, rotations=0.1)
