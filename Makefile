@@ -61,8 +61,11 @@ bench-quality: $(VENV)/.bench-installed $(WEIGHTS)
 bench-rank: $(VENV)/.bench-installed $(WEIGHTS)
 	$(BIN)/python -m bench.rank $(if $(QUICK),--quick)
 
+# Two pytest workers (pytest-xdist), each taking whole test files so that a file's shared
+# trained runs are built once: on 2 cores they overlap one test's Python and process start-up
+# with another's TensorFlow compute.
 test: $(VENV)/.dev-installed
-	$(BIN)/python -m pytest -q
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check keras_ft tests examples bench
