@@ -30,6 +30,7 @@ _EXPORTS = {
     "get_backbone": "keras_ft.backbones",
     "load": "keras_ft.artifacts",
     "rank": "keras_ft.ranking",
+    "register_backbone": "keras_ft.backbones",
     "reproduce_run": "keras_ft.reproduce",
     "scan_folder": "keras_ft.scan",
     "tune": "keras_ft.search",

@@ -21,6 +21,7 @@ import errno
 import glob
 import json
 import os
+import re
 import shutil
 import uuid
 import warnings
@@ -32,6 +33,7 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_ft import __version__
+from keras_ft.backbones import BACKBONES, not_registered
 from keras_ft.config import to_dict
 from keras_ft.data import decode_and_resize, pil_to_rgb, resize
 from keras_ft.errors import KerasFTError
@@ -268,6 +270,8 @@ def run_record(tuner) -> dict:
         "data": to_dict(tuner.data_config) if tuner.data_config else None,
         "model": to_dict(tuner.model_config),
         "preprocessing": tuner.preprocessing,
+        # What built the backbone: `reproduce` rebuilds it by name; None for a keras.Model.
+        "backbone": tuner.backbone_spec.describe() if tuner.backbone_spec else None,
         "training": to_dict(tuner.training_config) if tuner.training_config else None,
         **tuner.record,
         "environment": environment(),
@@ -377,6 +381,21 @@ def verify_run(path, signing_key=None) -> tuple[dict, tuple[str, ...]]:
             "run directory from a copy."
         )
     return record, tuple(class_names)
+
+
+def _unknown_class(model_path: Path, error: str, record: dict) -> str:
+    """The message for a model.keras holding a layer class this process has not imported."""
+    found = re.search(r"Could not locate class '([^']+)'", error)
+    missing = found.group(1).split(">")[-1] if found else "(unnamed)"
+    name = record["model"].get("backbone")
+    if record.get("backbone") and name not in BACKBONES:  # a backbone registered by the user
+        why = not_registered(name, record["backbone"])
+    else:
+        why = (
+            "Import the module that defines it (with @keras.saving.register_keras_serializable) "
+            "before loading."
+        )
+    return f"Cannot load '{model_path}': it uses the layer class {missing}, unknown here. {why}"
 
 
 class Predictor:
@@ -507,6 +526,8 @@ def load(path, signing_key=None) -> Predictor:
                 "or function, which Keras's safe mode refuses to load). Rebuild the model "
                 "without Lambda layers, or use a run directory you trust."
             ) from None
+        if "Could not locate class" in str(error):  # a layer class defined outside Keras
+            raise KerasFTError(_unknown_class(model_path, str(error), record)) from None
         raise KerasFTError(
             f"Cannot load '{model_path}': {str(error).splitlines()[0]}. The file is damaged; "
             "re-create the run or restore it from a copy."

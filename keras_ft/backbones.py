@@ -1,19 +1,25 @@
-"""Registry of `keras.applications` backbones: builder, preprocessing, sizes.
+"""Registry of backbones: builder, preprocessing, sizes.
 
 Each `BackboneSpec` carries what must travel with a backbone: how its
 ImageNet weights expect pixels to be scaled (`preprocessing`, applied inside
 the model), its usual and smallest input size, and the layer a classic
-partial fine-tune starts from.
+partial fine-tune starts from. The registry holds the `keras.applications`
+backbones below; `register_backbone` adds one of your own (as timm's
+`register_model` does), which `FineTuner`, `tune` and `reproduce` then use
+by name like the built-in ones.
 """
 
 from __future__ import annotations
 
 import os
+import types
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from keras_ft.config import check, is_int
 from keras_ft.errors import KerasFTError
 
 if TYPE_CHECKING:  # Keras (and TensorFlow) are imported only to build a backbone
@@ -27,17 +33,92 @@ if TYPE_CHECKING:  # Keras (and TensorFlow) are imported only to build a backbon
 PREPROCESSING = ("caffe", "tf", "torch", "none")
 
 
+def _key(name: str) -> str:
+    """How names are looked up: case and '_' / '-' insensitive."""
+    return name.lower().replace("_", "").replace("-", "")
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
-    """One backbone: how to build it and what it expects."""
+    """One backbone: how to build it and what it expects.
+
+    Args:
+        name: the registry name: lower case, without `_` or `-` (names are
+            looked up that way: `"ResNet50_V2"` finds `"resnet50v2"`).
+        builder: the name of a `keras.applications` constructor (`"VGG16"`),
+            or a callable taking the same arguments: `include_top=False`,
+            `weights` (`"imagenet"` or `None`), `input_shape=(H, W, 3)` and
+            `builder_kwargs`, and returning a headless `keras.Model`.
+        preprocessing: how the weights expect 0-255 RGB pixels to be scaled:
+            `"caffe"`, `"tf"`, `"torch"` or `"none"` (see `PREPROCESSING`).
+        default_size: the usual input size in px.
+        min_size: the smallest input size in px the backbone builds at.
+        finetune_from: the layer a partial fine-tune starts from (`unfreeze`'s
+            suggestion); `None`: the whole backbone.
+        builder_kwargs: further `(name, value)` arguments of the builder.
+    """
 
     name: str
-    builder: str
+    builder: str | Callable[..., keras.Model]
     preprocessing: str
     default_size: int = 224
     min_size: int = 32
     finetune_from: str | None = None
     builder_kwargs: tuple[tuple[str, object], ...] = ()
+
+    def __post_init__(self):
+        key = _key(self.name) if isinstance(self.name, str) else None
+        check(
+            key == self.name and key != "",
+            "name",
+            "a lower-case name without '_' or '-' (names are looked up that way)",
+            self.name,
+            f"Use {key!r}." if key else "",
+        )
+        check(
+            callable(self.builder) or (isinstance(self.builder, str) and self.builder != ""),
+            "builder",
+            "a keras.applications constructor name (e.g. 'VGG16') or a callable taking "
+            "include_top, weights and input_shape",
+            self.builder,
+        )
+        check(
+            self.preprocessing in PREPROCESSING,
+            "preprocessing",
+            f"one of {PREPROCESSING}",
+            self.preprocessing,
+            "Say how the backbone's weights expect 0-255 RGB pixels to be scaled.",
+        )
+        check(
+            is_int(self.min_size) and self.min_size >= 1, "min_size", "an int >= 1", self.min_size
+        )
+        check(
+            is_int(self.default_size) and self.default_size >= self.min_size,
+            "default_size",
+            f"an int >= min_size ({self.min_size})",
+            self.default_size,
+        )
+        check(
+            self.finetune_from is None
+            or (isinstance(self.finetune_from, str) and self.finetune_from != ""),
+            "finetune_from",
+            "a layer name or None (the whole backbone)",
+            self.finetune_from,
+        )
+
+    def describe(self) -> dict:
+        """A JSON-ready description, for `run.json` (a callable builder by its import path)."""
+        builder = self.builder
+        if callable(builder):
+            builder = f"{builder.__module__}.{getattr(builder, '__qualname__', builder)}"
+        return {
+            "name": self.name,
+            "builder": builder,
+            "preprocessing": self.preprocessing,
+            "default_size": self.default_size,
+            "min_size": self.min_size,
+            "finetune_from": self.finetune_from,
+        }
 
     def build(self, image_size: tuple[int, int], weights: str | None) -> keras.Model:
         """Build the headless backbone for `image_size` with `weights`.
@@ -65,8 +146,11 @@ class BackboneSpec:
                     "weights=None, or the path of an existing weights file."
                 )
             weights = None
+        builder = self.builder
+        if not callable(builder):
+            builder = getattr(keras.applications, builder)
         try:
-            model = getattr(keras.applications, self.builder)(
+            model = builder(
                 include_top=False,
                 weights=weights,
                 input_shape=(*image_size, 3),
@@ -172,27 +256,88 @@ _SPECS = [
         builder_kwargs=_NO_PREPROCESSING,
     ),
 ]
-BACKBONES: dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}
+_REGISTRY: dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}
+# The registry, read-only: `register_backbone` is the one way in.
+BACKBONES: types.MappingProxyType[str, BackboneSpec] = types.MappingProxyType(_REGISTRY)
+BUILT_IN = frozenset(_REGISTRY)
+
+
+def register_backbone(spec: BackboneSpec, overwrite: bool = False) -> BackboneSpec:
+    """Add a backbone to the registry, so that it is used by name like the built-in ones.
+
+    `FineTuner(spec.name)`, `tune(..., backbone=spec.name)`, `keras-ft
+    backbones` and `reproduce` then take it, with its preprocessing, minimum
+    size and unfreeze suggestion. A run records the name: to `reproduce` it
+    in another process, register the backbone there too (import the module
+    that calls `register_backbone`) first.
+
+    Args:
+        spec: a `BackboneSpec`, usually with a callable `builder`.
+        overwrite: replace a backbone already registered under `spec.name`.
+
+    Returns:
+        `spec`.
+
+    Example:
+
+    >>> def small_cnn(include_top=False, weights=None, input_shape=(64, 64, 3)):
+    ...     inputs = keras.Input(input_shape)
+    ...     x = keras.layers.Conv2D(16, 3, strides=2, activation="relu", name="conv")(inputs)
+    ...     return keras.Model(inputs, x, name="smallcnn")
+    >>> keras_ft.register_backbone(keras_ft.BackboneSpec("smallcnn", small_cnn, "tf"))
+    >>> keras_ft.FineTuner("smallcnn", weights=None).fit(data)
+    """
+    if not isinstance(spec, BackboneSpec):
+        raise KerasFTError(
+            f"`register_backbone` expects a keras_ft.BackboneSpec, received "
+            f"{type(spec).__name__}. Pass BackboneSpec(name, builder, preprocessing, ...)."
+        )
+    if spec.name in _REGISTRY and not overwrite:
+        raise KerasFTError(
+            f"A backbone named '{spec.name}' is already registered. Choose another name, "
+            "or pass overwrite=True to replace it."
+        )
+    _REGISTRY[spec.name] = spec
+    return spec
 
 
 def get_backbone(name: str) -> BackboneSpec:
     """Return the spec of backbone `name` (case and '_' / '-' insensitive)."""
-    key = str(name).lower().replace("_", "").replace("-", "")
+    key = _key(str(name))
     if key not in BACKBONES:
         raise KerasFTError(
             f"Unknown backbone {name!r}. Known backbones: {', '.join(BACKBONES)}. "
-            "Run `keras-ft backbones` to list them with their input sizes."
+            "Run `keras-ft backbones` to list them with their input sizes; register one of "
+            "your own with keras_ft.register_backbone."
         )
     return BACKBONES[key]
 
 
+def not_registered(name: str, recorded: dict | None) -> str:
+    """The message for a run whose registered backbone `name` is not registered now.
+
+    Args:
+        name: the backbone's name, as the run recorded it.
+        recorded: the run's `BackboneSpec.describe()`, if it has one.
+    """
+    builder = (recorded or {}).get("builder")
+    module = builder.rsplit(".", 1)[0] if builder and "." in builder else None
+    where = f" (its builder is {builder})" if builder else ""
+    first = f"import {module}, or the module that" if module else "import the module that"
+    return (
+        f"Backbone '{name}' is not registered in this process{where}. It was registered "
+        f"with keras_ft.register_backbone when the run was trained: {first} registers it, "
+        "before this call."
+    )
+
+
 def describe_backbones() -> str:
     """A table of the registry, for `keras-ft backbones`."""
-    header = ("name", "keras.applications", "preprocessing", "size", "min", "--unfreeze suggestion")
+    header = ("name", "builder", "preprocessing", "size", "min", "--unfreeze suggestion")
     rows = [header] + [
         (
             s.name,
-            s.builder,
+            s.builder if isinstance(s.builder, str) else s.describe()["builder"],
             s.preprocessing,
             str(s.default_size),
             str(s.min_size),

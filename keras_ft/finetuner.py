@@ -76,8 +76,10 @@ class FineTuner:
     is built at the first `fit`, when the data's image size and classes are known.
 
     Args:
-        backbone: a registry name (`keras-ft backbones` lists them) or a headless
-            `keras.Model` of your own mapping `(H, W, 3)` images to features.
+        backbone: a registry name (`keras-ft backbones` lists them; add your own
+            with `keras_ft.register_backbone`) or a headless `keras.Model` of
+            your own mapping `(H, W, 3)` images to features (`reproduce` and
+            `tune` need a registered one).
         num_classes: number of classes; `None` takes it from the data.
         {options}
         preprocessing: only for a custom backbone: `"caffe"`, `"tf"`, `"torch"`
@@ -109,10 +111,11 @@ class FineTuner:
                 "Say how your backbone expects 0-255 RGB pixels to be scaled.",
             )
             self._backbone_model, self.preprocessing, name = backbone, preprocessing, backbone.name
+            self.backbone_spec = None
         else:
-            spec = get_backbone(backbone)
-            self._backbone_model, name = None, spec.name
-            self.preprocessing = preprocessing or spec.preprocessing
+            self.backbone_spec = get_backbone(backbone)  # kept: a later registration cannot swap it
+            self._backbone_model, name = None, self.backbone_spec.name
+            self.preprocessing = preprocessing or self.backbone_spec.preprocessing
         if options["weights"] is not None and options["weights"] != "imagenet":
             options["weights"] = os.fspath(options["weights"])
         image_size = options.pop("image_size")
@@ -148,9 +151,8 @@ class FineTuner:
             return self._backbone_model
         if self._built_backbone is None or self._built_backbone[0] != image_size:
             seed_everything(self.seed, self.deterministic)
-            spec = get_backbone(self._model_kwargs["backbone"])
             with self._building():
-                backbone = spec.build(image_size, self._model_kwargs["weights"])
+                backbone = self.backbone_spec.build(image_size, self._model_kwargs["weights"])
             self._built_backbone = (image_size, backbone)
         return self._built_backbone[1]
 

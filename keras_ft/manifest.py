@@ -80,6 +80,7 @@ RECORD_SCHEMA = {
     "data": (_optional(_instance(dict)), "an object or null", True),
     "model": (_instance(dict), "an object", True),
     "preprocessing": (_instance(str), "a string", True),
+    "backbone": (_optional(_instance(dict)), "an object or null", False),
     "training": (_optional(_instance(dict)), "an object or null", True),
     "started": (_instance(str), "a string", False),
     "finished": (_instance(str), "a string", False),

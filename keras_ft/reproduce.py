@@ -11,7 +11,7 @@ import dataclasses
 import tempfile
 
 from keras_ft.artifacts import verify_run
-from keras_ft.backbones import BACKBONES
+from keras_ft.backbones import BACKBONES, not_registered
 from keras_ft.config import DataConfig, ModelConfig, TrainingConfig, from_dict, to_dict
 from keras_ft.data import ImageFolder
 from keras_ft.errors import KerasFTError
@@ -46,11 +46,7 @@ def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto", signing
     data_config = _recorded(run_dir, "data", DataConfig, record)
     model_config = _recorded(run_dir, "model", ModelConfig, record)
     training = _recorded(run_dir, "training", TrainingConfig, record)
-    if model_config.backbone not in BACKBONES:
-        raise KerasFTError(
-            f"'{run_dir}' used a custom backbone ({model_config.backbone!r}); `reproduce` "
-            "can only rebuild registry backbones. Re-run your own script with the same seed."
-        )
+    _check_backbone(run_dir, model_config.backbone, record)
     data_dir = data_dir or data_config.directory
     test_dir = test_dir or data_config.test_dir
     for split, folder in (("train", data_dir), ("test", test_dir)):
@@ -85,6 +81,20 @@ def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto", signing
         "reproduced": reproduced,
         "environment_differences": {k: (then.get(k), now[k]) for k in now if then.get(k) != now[k]},
     }
+
+
+def _check_backbone(run_dir, name: str, record: dict) -> None:
+    """Refuse a run whose backbone cannot be rebuilt by name in this process."""
+    built = record.get("backbone")  # absent in older runs: they rebuilt registry names only
+    if built and name not in BACKBONES:
+        raise KerasFTError(f"Cannot reproduce '{run_dir}': {not_registered(name, built)}")
+    if name not in BACKBONES or ("backbone" in record and built is None):
+        raise KerasFTError(
+            f"'{run_dir}' used a custom backbone ({name!r}) passed as a keras.Model; "
+            "`reproduce` rebuilds backbones by their registry name. Register its builder "
+            "with keras_ft.register_backbone and train with that name, or re-run your own "
+            "script with the same seed."
+        )
 
 
 def _recorded(run_dir, key: str, config, record: dict):

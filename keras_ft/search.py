@@ -486,8 +486,8 @@ def tune(
             when the data is not augmented.
         grid_points: values per range in a grid search (log-spaced for
             learning rates).
-        backbone: a registry name (`keras-ft backbones`); each trial builds it
-            afresh.
+        backbone: a registry name (`keras-ft backbones`, or one added with
+            `keras_ft.register_backbone`); each trial builds it afresh.
         overwrite: replace an existing `output`.
         verbose: 0 for silence; otherwise KerasTuner's trial summaries and
             Keras progress.
@@ -512,7 +512,9 @@ def tune(
     if not isinstance(backbone, str):
         raise KerasFTError(
             f"`tune` needs a registry backbone name (`keras-ft backbones`), received "
-            f"{type(backbone).__name__}: every trial must start from the same fresh weights."
+            f"{type(backbone).__name__}: every trial must start from the same fresh weights. "
+            "Register a backbone of your own with keras_ft.register_backbone(BackboneSpec("
+            "name, builder, preprocessing)) and pass its name."
         )
     spec = get_backbone(backbone)
     space = check_search(

@@ -1,8 +1,21 @@
+import json
+import warnings
+from pathlib import Path
+
 import keras
 import numpy as np
 import pytest
+from conftest import copy_run, run_cli, tiny_backbone, write_folder
 
-from keras_ft.backbones import BACKBONES, describe_backbones, get_backbone
+import keras_ft
+from keras_ft.backbones import (
+    _REGISTRY,
+    BACKBONES,
+    BackboneSpec,
+    describe_backbones,
+    get_backbone,
+    register_backbone,
+)
 from keras_ft.errors import KerasFTError
 from keras_ft.model import Preprocess
 
@@ -38,6 +51,23 @@ APPLICATION_MODULE = {
     "xception": "xception",
     "convnexttiny": "convnext",
 }
+
+
+def tiny_builder(include_top=False, weights=None, input_shape=(32, 32, 3)):
+    """A user's builder, with the arguments of a keras.applications constructor."""
+    assert not include_top and weights is None
+    return tiny_backbone(input_shape[0])
+
+
+TINY = BackboneSpec("tinynet", tiny_builder, "tf", default_size=32, finetune_from="conv_b")
+
+
+@pytest.fixture(scope="module")
+def registered():
+    """`TINY` registered for the module's tests, and unregistered after them."""
+    register_backbone(TINY)
+    yield TINY
+    del _REGISTRY[TINY.name]
 
 
 def test_registry_has_every_required_backbone():
@@ -103,3 +133,148 @@ def test_weights_file_round_trip_loads_exactly(tmp_path):
     loaded = get_backbone("mobilenetv3small").build((48, 48), weights=str(path))
     for a, b in zip(source.get_weights(), loaded.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_registry_is_read_only():
+    with pytest.raises(TypeError):
+        BACKBONES["mine"] = get_backbone("vgg16")
+
+
+def test_registering_a_taken_name_needs_overwrite(registered):
+    with pytest.raises(KerasFTError, match="'tinynet' is already registered.*overwrite=True"):
+        register_backbone(BackboneSpec("tinynet", tiny_builder, "caffe"))
+    replaced = register_backbone(BackboneSpec("tinynet", tiny_builder, "caffe"), overwrite=True)
+    assert get_backbone("Tiny_Net") is replaced
+    register_backbone(registered, overwrite=True)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (("Tiny_Net", tiny_builder, "tf"), "Invalid `name`.*Use 'tinynet'"),
+        (("tinynet", 3, "tf"), "Invalid `builder`"),
+        (("tinynet", tiny_builder, "rgb"), "Invalid `preprocessing`.*'rgb'"),
+        (("tinynet", tiny_builder, "tf", 16, 32), "Invalid `default_size`.*>= min_size \\(32\\)"),
+    ],
+)
+def test_a_bad_spec_names_the_field(fields, message):
+    with pytest.raises(KerasFTError, match=message):
+        BackboneSpec(*fields)
+
+
+def test_register_refuses_what_is_not_a_spec():
+    with pytest.raises(KerasFTError, match="expects a keras_ft.BackboneSpec, received dict"):
+        register_backbone({"name": "x"})
+
+
+def test_a_registered_backbone_is_listed_and_used_like_a_built_in_one(registered):
+    row = next(line for line in describe_backbones().splitlines() if line.startswith("tinynet"))
+    assert "test_backbones.tiny_builder" in row and "conv_b" in row
+    tuner = keras_ft.FineTuner("tinynet", weights=None)
+    assert tuner.preprocessing == "tf"
+    with pytest.raises(KerasFTError, match="below the minimum of 32 px for backbone 'tinynet'"):
+        tuner.build_backbone(24)
+    model = tuner.build((32, 32), num_classes=2)
+    assert model.get_layer("tiny").get_layer("conv_b") is not None
+
+
+# One or two epochs of a random backbone often end below the linear probe, which warns.
+BELOW_PROBE = pytest.mark.filterwarnings("ignore:Fine-tuning reached:UserWarning")
+
+
+@pytest.fixture(scope="module")
+def registered_run(registered, tmp_path_factory):
+    """A run trained (1 + 1 epochs, 32 px) with the registered `tinynet`, saved."""
+    root = tmp_path_factory.mktemp("registered")
+    data = keras_ft.ImageFolder(
+        write_folder(root / "train"), image_size=32, batch_size=8, validation_split=0.25, seed=0
+    )
+    tuner = keras_ft.FineTuner("tinynet", weights=None, seed=0)
+    with warnings.catch_warnings():  # one epoch of a random backbone: below the linear probe
+        warnings.simplefilter("ignore", UserWarning)
+        tuner.fit(data, head_epochs=1, finetune_epochs=1, verbose=0, tensorboard_dir=None)
+    return tuner.save(root / "run"), data
+
+
+@BELOW_PROBE
+def test_a_registered_backbone_trains_records_its_name_and_reproduces(registered_run):
+    run_dir, _ = registered_run
+    record = json.loads((Path(run_dir) / "run.json").read_text())
+    assert record["model"]["backbone"] == "tinynet"
+    assert record["backbone"]["builder"] == "test_backbones.tiny_builder"
+    result = keras_ft.reproduce_run(run_dir, verbose=0)
+    assert result["match"], result
+
+
+@BELOW_PROBE
+def test_tune_searches_a_registered_backbone(registered_run, tmp_path):
+    _, data = registered_run
+    result = keras_ft.tune(
+        data,
+        tmp_path / "search",
+        trials=2,
+        backbone="tinynet",
+        weights=None,
+        head_epochs=1,
+        finetune_epochs=1,
+        verbose=0,
+    )
+    assert [row["status"] for row in result.trials] == ["COMPLETED", "COMPLETED"]
+    assert {row["unfreeze"] for row in result.trials} <= {"conv_b", "all"}
+    assert keras_ft.load(result.best_run_dir).record["model"]["backbone"] == "tinynet"
+
+
+def test_reproduce_in_a_process_without_the_registration_says_to_register_it(registered_run):
+    run_dir, _ = registered_run
+    result = run_cli("reproduce", run_dir, "--quiet")
+    assert result.returncode == 2, result.stderr
+    assert "Backbone 'tinynet' is not registered in this process" in result.stderr
+    assert "import test_backbones" in result.stderr and "register_backbone" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_reproduce_refuses_a_keras_model_backbone_and_points_to_the_registry(
+    registered_run, tmp_path
+):
+    run_dir, _ = registered_run
+
+    def as_a_keras_model(record):
+        record["backbone"] = None
+
+    copy = copy_run(Path(run_dir), tmp_path / "custom", as_a_keras_model)
+    with pytest.raises(KerasFTError, match="custom backbone .*register_backbone"):
+        keras_ft.reproduce_run(copy, verbose=0)
+
+
+@keras.saving.register_keras_serializable("test_backbones")
+class Doubling(keras.layers.Layer):
+    """A layer class of the user's, which model.keras names and `load` must find."""
+
+    def call(self, x):
+        return 2.0 * x
+
+
+def doubling_builder(include_top=False, weights=None, input_shape=(32, 32, 3)):
+    inputs = keras.Input(input_shape)
+    return keras.Model(inputs, Doubling()(tiny_backbone(input_shape[0])(inputs)), name="doubling")
+
+
+@BELOW_PROBE
+def test_load_without_the_registering_module_names_the_backbone(
+    registered_run, monkeypatch, tmp_path
+):
+    _, data = registered_run
+    spec = register_backbone(BackboneSpec("doublingnet", doubling_builder, "tf"))
+    try:
+        tuner = keras_ft.FineTuner("doublingnet", weights=None, seed=0)
+        tuner.fit(data, head_epochs=1, finetune_epochs=0, verbose=0, tensorboard_dir=None)
+        run_dir = tuner.save(tmp_path / "run")
+    finally:
+        del _REGISTRY[spec.name]
+    monkeypatch.delitem(keras.saving.get_custom_objects(), "test_backbones>Doubling")
+    with pytest.raises(KerasFTError) as error:
+        keras_ft.load(run_dir)
+    message = str(error.value)
+    assert "uses the layer class Doubling" in message
+    assert "Backbone 'doublingnet' is not registered" in message
+    assert "import test_backbones" in message
