@@ -18,22 +18,38 @@ import importlib
 
 __version__ = "0.1.0"
 
-# Public name -> the module that defines it.
+# Public name -> the module that defines it: what users call, and what those calls return.
 _EXPORTS = {
+    # Data, model, training.
+    "ImageFolder": "keras_ft.data",
+    "ScanReport": "keras_ft.scan",
+    "scan_folder": "keras_ft.scan",
+    "FineTuner": "keras_ft.finetuner",
+    "TrainingHistory": "keras_ft.training",
+    "LRFinderResult": "keras_ft.lr_find",
+    "DataConfig": "keras_ft.config",
+    "ModelConfig": "keras_ft.config",
+    "TrainingConfig": "keras_ft.config",
+    # Backbones.
     "BACKBONES": "keras_ft.backbones",
     "BackboneSpec": "keras_ft.backbones",
-    "FineTuner": "keras_ft.finetuner",
-    "ImageFolder": "keras_ft.data",
-    "KerasFTError": "keras_ft.errors",
-    "export": "keras_ft.deploy",
-    "Predictor": "keras_ft.artifacts",
     "get_backbone": "keras_ft.backbones",
-    "load": "keras_ft.artifacts",
-    "rank": "keras_ft.ranking",
     "register_backbone": "keras_ft.backbones",
-    "reproduce_run": "keras_ft.reproduce",
-    "scan_folder": "keras_ft.scan",
+    "rank": "keras_ft.ranking",
+    "RankResult": "keras_ft.ranking",
+    # Search.
     "tune": "keras_ft.search",
+    "SearchResult": "keras_ft.search",
+    # Run directories and deployment.
+    "load": "keras_ft.artifacts",
+    "Predictor": "keras_ft.artifacts",
+    "reproduce_run": "keras_ft.reproduce",
+    "export": "keras_ft.deploy",
+    "export_for_serving": "keras_ft.artifacts",
+    # Distribution and errors.
+    "get_distribution": "keras_ft.distribute",
+    "KerasFTError": "keras_ft.errors",
+    "WorkerLostError": "keras_ft.errors",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -409,8 +409,11 @@ def _better(row: dict, best: dict | None) -> bool:
     return (row[OBJECTIVE], -row["val_loss"]) > (best[OBJECTIVE], -best["val_loss"])
 
 
-def _make_tuner(keras_tuner, oracle, directory: str, run_one, record):
-    """A KerasTuner `Tuner` whose trial is a whole keras_ft fit (see `tune`)."""
+def _make_kt_tuner(keras_tuner, oracle, directory: str, run_one, record):
+    """A KerasTuner `Tuner` whose trial is a whole keras_ft fit (see `tune`).
+
+    Named `kt_tuner` wherever it is held: in keras_ft, `tuner` is a `FineTuner`.
+    """
 
     class Refused(keras_tuner.errors.FatalError):
         """Bad input found in a trial: stops the search (KerasTuner would go on)."""
@@ -426,10 +429,10 @@ def _make_tuner(keras_tuner, oracle, directory: str, run_one, record):
             super().on_trial_end(trial)
             record(self.oracle.get_trial(trial.trial_id))
 
-    tuner = FineTuneSearch(
+    kt_tuner = FineTuneSearch(
         oracle=oracle, directory=directory, project_name="search", overwrite=True
     )
-    return tuner, Refused
+    return kt_tuner, Refused
 
 
 def tune(
@@ -628,12 +631,12 @@ def tune(
         oracle = _oracle(
             keras_tuner, search, trials, seed, hyperparameters(space, search, grid_points)
         )
-        tuner, refused = _make_tuner(keras_tuner, oracle, scratch, run_one, record)
-        tuner.oracle.verbose = 0 if verbose == 0 else 1
+        kt_tuner, refused = _make_kt_tuner(keras_tuner, oracle, scratch, run_one, record)
+        kt_tuner.oracle.verbose = 0 if verbose == 0 else 1
         try:
             with warnings.catch_warnings():  # KerasTuner's own use of deprecated threading names
                 warnings.filterwarnings("ignore", category=DeprecationWarning, module="keras_tuner")
-                tuner.search()
+                kt_tuner.search()
         except refused as error:  # bad input: the search is void, leave nothing behind
             shutil.rmtree(output, ignore_errors=True)
             raise error.args[0] from None
