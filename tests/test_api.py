@@ -1,7 +1,9 @@
 """The public API in `keras_ft/__init__.py`: every exported name resolves, lazily."""
 
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +50,10 @@ def test_import_keras_ft_imports_no_tensorflow():
         [sys.executable, "-c", check], capture_output=True, text=True, timeout=120
     )
     assert result.stdout.strip() == "False False", result.stdout + result.stderr
+
+
+def test_the_readme_table_lists_exactly_the_exports():
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = readme.split("The public API is what", 1)[1].split("\n## ", 1)[0]
+    listed = set(re.findall(r"`(\w+)`", table))
+    assert listed == set(keras_ft.__all__)
