@@ -431,6 +431,7 @@ def _fit_arguments(args) -> dict:
 def train(args) -> int:
     from keras_ft.backbones import get_backbone
     from keras_ft.evaluation import format_metrics
+    from keras_ft.manifest import checkpoint_dir
     from keras_ft.output import OutputLock, check_output
     from keras_ft.reproducibility import weights_sha256
     from keras_ft.text import printable
@@ -469,7 +470,7 @@ def train(args) -> int:
             f"images: {len(data.train_files)} train, {len(data.validation_files)} "
             f"validation, {len(data.test_files)} test",
         )
-        checkpoints = output / "checkpoints"
+        checkpoints = checkpoint_dir(output)
         if state == "replace" and distribution.is_chief:  # everything checked: now clear
             shutil.rmtree(checkpoints, ignore_errors=True)
         tuner.fit(data, **_fit_arguments(args), resume=args.resume, checkpoint_dir=checkpoints)

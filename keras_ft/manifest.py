@@ -166,6 +166,13 @@ def _copy_hashing(source: Path, destination: Path | None) -> str:
 # there until its own save replaces the folder: training state, not part of the run,
 # and never read by load, predict, evaluate, export or reproduce.
 TRAINING_STATE = "checkpoints"
+# In it, the record of the latest checkpoint that `training.Checkpoint` writes.
+CHECKPOINT_STATE = "state.json"
+
+
+def checkpoint_dir(run_dir) -> Path:
+    """Where a run trained into `run_dir` keeps its checkpoints until its save replaces them."""
+    return Path(run_dir) / TRAINING_STATE
 
 
 def file_manifest(run_dir) -> dict[str, str]:

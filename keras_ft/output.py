@@ -18,9 +18,11 @@ import tempfile
 from pathlib import Path
 
 from keras_ft.errors import KerasFTError
+from keras_ft.manifest import CHECKPOINT_STATE, TRAINING_STATE
 
+INTERRUPTED = f"{TRAINING_STATE}/{CHECKPOINT_STATE}"  # an interrupted run's last checkpoint
 # Files at the top of a folder that mark it as keras_ft's own output.
-MARKERS = ("run.json", "checkpoints/state.json", "trials.json", "search.json")
+MARKERS = ("run.json", INTERRUPTED, "trials.json", "search.json")
 
 
 def keras_ft_marker(folder: Path) -> str | None:
@@ -101,7 +103,7 @@ def check_output(
             f"--output '{given}' is an existing file, not a folder. Choose another --output."
         )
     marker = keras_ft_marker(path) if path.is_dir() else None
-    interrupted = marker == "checkpoints/state.json"
+    interrupted = marker == INTERRUPTED
     if resume:
         if not interrupted:
             state = "is a finished run" if marker == "run.json" else "holds no checkpoint"

@@ -16,6 +16,7 @@ from keras_ft.config import DataConfig, ModelConfig, TrainingConfig, from_dict, 
 from keras_ft.data import ImageFolder
 from keras_ft.errors import KerasFTError
 from keras_ft.finetuner import FineTuner
+from keras_ft.manifest import checkpoint_dir
 from keras_ft.reproducibility import compare_files, environment, file_hashes, weights_sha256
 from keras_ft.scan import scan_folder
 
@@ -72,7 +73,7 @@ def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto", signing
             )
     tuner = FineTuner.from_configs(model_config, training)
     with tempfile.TemporaryDirectory() as scratch:
-        tuner.fit(data, verbose=verbose, evaluate=False, checkpoint_dir=f"{scratch}/checkpoints")
+        tuner.fit(data, verbose=verbose, evaluate=False, checkpoint_dir=checkpoint_dir(scratch))
     reproduced = weights_sha256(tuner.model)
     now, then = environment(), record.get("environment", {})
     return {

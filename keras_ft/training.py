@@ -16,6 +16,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from keras_ft.config import TrainingConfig
 from keras_ft.distribute import evenly_batched, predict_batch, scale_learning_rate, shard_by_data
 from keras_ft.errors import KerasFTError
+from keras_ft.manifest import CHECKPOINT_STATE
 from keras_ft.model import backbone_of, freeze_backbone, split_at_features, unfreeze_backbone
 
 PHASES = ("head", "finetune")
@@ -209,8 +210,9 @@ class Checkpoint(keras.callbacks.Callback):
 
     Written atomically into `directory`: `epoch-NNNN.npz` (model variables,
     random-generator states included, and optimizer variables; no pickle),
-    then `state.json` naming it, with the phase, the epoch count and the
-    history so far. A kill at any moment leaves the last complete checkpoint.
+    then `state.json` (`manifest.CHECKPOINT_STATE`) naming it, with the phase,
+    the epoch count and the history so far. A kill at any moment leaves the
+    last complete checkpoint.
     """
 
     def __init__(self, directory, classifier: keras.Model, phase: str, history, signature: str):
@@ -236,7 +238,7 @@ class Checkpoint(keras.callbacks.Callback):
         }
         write_atomically(self.directory / name, lambda handle: np.savez(handle, **arrays))
         write_atomically(
-            self.directory / "state.json", lambda h: h.write(json.dumps(state).encode())
+            self.directory / CHECKPOINT_STATE, lambda h: h.write(json.dumps(state).encode())
         )
         for old in self.directory.glob("epoch-*.npz"):
             if old.name != name:
@@ -265,7 +267,7 @@ def write_atomically(path: Path, write) -> None:
 
 def read_checkpoint(directory, signature: str) -> dict | None:
     """The last checkpoint in `directory` (None if there is none), checked against `signature`."""
-    path = Path(directory) / "state.json"
+    path = Path(directory) / CHECKPOINT_STATE
     if not path.is_file():
         return None
     state = json.loads(path.read_text())
