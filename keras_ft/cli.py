@@ -496,8 +496,8 @@ def tune(args) -> int:
     from keras_ft.backbones import get_backbone
     from keras_ft.evaluation import format_metrics
     from keras_ft.output import OutputLock, check_output
-    from keras_ft.search import SETTINGS, check_search
     from keras_ft.search import tune as search
+    from keras_ft.search_space import SETTINGS, check_search
 
     searched = _searched(args)
     check_search(args.trials, args.search, args.grid_points, **searched)  # before any image
