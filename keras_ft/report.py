@@ -8,6 +8,8 @@
     confusion_matrix.png  the test confusion matrix
     mistakes.png          the most confidently wrong test images, true and predicted labels,
                           each above its Grad-CAM heatmap (keras_ft.explain) in red
+    correct.png           a seeded sample of correctly classified test images, each above
+                          its Grad-CAM heatmap: does the model look at the object?
     per_class.csv         precision, recall, F1 and support per class
     report.html           all of the above on one self-contained page (images
                           embedded as base64): open it in a browser, no server needed
@@ -15,7 +17,8 @@
 matplotlib draws the two plots; it is an optional extra (`pip install
 "keras-ft[plots]"`). Without it the run still completes and `report.html` keeps
 every table and says how to get the plots. The mistakes grid is drawn with
-Pillow and is always there when there is a test set.
+Pillow and is always there when there is a test set; so is the sample of
+correct ones, where the backbone has a feature map for Grad-CAM.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from keras_ft.transfer import describe_probe
 
 PLOTS_HINT = 'Plots need matplotlib: pip install "keras-ft[plots]"'
 MAX_MISTAKES = 24
+MAX_CORRECT = 12
 _TILE, _CAPTION = 128, 34
 
 
@@ -154,6 +158,16 @@ def confident_mistakes(probabilities: np.ndarray, labels: np.ndarray, count: int
     return wrong[np.argsort(-confidence, kind="stable")][:count]
 
 
+def correct_sample(
+    probabilities: np.ndarray, labels: np.ndarray, seed: int, count: int = MAX_CORRECT
+) -> np.ndarray:
+    """Indices of up to `count` correct predictions, drawn with `seed`, in test-set order."""
+    correct = np.flatnonzero(probabilities.argmax(axis=1) == labels)
+    if len(correct) <= count:
+        return correct
+    return np.sort(np.random.default_rng(seed).choice(correct, count, replace=False))
+
+
 def _font(size: int):
     try:
         return ImageFont.load_default(size=size)
@@ -176,7 +190,7 @@ def heat_overlay(pixels: np.ndarray, heatmap: np.ndarray) -> Image.Image:
     return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
 
 
-def mistakes_grid(
+def labelled_grid(
     paths, true_names, predicted_names, confidences, columns: int = 6, overlays=None
 ) -> Image.Image:
     """A grid of image thumbnails, each captioned with its true and predicted label.
@@ -226,28 +240,44 @@ def _heat_overlays(model, paths) -> list[Image.Image] | None:
     return [heat_overlay(p, h) for p, h in zip(pixels, heatmaps, strict=True)]
 
 
-def _mistakes_png(tuner) -> bytes | None:
-    """A PNG grid of the most confidently wrong test images (None when there is none)."""
-    data = tuner._data
-    if data is None or data.test is None or not data.test_files:
-        return None
-    probabilities, labels = predict_dataset(tuner.model, data.test)
-    order = confident_mistakes(probabilities, labels)
+def _grid_png(tuner, probabilities, labels, order, heatmaps_required: bool) -> bytes | None:
+    """A PNG grid of the test images `order`, each above its heatmap where there is one.
+
+    None when `order` is empty, or when `heatmaps_required` and the backbone has no feature map.
+    """
     if not len(order):
         return None
     names = tuner.class_names
     predicted = probabilities.argmax(axis=1)
-    paths = [data.test_files[i].path for i in order]
-    grid = mistakes_grid(
+    paths = [tuner._data.test_files[i].path for i in order]
+    overlays = _heat_overlays(tuner.model, paths)
+    if overlays is None and heatmaps_required:
+        return None
+    grid = labelled_grid(
         paths,
         [names[labels[i]] for i in order],
         [names[predicted[i]] for i in order],
         [float(probabilities[i, predicted[i]]) for i in order],
-        overlays=_heat_overlays(tuner.model, paths),
+        overlays=overlays,
     )
     buffer = io.BytesIO()
     grid.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _test_grids(tuner) -> dict[str, bytes | None]:
+    """`mistakes` (most confidently wrong first) and `correct` (a sample seeded by the run's
+    seed) as PNG grids with Grad-CAM heatmaps; empty when there is no test set."""
+    data = tuner._data
+    if data is None or data.test is None or not data.test_files:
+        return {}
+    probabilities, labels = predict_dataset(tuner.model, data.test)
+    mistakes = confident_mistakes(probabilities, labels)
+    correct = correct_sample(probabilities, labels, tuner.seed)
+    return {
+        "mistakes": _safely(_grid_png, tuner, probabilities, labels, mistakes, False),
+        "correct": _safely(_grid_png, tuner, probabilities, labels, correct, True),
+    }
 
 
 def _html(text) -> str:
@@ -387,6 +417,22 @@ def render_html(title, summary, rows, metrics, class_names, images, plots) -> st
             )
         else:
             parts.append(f"<p>{wrong} misclassified test images (the grid could not be drawn).</p>")
+        parts.append("<h3>Correctly classified: where the model looked</h3>")
+        right = int(np.trace(matrix))
+        if not right:
+            parts.append("<p>No test image was classified correctly.</p>")
+        elif images.get("correct"):
+            parts.append(
+                f"<p>{min(right, MAX_CORRECT)} of the {right} correctly classified test images, "
+                "drawn at random with the run's seed, each above its Grad-CAM heatmap for its "
+                "class: is the red on the object, or on the background?</p>"
+                + _image(images["correct"], "correctly classified test images with heatmaps")
+            )
+        else:
+            parts.append(
+                "<p>No heatmaps: the backbone has no feature map for Grad-CAM, or the grid "
+                "could not be drawn.</p>"
+            )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>{_html(title)}</title><style>{_STYLE}</style></head>"
@@ -421,7 +467,8 @@ def write_report(tuner, directory) -> Path:
     if metrics is not None:
         matrix = metrics["confusion_matrix"]
         images["confusion_matrix"] = _safely(plot_confusion, matrix, tuner.class_names)
-        images["mistakes"] = _safely(_mistakes_png, tuner)
+        grids = _safely(_test_grids, tuner)
+        images.update(grids or {})
         with (directory / "per_class.csv").open("w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(("class", "precision", "recall", "f1", "support"))

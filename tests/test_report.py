@@ -16,7 +16,14 @@ from PIL import Image
 
 import keras_ft
 from keras_ft.cli import main
-from keras_ft.report import PLOTS_HINT, confident_mistakes, plot_confusion, write_report
+from keras_ft.report import (
+    MAX_CORRECT,
+    PLOTS_HINT,
+    confident_mistakes,
+    correct_sample,
+    plot_confusion,
+    write_report,
+)
 
 CLASSES = ("red", "green", "blue")
 
@@ -64,6 +71,8 @@ def test_report_plots_decode_and_are_embedded_in_the_html(cli_run):
     plots = ["curves.png", "confusion_matrix.png"]
     if "No test image was misclassified" not in page:
         plots.append("mistakes.png")
+    if "No test image was classified correctly" not in page:
+        plots.append("correct.png")
     for name in plots:
         with Image.open(report / name) as image:
             image.load()  # decodes the whole file
@@ -71,7 +80,8 @@ def test_report_plots_decode_and_are_embedded_in_the_html(cli_run):
         embedded = base64.b64encode((report / name).read_bytes()).decode("ascii")
         assert f"data:image/png;base64,{embedded}" in page, name
     assert 'src="http' not in page and "<link" not in page  # nothing to fetch: opens offline
-    for text in ("Training curves", "Per class", "Confusion matrix", "Most confidently wrong"):
+    for text in ("Training curves", "Per class", "Confusion matrix", "Most confidently wrong",
+                 "Correctly classified: where the model looked"):
         assert text in page
     assert all(f"<td>{name}</td>" in page for name in CLASSES)
     assert PLOTS_HINT not in html.unescape(page)
@@ -190,15 +200,15 @@ def test_plot_confusion_draws_dollar_signs_and_backslashes_literally():
 
 
 def test_mistakes_grid_draws_each_heatmap_below_its_image(tmp_path):
-    from keras_ft.report import _TILE, heat_overlay, mistakes_grid
+    from keras_ft.report import _TILE, heat_overlay, labelled_grid
 
     pixels = np.full((32, 32, 3), 128, np.uint8)
     Image.fromarray(pixels).save(tmp_path / "a.png")
     heatmap = np.zeros((32, 32), np.float32)
     heatmap[:, :16] = 1.0  # all the heat on the left half
     args = ([tmp_path / "a.png"], ["cat"], ["dog"], [0.9])
-    plain = mistakes_grid(*args)
-    with_heat = mistakes_grid(*args, overlays=[heat_overlay(pixels, heatmap)])
+    plain = labelled_grid(*args)
+    with_heat = labelled_grid(*args, overlays=[heat_overlay(pixels, heatmap)])
     assert with_heat.height == plain.height + _TILE + 4
     row = np.asarray(with_heat)[4 + _TILE + 4 : 4 + 2 * _TILE + 4, 4 : 4 + _TILE].astype(int)
     redness = row[..., 0] - row[..., 1]
@@ -211,3 +221,55 @@ def test_heat_overlays_of_a_trained_run(tuner):
     paths = [f.path for f in tuner._data.test_files[:3]]
     overlays = _heat_overlays(tuner.model, paths)
     assert [o.size for o in overlays] == [(32, 32)] * 3
+
+
+def test_correct_sample_is_seeded_and_holds_only_correct_predictions():
+    labels = np.random.default_rng(0).integers(0, 3, 40)
+    probabilities = np.eye(3)[labels]
+    probabilities[::2] = np.eye(3)[(labels[::2] + 1) % 3]  # the even images are wrong
+    sample = correct_sample(probabilities, labels, seed=1)
+    assert len(sample) == MAX_CORRECT and set(sample) <= set(range(1, 40, 2))
+    assert sample.tolist() == sorted(sample)
+    assert np.array_equal(sample, correct_sample(probabilities, labels, seed=1))
+    assert not np.array_equal(sample, correct_sample(probabilities, labels, seed=2))
+    assert correct_sample(probabilities[:6], labels[:6], seed=1).tolist() == [1, 3, 5]
+
+
+@pytest.fixture(scope="module")
+def good_tuner(tmp_path_factory):
+    """A tiny fit that gets more test images right than the report's sample shows."""
+    root = tmp_path_factory.mktemp("good")
+    write_folder(root / "train", CLASSES, per_class=16, seed=1)
+    write_folder(root / "test", CLASSES, per_class=6, seed=2)
+    data = keras_ft.ImageFolder(
+        root / "train", test_dir=root / "test", image_size=32, batch_size=8, augment=False
+    )
+    tuner = keras_ft.FineTuner(tiny_backbone(32), preprocessing="tf", seed=1)
+    tuner.fit(data, head_epochs=3, finetune_epochs=0, head_lr=0.01, verbose=0)
+    return tuner
+
+
+def test_report_shows_a_seeded_sample_of_correct_images_with_heatmaps(
+    good_tuner, tmp_path, monkeypatch
+):
+    from keras_ft.evaluation import predict_dataset
+    from keras_ft.report import _CAPTION, _TILE
+
+    tuner = good_tuner
+    probabilities, labels = predict_dataset(tuner.model, tuner._data.test)
+    right = int((probabilities.argmax(axis=1) == labels).sum())
+    assert right > MAX_CORRECT  # so the sample is a real draw, not all of them
+    first = write_report(tuner, tmp_path / "a").parent / "correct.png"
+    again = write_report(tuner, tmp_path / "b").parent / "correct.png"
+    assert first.read_bytes() == again.read_bytes()  # the same images, the same heatmaps
+    monkeypatch.setattr(tuner, "seed", tuner.seed + 1)
+    other = write_report(tuner, tmp_path / "c").parent / "correct.png"
+    assert first.read_bytes() != other.read_bytes()  # another seed, another sample
+    with Image.open(first) as grid:
+        grid.load()
+        # 12 tiles in 2 rows of 6, each: the image, its heatmap below it, two caption lines
+        assert grid.size == (6 * (_TILE + 8), 2 * (2 * _TILE + 4 + _CAPTION + 8))
+    page = (tmp_path / "a" / "report.html").read_text(encoding="utf-8")
+    embedded = base64.b64encode(first.read_bytes()).decode("ascii")
+    assert f"data:image/png;base64,{embedded}" in page
+    assert f"{MAX_CORRECT} of the {right} correctly classified test images" in page
