@@ -9,7 +9,7 @@ A run directory holds:
     metrics.json        held-out test metrics (when a test set was given)
     run.json            configuration, seed, versions, data fingerprints, weights SHA-256,
                         the SHA-256 of every other file (the manifest), optionally signed
-    report/             curves, confusion matrix, per-class table, mistakes, report.html
+    report/             curves, confusion matrix, per-class table, mistakes, correct, report.html
     logs/               TensorBoard logs of both phases (when the fit wrote them)
 """
 

@@ -80,8 +80,13 @@ def test_report_plots_decode_and_are_embedded_in_the_html(cli_run):
         embedded = base64.b64encode((report / name).read_bytes()).decode("ascii")
         assert f"data:image/png;base64,{embedded}" in page, name
     assert 'src="http' not in page and "<link" not in page  # nothing to fetch: opens offline
-    for text in ("Training curves", "Per class", "Confusion matrix", "Most confidently wrong",
-                 "Correctly classified: where the model looked"):
+    for text in (
+        "Training curves",
+        "Per class",
+        "Confusion matrix",
+        "Most confidently wrong",
+        "Correctly classified: where the model looked",
+    ):
         assert text in page
     assert all(f"<td>{name}</td>" in page for name in CLASSES)
     assert PLOTS_HINT not in html.unescape(page)
