@@ -39,10 +39,10 @@ from keras_ft.errors import KerasFTError
 from keras_ft.evaluation import evaluate_model, trained_with_flips
 from keras_ft.model import build_classifier, split_at_features, unknown_layer_message
 from keras_ft.recipe import apply_recipe
-from keras_ft.report import EpochTensorBoard
 from keras_ft.reproducibility import check_deterministic_gradients, file_hashes, seed_everything
 from keras_ft.training import (
     PHASES,
+    EpochTensorBoard,
     TrainingHistory,
     advice,
     fit_two_phase,

@@ -1,4 +1,4 @@
-"""Results people can look at: the run report and the TensorBoard callback.
+"""Results people can look at: the run report.
 
 `write_report` is called by `keras_ft.artifacts.save_run` and writes
 `RUN_DIR/report/`:
@@ -30,7 +30,6 @@ import io
 import warnings
 from pathlib import Path
 
-import keras
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
@@ -43,24 +42,6 @@ PLOTS_HINT = 'Plots need matplotlib: pip install "keras-ft[plots]"'
 MAX_MISTAKES = 24
 MAX_CORRECT = 12
 _TILE, _CAPTION = 128, 34
-
-
-class EpochTensorBoard(keras.callbacks.TensorBoard):
-    """`keras.callbacks.TensorBoard` writing per-epoch summaries only.
-
-    Steps are epochs, which `fit_two_phase` numbers continuously across both
-    phases, so the head and fine-tune phases share one axis. Keras's extra
-    `evaluation_*_vs_iterations` summaries are left out: they are keyed on the
-    optimizer's step count, which restarts with phase 2's new optimizer.
-    """
-
-    def __init__(self, log_dir):
-        super().__init__(log_dir=str(log_dir), write_graph=False, update_freq="epoch")
-
-    def on_test_end(self, logs=None):
-        # With update_freq="epoch" the base class pushes no writer at test begin;
-        # all it would do here is write the iteration-keyed summaries.
-        pass
 
 
 def _matplotlib_figure():

@@ -205,6 +205,24 @@ def compile_for_phase(
     )
 
 
+class EpochTensorBoard(keras.callbacks.TensorBoard):
+    """`keras.callbacks.TensorBoard` writing per-epoch summaries only.
+
+    Steps are epochs, which `fit_two_phase` numbers continuously across both
+    phases, so the head and fine-tune phases share one axis. Keras's extra
+    `evaluation_*_vs_iterations` summaries are left out: they are keyed on the
+    optimizer's step count, which restarts with phase 2's new optimizer.
+    """
+
+    def __init__(self, log_dir):
+        super().__init__(log_dir=str(log_dir), write_graph=False, update_freq="epoch")
+
+    def on_test_end(self, logs=None):
+        # With update_freq="epoch" the base class pushes no writer at test begin;
+        # all it would do here is write the iteration-keyed summaries.
+        pass
+
+
 class Checkpoint(keras.callbacks.Callback):
     """Save every variable of the classifier and its optimizer after each epoch.
 
