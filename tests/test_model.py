@@ -51,6 +51,26 @@ def test_backbone_batchnorm_stays_in_inference_mode_during_training():
         np.testing.assert_array_equal(x, y)  # moving statistics and gamma/beta unchanged
 
 
+def test_head_feature_norm_trains_in_phase_1_and_is_frozen_in_phase_2():
+    model = classifier()
+    norm = model.get_layer("feature_norm")
+    images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    labels = np.arange(8) % 3
+
+    def fit_one_epoch():
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+        before = [np.copy(w) for w in norm.get_weights()]
+        model.fit(images, labels, epochs=1, verbose=0)
+        return [np.array_equal(x, y) for x, y in zip(before, norm.get_weights(), strict=True)]
+
+    freeze_backbone(model)
+    assert norm.trainable and not any(fit_one_epoch())  # gamma, beta and statistics move
+    unfreeze_backbone(model, "all")
+    assert not norm.trainable and all(fit_one_epoch())  # inference mode: nothing moves
+    freeze_backbone(model)  # a later phase 1 (e.g. lr_find's head sweep) trains it again
+    assert norm.trainable
+
+
 def test_freeze_then_unfreeze_all_keeps_batchnorm_frozen():
     model = classifier()
     freeze_backbone(model)
