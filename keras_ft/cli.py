@@ -79,8 +79,9 @@ def _add_run_arguments(p, output_help: str, exclude=TRAIN_ONLY) -> None:
         "--recipe",
         choices=("auto",),
         help="auto: settings that adapt to the data for every flag left at its default "
-        "(phase 2 until val_loss stalls, within 30 epochs; --auto-flip; --translation 0.1; "
-        "--discriminative-lr 10); what it set is printed and kept in run.json",
+        "(from 150 training images: --finetune-lr 3e-4 --finetune-schedule cosine "
+        "--warmup-epochs 1; --fallback-to-head; --auto-flip); what it set is printed and "
+        "kept in run.json",
     )
     p.add_argument(
         "--no-tensorboard",

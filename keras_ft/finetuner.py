@@ -265,10 +265,10 @@ class FineTuner:
         {options}
             recipe: `None`, or `"auto"`: settings that adapt to the data for
                 every option left at its default (`keras_ft.recipe.AutoRecipe`:
-                phase 2 runs until the validation loss stalls, within a budget
-                of epochs, keeping the best weights; `flip="auto"`; small
-                translations; discriminative learning rates). What it changed
-                is printed and kept in `run.json` under `"recipe"`.
+                phase 2's learning rate and schedule follow the training
+                split's size; phase 2 is kept only if it lowered the validation
+                loss; `flip="auto"`). What it changed is printed and kept in
+                `run.json` under `"recipe"`.
             callbacks: Keras callbacks, passed to both phases.
             checkpoint_dir: save a checkpoint there after every epoch (only the
                 chief does, under a multi-worker strategy).
@@ -296,11 +296,11 @@ class FineTuner:
             )
         options = merge_options(options, self._fit_options, "FineTuner.fit")
         options, data, applied = apply_recipe(recipe, options, data)
-        if applied and resume and options["early_stopping"]:
+        if applied.get("fallback_to_head") and resume:
             raise KerasFTError(
-                f"recipe={recipe!r} stops phases early (early_stopping="
-                f"{options['early_stopping']}), which `resume` cannot replay exactly. "
-                "Start again without resume, or train without the recipe."
+                f"recipe={recipe!r} compares the validation loss before and after phase 2 "
+                "(fallback_to_head=True), which `resume` cannot replay exactly. Start again "
+                "without resume, or train without the recipe."
             )
         if applied and verbose != 0:
             settings = ", ".join(f"{key}={value!r}" for key, value in applied.items())

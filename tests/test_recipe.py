@@ -8,7 +8,6 @@ from conftest import tiny_backbone, write_folder
 import keras_ft
 from keras_ft.config import TrainingConfig
 from keras_ft.recipe import RECIPES, apply_recipe
-from keras_ft.training import LayerwiseSGD
 
 
 def defaults() -> dict:
@@ -25,39 +24,40 @@ def folder(tmp_path_factory):
 def test_auto_sets_the_options_left_at_their_defaults(folder):
     data = keras_ft.ImageFolder(folder, image_size=32, batch_size=8, validation_split=0.25)
     options, adapted, applied = apply_recipe("auto", defaults(), data)
-    recipe = RECIPES["auto"]
-    assert options["finetune_epochs"] == recipe.finetune_epochs == 30
-    assert options["early_stopping"] == recipe.early_stopping
-    assert options["discriminative_lr"] == recipe.discriminative_lr
-    assert (adapted.config.flip, adapted.config.translation) == ("auto", recipe.translation)
+    assert len(data.train_files) < RECIPES["auto"].min_train_images  # 27 images
+    assert applied == {"fallback_to_head": True, "flip": "auto"}
+    assert options["fallback_to_head"] is True and adapted.config.flip == "auto"
     assert adapted.train_files == data.train_files and data.config.flip is True  # a copy
-    assert (options["head_epochs"], options["head_augment"]) == (100, False)
-    assert options["fallback_to_head"] is True
-    assert set(applied) == {
-        "head_epochs",
-        "head_augment",
-        "finetune_epochs",
-        "early_stopping",
-        "fallback_to_head",
-        "flip",
-        "translation",
-        "discriminative_lr",
-    }
+    # A small split keeps the defaults' phase-2 rate: constant 1e-4, no warm-up.
+    assert (options["finetune_lr"], options["finetune_schedule"]) == (1e-4, "constant")
+
+
+def test_auto_runs_phase_2_faster_from_its_size_threshold(tmp_path):
+    recipe = RECIPES["auto"]
+    large = write_folder(tmp_path / "large", ("a", "b"), per_class=100, size=8)
+    data = keras_ft.ImageFolder(large, image_size=32, batch_size=8, validation_split=0.25)
+    assert len(data.train_files) == 150 == recipe.min_train_images
+    options, _, applied = apply_recipe("auto", defaults(), data)
+    faster = {"finetune_lr": 3e-4, "finetune_schedule": "cosine", "warmup_epochs": 1}
+    assert {k: options[k] for k in faster} == faster and faster.items() <= applied.items()
+    chosen = defaults() | {"finetune_lr": 1e-3}
+    options, _, applied = apply_recipe("auto", chosen, data)
+    assert options["finetune_lr"] == 1e-3 and "finetune_lr" not in applied
 
 
 def test_auto_keeps_what_the_user_chose(folder):
     data = keras_ft.ImageFolder(
         folder, image_size=32, batch_size=8, validation_split=0.25, flip=False
     )
-    chosen = defaults() | {"finetune_epochs": 4, "early_stopping": 1}
+    chosen = defaults() | {"fallback_to_head": True}
     options, adapted, applied = apply_recipe("auto", chosen, data)
-    assert (options["finetune_epochs"], options["early_stopping"]) == (4, 1)
+    assert options["fallback_to_head"] is True and "fallback_to_head" not in applied
     assert adapted.config.flip is False and "flip" not in applied
     unaugmented = keras_ft.ImageFolder(
         folder, image_size=32, batch_size=8, validation_split=0.25, augment=False
     )
     _, kept, applied = apply_recipe("auto", defaults(), unaugmented)
-    assert kept is unaugmented and not {"flip", "translation"} & set(applied)
+    assert kept is unaugmented and "flip" not in applied
     assert apply_recipe(None, chosen, data) == (chosen, data, {})
 
 
@@ -69,7 +69,7 @@ def test_auto_refusals_name_the_problem(folder, tmp_path):
     with pytest.raises(keras_ft.KerasFTError, match="validation_split is 0"):
         apply_recipe("auto", defaults(), unvalidated)
     tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf")
-    with pytest.raises(keras_ft.KerasFTError, match=r"recipe='auto' stops phases early"):
+    with pytest.raises(keras_ft.KerasFTError, match=r"recipe='auto' compares the validation"):
         tuner.fit(data, recipe="auto", resume=True, checkpoint_dir=tmp_path, verbose=0)
 
 
@@ -78,11 +78,8 @@ def test_fit_with_auto_records_the_recipe_and_trains_adaptively(folder, capsys):
     tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
     tuner.fit(data, head_epochs=2, finetune_epochs=3, head_lr=1e-2, recipe="auto", verbose=2)
     out = capsys.readouterr().out
-    assert (
-        "recipe='auto': head_augment=False, early_stopping=3, fallback_to_head=True, "
-        "flip='auto', translation=0.1"
-    ) in out
-    assert tuner.record["recipe"]["applied"]["discriminative_lr"] == 10.0
-    assert tuner.training_config.finetune_epochs == 3  # chosen, so kept
+    assert "recipe='auto': fallback_to_head=True, flip='auto'" in out
+    assert tuner.record["recipe"]["applied"] == {"fallback_to_head": True, "flip": "auto"}
+    assert tuner.training_config.fallback_to_head is True
     assert tuner.data_config.flip == "auto" and "flip" in tuner.record["decisions"]
-    assert isinstance(tuner.model.optimizer, LayerwiseSGD)
+    assert "fallback" in tuner.record["decisions"]
