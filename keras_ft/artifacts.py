@@ -33,7 +33,7 @@ import tensorflow as tf
 from PIL import Image
 
 from keras_ft import __version__
-from keras_ft.backbones import BACKBONES, not_registered
+from keras_ft.backbones import is_registered, not_registered
 from keras_ft.config import to_dict
 from keras_ft.data import decode_and_resize, pil_to_rgb, resize
 from keras_ft.errors import KerasFTError
@@ -388,7 +388,7 @@ def _unknown_class(model_path: Path, error: str, record: dict) -> str:
     found = re.search(r"Could not locate class '([^']+)'", error)
     missing = found.group(1).split(">")[-1] if found else "(unnamed)"
     name = record["model"].get("backbone")
-    if record.get("backbone") and name not in BACKBONES:  # a backbone registered by the user
+    if record.get("backbone") and not is_registered(name):  # a backbone registered by the user
         why = not_registered(name, record["backbone"])
     else:
         why = (

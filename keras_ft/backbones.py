@@ -6,11 +6,14 @@ the model), its usual and smallest input size, and the layer a classic
 partial fine-tune starts from. The registry holds the `keras.applications`
 backbones below; `register_backbone` adds one of your own (as timm's
 `register_model` does), which `FineTuner`, `tune` and `reproduce` then use
-by name like the built-in ones.
+by name like the built-in ones. An installed package can declare its
+backbones under the entry-point group `keras_ft.backbones`, so that the
+`keras-ft` command (a process of its own) knows them too.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import types
 import warnings
@@ -301,10 +304,47 @@ def register_backbone(spec: BackboneSpec, overwrite: bool = False) -> BackboneSp
     return spec
 
 
+PLUGIN_GROUP = "keras_ft.backbones"
+_plugins = {"loaded": False}
+
+
+def load_plugins() -> None:
+    """Register the backbones that installed packages declare, once per process.
+
+    A package declares one in its `pyproject.toml`, under the entry-point
+    group `keras_ft.backbones`: `mynet = "mypackage.backbones:MYNET_SPEC"`,
+    the value being a `BackboneSpec` (or a module that calls
+    `register_backbone` when imported). A plugin that fails to import is
+    skipped with a warning naming it.
+    """
+    if _plugins["loaded"]:
+        return
+    _plugins["loaded"] = True
+    for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        try:
+            value = entry.load()
+        except Exception as error:  # a broken plugin must not break every command
+            warnings.warn(
+                f"Skipped the backbone plugin '{entry.name}' ({entry.value}): importing it "
+                f"failed with {type(error).__name__}: {error}. Fix or uninstall the package "
+                "that declares it.",
+                stacklevel=2,
+            )
+            continue
+        if isinstance(value, BackboneSpec) and value.name not in _REGISTRY:
+            _REGISTRY[value.name] = value
+
+
+def is_registered(name: str) -> bool:
+    """Whether backbone `name` is registered (installed plugins included)."""
+    load_plugins()
+    return _key(str(name)) in BACKBONES
+
+
 def get_backbone(name: str) -> BackboneSpec:
     """Return the spec of backbone `name` (case and '_' / '-' insensitive)."""
     key = _key(str(name))
-    if key not in BACKBONES:
+    if not is_registered(key):
         raise KerasFTError(
             f"Unknown backbone {name!r}. Known backbones: {', '.join(BACKBONES)}. "
             "Run `keras-ft backbones` to list them with their input sizes; register one of "
@@ -327,12 +367,14 @@ def not_registered(name: str, recorded: dict | None) -> str:
     return (
         f"Backbone '{name}' is not registered in this process{where}. It was registered "
         f"with keras_ft.register_backbone when the run was trained: {first} registers it, "
-        "before this call."
+        "before this call (for the keras-ft command: declare it in your package's "
+        f"'{PLUGIN_GROUP}' entry points)."
     )
 
 
 def describe_backbones() -> str:
-    """A table of the registry, for `keras-ft backbones`."""
+    """A table of the registry (installed plugins included), for `keras-ft backbones`."""
+    load_plugins()
     header = ("name", "builder", "preprocessing", "size", "min", "--unfreeze suggestion")
     rows = [header] + [
         (

@@ -11,7 +11,7 @@ import dataclasses
 import tempfile
 
 from keras_ft.artifacts import verify_run
-from keras_ft.backbones import BACKBONES, not_registered
+from keras_ft.backbones import is_registered, not_registered
 from keras_ft.config import DataConfig, ModelConfig, TrainingConfig, from_dict, to_dict
 from keras_ft.data import ImageFolder
 from keras_ft.errors import KerasFTError
@@ -87,9 +87,9 @@ def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto", signing
 def _check_backbone(run_dir, name: str, record: dict) -> None:
     """Refuse a run whose backbone cannot be rebuilt by name in this process."""
     built = record.get("backbone")  # absent in older runs: they rebuilt registry names only
-    if built and name not in BACKBONES:
+    if built and not is_registered(name):
         raise KerasFTError(f"Cannot reproduce '{run_dir}': {not_registered(name, built)}")
-    if name not in BACKBONES or ("backbone" in record and built is None):
+    if not is_registered(name) or ("backbone" in record and built is None):
         raise KerasFTError(
             f"'{run_dir}' used a custom backbone ({name!r}) passed as a keras.Model; "
             "`reproduce` rebuilds backbones by their registry name. Register its builder "
