@@ -43,6 +43,15 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600):
     )
 
 
+def main_cli(capsys, *args) -> tuple[int, str, str]:
+    """Run `keras-ft ARGS` in this process; return (exit code, stdout, stderr)."""
+    from keras_ft.cli import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def copy_run(run_dir: Path, destination: Path, edit=None) -> Path:
     """Copy a run directory; `edit(record)` may change its run.json in place first."""
     import json

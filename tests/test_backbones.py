@@ -325,25 +325,8 @@ def test_an_installed_plugin_backbone_works_in_the_keras_ft_command(tmp_path):
     listed = cli("backbones")
     assert listed.returncode == 0 and "plugnet" in listed.stdout
     data, run = write_folder(tmp_path / "train"), tmp_path / "run"
-    trained = cli(
-        "train",
-        data,
-        "--backbone",
-        "plugnet",
-        "--weights",
-        "none",
-        "--image-size",
-        "32",
-        "--head-epochs",
-        "1",
-        "--finetune-epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--quiet",
-        "--output",
-        run,
-    )
+    flags = "--backbone plugnet --weights none --image-size 32 --head-epochs 1 --finetune-epochs 1"
+    trained = cli("train", data, *flags.split(), "--batch-size", "8", "--quiet", "--output", run)
     assert trained.returncode == 0, trained.stderr
     assert json.loads((run / "run.json").read_text())["model"]["backbone"] == "plugnet"
     replayed = cli("reproduce", run, "--quiet")

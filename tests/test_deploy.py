@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import main_cli as cli
 from conftest import write_folder
 
 import keras_ft
@@ -27,14 +28,6 @@ def run(tmp_path_factory):
     tuner.fit(data, head_epochs=1, finetune_epochs=0, verbose=0)
     tuner.save(tmp / "run")
     return tmp / "run", test
-
-
-def cli(capsys, *args):
-    from keras_ft.cli import main
-
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.mark.parametrize("quantize", ["none", "float16"])

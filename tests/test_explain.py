@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from conftest import main_cli as cli
 from conftest import tiny_backbone, write_folder
 from PIL import Image
 
@@ -108,14 +109,6 @@ def tiny_run(tmp_path_factory):
     tuner.fit(data, head_epochs=1, finetune_epochs=0, verbose=0)
     tuner.save(tmp / "run")
     return tmp / "run", train
-
-
-def cli(capsys, *args):
-    from keras_ft.cli import main
-
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def test_explain_writes_one_png_per_image(tiny_run, tmp_path, capsys):
