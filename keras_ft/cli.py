@@ -80,8 +80,7 @@ def _add_run_arguments(p, output_help: str, exclude=TRAIN_ONLY) -> None:
         choices=("auto",),
         help="auto: settings that adapt to the data for every flag left at its default "
         "(from 150 training images: --finetune-lr 3e-4 --finetune-schedule cosine "
-        "--warmup-epochs 1; --fallback-to-head; --auto-flip); what it set is printed and "
-        "kept in run.json",
+        "--warmup-epochs 1; --fallback-to-head); what it set is printed and kept in run.json",
     )
     p.add_argument(
         "--no-tensorboard",

@@ -267,8 +267,8 @@ class FineTuner:
                 every option left at its default (`keras_ft.recipe.AutoRecipe`:
                 phase 2's learning rate and schedule follow the training
                 split's size; phase 2 is kept only if it lowered the validation
-                loss; `flip="auto"`). What it changed is printed and kept in
-                `run.json` under `"recipe"`.
+                loss). What it changed is printed and kept in `run.json` under
+                `"recipe"`.
             callbacks: Keras callbacks, passed to both phases.
             checkpoint_dir: save a checkpoint there after every epoch (only the
                 chief does, under a multi-worker strategy).
@@ -295,7 +295,7 @@ class FineTuner:
                 "Wrap your folder: keras_ft.ImageFolder('path/to/train')."
             )
         options = merge_options(options, self._fit_options, "FineTuner.fit")
-        options, data, applied = apply_recipe(recipe, options, data)
+        options, applied = apply_recipe(recipe, options, data)
         if applied.get("fallback_to_head") and resume:
             raise KerasFTError(
                 f"recipe={recipe!r} compares the validation loss before and after phase 2 "

@@ -23,13 +23,12 @@ def folder(tmp_path_factory):
 
 def test_auto_sets_the_options_left_at_their_defaults(folder):
     data = keras_ft.ImageFolder(folder, image_size=32, batch_size=8, validation_split=0.25)
-    options, adapted, applied = apply_recipe("auto", defaults(), data)
+    options, applied = apply_recipe("auto", defaults(), data)
     assert len(data.train_files) < RECIPES["auto"].min_train_images  # 27 images
-    assert applied == {"fallback_to_head": True, "flip": "auto"}
-    assert options["fallback_to_head"] is True and adapted.config.flip == "auto"
-    assert adapted.train_files == data.train_files and data.config.flip is True  # a copy
+    assert applied == {"fallback_to_head": True} and options["fallback_to_head"] is True
     # A small split keeps the defaults' phase-2 rate: constant 1e-4, no warm-up.
     assert (options["finetune_lr"], options["finetune_schedule"]) == (1e-4, "constant")
+    assert options == defaults() | applied
 
 
 def test_auto_runs_phase_2_faster_from_its_size_threshold(tmp_path):
@@ -37,28 +36,20 @@ def test_auto_runs_phase_2_faster_from_its_size_threshold(tmp_path):
     large = write_folder(tmp_path / "large", ("a", "b"), per_class=100, size=8)
     data = keras_ft.ImageFolder(large, image_size=32, batch_size=8, validation_split=0.25)
     assert len(data.train_files) == 150 == recipe.min_train_images
-    options, _, applied = apply_recipe("auto", defaults(), data)
+    options, applied = apply_recipe("auto", defaults(), data)
     faster = {"finetune_lr": 3e-4, "finetune_schedule": "cosine", "warmup_epochs": 1}
     assert {k: options[k] for k in faster} == faster and faster.items() <= applied.items()
-    chosen = defaults() | {"finetune_lr": 1e-3}
-    options, _, applied = apply_recipe("auto", chosen, data)
+
+
+def test_auto_keeps_what_the_user_chose(tmp_path):
+    large = write_folder(tmp_path / "large", ("a", "b"), per_class=100, size=8)
+    data = keras_ft.ImageFolder(large, image_size=32, batch_size=8, validation_split=0.25)
+    chosen = defaults() | {"finetune_lr": 1e-3, "finetune_schedule": "constant"}
+    options, applied = apply_recipe("auto", chosen, data)
     assert options["finetune_lr"] == 1e-3 and "finetune_lr" not in applied
-
-
-def test_auto_keeps_what_the_user_chose(folder):
-    data = keras_ft.ImageFolder(
-        folder, image_size=32, batch_size=8, validation_split=0.25, flip=False
-    )
-    chosen = defaults() | {"fallback_to_head": True}
-    options, adapted, applied = apply_recipe("auto", chosen, data)
-    assert options["fallback_to_head"] is True and "fallback_to_head" not in applied
-    assert adapted.config.flip is False and "flip" not in applied
-    unaugmented = keras_ft.ImageFolder(
-        folder, image_size=32, batch_size=8, validation_split=0.25, augment=False
-    )
-    _, kept, applied = apply_recipe("auto", defaults(), unaugmented)
-    assert kept is unaugmented and "flip" not in applied
-    assert apply_recipe(None, chosen, data) == (chosen, data, {})
+    # "constant" equals the default, so the recipe cannot tell it was chosen (documented)
+    assert set(applied) == {"fallback_to_head", "finetune_schedule", "warmup_epochs"}
+    assert apply_recipe(None, chosen, data) == (chosen, {})
 
 
 def test_auto_refusals_name_the_problem(folder, tmp_path):
@@ -78,8 +69,7 @@ def test_fit_with_auto_records_the_recipe_and_trains_adaptively(folder, capsys):
     tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
     tuner.fit(data, head_epochs=2, finetune_epochs=3, head_lr=1e-2, recipe="auto", verbose=2)
     out = capsys.readouterr().out
-    assert "recipe='auto': fallback_to_head=True, flip='auto'" in out
-    assert tuner.record["recipe"]["applied"] == {"fallback_to_head": True, "flip": "auto"}
+    assert "recipe='auto': fallback_to_head=True" in out
+    assert tuner.record["recipe"]["applied"] == {"fallback_to_head": True}
     assert tuner.training_config.fallback_to_head is True
-    assert tuner.data_config.flip == "auto" and "flip" in tuner.record["decisions"]
-    assert "fallback" in tuner.record["decisions"]
+    assert tuner.record["decisions"]["fallback"]["kept"] in ("head", "finetune")
