@@ -108,6 +108,12 @@ DEMO = (
     "1e-4",
 )
 
+
+def _warmup_cosine(rate: str) -> tuple[str, ...]:
+    """Phase 2 at `rate` after one warm-up epoch, decaying along a cosine."""
+    return ("--finetune-lr", rate, "--finetune-schedule", "cosine", "--warmup-epochs", "1")
+
+
 METHODS = {
     "probe": Method("probe", note="logistic regression on avg+max pooled frozen features"),
     "guide": Method("guide", note="the Keras guide's recipe as written: 3 head + 2 fine-tune"),
@@ -133,24 +139,12 @@ METHODS = {
     ),
     # Second round (after the BN fix), on top of the defaults: a phase-2 rate and schedule
     # that converge within the same epoch budget.
-    "c2-lr1e-3-cos": Method(
-        "keras-ft",
-        ("--finetune-lr", "1e-3", "--finetune-schedule", "cosine", "--warmup-epochs", "1"),
-    ),
-    "c2-lr3e-4-cos": Method(
-        "keras-ft",
-        ("--finetune-lr", "3e-4", "--finetune-schedule", "cosine", "--warmup-epochs", "1"),
-    ),
+    "c2-lr1e-3-cos": Method("keras-ft", _warmup_cosine("1e-3")),
+    "c2-lr3e-4-cos": Method("keras-ft", _warmup_cosine("3e-4")),
     # Third round: the same two after the head's feature BatchNormalization is frozen in
     # phase 2 (c2 fell to chance on the 30/class Cahn-Hilliard and 10/class MNIST splits).
-    "c3-lr1e-3-cos": Method(
-        "keras-ft",
-        ("--finetune-lr", "1e-3", "--finetune-schedule", "cosine", "--warmup-epochs", "1"),
-    ),
-    "c3-lr3e-4-cos": Method(
-        "keras-ft",
-        ("--finetune-lr", "3e-4", "--finetune-schedule", "cosine", "--warmup-epochs", "1"),
-    ),
+    "c3-lr1e-3-cos": Method("keras-ft", _warmup_cosine("1e-3")),
+    "c3-lr3e-4-cos": Method("keras-ft", _warmup_cosine("3e-4")),
 }
 DEFAULT_METHODS = ("probe", "guide", "defaults", "auto")
 GUIDE_EPOCHS = (3, 2)
