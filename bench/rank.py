@@ -177,17 +177,15 @@ def pretrained_vs_random(folders: dict[str, Path], image_size: int) -> list[dict
     return rows
 
 
-def layers(data, epochs, image_size: int) -> dict:
-    from keras_ft.ranking import rank
-
-    load, clock = _load(), time.perf_counter()
-    result = rank(data, [f"vgg16={WEIGHTS}"], layers=BLOCKS, verbose=False)
+def _against_finetuning(kind: str, result, finetunes: dict, load, clock) -> dict:
+    """Fine-tune each candidate (`finetunes`: label -> a call returning test accuracy) and
+    set the test accuracies beside `result`'s scores."""
     scores = _scores(result)
     accuracy = {}
-    for layer in BLOCKS:
-        accuracy[layer] = _finetune(_cut_vgg16(layer, image_size), data, epochs, "caffe")
+    for label, finetune in finetunes.items():
+        accuracy[label] = finetune()
         print(
-            f"layers: {layer} LogME {scores[layer]['logme']:.4f} test {accuracy[layer]:.4f}",
+            f"{kind}: {label} LogME {scores[label]['logme']:.4f} test {accuracy[label]:.4f}",
             flush=True,
         )
     return {
@@ -196,6 +194,20 @@ def layers(data, epochs, image_size: int) -> dict:
         "scores": scores,
         "test_accuracy": accuracy,
         "tau": _tau(scores, accuracy),
+    }
+
+
+def layers(data, epochs, image_size: int) -> dict:
+    from keras_ft.ranking import rank
+
+    load, clock = _load(), time.perf_counter()
+    result = rank(data, [f"vgg16={WEIGHTS}"], layers=BLOCKS, verbose=False)
+    finetunes = {
+        layer: lambda layer=layer: _finetune(_cut_vgg16(layer, image_size), data, epochs, "caffe")
+        for layer in BLOCKS
+    }
+    return {
+        **_against_finetuning("layers", result, finetunes, load, clock),
         "recommendation": result.recommendation["text"],
     }
 
@@ -205,22 +217,13 @@ def across_backbones(data, epochs) -> dict:
 
     load, clock = _load(), time.perf_counter()
     result = rank(data, backbones(), verbose=False)
-    scores = _scores(result)
-    accuracy = {}
+    finetunes = {}
     for text in backbones():
         label, name, weights = parse_candidate(text, None)
-        accuracy[label] = _finetune(name, data, epochs, weights=weights)
-        print(
-            f"backbones: {label} LogME {scores[label]['logme']:.4f} test {accuracy[label]:.4f}",
-            flush=True,
+        finetunes[label] = lambda name=name, weights=weights: _finetune(
+            name, data, epochs, weights=weights
         )
-    return {
-        "load": load,
-        "seconds": round(time.perf_counter() - clock, 1),
-        "scores": scores,
-        "test_accuracy": accuracy,
-        "tau": _tau(scores, accuracy),
-    }
+    return _against_finetuning("backbones", result, finetunes, load, clock)
 
 
 def cost(train: Path, images: int) -> dict:
