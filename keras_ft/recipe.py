@@ -11,10 +11,9 @@ BENCHMARKS.md "Quality"), never on its test splits.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
-from keras_ft.config import TrainingConfig, check
+from keras_ft.config import TrainingConfig, check, defaults_of
 from keras_ft.errors import KerasFTError
 
 
@@ -76,7 +75,7 @@ def apply_recipe(name: str | None, options: dict, data) -> tuple[dict, dict]:
             f"recipe={name!r} compares the validation loss before and after phase 2, and "
             "validation_split is 0. Set validation_split > 0 (e.g. 0.2)."
         )
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainingConfig)}
+    defaults = defaults_of(TrainingConfig)
     applied = {
         option: value
         for option, value in RECIPES[name].settings(len(data.train_files)).items()

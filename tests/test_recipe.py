@@ -1,19 +1,16 @@
 """`recipe="auto"`: which options it sets, which it leaves, and what it refuses."""
 
-import dataclasses
-
 import pytest
 from conftest import tiny_backbone, write_folder
 
 import keras_ft
-from keras_ft.config import TrainingConfig
+from keras_ft.config import FIT_OPTIONS, TrainingConfig, defaults_of
 from keras_ft.recipe import RECIPES, apply_recipe
 
 
 def defaults() -> dict:
-    constructor = ("deterministic", "strategy")
-    fields = dataclasses.fields(TrainingConfig)
-    return {f.name: f.default for f in fields if f.name not in constructor}
+    """`fit`'s options at their defaults (the constructor's training options left out)."""
+    return {n: v for n, v in defaults_of(TrainingConfig).items() if n in FIT_OPTIONS}
 
 
 @pytest.fixture(scope="module")
