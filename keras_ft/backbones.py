@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import types
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -260,8 +259,33 @@ _SPECS = [
     ),
 ]
 _REGISTRY: dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}
-# The registry, read-only: `register_backbone` is the one way in.
-BACKBONES: types.MappingProxyType[str, BackboneSpec] = types.MappingProxyType(_REGISTRY)
+
+
+class _Registry(Mapping):
+    """The registry, read-only (`register_backbone` is the one way in), plugins included.
+
+    Every read loads the installed plugins first, and iteration walks a snapshot:
+    a loop over `BACKBONES` that builds each backbone sees the plugins from its
+    first step, and is not broken by a registration made inside the loop.
+    """
+
+    def __getitem__(self, name: str) -> BackboneSpec:
+        load_plugins()
+        return _REGISTRY[name]
+
+    def __iter__(self) -> Iterator[str]:
+        load_plugins()
+        return iter(list(_REGISTRY))
+
+    def __len__(self) -> int:
+        load_plugins()
+        return len(_REGISTRY)
+
+    def __repr__(self) -> str:
+        return f"BACKBONES({list(self)})"
+
+
+BACKBONES: Mapping[str, BackboneSpec] = _Registry()
 BUILT_IN = frozenset(_REGISTRY)
 
 
