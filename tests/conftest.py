@@ -18,6 +18,10 @@ if "KERAS_FT_TEST_CACHE" not in os.environ:
     os.environ["KERAS_FT_TEST_CACHE"] = tempfile.mkdtemp(prefix="keras_ft_test_cache_")
     atexit.register(shutil.rmtree, os.environ["KERAS_FT_TEST_CACHE"], True)
 os.environ["KERAS_FT_CACHE"] = os.environ["KERAS_FT_TEST_CACHE"]
+# The test-only backbone plugin `testnet` (tests/plugins), found by this process and its children.
+PLUGINS = str(Path(__file__).resolve().parent / "plugins")
+sys.path.insert(0, PLUGINS)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [PLUGINS, os.environ.get("PYTHONPATH")]))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -26,8 +30,8 @@ from PIL import Image  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS = ROOT / "data_samples" / "digits"
-# A small, untrained registry backbone at 32 px: the cheapest real `keras-ft train`.
-TINY_TRAIN = "--backbone mobilenetv3small --weights none --image-size 32 --quiet".split()
+# The test plugin's untrained backbone at 32 px: the cheapest real `keras-ft train`.
+TINY_TRAIN = "--backbone testnet --weights none --image-size 32 --quiet".split()
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600):
@@ -81,14 +85,9 @@ def write_folder(
 
 def tiny_backbone(image_size: int = 32) -> keras.Model:
     """A small seeded conv backbone (with BatchNorm) for fast tests of the whole flow."""
-    init = keras.initializers.GlorotUniform(seed=3)
-    inputs = keras.Input((image_size, image_size, 3))
-    x = keras.layers.Conv2D(8, 3, strides=2, kernel_initializer=init, name="conv_a")(inputs)
-    x = keras.layers.BatchNormalization(name="bn_a")(x)
-    x = keras.layers.Activation("relu", name="relu_a")(x)
-    x = keras.layers.Conv2D(16, 3, strides=2, kernel_initializer=init, name="conv_b")(x)
-    x = keras.layers.Activation("relu", name="relu_b")(x)
-    return keras.Model(inputs, x, name="tiny")
+    from testnet_pkg import testnet
+
+    return testnet(input_shape=(image_size, image_size, 3))
 
 
 @pytest.fixture

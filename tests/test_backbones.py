@@ -331,3 +331,16 @@ def test_an_installed_plugin_backbone_works_in_the_keras_ft_command(tmp_path):
     assert json.loads((run / "run.json").read_text())["model"]["backbone"] == "plugnet"
     replayed = cli("reproduce", run, "--quiet")
     assert replayed.returncode == 0 and replayed.stdout.splitlines()[-1] == "MATCH", replayed
+
+
+def test_a_loop_over_backbones_sees_the_installed_plugins_from_its_first_step():
+    """The suite's own plugin (tests/plugins) is installed in every process it starts. A fresh
+    process's first loop over BACKBONES lists it, and a lookup inside the loop (which used to
+    load the plugins mid-loop: 'dictionary changed size during iteration') does not break it."""
+    loop = "from keras_ft.backbones import BACKBONES, get_backbone\n"
+    loop += "print([name for name in BACKBONES if get_backbone(name)], len(BACKBONES))"
+    result = subprocess.run([sys.executable, "-c", loop], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("]")[0].endswith("'testnet'")
+    with pytest.raises(TypeError):
+        keras_ft.BACKBONES["mine"] = keras_ft.BACKBONES["testnet"]

@@ -1,13 +1,14 @@
 """The `keras-ft` command, run in fresh processes as a user would."""
 
 import json
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import DIGITS, TINY_TRAIN, bomb_png, run_cli, write_folder
+from conftest import DIGITS, PLUGINS, TINY_TRAIN, bomb_png, run_cli, write_folder
 from PIL import Image
 
 from keras_ft.cli import main
@@ -69,12 +70,15 @@ def test_train_prints_test_accuracy_and_writes_the_run(vgg16_run):
 
 @pytest.mark.parametrize("args", [["--help"], ["backbones"], ["scan", str(DIGITS), "--quiet"]])
 def test_commands_that_need_no_model_do_not_import_tensorflow(args):
+    """With no backbone plugin installed (a plugin's own imports are its own)."""
+    path = [p for p in os.environ["PYTHONPATH"].split(os.pathsep) if p != PLUGINS]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     check = "import sys\nfrom keras_ft.cli import main\ntry:\n    main(sys.argv[1:])\n"
     check += (
         "except SystemExit:\n    pass\nprint('tensorflow' in sys.modules, 'keras' in sys.modules)"
     )
     result = subprocess.run(
-        [sys.executable, "-c", check, *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", check, *args], capture_output=True, text=True, timeout=120, env=env
     )
     assert result.stdout.splitlines()[-1] == "False False", result.stdout + result.stderr
     assert result.stderr == ""

@@ -41,7 +41,7 @@ result = {}
 for strategy, batch in (("none", 16), ("mirrored", 8)):
     data = keras_ft.ImageFolder(train, test_dir=test, image_size=32, batch_size=batch,
                                 validation_split=0, seed=5, quiet=True)
-    tuner = keras_ft.FineTuner("mobilenetv3small", weights=None, seed=5, dropout=0.0,
+    tuner = keras_ft.FineTuner("testnet", weights=None, seed=5, dropout=0.0,
                                strategy=strategy)
     tuner.fit(data, head_epochs=1, finetune_epochs=1, head_lr=0.01, finetune_lr=0.01,
               verbose=0, tensorboard_dir=None)
@@ -59,7 +59,7 @@ class Epochs(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         result.setdefault("resumed_epochs", []).append(epoch)
 for resume, callbacks in ((False, [Interrupt()]), (True, [Epochs()])):
-    tuner = keras_ft.FineTuner("mobilenetv3small", weights=None, seed=5, dropout=0.0,
+    tuner = keras_ft.FineTuner("testnet", weights=None, seed=5, dropout=0.0,
                                strategy="mirrored")
     try:
         tuner.fit(data, head_epochs=1, finetune_epochs=1, head_lr=0.01, finetune_lr=0.01,

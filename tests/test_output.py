@@ -115,7 +115,7 @@ def test_unknown_unfreeze_layer_is_refused_before_the_data_is_read(
         capsys, "train", data / "train", *FAST, "--unfreeze", "nosuchlayer",
         "--output", tmp_path / "run",
     )  # fmt: skip
-    assert_clean_failure(result, "no layer named 'nosuchlayer'", "expanded_conv")
+    assert_clean_failure(result, "no layer named 'nosuchlayer'", "conv_b")
     assert snapshot(tmp_path) == before
 
 
