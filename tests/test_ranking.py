@@ -136,7 +136,7 @@ def test_cli_rank_prints_the_table_and_refuses_bad_input(three_classes, tmp_path
         "rank",
         three_classes,
         "--backbones",
-        "mobilenetv3small=none",
+        "testnet=none",
         "vgg16=none",
         "--image-size",
         "32",
@@ -149,7 +149,7 @@ def test_cli_rank_prints_the_table_and_refuses_bad_input(three_classes, tmp_path
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split()[:3] == ["candidate", "dim", "seconds"]
-    assert {lines[1].split()[0], lines[2].split()[0]} == {"mobilenetv3small:none", "vgg16:none"}
+    assert {lines[1].split()[0], lines[2].split()[0]} == {"testnet:none", "vgg16:none"}
     assert "recommended backbone:" in result.stdout
     assert json.loads((tmp_path / "out" / "rank.json").read_text())["mode"] == "backbones"
     bad = run_cli("rank", three_classes, "--backbones", "vgg16", "vgg19", "--layers", "auto")

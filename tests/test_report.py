@@ -45,7 +45,7 @@ def event_steps(folder: Path) -> dict[str, dict[int, float]]:
 
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
-    """A real `keras-ft train` (tiny: MobileNetV3Small, untrained, 32 px, 1 + 1 epochs)."""
+    """A real `keras-ft train` (tiny: the test plugin's testnet, untrained, 32 px, 1 + 1 epochs)."""
     root = tmp_path_factory.mktemp("report")
     write_folder(root / "train", CLASSES, per_class=16, seed=1)
     write_folder(root / "test", CLASSES, per_class=4, seed=2)
@@ -55,7 +55,7 @@ def cli_run(tmp_path_factory):
         root / "train",
         "--test-dir",
         root / "test",
-        *("--backbone", "mobilenetv3small", "--weights", "none", "--image-size", "32"),
+        *("--backbone", "testnet", "--weights", "none", "--image-size", "32"),
         *("--head-epochs", "1", "--finetune-epochs", "1", "--batch-size", "8"),
         *("--output", output),
     )
@@ -174,7 +174,7 @@ def test_class_names_are_shown_safely_on_the_terminal_in_the_csv_plots_and_html(
     write_folder(tmp_path / "train", AWKWARD, per_class=8, size=32, seed=1)
     write_folder(tmp_path / "test", AWKWARD, per_class=3, size=32, seed=2)
     output = tmp_path / "run"
-    args = "--backbone mobilenetv3small --weights none --image-size 32 --batch-size 8".split()
+    args = "--backbone testnet --weights none --image-size 32 --batch-size 8".split()
     args += ["--head-epochs", "1", "--finetune-epochs", "0", "--test-dir", tmp_path / "test"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -836,7 +836,7 @@ def test_cli_scan_of_a_clean_folder_exits_0(tmp_path, capsys):
 
 
 TRAIN = (
-    "--backbone mobilenetv3small --weights none --image-size 32 --head-epochs 1 "
+    "--backbone testnet --weights none --image-size 32 --head-epochs 1 "
     "--finetune-epochs 0 --batch-size 4 --quiet"
 ).split()
 
