@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TINY_TRAIN, run_cli, write_folder
+from conftest import TINY_TRAIN, main_cli, run_cli, write_folder
 
 # Augmentation on, off, and with the options decided or drawn during training.
 VARIANTS = {
@@ -57,7 +57,9 @@ def reference(data, tmp_path_factory):
         ("adaptive", 3),  # from phase 1's end: the flip decision is taken or read back
     ],
 )
-def test_resume_after_sigkill_is_bitwise_identical(variant, kill_at, data, reference, tmp_path):
+def test_resume_after_sigkill_is_bitwise_identical(
+    variant, kill_at, data, reference, tmp_path, capsys
+):
     output = tmp_path / "run"
     args = train_args(data, output, variant)
     killed = kill_after_checkpoint(args, kill_at)
@@ -65,8 +67,8 @@ def test_resume_after_sigkill_is_bitwise_identical(variant, kill_at, data, refer
     state = json.loads((output / "checkpoints" / "state.json").read_text())
     assert state["epoch"] == kill_at
     assert not (output / "run.json").exists()
-    refused = run_cli(*args)
-    assert refused.returncode == 2 and "--resume" in refused.stderr
+    code, _, err = main_cli(capsys, *args)  # in this process: refused before any training
+    assert code == 2 and "--resume" in err
     resumed = run_cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     record = json.loads((output / "run.json").read_text())
@@ -76,6 +78,6 @@ def test_resume_after_sigkill_is_bitwise_identical(variant, kill_at, data, refer
     assert len(history) == 1 + 6  # every epoch of both phases, once
 
 
-def test_resume_without_a_checkpoint_is_refused(data, tmp_path):
-    result = run_cli(*train_args(data, tmp_path / "run", "augment"), "--resume")
-    assert result.returncode == 2 and "holds no checkpoint" in result.stderr
+def test_resume_without_a_checkpoint_is_refused(data, tmp_path, capsys):
+    code, _, err = main_cli(capsys, *train_args(data, tmp_path / "run", "augment"), "--resume")
+    assert code == 2 and "holds no checkpoint" in err
