@@ -3,7 +3,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_TRAIN, copy_run, run_cli, tiny_backbone
+from conftest import TINY_TRAIN, copy_run, run_cli, tiny_backbone, write_folder
 
 from keras_ft.cli import main
 from keras_ft.reproducibility import environment, file_hashes, fingerprint, weights_sha256
@@ -11,21 +11,18 @@ from keras_ft.scan import scan_folder
 
 
 def train_in_fresh_process(data_dir, output, seed):
-    epochs = "--batch-size 32 --head-epochs 1 --finetune-epochs 1".split()
-    result = run_cli(
-        "train", data_dir / "train", *TINY_TRAIN, *epochs, "--seed", seed, "--output", output
-    )
+    epochs = "--batch-size 8 --head-epochs 1 --finetune-epochs 1".split()
+    result = run_cli("train", data_dir, *TINY_TRAIN, *epochs, "--seed", seed, "--output", output)
     assert result.returncode == 0, result.stderr
     return json.loads((output / "run.json").read_text())["weights_sha256"]
 
 
 @pytest.fixture(scope="module")
 def hashes(tmp_path_factory):
-    from conftest import DIGITS
-
     tmp = tmp_path_factory.mktemp("repro")
+    data = write_folder(tmp / "data", ("a", "b", "c"), per_class=16)
     hashes = {
-        name: train_in_fresh_process(DIGITS, tmp / name, seed)
+        name: train_in_fresh_process(data, tmp / name, seed)
         for name, seed in (("a", 7), ("b", 7), ("other", 8))
     }
     hashes["run_dir"] = tmp / "a"
