@@ -128,3 +128,15 @@ def test_rank_benchmark_mnist_folders_are_seeded_and_disjoint_from_the_sample(tm
     assert sorted(p.relative_to(again) for p in again.glob("*/*.png")) == files
     other, _ = mnist_folders(3, 2, 1, tmp_path / "c")
     assert sorted(p.relative_to(other) for p in other.glob("*/*.png")) != files
+
+
+def test_quality_results_are_the_same_measurement_whatever_the_weights_files_path():
+    """A rerun from another checkout skips what the results file holds (it reran them)."""
+    from bench.quality import _key
+
+    case = {"mode": "full", "task": "mnist", "per_class": 10, "method": "auto", "seed": 0,
+            "image_size": 64}  # fmt: skip
+    here = _key({**case, "flags": ["--weights", "/work/a/vgg16.h5", "--no-flip"]})
+    assert here == _key({**case, "flags": ["--weights", "/work/b/vgg16.h5", "--no-flip"]})
+    assert here != _key({**case, "flags": ["--weights", "none", "--no-flip"]})
+    assert here != _key({**case, "flags": ["--weights", "/work/a/vgg16.h5"]})
