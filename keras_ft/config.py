@@ -654,6 +654,16 @@ class TrainingConfig:
         cli_help="keep the phase-1 head's weights if fine-tuning does not lower the "
         "validation loss",
     )
+    fallback_to_probe: bool = option(
+        False,
+        help="after phase 2, keep as the model the linear probe (a logistic regression on "
+        "the frozen backbone's features, folded into the head's last layer, on the backbone "
+        "phase 2 started from) if its validation loss is lower than the fine-tuned model's "
+        "(and, with `fallback_to_head`, the phase-1 head's). Needs a validation split and a "
+        "head without `dense_units`; recorded in `run.json` under `decisions`.",
+        cli_help="keep the linear probe on the frozen features as the model if its "
+        "validation loss is lower than fine-tuning's",
+    )
     strategy: str = option(
         "auto",
         help='how to spread training over devices, with `tf.distribute`: `"auto"` (all local '

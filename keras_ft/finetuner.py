@@ -296,11 +296,11 @@ class FineTuner:
             )
         options = merge_options(options, self._fit_options, "FineTuner.fit")
         options, applied = apply_recipe(recipe, options, data)
-        if applied.get("fallback_to_head") and resume:
+        if (applied.get("fallback_to_head") or applied.get("fallback_to_probe")) and resume:
             raise KerasFTError(
                 f"recipe={recipe!r} compares the validation loss before and after phase 2 "
-                "(fallback_to_head=True), which `resume` cannot replay exactly. Start again "
-                "without resume, or train without the recipe."
+                "(fallback_to_head=True, fallback_to_probe=True), which `resume` cannot "
+                "replay exactly. Start again without resume, or train without the recipe."
             )
         if applied and verbose != 0:
             settings = ", ".join(f"{key}={value!r}" for key, value in applied.items())
@@ -326,7 +326,7 @@ class FineTuner:
         signature = self._signature()
         if self.model_config.head == "linear":
             return self._fit_linear(data, started, clock, evaluate, verbose)
-        features, probe = self._linear_probe(data, verbose)
+        features, probe, probe_summary = self._linear_probe(data, verbose)
         try:
             with distribution.strategy.scope():  # both phases compile in it
                 self._check_same_checkpoint(checkpoint_dir, resume, signature)
@@ -342,6 +342,7 @@ class FineTuner:
                     replicas=distribution.replicas,
                     chief=distribution.is_chief,
                     frozen=features,
+                    probe=probe,
                 )
         except LOST_PEER_ERRORS as error:
             if distribution.workers == 1:
@@ -363,7 +364,7 @@ class FineTuner:
             "recipe": {"name": recipe, "applied": applied} if recipe else None,
         }
         if probe is not None:
-            self.record["linear_probe"] = compare_with_probe(probe, self.history)
+            self.record["linear_probe"] = compare_with_probe(probe_summary, self.history)
         return self.history
 
     @takes_options((TrainingConfig, FIT_OPTIONS))
@@ -456,19 +457,19 @@ class FineTuner:
         probe).
 
         Returns:
-            `(features, probe summary)`, or `(None, None)` without a validation
-            split (the probe is scored on it).
+            `(features, ProbeResult, its summary with the seconds it took)`, or
+            `(None, None, None)` without a validation split (the probe is scored on it).
         """
         if data.validation is None:
-            return None, None
+            return None, None, None
         from keras_ft.transfer import linear_probe
 
         clock = time.perf_counter()
         extractor, _ = split_at_features(self.model)
         features = frozen_features(extractor, data, verbose)
-        probe = linear_probe(*features, num_classes=data.num_classes).summary()
-        probe["seconds"] = round(time.perf_counter() - clock, 3)
-        return features, probe
+        probe = linear_probe(*features, num_classes=data.num_classes)
+        seconds = round(time.perf_counter() - clock, 3)
+        return features, probe, {**probe.summary(), "seconds": seconds}
 
     def _training_config(self, options: dict) -> TrainingConfig:
         """The `TrainingConfig` of `fit`'s options and the constructor's training options."""
@@ -612,6 +613,8 @@ def compare_with_probe(probe: dict, history: TrainingHistory) -> dict:
     accuracies = history.history.get("val_accuracy") or [None]
     finetuned = accuracies[-1]
     below = finetuned is not None and finetuned < probe["validation_accuracy"]
+    if history.decisions.get("fallback", {}).get("kept") == "probe":  # fallback_to_probe
+        return {**probe, "finetuned_validation_accuracy": finetuned, "is_the_model": True}
     if below:
         warnings.warn(
             f"Fine-tuning reached a validation accuracy of {finetuned:.4f}, below the "

@@ -325,6 +325,7 @@ def fit_two_phase(
     replicas: int = 1,
     chief: bool = True,
     frozen=None,
+    probe=None,
 ) -> TrainingHistory:
     """Train `model` on `data` (an `ImageFolder`) in two phases.
 
@@ -351,6 +352,8 @@ def fit_two_phase(
         frozen: the frozen backbone's `(train, train labels, validation,
             validation labels)` features if already computed (see
             `frozen_features`); phase 1 then uses them instead of computing them.
+        probe: the `keras_ft.transfer.ProbeResult` of a linear probe on those
+            features, the third candidate of `config.fallback_to_probe`.
 
     Returns:
         A `TrainingHistory` covering both phases.
@@ -371,6 +374,8 @@ def fit_two_phase(
             "phase 2, which needs a validation split and cannot be replayed by `resume`. "
             "Set validation_split > 0 and train without resume, or pass fallback_to_head=False."
         )
+    if config.fallback_to_probe:
+        _check_probe_fallback(model, data, resume, probe)
     weights = class_weights(config, data)
     scaled = {  # a rate found by the range test is found at the global batch already
         name: scale_learning_rate(rate, replicas, config.lr_scaling)
@@ -460,7 +465,7 @@ def fit_two_phase(
         if checkpoint_dir and chief:
             run_callbacks.append(Checkpoint(checkpoint_dir, model, phase, history, signature))
         head = None
-        if phase == "finetune" and config.fallback_to_head:
+        if phase == "finetune" and (config.fallback_to_head or config.fallback_to_probe):
             head = (model.get_weights(), _loss(trained, validation))
         trained.fit(
             shard_by_data(dataset),
@@ -474,9 +479,11 @@ def fit_two_phase(
             verbose=verbose,
         )
         if head is not None:
-            history.decisions["fallback"] = _fall_back(model, trained, validation, *head)
+            candidates = {"head": config.fallback_to_head, "probe": config.fallback_to_probe}
+            decision = _fall_back(model, trained, validation, *head, candidates, probe)
+            history.decisions["fallback"] = decision
             if verbose != 0:
-                print(f"fallback_to_head: {history.decisions['fallback']['reason']}")
+                print(f"fallback: {decision['reason']}")
     return history
 
 
@@ -485,29 +492,79 @@ def _loss(model: keras.Model, validation) -> float:
     return float(model.evaluate(validation, verbose=0, return_dict=True)["loss"])
 
 
-def _fall_back(model, trained, validation, head_weights, head_loss: float) -> dict:
-    """After phase 2: keep the fine-tuned weights only if they lowered the validation loss.
+def _check_probe_fallback(model: keras.Model, data, resume: bool, probe) -> None:
+    """Refuse `fallback_to_probe` where the probe cannot be measured or become the model."""
+    if resume or data.validation is None or probe is None:
+        raise KerasFTError(
+            "Invalid `fallback_to_probe`: it compares the validation loss of the fine-tuned "
+            "model with that of a linear probe on the frozen features, which needs a "
+            "validation split (and the probe, which `FineTuner.fit` computes on it) and "
+            "cannot be replayed by `resume`. Set validation_split > 0 and train without "
+            "resume, or pass fallback_to_probe=False."
+        )
+    if any(layer.name.startswith("head_dense_") for layer in model.layers):
+        raise KerasFTError(
+            "Invalid `fallback_to_probe`: the probe becomes the head's last layer, on the "
+            "pooled features, which a head with hidden Dense layers (`dense_units`) cannot "
+            "hold. Pass dense_units=() or fallback_to_probe=False."
+        )
+
+
+def set_probe(model: keras.Model, probe) -> None:
+    """Make `model`'s head compute `probe` (a `ProbeResult`) on its pooled features.
+
+    The probe's standardisation is folded into the last layer's weights, and the
+    head's feature BatchNormalization (if any) is made the identity.
+    """
+    kernel, bias = probe.folded()
+    if "feature_norm" in {layer.name for layer in model.layers}:
+        norm = model.get_layer("feature_norm")
+        norm.gamma.assign(np.ones(norm.gamma.shape, "float32"))
+        norm.beta.assign(np.zeros(norm.beta.shape, "float32"))
+        norm.moving_mean.assign(np.zeros(norm.moving_mean.shape, "float32"))
+        norm.moving_variance.assign(np.full(norm.moving_variance.shape, 1 - norm.epsilon))
+    model.get_layer("predictions").set_weights([kernel.astype("float32"), bias.astype("float32")])
+
+
+def _fall_back(
+    model, trained, validation, head_weights, head_loss: float, candidates: dict, probe=None
+) -> dict:
+    """After phase 2: keep, of the candidates, the weights with the lowest validation loss.
+
+    The fine-tuned weights always compete; with `candidates["head"]`, the
+    weights phase 2 started from (the phase-1 head); with `candidates["probe"]`,
+    the backbone phase 2 started from with `probe` as the head (`set_probe`).
+    A tie keeps the earlier of fine-tuned, head, probe; a NaN loss never wins.
 
     Returns:
-        The decision for the run record: `kept` ("finetune" or "head"), both
-        losses, and `reason` (one sentence).
+        The decision for the run record: `kept` ("finetune", "head" or
+        "probe"), the validation losses, and `reason` (one sentence).
     """
-    tuned_loss = _loss(trained, validation)
-    kept = "finetune" if tuned_loss < head_loss else "head"
-    if kept == "head":
+    losses = {"finetune": _loss(trained, validation)}
+    weights = {"finetune": model.get_weights()}
+    if candidates.get("head"):
+        losses["head"], weights["head"] = head_loss, head_weights
+    if candidates.get("probe"):
         model.set_weights(head_weights)
-    verdict = (
-        "kept the fine-tuned weights"
-        if kept == "finetune"
-        else "fine-tuning did not lower it, so the phase-1 head's weights were restored"
+        set_probe(model, probe)
+        losses["probe"], weights["probe"] = _loss(trained, validation), model.get_weights()
+    kept = min(losses, key=lambda key: losses[key] if math.isfinite(losses[key]) else math.inf)
+    model.set_weights(weights[kept])
+    verdict = {
+        "finetune": "kept the fine-tuned weights",
+        "head": "fine-tuning did not lower it, so the phase-1 head's weights were restored",
+        "probe": "the linear probe on the frozen features is the model (on the backbone "
+        "phase 2 started from)",
+    }[kept]
+    measured = (
+        f"validation loss {head_loss:.4g} after phase 1, {losses['finetune']:.4g} after phase 2"
     )
-    return {
-        "kept": kept,
-        "head_val_loss": head_loss,
-        "finetune_val_loss": tuned_loss,
-        "reason": f"validation loss {head_loss:.4g} after phase 1, {tuned_loss:.4g} after "
-        f"phase 2: {verdict}.",
-    }
+    if "probe" in losses:
+        measured += f", {losses['probe']:.4g} with the linear probe"
+    decision = {"kept": kept, "head_val_loss": head_loss, "finetune_val_loss": losses["finetune"]}
+    if "probe" in losses:
+        decision["probe_val_loss"] = losses["probe"]
+    return {**decision, "reason": f"{measured}: {verdict}."}
 
 
 def _decide(model, data, phase, config, history, verbose, batch_size) -> TrainingConfig:
@@ -624,8 +681,8 @@ def advice(rows: list[dict], config: TrainingConfig, decisions: dict | None = No
     Args:
         rows: `TrainingHistory.rows` of both phases.
         config: the run's `TrainingConfig`.
-        decisions: `TrainingHistory.decisions`; with `fallback_to_head`, whether
-            the phase-1 head's weights were kept.
+        decisions: `TrainingHistory.decisions`; with `fallback_to_head` or
+            `fallback_to_probe`, which weights were kept.
 
     Returns:
         A list of messages (empty when there is nothing to say).
@@ -661,6 +718,13 @@ def advice(rows: list[dict], config: TrainingConfig, decisions: dict | None = No
             f"fine-tuning did not lower the validation loss of the phase-1 head "
             f"({fallback['head_val_loss']:.4g} -> {fallback['finetune_val_loss']:.4g}): the "
             "head's weights were kept. Try a lower finetune_lr or unfreezing fewer layers."
+        )
+    elif fallback.get("kept") == "probe":
+        messages.append(
+            f"a logistic regression on the frozen features had a lower validation loss "
+            f"({fallback['probe_val_loss']:.4g}) than fine-tuning "
+            f"({fallback['finetune_val_loss']:.4g}): the model is that linear probe. With more "
+            "images, or a lower finetune_lr, fine-tuning may do better."
         )
     elif head and tuned and tuned.get("val_accuracy", 1) < head.get("val_accuracy", 0):
         messages.append(

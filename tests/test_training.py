@@ -6,8 +6,9 @@ from conftest import tiny_backbone, write_folder
 
 import keras_ft
 from keras_ft.config import TrainingConfig
-from keras_ft.model import backbone_of
-from keras_ft.training import advice
+from keras_ft.model import backbone_of, split_at_features
+from keras_ft.training import advice, frozen_features
+from keras_ft.transfer import linear_probe
 
 
 class EpochRecorder(keras.callbacks.Callback):
@@ -286,6 +287,54 @@ def test_fallback_to_head_keeps_the_head_when_fine_tuning_hurts(split_folders, c
         keras_ft.FineTuner(tiny_backbone(), preprocessing="tf").fit(
             unvalidated, head_epochs=1, finetune_epochs=1, fallback_to_head=True, verbose=0
         )
+
+
+def test_fallback_to_probe_makes_the_linear_probe_the_model_when_its_loss_is_lowest(
+    split_folders,
+):
+    """No phase 1 (the head as initialised) and a ruinous phase 2 (rate 5, its loss NaN): the
+    probe has the lowest validation loss, and the model then is the probe on the untouched
+    backbone."""
+    train, _ = split_folders
+    data = keras_ft.ImageFolder(
+        train, image_size=32, batch_size=8, validation_split=0.25, augment=False, seed=0
+    )
+    tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+    tuner.fit(
+        data, head_epochs=0, finetune_epochs=2, finetune_lr=5.0,
+        fallback_to_head=True, fallback_to_probe=True, verbose=0,
+    )  # fmt: skip
+    decision = tuner.record["decisions"]["fallback"]
+    assert decision["kept"] == "probe", decision
+    others = (decision["head_val_loss"], decision["finetune_val_loss"])
+    assert decision["probe_val_loss"] < min(others)
+    assert any("the model is that linear probe" in message for message in tuner.advice)
+    assert tuner.record["linear_probe"]["is_the_model"] is True
+    # The backbone is the one phase 2 started from (the untrained, seeded tiny backbone) ...
+    for a, b in zip(
+        backbone_of(tuner.model).get_weights(), tiny_backbone().get_weights(), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+    # ... and the classifier's probabilities are the probe's on its features.
+    extractor, _ = split_at_features(tuner.model)
+    features = frozen_features(extractor, data)
+    kernel, bias = linear_probe(*features, num_classes=3).folded()
+    expected = keras.ops.softmax(features[2] @ kernel + bias).numpy()
+    np.testing.assert_allclose(tuner.model.predict(data.validation, verbose=0), expected, atol=1e-5)
+
+
+def test_fallback_to_probe_refuses_what_it_cannot_compare_or_hold(split_folders):
+    train, _ = split_folders
+    unvalidated = keras_ft.ImageFolder(train, image_size=32, batch_size=8, validation_split=0)
+    with pytest.raises(keras_ft.KerasFTError, match="Invalid `fallback_to_probe`.*validation"):
+        keras_ft.FineTuner(tiny_backbone(), preprocessing="tf").fit(
+            unvalidated, head_epochs=1, finetune_epochs=1, fallback_to_probe=True, verbose=0
+        )
+    data = keras_ft.ImageFolder(train, image_size=32, batch_size=8, validation_split=0.25)
+    hidden = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", dense_units=[16])
+    with pytest.raises(keras_ft.KerasFTError, match="Pass dense_units=\\(\\) or fallback"):
+        hidden.fit(data, head_epochs=1, finetune_epochs=1, fallback_to_probe=True, verbose=0)
+    assert hidden.history is None or hidden.history.rows == []  # refused before training
 
 
 def rows(phase, losses, accuracies, start=1):
