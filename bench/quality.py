@@ -207,9 +207,11 @@ def _keras_ft(case: dict, flags: list[str], temp: Path) -> dict:
     with open(run / "history.csv") as f:
         history = list(csv.DictReader(f))
     metrics = json.loads((run / "metrics.json").read_text())
+    decisions = json.loads((run / "run.json").read_text()).get("decisions") or {}
     keep = ("epoch", "phase", "accuracy", "val_accuracy", "val_loss")
     return {
         "test_accuracy": metrics["accuracy"],
+        "kept": decisions.get("fallback", {}).get("kept"),  # with fallback_to_head/probe
         "val_accuracy": _final_val_accuracy(history, "--early-stopping" in flags),
         "history": [{k: r[k] for k in keep if r.get(k)} for r in history],
     }
