@@ -48,6 +48,7 @@ from keras_ft.training import (
     fit_two_phase,
     frozen_features,
     read_checkpoint,
+    set_probe,
 )
 
 FOLDERS = ("directory", "test_dir")  # where the data is, not what it is
@@ -433,10 +434,7 @@ class FineTuner:
         extractor, _ = split_at_features(self.model)
         features = frozen_features(extractor, data, verbose)
         probe = linear_probe(*features, num_classes=data.num_classes)
-        kernel, bias = probe.folded()
-        self.model.get_layer("predictions").set_weights(
-            [kernel.astype("float32"), bias.astype("float32")]
-        )
+        set_probe(self.model, probe)
         self.history = TrainingHistory()
         if evaluate and data.test is not None:
             self.metrics = self.evaluate(data.test)
