@@ -361,7 +361,6 @@ def load_plugins() -> None:
 
 def is_registered(name: str) -> bool:
     """Whether backbone `name` is registered (installed plugins included)."""
-    load_plugins()
     return _key(str(name)) in BACKBONES
 
 
@@ -398,7 +397,6 @@ def not_registered(name: str, recorded: dict | None) -> str:
 
 def describe_backbones() -> str:
     """A table of the registry (installed plugins included), for `keras-ft backbones`."""
-    load_plugins()
     header = ("name", "builder", "preprocessing", "size", "min", "--unfreeze suggestion")
     rows = [header] + [
         (

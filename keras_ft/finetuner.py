@@ -37,7 +37,7 @@ from keras_ft.data import ImageFolder, folder_dataset
 from keras_ft.distribute import LOST_PEER_ERRORS, all_agree, get_distribution, lost_worker
 from keras_ft.errors import KerasFTError
 from keras_ft.evaluation import evaluate_model, trained_with_flips
-from keras_ft.model import build_classifier, split_at_features, unknown_layer_message
+from keras_ft.model import build_classifier, set_probe, split_at_features, unknown_layer_message
 from keras_ft.recipe import apply_recipe
 from keras_ft.reproducibility import check_deterministic_gradients, file_hashes, seed_everything
 from keras_ft.training import (
@@ -48,7 +48,6 @@ from keras_ft.training import (
     fit_two_phase,
     frozen_features,
     read_checkpoint,
-    set_probe,
 )
 
 FOLDERS = ("directory", "test_dir")  # where the data is, not what it is

@@ -9,6 +9,7 @@ unfreezing, so phase 2 does not wreck the statistics it learned on ImageNet.
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_ft.backbones import PREPROCESSING
@@ -156,8 +157,29 @@ def freeze_backbone(model: keras.Model) -> None:
 
 
 def _set_head_norm_trainable(model: keras.Model, trainable: bool) -> None:
-    if "feature_norm" in {layer.name for layer in model.layers}:
-        model.get_layer("feature_norm").trainable = trainable
+    norm = feature_norm(model)
+    if norm is not None:
+        norm.trainable = trainable
+
+
+def feature_norm(model: keras.Model) -> keras.layers.BatchNormalization | None:
+    """The head's feature BatchNormalization; None with `normalize_features=False`."""
+    return next((layer for layer in model.layers if layer.name == "feature_norm"), None)
+
+
+def set_probe(model: keras.Model, probe) -> None:
+    """Make `model`'s head compute `probe` (a `keras_ft.transfer.ProbeResult`) on its
+    pooled features: the probe's standardisation is folded into the last layer's
+    weights, and the head's feature BatchNormalization (if any) is made the identity.
+    """
+    kernel, bias = probe.folded()
+    norm = feature_norm(model)
+    if norm is not None:
+        norm.gamma.assign(np.ones(norm.gamma.shape, "float32"))
+        norm.beta.assign(np.zeros(norm.beta.shape, "float32"))
+        norm.moving_mean.assign(np.zeros(norm.moving_mean.shape, "float32"))
+        norm.moving_variance.assign(np.full(norm.moving_variance.shape, 1 - norm.epsilon))
+    model.get_layer("predictions").set_weights([kernel.astype("float32"), bias.astype("float32")])
 
 
 def unknown_layer_message(unfreeze: str, backbone: str, names: list[str]) -> str:

@@ -17,7 +17,14 @@ from keras_ft.config import TrainingConfig
 from keras_ft.distribute import evenly_batched, predict_batch, scale_learning_rate, shard_by_data
 from keras_ft.errors import KerasFTError
 from keras_ft.manifest import CHECKPOINT_STATE
-from keras_ft.model import backbone_of, freeze_backbone, split_at_features, unfreeze_backbone
+from keras_ft.model import (
+    backbone_of,
+    feature_norm,
+    freeze_backbone,
+    set_probe,
+    split_at_features,
+    unfreeze_backbone,
+)
 
 PHASES = ("head", "finetune")
 
@@ -510,22 +517,6 @@ def _check_probe_fallback(model: keras.Model, data, resume: bool, probe) -> None
         )
 
 
-def set_probe(model: keras.Model, probe) -> None:
-    """Make `model`'s head compute `probe` (a `ProbeResult`) on its pooled features.
-
-    The probe's standardisation is folded into the last layer's weights, and the
-    head's feature BatchNormalization (if any) is made the identity.
-    """
-    kernel, bias = probe.folded()
-    if "feature_norm" in {layer.name for layer in model.layers}:
-        norm = model.get_layer("feature_norm")
-        norm.gamma.assign(np.ones(norm.gamma.shape, "float32"))
-        norm.beta.assign(np.zeros(norm.beta.shape, "float32"))
-        norm.moving_mean.assign(np.zeros(norm.moving_mean.shape, "float32"))
-        norm.moving_variance.assign(np.full(norm.moving_variance.shape, 1 - norm.epsilon))
-    model.get_layer("predictions").set_weights([kernel.astype("float32"), bias.astype("float32")])
-
-
 def _fall_back(
     model, trained, validation, head_weights, head_loss: float, candidates: dict, probe=None
 ) -> dict:
@@ -780,10 +771,9 @@ def start_feature_norm(model: keras.Model, features: np.ndarray) -> None:
     standardises its features) makes them right from the first epoch. A
     model without the layer (`normalize_features=False`) is left as it is.
     """
-    names = [layer.name for layer in model.layers]
-    if "feature_norm" not in names:
+    norm = feature_norm(model)
+    if norm is None:
         return
-    norm = model.get_layer("feature_norm")
     norm.moving_mean.assign(features.mean(axis=0).astype(np.float32))
     norm.moving_variance.assign(features.var(axis=0).astype(np.float32))
 
