@@ -20,8 +20,10 @@ if "KERAS_FT_TEST_CACHE" not in os.environ:
 os.environ["KERAS_FT_CACHE"] = os.environ["KERAS_FT_TEST_CACHE"]
 # The test-only backbone plugin `testnet` (tests/plugins), found by this process and its children.
 PLUGINS = str(Path(__file__).resolve().parent / "plugins")
-sys.path.insert(0, PLUGINS)
-os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [PLUGINS, os.environ.get("PYTHONPATH")]))
+if PLUGINS not in sys.path:  # pytest-xdist workers inherit it through PYTHONPATH
+    sys.path.insert(0, PLUGINS)
+    inherited = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [PLUGINS, inherited]))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
