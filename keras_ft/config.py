@@ -23,6 +23,7 @@ POOLINGS = ("avg", "max", "avgmax", "flatten")
 HEADS = ("dense", "linear")
 MIXED_PRECISION = (None, "float16", "bfloat16")
 SCHEDULES = ("constant", "cosine")
+HEAD_INITS = ("random", "probe")
 STRATEGIES = ("auto", "none", "mirrored", "multiworker", "tpu")
 LR_SCALINGS = ("none", "linear")
 
@@ -645,6 +646,16 @@ class TrainingConfig:
         "augmented images.",
         cli_help="phase 1 trains on the unaugmented images' features, computed once; phase 2 "
         "still augments",
+    )
+    head_init: str = option(
+        "random",
+        help='how the head starts: `"random"` (Keras\'s initialisers), or `"probe"`: as the '
+        "linear probe (a logistic regression on the frozen backbone's features of the "
+        "training images, C by cross-validation), which phase 1, if any, and phase 2 then "
+        "train on: linear probing, then fine-tuning (LP-FT, Kumar et al. 2022). Needs a head "
+        "without `dense_units`.",
+        cli_help="start the head as the linear probe on the frozen features (LP-FT)",
+        choices=HEAD_INITS,
     )
     fallback_to_head: bool = option(
         False,

@@ -363,7 +363,7 @@ class FineTuner:
             "decisions": self.history.decisions,
             "recipe": {"name": recipe, "applied": applied} if recipe else None,
         }
-        if probe is not None:
+        if probe_summary is not None:
             self.record["linear_probe"] = compare_with_probe(probe_summary, self.history)
         return self.history
 
@@ -454,10 +454,11 @@ class FineTuner:
         probe).
 
         Returns:
-            `(features, ProbeResult, its summary with the seconds it took)`, or
-            `(None, None, None)` without a validation split (the probe is scored on it).
+            `(features, ProbeResult, its summary with the seconds it took)`. Without
+            a validation split (the probe is scored on it) the summary is None, and
+            so is everything unless `head_init="probe"` needs the probe.
         """
-        if data.validation is None:
+        if data.validation is None and self.training_config.head_init != "probe":
             return None, None, None
         from keras_ft.transfer import linear_probe
 
@@ -466,6 +467,8 @@ class FineTuner:
         features = frozen_features(extractor, data, verbose)
         probe = linear_probe(*features, num_classes=data.num_classes)
         seconds = round(time.perf_counter() - clock, 3)
+        if data.validation is None:
+            return features, probe, None
         return features, probe, {**probe.summary(), "seconds": seconds}
 
     def _training_config(self, options: dict) -> TrainingConfig:

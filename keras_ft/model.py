@@ -167,18 +167,35 @@ def feature_norm(model: keras.Model) -> keras.layers.BatchNormalization | None:
     return next((layer for layer in model.layers if layer.name == "feature_norm"), None)
 
 
-def set_probe(model: keras.Model, probe) -> None:
+def set_probe(model: keras.Model, probe, standardise: bool = False) -> None:
     """Make `model`'s head compute `probe` (a `keras_ft.transfer.ProbeResult`) on its
-    pooled features: the probe's standardisation is folded into the last layer's
-    weights, and the head's feature BatchNormalization (if any) is made the identity.
+    pooled features.
+
+    By default the probe's standardisation is folded into the last layer's
+    weights and the head's feature BatchNormalization (if any) is made the
+    identity. With `standardise`, that layer standardises as the probe does
+    instead (its moving mean and variance are the probe's, so inference is the
+    same function) and the last layer takes the probe's weights on standardised
+    features: the form to train from, since in training mode the layer uses
+    each batch's own statistics, which the identity's folded weights do not expect.
     """
-    kernel, bias = probe.folded()
     norm = feature_norm(model)
+    if standardise and norm is not None:
+        # The layer divides by sqrt(variance + epsilon): the probe's scale, except for
+        # features whose variance is below epsilon, which the kernel then compensates.
+        mean, variance = probe.mean, np.maximum(probe.scale**2 - norm.epsilon, 0.0)
+        kernel = probe.coef.T * (np.sqrt(variance + norm.epsilon) / probe.scale)[:, None]
+        bias = probe.intercept
+    else:
+        kernel, bias = probe.folded()
+        if norm is not None:
+            mean = np.zeros(norm.moving_mean.shape)
+            variance = np.full(norm.moving_variance.shape, 1 - norm.epsilon)
     if norm is not None:
         norm.gamma.assign(np.ones(norm.gamma.shape, "float32"))
         norm.beta.assign(np.zeros(norm.beta.shape, "float32"))
-        norm.moving_mean.assign(np.zeros(norm.moving_mean.shape, "float32"))
-        norm.moving_variance.assign(np.full(norm.moving_variance.shape, 1 - norm.epsilon))
+        norm.moving_mean.assign(mean.astype("float32"))
+        norm.moving_variance.assign(variance.astype("float32"))
     model.get_layer("predictions").set_weights([kernel.astype("float32"), bias.astype("float32")])
 
 

@@ -383,6 +383,8 @@ def fit_two_phase(
         )
     if config.fallback_to_probe:
         _check_probe_fallback(model, data, resume, probe)
+    if config.head_init == "probe":
+        _check_probe_head(model, probe)
     weights = class_weights(config, data)
     scaled = {  # a rate found by the range test is found at the global batch already
         name: scale_learning_rate(rate, replicas, config.lr_scaling)
@@ -405,6 +407,8 @@ def fit_two_phase(
     # (only the save after them failed) they are the final weights.
     if state:
         _restore_model(state, model)
+    elif config.head_init == "probe":
+        set_probe(model, probe, standardise=True)
     plan = (
         ("head", 0, config.head_epochs),
         ("finetune", config.head_epochs, config.finetune_epochs),
@@ -427,8 +431,8 @@ def fit_two_phase(
                 if verbose != 0:
                     print("Backbone features of the training images, computed once:")
                 features = _features(extractor, data.unaugmented_train(), verbose)
-            if first == 0:  # a fresh phase 1 (a resumed one has its statistics back)
-                start_feature_norm(model, features[0])
+            if first == 0 and config.head_init != "probe":  # a fresh phase 1 (a resumed
+                start_feature_norm(model, features[0])  # one has its statistics back)
             if not cached and config.feature_cache and verbose != 0:
                 print(
                     "Phase 1 runs the frozen backbone on every batch: augmentation is on, so "
@@ -473,7 +477,7 @@ def fit_two_phase(
             run_callbacks.append(Checkpoint(checkpoint_dir, model, phase, history, signature))
         head = None
         if phase == "finetune" and (config.fallback_to_head or config.fallback_to_probe):
-            head = (model.get_weights(), _loss(trained, validation))
+            head = (model.get_weights(), _scores(trained, validation))
         trained.fit(
             shard_by_data(dataset),
             epochs=end,
@@ -494,9 +498,10 @@ def fit_two_phase(
     return history
 
 
-def _loss(model: keras.Model, validation) -> float:
-    """The compiled loss of `model` on the validation split (no class weights, as val_loss)."""
-    return float(model.evaluate(validation, verbose=0, return_dict=True)["loss"])
+def _scores(model: keras.Model, validation) -> tuple[float, float]:
+    """`model`'s compiled loss and accuracy on the validation split (as val_loss, val_accuracy)."""
+    measured = model.evaluate(validation, verbose=0, return_dict=True)
+    return float(measured["loss"]), float(measured["accuracy"])
 
 
 def _check_probe_fallback(model: keras.Model, data, resume: bool, probe) -> None:
@@ -509,16 +514,27 @@ def _check_probe_fallback(model: keras.Model, data, resume: bool, probe) -> None
             "cannot be replayed by `resume`. Set validation_split > 0 and train without "
             "resume, or pass fallback_to_probe=False."
         )
+    _check_probe_head(model, probe, "fallback_to_probe", "fallback_to_probe=False")
+
+
+def _check_probe_head(model, probe, option="head_init", instead='head_init="random"') -> None:
+    """Refuse to make the linear probe the head's last layer where it cannot be."""
+    if probe is None:
+        raise KerasFTError(
+            f"Invalid `{option}`: it needs the linear probe on the frozen features, which "
+            "`FineTuner.fit` computes (pass it as `probe` when calling `fit_two_phase`), "
+            f"or pass {instead}."
+        )
     if any(layer.name.startswith("head_dense_") for layer in model.layers):
         raise KerasFTError(
-            "Invalid `fallback_to_probe`: the probe becomes the head's last layer, on the "
+            f"Invalid `{option}`: the probe becomes the head's last layer, on the "
             "pooled features, which a head with hidden Dense layers (`dense_units`) cannot "
-            "hold. Pass dense_units=() or fallback_to_probe=False."
+            f"hold. Pass dense_units=() or {instead}."
         )
 
 
 def _fall_back(
-    model, trained, validation, head_weights, head_loss: float, candidates: dict, probe=None
+    model, trained, validation, head_weights, head_scores: tuple, candidates: dict, probe=None
 ) -> dict:
     """After phase 2: keep, of the candidates, the weights with the lowest validation loss.
 
@@ -529,16 +545,19 @@ def _fall_back(
 
     Returns:
         The decision for the run record: `kept` ("finetune", "head" or
-        "probe"), the validation losses, and `reason` (one sentence).
+        "probe"), the validation losses, the kept model's validation accuracy
+        (`kept_val_accuracy`), and `reason` (one sentence).
     """
-    losses = {"finetune": _loss(trained, validation)}
+    scores = {"finetune": _scores(trained, validation)}
     weights = {"finetune": model.get_weights()}
     if candidates.get("head"):
-        losses["head"], weights["head"] = head_loss, head_weights
+        scores["head"], weights["head"] = head_scores, head_weights
     if candidates.get("probe"):
         model.set_weights(head_weights)
         set_probe(model, probe)
-        losses["probe"], weights["probe"] = _loss(trained, validation), model.get_weights()
+        scores["probe"], weights["probe"] = _scores(trained, validation), model.get_weights()
+    losses = {name: loss for name, (loss, _) in scores.items()}
+    head_loss = head_scores[0]
     kept = min(losses, key=lambda key: losses[key] if math.isfinite(losses[key]) else math.inf)
     model.set_weights(weights[kept])
     verdict = {
@@ -552,7 +571,12 @@ def _fall_back(
     )
     if "probe" in losses:
         measured += f", {losses['probe']:.4g} with the linear probe"
-    decision = {"kept": kept, "head_val_loss": head_loss, "finetune_val_loss": losses["finetune"]}
+    decision = {
+        "kept": kept,
+        "kept_val_accuracy": scores[kept][1],
+        "head_val_loss": head_loss,
+        "finetune_val_loss": losses["finetune"],
+    }
     if "probe" in losses:
         decision["probe_val_loss"] = losses["probe"]
     return {**decision, "reason": f"{measured}: {verdict}."}
@@ -572,7 +596,8 @@ def _decide(model, data, phase, config, history, verbose, batch_size) -> Trainin
     decisions = history.decisions
     flip_auto = data.config.augment and data.config.flip == "auto"
     if phase == "finetune" and flip_auto and "flip" not in decisions:
-        decisions["flip"] = decide_flip(model, data, config.head_epochs > 0)
+        trained_head = config.head_epochs > 0 or config.head_init == "probe"
+        decisions["flip"] = decide_flip(model, data, trained_head)
         if verbose != 0:
             print(f"flip='auto': {decisions['flip']['reason']}")
     name = f"{phase}_lr"

@@ -281,6 +281,8 @@ def test_fallback_to_head_keeps_the_head_when_fine_tuning_hurts(split_folders, c
     decision = kept.record["decisions"]["fallback"]
     assert decision["kept"] == "head"
     assert decision["finetune_val_loss"] >= decision["head_val_loss"]
+    head_rows = [r for r in kept.history.rows if r["phase"] == "head"]
+    assert decision["kept_val_accuracy"] == pytest.approx(head_rows[-1]["val_accuracy"])
     assert any("the head's weights were kept" in message for message in kept.advice)
     with pytest.raises(keras_ft.KerasFTError, match="`fallback_to_head`"):
         unvalidated = keras_ft.ImageFolder(train, image_size=32, batch_size=8, validation_split=0)
@@ -321,6 +323,9 @@ def test_fallback_to_probe_makes_the_linear_probe_the_model_when_its_loss_is_low
     kernel, bias = linear_probe(*features, num_classes=3).folded()
     expected = keras.ops.softmax(features[2] @ kernel + bias).numpy()
     np.testing.assert_allclose(tuner.model.predict(data.validation, verbose=0), expected, atol=1e-5)
+    assert decision["kept_val_accuracy"] == pytest.approx(
+        np.mean(expected.argmax(1) == features[3])
+    )
 
 
 def test_fallback_to_probe_refuses_what_it_cannot_compare_or_hold(split_folders):
@@ -335,6 +340,44 @@ def test_fallback_to_probe_refuses_what_it_cannot_compare_or_hold(split_folders)
     with pytest.raises(keras_ft.KerasFTError, match="Pass dense_units=\\(\\) or fallback"):
         hidden.fit(data, head_epochs=1, finetune_epochs=1, fallback_to_probe=True, verbose=0)
     assert hidden.history is None or hidden.history.rows == []  # refused before training
+
+
+def test_head_init_probe_starts_the_head_as_the_linear_probe(split_folders):
+    """Phase 2 (no phase 1) starts from exactly the probe on the frozen features, the head's
+    BatchNormalization standardising as the probe does; no validation split needed."""
+    train, _ = split_folders
+    data = keras_ft.ImageFolder(train, image_size=32, batch_size=8, validation_split=0, seed=0)
+    tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+    start = {}
+
+    class Start(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            start["weights"] = self.model.get_weights()
+
+    tuner.fit(
+        data, head_epochs=0, finetune_epochs=1, head_init="probe", callbacks=[Start()], verbose=0
+    )
+    assert "linear_probe" not in tuner.record  # nothing to score it on
+    tuner.model.set_weights(start["weights"])
+    extractor, _ = split_at_features(tuner.model)
+    features = frozen_features(extractor, data)
+    probe = linear_probe(*features, num_classes=3)
+    norm = tuner.model.get_layer("feature_norm")
+    np.testing.assert_allclose(norm.moving_mean.numpy(), probe.mean, rtol=1e-6)
+    kernel, bias = probe.folded()
+    expected = keras.ops.softmax(features[0] @ kernel + bias).numpy()
+    predicted = tuner.model.predict(data.unaugmented_train(), verbose=0)
+    np.testing.assert_allclose(predicted, expected, atol=1e-5)
+
+
+def test_head_init_probe_refuses_a_head_the_probe_cannot_be(split_folders):
+    train, _ = split_folders
+    data = keras_ft.ImageFolder(train, image_size=32, batch_size=8, validation_split=0.25)
+    hidden = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", dense_units=[16])
+    with pytest.raises(keras_ft.KerasFTError, match='Invalid `head_init`.*head_init="random"'):
+        hidden.fit(data, head_epochs=1, finetune_epochs=1, head_init="probe", verbose=0)
+    with pytest.raises(keras_ft.KerasFTError, match="`head_init`.*one of \\('random', 'probe'\\)"):
+        keras_ft.FineTuner(tiny_backbone(), preprocessing="tf").fit(data, head_init="linear")
 
 
 def rows(phase, losses, accuracies, start=1):
