@@ -114,6 +114,7 @@ def _warmup_cosine(rate: str) -> tuple[str, ...]:
     return ("--finetune-lr", rate, "--finetune-schedule", "cosine", "--warmup-epochs", "1")
 
 
+LPFT = ("--recipe", "auto", "--head-init", "probe", "--head-epochs", "0")
 METHODS = {
     "probe": Method("probe", note="logistic regression on avg+max pooled frozen features"),
     "guide": Method("guide", note="the Keras guide's recipe as written: 3 head + 2 fine-tune"),
@@ -145,6 +146,10 @@ METHODS = {
     # phase 2 (c2 fell to chance on the 30/class Cahn-Hilliard and 10/class MNIST splits).
     "c3-lr1e-3-cos": Method("keras-ft", _warmup_cosine("1e-3")),
     "c3-lr3e-4-cos": Method("keras-ft", _warmup_cosine("3e-4")),
+    # Fourth round: `auto` fine-tuning from the linear probe as the head (LP-FT), with no
+    # phase 1 of its own, and the same with the probe's avg+max pooled features.
+    "c4-lpft": Method("keras-ft", LPFT),
+    "c4-lpft-avgmax": Method("keras-ft", (*LPFT, "--pooling", "avgmax")),
 }
 DEFAULT_METHODS = ("probe", "guide", "defaults", "auto")
 GUIDE_EPOCHS = (3, 2)
@@ -170,6 +175,10 @@ def _env() -> dict:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(common.ROOT), env.get("PYTHONPATH")]))
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return env
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
 
 
 def _final_val_accuracy(history: list[dict], early_stopping: bool) -> float | None:
@@ -209,10 +218,14 @@ def _keras_ft(case: dict, flags: list[str], temp: Path) -> dict:
     metrics = json.loads((run / "metrics.json").read_text())
     decisions = json.loads((run / "run.json").read_text()).get("decisions") or {}
     keep = ("epoch", "phase", "accuracy", "val_accuracy", "val_loss")
+    fallback = decisions.get("fallback", {})  # with fallback_to_head/probe: the kept model's
+    val_accuracy = fallback.get("kept_val_accuracy")
+    if val_accuracy is None:
+        val_accuracy = _final_val_accuracy(history, "--early-stopping" in flags)
     return {
         "test_accuracy": metrics["accuracy"],
-        "kept": decisions.get("fallback", {}).get("kept"),  # with fallback_to_head/probe
-        "val_accuracy": _final_val_accuracy(history, "--early-stopping" in flags),
+        "kept": fallback.get("kept"),
+        "val_accuracy": val_accuracy,
         "history": [{k: r[k] for k in keep if r.get(k)} for r in history],
     }
 
@@ -383,7 +396,7 @@ def run(args) -> None:
                         f.write(json.dumps(record) + "\n")
                     print(
                         f"[quality]   test {record['test_accuracy']:.3f}, val "
-                        f"{record['val_accuracy'] or float('nan'):.3f}, "
+                        f"{_or_nan(record['val_accuracy']):.3f}, "
                         f"{record['wall_s']:.0f} s",
                         flush=True,
                     )
