@@ -296,12 +296,6 @@ class FineTuner:
             )
         options = merge_options(options, self._fit_options, "FineTuner.fit")
         options, applied = apply_recipe(recipe, options, data)
-        if (applied.get("fallback_to_head") or applied.get("fallback_to_probe")) and resume:
-            raise KerasFTError(
-                f"recipe={recipe!r} compares the validation loss before and after phase 2 "
-                "(fallback_to_head=True, fallback_to_probe=True), which `resume` cannot "
-                "replay exactly. Start again without resume, or train without the recipe."
-            )
         if applied and verbose != 0:
             settings = ", ".join(f"{key}={value!r}" for key, value in applied.items())
             print(f"recipe={recipe!r}: {settings}")

@@ -375,14 +375,14 @@ def fit_two_phase(
             "`resume` cannot replay early stopping's state exactly. Start again "
             "without resume, or train without early_stopping."
         )
-    if config.fallback_to_head and (resume or data.validation is None):
+    if config.fallback_to_head and data.validation is None:
         raise KerasFTError(
             "Invalid `fallback_to_head`: it compares the validation loss before and after "
-            "phase 2, which needs a validation split and cannot be replayed by `resume`. "
-            "Set validation_split > 0 and train without resume, or pass fallback_to_head=False."
+            "phase 2, which needs a validation split. Set validation_split > 0, or pass "
+            "fallback_to_head=False."
         )
     if config.fallback_to_probe:
-        _check_probe_fallback(model, data, resume, probe)
+        _check_probe_fallback(model, data, probe)
     if config.head_init == "probe":
         _check_probe_head(model, probe)
     weights = class_weights(config, data)
@@ -415,7 +415,9 @@ def fit_two_phase(
     )
     for phase, start, epochs in plan:
         end = start + epochs
-        if not epochs or done >= end:
+        fallback = phase == "finetune" and (config.fallback_to_head or config.fallback_to_probe)
+        # A run killed after its last epoch's checkpoint still has the fallback to take.
+        if not epochs or (done >= end and not fallback):
             continue
         first = max(start, done)
         config = _decide(model, data, phase, config, history, verbose, batch_size)
@@ -450,7 +452,8 @@ def fit_two_phase(
             state = None
         if trained is model:
             flip = history.decisions.get("flip", {}).get("flip") if phase == "finetune" else None
-            dataset = data.train_dataset(first, end - first, batch_size, replicas, flip)
+            if first < end:
+                dataset = data.train_dataset(first, end - first, batch_size, replicas, flip)
             validation = data.validation
         else:
             dataset = feature_batches(features, data, first, end, batch_size, replicas)
@@ -475,21 +478,22 @@ def fit_two_phase(
             )
         if checkpoint_dir and chief:
             run_callbacks.append(Checkpoint(checkpoint_dir, model, phase, history, signature))
-        head = None
-        if phase == "finetune" and (config.fallback_to_head or config.fallback_to_probe):
-            head = (model.get_weights(), _scores(trained, validation))
-        trained.fit(
-            shard_by_data(dataset),
-            epochs=end,
-            initial_epoch=first,
-            steps_per_epoch=steps,
-            validation_data=validation,
-            callbacks=run_callbacks,
-            class_weight=weights,
-            shuffle=False,  # each epoch is already shuffled from the seed
-            verbose=verbose,
-        )
-        if head is not None:
+        if fallback:
+            resumed = first > start
+            head = _phase2_start(model, trained, validation, checkpoint_dir, chief, resumed)
+        if first < end:
+            trained.fit(
+                shard_by_data(dataset),
+                epochs=end,
+                initial_epoch=first,
+                steps_per_epoch=steps,
+                validation_data=validation,
+                callbacks=run_callbacks,
+                class_weight=weights,
+                shuffle=False,  # each epoch is already shuffled from the seed
+                verbose=verbose,
+            )
+        if fallback:
             candidates = {"head": config.fallback_to_head, "probe": config.fallback_to_probe}
             decision = _fall_back(model, trained, validation, *head, candidates, probe)
             history.decisions["fallback"] = decision
@@ -498,21 +502,48 @@ def fit_two_phase(
     return history
 
 
+PHASE2_START = "phase2-start.npz"  # in the checkpoints folder, for the fallback
+
+
+def _phase2_start(model, trained, validation, checkpoint_dir, chief: bool, resumed: bool):
+    """The weights phase 2 starts from and their validation (loss, accuracy), for the fallback.
+
+    Written beside the checkpoints before phase 2's first epoch, and read back
+    by a run resumed within phase 2 (or after it), so that its fallback
+    compares with the same weights and scores as the uninterrupted run's.
+    """
+    path = Path(checkpoint_dir) / PHASE2_START if checkpoint_dir else None
+    if resumed:
+        if path is None or not path.is_file():
+            raise KerasFTError(
+                f"Cannot resume the fallback: '{path}' (the weights phase 2 started from) is "
+                "missing from the checkpoints. Start again without --resume."
+            )
+        with np.load(path, allow_pickle=False) as arrays:
+            weights = [arrays[f"weight_{i}"] for i in range(len(arrays.files) - 1)]
+            return weights, tuple(float(score) for score in arrays["scores"])
+    weights, scores = model.get_weights(), _scores(trained, validation)
+    if path is not None and chief:
+        arrays = {f"weight_{i}": weight for i, weight in enumerate(weights)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, lambda handle: np.savez(handle, scores=np.array(scores), **arrays))
+    return weights, scores
+
+
 def _scores(model: keras.Model, validation) -> tuple[float, float]:
     """`model`'s compiled loss and accuracy on the validation split (as val_loss, val_accuracy)."""
     measured = model.evaluate(validation, verbose=0, return_dict=True)
     return float(measured["loss"]), float(measured["accuracy"])
 
 
-def _check_probe_fallback(model: keras.Model, data, resume: bool, probe) -> None:
+def _check_probe_fallback(model: keras.Model, data, probe) -> None:
     """Refuse `fallback_to_probe` where the probe cannot be measured or become the model."""
-    if resume or data.validation is None or probe is None:
+    if data.validation is None or probe is None:
         raise KerasFTError(
             "Invalid `fallback_to_probe`: it compares the validation loss of the fine-tuned "
             "model with that of a linear probe on the frozen features, which needs a "
-            "validation split (and the probe, which `FineTuner.fit` computes on it) and "
-            "cannot be replayed by `resume`. Set validation_split > 0 and train without "
-            "resume, or pass fallback_to_probe=False."
+            "validation split (and the probe, which `FineTuner.fit` computes on it). Set "
+            "validation_split > 0, or pass fallback_to_probe=False."
         )
     _check_probe_head(model, probe, "fallback_to_probe", "fallback_to_probe=False")
 

@@ -9,11 +9,12 @@ import sys
 import pytest
 from conftest import TINY_TRAIN, main_cli, run_cli, write_folder
 
-# Augmentation on, off, and with the options decided or drawn during training.
+# Augmentation on, off, and with the options decided or drawn during training (the flips,
+# and with --recipe auto the model kept after phase 2 from the weights it started from).
 VARIANTS = {
     "augment": [],
     "no-augment": ["--no-augment"],
-    "adaptive": "--auto-flip --translation 0.1".split(),
+    "adaptive": "--auto-flip --translation 0.1 --recipe auto".split(),
 }
 
 
@@ -54,7 +55,9 @@ def reference(data, tmp_path_factory):
         ("augment", 1),  # phase 1, head trained on augmented images
         ("no-augment", 1),  # phase 1, head trained on cached features
         ("augment", 4),  # phase 2, fine-tuning
-        ("adaptive", 3),  # from phase 1's end: the flip decision is taken or read back
+        # After the last epoch's checkpoint: the flip decision and the weights phase 2
+        # started from are read back, and the fallback alone is left to run.
+        ("adaptive", 6),
     ],
 )
 def test_resume_after_sigkill_is_bitwise_identical(
