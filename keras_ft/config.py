@@ -675,6 +675,14 @@ class TrainingConfig:
         cli_help="keep the linear probe on the frozen features as the model if its "
         "validation loss is lower than fine-tuning's",
     )
+    refit_probe: bool = option(
+        False,
+        help="when `fallback_to_probe` keeps the linear probe, fit it again on the training "
+        "and validation images together (C again by cross-validation) once validation has "
+        "chosen it, as a probe is usually fitted; `run.json` keeps the validation figures "
+        "of the probe fitted without them.",
+        cli_help="refit a kept linear probe on the training and validation images together",
+    )
     strategy: str = option(
         "auto",
         help='how to spread training over devices, with `tf.distribute`: `"auto"` (all local '
@@ -724,6 +732,12 @@ class TrainingConfig:
             "True unless feature_cache=True (phase 1 then trains on the features of the "
             "unaugmented images, computed once)",
             self.head_augment,
+        )
+        check(
+            self.fallback_to_probe or not self.refit_probe,
+            "refit_probe",
+            "False unless fallback_to_probe=True (it refits the probe that fallback kept)",
+            self.refit_probe,
         )
         if self.jit_compile and self.deterministic:
             raise KerasFTError(

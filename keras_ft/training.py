@@ -25,6 +25,7 @@ from keras_ft.model import (
     split_at_features,
     unfreeze_backbone,
 )
+from keras_ft.transfer import linear_probe
 
 PHASES = ("head", "finetune")
 
@@ -495,7 +496,8 @@ def fit_two_phase(
             )
         if fallback:
             candidates = {"head": config.fallback_to_head, "probe": config.fallback_to_probe}
-            decision = _fall_back(model, trained, validation, *head, candidates, probe)
+            refit = frozen if config.refit_probe else None
+            decision = _fall_back(model, trained, validation, *head, candidates, probe, refit)
             history.decisions["fallback"] = decision
             if verbose != 0:
                 print(f"fallback: {decision['reason']}")
@@ -565,7 +567,14 @@ def _check_probe_head(model, probe, option="head_init", instead='head_init="rand
 
 
 def _fall_back(
-    model, trained, validation, head_weights, head_scores: tuple, candidates: dict, probe=None
+    model,
+    trained,
+    validation,
+    head_weights,
+    head_scores: tuple,
+    candidates: dict,
+    probe=None,
+    refit=None,
 ) -> dict:
     """After phase 2: keep, of the candidates, the weights with the lowest validation loss.
 
@@ -573,6 +582,8 @@ def _fall_back(
     weights phase 2 started from (the phase-1 head); with `candidates["probe"]`,
     the backbone phase 2 started from with `probe` as the head (`set_probe`).
     A tie keeps the earlier of fine-tuned, head, probe; a NaN loss never wins.
+    A kept probe is fitted again on the training and validation features
+    together when `refit` holds them (`frozen_features`' four arrays).
 
     Returns:
         The decision for the run record: `kept` ("finetune", "head" or
@@ -610,6 +621,11 @@ def _fall_back(
     }
     if "probe" in losses:
         decision["probe_val_loss"] = losses["probe"]
+    if kept == "probe" and refit is not None:
+        features, labels = np.concatenate(refit[::2]), np.concatenate(refit[1::2])
+        set_probe(model, linear_probe(features, labels, num_classes=len(probe.intercept)))
+        decision["probe_refit_images"] = len(labels)
+        verdict += f", refitted on the {len(labels)} training and validation images"
     return {**decision, "reason": f"{measured}: {verdict}."}
 
 

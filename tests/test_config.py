@@ -303,6 +303,8 @@ def test_from_dict_validates():
         ({"early_stopping": 0}, "early_stopping"),
         ({"weight_decay": -1e-4}, "weight_decay"),
         ({"weight_decay": "1e-4"}, "weight_decay"),
+        ({"head_init": "zeros"}, "head_init"),
+        ({"refit_probe": True}, "refit_probe"),
     ],
 )
 def test_training_options_are_checked(values, argument):

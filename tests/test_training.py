@@ -326,6 +326,21 @@ def test_fallback_to_probe_makes_the_linear_probe_the_model_when_its_loss_is_low
     assert decision["kept_val_accuracy"] == pytest.approx(
         np.mean(expected.argmax(1) == features[3])
     )
+    # With refit_probe the kept probe is fitted again on training and validation images.
+    refitted = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+    refitted.fit(
+        data, head_epochs=0, finetune_epochs=2, finetune_lr=5.0,
+        fallback_to_probe=True, refit_probe=True, verbose=0,
+    )  # fmt: skip
+    decision = refitted.record["decisions"]["fallback"]
+    images = len(data.train_files) + len(data.validation_files)
+    assert decision["kept"] == "probe" and decision["probe_refit_images"] == images == 48
+    assert f"refitted on the {images} training and validation images" in decision["reason"]
+    both = np.concatenate(features[::2]), np.concatenate(features[1::2])
+    kernel, bias = linear_probe(*both, num_classes=3).folded()
+    expected = keras.ops.softmax(features[2] @ kernel + bias).numpy()
+    predicted = refitted.model.predict(data.validation, verbose=0)
+    np.testing.assert_allclose(predicted, expected, atol=1e-5)
 
 
 def test_fallback_to_probe_refuses_what_it_cannot_compare_or_hold(split_folders):
