@@ -265,10 +265,11 @@ class FineTuner:
         {options}
             recipe: `None`, or `"auto"`: settings that adapt to the data for
                 every option left at its default (`keras_ft.recipe.AutoRecipe`:
-                phase 2's learning rate and schedule follow the training
-                split's size; phase 2 is kept only if it lowered the validation
-                loss). What it changed is printed and kept in `run.json` under
-                `"recipe"`.
+                the head starts as the linear probe, phase 2's learning rate
+                and schedule follow the training split's size, and the
+                fine-tuned model is kept only if its validation loss is below
+                the probe's). What it changed is printed and kept in `run.json`
+                under `"recipe"`.
             callbacks: Keras callbacks, passed to both phases.
             checkpoint_dir: save a checkpoint there after every epoch (only the
                 chief does, under a multi-worker strategy).

@@ -608,9 +608,7 @@ def _fall_back(
         "probe": "the linear probe on the frozen features is the model (on the backbone "
         "phase 2 started from)",
     }[kept]
-    measured = (
-        f"validation loss {head_loss:.4g} after phase 1, {losses['finetune']:.4g} after phase 2"
-    )
+    measured = f"validation loss {head_loss:.4g} before phase 2, {losses['finetune']:.4g} after it"
     if "probe" in losses:
         measured += f", {losses['probe']:.4g} with the linear probe"
     decision = {
