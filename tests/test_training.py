@@ -291,6 +291,19 @@ def test_fallback_to_head_keeps_the_head_when_fine_tuning_hurts(split_folders, c
         )
 
 
+def ruined_run(data, **fallbacks):
+    """A tuner fitted with no phase 1 and a ruinous phase 2 (rate 5), and its fallback decision."""
+    tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+    tuner.fit(data, head_epochs=0, finetune_epochs=2, finetune_lr=5.0, verbose=0, **fallbacks)
+    return tuner, tuner.record["decisions"]["fallback"]
+
+
+def probabilities(probe, features):
+    """`probe`'s class probabilities of `features`."""
+    kernel, bias = probe.folded()
+    return keras.ops.softmax(features @ kernel + bias).numpy()
+
+
 def test_fallback_to_probe_makes_the_linear_probe_the_model_when_its_loss_is_lowest(
     split_folders,
 ):
@@ -301,12 +314,7 @@ def test_fallback_to_probe_makes_the_linear_probe_the_model_when_its_loss_is_low
     data = keras_ft.ImageFolder(
         train, image_size=32, batch_size=8, validation_split=0.25, augment=False, seed=0
     )
-    tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
-    tuner.fit(
-        data, head_epochs=0, finetune_epochs=2, finetune_lr=5.0,
-        fallback_to_head=True, fallback_to_probe=True, verbose=0,
-    )  # fmt: skip
-    decision = tuner.record["decisions"]["fallback"]
+    tuner, decision = ruined_run(data, fallback_to_head=True, fallback_to_probe=True)
     assert decision["kept"] == "probe", decision
     others = (decision["head_val_loss"], decision["finetune_val_loss"])
     assert decision["probe_val_loss"] < min(others)
@@ -320,25 +328,18 @@ def test_fallback_to_probe_makes_the_linear_probe_the_model_when_its_loss_is_low
     # ... and the classifier's probabilities are the probe's on its features.
     extractor, _ = split_at_features(tuner.model)
     features = frozen_features(extractor, data)
-    kernel, bias = linear_probe(*features, num_classes=3).folded()
-    expected = keras.ops.softmax(features[2] @ kernel + bias).numpy()
+    expected = probabilities(linear_probe(*features, num_classes=3), features[2])
     np.testing.assert_allclose(tuner.model.predict(data.validation, verbose=0), expected, atol=1e-5)
     assert decision["kept_val_accuracy"] == pytest.approx(
         np.mean(expected.argmax(1) == features[3])
     )
     # With refit_probe the kept probe is fitted again on training and validation images.
-    refitted = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
-    refitted.fit(
-        data, head_epochs=0, finetune_epochs=2, finetune_lr=5.0,
-        fallback_to_probe=True, refit_probe=True, verbose=0,
-    )  # fmt: skip
-    decision = refitted.record["decisions"]["fallback"]
+    refitted, decision = ruined_run(data, fallback_to_probe=True, refit_probe=True)
     images = len(data.train_files) + len(data.validation_files)
     assert decision["kept"] == "probe" and decision["probe_refit_images"] == images == 48
     assert f"refitted on the {images} training and validation images" in decision["reason"]
     both = np.concatenate(features[::2]), np.concatenate(features[1::2])
-    kernel, bias = linear_probe(*both, num_classes=3).folded()
-    expected = keras.ops.softmax(features[2] @ kernel + bias).numpy()
+    expected = probabilities(linear_probe(*both, num_classes=3), features[2])
     predicted = refitted.model.predict(data.validation, verbose=0)
     np.testing.assert_allclose(predicted, expected, atol=1e-5)
 
@@ -379,8 +380,7 @@ def test_head_init_probe_starts_the_head_as_the_linear_probe(split_folders):
     probe = linear_probe(*features, num_classes=3)
     norm = tuner.model.get_layer("feature_norm")
     np.testing.assert_allclose(norm.moving_mean.numpy(), probe.mean, rtol=1e-6)
-    kernel, bias = probe.folded()
-    expected = keras.ops.softmax(features[0] @ kernel + bias).numpy()
+    expected = probabilities(probe, features[0])
     predicted = tuner.model.predict(data.unaugmented_train(), verbose=0)
     np.testing.assert_allclose(predicted, expected, atol=1e-5)
 
