@@ -67,6 +67,7 @@ class Method:
     kind: str  # "keras-ft", "probe" or "guide"
     flags: tuple[str, ...] = ()
     note: str = ""
+    tta: bool = False  # keras-ft: also evaluate the run with and without --tta, timed
 
 
 TODAY = (
@@ -120,7 +121,7 @@ METHODS = {
     "guide": Method("guide", note="the Keras guide's recipe as written: 3 head + 2 fine-tune"),
     "defaults": Method("keras-ft", note="keras-ft's defaults (whatever the installed one has)"),
     "today": Method("keras-ft", TODAY, note="keras-ft's defaults before issue 14, pinned"),
-    "auto": Method("keras-ft", ("--recipe", "auto"), note="keras-ft --recipe auto"),
+    "auto": Method("keras-ft", ("--recipe", "auto"), note="keras-ft --recipe auto", tta=True),
     "demo": Method("keras-ft", DEMO, note="`make demo`'s flags before issue 14"),
     # Candidate recipes from existing flags (issue 14): compare on validation only.
     "c-head30": Method("keras-ft", (*TODAY, "--head-epochs", "30")),
@@ -147,9 +148,18 @@ METHODS = {
     "c3-lr1e-3-cos": Method("keras-ft", _warmup_cosine("1e-3")),
     "c3-lr3e-4-cos": Method("keras-ft", _warmup_cosine("3e-4")),
     # Fourth round: `auto` fine-tuning from the linear probe as the head (LP-FT), with no
-    # phase 1 of its own, and the same with the probe's avg+max pooled features.
+    # phase 1 of its own; the same with avg+max pooled features (and a kept probe refitted
+    # on training and validation images, which validation cannot measure); and at 1e-3.
+    # `--recipe auto` of round 3 as flags, to measure the kept model's validation accuracy
+    # (its `auto-v3` rows hold the fine-tuned one's): below / from 150 training images.
+    "v3-pinned": Method("keras-ft", ("--fallback-to-head", "--fallback-to-probe")),
+    "v3-pinned-fast": Method(
+        "keras-ft", ("--fallback-to-head", "--fallback-to-probe", *_warmup_cosine("3e-4"))
+    ),
     "c4-lpft": Method("keras-ft", LPFT),
-    "c4-lpft-avgmax": Method("keras-ft", (*LPFT, "--pooling", "avgmax")),
+    "c4-lpft-refit": Method("keras-ft", (*LPFT, "--refit-probe")),
+    "c4-lpft-avgmax-refit": Method("keras-ft", (*LPFT, "--pooling", "avgmax", "--refit-probe")),
+    "c4-lpft-lr1e-3": Method("keras-ft", (*LPFT, *_warmup_cosine("1e-3"))),
 }
 DEFAULT_METHODS = ("probe", "guide", "defaults", "auto")
 GUIDE_EPOCHS = (3, 2)
@@ -272,6 +282,9 @@ def measure(case: dict, name: str, quick: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="keras_ft_quality_") as temp:
         if method.kind == "keras-ft":
             measured = _keras_ft(case, case["flags"], Path(temp))
+            wall_s, cpu_s = time.perf_counter() - started, _children_cpu_s() - cpu_before
+            if method.tta and not quick:
+                measured["tta"] = _tta(Path(temp) / "run", case["test_dir"])
         else:
             head, finetune = (1, 1) if quick else GUIDE_EPOCHS
             config = {
@@ -281,6 +294,7 @@ def measure(case: dict, name: str, quick: bool) -> dict:
                 "finetune_epochs": finetune,
             }
             measured = _child(method.kind, config, Path(temp))
+            wall_s, cpu_s = time.perf_counter() - started, _children_cpu_s() - cpu_before
     return {
         **{
             k: case[k]
@@ -298,13 +312,29 @@ def measure(case: dict, name: str, quick: bool) -> dict:
         "method": name,
         "weights": common.weights_label(case["weights"]),
         **measured,
-        "wall_s": round(time.perf_counter() - started, 1),
-        "cpu_s": round(_children_cpu_s() - cpu_before, 1),
+        "wall_s": round(wall_s, 1),
+        "cpu_s": round(cpu_s, 1),
         "load_before": [round(v, 2) for v in load_before],
         "load_after": [round(v, 2) for v in os.getloadavg()],
         "commit": _commit(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }
+
+
+def _tta(run: Path, test_dir: str) -> dict:
+    """Test accuracy and seconds of `keras-ft evaluate RUN TEST` without and with `--tta`
+    (each a fresh process: the seconds include starting it)."""
+    measured = {}
+    for name, extra in (("plain", []), ("tta", ["--tta"])):
+        command = [sys.executable, "-m", "keras_ft.cli", "evaluate", str(run), test_dir, *extra]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True, env=_env(), cwd=common.ROOT)
+        if done.returncode != 0:
+            raise RuntimeError(f"keras-ft evaluate failed:\n{done.stderr[-3000:]}")
+        accuracy = re.search(r"^test accuracy: ([0-9.]+)$", done.stdout, re.MULTILINE)
+        measured[f"{name}_test_accuracy"] = float(accuracy.group(1))
+        measured[f"{name}_s"] = round(time.perf_counter() - started, 1)
+    return measured
 
 
 def _children_cpu_s() -> float:
