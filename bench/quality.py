@@ -552,8 +552,43 @@ def report(records: list[dict]) -> str:
         "Targets (issue 14):",
         *targets(stats),
         *(["", "The same for `--recipe auto`:", *targets(stats, "auto")] if has_auto else []),
+        *tta_table(records),
     ]
     return "\n".join(lines)
+
+
+def tta_table(records: list[dict]) -> list[str]:
+    """Test-time augmentation's gain and cost, over the rows that measured it (see `_tta`)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r.get("tta"):
+            groups.setdefault((r["task"], r["per_class"], r["method"]), []).append(r["tta"])
+    if not groups:
+        return []
+    rows = []
+    for (task, n, method), measured in sorted(groups.items()):
+        mean = {k: float(np.mean([m[k] for m in measured])) for k in measured[0]}
+        rows.append(
+            [
+                task,
+                n,
+                method,
+                f"{mean['plain_test_accuracy']:.3f}",
+                f"{mean['tta_test_accuracy']:.3f}",
+                f"{100 * (mean['tta_test_accuracy'] - mean['plain_test_accuracy']):+.1f}",
+                f"{mean['plain_s']:.0f}",
+                f"{mean['tta_s']:.0f}",
+                len(measured),
+            ]
+        )
+    header = ["task", "train/class", "method", "test", "test, --tta", "points", "s", "s, --tta"]
+    return [
+        "",
+        "Test-time augmentation (`keras-ft evaluate RUN TEST [--tta]`, each a fresh process: "
+        "the seconds include starting it), mean over seeds:",
+        "",
+        common.table([*header, "seeds"], rows),
+    ]
 
 
 def main(argv=None) -> None:

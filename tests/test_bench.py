@@ -140,3 +140,16 @@ def test_quality_results_are_the_same_measurement_whatever_the_weights_files_pat
     assert here == _key({**case, "flags": ["--weights", "/work/b/vgg16.h5", "--no-flip"]})
     assert here != _key({**case, "flags": ["--weights", "none", "--no-flip"]})
     assert here != _key({**case, "flags": ["--weights", "/work/a/vgg16.h5"]})
+
+
+def test_quality_report_tabulates_test_time_augmentation_over_seeds():
+    from bench.quality import tta_table
+
+    def row(seed, plain, tta):
+        measured = {"plain_test_accuracy": plain, "plain_s": 10.0, "tta_test_accuracy": tta,
+                    "tta_s": 14.0}  # fmt: skip
+        return {"task": "mnist", "per_class": 30, "method": "auto", "seed": seed, "tta": measured}
+
+    lines = tta_table([row(0, 0.90, 0.92), row(1, 0.80, 0.81), {"task": "mnist", "tta": None}])
+    assert "| mnist | 30 | auto | 0.850 | 0.865 | +1.5 | 10 | 14 | 2 |" in lines
+    assert tta_table([{"task": "mnist"}]) == []  # no row measured it: no table
