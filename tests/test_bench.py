@@ -150,6 +150,6 @@ def test_quality_report_tabulates_test_time_augmentation_over_seeds():
                     "tta_s": 14.0}  # fmt: skip
         return {"task": "mnist", "per_class": 30, "method": "auto", "seed": seed, "tta": measured}
 
-    lines = tta_table([row(0, 0.90, 0.92), row(1, 0.80, 0.81), {"task": "mnist", "tta": None}])
-    assert "| mnist | 30 | auto | 0.850 | 0.865 | +1.5 | 10 | 14 | 2 |" in lines
+    text = "\n".join(tta_table([row(0, 0.9, 0.92), row(1, 0.8, 0.81), {"tta": None}]))
+    assert "| mnist | 30 | auto | 0.850 | 0.865 | +1.5 | 10 | 14 | 2 |" in text.splitlines()
     assert tta_table([{"task": "mnist"}]) == []  # no row measured it: no table
