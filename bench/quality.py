@@ -160,6 +160,8 @@ METHODS = {
     "c4-lpft-refit": Method("keras-ft", (*LPFT, "--refit-probe")),
     "c4-lpft-avgmax-refit": Method("keras-ft", (*LPFT, "--pooling", "avgmax", "--refit-probe")),
     "c4-lpft-lr1e-3": Method("keras-ft", (*LPFT, *_warmup_cosine("1e-3"))),
+    # Fifth round: `auto` (round 3's, with refit_probe) whose phase 1 starts from the probe.
+    "c5-probe-init": Method("keras-ft", ("--recipe", "auto", "--head-init", "probe")),
 }
 DEFAULT_METHODS = ("probe", "guide", "defaults", "auto")
 GUIDE_EPOCHS = (3, 2)

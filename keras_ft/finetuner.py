@@ -265,11 +265,11 @@ class FineTuner:
         {options}
             recipe: `None`, or `"auto"`: settings that adapt to the data for
                 every option left at its default (`keras_ft.recipe.AutoRecipe`:
-                the head starts as the linear probe, phase 2's learning rate
-                and schedule follow the training split's size, and the
-                fine-tuned model is kept only if its validation loss is below
-                the probe's). What it changed is printed and kept in `run.json`
-                under `"recipe"`.
+                phase 2's learning rate and schedule follow the training
+                split's size; the model kept is the one with the lowest
+                validation loss of the fine-tuned model, the phase-1 head and
+                the linear probe). What it changed is printed and kept in
+                `run.json` under `"recipe"`.
             callbacks: Keras callbacks, passed to both phases.
             checkpoint_dir: save a checkpoint there after every epoch (only the
                 chief does, under a multi-worker strategy).

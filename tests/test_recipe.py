@@ -22,9 +22,8 @@ def test_auto_sets_the_options_left_at_their_defaults(folder):
     data = keras_ft.ImageFolder(folder, image_size=32, batch_size=8, validation_split=0.25)
     options, applied = apply_recipe("auto", defaults(), data)
     assert len(data.train_files) < RECIPES["auto"].min_train_images  # 27 images
-    lpft = {"head_init": "probe", "head_epochs": 0, "fallback_to_probe": True}
-    assert applied == lpft | {"refit_probe": True}
-    assert options["fallback_to_head"] is False  # no phase 1: the head is the probe
+    assert applied == {"fallback_to_head": True, "fallback_to_probe": True, "refit_probe": True}
+    assert options["fallback_to_head"] is options["fallback_to_probe"] is True
     # A small split keeps the defaults' phase-2 rate: constant 1e-4, no warm-up.
     assert (options["finetune_lr"], options["finetune_schedule"]) == (1e-4, "constant")
     assert options == defaults() | applied
@@ -48,14 +47,10 @@ def test_auto_keeps_what_the_user_chose(tmp_path):
     assert options["finetune_lr"] == 1e-3 and "finetune_lr" not in applied
     # "constant" equals the default, so the recipe cannot tell it was chosen (documented)
     assert set(applied) == {
-        "head_init", "head_epochs", "fallback_to_probe", "refit_probe", "finetune_schedule",
+        "fallback_to_head", "fallback_to_probe", "refit_probe", "finetune_schedule",
         "warmup_epochs",
     }  # fmt: skip
     assert apply_recipe(None, chosen, data) == (chosen, {})
-    # A phase 1 the user asks for trains from the probe, and its head competes after phase 2.
-    options, applied = apply_recipe("auto", defaults() | {"head_epochs": 5}, data)
-    assert options["head_epochs"] == 5 and "head_epochs" not in applied
-    assert applied["fallback_to_head"] is True and applied["head_init"] == "probe"
 
 
 def test_auto_refusals_name_the_problem(folder):
@@ -72,9 +67,9 @@ def test_fit_with_auto_records_the_recipe_and_trains_adaptively(folder, capsys):
     tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
     tuner.fit(data, head_epochs=2, finetune_epochs=3, head_lr=1e-2, recipe="auto", verbose=2)
     out = capsys.readouterr().out
-    assert "recipe='auto': head_init='probe', fallback_to_probe=True, refit_probe=True" in out
-    applied = {"head_init": "probe", "fallback_to_probe": True, "refit_probe": True}
-    assert tuner.record["recipe"]["applied"] == applied | {"fallback_to_head": True}
+    assert "recipe='auto': fallback_to_head=True, fallback_to_probe=True, refit_probe=True" in out
+    applied = {"fallback_to_head": True, "fallback_to_probe": True, "refit_probe": True}
+    assert tuner.record["recipe"]["applied"] == applied
     assert tuner.training_config.fallback_to_head is tuner.training_config.fallback_to_probe
     decision = tuner.record["decisions"]["fallback"]
     assert decision["kept"] in ("head", "finetune", "probe")

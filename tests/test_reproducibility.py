@@ -111,7 +111,6 @@ def test_reproduce_replays_the_recipe_found_learning_rates_and_weight_decay(tmp_
     record = json.loads((output / "run.json").read_text())
     assert record["training"]["fallback_to_head"] is True and record["data"]["flip"] is True
     assert record["training"]["fallback_to_probe"] is record["training"]["refit_probe"] is True
-    assert record["training"]["head_init"] == "probe"  # LP-FT; its phase 1 goes on from there
     # 240 training images: auto sets the cosine schedule and warm-up (the rate stays "auto")
     training = record["training"]
     assert (training["finetune_schedule"], training["warmup_epochs"]) == ("cosine", 1)
