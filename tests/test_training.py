@@ -578,3 +578,23 @@ def test_weight_decay_shrinks_phase_2_weights_by_decay_times_rate(weight_decay):
     difference = decayed.get_layer("top").kernel.numpy() - plain.get_layer("top").kernel.numpy()
     np.testing.assert_allclose(difference, -start * weight_decay * 0.1, atol=1e-6)
     assert decayed.optimizer.weight_decay == (weight_decay or None)  # 0: Keras skips it
+
+
+def test_a_resumed_fallback_reads_phase_2s_start_and_refuses_without_it(split_folders, tmp_path):
+    """Resuming after the last epoch redoes only the fallback, from the weights and scores kept
+    beside the checkpoints; without that file it says what is missing."""
+    train, _ = split_folders
+    data = keras_ft.ImageFolder(train, image_size=32, batch_size=8, validation_split=0.25, seed=0)
+    options = dict(head_epochs=1, finetune_epochs=1, finetune_lr=0.05, fallback_to_head=True)
+    first = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+    first.fit(data, **options, checkpoint_dir=tmp_path, verbose=0)
+    again = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+    again.fit(data, **options, checkpoint_dir=tmp_path, resume=True, verbose=0)
+    assert again.record["decisions"] == first.record["decisions"]
+    for a, b in zip(again.model.get_weights(), first.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    (tmp_path / "phase2-start.npz").unlink()
+    with pytest.raises(keras_ft.KerasFTError, match="phase2-start.npz.*missing.*without --resume"):
+        keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0).fit(
+            data, **options, checkpoint_dir=tmp_path, resume=True, verbose=0
+        )
