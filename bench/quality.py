@@ -115,7 +115,6 @@ def _warmup_cosine(rate: str) -> tuple[str, ...]:
     return ("--finetune-lr", rate, "--finetune-schedule", "cosine", "--warmup-epochs", "1")
 
 
-LPFT = ("--recipe", "auto", "--head-init", "probe", "--head-epochs", "0")
 METHODS = {
     "probe": Method("probe", note="logistic regression on avg+max pooled frozen features"),
     "guide": Method("guide", note="the Keras guide's recipe as written: 3 head + 2 fine-tune"),
@@ -147,19 +146,14 @@ METHODS = {
     # phase 2 (c2 fell to chance on the 30/class Cahn-Hilliard and 10/class MNIST splits).
     "c3-lr1e-3-cos": Method("keras-ft", _warmup_cosine("1e-3")),
     "c3-lr3e-4-cos": Method("keras-ft", _warmup_cosine("3e-4")),
-    # Fourth round: `auto` fine-tuning from the linear probe as the head (LP-FT), with no
-    # phase 1 of its own; the same with avg+max pooled features (and a kept probe refitted
-    # on training and validation images, which validation cannot measure); and at 1e-3.
-    # `--recipe auto` of round 3 as flags, to measure the kept model's validation accuracy
-    # (its `auto-v3` rows hold the fine-tuned one's): below / from 150 training images.
+    # Round 3's `--recipe auto` as flags (below 150 training images), to measure its kept
+    # model's validation accuracy (its `auto-v3` rows hold the fine-tuned model's).
     "v3-pinned": Method("keras-ft", ("--fallback-to-head", "--fallback-to-probe")),
-    "v3-pinned-fast": Method(
-        "keras-ft", ("--fallback-to-head", "--fallback-to-probe", *_warmup_cosine("3e-4"))
+    # Fourth round: `auto` fine-tuning from the linear probe as the head (LP-FT), with no
+    # phase 1 of its own.
+    "c4-lpft": Method(
+        "keras-ft", ("--recipe", "auto", "--head-init", "probe", "--head-epochs", "0")
     ),
-    "c4-lpft": Method("keras-ft", LPFT),
-    "c4-lpft-refit": Method("keras-ft", (*LPFT, "--refit-probe")),
-    "c4-lpft-avgmax-refit": Method("keras-ft", (*LPFT, "--pooling", "avgmax", "--refit-probe")),
-    "c4-lpft-lr1e-3": Method("keras-ft", (*LPFT, *_warmup_cosine("1e-3"))),
     # Fifth round: `auto` (round 3's, with refit_probe) whose phase 1 starts from the probe.
     "c5-probe-init": Method("keras-ft", ("--recipe", "auto", "--head-init", "probe")),
 }
