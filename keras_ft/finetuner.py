@@ -321,7 +321,11 @@ class FineTuner:
         signature = self._signature()
         if self.model_config.head == "linear":
             return self._fit_linear(data, started, clock, evaluate, verbose)
-        features, probe, probe_summary = self._linear_probe(data, verbose)
+        # The probe is scored on the validation split; head_init="probe" needs it even without.
+        if data.validation is not None or self.training_config.head_init == "probe":
+            features, probe, probe_summary = self._linear_probe(data, verbose)
+        else:
+            features = probe = probe_summary = None
         try:
             with distribution.strategy.scope():  # both phases compile in it
                 self._check_same_checkpoint(checkpoint_dir, resume, signature)
@@ -423,11 +427,7 @@ class FineTuner:
 
     def _fit_linear(self, data: ImageFolder, started, clock, evaluate, verbose):
         """`fit` for `head="linear"`: the probe on the frozen features becomes the Dense layer."""
-        from keras_ft.transfer import linear_probe
-
-        extractor, _ = split_at_features(self.model)
-        features = frozen_features(extractor, data, verbose)
-        probe = linear_probe(*features, num_classes=data.num_classes)
+        _, probe, _ = self._linear_probe(data, verbose)
         set_probe(self.model, probe)
         self.history = TrainingHistory()
         if evaluate and data.test is not None:
@@ -449,12 +449,9 @@ class FineTuner:
         probe).
 
         Returns:
-            `(features, ProbeResult, its summary with the seconds it took)`. Without
-            a validation split (the probe is scored on it) the summary is None, and
-            so is everything unless `head_init="probe"` needs the probe.
+            `(features, ProbeResult, its summary with the seconds it took)`; the
+            summary is None without a validation split (the probe is scored on it).
         """
-        if data.validation is None and self.training_config.head_init != "probe":
-            return None, None, None
         from keras_ft.transfer import linear_probe
 
         clock = time.perf_counter()

@@ -540,12 +540,11 @@ def _scores(model: keras.Model, validation) -> tuple[float, float]:
 
 def _check_probe_fallback(model: keras.Model, data, probe) -> None:
     """Refuse `fallback_to_probe` where the probe cannot be measured or become the model."""
-    if data.validation is None or probe is None:
+    if data.validation is None:
         raise KerasFTError(
             "Invalid `fallback_to_probe`: it compares the validation loss of the fine-tuned "
             "model with that of a linear probe on the frozen features, which needs a "
-            "validation split (and the probe, which `FineTuner.fit` computes on it). Set "
-            "validation_split > 0, or pass fallback_to_probe=False."
+            "validation split. Set validation_split > 0, or pass fallback_to_probe=False."
         )
     _check_probe_head(model, probe, "fallback_to_probe", "fallback_to_probe=False")
 
