@@ -278,9 +278,6 @@ def measure(case: dict, name: str, quick: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="keras_ft_quality_") as temp:
         if method.kind == "keras-ft":
             measured = _keras_ft(case, case["flags"], Path(temp))
-            wall_s, cpu_s = time.perf_counter() - started, _children_cpu_s() - cpu_before
-            if method.tta and not quick:
-                measured["tta"] = _tta(Path(temp) / "run", case["test_dir"])
         else:
             head, finetune = (1, 1) if quick else GUIDE_EPOCHS
             config = {
@@ -290,7 +287,9 @@ def measure(case: dict, name: str, quick: bool) -> dict:
                 "finetune_epochs": finetune,
             }
             measured = _child(method.kind, config, Path(temp))
-            wall_s, cpu_s = time.perf_counter() - started, _children_cpu_s() - cpu_before
+        wall_s, cpu_s = time.perf_counter() - started, _children_cpu_s() - cpu_before
+        if method.tta and not quick:  # after the timing: it is the run's, not the evaluations'
+            measured["tta"] = _tta(Path(temp) / "run", case["test_dir"])
     return {
         **{
             k: case[k]
