@@ -80,8 +80,8 @@ def _add_run_arguments(p, output_help: str, exclude=TRAIN_ONLY) -> None:
         choices=("auto",),
         help="auto: settings that adapt to the data for every flag left at its default "
         "(--fallback-to-head --fallback-to-probe --refit-probe; from 150 training images "
-        "--finetune-lr 3e-4 --finetune-schedule cosine --warmup-epochs 1); what it set is "
-        "printed and kept in run.json",
+        "--finetune-lr 3e-4, from 500 1e-3, --finetune-schedule cosine --warmup-epochs 1); "
+        "what it set is printed and kept in run.json",
     )
     p.add_argument(
         "--no-tensorboard",

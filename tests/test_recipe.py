@@ -21,7 +21,7 @@ def folder(tmp_path_factory):
 def test_auto_sets_the_options_left_at_their_defaults(folder):
     data = keras_ft.ImageFolder(folder, image_size=32, batch_size=8, validation_split=0.25)
     options, applied = apply_recipe("auto", defaults(), data)
-    assert len(data.train_files) < RECIPES["auto"].min_train_images  # 27 images
+    assert len(data.train_files) < RECIPES["auto"].finetune_lrs[0][0]  # 27 images
     assert applied == {"fallback_to_head": True, "fallback_to_probe": True, "refit_probe": True}
     assert options["fallback_to_head"] is options["fallback_to_probe"] is True
     # A small split keeps the defaults' phase-2 rate: constant 1e-4, no warm-up.
@@ -33,10 +33,17 @@ def test_auto_runs_phase_2_faster_from_its_size_threshold(tmp_path):
     recipe = RECIPES["auto"]
     large = write_folder(tmp_path / "large", ("a", "b"), per_class=100, size=8)
     data = keras_ft.ImageFolder(large, image_size=32, batch_size=8, validation_split=0.25)
-    assert len(data.train_files) == 150 == recipe.min_train_images
+    assert len(data.train_files) == 150 == recipe.finetune_lrs[0][0]
     options, applied = apply_recipe("auto", defaults(), data)
     faster = {"finetune_lr": 3e-4, "finetune_schedule": "cosine", "warmup_epochs": 1}
     assert {k: options[k] for k in faster} == faster and faster.items() <= applied.items()
+
+
+def test_auto_phase_2_rate_steps_up_with_the_training_split():
+    rate = {n: RECIPES["auto"].settings(n).get("finetune_lr") for n in (149, 150, 499, 500, 5000)}
+    assert rate == {149: None, 150: 3e-4, 499: 3e-4, 500: 1e-3, 5000: 1e-3}
+    # From 500 images too, the warm-up and the cosine come with the rate.
+    assert RECIPES["auto"].settings(500) | {"finetune_lr": 3e-4} == RECIPES["auto"].settings(150)
 
 
 def test_auto_keeps_what_the_user_chose(tmp_path):
