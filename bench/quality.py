@@ -156,6 +156,15 @@ METHODS = {
     ),
     # Fifth round: `auto` (round 3's, with refit_probe) whose phase 1 starts from the probe.
     "c5-probe-init": Method("keras-ft", ("--recipe", "auto", "--head-init", "probe")),
+    # Sixth round: `auto` with phase 2 at 1e-3 (warm-up and cosine as `auto`'s), for the
+    # large splits only if it wins there on validation.
+    "c6-lr1e-3": Method("keras-ft", ("--recipe", "auto", "--finetune-lr", "1e-3")),
+    # Seventh: `auto` with avg+max pooling, so that its fallback's probe (on the head's
+    # pooled features) is the benchmark's.
+    "c7-avgmax": Method("keras-ft", ("--recipe", "auto", "--pooling", "avgmax")),
+    # Eighth: `auto` (phase 2 at 1e-3 from 500 training images) with 15 fine-tuning epochs:
+    # on MNIST 100/class its validation accuracy was still rising at epoch 10 of 10.
+    "c8-ft15": Method("keras-ft", ("--recipe", "auto", "--finetune-epochs", "15")),
 }
 DEFAULT_METHODS = ("probe", "guide", "defaults", "auto")
 GUIDE_EPOCHS = (3, 2)
