@@ -17,6 +17,7 @@ import weakref
 from datetime import datetime, timezone
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_ft.backbones import PREPROCESSING, get_backbone
@@ -604,7 +605,11 @@ def compare_with_probe(probe: dict, history: TrainingHistory) -> dict:
     """
     accuracies = history.history.get("val_accuracy") or [None]
     finetuned = accuracies[-1]
-    below = finetuned is not None and finetuned < probe["validation_accuracy"]
+    # Keras reports accuracy in float32 and the probe's is float64: compared unrounded, the
+    # same number of right validation images would read as fine-tuning being below.
+    below = finetuned is not None and bool(
+        np.float32(finetuned) < np.float32(probe["validation_accuracy"])
+    )
     if history.decisions.get("fallback", {}).get("kept") == "probe":  # fallback_to_probe
         return {**probe, "finetuned_validation_accuracy": finetuned, "is_the_model": True}
     if below:
