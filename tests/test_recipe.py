@@ -29,27 +29,25 @@ def test_auto_sets_the_options_left_at_their_defaults(folder):
     assert options == defaults() | applied
 
 
-def test_auto_runs_phase_2_faster_from_its_size_threshold(tmp_path):
-    recipe = RECIPES["auto"]
-    large = write_folder(tmp_path / "large", ("a", "b"), per_class=100, size=8)
+@pytest.mark.parametrize(
+    ("per_class", "train_images", "tier"),
+    [(100, 150, (150, 3e-4)), (340, 503, (500, 1e-3))],  # at and just past a threshold
+)
+def test_auto_runs_phase_2_faster_from_its_size_thresholds(tmp_path, per_class, train_images, tier):
+    assert tier in RECIPES["auto"].finetune_lrs
+    large = write_folder(tmp_path / "large", ("a", "b"), per_class=per_class, size=8)
     data = keras_ft.ImageFolder(large, image_size=32, batch_size=8, validation_split=0.25)
-    assert len(data.train_files) == 150 == recipe.finetune_lrs[0][0]
+    assert len(data.train_files) == train_images
     options, applied = apply_recipe("auto", defaults(), data)
-    faster = {"finetune_lr": 3e-4, "finetune_schedule": "cosine", "warmup_epochs": 1}
+    faster = {"finetune_lr": tier[1], "finetune_schedule": "cosine", "warmup_epochs": 1}
     assert {k: options[k] for k in faster} == faster and faster.items() <= applied.items()
 
 
-def test_auto_phase_2_rate_steps_up_with_the_training_split(tmp_path):
+def test_auto_phase_2_rate_steps_up_with_the_training_split():
     rate = {n: RECIPES["auto"].settings(n).get("finetune_lr") for n in (149, 150, 499, 500, 5000)}
     assert rate == {149: None, 150: 3e-4, 499: 3e-4, 500: 1e-3, 5000: 1e-3}
     # From 500 images too, the warm-up and the cosine come with the rate.
     assert RECIPES["auto"].settings(500) | {"finetune_lr": 3e-4} == RECIPES["auto"].settings(150)
-    larger = write_folder(tmp_path / "larger", ("a", "b"), per_class=340, size=8)
-    data = keras_ft.ImageFolder(larger, image_size=32, batch_size=8, validation_split=0.25)
-    assert len(data.train_files) >= 500
-    options, applied = apply_recipe("auto", defaults(), data)
-    faster = {"finetune_lr": 1e-3, "finetune_schedule": "cosine", "warmup_epochs": 1}
-    assert {k: options[k] for k in faster} == faster and faster.items() <= applied.items()
 
 
 def test_auto_keeps_what_the_user_chose(tmp_path):
