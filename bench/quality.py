@@ -165,6 +165,12 @@ METHODS = {
     # Eighth: `auto` (phase 2 at 1e-3 from 500 training images) with 15 fine-tuning epochs:
     # on MNIST 100/class its validation accuracy was still rising at epoch 10 of 10.
     "c8-ft15": Method("keras-ft", ("--recipe", "auto", "--finetune-epochs", "15")),
+    # Round 6, for the small splits where `auto` loses to the probe: phase 2 unfreezing
+    # block 5 only (the backbone's suggested layer), random shifts of up to a tenth of
+    # the image, label smoothing 0.1.
+    "c9-block5": Method("keras-ft", ("--recipe", "auto", "--unfreeze", "block5_conv1")),
+    "c10-shift": Method("keras-ft", ("--recipe", "auto", "--translation", "0.1")),
+    "c11-smooth": Method("keras-ft", ("--recipe", "auto", "--label-smoothing", "0.1")),
 }
 DEFAULT_METHODS = ("probe", "guide", "defaults", "auto")
 GUIDE_EPOCHS = (3, 2)
