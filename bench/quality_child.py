@@ -8,8 +8,9 @@
   whose C is chosen by 3-fold cross-validation on the training images keras-ft trains
   on. Its validation accuracy is measured on exactly the images keras-ft holds out for
   validation (`keras_ft.data.stable_fraction`, same seed and split); its test accuracy
-  comes from a refit, at that C, on all training images (as issue 14's probe did: it
-  sees 1/(1 - split) times the images keras-ft trains on).
+  and its accuracy on the task's selection folder come from a refit, at that C, on all
+  training images (as issue 14's probe did: it sees 1/(1 - split) times the images
+  keras-ft trains on).
 * `guide`: the Keras guide's recipe as `bench/guide_script.py` writes it.
 
 Both write `{"test_accuracy", "val_accuracy", ...}` to OUT_JSON.
@@ -83,10 +84,14 @@ def probe(config: dict) -> dict:
     keras.utils.set_random_seed(config["seed"])
     paths, relpaths, labels = _files(config["train_dir"])
     test_paths, _, test_labels = _files(config["test_dir"])
+    selection_paths, _, selection_labels = _files(config["selection_dir"])
     started = time.perf_counter()
-    features = _features(paths + test_paths, config["image_size"], config["weights"])
+    features = _features(
+        paths + test_paths + selection_paths, config["image_size"], config["weights"]
+    )
     features_s = time.perf_counter() - started
-    train, test = features[: len(paths)], features[len(paths) :]
+    train, test = features[: len(paths)], features[len(paths) : len(paths) + len(test_paths)]
+    selection = features[len(paths) + len(test_paths) :]
     split = config["validation_split"]
     is_val = np.array([stable_fraction(config["seed"], r) < split for r in relpaths])
     # One BLAS thread: on 2 cores shared with other jobs, threads spinning on small
@@ -99,6 +104,7 @@ def probe(config: dict) -> dict:
     return {
         "test_accuracy": float(full.score(test, test_labels)),
         "val_accuracy": val_accuracy,
+        "selection_accuracy": float(full.score(selection, selection_labels)),
         "chosen_c": c,
         "features_s": features_s,
         "fit_s": time.perf_counter() - started - features_s,

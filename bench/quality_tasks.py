@@ -210,7 +210,11 @@ def build(
         test_per_class: test images per class; default the task's own.
 
     Returns:
-        `(train_dir, test_dir)`.
+        `(train_dir, test_dir, selection_dir)`. The selection folder holds as many images
+        per class as the test folder, drawn from the training pool without the training
+        images (nor the test images, where the two share a pool): a validation set large
+        enough to choose recipes on, which keras-ft never trains on and the test split
+        never decides.
     """
     spec = TASKS[task]
     test_per_class = test_per_class or spec.test_per_class
@@ -222,10 +226,11 @@ def build(
         "seed": seed,
         "classes": classes,
         "test_per_class": test_per_class,
+        "selection": True,
     }
     marker = folder / "done.json"
     if marker.is_file() and json.loads(marker.read_text()) == recipe:
-        return folder / "train", folder / "test"
+        return folder / "train", folder / "test", folder / "selection"
     images, labels, names = load_source(task, "train")
     classes = min(classes or len(names), len(names))
     rng = _rng(task, per_class, seed)
@@ -236,7 +241,10 @@ def build(
     else:
         test_images, test_labels = images, labels
         test = _pick(labels, classes, test_per_class, rng, exclude=train)
-    for sub in ("train", "test"):
+    # Its own generator: the training and test draws stay those of the folders before it.
+    taken = train if task == "mnist" else train + test
+    selection = _pick(labels, classes, test_per_class, _rng(task, per_class, seed, "sel"), taken)
+    for sub in ("train", "test", "selection"):
         if (folder / sub).exists():
             for old in (folder / sub).glob("*/*.png"):
                 old.unlink()
@@ -244,5 +252,6 @@ def build(
     _write(folder / "train", images, labels, names, train, prefix)
     test_prefix = "mnist-test" if task == "mnist" else task
     _write(folder / "test", test_images, test_labels, names, test, test_prefix)
+    _write(folder / "selection", images, labels, names, selection, prefix)
     marker.write_text(json.dumps(recipe))
-    return folder / "train", folder / "test"
+    return folder / "train", folder / "test", folder / "selection"

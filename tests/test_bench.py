@@ -63,7 +63,10 @@ def test_quality_benchmark_quick_mode_writes_results_and_resumes(tmp_path):
         assert r["n_test"] > 0 and r["wall_s"] > 0 and len(r["load_before"]) == 3
     today = next(r for r in records if r["method"] == "today")
     assert "--no-flip" not in today["flags"] and today["history"][-1]["phase"] == "finetune"
-    assert "| task | train/class | method | test accuracy | val accuracy |" in done.stdout
+    probe = next(r for r in records if r["method"] == "probe")  # keras-ft's: outside quick mode
+    assert 0 <= probe["selection_accuracy"] <= 1 and "selection_accuracy" not in today
+    header = "| task | train/class | method | test accuracy | val accuracy | selection accuracy |"
+    assert header in done.stdout
     assert "| ising | 6 | probe |" in done.stdout and "Targets (issue 14):" in done.stdout
 
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -76,13 +79,16 @@ def test_quality_digits_task_is_seeded_disjoint_and_never_flipped(tmp_path):
     from bench.quality import METHODS, keras_ft_flags
     from bench.quality_tasks import build
 
-    train, test = build("digits", 6, 0, tmp_path, classes=3, test_per_class=3)
-    files = {sub: sorted(p.relative_to(sub) for p in sub.glob("*/*.png")) for sub in (train, test)}
-    assert [len(files[train]), len(files[test])] == [18, 9]
+    folders = build("digits", 6, 0, tmp_path, classes=3, test_per_class=3)
+    train, test, selection = folders
+    files = {sub: sorted(p.relative_to(sub) for p in sub.glob("*/*.png")) for sub in folders}
+    assert [len(files[sub]) for sub in folders] == [18, 9, 9]
     assert sorted({p.parent.name for p in files[train]}) == ["0", "1", "2"]
-    contents = [{p.read_bytes() for p in sub.glob("*/*.png")} for sub in (train, test)]
+    contents = [{p.read_bytes() for p in sub.glob("*/*.png")} for sub in folders]
+    assert all(len(c) == len(files[sub]) for c, sub in zip(contents, folders, strict=True))
     assert not contents[0] & contents[1]  # no test image is a training image
-    again, _ = build("digits", 6, 0, tmp_path / "other", classes=3, test_per_class=3)
+    assert not contents[2] & (contents[0] | contents[1])  # selection: neither
+    again, *_ = build("digits", 6, 0, tmp_path / "other", classes=3, test_per_class=3)
     assert {p.read_bytes() for p in again.glob("*/*.png")} == contents[0]  # seeded
     case = {"task": "digits", "weights": None, "image_size": 32, "n_train": 18}
     assert "--no-flip" in keras_ft_flags(case, METHODS["today"], quick=True)
