@@ -79,8 +79,9 @@ def _add_run_arguments(p, output_help: str, exclude=TRAIN_ONLY) -> None:
         "--recipe",
         choices=("auto",),
         help="auto: settings that adapt to the data for every flag left at its default "
-        "(--fallback-to-head --fallback-to-probe --refit-probe; from 150 training images "
-        "--finetune-lr 3e-4, from 500 1e-3, --finetune-schedule cosine --warmup-epochs 1); "
+        "(--fallback-to-head --fallback-to-probe --refit-probe; below 150 training images "
+        "--head-epochs 60 --finetune-epochs 60; from 150 --finetune-lr 3e-4, from 500 1e-3, "
+        "--finetune-schedule cosine --warmup-epochs 1); "
         "what it set is printed and kept in run.json",
     )
     p.add_argument(

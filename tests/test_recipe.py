@@ -22,11 +22,18 @@ def test_auto_sets_the_options_left_at_their_defaults(folder):
     data = keras_ft.ImageFolder(folder, image_size=32, batch_size=8, validation_split=0.25)
     options, applied = apply_recipe("auto", defaults(), data)
     assert len(data.train_files) < RECIPES["auto"].finetune_lrs[0][0]  # 27 images
-    assert applied == {"fallback_to_head": True, "fallback_to_probe": True, "refit_probe": True}
+    assert applied == {
+        "fallback_to_head": True, "fallback_to_probe": True, "refit_probe": True,
+        "head_epochs": 60, "finetune_epochs": 60,
+    }  # fmt: skip
     assert options["fallback_to_head"] is options["fallback_to_probe"] is True
-    # A small split keeps the defaults' phase-2 rate: constant 1e-4, no warm-up.
+    # A small split keeps the defaults' phase-2 rate: constant 1e-4, no warm-up; it trains
+    # for more epochs (at batch 8, 4 steps each).
     assert (options["finetune_lr"], options["finetune_schedule"]) == (1e-4, "constant")
+    assert (options["head_epochs"], options["finetune_epochs"]) == (60, 60)
     assert options == defaults() | applied
+    chosen, applied = apply_recipe("auto", defaults() | {"head_epochs": 5}, data)
+    assert (chosen["head_epochs"], chosen["finetune_epochs"]) == (5, 60)
 
 
 @pytest.mark.parametrize(
@@ -41,11 +48,16 @@ def test_auto_runs_phase_2_faster_from_its_size_thresholds(tmp_path, per_class, 
     options, applied = apply_recipe("auto", defaults(), data)
     faster = {"finetune_lr": tier[1], "finetune_schedule": "cosine", "warmup_epochs": 1}
     assert {k: options[k] for k in faster} == faster and faster.items() <= applied.items()
+    assert (options["head_epochs"], options["finetune_epochs"]) == (10, 10)  # the defaults'
+    assert "head_epochs" not in applied and "finetune_epochs" not in applied
 
 
 def test_auto_phase_2_rate_steps_up_with_the_training_split():
     rate = {n: RECIPES["auto"].settings(n).get("finetune_lr") for n in (149, 150, 499, 500, 5000)}
     assert rate == {149: None, 150: 3e-4, 499: 3e-4, 500: 1e-3, 5000: 1e-3}
+    settings = {n: RECIPES["auto"].settings(n) for n in (1, 149, 150, 5000)}
+    epochs = {n: (s["head_epochs"], s["finetune_epochs"]) for n, s in settings.items()}
+    assert epochs == {1: (60, 60), 149: (60, 60), 150: (10, 10), 5000: (10, 10)}
     # From 500 images too, the warm-up and the cosine come with the rate.
     assert RECIPES["auto"].settings(500) | {"finetune_lr": 3e-4} == RECIPES["auto"].settings(150)
 
