@@ -184,6 +184,10 @@ METHODS = {
     "c13-both60": Method(
         "keras-ft", ("--recipe", "auto", "--head-epochs", "60", "--finetune-epochs", "60")
     ),
+    # From 150 to 500 training images an epoch is 5-16 steps: 30 epochs per phase there?
+    "c14-both30": Method(
+        "keras-ft", ("--recipe", "auto", "--head-epochs", "30", "--finetune-epochs", "30")
+    ),
 }
 DEFAULT_METHODS = ("probe", "guide", "defaults", "auto")
 GUIDE_EPOCHS = (3, 2)
