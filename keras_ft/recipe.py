@@ -55,7 +55,7 @@ class AutoRecipe:
     (as many images as the test split, drawn from the training pool; round 6)
     at each of the six task sizes below 150 training images, by 0.5 to 7.1
     points (mean over seeds 0-2); the validation accuracy was higher on three,
-    level on two and lower on one (Cahn-Hilliard 10 per class, with 6
+    level on two and lower on one (Cahn-Hilliard 10 per class, with 5-6
     validation images). 60 epochs for the head alone did not help (digits 10
     per class).
     """
