@@ -585,8 +585,8 @@ def report(records: list[dict]) -> str:
         "### Quality on held-out tasks",
         "",
         "Mean (min-max over seeds). Choose recipes on the validation and selection columns "
-        "only. CPU s: "
-        "user + system seconds of the run's processes, less moved by other jobs than wall s.",
+        "only. CPU s: user + system seconds of the run's processes, less moved by other jobs "
+        "than wall s.",
         "",
         common.table(header, [rows[i] for i in order]),
         "",

@@ -90,8 +90,7 @@ def probe(config: dict) -> dict:
         paths + test_paths + selection_paths, config["image_size"], config["weights"]
     )
     features_s = time.perf_counter() - started
-    train, test = features[: len(paths)], features[len(paths) : len(paths) + len(test_paths)]
-    selection = features[len(paths) + len(test_paths) :]
+    train, test, selection = np.split(features, np.cumsum([len(paths), len(test_paths)]))
     split = config["validation_split"]
     is_val = np.array([stable_fraction(config["seed"], r) < split for r in relpaths])
     # One BLAS thread: on 2 cores shared with other jobs, threads spinning on small

@@ -76,15 +76,21 @@ class AutoRecipe:
             "fallback_to_probe": self.fallback_to_probe,
             "refit_probe": self.refit_probe,
         }
-        rates = [rate for start, rate in self.finetune_lrs if train_images >= start]
-        if rates:
+        rate = _reached(self.finetune_lrs, train_images)
+        if rate:
             settings.update(
-                finetune_lr=rates[-1],
+                finetune_lr=rate[0],
                 finetune_schedule=self.finetune_schedule,
                 warmup_epochs=self.warmup_epochs,
             )
-        head, finetune = [row[1:] for row in self.epochs if train_images >= row[0]][-1]
+        head, finetune = _reached(self.epochs, train_images)
         return settings | {"head_epochs": head, "finetune_epochs": finetune}
+
+
+def _reached(rows: tuple[tuple, ...], train_images: int) -> tuple:
+    """The values of the last `(from_images, *values)` row that `train_images` reaches, or ()."""
+    reached = [row[1:] for row in rows if train_images >= row[0]]
+    return reached[-1] if reached else ()
 
 
 RECIPES = {"auto": AutoRecipe()}
