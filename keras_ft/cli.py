@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 
 from keras_ft.config import (
+    FIT_OPTIONS,
     DataConfig,
     ModelConfig,
     Option,
@@ -37,10 +38,15 @@ _PROBE_HELP = (
 
 
 def _add_train(commands, name: str = "train", head: str = "dense") -> None:
+    # No abbreviated flags: the recipe keeps the training flags named in full (`_given`).
     if head == "linear":
-        p = commands.add_parser(name, help=_PROBE_HELP.split(";")[0], description=_PROBE_HELP)
+        p = commands.add_parser(
+            name, help=_PROBE_HELP.split(";")[0], description=_PROBE_HELP, allow_abbrev=False
+        )
     else:
-        p = commands.add_parser(name, help="fine-tune a backbone on an image folder")
+        p = commands.add_parser(
+            name, help="fine-tune a backbone on an image folder", allow_abbrev=False
+        )
     _add_run_arguments(p, "run directory to write", exclude=())
     p.add_argument(
         "--resume",
@@ -77,12 +83,14 @@ def _add_run_arguments(p, output_help: str, exclude=TRAIN_ONLY) -> None:
                 seen.add(name)
     p.add_argument(
         "--recipe",
-        choices=("auto",),
-        help="auto: settings that adapt to the data for every flag left at its default "
-        "(--fallback-to-head --fallback-to-probe --refit-probe; below 150 training images "
-        "--head-epochs 60 --finetune-epochs 60; from 150 --finetune-lr 3e-4, from 500 1e-3, "
-        "--finetune-schedule cosine --warmup-epochs 1); "
-        "what it set is printed and kept in run.json",
+        choices=("auto", "none"),
+        default="auto",
+        help="auto (train's default): settings that adapt to the data for every flag left "
+        "at its default (--fallback-to-head --fallback-to-probe --refit-probe, with a "
+        "validation split; below 150 training images --head-epochs 60 --finetune-epochs 60; "
+        "from 150 --finetune-lr 3e-4, from 500 1e-3, --finetune-schedule cosine "
+        "--warmup-epochs 1); what it set is printed and kept in run.json. "
+        "none (tune's default): the flags as given, defaults included",
     )
     p.add_argument(
         "--no-tensorboard",
@@ -92,9 +100,35 @@ def _add_run_arguments(p, output_help: str, exclude=TRAIN_ONLY) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
 
 
+def _cli_default(declared: Option, default):
+    """The value a config field's flag stores when it is not given."""
+    return default if declared.cli_default == "field" else declared.cli_default
+
+
+def _flags(name: str, declared: Option, default) -> tuple[str, ...]:
+    """The flags of config field `name` (whose field default is `default`)."""
+    if declared.switches:
+        return tuple(flag for flag, _, _ in declared.switches)
+    prefix = "--no-" if _cli_default(declared, default) is True else "--"
+    return (declared.flag or f"{prefix}{name.replace('_', '-')}",)
+
+
+def _given(args) -> dict:
+    """`fit`'s training options whose flags the command line names (`args.argv`): the
+    recipe keeps them, even at the default's value."""
+    given = {}
+    for name in FIT_OPTIONS:
+        declared = options_of(TrainingConfig)[name]
+        flags = _flags(name, declared, TrainingConfig.__dataclass_fields__[name].default)
+        if any(a in flags or a.split("=")[0] in flags for a in args.argv):
+            given[name] = getattr(args, name)
+    return given
+
+
 def _add_option(p, name: str, declared: Option, default) -> None:
     """The flag of config field `name`, from its `Option`: it stores into `args.<name>`."""
-    default = default if declared.cli_default == "field" else declared.cli_default
+    flag = _flags(name, declared, default)[0]
+    default = _cli_default(declared, default)
     text = declared.cli_help or re.sub(r'`"?([^`"]*)"?`', r"\1", declared.help.rstrip("."))
     text = text.replace("%", "%%")  # argparse formats help with %
     if declared.switches:  # mutually exclusive flags, one value each
@@ -103,7 +137,6 @@ def _add_option(p, name: str, declared: Option, default) -> None:
             group.add_argument(flag, dest=name, action="store_const", const=value, help=switch_help)
         p.set_defaults(**{name: default})
     elif isinstance(default, bool):
-        flag = declared.flag or f"--{'no-' if default else ''}{name.replace('_', '-')}"
         action = "store_false" if default else "store_true"
         p.add_argument(flag, dest=name, action=action, help=text)
     else:
@@ -112,7 +145,7 @@ def _add_option(p, name: str, declared: Option, default) -> None:
             text += f" (default: {shown})" if shown != "" else " (default: none)"
         choices = [c for c in declared.choices if c is not None] if declared.choices else None
         p.add_argument(
-            declared.flag or f"--{name.replace('_', '-')}",
+            flag,
             dest=name,
             type=declared.parse,
             choices=choices,
@@ -142,6 +175,7 @@ def _add_tune(commands) -> None:
     _add_run_arguments(p, "search directory to write (the best run goes to OUTPUT/best)")
     # Unset training flags for searched settings mean "search it"; a given one fixes it.
     p.set_defaults(head_lr=None, finetune_lr=None, unfreeze=None, dropout=None, dense_units=None)
+    p.set_defaults(recipe="none")  # a trial trains with the settings drawn for it
     p.add_argument("--trials", type=int, default=10, help="settings to try (default 10)")
     p.add_argument("--search", default="random", help="random (default), bayesian or grid")
     p.add_argument("--grid-points", type=int, default=3, help="values per range for grid search")
@@ -424,7 +458,7 @@ def _image_folder(args, spec):
 def _fit_arguments(args) -> dict:
     """The `FineTuner.fit` arguments that are not training options: how to run, not what."""
     return dict(
-        recipe=args.recipe,
+        recipe=None if args.recipe == "none" else args.recipe,
         tensorboard_dir=None if args.no_tensorboard else "auto",
         verbose=0 if args.quiet else "auto",
     )
@@ -475,7 +509,13 @@ def train(args) -> int:
         checkpoints = checkpoint_dir(output)
         if state == "replace" and distribution.is_chief:  # everything checked: now clear
             shutil.rmtree(checkpoints, ignore_errors=True)
-        tuner.fit(data, **_fit_arguments(args), resume=args.resume, checkpoint_dir=checkpoints)
+        tuner.fit(
+            data,
+            **_given(args),
+            **_fit_arguments(args),
+            resume=args.resume,
+            checkpoint_dir=checkpoints,
+        )
         if not distribution.is_chief:
             print(
                 f"worker {distribution.worker_index} of {distribution.workers} finished; "
@@ -729,6 +769,7 @@ def _printable_lines(message) -> str:
 def main(argv=None) -> int:
     """Run the command line; return the exit code."""
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     if not args.verbose and args.command not in WITHOUT_TENSORFLOW:
         _quiet_tensorflow()
     from keras_ft.errors import KerasFTError, WorkerLostError

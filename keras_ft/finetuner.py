@@ -246,7 +246,7 @@ class FineTuner:
         self,
         data: ImageFolder,
         *,
-        recipe=None,
+        recipe="auto",
         callbacks=(),
         verbose="auto",
         evaluate=True,
@@ -264,13 +264,14 @@ class FineTuner:
         Args:
             data: an `ImageFolder`.
         {options}
-            recipe: `None`, or `"auto"`: settings that adapt to the data for
-                every option left at its default (`keras_ft.recipe.AutoRecipe`:
-                phase 2's learning rate and schedule follow the training
-                split's size; the model kept is the one with the lowest
-                validation loss of the fine-tuned model, the phase-1 head and
-                the linear probe). What it changed is printed and kept in
-                `run.json` under `"recipe"`.
+            recipe: `"auto"` (the default) or `None`. `"auto"` gives each option
+                not passed here and left at its default a value that adapts to
+                the data (`keras_ft.recipe.AutoRecipe`: the epochs and phase
+                2's learning rate and schedule follow the training split's
+                size; the model kept is the one with the lowest validation loss
+                of the fine-tuned model, the phase-1 head and the linear
+                probe). What it changed is printed and kept in `run.json` under
+                `"recipe"`. `None`: the options as given, defaults included.
             callbacks: Keras callbacks, passed to both phases.
             checkpoint_dir: save a checkpoint there after every epoch (only the
                 chief does, under a multi-worker strategy).
@@ -296,8 +297,13 @@ class FineTuner:
                 f"`fit` expects an ImageFolder, received {type(data).__name__}. "
                 "Wrap your folder: keras_ft.ImageFolder('path/to/train')."
             )
+        given = tuple(options)  # named here: the recipe keeps them
         options = merge_options(options, self._fit_options, "FineTuner.fit")
-        options, applied = apply_recipe(recipe, options, data)
+        if self._model_kwargs["head"] == "linear":  # the probe is the model: no phase to adapt
+            recipe = None
+        options, applied = apply_recipe(
+            recipe, options, data, self._model_kwargs["dense_units"], given
+        )
         if applied and verbose != 0:
             settings = ", ".join(f"{key}={value!r}" for key, value in applied.items())
             print(f"recipe={recipe!r}: {settings}")
@@ -416,6 +422,7 @@ class FineTuner:
                     "finetune_epochs": 0,
                     "head_lr": config.head_lr,
                 },
+                recipe=None,
                 verbose=verbose,
                 evaluate=False,
                 tensorboard_dir=None,

@@ -1,10 +1,11 @@
 """Named recipes: settings for the options a user leaves at their defaults.
 
-`fit(..., recipe="auto")` adapts the two-phase fit to the data: phase 2's
-learning rate follows the size of the training split, and the model kept is
-the one with the lowest validation loss of the fine-tuned model, the phase-1
-head, and a linear probe on the frozen features (refitted on the training and
-validation images when it is kept).
+`recipe="auto"`, `fit`'s default, adapts the two-phase fit to the data: the
+epochs and phase 2's learning rate follow the size of the training split, and
+the model kept is the one with the lowest validation loss of the fine-tuned
+model, the phase-1 head, and a linear probe on the frozen features (refitted on
+the training and validation images when it is kept). `recipe=None`
+(`--recipe none`) trains with the options exactly as given.
 
 The values below are the one place these settings live. They were chosen on
 the validation splits of the quality benchmark (bench/quality.py,
@@ -16,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from keras_ft.config import TrainingConfig, check, defaults_of
-from keras_ft.errors import KerasFTError
 
 
 @dataclass(frozen=True)
@@ -94,18 +94,31 @@ def _reached(rows: tuple[tuple, ...], train_images: int) -> tuple:
 
 
 RECIPES = {"auto": AutoRecipe()}
+# Settings left out where they cannot work: the fallbacks compare validation losses, and
+# the probe becomes the head's last layer, on the pooled features.
+NEEDS_VALIDATION = ("fallback_to_head", "fallback_to_probe", "refit_probe")
+NEEDS_LINEAR_HEAD = ("fallback_to_probe", "refit_probe")
 
 
-def apply_recipe(name: str | None, options: dict, data) -> tuple[dict, dict]:
+def apply_recipe(
+    name: str | None, options: dict, data, dense_units=(), given=()
+) -> tuple[dict, dict]:
     """Give `options` (fit's) the recipe's settings for `data` (an `ImageFolder`).
 
-    Only options still at their defaults change: a value the user chose (one
-    that differs from the default) is kept.
+    Only options left alone change: one named in `given` (passed to `fit`),
+    or whose value differs from the default, is kept. Settings that cannot
+    work here are left out rather than refused, so that the default recipe
+    trains anything `recipe=None` trains: without a validation split the
+    fallbacks (`NEEDS_VALIDATION`), with hidden Dense layers in the head the
+    probe's two (`NEEDS_LINEAR_HEAD`), and `refit_probe` without
+    `fallback_to_probe`.
 
     Args:
         name: a key of `RECIPES`, or None (nothing changes).
         options: `TrainingConfig` keyword arguments.
-        data: the `ImageFolder` (its training split's size decides phase 2's rate).
+        data: the `ImageFolder` (its training split's size sets the epochs and rate).
+        dense_units: the head's hidden layers (`ModelConfig.dense_units`).
+        given: the options the caller named, kept whatever their value.
 
     Returns:
         `(options, applied)`, `applied` being `{option: value}` of what changed.
@@ -113,15 +126,15 @@ def apply_recipe(name: str | None, options: dict, data) -> tuple[dict, dict]:
     if name is None:
         return options, {}
     check(name in RECIPES, "recipe", f"None or one of {tuple(RECIPES)}", name)
-    if not data.validation_files:
-        raise KerasFTError(
-            f"recipe={name!r} compares the validation loss before and after phase 2, and "
-            "validation_split is 0. Set validation_split > 0 (e.g. 0.2)."
-        )
+    left_out = (NEEDS_VALIDATION if not data.validation_files else ()) + (
+        NEEDS_LINEAR_HEAD if dense_units else ()
+    )
     defaults = defaults_of(TrainingConfig)
     applied = {
         option: value
         for option, value in RECIPES[name].settings(len(data.train_files)).items()
-        if options[option] == defaults[option] != value
+        if option not in (*left_out, *given) and options[option] == defaults[option] != value
     }
+    if not {**options, **applied}["fallback_to_probe"]:  # nothing to refit
+        applied.pop("refit_probe", None)
     return {**options, **applied}, applied

@@ -73,7 +73,13 @@ def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto", signing
             )
     tuner = FineTuner.from_configs(model_config, training)
     with tempfile.TemporaryDirectory() as scratch:
-        tuner.fit(data, verbose=verbose, evaluate=False, checkpoint_dir=checkpoint_dir(scratch))
+        tuner.fit(  # run.json holds the options the recipe resolved: none is applied again
+            data,
+            recipe=None,
+            verbose=verbose,
+            evaluate=False,
+            checkpoint_dir=checkpoint_dir(scratch),
+        )
     reproduced = weights_sha256(tuner.model)
     now, then = environment(), record.get("environment", {})
     return {

@@ -438,7 +438,12 @@ class TrialRunner:
         started = time.perf_counter()
         trial_data = self._trial_data(float(settings["augment_strength"]))
         candidate = self._fine_tuner(settings)
-        candidate.fit(trial_data, verbose=self.verbose, evaluate=False, **self.fit_arguments)
+        candidate.fit(  # a trial trains as drawn, unless the caller asked for a recipe
+            trial_data,
+            verbose=self.verbose,
+            evaluate=False,
+            **{"recipe": None, **self.fit_arguments},
+        )
         scores = candidate.evaluate(trial_data.validation)
         row = {
             "trial": int(trial.trial_id) + 1,

@@ -64,6 +64,11 @@ def test_train_prints_test_accuracy_and_writes_the_run(vgg16_run):
     assert record["model"]["backbone"] == "vgg16" and record["model"]["weights"] is None
     assert record["image_counts"]["test"] == 100
     assert record["command"][1:3] == ["train", str(DIGITS / "train")]
+    # `--recipe auto` by default: the flags given are kept, the rest follows the 241 images.
+    applied = {"fallback_to_head": True, "fallback_to_probe": True, "refit_probe": True}
+    applied |= {"finetune_lr": 3e-4, "finetune_schedule": "cosine", "warmup_epochs": 1}
+    assert record["recipe"] == {"name": "auto", "applied": applied}
+    assert record["training"]["head_epochs"] == record["training"]["finetune_epochs"] == 1
     for log_line in ("I0000", "absl::InitializeLog", "oneDNN", "WARNING:tensorflow"):
         assert log_line not in result.stderr + result.stdout  # TensorFlow's own log lines
 
@@ -330,6 +335,18 @@ def test_train_flags_come_from_the_config_fields_with_their_help_and_defaults(ca
             if declared.flag != "" and declared.cli_default == "field":
                 assert getattr(args, name) == defaults_of(config)[name], name
     assert args.image_size is None  # the backbone's default size
+
+
+def test_the_recipe_keeps_the_training_flags_named_even_at_their_defaults():
+    from keras_ft.cli import _given, build_parser
+
+    named = ["--head-epochs", "10", "--finetune-lr=1e-4", "--no-head-augment", "--seed", "1"]
+    args = build_parser().parse_args(["train", "d", "--output", "o", *named])
+    args.argv = named
+    assert _given(args) == {"head_epochs": 10, "finetune_lr": 1e-4, "head_augment": False}
+    with pytest.raises(SystemExit):  # an abbreviation would hide a flag from the recipe
+        build_parser().parse_args(["train", "d", "--output", "o", "--head-ep", "10"])
+    assert build_parser().parse_args(["tune", "d", "--output", "o"]).recipe == "none"
 
 
 def test_each_flag_sets_its_field():

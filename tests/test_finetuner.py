@@ -66,8 +66,8 @@ def test_from_configs_trains_with_the_training_config_it_was_given(folder):
     )
     assert (tuner.deterministic, tuner.strategy) == (False, "none")
     data = keras_ft.ImageFolder(folder, image_size=32, batch_size=8, seed=0, quiet=True)
-    tuner.fit(data, verbose=0, tensorboard_dir=None)
+    tuner.fit(data, recipe=None, verbose=0, tensorboard_dir=None)  # no recipe: exactly these
     assert tuner.training_config == training
     assert tuner.model_config.dropout == 0.1 and tuner.model_config.num_classes == 2
-    tuner.fit(data, finetune_epochs=2, verbose=0, tensorboard_dir=None)  # a keyword overrides
+    tuner.fit(data, finetune_epochs=2, recipe=None, verbose=0, tensorboard_dir=None)  # overrides
     assert tuner.training_config.finetune_epochs == 2 and tuner.training_config.momentum == 0.5

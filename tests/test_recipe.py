@@ -34,6 +34,11 @@ def test_auto_sets_the_options_left_at_their_defaults(folder):
     assert options == defaults() | applied
     chosen, applied = apply_recipe("auto", defaults() | {"head_epochs": 5}, data)
     assert (chosen["head_epochs"], chosen["finetune_epochs"]) == (5, 60)
+    # Named in fit's call: kept even at the default's value (refit_probe follows the probe).
+    given = ("finetune_epochs", "fallback_to_probe")
+    chosen, applied = apply_recipe("auto", defaults(), data, given=given)
+    assert applied == {"fallback_to_head": True, "head_epochs": 60}
+    assert (chosen["finetune_epochs"], chosen["fallback_to_probe"]) == (10, False)
 
 
 @pytest.mark.parametrize(
@@ -76,19 +81,24 @@ def test_auto_keeps_what_the_user_chose(tmp_path):
     assert apply_recipe(None, chosen, data) == (chosen, {})
 
 
-def test_auto_refusals_name_the_problem(folder):
+def test_auto_refuses_an_unknown_name_and_leaves_out_what_cannot_work(folder):
     data = keras_ft.ImageFolder(folder, image_size=32, batch_size=8, validation_split=0.25)
     with pytest.raises(keras_ft.KerasFTError, match=r"Invalid `recipe`: expected None or one"):
         apply_recipe("fast", defaults(), data)
+    epochs = {"head_epochs": 60, "finetune_epochs": 60}
+    # No validation split: nothing to compare, so no fallback (fit would refuse one).
     unvalidated = keras_ft.ImageFolder(folder, image_size=32, batch_size=8, validation_split=0)
-    with pytest.raises(keras_ft.KerasFTError, match="validation_split is 0"):
-        apply_recipe("auto", defaults(), unvalidated)
+    options, applied = apply_recipe("auto", defaults(), unvalidated)
+    assert applied == epochs and not options["fallback_to_head"]
+    # Hidden Dense layers: the probe cannot become the head's last layer; the head can return.
+    _, applied = apply_recipe("auto", defaults(), data, dense_units=(16,))
+    assert applied == epochs | {"fallback_to_head": True}
 
 
-def test_fit_with_auto_records_the_recipe_and_trains_adaptively(folder, capsys):
+def test_fit_applies_auto_by_default_and_records_it(folder, capsys):
     data = keras_ft.ImageFolder(folder, image_size=32, batch_size=8, validation_split=0.25)
     tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
-    tuner.fit(data, head_epochs=2, finetune_epochs=3, head_lr=1e-2, recipe="auto", verbose=2)
+    tuner.fit(data, head_epochs=2, finetune_epochs=3, head_lr=1e-2, verbose=2)
     out = capsys.readouterr().out
     assert "recipe='auto': fallback_to_head=True, fallback_to_probe=True, refit_probe=True" in out
     applied = {"fallback_to_head": True, "fallback_to_probe": True, "refit_probe": True}
@@ -99,3 +109,12 @@ def test_fit_with_auto_records_the_recipe_and_trains_adaptively(folder, capsys):
     losses = {key: decision[f"{key}_val_loss"] for key in ("head", "finetune", "probe")}
     assert losses[decision["kept"]] == min(losses.values())
     assert f"fallback: validation loss {losses['head']:.4g} before phase 2" in out
+
+
+def test_fit_with_recipe_none_trains_with_the_options_as_given(folder, capsys):
+    data = keras_ft.ImageFolder(folder, image_size=32, batch_size=8, validation_split=0.25)
+    tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+    tuner.fit(data, head_epochs=1, finetune_epochs=1, recipe=None, verbose=0)
+    assert "recipe=" not in capsys.readouterr().out
+    assert tuner.record["recipe"] is None and "fallback" not in tuner.record["decisions"]
+    assert tuner.training_config == keras_ft.TrainingConfig(head_epochs=1, finetune_epochs=1)

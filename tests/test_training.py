@@ -175,7 +175,10 @@ def test_early_stopping_stops_the_phase_and_keeps_the_best_weights(split_folders
     data = keras_ft.ImageFolder(train, image_size=32, batch_size=8, validation_split=0.25)
     tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf")
     # A learning rate so large that the validation loss soon stops improving.
-    tuner.fit(data, head_epochs=10, finetune_epochs=0, head_lr=1.0, early_stopping=1, verbose=2)
+    tuner.fit(
+        data, head_epochs=10, finetune_epochs=0, head_lr=1.0, early_stopping=1, recipe=None,
+        verbose=2,
+    )  # fmt: skip
     losses = tuner.history.history["val_loss"]
     assert len(losses) < 10  # stopped early
     stopped = f"phase 1 (head) stopped early at epoch {len(losses)} ({len(losses)} of 10 epochs)"
@@ -268,7 +271,7 @@ def test_fallback_to_head_keeps_the_head_when_fine_tuning_hurts(split_folders, c
         tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
         tuner.fit(
             data, head_epochs=3, finetune_epochs=finetune_epochs, head_lr=1e-2,
-            finetune_lr=5.0, fallback_to_head=fallback, verbose=0,
+            finetune_lr=5.0, fallback_to_head=fallback, recipe=None, verbose=0,
         )  # fmt: skip
         results[finetune_epochs, fallback] = tuner
     head, wrecked, kept = results[0, False], results[2, False], results[2, True]
@@ -294,7 +297,10 @@ def test_fallback_to_head_keeps_the_head_when_fine_tuning_hurts(split_folders, c
 def ruined_run(data, **fallbacks):
     """A tuner fitted with no phase 1 and a ruinous phase 2 (rate 5), and its fallback decision."""
     tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
-    tuner.fit(data, head_epochs=0, finetune_epochs=2, finetune_lr=5.0, verbose=0, **fallbacks)
+    tuner.fit(
+        data, head_epochs=0, finetune_epochs=2, finetune_lr=5.0, recipe=None, verbose=0,
+        **fallbacks,
+    )  # fmt: skip
     return tuner, tuner.record["decisions"]["fallback"]
 
 
