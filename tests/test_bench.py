@@ -67,7 +67,8 @@ def test_quality_benchmark_quick_mode_writes_results_and_resumes(tmp_path):
     assert 0 <= probe["selection_accuracy"] <= 1 and "selection_accuracy" not in today
     header = "| task | train/class | method | test accuracy | val accuracy | selection accuracy |"
     assert header in done.stdout
-    assert "| ising | 6 | probe |" in done.stdout and "Targets (issue 14):" in done.stdout
+    assert "| ising | 6 | probe |" in done.stdout
+    assert "Targets (issue 14) for keras-ft's default recipe, `auto`" in done.stdout
 
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
