@@ -514,19 +514,23 @@ def summary(records: list[dict]) -> dict[tuple, dict]:
     return out
 
 
+def _gap(stats: dict[tuple, dict], task: str, n: int, ours: str, other: str) -> float | None:
+    """Mean test accuracy of `ours` minus `other`'s on the seeds both have (the same images),
+    or None if they share none."""
+    mine, theirs = stats.get((task, n, ours)), stats.get((task, n, other))
+    if not (mine and theirs):
+        return None
+    seeds = sorted(set(mine["test_by_seed"]) & set(theirs["test_by_seed"]))
+    if not seeds:
+        return None
+    return float(np.mean([mine["test_by_seed"][s] - theirs["test_by_seed"][s] for s in seeds]))
+
+
 def targets(stats: dict[tuple, dict], ours: str = "auto") -> list[str]:
     """Issue 14's targets on what is measured, for method `ours` (keras-ft's default recipe)."""
     lines = []
     cases = sorted({(t, n) for t, n, _ in stats})
-    gaps = []
-    for task, n in cases:
-        mine, probe = stats.get((task, n, ours)), stats.get((task, n, "probe"))
-        seeds = (
-            sorted(set(mine["test_by_seed"]) & set(probe["test_by_seed"])) if mine and probe else []
-        )
-        if seeds:  # on the seeds both have: the same images
-            gap = np.mean([mine["test_by_seed"][s] - probe["test_by_seed"][s] for s in seeds])
-            gaps.append((task, n, gap))
+    gaps = [(t, n, gap) for t, n in cases if (gap := _gap(stats, t, n, ours, "probe")) is not None]
     if gaps:
         losses = [f"{t} {n}/class ({g:+.3f})" for t, n, g in gaps if g <= 0]
         lines.append(
@@ -545,15 +549,13 @@ def targets(stats: dict[tuple, dict], ours: str = "auto") -> list[str]:
             f"- MNIST 100/class: `{ours}` test accuracy {acc:.3f} "
             f"({common.verdict(acc, 0.98)}), {wall:.0f} s ({common.verdict(wall, 600, False)})"
         )
-    both = [(t, n) for t, n in cases if (t, n, "today") in stats and (t, n, ours) in stats]
-    if both:
-        worse = [
-            f"{t} {n}/class"
-            for t, n in both
-            if np.mean(stats[(t, n, ours)]["test"]) < np.mean(stats[(t, n, "today")]["test"])
-        ]
+    against_today = [
+        (t, n, g) for t, n in cases if (g := _gap(stats, t, n, ours, "today")) is not None
+    ]
+    if against_today:
+        worse = [f"{t} {n}/class ({g:+.3f})" for t, n, g in against_today if g < 0]
         lines.append(
-            f"- `{ours}` never below `today` ({len(both)} sizes): "
+            f"- `{ours}` never below `today` (same seeds, measured on {len(against_today)}): "
             f"{'yes' if not worse else 'no: ' + ', '.join(worse)}"
         )
     return lines or ["- no target can be judged yet: no pair of runs measured"]

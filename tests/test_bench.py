@@ -175,3 +175,28 @@ def test_quality_report_tabulates_test_time_augmentation_over_seeds():
     text = "\n".join(tta_table([row(0, 0.9, 0.92), row(1, 0.8, 0.81), {"tta": None}]))
     assert "| mnist | 30 | auto | 0.850 | 0.865 | +1.5 | 10 | 14 | 2 |" in text.splitlines()
     assert tta_table([{"task": "mnist"}]) == []  # no row measured it: no table
+
+
+def test_quality_targets_compare_on_the_seeds_both_methods_ran():
+    """`auto` against the probe and `today`: a seed only one of them ran does not count."""
+    from bench.quality import summary, targets
+
+    def row(task, method, seed, accuracy, wall=100.0):
+        return {"task": task, "per_class": 100, "method": method, "seed": seed,
+                "test_accuracy": accuracy, "wall_s": wall, "load_before": [1.0]}  # fmt: skip
+
+    records = [
+        row("mnist", "probe", 0, 0.90), row("mnist", "probe", 1, 0.92),
+        row("mnist", "auto", 0, 0.97, 400), row("mnist", "auto", 1, 0.99, 500),
+        row("mnist", "today", 0, 0.965), row("mnist", "today", 2, 1.0),  # seed 2: auto has none
+        row("ising", "probe", 0, 0.95), row("ising", "auto", 0, 0.93),
+    ]  # fmt: skip
+    lines = targets(summary(records))
+    assert lines == [
+        "- `auto` beats the probe (same seeds) on every task and size measured (2): "
+        "no: ising 100/class (-0.020)",
+        "- mean margin over the probe: +2.5 points (NOT met (target >= 3))",
+        "- MNIST 100/class: `auto` test accuracy 0.980 (met (target >= 0.98)), "
+        "450 s (met (target <= 600))",
+        "- `auto` never below `today` (same seeds, measured on 1): yes",
+    ]
