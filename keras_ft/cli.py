@@ -87,9 +87,10 @@ def _add_run_arguments(p, output_help: str, exclude=TRAIN_ONLY) -> None:
         default="auto",
         help="auto (train's default): settings that adapt to the data for every flag left "
         "at its default (--fallback-to-head --fallback-to-probe --refit-probe, with a "
-        "validation split; below 150 training images --head-epochs 60 --finetune-epochs 60; "
-        "from 150 --finetune-lr 3e-4, from 500 1e-3, --finetune-schedule cosine "
-        "--warmup-epochs 1); what it set is printed and kept in run.json. "
+        "validation split; --head-epochs and --finetune-epochs 60 below 150 training images, "
+        "30 from 150, 10 from 500; from 150 --finetune-lr 3e-4, from 500 1e-3, "
+        "--finetune-schedule cosine --warmup-epochs 1); what it set is printed and kept in "
+        "run.json. "
         "none (tune's default): the flags as given, defaults included",
     )
     p.add_argument(

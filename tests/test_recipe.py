@@ -53,18 +53,22 @@ def test_auto_runs_phase_2_faster_from_its_size_thresholds(tmp_path, per_class, 
     options, applied = apply_recipe("auto", defaults(), data)
     faster = {"finetune_lr": tier[1], "finetune_schedule": "cosine", "warmup_epochs": 1}
     assert {k: options[k] for k in faster} == faster and faster.items() <= applied.items()
-    assert (options["head_epochs"], options["finetune_epochs"]) == (10, 10)  # the defaults'
-    assert "head_epochs" not in applied and "finetune_epochs" not in applied
+    epochs = (30, 30) if train_images < 500 else (10, 10)  # the defaults' from 500
+    assert (options["head_epochs"], options["finetune_epochs"]) == epochs
+    assert ("head_epochs" in applied) is (train_images < 500)
 
 
 def test_auto_phase_2_rate_steps_up_with_the_training_split():
     rate = {n: RECIPES["auto"].settings(n).get("finetune_lr") for n in (149, 150, 499, 500, 5000)}
     assert rate == {149: None, 150: 3e-4, 499: 3e-4, 500: 1e-3, 5000: 1e-3}
-    settings = {n: RECIPES["auto"].settings(n) for n in (1, 149, 150, 5000)}
+    settings = {n: RECIPES["auto"].settings(n) for n in (1, 149, 150, 499, 500, 5000)}
     epochs = {n: (s["head_epochs"], s["finetune_epochs"]) for n, s in settings.items()}
-    assert epochs == {1: (60, 60), 149: (60, 60), 150: (10, 10), 5000: (10, 10)}
+    assert epochs == {
+        1: (60, 60), 149: (60, 60), 150: (30, 30), 499: (30, 30), 500: (10, 10), 5000: (10, 10)
+    }  # fmt: skip
     # From 500 images too, the warm-up and the cosine come with the rate.
-    assert RECIPES["auto"].settings(500) | {"finetune_lr": 3e-4} == RECIPES["auto"].settings(150)
+    at_150 = {"finetune_lr": 3e-4, "head_epochs": 30, "finetune_epochs": 30}
+    assert RECIPES["auto"].settings(500) | at_150 == RECIPES["auto"].settings(150)
 
 
 def test_auto_keeps_what_the_user_chose(tmp_path):
@@ -73,11 +77,13 @@ def test_auto_keeps_what_the_user_chose(tmp_path):
     chosen = defaults() | {"finetune_lr": 1e-3, "finetune_schedule": "constant"}
     options, applied = apply_recipe("auto", chosen, data)
     assert options["finetune_lr"] == 1e-3 and "finetune_lr" not in applied
-    # "constant" equals the default, so the recipe cannot tell it was chosen (documented)
+    # "constant" equals the default: only `given` (fit's keywords) tells it was chosen
     assert set(applied) == {
         "fallback_to_head", "fallback_to_probe", "refit_probe", "finetune_schedule",
-        "warmup_epochs",
+        "warmup_epochs", "head_epochs", "finetune_epochs",
     }  # fmt: skip
+    options, _ = apply_recipe("auto", chosen, data, given=("finetune_schedule",))
+    assert options["finetune_schedule"] == "constant"
     assert apply_recipe(None, chosen, data) == (chosen, {})
 
 
