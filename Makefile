@@ -9,8 +9,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 WEIGHTS := build/vgg16_hed_notop.weights.h5
 DEMO_RUN := runs/digits-demo
-# recipe auto: nothing here was chosen on the sample's test digits (64 px keeps it fast on a CPU).
-DEMO_FLAGS := --image-size 64 --recipe auto
+# The default recipe (auto); nothing here was chosen on the sample's test digits (64 px keeps
+# it fast on a CPU).
+DEMO_FLAGS := --image-size 64
 
 .PHONY: demo test lint bench bench-quality bench-rank clean
 
