@@ -88,7 +88,7 @@ def _add_run_arguments(p, output_help: str, exclude=TRAIN_ONLY) -> None:
         help="auto (train's default): settings that adapt to the data for every flag left "
         "at its default (--fallback-to-head --fallback-to-probe --refit-probe, with a "
         "validation split; --head-epochs and --finetune-epochs 60 below 150 training images, "
-        "30 from 150, 10 from 500; from 150 --finetune-lr 3e-4, from 500 1e-3, "
+        "30 from 150, 10 and 15 from 500; from 150 --finetune-lr 3e-4, from 500 1e-3, "
         "--finetune-schedule cosine --warmup-epochs 1); what it set is printed and kept in "
         "run.json. "
         "none (tune's default): the flags as given, defaults included",

@@ -53,9 +53,9 @@ def test_auto_runs_phase_2_faster_from_its_size_thresholds(tmp_path, per_class, 
     options, applied = apply_recipe("auto", defaults(), data)
     faster = {"finetune_lr": tier[1], "finetune_schedule": "cosine", "warmup_epochs": 1}
     assert {k: options[k] for k in faster} == faster and faster.items() <= applied.items()
-    epochs = (30, 30) if train_images < 500 else (10, 10)  # the defaults' from 500
+    epochs = (30, 30) if train_images < 500 else (10, 15)
     assert (options["head_epochs"], options["finetune_epochs"]) == epochs
-    assert ("head_epochs" in applied) is (train_images < 500)
+    assert ("head_epochs" in applied) is (train_images < 500)  # 10: the default's
 
 
 def test_auto_phase_2_rate_steps_up_with_the_training_split():
@@ -64,7 +64,7 @@ def test_auto_phase_2_rate_steps_up_with_the_training_split():
     settings = {n: RECIPES["auto"].settings(n) for n in (1, 149, 150, 499, 500, 5000)}
     epochs = {n: (s["head_epochs"], s["finetune_epochs"]) for n, s in settings.items()}
     assert epochs == {
-        1: (60, 60), 149: (60, 60), 150: (30, 30), 499: (30, 30), 500: (10, 10), 5000: (10, 10)
+        1: (60, 60), 149: (60, 60), 150: (30, 30), 499: (30, 30), 500: (10, 15), 5000: (10, 15)
     }  # fmt: skip
     # From 500 images too, the warm-up and the cosine come with the rate.
     at_150 = {"finetune_lr": 3e-4, "head_epochs": 30, "finetune_epochs": 30}
