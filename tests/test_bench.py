@@ -78,7 +78,7 @@ def test_quality_benchmark_quick_mode_writes_results_and_resumes(tmp_path):
 
 def test_quality_digits_task_is_seeded_disjoint_and_never_flipped(tmp_path):
     from bench.quality import METHODS, keras_ft_flags
-    from bench.quality_tasks import build
+    from bench.quality_tasks import TASKS, build
 
     folders = build("digits", 6, 0, tmp_path, classes=3, test_per_class=3)
     train, test, selection = folders
@@ -93,6 +93,9 @@ def test_quality_digits_task_is_seeded_disjoint_and_never_flipped(tmp_path):
     assert {p.read_bytes() for p in again.glob("*/*.png")} == contents[0]  # seeded
     case = {"task": "digits", "weights": None, "image_size": 32, "n_train": 18}
     assert "--no-flip" in keras_ft_flags(case, METHODS["today"], quick=True)
+    # A full run's largest size still leaves a test and a selection folder of 50 per class.
+    largest = build("digits", max(TASKS["digits"].sizes), 0, tmp_path / "largest")
+    assert [len(list(f.glob("*/*.png"))) for f in largest] == [700, 500, 500]
 
 
 def test_rank_benchmark_parts_and_report_on_a_tiny_folder(tmp_path, monkeypatch):
