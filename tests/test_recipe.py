@@ -124,3 +124,11 @@ def test_fit_with_recipe_none_trains_with_the_options_as_given(folder, capsys):
     assert "recipe=" not in capsys.readouterr().out
     assert tuner.record["recipe"] is None and "fallback" not in tuner.record["decisions"]
     assert tuner.training_config == keras_ft.TrainingConfig(head_epochs=1, finetune_epochs=1)
+
+
+def test_fit_keeps_an_option_named_in_its_call_at_the_default_value(folder):
+    data = keras_ft.ImageFolder(folder, image_size=32, batch_size=8, validation_split=0.25)
+    tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+    tuner.fit(data, head_epochs=10, finetune_epochs=0, verbose=0)  # 10: the default's value
+    assert (tuner.training_config.head_epochs, len(tuner.history.rows)) == (10, 10)
+    assert "head_epochs" not in tuner.record["recipe"]["applied"]  # 60 were it left out
