@@ -22,6 +22,7 @@ from keras_ft.config import (
     ModelConfig,
     Option,
     TrainingConfig,
+    defaults_of,
     options_of,
     parse_unfreeze,
     parse_weights,
@@ -117,13 +118,13 @@ def _flags(name: str, declared: Option, default) -> tuple[str, ...]:
 def _given(args) -> dict:
     """`fit`'s training options whose flags the command line names (`args.argv`): the
     recipe keeps them, even at the default's value."""
-    given = {}
-    for name in FIT_OPTIONS:
-        declared = options_of(TrainingConfig)[name]
-        flags = _flags(name, declared, TrainingConfig.__dataclass_fields__[name].default)
-        if any(a in flags or a.split("=")[0] in flags for a in args.argv):
-            given[name] = getattr(args, name)
-    return given
+    declared, defaults = options_of(TrainingConfig), defaults_of(TrainingConfig)
+    named = {a.split("=")[0] for a in args.argv}  # `--flag value` or `--flag=value`
+    return {
+        name: getattr(args, name)
+        for name in FIT_OPTIONS
+        if named & set(_flags(name, declared[name], defaults[name]))
+    }
 
 
 def _add_option(p, name: str, declared: Option, default) -> None:

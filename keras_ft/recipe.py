@@ -103,9 +103,10 @@ def _reached(rows: tuple[tuple, ...], train_images: int) -> tuple:
 
 RECIPES = {"auto": AutoRecipe()}
 # Settings left out where they cannot work: the fallbacks compare validation losses, and
-# the probe becomes the head's last layer, on the pooled features.
-NEEDS_VALIDATION = ("fallback_to_head", "fallback_to_probe", "refit_probe")
-NEEDS_LINEAR_HEAD = ("fallback_to_probe", "refit_probe")
+# the probe becomes the head's last layer, on the pooled features (`refit_probe` goes with
+# `fallback_to_probe`, in `apply_recipe`).
+NEEDS_VALIDATION = ("fallback_to_head", "fallback_to_probe")
+NEEDS_LINEAR_HEAD = ("fallback_to_probe",)
 
 
 def apply_recipe(
@@ -118,8 +119,8 @@ def apply_recipe(
     work here are left out rather than refused, so that the default recipe
     trains anything `recipe=None` trains: without a validation split the
     fallbacks (`NEEDS_VALIDATION`), with hidden Dense layers in the head the
-    probe's two (`NEEDS_LINEAR_HEAD`), and `refit_probe` without
-    `fallback_to_probe`.
+    probe's (`NEEDS_LINEAR_HEAD`), and `refit_probe` wherever
+    `fallback_to_probe` ends up False.
 
     Args:
         name: a key of `RECIPES`, or None (nothing changes).
