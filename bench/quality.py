@@ -75,9 +75,12 @@ class Method:
     tta: bool = False  # keras-ft: also evaluate the run with and without --tta, timed
 
 
+# `--flip`: the defaults of then flipped (the digit tasks' `--no-flip` wins, in
+# `keras_ft_flags`).
 TODAY = (
     "--recipe",
     "none",
+    "--flip",
     "--head-epochs",
     "10",
     "--finetune-epochs",
@@ -305,6 +308,7 @@ def _child(kind: str, config: dict, temp: Path) -> dict:
 def keras_ft_flags(case: dict, method: Method, quick: bool) -> list[str]:
     """The full flag list of a keras-ft row for one case (weights, size, batch, task flags)."""
     batch = min(32, case["n_train"] // 2)  # keras-ft refuses a split smaller than one batch
+    task_flags = TASK_FLAGS.get(case["task"], ())  # they win over a method's `--flip`
     flags = [
         "--weights",
         case["weights"] or "none",
@@ -312,8 +316,8 @@ def keras_ft_flags(case: dict, method: Method, quick: bool) -> list[str]:
         str(case["image_size"]),
         "--batch-size",
         str(batch),
-        *TASK_FLAGS.get(case["task"], ()),
-        *method.flags,
+        *task_flags,
+        *(flag for flag in method.flags if not (flag == "--flip" and "--no-flip" in task_flags)),
     ]
     if quick:
         flags += ["--head-epochs", QUICK["epochs"][0], "--finetune-epochs", QUICK["epochs"][1]]

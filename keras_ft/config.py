@@ -370,21 +370,23 @@ class DataConfig:
         cli_help="train without augmentation",
     )
     flip: bool | str = option(
-        True,
-        help='random horizontal flips: `True`, `False` (digits, text), or `"auto"`: '
-        "`FineTuner.fit` trains phase 1 without flips, then flips in phase 2 only if the "
-        "phase-1 head classifies mirrored validation images about as well as the originals "
-        "(see `keras_ft.training.decide_flip`).",
+        "auto",
+        help='random horizontal flips: `"auto"` (the default) decides from the data: before '
+        "phase 1, `FineTuner.fit` flips in both phases only if the linear probe classifies "
+        "mirrored validation images about as well as the originals (see "
+        "`keras_ft.training.decide_flip`), so digits and text are not mirrored; `True` "
+        "(photos) or `False` (no flips).",
         valid=lambda value: value in (True, False, "auto"),
-        expected="True, False or 'auto' (decide after phase 1 from mirrored validation images)",
+        expected="True, False or 'auto' (decide from mirrored validation images)",
         switches=(
-            ("--no-flip", False, "no horizontal flips (digits, text)"),
             (
                 "--auto-flip",
                 "auto",
-                "decide after phase 1: flip in phase 2 only if the head classifies mirrored "
-                "validation images about as well as the originals",
+                "the default: flip only if the linear probe classifies mirrored validation "
+                "images about as well as the originals",
             ),
+            ("--flip", True, "random horizontal flips (photos)"),
+            ("--no-flip", False, "no horizontal flips (digits, text)"),
         ),
     )
     rotation: float = option(

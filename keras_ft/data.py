@@ -117,7 +117,7 @@ def augment(image: tf.Tensor, seed: tf.Tensor, config: DataConfig) -> tf.Tensor:
     """Randomly flip, rotate, zoom, shift and change contrast, statelessly from `seed` (shape [2]).
 
     Zooming in and shifting together make a random crop. `flip="auto"` does
-    not flip: `fit` decides after phase 1 and passes `flip=True` or `False`.
+    not flip: `fit` decides before phase 1 and passes `flip=True` or `False`.
     """
     image = tf.cast(image, tf.float32)
     flip_seed, angle_seed, zoom_seed, contrast_seed = tf.unstack(

@@ -410,6 +410,11 @@ def fit_two_phase(
         _restore_model(state, model)
     elif config.head_init == "probe":
         set_probe(model, probe, standardise=True)
+    decisions = history.decisions
+    if data.config.augment and data.config.flip == "auto" and "flip" not in decisions:
+        decisions["flip"] = decide_flip(split_at_features(model)[0], data, probe)
+        if verbose != 0:
+            print(f"flip='auto': {decisions['flip']['reason']}")
     plan = (
         ("head", 0, config.head_epochs),
         ("finetune", config.head_epochs, config.finetune_epochs),
@@ -452,7 +457,7 @@ def fit_two_phase(
                 _restore_optimizer(state, trained)
             state = None
         if trained is model:
-            flip = history.decisions.get("flip", {}).get("flip") if phase == "finetune" else None
+            flip = decisions.get("flip", {}).get("flip")  # flip="auto"'s, else None
             if first < end:
                 dataset = data.train_dataset(first, end - first, batch_size, replicas, flip)
             validation = data.validation
@@ -627,7 +632,7 @@ def _fall_back(
 
 
 def _decide(model, data, phase, config, history, verbose, batch_size) -> TrainingConfig:
-    """Take `phase`'s decisions from the data: flips for `flip="auto"`, `"auto"` learning rates.
+    """Take `phase`'s decisions from the data: its `"auto"` learning rate.
 
     Each is taken once, before the phase trains, and kept in `history.decisions`
     (so in checkpoints, where a resumed run reads it back, and in the run record).
@@ -638,17 +643,11 @@ def _decide(model, data, phase, config, history, verbose, batch_size) -> Trainin
     from keras_ft.lr_find import resolve, sweep
 
     decisions = history.decisions
-    flip_auto = data.config.augment and data.config.flip == "auto"
-    if phase == "finetune" and flip_auto and "flip" not in decisions:
-        trained_head = config.head_epochs > 0 or config.head_init == "probe"
-        decisions["flip"] = decide_flip(model, data, trained_head)
-        if verbose != 0:
-            print(f"flip='auto': {decisions['flip']['reason']}")
     name = f"{phase}_lr"
     if getattr(config, name) != "auto":
         return config
     if name not in decisions:
-        flip = decisions.get("flip", {}).get("flip") if phase == "finetune" else None
+        flip = decisions.get("flip", {}).get("flip")
         found = sweep(model, data, phase, config, batch_size=batch_size, flip=flip)
         decisions[name] = found.summary()
         if verbose != 0:
@@ -662,55 +661,54 @@ def _decide(model, data, phase, config, history, verbose, batch_size) -> Trainin
 FLIP_MARGIN = 0.03  # how much lower mirrored validation accuracy may be, for flip="auto"
 
 
-def decide_flip(model: keras.Model, data, trained_head: bool = True) -> dict:
-    """Whether phase 2 should flip images, from how the phase-1 head sees mirrored ones.
+def decide_flip(extractor: keras.Model, data, probe) -> dict:
+    """Whether training should flip images, from how the linear probe sees mirrored ones.
 
-    A head trained without flips classifies mirrored photos about as well as
-    the originals (left and right carry no meaning), and mirrored digits or
-    text worse. The rule: flip when the head is informative (its validation
-    accuracy closes at least a quarter of the gap from chance to 1) and its
-    accuracy on the horizontally mirrored validation images is at most
-    `max(FLIP_MARGIN, 2 / validation images)` lower. Otherwise do not flip:
-    a wrong flip is the silent mistake.
+    Taken before phase 1, so that both phases follow it. A linear probe fitted
+    on the frozen features of the (unmirrored) training images classifies
+    mirrored photos about as well as the originals (left and right carry no
+    meaning), and mirrored digits or text worse. The rule: flip when the probe
+    is informative (its validation accuracy closes at least a quarter of the
+    gap from chance to 1) and its accuracy on the horizontally mirrored
+    validation images is at most `max(FLIP_MARGIN, 2 / validation images)`
+    lower. Otherwise do not flip: a wrong flip is the silent mistake.
 
     Args:
-        model: the classifier after phase 1.
+        extractor: the frozen backbone and its pooling (`split_at_features`).
         data: the `ImageFolder` (its validation split is measured).
-        trained_head: False when phase 1 had no epochs (nothing to measure).
+        probe: the `keras_ft.transfer.ProbeResult` fitted on the training
+            split's frozen features and scored on the validation split, or None.
 
     Returns:
         A dict: `flip` (bool), `accuracy`, `mirrored_accuracy`, `margin` and
         `reason` (one sentence, for the user).
     """
-    if not trained_head or data.validation is None:
-        missing = "a validation split" if trained_head else "a phase-1 head (head_epochs=0)"
-        return {"flip": False, "reason": f"no horizontal flips: measuring needs {missing}."}
-    correct = np.zeros(2)
-    for images, labels in data.validation:
-        for mirrored in (0, 1):
-            batch = tf.image.flip_left_right(images) if mirrored else images
-            predicted = np.argmax(np.asarray(predict_batch(model, batch)), axis=-1)
-            correct[mirrored] += np.sum(predicted == np.asarray(labels))
-    count = len(data.validation_files)
-    accuracy, mirrored_accuracy = correct / count
+    if data.validation is None or probe is None or probe.validation_accuracy is None:
+        return {"flip": False, "reason": "no horizontal flips: measuring needs a validation split."}
+    mirrored = data.validation.map(
+        lambda images, labels: (tf.image.flip_left_right(images), labels)
+    )
+    features, labels = _features(extractor, mirrored)
+    accuracy = probe.validation_accuracy
+    mirrored_accuracy = float(np.mean(probe.predict(features) == labels))
     chance = 1.0 / data.num_classes
-    margin = max(FLIP_MARGIN, 2.0 / count)
+    margin = max(FLIP_MARGIN, 2.0 / len(labels))
     informative = accuracy >= chance + (1.0 - chance) / 4
     flip = bool(informative and mirrored_accuracy >= accuracy - margin)
     measured = (
-        f"the phase-1 head's validation accuracy is {accuracy:.3f} on the images and "
+        f"the linear probe's validation accuracy is {accuracy:.3f} on the images and "
         f"{mirrored_accuracy:.3f} on their mirror images"
     )
     if not informative:
         reason = f"no horizontal flips: {measured}, too close to chance to tell."
     elif flip:
-        reason = f"horizontal flips in phase 2: {measured} (within {margin:.3f})."
+        reason = f"horizontal flips: {measured} (within {margin:.3f})."
     else:
         reason = f"no horizontal flips: {measured} (more than {margin:.3f} lower)."
     return {
         "flip": flip,
         "accuracy": float(accuracy),
-        "mirrored_accuracy": float(mirrored_accuracy),
+        "mirrored_accuracy": mirrored_accuracy,
         "margin": margin,
         "reason": reason,
     }

@@ -281,6 +281,11 @@ class ProbeResult:
         bias = self.intercept - (self.coef * self.mean / self.scale).sum(axis=1)
         return kernel, bias
 
+    def predict(self, features) -> np.ndarray:
+        """The predicted class of each row of `features` (`(N, D)` raw features)."""
+        kernel, bias = self.folded()
+        return np.argmax(np.asarray(features, np.float64) @ kernel + bias, axis=1)
+
     def summary(self) -> dict:
         """The JSON-ready numbers (no weights)."""
         return {

@@ -62,7 +62,8 @@ def test_quality_benchmark_quick_mode_writes_results_and_resumes(tmp_path):
         assert 0 <= r["test_accuracy"] <= 1 and 0 <= r["val_accuracy"] <= 1, r
         assert r["n_test"] > 0 and r["wall_s"] > 0 and len(r["load_before"]) == 3
     today = next(r for r in records if r["method"] == "today")
-    assert "--no-flip" not in today["flags"] and today["history"][-1]["phase"] == "finetune"
+    assert "--no-flip" not in today["flags"] and "--flip" in today["flags"]  # pinned: flips
+    assert today["history"][-1]["phase"] == "finetune"
     probe = next(r for r in records if r["method"] == "probe")  # keras-ft's: outside quick mode
     assert 0 <= probe["selection_accuracy"] <= 1 and "selection_accuracy" not in today
     header = "| task | train/class | method | test accuracy | val accuracy | selection accuracy |"
@@ -92,7 +93,8 @@ def test_quality_digits_task_is_seeded_disjoint_and_never_flipped(tmp_path):
     again, *_ = build("digits", 6, 0, tmp_path / "other", classes=3, test_per_class=3)
     assert {p.read_bytes() for p in again.glob("*/*.png")} == contents[0]  # seeded
     case = {"task": "digits", "weights": None, "image_size": 32, "n_train": 18}
-    assert "--no-flip" in keras_ft_flags(case, METHODS["today"], quick=True)
+    flags = keras_ft_flags(case, METHODS["today"], quick=True)
+    assert "--no-flip" in flags and "--flip" not in flags  # today's pinned flips give way
     # A full run's largest size still leaves a test and a selection folder of 50 per class.
     largest = build("digits", max(TASKS["digits"].sizes), 0, tmp_path / "largest")
     assert [len(list(f.glob("*/*.png"))) for f in largest] == [700, 500, 500]

@@ -368,3 +368,7 @@ def test_each_flag_sets_its_field():
     assert (model["dense_units"], model["weights"], model["head"]) == ((256, 128), None, "dense")
     probe = build_parser().parse_args(["probe", "d", "--output", "o"])
     assert _options(probe, ModelConfig)["head"] == "linear"
+    # Flips: decided from the data unless a flag says otherwise.
+    for flags, flip in (([], "auto"), (["--flip"], True), (["--no-flip"], False)):
+        args = build_parser().parse_args(["train", "d", "--output", "o", *flags])
+        assert _options(args, DataConfig)["flip"] is flip

@@ -109,7 +109,7 @@ def test_reproduce_replays_the_recipe_found_learning_rates_and_weight_decay(tmp_
     )
     assert result.returncode == 0, result.stderr
     record = json.loads((output / "run.json").read_text())
-    assert record["training"]["fallback_to_head"] is True and record["data"]["flip"] is True
+    assert record["training"]["fallback_to_head"] is True and record["data"]["flip"] == "auto"
     assert record["training"]["fallback_to_probe"] is record["training"]["refit_probe"] is True
     # 240 training images: auto sets the cosine schedule and warm-up (the rate stays "auto")
     training = record["training"]

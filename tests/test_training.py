@@ -444,65 +444,79 @@ def halves_folder(root):
     return root
 
 
-def scorer(score) -> keras.Model:
-    """A fixed two-class 'classifier': softmax of `score(images)`."""
+def pooled(features) -> keras.Model:
+    """A fixed 'backbone and pooling': `features(images)`, for `decide_flip`'s probe."""
     inputs = keras.Input((32, 32, 3))
-    outputs = keras.layers.Lambda(lambda x: keras.ops.softmax(score(x)), output_shape=(2,))(inputs)
-    return keras.Model(inputs, outputs)
+    return keras.Model(inputs, keras.layers.Lambda(features)(inputs))
 
 
 def test_decide_flip_flips_only_when_mirror_images_score_as_well(tmp_path):
-    from keras_ft.training import decide_flip
+    from keras_ft.training import decide_flip, frozen_features
+    from keras_ft.transfer import ProbeResult, linear_probe
+
+    def decide(extractor, data):
+        probe = linear_probe(*frozen_features(extractor, data), num_classes=2)
+        return decide_flip(extractor, data, probe)
 
     ops = keras.ops
     halves = keras_ft.ImageFolder(
         halves_folder(tmp_path / "halves"), image_size=32, batch_size=4, validation_split=0.5
     )
-    by_side = scorer(
+    by_side = pooled(
         lambda x: ops.stack(
             [ops.mean(x[:, :, :16], (1, 2, 3)), ops.mean(x[:, :, 16:], (1, 2, 3))], 1
         )
     )
-    sided = decide_flip(by_side, halves)
+    sided = decide(by_side, halves)  # the probe reads the bright side: mirrors swap it
     assert (sided["flip"], sided["accuracy"], sided["mirrored_accuracy"]) == (False, 1.0, 0.0)
-    assert sided["reason"].startswith("no horizontal flips: the phase-1 head's validation")
+    assert sided["reason"].startswith("no horizontal flips: the linear probe's validation")
     colours = keras_ft.ImageFolder(
         write_folder(tmp_path / "colours", ("a_red", "b_green"), per_class=10),
         image_size=32,
         batch_size=4,
         validation_split=0.5,
     )
-    by_colour = scorer(lambda x: ops.mean(x, (1, 2))[:, :2])
-    coloured = decide_flip(by_colour, colours)
+    by_colour = pooled(lambda x: ops.mean(x, (1, 2)))
+    coloured = decide(by_colour, colours)
     assert coloured["flip"] and coloured["accuracy"] == coloured["mirrored_accuracy"] == 1.0
-    assert coloured["reason"].startswith("horizontal flips in phase 2")
-    constant = decide_flip(scorer(lambda x: x[:, 0, 0, :2] * 0.0), halves)
+    assert coloured["reason"].startswith("horizontal flips: the linear probe's")
+    zeros = np.zeros((2, 2))  # a probe that always answers class 0: chance on halves
+    chance = ProbeResult(0.5, 0.5, 1.0, zeros[0], np.ones(2), zeros, zeros[0])
+    constant = decide_flip(by_side, halves, chance)
     assert not constant["flip"] and "too close to chance" in constant["reason"]
-    assert decide_flip(by_colour, colours, trained_head=False) == {
+    assert decide_flip(by_colour, colours, None) == {
         "flip": False,
-        "reason": "no horizontal flips: measuring needs a phase-1 head (head_epochs=0).",
+        "reason": "no horizontal flips: measuring needs a validation split.",
     }
 
 
-def test_flip_auto_decides_after_phase_1_and_phase_2_follows(split_folders, capsys):
+def test_flip_auto_is_the_default_and_decides_before_phase_1(split_folders, capsys):
+    """Decided to flip, the default trains bitwise as flip=True; the decision is printed
+    and recorded."""
     train, _ = split_folders
-    weights, heads = {}, {}
-    for flip in ("auto", False):
+    weights, rows = {}, {}
+    for flip in ("auto", True):
         data = keras_ft.ImageFolder(
-            train, image_size=32, batch_size=8, validation_split=0.25, seed=0, flip=flip
+            train,
+            image_size=32,
+            batch_size=8,
+            validation_split=0.25,
+            seed=0,
+            **({} if flip == "auto" else {"flip": flip}),  # "auto": the default's
         )
+        assert data.config.flip == flip
         tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
-        tuner.fit(data, head_epochs=4, finetune_epochs=1, head_lr=1e-2, verbose=2)
-        weights[flip] = tuner.model.get_weights()
-        heads[flip] = [row for row in tuner.history.rows if row["phase"] == "head"]
+        tuner.fit(data, head_epochs=2, finetune_epochs=1, head_lr=1e-2, verbose=2)
+        weights[flip], rows[flip] = tuner.model.get_weights(), tuner.history.rows
         if flip == "auto":
             decision = tuner.record["decisions"]["flip"]
+            assert f"flip='auto': {decision['reason']}" in capsys.readouterr().out
+        else:
+            assert "flip" not in tuner.record["decisions"]
     # Colour classes: left and right mean nothing, the mirror images score the same.
     assert decision["flip"] and decision["accuracy"] == decision["mirrored_accuracy"]
-    assert f"flip='auto': {decision['reason']}" in capsys.readouterr().out
-    assert heads["auto"] == heads[False]  # no flips in phase 1, before the decision
-    # ... and phase 2 flipped, so the final weights differ.
-    assert any(not np.array_equal(a, b) for a, b in zip(*weights.values(), strict=True))
+    assert rows["auto"] == rows[True]
+    assert all(np.array_equal(a, b) for a, b in zip(*weights.values(), strict=True))
 
 
 def test_layerwise_sgd_is_plain_sgd_at_each_variables_scaled_rate():
