@@ -372,18 +372,18 @@ class DataConfig:
     flip: bool | str = option(
         "auto",
         help='random horizontal flips: `"auto"` (the default) decides from the data: before '
-        "phase 1, `FineTuner.fit` flips in both phases only if the linear probe classifies "
-        "mirrored validation images about as well as the originals (see "
+        "phase 1, `FineTuner.fit` flips in both phases only if the linear probe on the frozen "
+        "features keeps most of its accuracy on mirrored training images (see "
         "`keras_ft.training.decide_flip`), so digits and text are not mirrored; `True` "
         "(photos) or `False` (no flips).",
         valid=lambda value: value in (True, False, "auto"),
-        expected="True, False or 'auto' (decide from mirrored validation images)",
+        expected="True, False or 'auto' (decide from mirrored training images)",
         switches=(
             (
                 "--auto-flip",
                 "auto",
-                "the default: flip only if the linear probe classifies mirrored validation "
-                "images about as well as the originals",
+                "the default: flip only if the linear probe keeps most of its accuracy on "
+                "mirrored training images",
             ),
             ("--flip", True, "random horizontal flips (photos)"),
             ("--no-flip", False, "no horizontal flips (digits, text)"),

@@ -328,8 +328,10 @@ class FineTuner:
         signature = self._signature()
         if self.model_config.head == "linear":
             return self._fit_linear(data, started, clock, evaluate, verbose)
-        # The probe is scored on the validation split; head_init="probe" needs it even without.
-        if data.validation is not None or self.training_config.head_init == "probe":
+        # The probe is scored on the validation split; head_init="probe" and flip="auto" (it
+        # decides on the probe) need it even without.
+        flip_auto = data.config.augment and data.config.flip == "auto"
+        if data.validation is not None or self.training_config.head_init == "probe" or flip_auto:
             features, probe, probe_summary = self._linear_probe(data, verbose)
         else:
             features = probe = probe_summary = None

@@ -34,9 +34,12 @@ class AutoRecipe:
     and 1). 1e-3 won over 3e-4 on MNIST 100 per class (about 815 training
     images; higher validation accuracy or the same, lower loss, at each of
     seeds 0-2) and fell to chance on MNIST and digits at 30 per class (240
-    training images, seed 0; round 5). `flip="auto"` is not part of
-    it: on Cahn-Hilliard 10 and 30 per class (seed 0) it ended 2 and 1
-    validation images below the defaults' flips. `fallback_to_probe`: over
+    training images, seed 0; round 5). Flips are not part of it:
+    `ImageFolder`'s default, `flip="auto"` (since round 8), decides them for
+    any recipe before phase 1, from the linear probe. Deciding them after a
+    phase 1 without flips, as `flip="auto"` did before, lost on Cahn-Hilliard
+    10 and 30 per class (selection 0.760 and 0.835 against 0.778 and 0.853
+    with flips, seeds 0-2; candidate `c15-autoflip`). `fallback_to_probe`: over
     seeds 0-2, the benchmark's linear probe (on avg+max pooled frozen features)
     had the higher mean validation accuracy on Cahn-Hilliard 30 per class
     (0.861 against `auto`'s fine-tuned 0.807), and on single seeds elsewhere.

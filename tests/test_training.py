@@ -460,7 +460,7 @@ def test_decide_flip_flips_only_when_mirror_images_score_as_well(tmp_path):
 
     ops = keras.ops
     halves = keras_ft.ImageFolder(
-        halves_folder(tmp_path / "halves"), image_size=32, batch_size=4, validation_split=0.5
+        halves_folder(tmp_path / "halves"), image_size=32, batch_size=4, validation_split=0.0
     )
     by_side = pooled(
         lambda x: ops.stack(
@@ -469,30 +469,31 @@ def test_decide_flip_flips_only_when_mirror_images_score_as_well(tmp_path):
     )
     sided = decide(by_side, halves)  # the probe reads the bright side: mirrors swap it
     assert (sided["flip"], sided["accuracy"], sided["mirrored_accuracy"]) == (False, 1.0, 0.0)
-    assert sided["reason"].startswith("no horizontal flips: the linear probe's validation")
+    assert sided["retained"] == -1.0  # (0 - 1/2) / (1 - 1/2): below chance
+    assert sided["reason"] == (
+        "no horizontal flips: the linear probe's accuracy on the training images is 1.000, "
+        "on their mirror images 0.000, keeping -100% of its accuracy above chance (< 60%)."
+    )
     colours = keras_ft.ImageFolder(
         write_folder(tmp_path / "colours", ("a_red", "b_green"), per_class=10),
         image_size=32,
         batch_size=4,
-        validation_split=0.5,
+        validation_split=0.0,
     )
-    by_colour = pooled(lambda x: ops.mean(x, (1, 2)))
-    coloured = decide(by_colour, colours)
+    coloured = decide(pooled(lambda x: ops.mean(x, (1, 2))), colours)
     assert coloured["flip"] and coloured["accuracy"] == coloured["mirrored_accuracy"] == 1.0
     assert coloured["reason"].startswith("horizontal flips: the linear probe's")
+    assert coloured["reason"].endswith("keeping 100% of its accuracy above chance (>= 60%).")
     zeros = np.zeros((2, 2))  # a probe that always answers class 0: chance on halves
-    chance = ProbeResult(0.5, 0.5, 1.0, zeros[0], np.ones(2), zeros, zeros[0])
+    chance = ProbeResult(None, 0.5, 1.0, zeros[0], np.ones(2), zeros, zeros[0])
     constant = decide_flip(by_side, halves, chance)
     assert not constant["flip"] and "too close to chance" in constant["reason"]
-    assert decide_flip(by_colour, colours, None) == {
-        "flip": False,
-        "reason": "no horizontal flips: measuring needs a validation split.",
-    }
 
 
 def test_flip_auto_is_the_default_and_decides_before_phase_1(split_folders, capsys):
     """Decided to flip, the default trains bitwise as flip=True; the decision is printed
-    and recorded."""
+    and recorded. No validation split is needed: the probe is measured on the training
+    images."""
     train, _ = split_folders
     weights, rows = {}, {}
     for flip in ("auto", True):
@@ -500,7 +501,7 @@ def test_flip_auto_is_the_default_and_decides_before_phase_1(split_folders, caps
             train,
             image_size=32,
             batch_size=8,
-            validation_split=0.25,
+            validation_split=0.0,
             seed=0,
             **({} if flip == "auto" else {"flip": flip}),  # "auto": the default's
         )
