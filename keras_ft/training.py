@@ -678,10 +678,10 @@ def decide_flip(extractor: keras.Model, data, probe) -> dict:
     more pass of the frozen backbone over the training images.
 
     On the quality benchmark's training splits (BENCHMARKS.md, "Quality",
-    round 8; 33 task sizes and seeds) the share was 0.25-0.58 on the digit
-    tasks and 0.58-1.00 on Ising spins and Cahn-Hilliard microstructures,
-    whose classes survive a mirror; 0.6 lies between the means (0.4 and 0.8),
-    on the side of not flipping.
+    round 8; 36 cases: 12 task sizes, 3 seeds) the share was 0.25-0.58 on
+    the digit tasks and 0.58-1.00 on Ising spins and Cahn-Hilliard
+    microstructures, whose classes survive a mirror; 0.6 lies between the
+    means (0.41 and 0.85), on the side of not flipping.
 
     Args:
         extractor: the frozen backbone and its pooling (`split_at_features`).
