@@ -206,9 +206,10 @@ METHODS = {
     "c14-both30": Method(
         "keras-ft", ("--recipe", "auto", "--head-epochs", "30", "--finetune-epochs", "30")
     ),
-    # Round 8: `auto` deciding flips from the data (`--auto-flip`: phase 1 without, phase 2
-    # with them only if the head sees mirrored validation images as well), on the tasks
-    # whose classes survive a mirror; the digit tasks pass `--no-flip` (`TASK_FLAGS`).
+    # Round 8: `auto` deciding flips from the data (`--auto-flip`; its rows ran at de8c60b,
+    # where it meant phase 1 without flips, phase 2 with them only if the head saw mirrored
+    # validation images as well), on the tasks whose classes survive a mirror; the digit
+    # tasks pass `--no-flip` (`TASK_FLAGS`).
     "c15-autoflip": Method("keras-ft", ("--recipe", "auto", "--auto-flip")),
 }
 DEFAULT_METHODS = ("probe", "guide", "auto", "today")
