@@ -241,6 +241,11 @@ class ImageFolder:
         self.memory_budget = memory_budget
         self._spill_dir = None
 
+    @property
+    def decides_flips(self) -> bool:
+        """Whether `fit` decides the flips from the data (`flip="auto"`, augmentation on)."""
+        return self.config.augment and self.config.flip == "auto"
+
     def with_augmentation(self, **changes) -> ImageFolder:
         """A copy with other augmentation settings (e.g. `flip="auto"`), same images and split.
 

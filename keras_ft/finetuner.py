@@ -330,8 +330,8 @@ class FineTuner:
             return self._fit_linear(data, started, clock, evaluate, verbose)
         # The probe is scored on the validation split; head_init="probe" and flip="auto" (it
         # decides on the probe) need it even without.
-        flip_auto = data.config.augment and data.config.flip == "auto"
-        if data.validation is not None or self.training_config.head_init == "probe" or flip_auto:
+        needs_probe = self.training_config.head_init == "probe" or data.decides_flips
+        if data.validation is not None or needs_probe:
             features, probe, probe_summary = self._linear_probe(data, verbose)
         else:
             features = probe = probe_summary = None

@@ -411,7 +411,7 @@ def fit_two_phase(
     elif config.head_init == "probe":
         set_probe(model, probe, standardise=True)
     decisions = history.decisions
-    if data.config.augment and data.config.flip == "auto" and "flip" not in decisions:
+    if data.decides_flips and "flip" not in decisions:
         decisions["flip"] = decide_flip(split_at_features(model)[0], data, probe)
         if verbose != 0:
             print(f"flip='auto': {decisions['flip']['reason']}")
