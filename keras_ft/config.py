@@ -141,6 +141,16 @@ def parse_units(value: str) -> tuple[int, ...]:
         ) from None
 
 
+def parse_fractions(value: str) -> tuple[float, ...]:
+    """`--fallback-to-mixes 0.25,0.5,0.75`: comma-separated fractions."""
+    try:
+        return tuple(float(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated fractions such as 0.25,0.5,0.75, received {value!r}"
+        ) from None
+
+
 def parse_class_weight(value: str):
     """`--class-weight balanced` or `cat=2,dog=1`."""
     if value == "balanced":
@@ -676,6 +686,23 @@ class TrainingConfig:
         "head without `dense_units`; recorded in `run.json` under `decisions`.",
         cli_help="keep the linear probe on the frozen features as the model if its "
         "validation loss is lower than fine-tuning's",
+    )
+    fallback_to_mixes: tuple[float, ...] = option(
+        (),
+        help="after phase 2, also compete in the fallback: for each fraction `a`, the weights "
+        "`a * fine-tuned + (1 - a) * those phase 2 started from` (a weight-space ensemble of "
+        "the fine-tuned model and the phase-1 head on the frozen backbone: WiSE-FT, Wortsman "
+        "et al. 2022), kept if its validation loss is the lowest. Needs a validation split; "
+        "recorded in `run.json` under `decisions`.",
+        convert=lambda value: tuple(value) if isinstance(value, (tuple, list)) else value,
+        valid=lambda value: isinstance(value, tuple) and all(
+            is_number(a) and 0 < a < 1 for a in value
+        ),
+        expected="a sequence of fractions strictly between 0 and 1, e.g. (0.25, 0.5, 0.75)",
+        parse=parse_fractions,
+        metavar="FRACTIONS",
+        cli_help="also keep a*fine-tuned + (1-a)*phase-2-start weights if its validation loss "
+        "is lowest, for each comma-separated a, e.g. 0.25,0.5,0.75",
     )
     refit_probe: bool = option(
         False,

@@ -376,12 +376,13 @@ def fit_two_phase(
             "`resume` cannot replay early stopping's state exactly. Start again "
             "without resume, or train without early_stopping."
         )
-    if config.fallback_to_head and data.validation is None:
-        raise KerasFTError(
-            "Invalid `fallback_to_head`: it compares the validation loss before and after "
-            "phase 2, which needs a validation split. Set validation_split > 0, or pass "
-            "fallback_to_head=False."
-        )
+    for name, instead in (("fallback_to_head", "False"), ("fallback_to_mixes", "()")):
+        if getattr(config, name) and data.validation is None:
+            raise KerasFTError(
+                f"Invalid `{name}`: it compares validation losses after phase 2 with those of "
+                "the weights phase 2 started from, which needs a validation split. Set "
+                f"validation_split > 0, or pass {name}={instead}."
+            )
     if config.fallback_to_probe:
         _check_probe_fallback(model, data, probe)
     if config.head_init == "probe":
@@ -421,7 +422,9 @@ def fit_two_phase(
     )
     for phase, start, epochs in plan:
         end = start + epochs
-        fallback = phase == "finetune" and (config.fallback_to_head or config.fallback_to_probe)
+        fallback = phase == "finetune" and bool(
+            config.fallback_to_head or config.fallback_to_probe or config.fallback_to_mixes
+        )
         # A run killed after its last epoch's checkpoint still has the fallback to take.
         if not epochs or (done >= end and not fallback):
             continue
@@ -500,7 +503,11 @@ def fit_two_phase(
                 verbose=verbose,
             )
         if fallback:
-            candidates = {"head": config.fallback_to_head, "probe": config.fallback_to_probe}
+            candidates = {
+                "head": config.fallback_to_head,
+                "probe": config.fallback_to_probe,
+                "mixes": config.fallback_to_mixes,
+            }
             refit = frozen if config.refit_probe else None
             decision = _fall_back(model, trained, validation, *head, candidates, probe, refit)
             history.decisions["fallback"] = decision
@@ -584,15 +591,18 @@ def _fall_back(
 
     The fine-tuned weights always compete; with `candidates["head"]`, the
     weights phase 2 started from (the phase-1 head); with `candidates["probe"]`,
-    the backbone phase 2 started from with `probe` as the head (`set_probe`).
-    A tie keeps the earlier of fine-tuned, head, probe; a NaN loss never wins.
-    A kept probe is fitted again on the training and validation features
-    together when `refit` holds them (`frozen_features`' four arrays).
+    the backbone phase 2 started from with `probe` as the head (`set_probe`);
+    for each fraction `a` of `candidates["mixes"]`, `a` times the fine-tuned
+    weights plus `1 - a` times those phase 2 started from (`mix_weights`).
+    A tie keeps the earlier of fine-tuned, head, probe, mixes; a NaN loss
+    never wins. A kept probe is fitted again on the training and validation
+    features together when `refit` holds them (`frozen_features`' four arrays).
 
     Returns:
-        The decision for the run record: `kept` ("finetune", "head" or
-        "probe"), the validation losses, the kept model's validation accuracy
-        (`kept_val_accuracy`), and `reason` (one sentence).
+        The decision for the run record: `kept` ("finetune", "head", "probe"
+        or "mix", with the fraction as `mix`), the validation losses, the kept
+        model's validation accuracy (`kept_val_accuracy`), and `reason` (one
+        sentence).
     """
     scores = {"finetune": _scores(trained, validation)}
     weights = {"finetune": model.get_weights()}
@@ -602,33 +612,62 @@ def _fall_back(
         model.set_weights(head_weights)
         set_probe(model, probe)
         scores["probe"], weights["probe"] = _scores(trained, validation), model.get_weights()
+    mixes = {f"mix {fraction:g}": fraction for fraction in candidates.get("mixes", ())}
+    for name, fraction in mixes.items():
+        model.set_weights(mix_weights(weights["finetune"], head_weights, fraction))
+        scores[name], weights[name] = _scores(trained, validation), model.get_weights()
     losses = {name: loss for name, (loss, _) in scores.items()}
     head_loss = head_scores[0]
     kept = min(losses, key=lambda key: losses[key] if math.isfinite(losses[key]) else math.inf)
     model.set_weights(weights[kept])
-    verdict = {
+    verdicts = {
         "finetune": "kept the fine-tuned weights",
         "head": "fine-tuning did not lower it, so the phase-1 head's weights were restored",
         "probe": "the linear probe on the frozen features is the model (on the backbone "
         "phase 2 started from)",
-    }[kept]
+        **{
+            name: f"kept {name}: {a:g} x the fine-tuned weights + {1 - a:g} x those phase 2 "
+            "started from"
+            for name, a in mixes.items()
+        },
+    }
+    verdict = verdicts[kept]
     measured = f"validation loss {head_loss:.4g} before phase 2, {losses['finetune']:.4g} after it"
     if "probe" in losses:
         measured += f", {losses['probe']:.4g} with the linear probe"
+    measured += "".join(f", {losses[name]:.4g} with {name}" for name in mixes)
     decision = {
-        "kept": kept,
+        "kept": "mix" if kept in mixes else kept,
         "kept_val_accuracy": scores[kept][1],
         "head_val_loss": head_loss,
         "finetune_val_loss": losses["finetune"],
     }
     if "probe" in losses:
         decision["probe_val_loss"] = losses["probe"]
+    if mixes:
+        decision["mix_val_losses"] = {f"{a:g}": losses[name] for name, a in mixes.items()}
+    if kept in mixes:
+        decision["mix"] = mixes[kept]
     if kept == "probe" and refit is not None:
         features, labels = np.concatenate(refit[::2]), np.concatenate(refit[1::2])
         set_probe(model, linear_probe(features, labels, num_classes=len(probe.intercept)))
         decision["probe_refit_images"] = len(labels)
         verdict += f", refitted on the {len(labels)} training and validation images"
     return {**decision, "reason": f"{measured}: {verdict}."}
+
+
+def mix_weights(tuned: list, start: list, fraction: float) -> list:
+    """`fraction * tuned + (1 - fraction) * start`, array by array (`get_weights` lists).
+
+    Arrays that are not floating point (a random generator's state) are
+    `tuned`'s, and each mix keeps its array's dtype.
+    """
+    return [
+        (fraction * t + (1 - fraction) * s).astype(t.dtype)
+        if np.issubdtype(t.dtype, np.floating)
+        else t
+        for t, s in zip(tuned, start, strict=True)
+    ]
 
 
 def _decide(model, data, phase, config, history, verbose, batch_size) -> TrainingConfig:

@@ -294,6 +294,47 @@ def test_fallback_to_head_keeps_the_head_when_fine_tuning_hurts(split_folders, c
         )
 
 
+def test_fallback_to_mixes_keeps_the_weight_space_mix_with_the_lowest_loss(split_folders):
+    """Each mix is `a` x the fine-tuned weights + `1 - a` x the phase-1 head's (on the frozen
+    backbone), scored on validation; the lowest loss is kept. Phase 2 at rate 0.025 overshoots
+    (a validation loss of 23 after it, 0.61 before), and a mix scores below both."""
+    train, _ = split_folders
+    data = keras_ft.ImageFolder(
+        train, image_size=32, batch_size=8, validation_split=0.25, augment=False, seed=0
+    )
+    fitted = {}
+    for finetune_epochs, mixes in ((0, ()), (2, ()), (2, (0.25, 0.5, 0.75))):
+        tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+        tuner.fit(
+            data, head_epochs=3, finetune_epochs=finetune_epochs, finetune_lr=0.025,
+            fallback_to_head=bool(mixes), fallback_to_mixes=mixes, recipe=None, verbose=0,
+        )  # fmt: skip
+        fitted[mixes or finetune_epochs] = tuner
+    head, tuned = fitted[0].model.get_weights(), fitted[2].model.get_weights()
+    mixed = fitted[(0.25, 0.5, 0.75)]
+    decision = mixed.record["decisions"]["fallback"]
+    assert decision["kept"] == "mix", decision
+    losses = {"finetune": decision["finetune_val_loss"], **decision["mix_val_losses"]}
+    assert set(losses) == {"finetune", "0.25", "0.5", "0.75"}
+    assert f"{decision['mix']:g}" == min(losses, key=losses.get)
+    assert losses[f"{decision['mix']:g}"] < min(decision["head_val_loss"], losses["finetune"])
+    mix = decision["mix"]
+    expected = [mix * t + (1 - mix) * h for t, h in zip(tuned, head, strict=True)]
+    for a, b in zip(mixed.model.get_weights(), expected, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert f"kept mix {decision['mix']:g}: " in decision["reason"]
+    measured = mixed.model.evaluate(data.validation, verbose=0, return_dict=True)
+    assert measured["loss"] == pytest.approx(losses[f"{decision['mix']:g}"], rel=1e-5)
+    assert decision["kept_val_accuracy"] == pytest.approx(measured["accuracy"])
+    with pytest.raises(keras_ft.KerasFTError, match="Invalid `fallback_to_mixes`.*validation"):
+        unvalidated = keras_ft.ImageFolder(train, image_size=32, batch_size=8, validation_split=0)
+        keras_ft.FineTuner(tiny_backbone(), preprocessing="tf").fit(
+            unvalidated, head_epochs=1, finetune_epochs=1, fallback_to_mixes=(0.5,), verbose=0
+        )
+    with pytest.raises(keras_ft.KerasFTError, match="fractions strictly between 0 and 1"):
+        TrainingConfig(fallback_to_mixes=(0.5, 1.0))
+
+
 def ruined_run(data, **fallbacks):
     """A tuner fitted with no phase 1 and a ruinous phase 2 (rate 5), and its fallback decision."""
     tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
