@@ -9,10 +9,9 @@ import sys
 import pytest
 from conftest import TINY_TRAIN, main_cli, run_cli, write_folder
 
-# Augmentation on, off, and with the options decided or drawn during training (the flips,
+# Augmentation off, and on with the options decided or drawn during training (the flips,
 # and with --recipe auto the model kept after phase 2 from the weights it started from).
 VARIANTS = {
-    "augment": [],
     "no-augment": ["--no-augment"],
     "adaptive": "--auto-flip --translation 0.1 --recipe auto".split(),
 }
@@ -52,13 +51,13 @@ def reference(data, tmp_path_factory):
 @pytest.mark.parametrize(
     ("variant", "kills"),
     [
-        # Killed in phase 1 (head trained on augmented images), resumed and killed again in
-        # phase 2 (fine-tuning), then resumed to the end.
-        ("augment", (1, 4)),
         ("no-augment", (1,)),  # phase 1, head trained on cached features
-        # After the last epoch's checkpoint: the flip decision and the weights phase 2
-        # started from are read back, and the fallback alone is left to run.
-        ("adaptive", (6,)),
+        # Killed in phase 1 (head trained on augmented images; the flip decision is read
+        # back), resumed and killed again in phase 2 (fine-tuning: its optimizer state and
+        # the weights phase 2 started from, for the fallback, are read back), then resumed
+        # to the end. A run resumed after its last epoch, with only the fallback left:
+        # test_training's test_a_resumed_fallback_reads_phase_2s_start_and_refuses_without_it.
+        ("adaptive", (1, 4)),
     ],
 )
 def test_resume_after_sigkill_is_bitwise_identical(
@@ -84,5 +83,5 @@ def test_resume_after_sigkill_is_bitwise_identical(
 
 
 def test_resume_without_a_checkpoint_is_refused(data, tmp_path, capsys):
-    code, _, err = main_cli(capsys, *train_args(data, tmp_path / "run", "augment"), "--resume")
+    code, _, err = main_cli(capsys, *train_args(data, tmp_path / "run", "adaptive"), "--resume")
     assert code == 2 and "holds no checkpoint" in err
