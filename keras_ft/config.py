@@ -695,8 +695,8 @@ class TrainingConfig:
         "et al. 2022), kept if its validation loss is the lowest. Needs a validation split; "
         "recorded in `run.json` under `decisions`.",
         convert=lambda value: tuple(value) if isinstance(value, (tuple, list)) else value,
-        valid=lambda value: isinstance(value, tuple) and all(
-            is_number(a) and 0 < a < 1 for a in value
+        valid=lambda value: (
+            isinstance(value, tuple) and all(is_number(a) and 0 < a < 1 for a in value)
         ),
         expected="a sequence of fractions strictly between 0 and 1, e.g. (0.25, 0.5, 0.75)",
         parse=parse_fractions,

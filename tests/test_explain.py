@@ -11,7 +11,7 @@ import keras_ft
 from keras_ft.config import ModelConfig
 from keras_ft.errors import KerasFTError
 from keras_ft.explain import GradCAM, feature_layer
-from keras_ft.model import build_classifier
+from keras_ft.model import build_classifier, split_at_features
 
 
 def test_feature_layer_is_the_last_map_before_pooling():
@@ -193,13 +193,23 @@ def half_square_vgg16(tmp_path_factory):
     )
     model = build_classifier(backbone, config, spec.preprocessing)
     images, labels = half_square_images(32, 64, np.random.default_rng(0))
-    backbone.trainable = False
-    for epochs, rate in ((3, 1e-3), (10, 5e-4)):  # the head alone, then block5 with it
-        model.compile(keras.optimizers.Adam(rate), loss="sparse_categorical_crossentropy")
-        model.fit(images, labels, batch_size=16, epochs=epochs, verbose=0)
-        backbone.trainable = True
-        for layer in backbone.layers:
-            layer.trainable = layer.name.startswith("block5")
+    # The head alone, then block5 with it. The layers below each trained part are frozen, so
+    # their outputs are computed once and the trained part alone (sharing the model's layers)
+    # fits on them: the same training as model.fit's, up to float rounding, in a third of
+    # the time.
+    extractor, head = split_at_features(model)
+    block4 = keras.Model(backbone.input, backbone.get_layer("block4_pool").output)
+    x = inputs = keras.Input(block4.output.shape[1:])
+    for name in ("block5_conv1", "block5_conv2", "block5_conv3", "block5_pool"):
+        x = backbone.get_layer(name)(x)
+    top = keras.Model(inputs, head(model.get_layer("max_pool")(x)))
+    preprocessed = model.get_layer("preprocess")(images)
+    for trained, below, epochs, rate in (
+        (head, extractor.predict(images, batch_size=16, verbose=0), 3, 1e-3),
+        (top, block4.predict(preprocessed, batch_size=16, verbose=0), 10, 5e-4),
+    ):
+        trained.compile(keras.optimizers.Adam(rate), loss="sparse_categorical_crossentropy")
+        trained.fit(below, labels, batch_size=16, epochs=epochs, verbose=0)
     return model
 
 
