@@ -69,6 +69,13 @@ class AutoRecipe:
     folders of MNIST 100 per class (0.980 against 0.974, seeds 0-2) and digits
     70 per class (0.960 against 0.941, seeds 0-1); the validation accuracy was
     lower on MNIST (-0.7) and higher on digits (+1.6).
+
+    Weight-space mixes of the fine-tuned model and the phase-1 head
+    (`fallback_to_mixes`, WiSE-FT) were tried as more fallback candidates and
+    left out (round 9): on the selection folders they won on Cahn-Hilliard 10
+    and 30 per class (+3.9 and +1.2 points, seeds 0-2) and lost on MNIST 10
+    per class (-1.7, seeds 0-1); validation splits this small cannot choose
+    among that many candidates.
     """
 
     fallback_to_head: bool = True  # phase 2 kept only if it lowered the validation loss
