@@ -131,24 +131,18 @@ def parse_rate(value: str):
         ) from None
 
 
-def parse_units(value: str) -> tuple[int, ...]:
-    """`--dense-units 256,128`: comma-separated layer widths."""
-    try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated ints such as 256,128, received {value!r}"
-        ) from None
+def parse_list(cast: Callable[[str], object], example: str) -> Callable[[str], tuple]:
+    """A flag parser for comma-separated values, e.g. `parse_list(int, "ints such as 256,128")`."""
 
+    def parse(value: str) -> tuple:
+        try:
+            return tuple(cast(v) for v in value.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {example}, received {value!r}"
+            ) from None
 
-def parse_fractions(value: str) -> tuple[float, ...]:
-    """`--fallback-to-mixes 0.25,0.5,0.75`: comma-separated fractions."""
-    try:
-        return tuple(float(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated fractions such as 0.25,0.5,0.75, received {value!r}"
-        ) from None
+    return parse
 
 
 def parse_class_weight(value: str):
@@ -480,7 +474,7 @@ class ModelConfig:
         convert=lambda value: tuple(value) if isinstance(value, (tuple, list)) else value,
         valid=lambda value: isinstance(value, tuple) and all(is_int(u) and u > 0 for u in value),
         expected="a sequence of positive ints",
-        parse=parse_units,
+        parse=parse_list(int, "ints such as 256,128"),
         cli_help="hidden head layers, comma-separated, e.g. 256 or 256,128",
     )
     dropout: float = option(
@@ -699,7 +693,7 @@ class TrainingConfig:
             isinstance(value, tuple) and all(is_number(a) and 0 < a < 1 for a in value)
         ),
         expected="a sequence of fractions strictly between 0 and 1, e.g. (0.25, 0.5, 0.75)",
-        parse=parse_fractions,
+        parse=parse_list(float, "fractions such as 0.25,0.5,0.75"),
         metavar="FRACTIONS",
         cli_help="also keep a*fine-tuned + (1-a)*phase-2-start weights if its validation loss "
         "is lowest, for each comma-separated a, e.g. 0.25,0.5,0.75",

@@ -302,6 +302,18 @@ def test_training_options_reach_the_run_record(tmp_path, capsys):
     assert training["weight_decay"] == 1e-3
 
 
+def test_bad_comma_separated_values_are_usage_errors(capsys):
+    for flag, value, expected in (
+        ("--dense-units", "a,b", "expected comma-separated ints such as 256,128, received 'a,b'"),
+        ("--fallback-to-mixes", "0.5,x", "comma-separated fractions such as 0.25,0.5,0.75"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["train", "d", "--output", "o", flag, value])
+        assert exit_info.value.code == 2 and expected in capsys.readouterr().err
+    code = main(["train", str(DIGITS / "train"), "--output", "o", "--fallback-to-mixes", "1.5"])
+    assert code == 2 and "strictly between 0 and 1" in capsys.readouterr().err
+
+
 def test_bad_class_weight_is_a_usage_error(tmp_path):
     result = run_cli("train", tmp_path, "--output", tmp_path / "run", "--class-weight", "cat=x")
     assert result.returncode == 2 and "CLASS=WEIGHT pairs" in result.stderr
@@ -355,12 +367,14 @@ def test_each_flag_sets_its_field():
 
     given = (
         "--no-determinism --auto-flip --unfreeze 4 --head-lr auto --dense-units 256,128 "
-        "--weights none --no-feature-cache --early-stopping 2 --strategy none --no-augment"
+        "--weights none --no-feature-cache --early-stopping 2 --strategy none --no-augment "
+        "--fallback-to-mixes 0.25,0.5"
     )
     args = build_parser().parse_args(["train", "d", "--output", "o", *given.split()])
     training = _training(args)
     assert (training.deterministic, training.unfreeze, training.head_lr) == (False, 4, "auto")
     assert (training.feature_cache, training.early_stopping) == (False, 2)
+    assert training.fallback_to_mixes == (0.25, 0.5)
     assert training.strategy == "none"
     data = _options(args, DataConfig)
     assert (data["flip"], data["augment"]) == ("auto", False)
