@@ -35,6 +35,21 @@ DIGITS = ROOT / "data_samples" / "digits"
 # The test plugin's untrained backbone at 32 px: the cheapest real `keras-ft train`.
 TINY_TRAIN = "--backbone testnet --weights none --image-size 32 --quiet".split()
 
+# The slowest test files, slowest first (--durations on 2 cores): `make test` spreads whole
+# files over two workers (pytest-xdist, --dist loadfile) in collection order, so these go
+# first, and the short ones fill in at the end instead of one long file running alone.
+SLOWEST_FILES = (
+    "test_bench.py", "test_distribute.py", "test_training.py", "test_resume.py",
+    "test_artifacts.py", "test_reproducibility.py", "test_cli.py", "test_determinism.py",
+    "test_backbones.py", "test_deploy.py",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(items):
+    """Collect the slowest files first, each file's tests in their own order."""
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600):
     """Run `python -m keras_ft.cli ARGS` in a fresh process; return the CompletedProcess."""
