@@ -614,8 +614,9 @@ def _fall_back(
         scores["probe"], weights["probe"] = _scores(trained, validation), model.get_weights()
     mixes = {f"mix {fraction:g}": fraction for fraction in candidates.get("mixes", ())}
     for name, fraction in mixes.items():
-        model.set_weights(mix_weights(weights["finetune"], head_weights, fraction))
-        scores[name], weights[name] = _scores(trained, validation), model.get_weights()
+        weights[name] = mix_weights(weights["finetune"], head_weights, fraction)
+        model.set_weights(weights[name])
+        scores[name] = _scores(trained, validation)
     losses = {name: loss for name, (loss, _) in scores.items()}
     head_loss = head_scores[0]
     kept = min(losses, key=lambda key: losses[key] if math.isfinite(losses[key]) else math.inf)
