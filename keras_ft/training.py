@@ -361,7 +361,8 @@ def fit_two_phase(
             validation labels)` features if already computed (see
             `frozen_features`); phase 1 then uses them instead of computing them.
         probe: the `keras_ft.transfer.ProbeResult` of a linear probe on those
-            features, the third candidate of `config.fallback_to_probe`.
+            features: the third candidate of `config.fallback_to_probe`, and what
+            `flip="auto"` decides on (`decide_flip`).
 
     Returns:
         A `TrainingHistory` covering both phases.
@@ -387,6 +388,8 @@ def fit_two_phase(
         _check_probe_fallback(model, data, probe)
     if config.head_init == "probe":
         _check_probe_head(model, probe)
+    if data.decides_flips:
+        _require_probe(probe, "flip", "flip=True or flip=False to the ImageFolder")
     weights = class_weights(config, data)
     scaled = {  # a rate found by the range test is found at the global batch already
         name: scale_learning_rate(rate, replicas, config.lr_scaling)
@@ -561,14 +564,19 @@ def _check_probe_fallback(model: keras.Model, data, probe) -> None:
     _check_probe_head(model, probe, "fallback_to_probe", "fallback_to_probe=False")
 
 
-def _check_probe_head(model, probe, option="head_init", instead='head_init="random"') -> None:
-    """Refuse to make the linear probe the head's last layer where it cannot be."""
+def _require_probe(probe, option: str, instead: str) -> None:
+    """Refuse `option` when `fit_two_phase` was not given the linear probe it needs."""
     if probe is None:
         raise KerasFTError(
             f"Invalid `{option}`: it needs the linear probe on the frozen features, which "
             "`FineTuner.fit` computes (pass it as `probe` when calling `fit_two_phase`), "
             f"or pass {instead}."
         )
+
+
+def _check_probe_head(model, probe, option="head_init", instead='head_init="random"') -> None:
+    """Refuse to make the linear probe the head's last layer where it cannot be."""
+    _require_probe(probe, option, instead)
     if any(layer.name.startswith("head_dense_") for layer in model.layers):
         raise KerasFTError(
             f"Invalid `{option}`: the probe becomes the head's last layer, on the "

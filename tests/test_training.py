@@ -7,7 +7,7 @@ from conftest import tiny_backbone, write_folder
 import keras_ft
 from keras_ft.config import TrainingConfig
 from keras_ft.model import backbone_of, split_at_features
-from keras_ft.training import advice, frozen_features
+from keras_ft.training import advice, fit_two_phase, frozen_features
 from keras_ft.transfer import linear_probe
 
 
@@ -559,6 +559,11 @@ def test_flip_auto_is_the_default_and_decides_before_phase_1(split_folders, caps
     assert decision["flip"] and decision["accuracy"] == decision["mirrored_accuracy"]
     assert rows["auto"] == rows[True]
     assert all(np.array_equal(a, b) for a, b in zip(*weights.values(), strict=True))
+    # Called without FineTuner, fit_two_phase has no probe to decide on: a clear refusal.
+    model = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0).build((32, 32), 3)
+    data = keras_ft.ImageFolder(train, image_size=32, batch_size=8, validation_split=0.0)
+    with pytest.raises(keras_ft.KerasFTError, match="Invalid `flip`: it needs the linear probe"):
+        fit_two_phase(model, data, TrainingConfig(head_epochs=1, finetune_epochs=0))
 
 
 def test_layerwise_sgd_is_plain_sgd_at_each_variables_scaled_rate():
