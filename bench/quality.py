@@ -214,6 +214,9 @@ METHODS = {
     # Round 9, for the Cahn-Hilliard sizes where `auto` loses to the probe on test: weight-
     # space mixes of the fine-tuned model and the phase-1 head (WiSE-FT) also compete.
     "c16-mix": Method("keras-ft", ("--recipe", "auto", "--fallback-to-mixes", "0.25,0.5,0.75")),
+    # Round 10: random quarter turns, decided from the data as flips are (`--auto-quarter-
+    # turns`): Ising spins and Cahn-Hilliard microstructures keep their class under a turn.
+    "c17-turns": Method("keras-ft", ("--recipe", "auto", "--auto-quarter-turns")),
 }
 DEFAULT_METHODS = ("probe", "guide", "auto", "today")
 GUIDE_EPOCHS = (3, 2)

@@ -393,6 +393,27 @@ class DataConfig:
             ("--no-flip", False, "no horizontal flips (digits, text)"),
         ),
     )
+    quarter_turns: bool | str = option(
+        False,
+        help="random quarter turns (0, 90, 180 or 270 degrees) of square images, for "
+        "classes that keep under any turn (textures, micrographs, aerial and microscope "
+        'images): `"auto"` decides from the data as `flip="auto"` does, from the linear '
+        "probe on training images turned a quarter (see "
+        "`keras_ft.training.decide_quarter_turns`); `True` turns always; `False` (the "
+        "default) never.",
+        valid=lambda value: value in (True, False, "auto"),
+        expected="True, False or 'auto' (decide from quarter-turned training images)",
+        switches=(
+            (
+                "--auto-quarter-turns",
+                "auto",
+                "turn a quarter only if the linear probe keeps most of its accuracy on "
+                "training images turned a quarter",
+            ),
+            ("--quarter-turns", True, "random quarter turns (textures, micrographs)"),
+            ("--no-quarter-turns", False, "the default: no quarter turns"),
+        ),
+    )
     rotation: float = option(
         0.05,
         help="maximum rotation as a fraction of a full turn.",
@@ -429,6 +450,15 @@ class DataConfig:
 
     def __post_init__(self):
         validate(self)
+        height, width = self.image_size
+        check(
+            self.quarter_turns is not True or height == width,
+            "quarter_turns",
+            f"False or 'auto' for images that are not square (image_size {self.image_size}): "
+            "a quarter turn swaps height and width",
+            True,
+            "Pass a square image_size, e.g. 224.",
+        )
 
 
 @dataclass(frozen=True)

@@ -114,10 +114,12 @@ def split_files(files, validation_split: float, seed: int):
 
 
 def augment(image: tf.Tensor, seed: tf.Tensor, config: DataConfig) -> tf.Tensor:
-    """Randomly flip, rotate, zoom, shift and change contrast, statelessly from `seed` (shape [2]).
+    """Randomly flip, turn, rotate, zoom, shift and change contrast, statelessly from `seed`
+    (shape [2]).
 
-    Zooming in and shifting together make a random crop. `flip="auto"` does
-    not flip: `fit` decides before phase 1 and passes `flip=True` or `False`.
+    Zooming in and shifting together make a random crop. `flip="auto"` and
+    `quarter_turns="auto"` do nothing: `fit` decides before phase 1 and passes
+    `True` or `False`.
     """
     image = tf.cast(image, tf.float32)
     flip_seed, angle_seed, zoom_seed, contrast_seed = tf.unstack(
@@ -125,6 +127,10 @@ def augment(image: tf.Tensor, seed: tf.Tensor, config: DataConfig) -> tf.Tensor:
     )
     if config.flip is True:
         image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    if config.quarter_turns is True:  # its own stream, as the shift's below
+        turns_seed = tf.random.experimental.stateless_fold_in(seed, 2)
+        turns = tf.random.stateless_uniform([], turns_seed, 0, 4, dtype=tf.int32)
+        image = tf.ensure_shape(tf.image.rot90(image, turns), image.shape)
     if config.rotation or config.zoom or config.translation:
         turn = config.rotation * 2.0 * math.pi
         angle = tf.random.stateless_uniform([], angle_seed, -turn, turn)
@@ -242,9 +248,11 @@ class ImageFolder:
         self._spill_dir = None
 
     @property
-    def decides_flips(self) -> bool:
-        """Whether `fit` decides the flips from the data (`flip="auto"`, augmentation on)."""
-        return self.config.augment and self.config.flip == "auto"
+    def decides(self) -> tuple[str, ...]:
+        """The augmentation options `fit` decides from the data (`"auto"`, augmentation on)."""
+        if not self.config.augment:
+            return ()
+        return tuple(o for o in ("flip", "quarter_turns") if getattr(self.config, o) == "auto")
 
     def with_augmentation(self, **changes) -> ImageFolder:
         """A copy with other augmentation settings (e.g. `flip="auto"`), same images and split.
@@ -368,7 +376,7 @@ class ImageFolder:
         epochs: int = 1,
         batch_size: int | None = None,
         replicas=1,
-        flip: bool | None = None,
+        decided: dict | None = None,
     ) -> tf.data.Dataset:
         """Training batches for epochs `start_epoch` to `start_epoch + epochs - 1`.
 
@@ -379,11 +387,10 @@ class ImageFolder:
         training under a `tf.distribute` strategy asks for the global size).
         With `replicas` > 1 each epoch leaves out the last `len % replicas`
         images of its order, so that every batch splits evenly over replicas.
-        `flip` overrides the configured flip (`fit`'s decision for `"auto"`).
+        `decided` overrides augmentation options (`fit`'s decisions for
+        `"auto"`: `{"flip": True, "quarter_turns": False}`).
         """
-        config = self.config
-        if flip is not None:
-            config = dataclasses.replace(config, flip=flip)
+        config = dataclasses.replace(self.config, **(decided or {}))
         batch_size = batch_size or config.batch_size
         count = len(self.train_files)
 

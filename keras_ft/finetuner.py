@@ -328,9 +328,9 @@ class FineTuner:
         signature = self._signature()
         if self.model_config.head == "linear":
             return self._fit_linear(data, started, clock, evaluate, verbose)
-        # The probe is scored on the validation split; head_init="probe" and flip="auto" (it
-        # decides on the probe) need it even without.
-        needs_probe = self.training_config.head_init == "probe" or data.decides_flips
+        # The probe is scored on the validation split; head_init="probe" and the augmentation
+        # decided from the data (flip="auto", quarter_turns="auto") need it even without.
+        needs_probe = self.training_config.head_init == "probe" or bool(data.decides)
         if data.validation is not None or needs_probe:
             features, probe, probe_summary = self._linear_probe(data, verbose)
         else:

@@ -95,7 +95,7 @@ def sweep(
     end_lr: float = 10.0,
     steps: int = 200,
     batch_size: int | None = None,
-    flip: bool | None = None,
+    decided: dict | None = None,
 ) -> LRFinderResult:
     """Run the range test for `phase` on `model` and restore every variable afterwards.
 
@@ -110,7 +110,7 @@ def sweep(
         end_lr: the last step's (the sweep stops sooner once the loss diverges).
         steps: at most this many training steps.
         batch_size: images per step (default: the data's).
-        flip: overrides the data's flip setting (`fit`'s decision for `"auto"`).
+        decided: overrides the data's augmentation options (`fit`'s decisions for `"auto"`).
 
     Returns:
         An `LRFinderResult`.
@@ -134,7 +134,7 @@ def sweep(
     average, best = 0.0, math.inf
     try:
         # Epoch 0's batches, repeated: a sweep needs batches, not new epochs.
-        batches = data.train_dataset(0, 1, batch_size, flip=flip).repeat().take(steps)
+        batches = data.train_dataset(0, 1, batch_size, decided=decided).repeat().take(steps)
         for step, (images, labels) in enumerate(batches):
             rate = start_lr * growth**step
             model.optimizer.learning_rate = rate

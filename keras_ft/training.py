@@ -388,8 +388,8 @@ def fit_two_phase(
         _check_probe_fallback(model, data, probe)
     if config.head_init == "probe":
         _check_probe_head(model, probe)
-    if data.decides_flips:
-        _require_probe(probe, "flip", "flip=True or flip=False to the ImageFolder")
+    for name in data.decides:
+        _require_probe(probe, name, f"{name}=True or {name}=False to the ImageFolder")
     weights = class_weights(config, data)
     scaled = {  # a rate found by the range test is found at the global batch already
         name: scale_learning_rate(rate, replicas, config.lr_scaling)
@@ -415,10 +415,12 @@ def fit_two_phase(
     elif config.head_init == "probe":
         set_probe(model, probe, standardise=True)
     decisions = history.decisions
-    if data.decides_flips and "flip" not in decisions:
-        decisions["flip"] = decide_flip(split_at_features(model)[0], data, probe)
-        if verbose != 0:
-            print(f"flip='auto': {decisions['flip']['reason']}")
+    for name in data.decides:
+        if name not in decisions:
+            decisions[name] = DECIDERS[name](split_at_features(model)[0], data, probe)
+            if verbose != 0:
+                print(f"{name}='auto': {decisions[name]['reason']}")
+    decided = {name: decisions[name][name] for name in data.decides}
     plan = (
         ("head", 0, config.head_epochs),
         ("finetune", config.head_epochs, config.finetune_epochs),
@@ -432,7 +434,7 @@ def fit_two_phase(
         if not epochs or (done >= end and not fallback):
             continue
         first = max(start, done)
-        config = _decide(model, data, phase, config, history, verbose, batch_size)
+        config = _decide(model, data, phase, config, history, verbose, batch_size, decided)
         features = None
         if phase == "head":
             freeze_backbone(model)
@@ -463,9 +465,8 @@ def fit_two_phase(
                 _restore_optimizer(state, trained)
             state = None
         if trained is model:
-            flip = decisions.get("flip", {}).get("flip")  # flip="auto"'s, else None
             if first < end:
-                dataset = data.train_dataset(first, end - first, batch_size, replicas, flip)
+                dataset = data.train_dataset(first, end - first, batch_size, replicas, decided)
             validation = data.validation
         else:
             dataset = feature_batches(features, data, first, end, batch_size, replicas)
@@ -679,8 +680,9 @@ def mix_weights(tuned: list, start: list, fraction: float) -> list:
     ]
 
 
-def _decide(model, data, phase, config, history, verbose, batch_size) -> TrainingConfig:
-    """Take `phase`'s decisions from the data: its `"auto"` learning rate.
+def _decide(model, data, phase, config, history, verbose, batch_size, decided) -> TrainingConfig:
+    """Take `phase`'s decisions from the data: its `"auto"` learning rate (the range
+    test's batches augmented as `decided`, the augmentation decisions).
 
     Each is taken once, before the phase trains, and kept in `history.decisions`
     (so in checkpoints, where a resumed run reads it back, and in the run record).
@@ -695,8 +697,7 @@ def _decide(model, data, phase, config, history, verbose, batch_size) -> Trainin
     if getattr(config, name) != "auto":
         return config
     if name not in decisions:
-        flip = decisions.get("flip", {}).get("flip")
-        found = sweep(model, data, phase, config, batch_size=batch_size, flip=flip)
+        found = sweep(model, data, phase, config, batch_size=batch_size, decided=decided)
         decisions[name] = found.summary()
         if verbose != 0:
             print(
@@ -707,6 +708,7 @@ def _decide(model, data, phase, config, history, verbose, batch_size) -> Trainin
 
 
 FLIP_RETAINED = 0.6  # for flip="auto": the share of the probe's accuracy mirrors must keep
+TURNS_RETAINED = 0.6  # for quarter_turns="auto": the share turned images must keep
 
 
 def decide_flip(extractor: keras.Model, data, probe) -> dict:
@@ -742,34 +744,80 @@ def decide_flip(extractor: keras.Model, data, probe) -> dict:
         probe's on the training images and on their mirror images),
         `retained` and `reason` (one sentence, for the user).
     """
-    mirrored = data.unaugmented_train().map(
-        lambda images, labels: (tf.image.flip_left_right(images), labels)
+    return _decide_symmetry(
+        extractor,
+        data,
+        probe,
+        ("flip", "mirrored", "mirror images", "horizontal flips", FLIP_RETAINED),
+        tf.image.flip_left_right,
     )
-    features, labels = _features(extractor, mirrored)
+
+
+def decide_quarter_turns(extractor: keras.Model, data, probe) -> dict:
+    """Whether training should turn images by quarter turns, as `decide_flip` decides flips.
+
+    The probe is shown the training images turned a quarter (90 degrees):
+    the classes of textures, micrographs, aerial and microscope images keep
+    under a turn, those of digits, text and upright photos do not. The rule
+    is `decide_flip`'s, with `TURNS_RETAINED`; images that are not square
+    are never turned (a turn would swap their height and width).
+
+    Returns:
+        A dict: `quarter_turns` (bool), `accuracy` and `turned_accuracy`,
+        `retained` and `reason`, as `decide_flip`'s.
+    """
+    height, width = data.image_size
+    if height != width:
+        return {
+            "quarter_turns": False,
+            "reason": f"no quarter turns: the images ({height}x{width}) are not square.",
+        }
+    return _decide_symmetry(
+        extractor,
+        data,
+        probe,
+        ("quarter_turns", "turned", "copies turned a quarter", "quarter turns", TURNS_RETAINED),
+        tf.image.rot90,
+    )
+
+
+def _decide_symmetry(extractor, data, probe, words: tuple, transform) -> dict:
+    """`decide_flip`'s rule for `transform` (a function of a batch of images).
+
+    `words`: the decision's key, the transformed accuracy's key prefix, what
+    the transformed images are called, what the augmentation is called, and
+    the share of the probe's accuracy above chance they must keep.
+    """
+    key, prefix, images, augmentation, threshold = words
+    transformed = data.unaugmented_train().map(lambda x, labels: (transform(x), labels))
+    features, labels = _features(extractor, transformed)
     accuracy = probe.train_accuracy
-    mirrored_accuracy = float(np.mean(probe.predict(features) == labels))
+    transformed_accuracy = float(np.mean(probe.predict(features) == labels))
     chance = 1.0 / data.num_classes
     informative = accuracy >= chance + (1.0 - chance) / 4
-    retained = (mirrored_accuracy - chance) / (accuracy - chance) if informative else 0.0
-    flip = bool(informative and retained >= FLIP_RETAINED)
+    retained = (transformed_accuracy - chance) / (accuracy - chance) if informative else 0.0
+    chosen = bool(informative and retained >= threshold)
     measured = (
         f"the linear probe's accuracy on the training images is {accuracy:.3f}, on their "
-        f"mirror images {mirrored_accuracy:.3f}"
+        f"{images} {transformed_accuracy:.3f}"
     )
     if not informative:
-        reason = f"no horizontal flips: {measured}, too close to chance to tell."
+        reason = f"no {augmentation}: {measured}, too close to chance to tell."
     else:
         kept = f"keeping {retained:.0%} of its accuracy above chance"
-        verdict = "horizontal flips" if flip else "no horizontal flips"
-        sign = ">=" if flip else "<"
-        reason = f"{verdict}: {measured}, {kept} ({sign} {FLIP_RETAINED:.0%})."
+        verdict = augmentation if chosen else f"no {augmentation}"
+        sign = ">=" if chosen else "<"
+        reason = f"{verdict}: {measured}, {kept} ({sign} {threshold:.0%})."
     return {
-        "flip": flip,
+        key: chosen,
         "accuracy": float(accuracy),
-        "mirrored_accuracy": mirrored_accuracy,
+        f"{prefix}_accuracy": transformed_accuracy,
         "retained": float(retained),
         "reason": reason,
     }
+
+
+DECIDERS = {"flip": decide_flip, "quarter_turns": decide_quarter_turns}
 
 
 def kept_epoch(rows: list[dict], config: TrainingConfig) -> dict | None:

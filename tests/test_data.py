@@ -536,13 +536,42 @@ def test_flip_auto_does_not_flip_until_told(aug_folder):
     none = make_data(aug_folder[0], flip=False, **still)
     assert_same_batches(batch_list(auto.train_dataset(0, 1)), batch_list(none.train_dataset(0, 1)))
     flipped = make_data(aug_folder[0], flip=True, **still)
-    assert_same_batches(
-        batch_list(auto.train_dataset(0, 1, flip=True)), batch_list(flipped.train_dataset(0, 1))
-    )
+    told = auto.train_dataset(0, 1, decided={"flip": True})
+    assert_same_batches(batch_list(told), batch_list(flipped.train_dataset(0, 1)))
     with pytest.raises(KerasFTError, match="Invalid `flip`: expected True, False or 'auto'"):
         make_data(aug_folder[0], flip="yes")
     with pytest.raises(KerasFTError, match="Invalid `translation`"):
         make_data(aug_folder[0], translation=0.5)
+
+
+def test_quarter_turns_turn_each_image_by_its_own_multiple_of_90_degrees(aug_folder):
+    still = dict(flip=False, rotation=0.0, zoom=0.0, contrast=0.0)
+    plain = batch_list(make_data(aug_folder[0], **still).train_dataset(0, 2))
+    turned = batch_list(make_data(aug_folder[0], quarter_turns=True, **still).train_dataset(0, 2))
+    turns = []
+    for (images, labels), (turned_images, turned_labels) in zip(plain, turned, strict=True):
+        np.testing.assert_array_equal(labels, turned_labels)
+        for image, turned_image in zip(images, turned_images, strict=True):
+            found = [k for k in range(4) if np.array_equal(np.rot90(image, k), turned_image)]
+            assert found, "an image came out other than a quarter turn of itself"
+            turns.append(found[0])
+    assert set(turns) == {0, 1, 2, 3}  # 30 images: each turn drawn
+    again = make_data(aug_folder[0], quarter_turns=True, **still).train_dataset(0, 2)
+    assert_same_batches(batch_list(again), turned)  # from the seed alone
+    # "auto" turns nothing until fit decides, and decided=True is quarter_turns=True.
+    auto = make_data(aug_folder[0], quarter_turns="auto", **still)
+    assert auto.decides == ("quarter_turns",)
+    assert_same_batches(batch_list(auto.train_dataset(0, 2)), plain)
+    told = auto.train_dataset(0, 2, decided={"quarter_turns": True})
+    assert_same_batches(batch_list(told), turned)
+    assert make_data(aug_folder[0], quarter_turns="auto", augment=False).decides == ()
+    with pytest.raises(KerasFTError) as refused:
+        make_data(aug_folder[0], quarter_turns=True, image_size=(32, 48))
+    assert str(refused.value) == (
+        "Invalid `quarter_turns`: expected False or 'auto' for images that are not square "
+        "(image_size (32, 48)): a quarter turn swaps height and width, received True. Pass "
+        "a square image_size, e.g. 224."
+    )
 
 
 def test_image_folder_takes_every_data_config_field_with_its_default(folder):
