@@ -531,10 +531,45 @@ def test_decide_flip_flips_only_when_mirror_images_score_as_well(tmp_path):
     assert not constant["flip"] and "too close to chance" in constant["reason"]
 
 
+def test_decide_quarter_turns_turns_only_when_turned_images_score_as_well(tmp_path):
+    from keras_ft.training import decide_quarter_turns, frozen_features
+    from keras_ft.transfer import linear_probe
+
+    def decide(extractor, data):
+        probe = linear_probe(*frozen_features(extractor, data), num_classes=2)
+        return decide_quarter_turns(extractor, data, probe)
+
+    ops = keras.ops
+    halves = halves_folder(tmp_path / "halves")
+    by_side = pooled(
+        lambda x: ops.stack(
+            [ops.mean(x[:, :, :16], (1, 2, 3)), ops.mean(x[:, :, 16:], (1, 2, 3))], 1
+        )
+    )
+    # A turn takes the bright square from the left or right half to the top or bottom.
+    square = dict(image_size=32, batch_size=4, validation_split=0.0)
+    sided = decide(by_side, keras_ft.ImageFolder(halves, **square))
+    assert not sided["quarter_turns"] and sided["accuracy"] == 1.0
+    assert sided["reason"].startswith(
+        "no quarter turns: the linear probe's accuracy on the training images is 1.000, on "
+        f"their copies turned a quarter {sided['turned_accuracy']:.3f}, keeping "
+    )
+    colours = write_folder(tmp_path / "colours", ("a_red", "b_green"), per_class=10)
+    mean_colour = pooled(lambda x: ops.mean(x, (1, 2)))
+    coloured = decide(mean_colour, keras_ft.ImageFolder(colours, **square))
+    assert coloured["quarter_turns"] and coloured["turned_accuracy"] == 1.0
+    assert coloured["reason"].endswith("keeping 100% of its accuracy above chance (>= 60%).")
+    wide = keras_ft.ImageFolder(colours, **(square | {"image_size": (32, 48)}))
+    assert decide(mean_colour, wide) == {
+        "quarter_turns": False,
+        "reason": "no quarter turns: the images (32x48) are not square.",
+    }
+
+
 def test_flip_auto_is_the_default_and_decides_before_phase_1(split_folders, capsys):
-    """Decided to flip, the default trains bitwise as flip=True; the decision is printed
-    and recorded. No validation split is needed: the probe is measured on the training
-    images."""
+    """Decided to flip, the default trains bitwise as flip=True (and quarter_turns="auto",
+    decided to turn, as quarter_turns=True); the decisions are printed and recorded. No
+    validation split is needed: the probe is measured on the training images."""
     train, _ = split_folders
     weights, rows = {}, {}
     for flip in ("auto", True):
@@ -544,6 +579,7 @@ def test_flip_auto_is_the_default_and_decides_before_phase_1(split_folders, caps
             batch_size=8,
             validation_split=0.0,
             seed=0,
+            quarter_turns=flip,
             **({} if flip == "auto" else {"flip": flip}),  # "auto": the default's
         )
         assert data.config.flip == flip
@@ -551,12 +587,15 @@ def test_flip_auto_is_the_default_and_decides_before_phase_1(split_folders, caps
         tuner.fit(data, head_epochs=2, finetune_epochs=1, head_lr=1e-2, verbose=2)
         weights[flip], rows[flip] = tuner.model.get_weights(), tuner.history.rows
         if flip == "auto":
-            decision = tuner.record["decisions"]["flip"]
-            assert f"flip='auto': {decision['reason']}" in capsys.readouterr().out
+            decision, turns = (tuner.record["decisions"][k] for k in ("flip", "quarter_turns"))
+            printed = capsys.readouterr().out
+            assert f"flip='auto': {decision['reason']}" in printed
+            assert f"quarter_turns='auto': {turns['reason']}" in printed
         else:
-            assert "flip" not in tuner.record["decisions"]
+            assert tuner.record["decisions"] == {}
     # Colour classes: left and right mean nothing, the mirror images score the same.
     assert decision["flip"] and decision["accuracy"] == decision["mirrored_accuracy"]
+    assert turns["quarter_turns"] and turns["accuracy"] == turns["turned_accuracy"]
     assert rows["auto"] == rows[True]
     assert all(np.array_equal(a, b) for a, b in zip(*weights.values(), strict=True))
     # Called without FineTuner, fit_two_phase has no probe to decide on: a clear refusal.
