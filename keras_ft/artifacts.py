@@ -445,16 +445,17 @@ class Predictor:
         Batch by batch through Keras' compiled predict function, as in
         evaluation, so a loaded run gives bitwise the probabilities the
         trained model gave. `tta`: the mean over test-time views (shifts, and
-        the mirror image if the run trained with flips; see
+        the mirror image or the quarter turns if the run trained with them; see
         `keras_ft.evaluation.predict_views`).
         """
-        from keras_ft.evaluation import predict_views, trained_with_flips
+        from keras_ft.evaluation import predict_views, trained_symmetries
 
-        flip = trained_with_flips(self.record.get("data") or {}, self.record.get("decisions", {}))
+        record = self.record
+        symmetries = trained_symmetries(record.get("data") or {}, record.get("decisions", {}))
         batch = self._as_batch(images)
         return np.concatenate(
             [
-                predict_views(self.model, batch[i : i + batch_size], tta, flip)
+                predict_views(self.model, batch[i : i + batch_size], tta, symmetries)
                 for i in range(0, len(batch), batch_size)
             ]
         )

@@ -210,7 +210,7 @@ def _add_tune(commands) -> None:
 
 TTA_HELP = (
     "test-time augmentation: average over the image, two shifted copies and, if the run "
-    "trained with flips, its mirror image (3-4x the compute)"
+    "trained with flips or quarter turns, its mirror image or its turns (3-7x the compute)"
 )
 
 
@@ -620,16 +620,16 @@ def _cell(value) -> str:
 def evaluate(args) -> int:
     from keras_ft import load
     from keras_ft.data import folder_dataset
-    from keras_ft.evaluation import evaluate_model, format_metrics, trained_with_flips
+    from keras_ft.evaluation import evaluate_model, format_metrics, trained_symmetries
 
     predictor = load(args.run_dir, signing_key=_key(args))
     dataset, _ = folder_dataset(
         args.data_dir, predictor.class_names, predictor.image_size, args.batch_size
     )
     record = predictor.record
-    flip = trained_with_flips(record.get("data") or {}, record.get("decisions", {}))
+    symmetries = trained_symmetries(record.get("data") or {}, record.get("decisions", {}))
     metrics = evaluate_model(
-        predictor.model, dataset, predictor.class_names, tta=args.tta, flip=flip
+        predictor.model, dataset, predictor.class_names, tta=args.tta, symmetries=symmetries
     )
     print(format_metrics(metrics))
     return 0

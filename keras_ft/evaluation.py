@@ -12,12 +12,20 @@ from keras_ft.text import printable
 TTA_SHIFT = 0.05  # test-time shifts: a twentieth of the width and height, both ways
 
 
-def trained_with_flips(data_config: dict, decisions: dict) -> bool:
-    """Whether a run's training flipped images (`flip=True`, or `"auto"` decided to)."""
+SYMMETRIES = {"flip": True, "quarter_turns": False}  # each one's default in older records
+
+
+def trained_symmetries(data_config: dict, decisions: dict) -> tuple[str, ...]:
+    """Which of `"flip"` and `"quarter_turns"` a run's training used (`True`, or `"auto"`
+    decided to), from its record's `data` and `decisions`."""
     if not data_config.get("augment", False):
-        return False
-    flip = data_config.get("flip", True)
-    return flip is True or (flip == "auto" and decisions.get("flip", {}).get("flip", False))
+        return ()
+    return tuple(
+        name
+        for name, default in SYMMETRIES.items()
+        if (value := data_config.get(name, default)) is True
+        or (value == "auto" and decisions.get(name, {}).get(name, False))
+    )
 
 
 def shift(images: tf.Tensor, dx: float, dy: float) -> tf.Tensor:
@@ -34,33 +42,37 @@ def shift(images: tf.Tensor, dx: float, dy: float) -> tf.Tensor:
     )
 
 
-def predict_views(model, images, tta: bool = False, flip: bool = False) -> np.ndarray:
+def predict_views(model, images, tta: bool = False, symmetries=()) -> np.ndarray:
     """Probabilities of a batch; with `tta`, their mean over test-time views.
 
     The views: the images, two copies shifted diagonally by `TTA_SHIFT` of the
-    size (down-right and up-left), and, when `flip` (the run trained with
-    flips), the mirror images: 3 or 4 forward passes per batch.
+    size (down-right and up-left), and the symmetries the run trained with
+    (`trained_symmetries`): with `"flip"` the mirror images, with
+    `"quarter_turns"` the images turned by 90, 180 and 270 degrees. 3 to 7
+    forward passes per batch.
     """
     if not tta:
         return np.asarray(predict_batch(model, images))
     images = tf.cast(images, tf.float32)
     dx, dy = TTA_SHIFT * images.shape[2], TTA_SHIFT * images.shape[1]
     views = [images, shift(images, dx, dy), shift(images, -dx, -dy)]
-    if flip:
+    if "flip" in symmetries:
         views.append(tf.image.flip_left_right(images))
+    if "quarter_turns" in symmetries:
+        views.extend(tf.image.rot90(images, turns) for turns in (1, 2, 3))
     return np.mean([np.asarray(predict_batch(model, view)) for view in views], axis=0)
 
 
-def predict_dataset(model, dataset, tta: bool = False, flip: bool = False):
+def predict_dataset(model, dataset, tta: bool = False, symmetries=()):
     """Run `model` over a dataset of (images, labels) batches; return (probabilities, labels).
 
     Each batch goes through Keras' compiled predict function, not an eager call:
-    on a VGG16 test split that is over twice as fast. `tta` and `flip`: see
-    `predict_views`.
+    on a VGG16 test split that is over twice as fast. `tta` and `symmetries`:
+    see `predict_views`.
     """
     probabilities, labels = [], []
     for images, batch_labels in dataset:
-        probabilities.append(predict_views(model, images, tta, flip))
+        probabilities.append(predict_views(model, images, tta, symmetries))
         labels.append(np.asarray(batch_labels))
     return np.concatenate(probabilities), np.concatenate(labels)
 
@@ -106,10 +118,10 @@ def classification_metrics(
 
 
 def evaluate_model(
-    model, dataset, class_names, top_k: int = 5, tta: bool = False, flip: bool = False
+    model, dataset, class_names, top_k: int = 5, tta: bool = False, symmetries=()
 ) -> dict:
     """Evaluate `model` on a dataset of (images, labels) batches (`tta`: see `predict_views`)."""
-    probabilities, labels = predict_dataset(model, dataset, tta, flip)
+    probabilities, labels = predict_dataset(model, dataset, tta, symmetries)
     return classification_metrics(probabilities, labels, class_names, top_k)
 
 

@@ -37,7 +37,7 @@ from keras_ft.config import (
 from keras_ft.data import ImageFolder, folder_dataset
 from keras_ft.distribute import LOST_PEER_ERRORS, all_agree, get_distribution, lost_worker
 from keras_ft.errors import KerasFTError
-from keras_ft.evaluation import evaluate_model, trained_with_flips
+from keras_ft.evaluation import evaluate_model, trained_symmetries
 from keras_ft.model import build_classifier, set_probe, split_at_features, unknown_layer_message
 from keras_ft.recipe import apply_recipe
 from keras_ft.reproducibility import check_deterministic_gradients, file_hashes, seed_everything
@@ -538,9 +538,9 @@ class FineTuner:
                 class sub-folders, or a dataset of (images, labels) batches.
             top_k: the k of top-k accuracy.
             tta: test-time augmentation: average the predictions for each
-                image, two slightly shifted copies and, if training flipped
-                images, its mirror image (3 or 4 times the cost; see
-                `keras_ft.evaluation.predict_views`).
+                image, two slightly shifted copies and, if training flipped or
+                turned images, its mirror image or its three quarter turns (3 to
+                7 times the cost; see `keras_ft.evaluation.predict_views`).
         """
         self._require_model()
         if isinstance(data, ImageFolder):
@@ -558,8 +558,8 @@ class FineTuner:
                 self.data_config.batch_size if self.data_config else 32,
             )
         trained = to_dict(self.data_config) if self.data_config else {}
-        flip = trained_with_flips(trained, self.history.decisions)
-        return evaluate_model(self.model, data, self.class_names, top_k, tta, flip)
+        symmetries = trained_symmetries(trained, self.history.decisions)
+        return evaluate_model(self.model, data, self.class_names, top_k, tta, symmetries)
 
     def save(self, path, overwrite: bool = False, signing_key=None) -> str | None:
         """Write the run directory (see `keras_ft.artifacts.save_run`), signed if a key is set.

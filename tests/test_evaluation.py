@@ -154,17 +154,26 @@ def test_shift_moves_images_by_whole_pixels_and_reflects_at_borders():
     assert np.argwhere(back[0, ..., 0] > 0).tolist() == [[2, 2], [2, 7]]
 
 
-def test_trained_with_flips_reads_the_run_settings():
-    from keras_ft.evaluation import trained_with_flips
+def test_trained_symmetries_read_the_run_settings():
+    from keras_ft.evaluation import trained_symmetries
 
-    assert trained_with_flips({"augment": True, "flip": True}, {})
-    assert not trained_with_flips({"augment": False, "flip": True}, {})
-    assert not trained_with_flips({"augment": True, "flip": False}, {})
-    assert trained_with_flips({"augment": True, "flip": "auto"}, {"flip": {"flip": True}})
-    assert not trained_with_flips({"augment": True, "flip": "auto"}, {"flip": {"flip": False}})
+    assert trained_symmetries({"augment": True, "flip": True}, {}) == ("flip",)
+    assert trained_symmetries({"augment": False, "flip": True, "quarter_turns": True}, {}) == ()
+    assert trained_symmetries({"augment": True, "flip": False}, {}) == ()
+    assert trained_symmetries({"augment": True, "flip": "auto"}, {"flip": {"flip": True}}) == (
+        "flip",
+    )
+    assert trained_symmetries({"augment": True, "flip": "auto"}, {"flip": {"flip": False}}) == ()
+    decided = {"flip": {"flip": False}, "quarter_turns": {"quarter_turns": True}}
+    both_auto = {"augment": True, "flip": "auto", "quarter_turns": "auto"}
+    assert trained_symmetries(both_auto, decided) == ("quarter_turns",)
+    assert trained_symmetries({"augment": True, "quarter_turns": True}, {}) == (
+        "flip",  # a record from before `flip` was recorded flipped: its default then
+        "quarter_turns",
+    )
 
 
-def test_tta_averages_shifted_views_and_the_mirror_only_when_trained_with_flips():
+def test_tta_averages_shifted_views_and_the_symmetries_the_run_trained_with():
     import keras
 
     from keras_ft.evaluation import predict_views
@@ -182,9 +191,14 @@ def test_tta_averages_shifted_views_and_the_mirror_only_when_trained_with_flips(
     images = np.zeros((2, 20, 20, 3), np.float32)
     images[:, :, :10] = 255.0  # bright on the left: class 0
     plain = predict_views(model, images)
-    shifted = predict_views(model, images, tta=True, flip=False)
-    mirrored = predict_views(model, images, tta=True, flip=True)
+    shifted = predict_views(model, images, tta=True)
+    mirrored = predict_views(model, images, tta=True, symmetries=("flip",))
     assert plain[0, 0] > 0.99
     assert shifted[0, 0] > 0.95  # one-pixel shifts keep the bright side
     # The mirror view votes for the right side: a quarter of the vote moves over.
     assert mirrored[0, 0] == pytest.approx((3 * shifted[0, 0] + plain[0, 1]) / 4, abs=1e-5)
+    # Quarter turns: 90 and 270 degrees put the bright half at the top or bottom (a tie
+    # between the sides), 180 on the right.
+    turned = predict_views(model, images, tta=True, symmetries=("quarter_turns",))
+    expected = (3 * shifted[0, 0] + 0.5 + plain[0, 1] + 0.5) / 6
+    assert turned[0, 0] == pytest.approx(expected, abs=1e-5)
