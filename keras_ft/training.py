@@ -744,13 +744,8 @@ def decide_flip(extractor: keras.Model, data, probe) -> dict:
         probe's on the training images and on their mirror images),
         `retained` and `reason` (one sentence, for the user).
     """
-    return _decide_symmetry(
-        extractor,
-        data,
-        probe,
-        ("flip", "mirrored", "mirror images", "horizontal flips", FLIP_RETAINED),
-        tf.image.flip_left_right,
-    )
+    words = ("flip", "mirrored", "mirror images", "horizontal flips", FLIP_RETAINED)
+    return _decide_symmetry(extractor, data, probe, words, tf.image.flip_left_right)
 
 
 def decide_quarter_turns(extractor: keras.Model, data, probe) -> dict:
@@ -772,13 +767,8 @@ def decide_quarter_turns(extractor: keras.Model, data, probe) -> dict:
             "quarter_turns": False,
             "reason": f"no quarter turns: the images ({height}x{width}) are not square.",
         }
-    return _decide_symmetry(
-        extractor,
-        data,
-        probe,
-        ("quarter_turns", "turned", "copies turned a quarter", "quarter turns", TURNS_RETAINED),
-        tf.image.rot90,
-    )
+    words = ("quarter_turns", "turned", "copies turned a quarter", "quarter turns", TURNS_RETAINED)
+    return _decide_symmetry(extractor, data, probe, words, tf.image.rot90)
 
 
 def _decide_symmetry(extractor, data, probe, words: tuple, transform) -> dict:
