@@ -3,6 +3,7 @@
     python -m bench.flips             # every task size and seed of bench/quality.py (minutes)
     python -m bench.flips --report    # only print the table
     python -m bench.flips --quick     # tiny sizes, random weights: a smoke test
+    python -m bench.flips --turns     # the same for quarter turns (`quarter_turns="auto"`)
 
 For each case of the quality benchmark (task, images per class, seed; the same
 folders, 64 px and 20 % validation split as its keras-ft rows), the frozen
@@ -15,6 +16,9 @@ earlier rule decided on (flip when the mirrored validation accuracy is at most
 max(0.03, 2 / images) lower). The digit tasks' classes do not survive a mirror;
 Ising spins' and Cahn-Hilliard microstructures' do. One JSON line per case in
 `--results` (default bench/results/flips.jsonl); a rerun skips the cases it holds.
+With `--turns`, what `quarter_turns="auto"` measures and decides instead
+(`keras_ft.training.decide_quarter_turns`: the share kept on the training
+images turned a quarter), in bench/results/turns.jsonl by default.
 """
 
 from __future__ import annotations
@@ -28,15 +32,24 @@ from bench import common, quality, quality_tasks
 
 RESULTS = common.ROOT / "bench" / "results" / "flips.jsonl"
 QUICK_RESULTS = common.ROOT / "build" / "bench" / "flips-quick.jsonl"
+TURNS_RESULTS = common.ROOT / "bench" / "results" / "turns.jsonl"
+QUICK_TURNS_RESULTS = common.ROOT / "build" / "bench" / "turns-quick.jsonl"
 
 
-def measure(case: dict) -> dict:
-    """The probe's accuracy on the training and validation images and their mirror images."""
+def measure(case: dict, turns: bool = False) -> dict:
+    """The probe's accuracy on the training and validation images and their mirror images
+    (with `turns`: what `decide_quarter_turns` measures on the training images)."""
     import numpy as np
     import tensorflow as tf
 
     import keras_ft
-    from keras_ft.training import _features, decide_flip, frozen_features, split_at_features
+    from keras_ft.training import (
+        _features,
+        decide_flip,
+        decide_quarter_turns,
+        frozen_features,
+        split_at_features,
+    )
     from keras_ft.transfer import linear_probe
 
     started = time.perf_counter()
@@ -53,6 +66,9 @@ def measure(case: dict) -> dict:
     extractor = split_at_features(tuner.model)[0]
     features = frozen_features(extractor, data)
     probe = linear_probe(*features, num_classes=data.num_classes)
+    if turns:
+        decision = decide_quarter_turns(extractor, data, probe)
+        return {**decision, "seconds": round(time.perf_counter() - started, 1)}
     decision = decide_flip(extractor, data, probe)
     mirrored, labels = _features(
         extractor, data.validation.map(lambda x, y: (tf.image.flip_left_right(x), y))
@@ -75,8 +91,9 @@ def validation_rule(record: dict) -> bool:
     return informative and record["mirrored_validation_accuracy"] >= accuracy - margin
 
 
-def report(records: list[dict]) -> str:
-    """Per task size: the share kept and the two rules' decisions, seed by seed."""
+def report(records: list[dict], turns: bool = False) -> str:
+    """Per task size: the share kept and the two rules' decisions, seed by seed (with
+    `turns`: the share kept on training images turned a quarter, and the decisions)."""
     rows = []
     cases = sorted({(r["task"], r["per_class"]) for r in records})
     for task, per_class in cases:
@@ -84,6 +101,17 @@ def report(records: list[dict]) -> str:
             (r for r in records if (r["task"], r["per_class"]) == (task, per_class)),
             key=lambda r: r["seed"],
         )
+        if turns:
+            rows.append(
+                [
+                    task,
+                    per_class,
+                    ", ".join(f"{r['retained']:.2f}" for r in found),
+                    ", ".join("yes" if r["quarter_turns"] else "no" for r in found),
+                    ", ".join(str(r["seed"]) for r in found),
+                ]
+            )
+            continue
         rows.append(
             [
                 task,
@@ -98,6 +126,9 @@ def report(records: list[dict]) -> str:
                 ", ".join(str(r["seed"]) for r in found),
             ]
         )
+    if turns:
+        header = ["task", "train/class", "share kept, turned a quarter", "quarter turns", "seeds"]
+        return common.table(header, rows)
     header = [
         "task",
         "train/class",
@@ -116,9 +147,12 @@ def main(argv=None) -> None:
     parser.add_argument("--results", help=f"JSON-lines results file (default {RESULTS})")
     parser.add_argument("--data", help="task folders cache (default build/quality-data)")
     parser.add_argument("--report", action="store_true", help="only print the table")
+    parser.add_argument("--turns", action="store_true", help="quarter turns instead of flips")
     args = parser.parse_args(argv)
     quick = quality.QUICK if args.quick else None
-    results = Path(args.results or (QUICK_RESULTS if quick else RESULTS))
+    default = {(False, False): RESULTS, (False, True): QUICK_RESULTS}
+    default |= {(True, False): TURNS_RESULTS, (True, True): QUICK_TURNS_RESULTS}
+    results = Path(args.results or default[args.turns, bool(quick)])
     data = Path(args.data or common.ROOT / "build" / "quality-data")
     records = quality.load_results(results)
     if not args.report:
@@ -146,14 +180,16 @@ def main(argv=None) -> None:
                             "n_train": len(list(train_dir.glob("*/*.png"))),
                             "image_size": quick["image_size"] if quick else quality.IMAGE_SIZE,
                             "weights": weights,
-                        }
+                        },
+                        args.turns,
                     )
                     record = {**case, **measured, "weights": common.weights_label(weights)}
-                    print(f"[flips] {task} {per_class}/class seed {seed}: {measured['reason']}")
+                    label = "turns" if args.turns else "flips"
+                    print(f"[{label}] {task} {per_class}/class seed {seed}: {measured['reason']}")
                     with open(results, "a") as f:
                         f.write(json.dumps(record) + "\n")
                     records.append(record)
-    print(report(records))
+    print(report(records, args.turns))
 
 
 if __name__ == "__main__":
