@@ -207,7 +207,7 @@ def test_quality_targets_compare_on_the_seeds_both_methods_ran():
     ]
 
 
-def test_flips_benchmark_quick_mode_measures_what_flip_auto_decides(tmp_path):
+def test_flips_benchmark_quick_mode_measures_what_flip_auto_decides(tmp_path, capsys):
     """`python -m bench.flips --quick`: per case the decision `flip="auto"` takes (random
     weights; the figures mean nothing) and the earlier validation rule's, in one table;
     with `--turns`, the decision `quarter_turns="auto"` takes."""
@@ -228,10 +228,11 @@ def test_flips_benchmark_quick_mode_measures_what_flip_auto_decides(tmp_path):
     assert "| task | train/class | share kept, training images |" in done.stdout
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert "[flips]" not in again.stdout  # nothing measured twice
+    from bench import flips  # in this process: the same code, less start-up
+
     turns = tmp_path / "turns.jsonl"
-    command[command.index(str(results))] = str(turns)
-    done = subprocess.run([*command, "--turns"], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    flips.main(["--quick", "--turns", "--results", str(turns), "--data", str(tmp_path / "data")])
+    printed = capsys.readouterr().out
     for r in map(json.loads, turns.read_text().splitlines()):
-        assert r["quarter_turns"] == (r["retained"] >= 0.5) and r["reason"] in done.stdout
-    assert "| task | train/class | share kept, turned a quarter | quarter turns |" in done.stdout
+        assert r["quarter_turns"] == (r["retained"] >= 0.5) and r["reason"] in printed
+    assert "| task | train/class | share kept, turned a quarter | quarter turns |" in printed
