@@ -81,6 +81,7 @@ TODAY = (
     "--recipe",
     "none",
     "--flip",
+    "--no-quarter-turns",
     "--head-epochs",
     "10",
     "--finetune-epochs",

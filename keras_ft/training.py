@@ -761,7 +761,7 @@ def decide_quarter_turns(extractor: keras.Model, data, probe) -> dict:
     round 10; 36 cases: 12 task sizes, 3 seeds; `python -m bench.flips
     --turns`) the share was 0.03-0.23 on the digit tasks and 0.61-1.05 on
     Ising spins and Cahn-Hilliard microstructures; 0.5 lies between the
-    means (0.13 and 0.82), on the side of not turning.
+    means (0.12 and 0.85), on the side of not turning.
 
     Returns:
         A dict: `quarter_turns` (bool), `accuracy` and `turned_accuracy`,

@@ -42,6 +42,7 @@ def test_two_phases_on_one_epoch_axis(split_folders):
         head_epochs=2,
         finetune_epochs=2,
         finetune_lr=0.05,
+        recipe=None,  # no fallback: the backbone ends as phase 2 left it
         callbacks=[recorder, Snapshot()],
         verbose=0,
     )
@@ -558,7 +559,7 @@ def test_decide_quarter_turns_turns_only_when_turned_images_score_as_well(tmp_pa
     mean_colour = pooled(lambda x: ops.mean(x, (1, 2)))
     coloured = decide(mean_colour, keras_ft.ImageFolder(colours, **square))
     assert coloured["quarter_turns"] and coloured["turned_accuracy"] == 1.0
-    assert coloured["reason"].endswith("keeping 100% of its accuracy above chance (>= 60%).")
+    assert coloured["reason"].endswith("keeping 100% of its accuracy above chance (>= 50%).")
     wide = keras_ft.ImageFolder(colours, **(square | {"image_size": (32, 48)}))
     assert decide(mean_colour, wide) == {
         "quarter_turns": False,
