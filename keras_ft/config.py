@@ -394,24 +394,24 @@ class DataConfig:
         ),
     )
     quarter_turns: bool | str = option(
-        False,
+        "auto",
         help="random quarter turns (0, 90, 180 or 270 degrees) of square images, for "
         "classes that keep under any turn (textures, micrographs, aerial and microscope "
-        'images): `"auto"` decides from the data as `flip="auto"` does, from the linear '
-        "probe on training images turned a quarter (see "
-        "`keras_ft.training.decide_quarter_turns`); `True` turns always; `False` (the "
-        "default) never.",
+        'images): `"auto"` (the default) decides from the data as `flip="auto"` does, from '
+        "the linear probe on training images turned a quarter (see "
+        "`keras_ft.training.decide_quarter_turns`), so digits and text are not turned; "
+        "`True` turns always; `False` never.",
         valid=lambda value: value in (True, False, "auto"),
         expected="True, False or 'auto' (decide from quarter-turned training images)",
         switches=(
             (
                 "--auto-quarter-turns",
                 "auto",
-                "turn a quarter only if the linear probe keeps most of its accuracy on "
-                "training images turned a quarter",
+                "the default: turn by quarter turns only if the linear probe keeps most of "
+                "its accuracy on training images turned a quarter",
             ),
             ("--quarter-turns", True, "random quarter turns (textures, micrographs)"),
-            ("--no-quarter-turns", False, "the default: no quarter turns"),
+            ("--no-quarter-turns", False, "no quarter turns (digits, text, upright photos)"),
         ),
     )
     rotation: float = option(
@@ -809,10 +809,16 @@ def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
+# What a run record written before these options existed trained with: their values then,
+# not today's defaults, so that `reproduce` replays an older run as it ran.
+RECORDED_BEFORE = {"flip": True, "quarter_turns": False}
+
+
 def from_dict(cls, values: dict):
-    """Build config `cls` from `to_dict` output, ignoring unknown keys."""
+    """Build config `cls` from `to_dict` output (a run record), ignoring unknown keys; an
+    option the record lacks takes its `RECORDED_BEFORE` value, else its default."""
     names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: v for k, v in values.items() if k in names}
+    kwargs = {k: v for k, v in {**RECORDED_BEFORE, **values}.items() if k in names}
     for key in ("image_size", "dense_units"):
         if key in kwargs and kwargs[key] is not None:
             kwargs[key] = tuple(kwargs[key])

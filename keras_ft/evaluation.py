@@ -6,13 +6,11 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from keras_ft.config import RECORDED_BEFORE
 from keras_ft.distribute import predict_batch
 from keras_ft.text import printable
 
 TTA_SHIFT = 0.05  # test-time shifts: a twentieth of the width and height, both ways
-
-
-SYMMETRIES = {"flip": True, "quarter_turns": False}  # each one's default in older records
 
 
 def trained_symmetries(data_config: dict, decisions: dict) -> tuple[str, ...]:
@@ -22,8 +20,8 @@ def trained_symmetries(data_config: dict, decisions: dict) -> tuple[str, ...]:
         return ()
     return tuple(
         name
-        for name, default in SYMMETRIES.items()
-        if (value := data_config.get(name, default)) is True
+        for name in ("flip", "quarter_turns")
+        if (value := data_config.get(name, RECORDED_BEFORE[name])) is True
         or (value == "auto" and decisions.get(name, {}).get(name, False))
     )
 

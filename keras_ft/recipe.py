@@ -39,7 +39,12 @@ class AutoRecipe:
     any recipe before phase 1, from the linear probe. Deciding them after a
     phase 1 without flips, as `flip="auto"` did before, lost on Cahn-Hilliard
     10 and 30 per class (selection 0.760 and 0.835 against 0.778 and 0.853
-    with flips, seeds 0-2; candidate `c15-autoflip`). `fallback_to_probe`: over
+    with flips, seeds 0-2; candidate `c15-autoflip`). Nor are quarter turns:
+    `quarter_turns="auto"`, the data's default since round 10, decides them the
+    same way (mean selection accuracy over seeds 0-2, candidate `c17-turns`
+    against round 9's `auto`: Cahn-Hilliard 10, 30 and 100 per class +6.8,
+    +4.2 and +1.0 points; Ising 10 and 30 -0.6 and -0.1; no digit task turns,
+    bench/results/turns.jsonl). `fallback_to_probe`: over
     seeds 0-2, the benchmark's linear probe (on avg+max pooled frozen features)
     had the higher mean validation accuracy on Cahn-Hilliard 30 per class
     (0.861 against `auto`'s fine-tuned 0.807), and on single seeds elsewhere.

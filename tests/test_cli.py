@@ -386,7 +386,7 @@ def test_each_flag_sets_its_field():
     for flags, flip in (([], "auto"), (["--flip"], True), (["--no-flip"], False)):
         args = build_parser().parse_args(["train", "d", "--output", "o", *flags])
         assert _options(args, DataConfig)["flip"] is flip
-    turns = ([], False), (["--quarter-turns"], True), (["--auto-quarter-turns"], "auto")
+    turns = ([], "auto"), (["--quarter-turns"], True), (["--auto-quarter-turns"], "auto")
     for flags, value in (*turns, (["--no-quarter-turns"], False)):
         args = build_parser().parse_args(["train", "d", "--output", "o", *flags])
         assert _options(args, DataConfig)["quarter_turns"] is value

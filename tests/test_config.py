@@ -282,6 +282,16 @@ def test_from_dict_ignores_unknown_keys():
     assert from_dict(TrainingConfig, values) == TrainingConfig(head_epochs=2)
 
 
+def test_from_dict_gives_a_record_without_an_option_its_value_before_it_existed():
+    """A run recorded before quarter turns existed did not turn: `reproduce` must not
+    decide them anew (today's default, "auto", could)."""
+    older = from_dict(DataConfig, {"directory": "d", "flip": "auto"})
+    assert (older.quarter_turns, older.flip) == (False, "auto")
+    assert from_dict(DataConfig, {"directory": "d"}).flip is True
+    recorded = from_dict(DataConfig, {"directory": "d", "quarter_turns": "auto"})
+    assert recorded.quarter_turns == "auto" == DataConfig("d").quarter_turns
+
+
 def test_from_dict_validates():
     values = to_dict(DataConfig(directory="d")) | {"batch_size": 0}
     with pytest.raises(KerasFTError, match="`batch_size`"):
