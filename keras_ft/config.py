@@ -675,6 +675,24 @@ class TrainingConfig:
         cli_help="phase 2: the lowest unfrozen layer trains at --finetune-lr / RATIO, rising "
         "layer by layer to --finetune-lr at the top",
     )
+    gradual_unfreeze: int = option(
+        0,
+        help="ULMFiT's gradual unfreezing (Howard and Ruder 2018) in phase 2: the unfrozen "
+        "backbone layers that have weights are split, in depth order, into this many groups "
+        "of about equal size (`keras_ft.training.unfreeze_groups`); the head and the top "
+        "group train from phase 2's first epoch, and at each following epoch the next group "
+        "below joins, so that all train from epoch `gradual_unfreeze` of phase 2. A layer "
+        "waiting its turn keeps its weights (no step, no weight decay; its gradient is "
+        "still computed). 0 or 1: all at once.",
+        valid=Range(0, integer=True),
+        expected="an int >= 0: how many groups of backbone layers join phase 2, one epoch "
+        "apart (0: all at once)",
+        fix="ULMFiT adds one layer group per epoch; for VGG16 from block 1, 5 is a group "
+        "per block.",
+        metavar="GROUPS",
+        cli_help="phase 2: unfreeze the backbone in GROUPS groups, the top one first and one "
+        "more each epoch (ULMFiT's gradual unfreezing)",
+    )
     head_augment: bool = option(
         True,
         help="False trains phase 1 on the features of the unaugmented training images, "
@@ -772,6 +790,13 @@ class TrainingConfig:
             "warmup_epochs",
             f"an int from 0 to finetune_epochs ({self.finetune_epochs})",
             self.warmup_epochs,
+        )
+        check(
+            self.gradual_unfreeze <= max(1, self.finetune_epochs),
+            "gradual_unfreeze",
+            f"an int from 0 to finetune_epochs ({self.finetune_epochs}): one group joins "
+            "phase 2 per epoch, and each must have its turn",
+            self.gradual_unfreeze,
         )
         check(
             self.warmup_epochs == 0 or self.finetune_schedule == "cosine",

@@ -85,35 +85,54 @@ class SparseSmoothedCrossentropy(keras.losses.Loss):
 
 @keras.saving.register_keras_serializable(package="keras_ft")
 class LayerwiseSGD(keras.optimizers.SGD):
-    """SGD (with momentum) whose learning rate is multiplied per variable.
+    """SGD (with momentum) whose learning rate is multiplied per variable, and
+    whose variables may start training late.
 
     Keras's SGD update is linear in `learning_rate * gradient`, so this is
     what scaling each variable's gradient would do, and exactly per-variable
     learning rates: a variable with multiplier s trains as plain SGD at
-    `s * learning_rate` would (up to float rounding of the product).
+    `s * learning_rate` would (up to float rounding of the product). A variable
+    with a start step takes no step before the optimizer's iteration reaches it
+    (counted from 0): its momentum stays 0 and its weights are kept bitwise,
+    as if frozen (gradual unfreezing). Decoupled weight decay, as Keras's SGD
+    applies it, is applied here per variable: from its start step, at the
+    step's learning rate (not scaled by the multiplier).
 
     Args:
         multipliers: `{variable path: multiplier}`; unnamed variables keep 1.
+        starts: `{variable path: first step}`; unnamed variables start at 0.
         **kwargs: `keras.optimizers.SGD` arguments.
     """
 
-    def __init__(self, multipliers=None, **kwargs):
+    def __init__(self, multipliers=None, starts=None, **kwargs):
         super().__init__(**kwargs)
         self.multipliers = dict(multipliers or {})
+        self.starts = dict(starts or {})
 
     def build(self, variables):
         # The backend hands `update_step` raw variables without paths: key by index.
         self._scales = [self.multipliers.get(v.path, 1.0) for v in variables]
+        self._starts = [self.starts.get(v.path, 0) for v in variables]
         super().build(variables)
 
+    def _apply_weight_decay(self, variables):
+        pass  # in `update_step`, where each variable's start is known
+
     def update_step(self, gradient, variable, learning_rate):
-        scale = self._scales[self._get_variable_index(variable)]
-        if scale != 1.0:
-            learning_rate = keras.ops.multiply(learning_rate, scale)
+        index = self._get_variable_index(variable)
+        if self._starts[index]:
+            started = keras.ops.greater_equal(self.iterations, self._starts[index])
+            learning_rate = keras.ops.where(started, learning_rate, 0.0)
+        if self.weight_decay is not None and self._use_weight_decay(variable):
+            rate = keras.ops.cast(learning_rate, variable.dtype)
+            decay = keras.ops.cast(self.weight_decay, variable.dtype)
+            self.assign_sub(variable, variable * decay * rate)  # as Keras's SGD
+        if self._scales[index] != 1.0:
+            learning_rate = keras.ops.multiply(learning_rate, self._scales[index])
         super().update_step(gradient, variable, learning_rate)
 
     def get_config(self):
-        return {**super().get_config(), "multipliers": self.multipliers}
+        return {**super().get_config(), "multipliers": self.multipliers, "starts": self.starts}
 
 
 def layer_multipliers(model: keras.Model, ratio: float) -> dict[str, float]:
@@ -133,6 +152,36 @@ def layer_multipliers(model: keras.Model, ratio: float) -> dict[str, float]:
         for variable in layer.trainable_weights:
             multipliers[variable.path] = float(ratio ** (depth - 1.0))
     return multipliers
+
+
+def unfreeze_groups(model: keras.Model, groups: int) -> list[list[keras.layers.Layer]]:
+    """Gradual unfreezing's groups: the backbone's trainable layers, top first, in
+    `groups` runs of consecutive layers of about equal size (the larger runs at
+    the top; at most one group per layer, and 0 is one group).
+
+    For VGG16 unfrozen from block 1, 5 groups are its 5 blocks.
+    """
+    layers = [layer for layer in backbone_of(model).layers if layer.trainable_weights][::-1]
+    if not layers:
+        return []
+    parts = np.array_split(np.arange(len(layers)), min(max(groups, 1), len(layers)))
+    return [[layers[i] for i in part] for part in parts]
+
+
+def layer_starts(model: keras.Model, groups: int, steps_per_epoch: int) -> dict[str, int]:
+    """`LayerwiseSGD`'s starts for gradual unfreezing: group g of `unfreeze_groups`
+    (0 at the top) starts at phase 2's epoch g, step `g * steps_per_epoch`.
+
+    Returns:
+        `{variable path: first step}` for the variables that start after step 0.
+    """
+    return {
+        variable.path: g * steps_per_epoch
+        for g, group in enumerate(unfreeze_groups(model, groups))
+        for layer in group
+        for variable in layer.trainable_weights
+        if g
+    }
 
 
 def finetune_learning_rate(config: TrainingConfig, steps_per_epoch: int):
@@ -169,6 +218,13 @@ def class_weights(config: TrainingConfig, data) -> dict[int, float] | None:
     return {i: float(config.class_weight.get(name, 1.0)) for i, name in enumerate(data.class_names)}
 
 
+def gradual_plan(groups: list[list[keras.layers.Layer]]) -> str:
+    """What gradual unfreezing trains at each epoch of phase 2, in one line."""
+    names = [g[0].name if len(g) == 1 else f"{g[-1].name}-{g[0].name}" for g in groups]
+    later = "".join(f"; epoch {i} adds {name}" for i, name in enumerate(names[1:], 2))
+    return f"gradual unfreezing: phase 2's epoch 1 trains the head and {names[0]}{later}."
+
+
 def compile_for_phase(
     model: keras.Model,
     phase: str,
@@ -179,9 +235,11 @@ def compile_for_phase(
 ) -> None:
     """Compile `model` for `phase`: Adam at `head_lr`, or SGD momentum for fine-tuning.
 
-    With `config.discriminative_lr` > 1, fine-tuning uses `LayerwiseSGD` with
-    `layer_multipliers`: lower backbone layers train at lower rates.
-    `learning_rate` replaces the configured rate and schedule (the range test's sweep).
+    With `config.discriminative_lr` > 1 or `config.gradual_unfreeze` > 1,
+    fine-tuning uses `LayerwiseSGD`: with `layer_multipliers` (lower backbone
+    layers train at lower rates) and `layer_starts` (lower groups join later).
+    `learning_rate` replaces the configured rate and schedule (the range test's
+    sweep, in which every unfrozen layer trains from the first step).
     """
     if phase == "head":
         optimizer = keras.optimizers.Adam(learning_rate=learning_rate or config.head_lr)
@@ -192,8 +250,11 @@ def compile_for_phase(
             momentum=config.momentum,
             weight_decay=config.weight_decay or None,  # None: Keras skips the decay step
         )
-        if config.discriminative_lr > 1.0:
-            optimizer = LayerwiseSGD(layer_multipliers(model, config.discriminative_lr), **sgd)
+        ratio, groups = config.discriminative_lr, config.gradual_unfreeze
+        multipliers = layer_multipliers(model, ratio) if ratio > 1.0 else {}
+        starts = {} if learning_rate else layer_starts(model, groups, steps_per_epoch)
+        if multipliers or starts:
+            optimizer = LayerwiseSGD(multipliers, starts, **sgd)
         else:
             optimizer = keras.optimizers.SGD(**sgd)
     if config.label_smoothing:
@@ -460,6 +521,9 @@ def fit_two_phase(
             unfreeze_backbone(model, config.unfreeze)
             trained = model
         compile_for_phase(trained, phase, config, data.num_classes, steps)
+        groups = unfreeze_groups(model, config.gradual_unfreeze) if phase != "head" else []
+        if len(groups) > 1 and first < end and verbose != 0:
+            print(gradual_plan(groups))
         if state:  # resuming: the optimizer state only carries over within its phase
             if state["phase"] == phase and first > start:
                 _restore_optimizer(state, trained)
