@@ -289,7 +289,7 @@ def test_training_options_reach_the_run_record(tmp_path, capsys):
     options = (
         "--batch-size 4 --head-epochs 1 --finetune-epochs 2 --class-weight cat=2,dog=1 "
         "--label-smoothing 0.1 --finetune-schedule cosine --warmup-epochs 1 "
-        "--early-stopping 3 --weight-decay 1e-3"
+        "--early-stopping 3 --weight-decay 1e-3 --gradual-unfreeze 2"
     ).split()
     result = run_here(capsys, "train", tmp_path / "data", *TINY_TRAIN, *options, "--output", output)
     assert result.returncode == 0, result.stderr
@@ -299,7 +299,7 @@ def test_training_options_reach_the_run_record(tmp_path, capsys):
     assert training["class_weight"] == {"cat": 2.0, "dog": 1.0}
     assert (training["label_smoothing"], training["finetune_schedule"]) == (0.1, "cosine")
     assert (training["warmup_epochs"], training["early_stopping"]) == (1, 3)
-    assert training["weight_decay"] == 1e-3
+    assert (training["weight_decay"], training["gradual_unfreeze"]) == (1e-3, 2)
 
 
 def test_bad_comma_separated_values_are_usage_errors(capsys):

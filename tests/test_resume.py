@@ -10,10 +10,11 @@ import pytest
 from conftest import TINY_TRAIN, main_cli, run_cli, write_folder
 
 # Augmentation off, and on with the options decided or drawn during training (the flips,
-# and with --recipe auto the model kept after phase 2 from the weights it started from).
+# and with --recipe auto the model kept after phase 2 from the weights it started from);
+# with gradual unfreezing, whose lower group joins at the first epoch after the phase-2 kill.
 VARIANTS = {
     "no-augment": ["--no-augment"],
-    "adaptive": "--auto-flip --translation 0.1 --recipe auto".split(),
+    "adaptive": "--auto-flip --translation 0.1 --recipe auto --gradual-unfreeze 2".split(),
 }
 
 

@@ -644,6 +644,82 @@ def test_layerwise_sgd_is_plain_sgd_at_each_variables_scaled_rate():
     assert LayerwiseSGD.from_config(config).multipliers == low
 
 
+def test_layerwise_sgd_keeps_a_variable_bitwise_until_its_start_step():
+    """Before its start a variable takes no step and no weight decay; from it on, it
+    trains as a plain SGD started then. The other variables train as plain SGD with
+    the same weight decay, which `LayerwiseSGD` applies itself."""
+    from keras_ft.training import LayerwiseSGD
+
+    init = keras.initializers.GlorotUniform(seed=3)
+    low, top = (keras.layers.Dense(3, kernel_initializer=init) for _ in range(2))
+    low.build((None, 4)), top.build((None, 4))
+    low_start = [w.numpy() for w in low.trainable_weights]
+    starts = {v.path: 5 for v in low.trainable_weights}
+    sgd = dict(learning_rate=0.05, momentum=0.9, weight_decay=0.1)
+    optimizer = LayerwiseSGD(starts=starts, **sgd)
+    plain_low, plain_top = keras.optimizers.SGD(**sgd), keras.optimizers.SGD(**sgd)
+    mirror_low, mirror_top = ([tf.Variable(w) for w in layer.get_weights()] for layer in (low, top))
+    rng = np.random.default_rng(0)
+    for step in range(12):
+        grads = [tf.constant(rng.normal(size=w.shape), "float32") for w in low_start * 2]
+        optimizer.apply(grads, low.trainable_weights + top.trainable_weights)
+        plain_top.apply(grads[2:], mirror_top)
+        if step >= 5:
+            plain_low.apply(grads[:2], mirror_low)
+        if step == 4:  # five steps: the low layer has not moved, its momentum is 0
+            for weight, start in zip(low.get_weights(), low_start, strict=True):
+                np.testing.assert_array_equal(weight, start)
+    for mine, theirs in zip(
+        low.get_weights() + top.get_weights(), mirror_low + mirror_top, strict=True
+    ):
+        np.testing.assert_allclose(mine, theirs.numpy(), rtol=1e-6, atol=1e-7)
+    assert np.abs(low.get_weights()[0] - low_start[0]).min() > 0  # it did train, then
+    assert LayerwiseSGD.from_config(optimizer.get_config()).starts == starts
+
+
+def test_gradual_unfreeze_adds_one_group_per_epoch_from_the_top(split_folders, capsys):
+    from keras_ft.model import backbone_of, unfreeze_backbone
+    from keras_ft.training import unfreeze_groups
+
+    train, _ = split_folders
+
+    class Kernels(keras.callbacks.Callback):  # the backbone's, at each epoch's end
+        def on_epoch_end(self, epoch, logs=None):
+            backbone = backbone_of(tuner.model)
+            kernels.append([backbone.get_layer(n).kernel.numpy() for n in ("conv_a", "conv_b")])
+
+    runs = []
+    for _ in range(2):
+        kernels = []
+        data = keras_ft.ImageFolder(train, image_size=32, batch_size=8, validation_split=0.25)
+        tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+        options = dict(head_epochs=1, finetune_epochs=3, gradual_unfreeze=2, weight_decay=0.01)
+        tuner.fit(data, recipe=None, callbacks=[Kernels()], head_augment=False, **options)
+        runs.append(kernels)
+    (before, first, second, third), again = runs
+    np.testing.assert_array_equal(first[0], before[0])  # conv_a waits for phase 2's epoch 2
+    assert not np.array_equal(first[1], before[1])  # conv_b, the top group, trains from 1
+    assert not np.array_equal(second[0], first[0])
+    for ours, theirs in zip(sum(runs[0], []), sum(again, []), strict=True):  # bitwise replay
+        np.testing.assert_array_equal(ours, theirs)
+    printed = capsys.readouterr().out
+    assert (
+        "gradual unfreezing: phase 2's epoch 1 trains the head and conv_b; epoch 2 adds conv_a."
+        in printed
+    )
+    # VGG16 from block 1 in 5 groups: its blocks, the top first.
+    vgg = keras_ft.FineTuner("vgg16", weights=None).build((32, 32), 2)
+    unfreeze_backbone(vgg, "all")
+    groups = [[layer.name for layer in group] for group in unfreeze_groups(vgg, 5)]
+    assert [g[-1] for g in groups] == [f"block{b}_conv1" for b in (5, 4, 3, 2, 1)]
+    assert [len(g) for g in groups] == [3, 3, 3, 2, 2]
+    with pytest.raises(
+        keras_ft.KerasFTError,
+        match=r"Invalid `gradual_unfreeze`: expected an int from 0 to finetune_epochs \(3\)",
+    ):
+        TrainingConfig(finetune_epochs=3, gradual_unfreeze=4)
+
+
 def test_discriminative_lr_spaces_rates_by_depth_and_replays_bitwise(split_folders):
     from keras_ft.training import LayerwiseSGD, layer_multipliers
 
