@@ -220,6 +220,8 @@ def class_weights(config: TrainingConfig, data) -> dict[int, float] | None:
 
 def gradual_plan(groups: list[list[keras.layers.Layer]]) -> str:
     """What gradual unfreezing trains at each epoch of phase 2, in one line."""
+    if not groups:
+        return "gradual unfreezing: no backbone layer trains in phase 2."
     names = [g[0].name if len(g) == 1 else f"{g[-1].name}-{g[0].name}" for g in groups]
     later = "".join(f"; epoch {i} adds {name}" for i, name in enumerate(names[1:], 2))
     return f"gradual unfreezing: phase 2's epoch 1 trains the head and {names[0]}{later}."
@@ -252,7 +254,8 @@ def compile_for_phase(
         )
         ratio, groups = config.discriminative_lr, config.gradual_unfreeze
         multipliers = layer_multipliers(model, ratio) if ratio > 1.0 else {}
-        starts = {} if learning_rate else layer_starts(model, groups, steps_per_epoch)
+        gradual = groups > 1 and not learning_rate
+        starts = layer_starts(model, groups, steps_per_epoch) if gradual else {}
         if multipliers or starts:
             optimizer = LayerwiseSGD(multipliers, starts, **sgd)
         else:
@@ -521,9 +524,8 @@ def fit_two_phase(
             unfreeze_backbone(model, config.unfreeze)
             trained = model
         compile_for_phase(trained, phase, config, data.num_classes, steps)
-        groups = unfreeze_groups(model, config.gradual_unfreeze) if phase != "head" else []
-        if len(groups) > 1 and first < end and verbose != 0:
-            print(gradual_plan(groups))
+        if phase != "head" and config.gradual_unfreeze > 1 and first < end and verbose != 0:
+            print(gradual_plan(unfreeze_groups(model, config.gradual_unfreeze)))
         if state:  # resuming: the optimizer state only carries over within its phase
             if state["phase"] == phase and first > start:
                 _restore_optimizer(state, trained)
