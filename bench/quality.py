@@ -218,8 +218,6 @@ METHODS = {
     # Round 10: random quarter turns, decided from the data as flips are (`--auto-quarter-
     # turns`): Ising spins and Cahn-Hilliard microstructures keep their class under a turn.
     "c17-turns": Method("keras-ft", ("--recipe", "auto", "--auto-quarter-turns")),
-    # ULMFiT's gradual unfreezing: VGG16's blocks join phase 2 one epoch apart, the top first.
-    "c18-gradual": Method("keras-ft", ("--recipe", "auto", "--gradual-unfreeze", "5")),
 }
 DEFAULT_METHODS = ("probe", "guide", "auto", "today")
 GUIDE_EPOCHS = (3, 2)
