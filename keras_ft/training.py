@@ -135,6 +135,12 @@ class LayerwiseSGD(keras.optimizers.SGD):
         return {**super().get_config(), "multipliers": self.multipliers, "starts": self.starts}
 
 
+def trainable_backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The backbone's layers that phase 2 trains (those with trainable weights), in depth
+    order."""
+    return [layer for layer in backbone_of(model).layers if layer.trainable_weights]
+
+
 def layer_multipliers(model: keras.Model, ratio: float) -> dict[str, float]:
     """Discriminative learning rates: lower multipliers for lower trainable backbone layers.
 
@@ -145,7 +151,7 @@ def layer_multipliers(model: keras.Model, ratio: float) -> dict[str, float]:
     Returns:
         `{variable path: multiplier}` for the backbone's trainable variables.
     """
-    layers = [layer for layer in backbone_of(model).layers if layer.trainable_weights]
+    layers = trainable_backbone_layers(model)
     multipliers = {}
     for i, layer in enumerate(layers):
         depth = i / (len(layers) - 1) if len(layers) > 1 else 1.0
@@ -161,7 +167,7 @@ def unfreeze_groups(model: keras.Model, groups: int) -> list[list[keras.layers.L
 
     For VGG16 unfrozen from block 1, 5 groups are its 5 blocks.
     """
-    layers = [layer for layer in backbone_of(model).layers if layer.trainable_weights][::-1]
+    layers = trainable_backbone_layers(model)[::-1]
     if not layers:
         return []
     parts = np.array_split(np.arange(len(layers)), min(max(groups, 1), len(layers)))
@@ -170,7 +176,8 @@ def unfreeze_groups(model: keras.Model, groups: int) -> list[list[keras.layers.L
 
 def layer_starts(model: keras.Model, groups: int, steps_per_epoch: int) -> dict[str, int]:
     """`LayerwiseSGD`'s starts for gradual unfreezing: group g of `unfreeze_groups`
-    (0 at the top) starts at phase 2's epoch g, step `g * steps_per_epoch`.
+    (0 at the top) starts at step `g * steps_per_epoch`, the first step of phase 2's
+    epoch g + 1.
 
     Returns:
         `{variable path: first step}` for the variables that start after step 0.
