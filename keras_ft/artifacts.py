@@ -47,6 +47,7 @@ from keras_ft.manifest import (
     short_json,
 )
 from keras_ft.manifest import signing_key as _signing_key
+from keras_ft.output import check_output
 from keras_ft.report import write_report
 from keras_ft.reproducibility import environment, fingerprint, guarantee, weights_sha256
 
@@ -130,6 +131,8 @@ def save_run(tuner, path, overwrite: bool = False, signing_key=None) -> str:
             f"Run directory '{path}' already exists. Choose another --output, or pass "
             "overwrite=True (--overwrite) to replace it."
         )
+    if target.exists():
+        check_output(path, overwrite=True)  # only a folder keras_ft wrote, nothing else in it
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_siblings(target)
     staging = _sibling(target, "partial")
@@ -196,13 +199,27 @@ def _sibling(target: Path, kind: str) -> Path:
 
 
 def _remove_stale_siblings(target: Path) -> None:
-    """Delete what saves of `target` killed mid-way left: siblings of processes now gone."""
+    """Delete what saves of `target` killed mid-way left: siblings of processes now gone.
+
+    Only names `_sibling` writes (`.NAME.partial-PID-HEX8`, `.NAME.old-PID-HEX8`)
+    are candidates; anything else beside `target` is left alone.
+    """
+    ours = re.compile(rf"\.{re.escape(target.name)}\.(partial|old)-(\d+)-[0-9a-f]{{8}}")
     for sibling in target.parent.glob(f".{glob.escape(target.name)}.*-*"):
-        kind, _, rest = sibling.name[len(target.name) + 2 :].partition("-")
-        pid = rest.split("-")[0]
-        if kind not in ("partial", "old") or (pid.isdigit() and _alive(int(pid))):
-            continue
-        shutil.rmtree(sibling, ignore_errors=True)
+        match = ours.fullmatch(sibling.name)
+        if match and not sibling.is_symlink() and not _alive(int(match.group(2))):
+            _remove(sibling)
+
+
+def _remove(folder: Path) -> None:
+    """Delete a folder keras_ft wrote; a failure is a warning naming it, never silent."""
+    try:
+        shutil.rmtree(folder)
+    except OSError as error:
+        warnings.warn(
+            f"Could not remove '{folder}' ({error.strerror or error}); delete it by hand.",
+            stacklevel=3,
+        )
 
 
 def _alive(pid: int) -> bool:
@@ -245,7 +262,7 @@ def _replace(staging: Path, target: Path) -> None:
         os.replace(staging, target)
         return
     if _exchange(staging, target):
-        shutil.rmtree(staging, ignore_errors=True)  # it now holds the previous run
+        _remove(staging)  # it now holds the previous run
         return
     old = _sibling(target, "old")
     os.replace(target, old)
@@ -254,7 +271,7 @@ def _replace(staging: Path, target: Path) -> None:
     except BaseException:
         os.replace(old, target)  # put the previous run back
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    _remove(old)
 
 
 def run_record(tuner) -> dict:

@@ -380,16 +380,12 @@ def _add_lr_find(commands) -> None:
 
 
 def lr_find(args) -> int:
-    from pathlib import Path
-
-    from keras_ft import KerasFTError
     from keras_ft.backbones import get_backbone
+    from keras_ft.output import check_output_file
+    from keras_ft.text import printable
 
-    output = Path(args.output)
-    if output.exists() and not args.overwrite:
-        raise KerasFTError(
-            f"'{output}' already exists. Choose another --output, or pass --overwrite."
-        )
+    data_dirs = (args.data_dir, args.test_dir)
+    output = check_output_file(args.output, ".png", data_dirs, args.overwrite)
     spec = get_backbone(args.backbone)
     tuner = _fine_tuner(args, _training(args, strategy="none"))
     data = _image_folder(args, spec)
@@ -401,13 +397,14 @@ def lr_find(args) -> int:
         end_lr=args.end_lr,
         verbose=0 if args.quiet else "auto",
     )
+    output.parent.mkdir(parents=True, exist_ok=True)
     result.plot(output)
     name = "--head-lr" if args.phase == "head" else "--finetune-lr"
     last = result.learning_rates[-1]
     print(f"swept {len(result.losses)} steps, learning rate {args.start_lr:g} to {last:.3g}")
     print(f"steepest descent: {result.steepest:.3g}")
     print(f"suggested {name}: {result.suggestion:.3g} (a tenth of the rate at the lowest loss)")
-    print(f"plot: {output}")
+    print(printable(f"plot: {args.output}"))
     return 0
 
 
@@ -509,8 +506,8 @@ def train(args) -> int:
             f"validation, {len(data.test_files)} test",
         )
         checkpoints = checkpoint_dir(output)
-        if state == "replace" and distribution.is_chief:  # everything checked: now clear
-            shutil.rmtree(checkpoints, ignore_errors=True)
+        if state == "replace" and distribution.is_chief and checkpoints.exists():
+            shutil.rmtree(checkpoints)  # checked: a folder of keras_ft's checkpoints, no link
         tuner.fit(
             data,
             **_given(args),
@@ -691,9 +688,10 @@ def export(args) -> int:
 
 def explain(args) -> int:
     from keras_ft.explain import explain as explain_images
+    from keras_ft.text import printable
 
     for path in explain_images(args.run_dir, args.images, args.output, signing_key=_key(args)):
-        print(f"wrote {path}")
+        print(printable(f"wrote {path}"))
     return 0
 
 
@@ -719,6 +717,7 @@ def scan(args) -> int:
 
 def rank(args) -> int:
     from keras_ft.ranking import rank as rank_candidates
+    from keras_ft.text import printable
 
     layers = args.layers
     if layers is not None and len(layers) == 1 and layers[0] in ("auto", "all"):
@@ -738,7 +737,7 @@ def rank(args) -> int:
     )
     print(result.table())
     for path in result.files:
-        print(f"wrote {path}")
+        print(printable(f"wrote {path}"))
     return 0
 
 

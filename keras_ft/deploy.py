@@ -37,6 +37,7 @@ import numpy as np
 
 from keras_ft import __version__
 from keras_ft.errors import KerasFTError
+from keras_ft.output import check_destination
 
 FORMATS = ("saved_model", "litert", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
@@ -145,6 +146,7 @@ def export(
         An `ExportResult`; `result.passed` says whether every parity target was met.
     """
     check_options(format, quantize)
+    check_destination(output, "OUTPUT", (test_dir, calibration_dir), (run_dir,))
     if format == "saved_model":
         from keras_ft.artifacts import export_for_serving
 

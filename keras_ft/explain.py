@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from keras_ft.errors import KerasFTError
 from keras_ft.model import backbone_of
+from keras_ft.output import check_destination
 
 PLOTS_EXTRA = 'pip install "keras-ft[plots]"'
 
@@ -164,6 +165,7 @@ def explain(run_dir, images, output, top_k: int = 3, signing_key=None) -> list[P
 
     if _matplotlib_figure() is None:
         raise KerasFTError(f"Drawing Grad-CAM figures needs matplotlib: {PLOTS_EXTRA}.")
+    check_destination(output, "--output", run_dirs=(run_dir,))
     predictor = load(run_dir, signing_key=signing_key)
     explainer = GradCAM(predictor.model)
     output = Path(output)

@@ -49,15 +49,15 @@ def is_class_list(value) -> bool:
     )
 
 
-def _is_hashes(value) -> bool:
+def is_hashes(value) -> bool:
     return isinstance(value, dict) and all(_is_sha256(v) for v in value.values())
 
 
 def _is_data_files(value) -> bool:
     return (
         isinstance(value, dict)
-        and _is_hashes(value.get("train"))
-        and (value.get("test") is None or _is_hashes(value["test"]))
+        and is_hashes(value.get("train"))
+        and (value.get("test") is None or is_hashes(value["test"]))
     )
 
 
@@ -98,7 +98,7 @@ RECORD_SCHEMA = {
     "advice": (_instance(list), "a list", False),
     "decisions": (_instance(dict), "an object", False),
     "recipe": (_optional(_instance(dict)), "an object or null", False),
-    "manifest": (_is_hashes, "an object of SHA-256s by relative path", True),
+    "manifest": (is_hashes, "an object of SHA-256s by relative path", True),
     "signature": (_is_sha256, "an HMAC-SHA256 (64 lowercase hex digits)", False),
 }
 
@@ -191,7 +191,11 @@ def file_manifest(run_dir) -> dict[str, str]:
     root = Path(run_dir)
     hashes = {}
     for folder, dirs, files in os.walk(root):  # does not descend into linked folders
-        if Path(folder) == root and TRAINING_STATE in dirs:
+        if (
+            Path(folder) == root
+            and TRAINING_STATE in dirs
+            and not os.path.islink(root / TRAINING_STATE)
+        ):
             dirs.remove(TRAINING_STATE)  # a new run's checkpoints, while it trains here
         dirs.sort()
         for name in sorted(dirs + files):

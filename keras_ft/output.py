@@ -1,9 +1,14 @@
-"""The output folder of `train` and `tune`: what may be replaced, the lock, writability.
+"""Where keras_ft writes: what may be replaced, the lock, writability.
 
-A user's files are never lost to `--overwrite`: only a folder that keras_ft
-wrote (a run or a search directory) may be replaced, and an output that is,
-holds or lies inside the data is refused outright. Everything here runs before
-the data is read, and nothing here deletes anything.
+A user's files are never lost. `--overwrite` replaces only a folder keras_ft
+provably wrote: its record parses as keras_ft's own (a run's `run.json` with
+its format and version keys and manifest, a search's `search.json` or
+`trials.json`, an interrupted run's checkpoint state), and every file in it is
+one that record lists or a checkpoint keras_ft writes. Every command that
+writes refuses an output that is, holds or lies inside the data, or that lies
+inside a run directory (it would break the run's manifest). Symbolic links
+inside an output are refused by name, never followed. Everything here runs
+before the data is read, and nothing here deletes anything.
 
 An `--output` that is a symbolic link to a folder is followed: the run is
 written into the link's target, and the link is left as it was.
@@ -13,49 +18,173 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import os
+import re
+import stat
 import tempfile
 from pathlib import Path
 
 from keras_ft.errors import KerasFTError
-from keras_ft.manifest import CHECKPOINT_STATE, TRAINING_STATE
+from keras_ft.manifest import CHECKPOINT_STATE, TRAINING_STATE, is_hashes
 
 INTERRUPTED = f"{TRAINING_STATE}/{CHECKPOINT_STATE}"  # an interrupted run's last checkpoint
-# Files at the top of a folder that mark it as keras_ft's own output.
+# What training writes into `checkpoints/` (see `training.Checkpoint`), partial files
+# included, and the TensorBoard event files of `checkpoints/logs/`.
+_CHECKPOINT_NAME = r"(state\.json|epoch-\d{4,}\.npz|phase2-start\.npz)"
+_CHECKPOINT_FILE = re.compile(rf"{_CHECKPOINT_NAME}|\.{_CHECKPOINT_NAME}\.partial")
+_EVENTS_FILE = re.compile(r"events\.out\.tfevents\..+")
+_CHECKPOINT_KEYS = ("phase", "epoch", "file", "signature")
+# What `tune` writes at the top of a search directory; its best run is `best/`.
+_SEARCH_FILES = ("search.json", "trials.json", "trials.csv")
+_SEARCH_KEYS = ("objective", "search", "trials_run", "best")
+_TRIAL_KEYS = ("trial", "status")
+_LIST_LIMIT = 5
+
+
+def _read_json(path: Path):
+    """`path` parsed, or None where it is not a regular file holding JSON."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def run_record(folder) -> dict | None:
+    """`folder/run.json` if it is keras_ft's (format and version keys, a manifest), else None."""
+    record = _read_json(Path(folder) / "run.json")
+    if not isinstance(record, dict) or not isinstance(record.get("keras_ft_version"), str):
+        return None
+    version = record.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        return None
+    return record if is_hashes(record.get("manifest")) else None
+
+
+def _has_checkpoint(folder: Path) -> bool:
+    """Whether `folder` holds the state file of a checkpoint keras_ft wrote."""
+    state = _read_json(folder / INTERRUPTED)
+    return isinstance(state, dict) and all(key in state for key in _CHECKPOINT_KEYS)
+
+
+def _is_search(folder: Path) -> bool:
+    """Whether `folder` holds a search's `search.json`, or the `trials.json` of one under way."""
+    summary = _read_json(folder / "search.json")
+    if isinstance(summary, dict) and all(key in summary for key in _SEARCH_KEYS):
+        return True
+    rows = _read_json(folder / "trials.json")
+    return (
+        isinstance(rows, list)
+        and len(rows) > 0
+        and all(isinstance(row, dict) and all(k in row for k in _TRIAL_KEYS) for row in rows)
+    )
+
+
+def _written_files(folder: Path) -> tuple[str | None, set[str]]:
+    """What keras_ft wrote `folder` as (or None), and the files its record lists there."""
+    record = run_record(folder)
+    if record is not None:
+        return "run", {"run.json", *record["manifest"]}
+    if _is_search(folder):
+        files = {*_SEARCH_FILES, *(f".{name}.partial" for name in _SEARCH_FILES)}
+        best = run_record(folder / "best")
+        if best is not None and not (folder / "best").is_symlink():
+            files |= {f"best/{path}" for path in ("run.json", *best["manifest"])}
+        return "search", files
+    if _has_checkpoint(folder):
+        return "interrupted run", set()
+    return None, set()
+
+
+def keras_ft_contents(folder) -> tuple[str | None, list[str]]:
+    """What keras_ft wrote `folder` as, and the entries in it that keras_ft did not write.
+
+    Args:
+        folder: an existing folder.
+
+    Returns:
+        `(kind, foreign)`: kind is `"run"`, `"search"`, `"interrupted run"`
+        or `None` (not keras_ft's); foreign lists the relative paths, sorted,
+        of every file, folder or symbolic link that keras_ft did not write
+        (folders end in `/`; a folder's contents are not listed).
+    """
+    folder = Path(folder)
+    kind, files = _written_files(folder)
+    folders = {path.rsplit("/", n)[0] for path in files for n in range(1, path.count("/") + 1)}
+    folders |= {TRAINING_STATE, "saved_model/assets", "best/saved_model/assets"}
+    foreign = []
+    for parent, dirs, names in os.walk(folder):  # never descends into a linked folder
+        base = Path(parent).relative_to(folder).as_posix() + "/"
+        base = "" if base == "./" else base
+        kept = []
+        for name in sorted(dirs + names):
+            relpath, path = base + name, Path(parent) / name
+            mode = os.lstat(path).st_mode
+            if stat.S_ISLNK(mode):
+                foreign.append(f"{relpath} (a symbolic link)")
+            elif stat.S_ISDIR(mode):
+                if relpath in folders or relpath.startswith(f"{TRAINING_STATE}/logs"):
+                    kept.append(name)
+                else:
+                    foreign.append(relpath + "/")
+            elif not stat.S_ISREG(mode) or not _written(relpath, files):
+                foreign.append(relpath)
+        dirs[:] = kept
+    return kind, sorted(foreign)
+
+
+def _written(relpath: str, files: set[str]) -> bool:
+    """Whether keras_ft writes the file at `relpath` (`files`: what the record lists)."""
+    parts = relpath.split("/")
+    if parts[0] != TRAINING_STATE:
+        return relpath in files
+    if len(parts) == 2:
+        return _CHECKPOINT_FILE.fullmatch(parts[1]) is not None
+    return parts[1] == "logs" and _EVENTS_FILE.fullmatch(parts[-1]) is not None
+
+
+# Files at the top of a folder that mark it as keras_ft's output, for `scan`: a folder
+# inside the data that holds one is left out of the classes. The name alone decides
+# there (leaving a folder out loses nothing); it never decides what may be deleted.
 MARKERS = ("run.json", INTERRUPTED, "trials.json", "search.json")
 
 
 def keras_ft_marker(folder: Path) -> str | None:
-    """The first of `MARKERS` found in `folder`, or `None` for any other folder."""
-    return next((m for m in MARKERS if (folder / m).is_file()), None)
+    """The first of `MARKERS` found in `folder`, or `None` (see `MARKERS`)."""
+    return next((m for m in MARKERS if (Path(folder) / m).is_file()), None)
 
 
-def _listing(folder: Path, limit: int = 5) -> str:
-    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
-    more = f" and {len(names) - limit} more" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
+def _names(paths: list[str], limit: int = _LIST_LIMIT) -> str:
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return ", ".join(paths[:limit]) + more
 
 
-def _related(output: Path, data: Path) -> str | None:
-    """How `output` overlaps `data` ('is', 'lies inside', 'contains'), or `None`."""
-    if output == data:
+def _listing(folder: Path) -> str:
+    return _names(sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()))
+
+
+def _related(output: Path, other: Path) -> str | None:
+    """How `output` overlaps `other` ('is', 'lies inside', 'contains'), or `None`."""
+    if output == other:
         return "is"
-    if data in output.parents:
+    if other in output.parents:
         return "lies inside"
-    if output in data.parents:
+    if output in other.parents:
         return "contains"
     return None
 
 
-def _check_writable(output: Path) -> None:
+def _check_writable(output: Path, flag: str) -> None:
     """Refuse an output whose nearest existing folder cannot take a new file."""
     ancestor = output
     while not ancestor.exists():
         ancestor = ancestor.parent
     if ancestor != output and not ancestor.is_dir():
         raise KerasFTError(
-            f"Cannot write --output '{output}': '{ancestor}' is a file, not a folder. "
-            "Choose an --output in a folder you can write."
+            f"Cannot write {flag} '{output}': '{ancestor}' is a file, not a folder. "
+            f"Choose {_article(flag)} in a folder you can write."
         )
     try:
         handle, probe = tempfile.mkstemp(prefix=".keras_ft_probe_", dir=ancestor)
@@ -63,24 +192,105 @@ def _check_writable(output: Path) -> None:
         os.unlink(probe)
     except OSError as error:
         raise KerasFTError(
-            f"Cannot write --output '{output}': creating a file in '{ancestor}' failed "
-            f"({error.strerror or error}). Choose an --output on a writable filesystem."
+            f"Cannot write {flag} '{output}': creating a file in '{ancestor}' failed "
+            f"({error.strerror or error}). Choose {_article(flag)} on a writable filesystem."
         ) from None
+
+
+def _article(flag: str) -> str:
+    return f"an {flag}" if flag.lstrip("-")[:1] in "aeiou" else f"a {flag}"
+
+
+def check_destination(
+    output, flag: str = "--output", data_dirs=(), run_dirs=(), replaces: bool = False
+) -> Path:
+    """Refuse, before any work, an output that would write onto the data or into a run.
+
+    Every command that writes calls this first. The output may not be or lie
+    inside a data folder or a run directory (a run's files would no longer
+    match its manifest), and its nearest existing folder must be writable.
+    Paths are compared resolved.
+
+    Args:
+        output: the file or folder the command will write.
+        flag: how the user named it, for messages (`"--output"`, `"OUTPUT"`).
+        data_dirs: the folders of images the command reads (None entries skipped).
+        run_dirs: the run directories the command reads.
+        replaces: the command replaces `output` as a whole (`train`, `tune`):
+            it may then not contain a data folder either, and may itself be a
+            run; `check_output` checks that it is writable.
+
+    Returns:
+        The resolved path.
+    """
+    given = Path(output)
+    path = Path(os.path.realpath(given))
+    refused = ("is", "lies inside", "contains") if replaces else ("is", "lies inside")
+    for folder in data_dirs:
+        relation = folder is not None and _related(path, Path(os.path.realpath(folder)))
+        if relation in refused:
+            raise KerasFTError(
+                f"{flag} '{given}' {relation} the data folder '{folder}': keras_ft would "
+                f"write into (or replace) your images. Choose {_article(flag)} outside the data."
+            )
+    runs = [Path(os.path.realpath(folder)) for folder in run_dirs]
+    around = path.parents if replaces else (path, *path.parents)
+    runs += [p for p in around if run_record(p) is not None]
+    for run in runs:
+        relation = _related(path, run)
+        if relation in ("is", "lies inside"):
+            raise KerasFTError(
+                f"{flag} '{given}' {relation} the run directory '{run}': writing there would "
+                "change the run, which would then fail its own verification. Choose "
+                f"{_article(flag)} outside it."
+            )
+    if not replaces:  # `check_output` checks last, once it knows the folder may be written
+        _check_writable(path, flag)
+    return path
+
+
+def check_output_file(output, suffix: str, data_dirs=(), overwrite: bool = False) -> Path:
+    """Check a file output (`lr-find --output PLOT.png`) before any work; return it resolved.
+
+    Args:
+        output: the file to write.
+        suffix: the file type it must have (`".png"`).
+        data_dirs: as for `check_destination`.
+        overwrite: an existing file of that type may be replaced.
+    """
+    given = Path(output)
+    path = check_destination(given, "--output", data_dirs)
+    if path.is_dir():
+        raise KerasFTError(
+            f"--output '{given}' is a folder; it takes the path of a {suffix} file to write. "
+            f"Pass e.g. --output '{given / ('lr_find' + suffix)}'."
+        )
+    if path.suffix.lower() != suffix:
+        raise KerasFTError(
+            f"Invalid --output '{given}': expected a file name ending in {suffix}, received "
+            f"'{path.suffix or 'no extension'}'. Pass e.g. --output lr_find{suffix}."
+        )
+    if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
+        raise KerasFTError(f"--output '{given}' is not a regular file. Choose another --output.")
+    if path.exists() and not overwrite:
+        raise KerasFTError(
+            f"'{given}' already exists. Choose another --output, or pass --overwrite."
+        )
+    return path
 
 
 def check_output(
     output, data_dirs=(), overwrite: bool = False, resume: bool = False
 ) -> tuple[Path, str]:
-    """Check `output` before anything is read or written; return it resolved, and its state.
+    """Check the `--output` folder of `train` or `tune`; return it resolved, and its state.
 
     Args:
-        output: the `--output` folder of `train` or `tune`.
-        data_dirs: the training and test folders; an output that is, contains
-            or lies inside one of them is refused, whatever `overwrite` says.
+        output: the `--output` folder.
+        data_dirs: the training and test folders (see `check_destination`).
         overwrite: replacing is allowed, but only for a folder keras_ft wrote
-            (it holds one of `MARKERS`).
-        resume: the output must hold an interrupted run (`checkpoints/state.json`
-            and no `run.json`).
+            that holds nothing else (see `keras_ft_contents`).
+        resume: the output must hold an interrupted run (a checkpoint, no
+            `run.json`) and nothing else.
 
     Returns:
         `(resolved path, state)`, the state one of `"new"` (absent or an empty
@@ -88,47 +298,52 @@ def check_output(
         `"resume"`.
     """
     given = Path(output)
-    path = Path(os.path.realpath(given))
-    for folder in data_dirs:
-        if folder is None:
-            continue
-        relation = _related(path, Path(os.path.realpath(folder)))
-        if relation:
-            raise KerasFTError(
-                f"--output '{given}' {relation} the data folder '{folder}': keras_ft would "
-                "write into (or replace) your images. Choose an --output outside the data."
-            )
+    path = check_destination(given, "--output", data_dirs, replaces=True)
     if path.exists() and not path.is_dir():
         raise KerasFTError(
             f"--output '{given}' is an existing file, not a folder. Choose another --output."
         )
-    marker = keras_ft_marker(path) if path.is_dir() else None
-    interrupted = marker == INTERRUPTED
+    if os.path.ismount(path):
+        raise KerasFTError(
+            f"--output '{given}' is a mount point. keras_ft writes a run beside its folder and "
+            "renames it into place when training ends, which cannot be done to a mount point. "
+            f"Choose a folder inside it, e.g. --output '{given / 'run'}'."
+        )
+    empty = not path.is_dir() or not any(path.iterdir())
+    kind, foreign = (None, []) if empty else keras_ft_contents(path)
+    if kind is None and not empty:
+        raise KerasFTError(
+            f"--output '{given}' is a folder keras_ft did not write (it holds {_listing(path)}); "
+            "--overwrite only replaces a keras_ft run or search directory. Choose a new or "
+            "empty --output."
+        )
+    if foreign:
+        raise KerasFTError(
+            f"--output '{given}' holds files keras_ft did not write beside its {kind}: "
+            f"{_names(foreign)}. keras_ft never replaces them: move them out of the folder, "
+            "or choose another --output."
+        )
     if resume:
-        if not interrupted:
-            state = "is a finished run" if marker == "run.json" else "holds no checkpoint"
+        if kind != "interrupted run":
+            state = f"is a finished {kind}" if kind else "holds no checkpoint"
             raise KerasFTError(f"Cannot --resume: '{given}' {state}. Run without --resume.")
-        _check_writable(path)
+        _check_writable(path, "--output")
         return path, "resume"
-    if path.is_dir() and any(path.iterdir()):
-        if marker is None:
-            raise KerasFTError(
-                f"--output '{given}' is a folder keras_ft did not write (it holds "
-                f"{_listing(path)}); --overwrite only replaces a keras_ft run or search "
-                "directory. Choose a new or empty --output."
-            )
-        if not overwrite:
-            hint = (
-                " It holds an interrupted run: pass --resume to finish it." if interrupted else ""
-            )
-            raise KerasFTError(
-                f"Run directory '{given}' already exists.{hint} Choose another "
-                "--output, or pass --overwrite to replace it."
-            )
-        _check_writable(path)
-        return path, "replace"
-    _check_writable(path)
-    return path, "new"
+    if kind is None:
+        _check_writable(path, "--output")
+        return path, "new"
+    if not overwrite:
+        hint = (
+            " It holds an interrupted run: pass --resume to finish it."
+            if kind == ("interrupted run")
+            else ""
+        )
+        raise KerasFTError(
+            f"Run directory '{given}' already exists.{hint} Choose another "
+            "--output, or pass --overwrite to replace it."
+        )
+    _check_writable(path, "--output")
+    return path, "replace"
 
 
 class OutputLock:
@@ -157,7 +372,7 @@ class OutputLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._made = missing
         while True:
-            handle = open(self.path, "a+")
+            handle = self._open()
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:
@@ -184,6 +399,26 @@ class OutputLock:
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         self._handle = handle
+
+    def _open(self):
+        """Open (or create) the lock file, never through a symbolic link."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            raise KerasFTError(
+                f"The lock file '{self.path}' of --output '{self.output}' is a symbolic link; "
+                "keras_ft never writes through a link. Remove the link, or choose another "
+                "--output."
+            ) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise KerasFTError(
+                f"The lock file '{self.path}' of --output '{self.output}' is not a regular file. "
+                "Remove it, or choose another --output."
+            )
+        return os.fdopen(fd, "r+")
 
     def release(self) -> None:
         if self._handle is None:

@@ -31,6 +31,7 @@ from keras_ft.backbones import get_backbone
 from keras_ft.data import ImageFolder
 from keras_ft.errors import KerasFTError
 from keras_ft.model import Preprocess, pool_features
+from keras_ft.output import check_destination
 from keras_ft.report import _matplotlib_figure, _png
 from keras_ft.reproducibility import seed_everything
 from keras_ft.training import _features
@@ -215,7 +216,7 @@ def rank(
         )
     directory = data.config.directory if isinstance(data, ImageFolder) else data
     if output is not None:
-        _check_output(output, directory)
+        check_destination(output, "--output", (directory,))
     if not isinstance(data, ImageFolder):
         size = image_size or get_backbone(candidates[0][1]).default_size
         data = ImageFolder(
@@ -277,17 +278,6 @@ def rank(
     if output is not None:
         result.files = write_rank(result, output)
     return result
-
-
-def _check_output(output, directory) -> None:
-    """Refuse an `output` that is, or lies inside, the data folder (before any work)."""
-    inside, data = Path(os.path.realpath(output)), Path(os.path.realpath(directory))
-    if inside == data or data in inside.parents:
-        raise KerasFTError(
-            f"Invalid `output` '{output}': it lies inside the data folder '{directory}', "
-            "where rank.json, rank.csv and rank.png would sit among the images. Choose a "
-            "folder outside it."
-        )
 
 
 def _recommend_backbone(rows: list[dict]) -> dict:

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import os
+import zipfile
 from pathlib import Path
 
 import keras
@@ -319,6 +320,11 @@ class Checkpoint(keras.callbacks.Callback):
         self.signature = signature
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.directory.is_symlink():
+            raise KerasFTError(
+                f"'{self.directory}' is a symbolic link; keras_ft never writes checkpoints "
+                "through a link. Remove it, then run again."
+            )
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"epoch-{epoch + 1:04d}.npz"
         arrays = {f"model_{i}": np.asarray(v) for i, v in enumerate(self.classifier.variables)}
@@ -367,14 +373,27 @@ def read_checkpoint(directory, signature: str) -> dict | None:
     path = Path(directory) / CHECKPOINT_STATE
     if not path.is_file():
         return None
-    state = json.loads(path.read_text())
+    damaged = (
+        f"The checkpoint in '{directory}' is damaged ({{}}). Start again without --resume "
+        "(with --overwrite), or restore the folder from a copy."
+    )
+    try:
+        state = json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise KerasFTError(damaged.format(f"'{path.name}': {error}")) from None
+    if not isinstance(state, dict) or not isinstance(state.get("file"), str):
+        raise KerasFTError(damaged.format(f"'{path.name}' is not a keras_ft checkpoint state"))
     if state.get("signature") != signature:
         raise KerasFTError(
             f"The checkpoint in '{directory}' was written by a run with another configuration "
             "or data. Resume with the same arguments and data, or start again with --overwrite."
         )
-    with np.load(Path(directory) / state["file"], allow_pickle=False) as arrays:
-        state["arrays"] = {key: arrays[key] for key in arrays.files}
+    arrays_path = Path(directory) / Path(state["file"]).name
+    try:
+        with np.load(arrays_path, allow_pickle=False) as arrays:
+            state["arrays"] = {key: arrays[key] for key in arrays.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise KerasFTError(damaged.format(f"'{arrays_path.name}': {error}")) from None
     return state
 
 

@@ -132,8 +132,15 @@ def test_existing_run_directory_is_not_overwritten(trained, tmp_path):
     with pytest.raises(KerasFTError, match="already exists.*--overwrite"):
         tuner.save(target)
     assert (target / "notes.txt").read_text() == "mine"
-    tuner.save(target, overwrite=True)
-    assert (target / "model.keras").is_file() and not (target / "notes.txt").exists()
+    # overwrite=True replaces only a folder keras_ft wrote, never a user's files.
+    with pytest.raises(KerasFTError, match="a folder keras_ft did not write.*notes.txt"):
+        tuner.save(target, overwrite=True)
+    assert (target / "notes.txt").read_text() == "mine"
+    (target / "notes.txt").unlink()
+    target.rmdir()
+    tuner.save(target)
+    tuner.save(target, overwrite=True)  # a run keras_ft wrote is replaced
+    assert (target / "model.keras").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["run"]  # no temporary left behind
 
 
@@ -218,14 +225,14 @@ tuner.save(sys.argv[2], overwrite=True)
 
 
 @pytest.mark.parametrize("previous", [False, True])
-def test_kill_during_save_leaves_previous_state_or_nothing(previous, tmp_path):
+def test_kill_during_save_leaves_previous_state_or_nothing(previous, trained, tmp_path):
     from conftest import ROOT, write_folder
 
     data = write_folder(tmp_path / "data", ("a", "b"), per_class=8)
     target = tmp_path / "run"
     if previous:
-        target.mkdir()
-        (target / "run.json").write_text('{"previous": true}')
+        trained[0].save(target)
+        before = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
     process = subprocess.Popen(
         [sys.executable, "-c", KILLED_SAVE, str(data), str(target), str(ROOT / "tests")],
         stdout=subprocess.PIPE,
@@ -240,8 +247,8 @@ def test_kill_during_save_leaves_previous_state_or_nothing(previous, tmp_path):
         process.kill()  # SIGKILL: no cleanup code runs
         process.wait(timeout=60)
     if previous:
-        assert json.loads((target / "run.json").read_text()) == {"previous": True}
-        assert sorted(p.name for p in target.iterdir()) == ["run.json"]
+        assert {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()} == before
+        keras_ft.load(target)  # still the whole previous run
     else:
         assert not target.exists()
 
@@ -279,8 +286,8 @@ def test_kill_while_replacing_a_run_then_save_again(window, trained, tmp_path):
 
     data = write_folder(tmp_path / "data", ("a", "b"), per_class=8)
     target = tmp_path / "run"
-    target.mkdir()
-    (target / "run.json").write_text('{"previous": true}')
+    trained[0].save(target)
+    recorded = (target / "run.json").read_bytes()
     killed = subprocess.Popen(
         [sys.executable, "-c", KILLED_REPLACE, str(data), str(target), str(ROOT / "tests"), window],
         stdout=subprocess.DEVNULL,
@@ -300,7 +307,7 @@ def test_kill_while_replacing_a_run_then_save_again(window, trained, tmp_path):
         with pytest.raises(KerasFTError, match=rf"to '{previous}'. Rename that folder to 'run'"):
             keras_ft.load(target)
     assert previous.name.split("-")[1] == str(killed.pid)
-    assert json.loads((previous / "run.json").read_text()) == {"previous": True}
+    assert (previous / "run.json").read_bytes() == recorded
     trained[0].save(target, overwrite=True)  # the next save clears what the killed one left
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".run.")]
     assert keras_ft.load(target).class_names == trained[0].class_names

@@ -249,3 +249,184 @@ def test_full_disk_while_saving_is_exit_2_and_resume_saves_the_run(
     resumed = run_here(capsys, "train", data / "train", *FAST, "--output", output, "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert json.loads((output / "run.json").read_text())["weights_sha256"] == trained[0]
+
+
+# ---------------------------------------------------------------- what keras_ft may replace
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """One tiny finished run (and its data), copied by the tests that change it."""
+    from conftest import run_cli
+
+    root = tmp_path_factory.mktemp("finished")
+    write_folder(root / "data" / "train", ("a", "b"), per_class=6)
+    result = run_cli("train", root / "data" / "train", *FAST, "--output", root / "run")
+    assert result.returncode == 0, result.stderr
+    return root
+
+
+def _copy(finished_run, tmp_path):
+    import shutil
+
+    shutil.copytree(finished_run / "data", tmp_path / "data")
+    shutil.copytree(finished_run / "run", tmp_path / "run")
+    return tmp_path / "data" / "train", tmp_path / "run"
+
+
+@pytest.mark.parametrize("record", ["trials.json", "run.json", "search.json"])
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_a_record_by_name_alone_does_not_make_a_folder_keras_fts(
+    record, overwrite, data, tmp_path, capsys
+):
+    project = tmp_path / "proj"
+    (project / "src").mkdir(parents=True)
+    (project / record).write_text('{"experiment": "sacred", "format_version": 1}')
+    (project / "thesis.tex").write_text("years of work")
+    before = snapshot(tmp_path)
+    flags = ["--overwrite"] if overwrite else []
+    result = run_here(capsys, "train", data / "train", *FAST, "--output", project, *flags)
+    assert_clean_failure(result, "a folder keras_ft did not write", "thesis.tex", "src/")
+    assert "--resume" not in result.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_a_checkpoint_state_by_name_alone_suggests_no_resume(data, tmp_path, capsys):
+    (tmp_path / "proj" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "proj" / "checkpoints" / "state.json").write_text("[1, 2]")
+    before = snapshot(tmp_path)
+    result = run_here(capsys, "train", data / "train", *FAST, "--output", tmp_path / "proj")
+    assert_clean_failure(result, "a folder keras_ft did not write")
+    assert "--resume" not in result.stderr
+    resumed = run_here(
+        capsys, "train", data / "train", *FAST, "--output", tmp_path / "proj", "--resume"
+    )
+    assert_clean_failure(resumed, "a folder keras_ft did not write")
+    assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("extra", ["thesis.tex", "report/notes.txt", "saved_model/mine/"])
+def test_overwrite_refuses_a_run_holding_files_it_does_not_list(
+    extra, finished_run, tmp_path, capsys
+):
+    train, run = _copy(finished_run, tmp_path)
+    target = run / extra
+    if extra.endswith("/"):
+        target.mkdir()
+    else:
+        target.write_text("mine")
+    before = snapshot(tmp_path)
+    result = run_here(capsys, "train", train, *FAST, "--output", run, "--overwrite")
+    assert_clean_failure(result, "files keras_ft did not write", extra)
+    assert snapshot(tmp_path) == before
+
+
+def test_overwrite_replaces_a_finished_run(finished_run, tmp_path, capsys):
+    train, run = _copy(finished_run, tmp_path)
+    result = run_here(capsys, "train", train, *FAST, "--output", run, "--overwrite")
+    assert result.returncode == 0, result.stderr
+    from keras_ft import load
+
+    assert list(load(run).class_names) == ["a", "b"]
+
+
+def test_a_linked_checkpoints_folder_is_refused_and_its_target_kept(finished_run, tmp_path, capsys):
+    from keras_ft import KerasFTError, load
+
+    train, run = _copy(finished_run, tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "state.json").write_text('{"phase": "x", "epoch": 1, "file": "f", "signature": 1}')
+    (elsewhere / "epoch-0001.npz").write_text("a user's file")
+    (run / "checkpoints").symlink_to(elsewhere)
+    with pytest.raises(KerasFTError, match="checkpoints' is a symbolic link"):
+        load(run)
+    before = snapshot(tmp_path)
+    result = run_here(capsys, "train", train, *FAST, "--output", run, "--overwrite")
+    assert_clean_failure(result, "checkpoints (a symbolic link)")
+    assert snapshot(tmp_path) == before
+
+
+def test_the_lock_never_writes_through_a_link(tmp_path):
+    from keras_ft import KerasFTError
+
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    (tmp_path / ".run.lock").symlink_to(precious)
+    with pytest.raises(KerasFTError, match="is a symbolic link"):
+        OutputLock(tmp_path / "run").acquire()
+    assert precious.read_text() == "keep me"
+
+
+def test_a_mount_point_output_is_refused_before_training(data, tmp_path, capsys, monkeypatch):
+    output = tmp_path / "volume"
+    output.mkdir()
+    real = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: os.fspath(p) == str(output) or real(p))
+    for flags in ([], ["--overwrite"], ["--resume"]):
+        result = run_here(capsys, "train", data / "train", *FAST, "--output", output, *flags)
+        assert_clean_failure(result, "is a mount point", f"--output '{output / 'run'}'")
+        assert "classes (" not in result.stdout
+    assert not any(output.iterdir())
+
+
+def test_only_siblings_keras_ft_wrote_are_cleaned_up(finished_run, tmp_path, capsys):
+    train, run = _copy(finished_run, tmp_path)
+    kept = [tmp_path / ".run.old-backup", tmp_path / ".run.partial-2024-01-01"]
+    stale = tmp_path / ".run.partial-4194305-0123abcd"  # above any pid: a dead process
+    for folder in (*kept, stale):
+        folder.mkdir()
+        (folder / "file").write_text("x")
+    result = run_here(capsys, "train", train, *FAST, "--output", run, "--overwrite")
+    assert result.returncode == 0, result.stderr
+    assert all((folder / "file").is_file() for folder in kept)
+    assert not stale.exists()
+
+
+# ---------------------------------------------------------------- every command that writes
+
+
+def test_lr_find_never_writes_onto_the_data(data, tmp_path, capsys):
+    image = data / "train" / "a" / "000.png"
+    before = snapshot(tmp_path)
+    for output, flags, fragment in (
+        (image, ["--overwrite"], "the data folder"),
+        (data / "train" / "a" / "new.png", [], "the data folder"),
+        (tmp_path, [], "is a folder"),
+        (tmp_path / "plot.txt", [], "ending in .png"),
+    ):
+        result = run_here(
+            capsys, "lr-find", data / "train", *FAST, "--steps", "10", "--output", output, *flags
+        )
+        assert_clean_failure(result, fragment)
+    assert snapshot(tmp_path) == before
+
+
+def test_lr_find_makes_a_missing_parent_folder(data, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    output = tmp_path / "plots" / "new" / "lr.png"
+    result = run_here(capsys, "lr-find", data / "train", *FAST, "--steps", "10", "--output", output)
+    assert result.returncode == 0, result.stderr
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["export", "{run}", "{run}/serving"],
+        ["explain", "{run}", "{image}", "--output", "{run}"],
+        ["explain", "{run}", "{image}", "--output", "{run}/report/cams"],
+        ["rank", "{train}", "--backbones", "testnet", "--weights", "none", "--output", "{run}"],
+    ],
+)
+def test_no_command_writes_into_a_run_directory(command, finished_run, tmp_path, capsys):
+    from keras_ft import load
+
+    train, run = _copy(finished_run, tmp_path)
+    image = train / "a" / "000.png"
+    args = [a.format(run=run, image=image, train=train) for a in command]
+    before = snapshot(tmp_path)
+    result = run_here(capsys, *args)
+    assert_clean_failure(result, "the run directory", "fail its own verification")
+    assert snapshot(tmp_path) == before
+    load(run)  # still verifies
