@@ -419,4 +419,8 @@ def describe_backbones() -> str:
         )
         for s in BACKBONES.values()
     ]
-    return "\n".join(f"{a:<18}{b:<20}{c:<15}{d:>5}{e:>5}  {f}" for a, b, c, d, e, f in rows)
+    widths = [max(len(row[i]) for row in rows) + 2 for i in range(3)]
+    return "\n".join(
+        f"{a:<{widths[0]}}{b:<{widths[1]}}{c:<{widths[2]}}{d:>5}{e:>5}  {f}"
+        for a, b, c, d, e, f in rows
+    )
