@@ -35,7 +35,7 @@ from PIL import Image
 from keras_ft import __version__
 from keras_ft.backbones import is_registered, not_registered
 from keras_ft.config import to_dict
-from keras_ft.data import decode_and_resize, pil_to_rgb, resize
+from keras_ft.data import decode_and_resize, pil_to_rgb, read_rgb, resize
 from keras_ft.errors import KerasFTError
 from keras_ft.manifest import (
     check_manifest,
@@ -434,8 +434,7 @@ class Predictor:
         for item in items:
             if isinstance(item, (str, os.PathLike)):
                 try:
-                    with Image.open(item) as image:
-                        item = pil_to_rgb(image)
+                    item = read_rgb(item)
                 except Image.DecompressionBombError as error:
                     raise KerasFTError(
                         f"Cannot read image '{item}': too large to decode safely ({error})."

@@ -1,6 +1,8 @@
 """tf.data pipelines: decode, resize, seeded split, stateless augmentation, cache, prefetch.
 
-Every image is decoded to 3-channel RGB and resized once, cached as uint8, and
+Every image is decoded to 3-channel RGB as the scan checked it (`read_rgb`:
+Pillow, for every format, also where TensorFlow has a decoder, so that what the
+scan accepts is what training reads), resized once, cached as uint8, and
 only then augmented, with stateless random ops keyed on (seed, epoch, element).
 Two runs with the same seed therefore see the same augmented images, each
 epoch sees different ones, and the `map` stays parallel under op determinism.
@@ -20,11 +22,16 @@ import weakref
 
 import numpy as np
 import tensorflow as tf
-from PIL import Image
 
 from keras_ft.config import DataConfig, defaults_of, document, merge_options, takes_options
 from keras_ft.errors import KerasFTError
-from keras_ft.scan import ImageFile, ScanReport, scan_folder
+from keras_ft.scan import (
+    ImageFile,
+    ScanReport,
+    open_image,
+    pil_to_rgb,
+    scan_folder,
+)
 from keras_ft.text import printable
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -37,26 +44,13 @@ FIXED_PARALLELISM = tf.data.Options()
 FIXED_PARALLELISM.autotune.enabled = False
 
 
-def pil_to_rgb(image: Image.Image) -> np.ndarray:
-    """Return a Pillow image as an `(H, W, 3)` uint8 RGB array, whatever its mode.
+def read_rgb(path) -> np.ndarray:
+    """Read an image file as an `(H, W, 3)` uint8 RGB array, exactly as the scan decoded it.
 
-    16-bit images are scaled to 8 bits (not clipped), CMYK is converted, the
-    alpha channel is dropped (as `tf.io.decode_image(channels=3)` does), and a
-    GIF gives its first frame.
+    The one reader of image files: training, evaluation and prediction all use
+    it (see `keras_ft.scan`: checksums checked, Pillow).
     """
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        array = np.clip(np.round(array * (255.0 / peak)), 0, 255).astype(np.uint8)
-        return np.repeat(array[..., None], 3, axis=-1)
-    if image.mode == "F":
-        array = np.clip(np.round(np.asarray(image)), 0, 255).astype(np.uint8)
-        return np.repeat(array[..., None], 3, axis=-1)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
-
-
-def _pil_read(path: bytes) -> np.ndarray:
-    with Image.open(path.decode()) as image:
+    with open(path, "rb") as handle, open_image(handle.read()) as image:
         return pil_to_rgb(image)
 
 
@@ -67,31 +61,25 @@ def resize(image: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
 
 
 def decode_and_resize(contents: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
-    """Decode encoded JPEG/PNG/GIF/BMP bytes to RGB and resize to `image_size` (uint8)."""
+    """Decode encoded JPEG/PNG/GIF/BMP bytes to RGB with TensorFlow's decoders and resize
+    to `image_size` (uint8): the SavedModel's `serving_bytes`, where Pillow cannot run."""
     image = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
     image.set_shape([None, None, 3])
     return resize(image, image_size)
 
 
-def load_image(path: tf.Tensor, needs_pil: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
-    """Read one file as a resized uint8 RGB image, through Pillow where TF cannot decode it."""
-
-    def with_pil():
-        image = tf.numpy_function(_pil_read, [path], tf.uint8, stateful=False)
-        image.set_shape([None, None, 3])
-        return resize(image, image_size)
-
-    return tf.cond(
-        needs_pil, with_pil, lambda: decode_and_resize(tf.io.read_file(path), image_size)
+def load_image(path: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """Read one file (`read_rgb`) as a uint8 RGB image resized to `image_size`."""
+    image = tf.numpy_function(
+        lambda name: read_rgb(name.decode()), [path], tf.uint8, stateful=False
     )
+    image.set_shape([None, None, 3])
+    return resize(image, image_size)
 
 
 def read_images(paths: list[str], image_size: tuple[int, int]) -> np.ndarray:
     """Read image files into an `(N, H, W, 3)` uint8 array exactly as training does."""
-    arrays = []
-    for path in paths:
-        with Image.open(path) as image:
-            arrays.append(resize(pil_to_rgb(image), image_size).numpy())
+    arrays = [resize(read_rgb(path), image_size).numpy() for path in paths]
     return np.stack(arrays) if arrays else np.zeros((0, *image_size, 3), np.uint8)
 
 
@@ -445,14 +433,10 @@ ImageFolder.__doc__ = document(ImageFolder.__doc__, (DataConfig, DATA_OPTIONS))
 def decoded_dataset(files: list[ImageFile], image_size: tuple[int, int]) -> tf.data.Dataset:
     """(uint8 image, int32 label) pairs of `files`, decoded and resized in parallel, in order."""
     dataset = tf.data.Dataset.from_tensor_slices(
-        (
-            [f.path for f in files],
-            [f.needs_pil for f in files],
-            np.array([f.label for f in files], np.int32),
-        )
+        ([f.path for f in files], np.array([f.label for f in files], np.int32))
     )
     return dataset.map(
-        lambda path, pil, label: (load_image(path, pil, image_size), label),
+        lambda path, label: (load_image(path, image_size), label),
         num_parallel_calls=AUTOTUNE,
         deterministic=True,
     ).with_options(FIXED_PARALLELISM)

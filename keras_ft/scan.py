@@ -2,16 +2,24 @@
 
 A folder is `root/<class>/<image>`. A file is an image candidate when its
 extension is one of a format Pillow decodes (`image_extensions`: JPEG, PNG,
-WebP, TIFF, BMP, GIF, PPM ...). Each candidate is read and fully decoded with
-Pillow before any model is built, so that one corrupt file is reported by path
-up front instead of killing a tf.data epoch hours later.
+WebP, TIFF, BMP, GIF, PPM ...). Each candidate is read and decoded before any
+model is built, so that one corrupt file is reported by path up front instead
+of killing a tf.data epoch hours later.
+
+One decoder: the scan, training, evaluation and prediction all decode a file
+with Pillow through `open_image` (which first checks the file's own
+checksums: a PNG cut short or with a bad CRC is refused, not decoded
+leniently); the readers then convert it with `pil_to_rgb`, which converts
+every mode Pillow opens a file in. Whatever the scan accepts, they read, to
+the same pixels.
 
 Every finding is a `Problem` at one of three levels:
 
 * **problem** (fatal): the file cannot be used, and training refuses the
   folder unless `skip_bad=True` (`--skip-bad`) leaves it out: an empty file, a
-  truncated file, content that is not an image, a file that cannot be read
-  (permissions, a broken symbolic link), an image smaller than `min_size`
+  truncated file, a checksum that does not match, content that is not an
+  image, a file that cannot be read (permissions, a broken symbolic link), an
+  image smaller than `min_size`
   pixels on either side, the same image content (SHA-256 of the bytes) in two
   classes (a label conflict: every copy is a problem), and a class folder
   with no usable image.
@@ -36,9 +44,11 @@ shows it.
 Decoding verdicts are cached by (path, size, modification time) in one JSON
 file per root folder under `$KERAS_FT_CACHE` (default `~/.cache/keras_ft`),
 never inside the data folder, so a second scan of an unchanged folder only
-lists and stats it. Only verdicts that are properties of the file's bytes are
-cached: a usable image, an empty file, content no Pillow format recognises, a
-truncated file, a decoder error only bad content causes. A failure to read the
+lists and stats it.
+
+Only verdicts that are properties of the file's bytes are cached: a usable
+image, an empty file, content no Pillow format recognises, a truncated or
+damaged file, a decoder error only bad content causes. A failure to read the
 file, a lack of memory, a decoder that is not available, the size limit (a
 setting) or any other error may pass without the file changing, and is
 checked again at the next scan.
@@ -62,6 +72,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from stat import S_ISREG
 
+import numpy as np
 import PIL
 from PIL import Image, UnidentifiedImageError
 from PIL.ImageFile import StubImageFile
@@ -79,21 +90,12 @@ DEFAULT_MIN_SIZE = 8
 PROGRESS_MIN_FILES = 1000
 PROGRESS_EVERY = 5000
 # 2: only verdicts that are properties of the bytes (version 1 cached every decoder failure).
-CACHE_VERSION = 2
+# 3: decoded as training decodes (PNG checksums and end marker checked; no "mode").
+CACHE_VERSION = 3
 WARNING_KINDS = frozenset({"leakage"})
 # Decoder errors only the bytes can cause; any other (an OSError such as "decoder
 # jpeg2k not available", MemoryError, a bug) may pass without the file changing.
 _CONTENT_ERRORS = (SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError)
-
-# Pillow (format, mode) pairs that tf.io.decode_image reads correctly as RGB.
-# Anything else that Pillow can read (CMYK JPEG, 16-bit PNG, any BMP or GIF,
-# WebP named .jpg ...) is converted with Pillow in the pipeline instead. BMP
-# and GIF always go through Pillow: TensorFlow rejects 16-bit and palette BMPs
-# and some GIFs that Pillow reads.
-_TF_NATIVE = {
-    "JPEG": {"L", "RGB"},
-    "PNG": {"1", "L", "LA", "P", "RGB", "RGBA"},
-}
 # Formats that are a kind of what their extension says (a camera's multi-picture JPEG).
 _SAME_FORMAT = {"MPO": "JPEG"}
 # Formats Pillow identifies but cannot decode (MPEG: video).
@@ -131,12 +133,11 @@ def natural_key(name: str) -> list:
 
 @dataclass(frozen=True)
 class ImageFile:
-    """One usable image: its path, its class, how to read it and its content hash."""
+    """One usable image: its path, its class and its content hash."""
 
     path: str
     relpath: str
     label: int
-    needs_pil: bool = False
     sha256: str = ""
 
 
@@ -231,6 +232,44 @@ class ScanReport:
         return "\n".join(printable(line) for line in lines)
 
 
+# ------------------------------------------------ reading and decoding a file
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Open encoded image bytes with Pillow, after checking the file's own checksums.
+
+    Pillow's decoder skips the CRC of a PNG's image data and does not need its
+    end marker, so a damaged or cut PNG would decode to whatever the bytes
+    give; `Image.verify` reads the whole file for both first (other formats
+    have nothing to verify).
+
+    Raises:
+        What Pillow raises for bytes it cannot use (`UnidentifiedImageError`,
+        `OSError` "truncated PNG file", `SyntaxError` "bad header checksum" ...).
+    """
+    with Image.open(io.BytesIO(data)) as image:
+        image.verify()
+    return Image.open(io.BytesIO(data))
+
+
+def pil_to_rgb(image: Image.Image) -> np.ndarray:
+    """Return a Pillow image as an `(H, W, 3)` uint8 RGB array, whatever its mode.
+
+    16-bit images are scaled to 8 bits (not clipped), CMYK is converted, the
+    alpha channel is dropped (not composited on a background), and a GIF
+    gives its first frame.
+    """
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        array = np.clip(np.round(array * (255.0 / peak)), 0, 255).astype(np.uint8)
+        return np.repeat(array[..., None], 3, axis=-1)
+    if image.mode == "F":
+        array = np.clip(np.round(np.asarray(image)), 0, 255).astype(np.uint8)
+        return np.repeat(array[..., None], 3, axis=-1)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
 # ----------------------------------------------------------------- one file
 
 
@@ -238,11 +277,16 @@ def _failure(kind: str, reason: str) -> dict:
     return {"error": kind, "reason": reason}
 
 
-def _decode(data: bytes) -> tuple[str, str, int, int]:
-    """Fully decode encoded image bytes with Pillow; return (format, mode, width, height)."""
-    with Image.open(io.BytesIO(data)) as image:
+def _decode(data: bytes) -> tuple[str, int, int]:
+    """Fully decode encoded image bytes as training does; return (format, width, height)."""
+    with open_image(data) as image:
         image.load()
-        return image.format, image.mode, image.width, image.height
+        return image.format, image.width, image.height
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
 
 
 def _looks_like_text(data: bytes) -> bool:
@@ -265,17 +309,12 @@ def _not_an_image(data: bytes) -> str:
     return f"not an image: the content is {what}"
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read()
-
-
 def _inspect(path: str) -> tuple[dict, bool]:
     """Read and fully decode one file.
 
     Returns:
         (record, lasting). The record is JSON-serialisable: `{"error": kind,
-        "reason": text}` when the file cannot be used, else its format, mode,
+        "reason": text}` when the file cannot be used, else its format,
         width, height and SHA-256. `lasting` says whether the record is a
         property of the file's bytes, which only a change to the file can
         change: only then may it be cached.
@@ -293,7 +332,7 @@ def _inspect(path: str) -> tuple[dict, bool]:
     if not data:
         return _failure("empty", "empty file (0 bytes)"), True
     try:
-        fmt, mode, width, height = _decode(data)
+        fmt, width, height = _decode(data)
     except UnidentifiedImageError:
         return _failure("not_image", _not_an_image(data)), True
     except Image.DecompressionBombError as error:  # the limit is a setting: not lasting
@@ -302,10 +341,13 @@ def _inspect(path: str) -> tuple[dict, bool]:
         text = str(error) or type(error).__name__
         if "truncated" in text.lower():
             return _failure("truncated", f"truncated, e.g. an interrupted download ({text})"), True
+        if "checksum" in text.lower():
+            reason = f"damaged: a checksum does not match the content ({text}); replace it"
+            return _failure("damaged", reason), True
         reason = f"cannot be decoded ({text})"
         return _failure("undecodable", reason), isinstance(error, _CONTENT_ERRORS)
     digest = hashlib.sha256(data).hexdigest()
-    record = {"format": fmt, "mode": mode, "width": width, "height": height, "sha256": digest}
+    record = {"format": fmt, "width": width, "height": height, "sha256": digest}
     return record, True
 
 
@@ -314,7 +356,7 @@ def _valid_record(record) -> bool:
         return False
     if "error" in record:
         return isinstance(record["error"], str) and isinstance(record.get("reason"), str)
-    types = {"format": str, "mode": str, "width": int, "height": int, "sha256": str}
+    types = {"format": str, "width": int, "height": int, "sha256": str}
     return all(isinstance(record.get(key), kind) for key, kind in types.items())
 
 
@@ -329,9 +371,7 @@ def _judge(path: str, relpath: str, label: int, record: dict, min_size: int):
             "(a thumbnail or icon?); remove it or lower min_size"
         )
         return None, Problem(path, reason, kind="too_small")
-    image = ImageFile(
-        path, relpath, label, record["mode"] not in _TF_NATIVE.get(fmt, ()), record["sha256"]
-    )
+    image = ImageFile(path, relpath, label, record["sha256"])
     expected = image_extensions()[Path(path).suffix.lower()]
     if _SAME_FORMAT.get(fmt, fmt) == expected:
         return image, None

@@ -151,7 +151,6 @@ def test_image_folder_reads_odd_files_as_rgb(odd_folder):
         augment=False,
     )
     assert data.report.bad_files == ()
-    assert {Path(f.path).name for f in data.report.files if f.needs_pil} == {"deep.png", "cmyk.jpg"}
     images, labels = batches(data.test)
     assert images.shape == (len(ODD_FILES) + 2, 32, 32, 3)
     assert images.dtype == np.float32
@@ -176,7 +175,7 @@ def test_read_images_matches_the_pipeline(odd_folder):
     images, _ = batches(data.test)
     assert images.shape[1:] == (32, 36, 3)
     direct = read_images([f.path for f in data.test_files], (32, 36))
-    assert np.abs(images - direct.astype(np.float32)).max() <= 2
+    np.testing.assert_array_equal(images, direct.astype(np.float32))
 
 
 # ------------------------------------------------------------- ImageFolder errors
