@@ -41,10 +41,14 @@ to decode it (a decompression bomb). Between one and two times the limit it is
 decoded and used, and Pillow's `DecompressionBombWarning` is left as Pillow
 shows it.
 
-Decoding verdicts are cached by (path, size, modification time) in one JSON
-file per root folder under `$KERAS_FT_CACHE` (default `~/.cache/keras_ft`),
-never inside the data folder, so a second scan of an unchanged folder only
-lists and stats it.
+Decoding verdicts are cached by (path, size, modification time, change time,
+inode) in one JSON file per root folder under `$KERAS_FT_CACHE` (default
+`~/.cache/keras_ft`), never inside the data folder, so a second scan of an
+unchanged folder only lists and stats it. The change time moves on every write
+and no program can set it back (`cp -p` and `rsync -a` keep size and
+modification time, not it), so a rewritten file is decoded again. What never
+goes through the file system (bit rot on the disk) leaves every stamp as it
+was: `cache=False` (`--no-cache`) decodes every file again.
 
 Only verdicts that are properties of the file's bytes are cached: a usable
 image, an empty file, content no Pillow format recognises, a truncated or
@@ -91,7 +95,8 @@ PROGRESS_MIN_FILES = 1000
 PROGRESS_EVERY = 5000
 # 2: only verdicts that are properties of the bytes (version 1 cached every decoder failure).
 # 3: decoded as training decodes (PNG checksums and end marker checked; no "mode").
-CACHE_VERSION = 3
+# 4: stamps hold the change time and inode, which every write changes.
+CACHE_VERSION = 4
 WARNING_KINDS = frozenset({"leakage"})
 # Decoder errors only the bytes can cause; any other (an OSError such as "decoder
 # jpeg2k not available", MemoryError, a bug) may pass without the file changing.
@@ -619,7 +624,8 @@ def _inspect_all(root: Path, candidates, workers: int, use_cache: bool, quiet: b
         if not S_ISREG(stat.st_mode):  # a FIFO or device named .jpg: reading could block
             records[i] = _failure("not_image", "not a regular file (a device, socket or pipe)")
             continue
-        stamp = [stat.st_size, stat.st_mtime_ns]
+        # The change time moves on any write, and nothing sets it back (as `cp -p` does mtime).
+        stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
         records[i] = _cached_record(cached.get(relpath), stamp, path)
         if records[i] is None:
             todo.append((i, relpath, stamp))
@@ -708,8 +714,9 @@ def scan_folder(
         training: the training folder's report, when `root` is a test folder:
             every test image whose content is also in training is a warning
             (leakage), reported but not fatal.
-        cache: reuse decoding results of files whose (path, size, modification
-            time) have not changed since the last scan; see `cache_dir`.
+        cache: reuse decoding results of files whose path, size, modification
+            time, change time and inode have not changed since the last scan;
+            see `cache_dir`.
         quiet: no progress on stderr (shown only for folders of at least
             `PROGRESS_MIN_FILES` files).
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -725,6 +726,40 @@ def test_a_modified_file_is_checked_again(counted_decodes, tmp_path):
     (problem,) = report.bad_files
     assert problem.path == str(target) and "truncated" in problem.reason
     assert report.from_cache == 5
+
+
+def rewrite_keeping_size_and_mtime(path: Path, data: bytes) -> None:
+    """Write `data` (of the file's size) into `path` as `cp -p` does: same inode, same mtime."""
+    before = path.stat()
+    assert len(data) == before.st_size
+    time.sleep(0.05)  # past a tick of the file system's clock, which stamps the change time
+    path.write_bytes(data)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (
+        before.st_ino,
+        before.st_size,
+        before.st_mtime_ns,
+    )
+
+
+def test_a_file_changed_with_its_size_and_mtime_kept_is_checked_again(counted_decodes, tmp_path):
+    root = write_folder(tmp_path / "data", per_class=3)
+    broken = root / "dog" / "001.png"
+    changed = solid(root / "cat" / "photo.bmp", colour=(10, 20, 30))  # uncompressed: same size
+    first = scan_folder(root)
+    data = broken.read_bytes()
+    rewrite_keeping_size_and_mtime(broken, data[:100] + bytes(len(data) - 100))
+    pixels = bytearray(changed.read_bytes())
+    pixels[-1] ^= 0xFF  # one pixel of another colour: still a good image, other content
+    rewrite_keeping_size_and_mtime(changed, bytes(pixels))
+    report = scan_folder(root)
+    assert len(counted_decodes) == 7 + 2 and report.from_cache == 5
+    (problem,) = report.bad_files
+    assert problem.path == str(broken)
+    sha256 = {f.relpath: f.sha256 for f in report.files}
+    assert sha256["cat/photo.bmp"] == hashlib.sha256(pixels).hexdigest()
+    assert sha256["cat/photo.bmp"] != {f.relpath: f.sha256 for f in first.files}["cat/photo.bmp"]
 
 
 @pytest.mark.parametrize(
