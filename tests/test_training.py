@@ -171,25 +171,48 @@ def test_warmup_then_cosine_schedule():
     assert finetune_learning_rate(TrainingConfig(), 10) == 1e-4  # constant by default
 
 
-def test_early_stopping_stops_the_phase_and_keeps_the_best_weights(split_folders, capsys):
-    train, _ = split_folders
-    data = keras_ft.ImageFolder(train, image_size=32, batch_size=8, validation_split=0.25)
-    tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf")
-    # A learning rate so large that the validation loss soon stops improving.
+def test_early_stopping_stops_the_phase_and_keeps_the_best_weights(tmp_path, split_folders, capsys):
+    from PIL import Image
+
+    # Pure noise (labels carry nothing) at a learning rate so large that the validation loss
+    # rises after the first epoch: the best epoch and the last differ, in loss and in weights.
+    noise, rng = tmp_path / "noise", np.random.default_rng(3)
+    for name in ("a", "b", "c"):
+        (noise / name).mkdir(parents=True)
+        for i in range(16):
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(noise / name / f"{i:03d}.png")
+    data = keras_ft.ImageFolder(noise, image_size=32, batch_size=8, validation_split=0.25, seed=0)
+    tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+    snapshots = []
+
+    class Snapshot(keras.callbacks.Callback):  # the trained weights at each epoch's end
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots.append([np.copy(w) for w in self.model.get_weights()])
+
+    snapshot = Snapshot()
     tuner.fit(
         data, head_epochs=10, finetune_epochs=0, head_lr=1.0, early_stopping=1, recipe=None,
-        verbose=2,
+        callbacks=[snapshot], verbose=2,
     )  # fmt: skip
     losses = tuner.history.history["val_loss"]
-    assert len(losses) < 10  # stopped early
+    assert len(losses) < 10 and len(snapshots) == len(losses)  # stopped early
+    best = int(np.argmin(losses))
+    assert best < len(losses) - 1 and losses[best] < losses[-1]  # the last epoch is not the best
+    assert any(
+        not np.array_equal(a, b) for a, b in zip(snapshots[best], snapshots[-1], strict=True)
+    )
+    # The best epoch's weights are restored, not the last epoch's.
+    for kept, at_best in zip(snapshot.model.get_weights(), snapshots[best], strict=True):
+        np.testing.assert_array_equal(kept, at_best)
+    assert tuner.model.evaluate(data.validation, verbose=0)[0] == pytest.approx(
+        losses[best], rel=1e-4
+    )  # Keras's loss, as in history
     stopped = f"phase 1 (head) stopped early at epoch {len(losses)} ({len(losses)} of 10 epochs)"
     assert tuner.advice[0].startswith(stopped)
+    assert f"kept the weights of epoch {best + 1}." in tuner.advice[0]
     assert f"advice: {stopped}" in capsys.readouterr().out
-    best = tuner.model.evaluate(data.validation, verbose=0)[0]  # Keras's loss, as in history
-    # The best weights are restored, not the last (the run stops after `patience` epochs
-    # without a lower loss; on this easy task the best can already be a loss of 0).
-    assert best == pytest.approx(min(losses), rel=1e-4, abs=1e-6)
-    assert min(losses) <= losses[-1]
+    train, _ = split_folders
     with pytest.raises(keras_ft.KerasFTError, match="validation_split is 0"):
         no_validation = keras_ft.ImageFolder(
             train, image_size=32, batch_size=8, validation_split=0.0
