@@ -30,6 +30,7 @@ from keras_ft.scan import (
     ScanReport,
     open_image,
     pil_to_rgb,
+    read_regular_file,
     scan_folder,
 )
 from keras_ft.text import printable
@@ -48,9 +49,9 @@ def read_rgb(path) -> np.ndarray:
     """Read an image file as an `(H, W, 3)` uint8 RGB array, exactly as the scan decoded it.
 
     The one reader of image files: training, evaluation and prediction all use
-    it (see `keras_ft.scan`: checksums checked, Pillow).
+    it (see `keras_ft.scan`: regular files only, checksums checked, Pillow).
     """
-    with open(path, "rb") as handle, open_image(handle.read()) as image:
+    with open_image(read_regular_file(path)) as image:
         return pil_to_rgb(image)
 
 

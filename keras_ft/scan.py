@@ -6,20 +6,20 @@ WebP, TIFF, BMP, GIF, PPM ...). Each candidate is read and decoded before any
 model is built, so that one corrupt file is reported by path up front instead
 of killing a tf.data epoch hours later.
 
-One decoder: the scan, training, evaluation and prediction all decode a file
-with Pillow through `open_image` (which first checks the file's own
-checksums: a PNG cut short or with a bad CRC is refused, not decoded
-leniently); the readers then convert it with `pil_to_rgb`, which converts
-every mode Pillow opens a file in. Whatever the scan accepts, they read, to
-the same pixels.
+One decoder: the scan, training, evaluation and prediction all read a file with
+`read_regular_file` and decode it with Pillow through `open_image` (which first
+checks the file's own checksums: a PNG cut short or with a bad CRC is refused,
+not decoded leniently); the readers then convert it with `pil_to_rgb`, which
+converts every mode Pillow opens a file in. Whatever the scan accepts, they
+read, to the same pixels.
 
 Every finding is a `Problem` at one of three levels:
 
 * **problem** (fatal): the file cannot be used, and training refuses the
   folder unless `skip_bad=True` (`--skip-bad`) leaves it out: an empty file, a
   truncated file, a checksum that does not match, content that is not an
-  image, a file that cannot be read (permissions, a broken symbolic link), an
-  image smaller than `min_size`
+  image, a file that cannot be read (permissions, a broken symbolic link, a
+  named pipe or device named like an image), an image smaller than `min_size`
   pixels on either side, the same image content (SHA-256 of the bytes) in two
   classes (a label conflict: every copy is a problem), and a class folder
   with no usable image.
@@ -74,7 +74,7 @@ from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from stat import S_ISREG
+from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 
 import numpy as np
 import PIL
@@ -240,6 +240,41 @@ class ScanReport:
 # ------------------------------------------------ reading and decoding a file
 
 
+def _not_regular(mode: int) -> str:
+    """Why the file of `mode` (not a regular file) is not read."""
+    kinds = (
+        (S_ISDIR, "a directory"),
+        (S_ISFIFO, "a named pipe (FIFO)"),
+        (S_ISSOCK, "a socket"),
+        (S_ISCHR, "a character device"),
+        (S_ISBLK, "a block device"),
+    )
+    what = next((name for test, name in kinds if test(mode)), "another kind of file")
+    return f"not a regular file but {what}, which a read could wait on forever"
+
+
+def read_regular_file(path) -> bytes:
+    """The bytes of the regular file at `path` (a symbolic link to one is followed).
+
+    The file is opened without waiting (opening a named pipe to read otherwise
+    waits for a writer, forever) and checked once open, so a named pipe,
+    device, socket or directory is refused before any read, even one put in
+    place of a file after an earlier check.
+
+    Raises:
+        OSError: `path` is not a regular file, or it cannot be opened or read.
+    """
+    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not S_ISREG(mode):
+            raise OSError(f"{_not_regular(mode)}; pass the path of an image file")
+        with open(descriptor, "rb", closefd=False) as handle:
+            return handle.read()
+    finally:
+        os.close(descriptor)
+
+
 def open_image(data: bytes) -> Image.Image:
     """Open encoded image bytes with Pillow, after checking the file's own checksums.
 
@@ -249,11 +284,15 @@ def open_image(data: bytes) -> Image.Image:
     have nothing to verify).
 
     Raises:
-        What Pillow raises for bytes it cannot use (`UnidentifiedImageError`,
-        `OSError` "truncated PNG file", `SyntaxError` "bad header checksum" ...).
+        UnidentifiedImageError: saying what the content is instead (text, a web page ...).
+        What else Pillow raises for bytes it cannot use (`OSError` "truncated
+        PNG file", `SyntaxError` "bad header checksum" ...).
     """
-    with Image.open(io.BytesIO(data)) as image:
-        image.verify()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+    except UnidentifiedImageError:  # its own message names a BytesIO object
+        raise UnidentifiedImageError(_not_an_image(data)) from None
     return Image.open(io.BytesIO(data))
 
 
@@ -289,11 +328,6 @@ def _decode(data: bytes) -> tuple[str, int, int]:
         return image.format, image.width, image.height
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read()
-
-
 def _looks_like_text(data: bytes) -> bool:
     head = data[:4096]
     try:  # an incremental decoder accepts a character cut at the end of `head`
@@ -305,7 +339,9 @@ def _looks_like_text(data: bytes) -> bool:
 
 def _not_an_image(data: bytes) -> str:
     head = data[:512].lstrip().lower()
-    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
+    if not data:
+        what = "empty (0 bytes)"
+    elif head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
         what = "a web page (HTML/XML), e.g. an error page saved under an image name"
     elif _looks_like_text(data):
         what = "text"
@@ -325,7 +361,7 @@ def _inspect(path: str) -> tuple[dict, bool]:
         change: only then may it be cached.
     """
     try:
-        data = _read(path)
+        data = read_regular_file(path)
     except PermissionError:
         reason = "cannot be read (permission denied); fix with chmod a+r"
         return _failure("unreadable", reason), False
@@ -338,8 +374,8 @@ def _inspect(path: str) -> tuple[dict, bool]:
         return _failure("empty", "empty file (0 bytes)"), True
     try:
         fmt, width, height = _decode(data)
-    except UnidentifiedImageError:
-        return _failure("not_image", _not_an_image(data)), True
+    except UnidentifiedImageError as error:
+        return _failure("not_image", str(error)), True
     except Image.DecompressionBombError as error:  # the limit is a setting: not lasting
         return _failure("too_large", f"too large to decode safely ({error})"), False
     except Exception as error:  # any decoder failure at all means the file cannot be used
@@ -622,7 +658,7 @@ def _inspect_all(root: Path, candidates, workers: int, use_cache: bool, quiet: b
             records[i] = _failure("unreadable", "cannot be read (cannot stat it)")
             continue
         if not S_ISREG(stat.st_mode):  # a FIFO or device named .jpg: reading could block
-            records[i] = _failure("not_image", "not a regular file (a device, socket or pipe)")
+            records[i] = _failure("not_image", f"{_not_regular(stat.st_mode)}; remove it")
             continue
         # The change time moves on any write, and nothing sets it back (as `cp -p` does mtime).
         stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -600,18 +602,18 @@ def test_permission_denied_is_reported_and_never_cached(counted_decodes, monkeyp
     solid(root / "cat" / "a.png")
     locked = solid(root / "dog" / "locked.png")
     solid(root / "dog" / "b.png")
-    real_read = scan_module._read
+    real_read = scan_module.read_regular_file
 
     def read(path):
         if path == str(locked):
             raise PermissionError(13, "Permission denied", path)
         return real_read(path)
 
-    monkeypatch.setattr(scan_module, "_read", read)
+    monkeypatch.setattr(scan_module, "read_regular_file", read)
     (problem,) = scan_folder(root).bad_files
     assert (problem.path, problem.kind) == (str(locked), "unreadable")
     assert "permission denied" in problem.reason
-    monkeypatch.setattr(scan_module, "_read", real_read)  # permissions fixed: same size, mtime
+    monkeypatch.setattr(scan_module, "read_regular_file", real_read)  # permissions fixed
     report = scan_folder(root)
     assert report.bad_files == () and str(locked) in {f.path for f in report.files}
     assert len(counted_decodes) == 2 + 1 and report.from_cache == 2
@@ -927,6 +929,63 @@ def test_cli_train_skip_bad_still_refuses_an_empty_class(messy, tmp_path, capsys
 def trainable_messy(tmp_path_factory) -> Path:
     """The messy folder without its empty class: --skip-bad can train on it."""
     return messy_folder(tmp_path_factory.mktemp("messy_trainable") / "data", empty_class=False)
+
+
+@contextlib.contextmanager
+def unblocking(fifo: Path, after: float = 30.0):
+    """Open the writing end of `fifo` now and then after `after` seconds, until the block
+    ends: a reader stuck on it then reads an empty file instead of hanging the suite."""
+    done = threading.Event()
+
+    def watch():
+        if not done.wait(after):
+            while not done.wait(0.1):
+                with contextlib.suppress(OSError):  # no reader yet
+                    os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+    watchdog = threading.Thread(target=watch, daemon=True)
+    watchdog.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watchdog.join()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    data = write_folder(tmp_path_factory.mktemp("tiny") / "data", per_class=6, size=32)
+    output = data.parent / "run"
+    assert main(["train", str(data), *TRAIN, "--output", str(output)]) == 0
+    return output
+
+
+@pytest.mark.parametrize("kind", ["named pipe", "directory", "device"])
+def test_cli_predict_refuses_what_is_not_a_regular_file_without_blocking(
+    kind, tiny_run, tmp_path, capsys
+):
+    path = {"named pipe": tmp_path / "fifo.png", "directory": tmp_path, "device": Path(os.devnull)}
+    path = path[kind]
+    if kind == "named pipe":
+        os.mkfifo(path)  # opening it to read waits for a writer: forever
+    started = time.monotonic()
+    with unblocking(path) if kind == "named pipe" else contextlib.nullcontext():
+        result = run_here(capsys, "predict", tiny_run, path)
+    assert time.monotonic() - started < 30
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = result.stdout.splitlines()
+    answer = json.loads(line)
+    assert answer["path"] == str(path) and f"'{path}'" in answer["error"]
+    assert "not a regular file" in answer["error"] and kind in answer["error"]
+
+
+def test_cli_predict_says_what_a_file_that_is_not_an_image_holds(tiny_run, tmp_path, capsys):
+    path = tmp_path / "notes.png"
+    path.write_text("this is not a picture\n")
+    result = run_here(capsys, "predict", tiny_run, path)
+    assert result.returncode == 2
+    error = f"Cannot read image '{path}': not an image: the content is text."
+    assert json.loads(result.stdout) == {"path": str(path), "error": error}
 
 
 def test_cli_train_skip_bad_trains_on_the_rest(trainable_messy, tmp_path, capsys):
