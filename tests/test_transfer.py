@@ -1,8 +1,7 @@
-"""Transferability scores: LogME and H-score against direct implementations, the linear probe."""
+"""Transferability scores: LogME against the authors' code, H-score against TLlib's, the probe."""
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 
@@ -11,9 +10,6 @@ import pytest
 
 from keras_ft.errors import KerasFTError
 from keras_ft.transfer import (
-    LOGME_EPSILON,
-    LOGME_MAX_ITERATIONS,
-    LOGME_TOLERANCE,
     _ledoit_wolf_shrinkage,
     h_score,
     linear_probe,
@@ -21,38 +17,73 @@ from keras_ft.transfer import (
 )
 
 
-def slow_logme(features: np.ndarray, labels: np.ndarray) -> float:
-    """LogME as the paper writes it: per class, D x D matrices, inverse and log-determinant."""
-    f = features.astype(np.float64)
-    n, d = f.shape
-    gram = f.T @ f
+def reference_logme(features: np.ndarray, labels: np.ndarray) -> float:
+    """The authors' LogME (github.com/thuml/LogME, LogME.py, `_fit_icml` and its
+    `each_evidence`, the ICML 2021 paper's algorithm), transcribed in its own loop form:
+    the SVD of the D x D matrix F^T F, one class at a time, the posterior mean m as a
+    vector, the guard 1e-5 in the updates and in the evidence, at most 11 updates that
+    stop when alpha / beta moves by under 1 %, the evidence divided by N at the end.
+    Nothing here comes from keras_ft."""
+    f_t = features.astype(np.float64).T  # D x N, the reference's `f`
+    f = f_t.T  # N x D, the reference's `fh`
+    d, n = f_t.shape
+    v, s, vh = np.linalg.svd(f_t @ f, full_matrices=True)
+    epsilon = 1e-5
     evidences = []
-    for k in np.unique(labels):
-        y = (labels == k).astype(np.float64)
+    for label in range(int(labels.max()) + 1):
+        y = (labels == label).astype(np.float64)
         alpha, beta = 1.0, 1.0
-        for _ in range(LOGME_MAX_ITERATIONS):
-            a = alpha * np.eye(d) + beta * gram
-            a_inv = np.linalg.inv(a)
-            m = beta * a_inv @ f.T @ y
-            gamma = d - alpha * np.trace(a_inv)
-            new_alpha = gamma / (m @ m + LOGME_EPSILON)
-            new_beta = (n - gamma) / (np.sum((y - f @ m) ** 2) + LOGME_EPSILON)
-            converged = abs((new_alpha / new_beta) / (alpha / beta) - 1) < LOGME_TOLERANCE
-            alpha, beta = new_alpha, new_beta
-            if converged:
+        lam = alpha / beta
+        projected = vh @ (f_t @ y)
+        for _ in range(11):
+            gamma = (s / (s + lam)).sum()
+            m = v @ (projected * beta / (alpha + beta * s))
+            alpha_de = (m * m).sum()
+            alpha = gamma / (alpha_de + epsilon)
+            beta_de = ((y - f @ m) ** 2).sum()
+            beta = (n - gamma) / (beta_de + epsilon)
+            new_lam = alpha / beta
+            if np.abs(new_lam - lam) / lam < 0.01:
                 break
-        a = alpha * np.eye(d) + beta * gram
-        m = beta * np.linalg.solve(a, f.T @ y)
+            lam = new_lam
         evidence = (
-            d / 2 * np.log(alpha)
-            + n / 2 * np.log(beta)
-            - np.linalg.slogdet(a)[1] / 2
-            - beta / 2 * np.sum((y - f @ m) ** 2)
-            - alpha / 2 * (m @ m)
-            - n / 2 * math.log(2 * math.pi)
+            d / 2.0 * np.log(alpha)
+            + n / 2.0 * np.log(beta)
+            - 0.5 * np.sum(np.log(alpha + beta * s))
+            - beta / 2.0 * (beta_de + epsilon)
+            - alpha / 2.0 * (alpha_de + epsilon)
+            - n / 2.0 * np.log(2 * np.pi)
         )
         evidences.append(evidence / n)
     return float(np.mean(evidences))
+
+
+# Fixed integer features (N > D, then N < D) and the LogME that `reference_logme` gives
+# them, written down once: the score keras_ft must give. keras_ft before issue 32 gave
+# -0.750208733 and -0.986380026 (the guards left out of the evidence, and its own
+# convergence rule).
+FIXED_CASES = [
+    (
+        [[8, 6, 5, 2], [3, 0, 0, 0], [1, 8, 6, 9], [5, 6, 9, 7], [6, 5, 5, 9], [2, 8, 6, 0],
+         [3, 8, 5, 0], [7, 7, 8, 1], [0, 8, 0, 5], [0, 2, 4, 4], [4, 0, 0, 1], [0, 6, 5, 6]],
+        3,
+        -0.750625409,
+    ),
+    (
+        [[2, 6, 7, 3, 4, 9, 8, 9, 3], [6, 9, 6, 8, 6, 7, 3, 8, 1], [5, 7, 8, 5, 3, 3, 4, 4, 7],
+         [8, 0, 9, 5, 3, 6, 5, 2, 3], [7, 5, 5, 3, 7, 3, 3, 8, 2], [2, 7, 6, 0, 0, 3, 8, 4, 7]],
+        2,
+        -0.988006029,
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("rows, classes, expected", FIXED_CASES)
+def test_logme_equals_the_authors_code_on_fixed_features(rows, classes, expected):
+    features = np.array(rows, dtype=np.float64)
+    labels = np.arange(len(features)) % classes
+    assert reference_logme(features, labels) == pytest.approx(expected, abs=1e-9)
+    assert logme(features, labels) == pytest.approx(expected, abs=1e-6)
 
 
 def _data(n: int, d: int, classes: int, signal: float, seed: int = 0):
@@ -62,16 +93,19 @@ def _data(n: int, d: int, classes: int, signal: float, seed: int = 0):
     return centres[labels] + rng.normal(size=(n, d)), labels
 
 
-@pytest.mark.parametrize("n, d", [(60, 20), (30, 50), (40, 40)])
-def test_logme_matches_the_direct_implementation(n, d):
+@pytest.mark.parametrize(
+    "n, d, scale", [(60, 20, 1.0), (30, 50, 1.0), (40, 40, 1.0), (80, 16, 30.0)]
+)
+def test_logme_matches_the_authors_code(n, d, scale):
     features, labels = _data(n, d, classes=3, signal=0.7, seed=n + d)
-    assert logme(features, labels) == pytest.approx(slow_logme(features, labels), abs=1e-6)
+    features = features * scale  # large features: alpha large, the guards' terms weigh
+    assert logme(features, labels) == pytest.approx(reference_logme(features, labels), abs=1e-6)
 
 
-def test_logme_with_constant_and_duplicate_features_matches_the_direct_implementation():
+def test_logme_with_constant_and_duplicate_features_matches_the_authors_code():
     features, labels = _data(50, 12, classes=4, signal=1.0, seed=3)
     features = np.concatenate([features, features[:, :3], np.zeros((50, 2))], axis=1)
-    assert logme(features, labels) == pytest.approx(slow_logme(features, labels), abs=1e-6)
+    assert logme(features, labels) == pytest.approx(reference_logme(features, labels), abs=1e-6)
 
 
 def test_scores_rank_informative_features_above_noise():
