@@ -555,6 +555,39 @@ def test_decide_flip_flips_only_when_mirror_images_score_as_well(tmp_path):
     assert not constant["flip"] and "too close to chance" in constant["reason"]
 
 
+def test_a_mirror_invariant_backbone_does_not_decide_flips_alone(tmp_path):
+    """Pooled features that cannot tell an image from its mirror (as ImageNet-trained ones
+    nearly cannot) keep all their accuracy on mirror images; the probe on the feature map's
+    2x2 grid sees that the evidence lies on one side, and the flip is refused."""
+    from PIL import Image
+
+    from keras_ft.training import decide_flip, frozen_features
+    from keras_ft.transfer import linear_probe
+
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(("thin", "thick")):  # a bar at the left edge, 4 or 8 px wide
+        (tmp_path / name).mkdir()
+        for i in range(10):
+            pixels = rng.uniform(0, 40, (32, 32, 3)).astype(np.uint8)
+            pixels[:, : 4 * (c + 1)] = 220
+            Image.fromarray(pixels).save(tmp_path / name / f"{i}.png")
+    data = keras_ft.ImageFolder(tmp_path, image_size=32, batch_size=4, validation_split=0.0)
+    backbone = keras.Sequential(
+        [keras.Input((32, 32, 3)), keras.layers.AveragePooling2D(4)], name="backbone"
+    )
+    inputs = keras.Input((32, 32, 3))
+    extractor = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(backbone(inputs)))
+    probe = linear_probe(*frozen_features(extractor, data), num_classes=2)
+    decision = decide_flip(extractor, data, probe)
+    assert decision["mirrored_accuracy"] == decision["retained_pooled"] == 1.0
+    assert decision["retained_grid"] == decision["retained"] == 0.0 and not decision["flip"]
+    assert decision["reason"] == (
+        "no horizontal flips: the linear probe's accuracy on the training images is 1.000, "
+        "on their mirror images 1.000; a probe on a 2x2 grid of the feature map 1.000 and "
+        "0.500, keeping 0% of its accuracy above chance (< 60%)."
+    )
+
+
 def test_decide_quarter_turns_turns_only_when_turned_images_score_as_well(tmp_path):
     from keras_ft.training import decide_quarter_turns, frozen_features
     from keras_ft.transfer import linear_probe
