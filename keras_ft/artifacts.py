@@ -54,6 +54,8 @@ from keras_ft.reproducibility import environment, fingerprint, guarantee, weight
 # 2: run.json holds a manifest of every file (format 1 runs cannot be verified, so not read).
 FORMAT_VERSION = 2
 RUN_FILES = ("model.keras", "class_names.json", "history.csv", "run.json")
+# A TF Serving version folder: ASCII digits (str.isdigit() also takes '²', which int() refuses).
+_VERSION = re.compile("[0-9]+")
 
 
 def export_saved_model(model: keras.Model, path: str | os.PathLike) -> None:
@@ -172,7 +174,7 @@ def export_for_serving(run_dir, output, version: int | None = None, signing_key=
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise KerasFTError(f"Export path '{output}' exists and is not a directory.")
-    existing = [int(p.name) for p in output.glob("*") if p.is_dir() and p.name.isdigit()]
+    existing = [int(p.name) for p in output.glob("*") if p.is_dir() and _VERSION.fullmatch(p.name)]
     version = max(existing, default=0) + 1 if version is None else version
     if not isinstance(version, int) or version < 1:
         raise KerasFTError(f"Invalid `version`: expected an int >= 1, received {version!r}.")

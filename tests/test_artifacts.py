@@ -205,6 +205,16 @@ def test_export_writes_numbered_tf_serving_versions(trained, tmp_path):
         export_for_serving(run_dir, tmp_path / "serving", version=1)
 
 
+def test_export_versions_are_ascii_numbers_only(trained, tmp_path, capsys):
+    """'²' and '٣' are digits to str.isdigit, not TF Serving versions: they are left alone."""
+    _, run_dir, _ = trained
+    for name in ("²", "٣", "7b"):
+        (tmp_path / "serving" / name).mkdir(parents=True)
+    code, out, err = cli(capsys, "export", run_dir, tmp_path / "serving")
+    assert code == 0, err
+    assert out.strip() == f"exported: {tmp_path / 'serving' / '1'}"
+
+
 KILLED_SAVE = """
 import sys, time
 import keras_ft, keras_ft.artifacts as artifacts
