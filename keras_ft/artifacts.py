@@ -295,6 +295,7 @@ def run_record(tuner) -> dict:
         "environment": environment(),
         "reproducibility": guarantee(distribution.name, distribution.replicas),
         "weights_sha256": weights_sha256(tuner.model),
+        "backbone_weights_sha256": tuner.backbone_weights_sha256,
     }
     if tuner.training_config is not None:
         record["distribution"] = distribution.describe(

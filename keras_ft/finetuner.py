@@ -40,7 +40,12 @@ from keras_ft.errors import KerasFTError
 from keras_ft.evaluation import evaluate_model, trained_symmetries
 from keras_ft.model import build_classifier, set_probe, split_at_features, unknown_layer_message
 from keras_ft.recipe import apply_recipe
-from keras_ft.reproducibility import check_deterministic_gradients, file_hashes, seed_everything
+from keras_ft.reproducibility import (
+    check_deterministic_gradients,
+    file_hashes,
+    seed_everything,
+    weights_sha256,
+)
 from keras_ft.training import (
     PHASES,
     EpochTensorBoard,
@@ -139,6 +144,7 @@ class FineTuner:
         self._data = None
         self._built_backbone = None  # (image_size, backbone), made once by build_backbone
         self.tensorboard_dir: str | None = None
+        self.backbone_weights_sha256: str | None = None  # set by build
 
     def build_backbone(self, image_size) -> keras.Model:
         """Build the backbone alone, with its weights (done by `build`).
@@ -189,6 +195,8 @@ class FineTuner:
             num_classes=num_classes, image_size=image_size, **self._model_kwargs
         )
         backbone = self.build_backbone(image_size)
+        # What the backbone started from, for run.json (ImageNet, a converted or local file).
+        self.backbone_weights_sha256 = weights_sha256(backbone)
         distribution = self.distribution
         if self._backbone_model is not None:
             seed_everything(self.seed, self.deterministic)

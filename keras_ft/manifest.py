@@ -89,6 +89,7 @@ RECORD_SCHEMA = {
     "environment": (_instance(dict), "an object", True),
     "reproducibility": (_instance(str), "a string", True),
     "weights_sha256": (_is_sha256, "a SHA-256 (64 lowercase hex digits)", True),
+    "backbone_weights_sha256": (_optional(_is_sha256), "a SHA-256 or null", False),
     "distribution": (_instance(dict), "an object", False),
     "data_fingerprint": (_instance(dict), "an object", False),
     "data_files": (_is_data_files, "an object of SHA-256s by path, per split", False),

@@ -36,7 +36,8 @@ def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto", signing
 
     Returns:
         A dict: `match` (bool), `recorded` and `reproduced` weight hashes, and
-        `environment_differences` ({key: (recorded, now)}).
+        `environment_differences` ({key: (recorded, now)}; among them
+        `backbone_weights_sha256` when the backbone started from other weights).
     """
     record, _ = verify_run(run_dir, signing_key)
     if record["data"] is None or record["training"] is None or "data_files" not in record:
@@ -82,11 +83,15 @@ def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto", signing
         )
     reproduced = weights_sha256(tuner.model)
     now, then = environment(), record.get("environment", {})
+    differences = {k: (then.get(k), now[k]) for k in now if then.get(k) != now[k]}
+    started = record.get("backbone_weights_sha256")  # absent in runs before it was recorded
+    if started and started != tuner.backbone_weights_sha256:  # another ImageNet file, say
+        differences["backbone_weights_sha256"] = (started, tuner.backbone_weights_sha256)
     return {
         "match": reproduced == record["weights_sha256"],
         "recorded": record["weights_sha256"],
         "reproduced": reproduced,
-        "environment_differences": {k: (then.get(k), now[k]) for k in now if then.get(k) != now[k]},
+        "environment_differences": differences,
     }
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 import keras_ft
 from keras_ft.artifacts import FORMAT_VERSION
 from keras_ft.errors import KerasFTError
+from keras_ft.reproducibility import weights_sha256
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,9 @@ def test_run_directory_contents(trained):
     assert record["seed"] == 0 and record["class_names"] == ["blue", "green", "red"]
     assert record["training"]["head_epochs"] == 2 and record["model"]["backbone"] == "tiny"
     assert len(record["weights_sha256"]) == 64
+    # What the backbone started from: the same seeded backbone, built afresh, hashes the same.
+    assert record["backbone_weights_sha256"] == weights_sha256(tiny_backbone())
+    assert record["backbone_weights_sha256"] != record["weights_sha256"]
     assert len(record["data_fingerprint"]["train"]) == 64
     assert record["environment"]["tensorflow"] == tf.__version__
     assert "single device" in record["reproducibility"]

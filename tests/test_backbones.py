@@ -206,6 +206,14 @@ def test_a_registered_backbone_trains_records_its_name_and_reproduces(registered
     assert record["backbone"]["builder"] == "test_backbones.tiny_builder"
     result = keras_ft.reproduce_run(run_dir, verbose=0)
     assert result["match"], result
+    assert "backbone_weights_sha256" not in result["environment_differences"]
+    # A backbone that starts from other weights is named as the difference.
+    copy = copy_run(Path(run_dir), Path(run_dir).parent / "edited")
+    record = json.loads((copy / "run.json").read_text())
+    record["backbone_weights_sha256"] = "0" * 64
+    (copy / "run.json").write_text(json.dumps(record))
+    differences = keras_ft.reproduce_run(copy, verbose=0)["environment_differences"]
+    assert differences["backbone_weights_sha256"][0] == "0" * 64
 
 
 @BELOW_PROBE
