@@ -122,6 +122,9 @@ RECIPES = {"auto": AutoRecipe()}
 # `fallback_to_probe`, in `apply_recipe`).
 NEEDS_VALIDATION = ("fallback_to_head", "fallback_to_probe")
 NEEDS_LINEAR_HEAD = ("fallback_to_probe",)
+# Phase 2's settings, left out where the caller's finetune_epochs=0 leaves no phase 2
+# (a warm-up epoch would not fit in it).
+PHASE_2 = ("finetune_lr", "finetune_schedule", "warmup_epochs")
 
 
 def apply_recipe(
@@ -161,4 +164,7 @@ def apply_recipe(
     }
     if not {**options, **applied}["fallback_to_probe"]:  # nothing to refit
         applied.pop("refit_probe", None)
+    if {**options, **applied}["finetune_epochs"] == 0:  # no phase 2: nothing to schedule
+        for option in PHASE_2:
+            applied.pop(option, None)
     return {**options, **applied}, applied

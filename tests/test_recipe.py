@@ -58,6 +58,18 @@ def test_auto_runs_phase_2_faster_from_its_size_thresholds(tmp_path, per_class, 
     assert ("head_epochs" in applied) is (train_images < 500)  # 10: the default's
 
 
+def test_auto_leaves_phase_2_alone_when_the_user_asks_for_none(tmp_path):
+    """A head-only run (finetune_epochs=0) gets no warm-up epoch it has no room for."""
+    large = write_folder(tmp_path / "large", ("a", "b"), per_class=100, size=8)
+    data = keras_ft.ImageFolder(large, image_size=32, batch_size=8, validation_split=0.25)
+    options, applied = apply_recipe(
+        "auto", defaults() | {"finetune_epochs": 0}, data, given=("finetune_epochs",)
+    )
+    assert not {"finetune_lr", "finetune_schedule", "warmup_epochs"} & set(applied)
+    assert options["finetune_epochs"] == options["warmup_epochs"] == 0
+    TrainingConfig(**options)  # a valid combination: it used to refuse warmup_epochs=1
+
+
 def test_auto_phase_2_rate_steps_up_with_the_training_split():
     rate = {n: RECIPES["auto"].settings(n).get("finetune_lr") for n in (149, 150, 499, 500, 5000)}
     assert rate == {149: None, 150: 3e-4, 499: 3e-4, 500: 1e-3, 5000: 1e-3}
