@@ -95,16 +95,25 @@ class Range:
         if self.low is None and self.high is None:
             return kind
         if self.high is None:
-            return f"{kind} {'>=' if self.closed in ('both', 'left') else '>'} {self.low:g}"
+            return f"{kind} {'>=' if self.closed in ('both', 'left') else '>'} {_bound(self.low)}"
         if self.low is None:
-            return f"{kind} {'<=' if self.closed in ('both', 'right') else '<'} {self.high:g}"
+            return f"{kind} {'<=' if self.closed in ('both', 'right') else '<'} {_bound(self.high)}"
         left = "[" if self.closed in ("both", "left") else "("
         right = "]" if self.closed in ("both", "right") else ")"
-        return f"{kind} in {left}{self.low:g}, {self.high:g}{right}"
+        return f"{kind} in {left}{_bound(self.low)}, {_bound(self.high)}{right}"
 
     def parse(self, text: str):
         """The command line's text as a number of the right type."""
         return int(text) if self.integer else float(text)
+
+
+def _bound(value) -> str:
+    """A `Range` bound in words: an int in full (2**32 - 1 is not 4.29497e+09)."""
+    return str(value) if is_int(value) else f"{value:g}"
+
+
+# NumPy, TensorFlow and Keras take seeds of 32 bits, unsigned.
+SEED = Range(0, 2**32 - 1, integer=True)
 
 
 def _is_bool(value) -> bool:
@@ -240,15 +249,19 @@ def defaults_of(config) -> dict[str, object]:
     }
 
 
+def checked(name: str, declared: Option, value):
+    """`value` of the field `name`, converted and checked against its `Option`."""
+    if declared.convert is not None:
+        value = declared.convert(value)
+    if declared.valid is not None:
+        check(declared.valid(value), name, declared.expected, value, declared.fix)
+    return value
+
+
 def validate(config) -> None:
     """Check every field of `config` against its `Option`, converting values first."""
     for name, declared in options_of(config).items():
-        value = getattr(config, name)
-        if declared.convert is not None:
-            value = declared.convert(value)
-            object.__setattr__(config, name, value)
-        if declared.valid is not None:
-            check(declared.valid(value), name, declared.expected, value, declared.fix)
+        object.__setattr__(config, name, checked(name, declared, getattr(config, name)))
 
 
 def describe(groups, indent: int = 8) -> str:
@@ -364,8 +377,7 @@ class DataConfig:
     seed: int = option(
         42,
         help="seeds the split, the shuffling and the augmentation.",
-        valid=Range(integer=True),
-        expected="an int",
+        valid=SEED,
         cli_help="seeds the split, the augmentation, the initializers and the training",
     )
     augment: bool = option(
@@ -530,8 +542,7 @@ class ModelConfig:
     seed: int = option(
         42,
         help="seeds every initializer, the dropout and the training.",
-        valid=Range(integer=True),
-        expected="an int",
+        valid=SEED,
     )
     head: str = option(
         "dense",

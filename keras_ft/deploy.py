@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from keras_ft import __version__
+from keras_ft.config import SEED, check
 from keras_ft.errors import KerasFTError
 from keras_ft.output import check_destination
 
@@ -155,6 +156,7 @@ def export(
     for name, value in (("calibration_images", calibration_images), ("max_images", max_images)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise KerasFTError(f"Invalid `{name}`: expected an int >= 1, received {value!r}.")
+    check(SEED(seed), "seed", str(SEED), seed)
     output = Path(output)
     if output.exists() and (not output.is_dir() or any(output.iterdir())):
         raise KerasFTError(

@@ -27,10 +27,12 @@ from keras_ft.config import (
     ModelConfig,
     TrainingConfig,
     check,
+    checked,
     defaults_of,
     document,
     image_size_pair,
     merge_options,
+    options_of,
     takes_options,
     to_dict,
 )
@@ -105,6 +107,10 @@ class FineTuner:
     @takes_options(*CONSTRUCTOR_GROUPS, defaults=FROM_DATA)
     def __init__(self, backbone="vgg16", num_classes=None, *, preprocessing=None, **options):
         options = merge_options(options, _defaults(*CONSTRUCTOR_GROUPS), "FineTuner")
+        declared = options_of(ModelConfig)
+        for name in MODEL_OPTIONS:  # checked now: the backbone is built (and seeded) before fit
+            if name != "image_size":  # None until the data gives it; checked below
+                options[name] = checked(name, declared[name], options[name])
         for name in CONSTRUCTOR_OPTIONS:  # TrainingConfig's, kept for every fit
             setattr(self, name, options.pop(name))
         self.distribution = get_distribution(self.strategy)
@@ -125,7 +131,6 @@ class FineTuner:
         if options["weights"] is not None and options["weights"] != "imagenet":
             options["weights"] = os.fspath(options["weights"])
         image_size = options.pop("image_size")
-        options["dense_units"] = tuple(options["dense_units"])
         self._model_kwargs = dict(backbone=name, **options)  # ModelConfig's, less the data's
         self._fit_options = _defaults((TrainingConfig, FIT_OPTIONS))  # from_configs sets them
         self._image_size = None if image_size is None else image_size_pair(image_size)

@@ -211,6 +211,10 @@ BAD_INPUTS = {
         ["{tmp}/small", "--test-dir", "{tmp}/other"],
         ["different classes", "'zebra'"],
     ),
+    "negative seed": (
+        ["{tmp}/small", "--seed", "-1"],
+        ["Invalid `seed`: expected an int in [0, 4294967295], received -1"],
+    ),
     "bad validation split": (
         ["{tmp}/small", "--validation-split", "1.5"],
         ["`validation_split`", "[0, 1)"],

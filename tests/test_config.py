@@ -10,6 +10,7 @@ import pytest
 from keras_ft.config import (
     CONSTRUCTOR_OPTIONS,
     FIT_OPTIONS,
+    SEED,
     DataConfig,
     ModelConfig,
     Range,
@@ -51,6 +52,8 @@ def assert_names(error: pytest.ExceptionInfo, argument: str, received: object) -
         ("validation_split", float("nan")),
         ("seed", 1.5),
         ("seed", "42"),
+        ("seed", -1),
+        ("seed", 2**32),
         ("rotation", -0.01),
         ("rotation", 0.75),
         ("zoom", 1.0),
@@ -79,7 +82,7 @@ def test_data_config_accepts_boundaries():
         rotation=0.5,
         zoom=0.0,
         contrast=0.0,
-        seed=-3,
+        seed=2**32 - 1,
     )
     assert config.validation_split == 0.0
     assert config.batch_size == 1
@@ -125,6 +128,7 @@ def test_data_config_is_frozen():
         ("dropout", 1.0),
         ("dropout", -0.2),
         ("seed", 0.5),
+        ("seed", -1),
         ("image_size", (224, -1)),
     ],
 )
@@ -358,6 +362,7 @@ def test_a_field_is_checked_from_its_declared_option():
         (Range(0.0, 1.0, closed="left"), [0, 0.5], [1.0, -0.1, float("nan")], "a float in [0, 1)"),
         (Range(0.0, closed="neither"), [1e-9], [0.0, "auto"], "a float > 0"),
         (Range(integer=True), [-3, 0], [0.5, "42"], "an int"),
+        (SEED, [0, 2**32 - 1], [-1, 2**32], "an int in [0, 4294967295]"),  # ints in full
     ],
 )
 def test_range_checks_and_says_what_it_allows(constraint, inside, outside, words):

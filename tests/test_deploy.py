@@ -146,6 +146,7 @@ def test_saved_model_stays_the_default(run, tmp_path, capsys):
         (dict(format="tflite"), "Invalid `format`: expected one of saved_model, litert, onnx"),
         (dict(format="litert", quantize="int4"), "Invalid `quantize`"),
         (dict(format="onnx", quantize="int8"), "applies to format 'litert' only"),
+        (dict(format="litert", seed=-1), r"Invalid `seed`: expected an int in \[0, 4294967295\]"),
     ],
 )
 def test_bad_options_are_refused(run, tmp_path, options, message):

@@ -1,6 +1,7 @@
 """`FineTuner`: its options come from the configs; `from_configs` is the one way to build it."""
 
 import inspect
+import re
 
 import pytest
 from conftest import tiny_backbone
@@ -49,6 +50,16 @@ def test_an_unknown_option_is_a_type_error_naming_it(folder):
     data = keras_ft.ImageFolder(folder, image_size=32, batch_size=8, quiet=True)
     with pytest.raises(TypeError, match=r"FineTuner.fit\(\) got an unexpected keyword argument"):
         tuner.fit(data, deterministic=False)  # a constructor option, not fit's
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [("seed", -1, "an int in [0, 4294967295]"), ("dropout", 1.5, "a float in [0, 1)")],
+)
+def test_model_options_are_checked_by_the_constructor(option, value, expected):
+    """Before anything is built: a negative seed reached NumPy's seeding as a ValueError."""
+    with pytest.raises(keras_ft.KerasFTError, match=rf"`{option}`: expected {re.escape(expected)}"):
+        keras_ft.FineTuner("vgg16", weights=None, **{option: value})
 
 
 def test_from_configs_trains_with_the_training_config_it_was_given(folder):
