@@ -873,14 +873,17 @@ def _decide_symmetry(extractor, data, probe, words: tuple, transform) -> dict:
     """`decide_flip`'s rule for `transform` (a function of a batch of images).
 
     Two probes are shown the transformed training images: `probe`, on the
-    pooled features, and one fitted here on the feature map averaged over a
-    2x2 grid, which keeps left from right and top from bottom. A backbone
-    whose pooled features barely change under the transform (ImageNet-trained
-    ones are close to mirror-invariant: on digits EfficientNet-Lite0's pooled
-    probe keeps about 90% of its accuracy on mirror images) cannot tell by the
-    first alone; the grid's probe sees where the evidence lies. Both must keep
-    the share. A map one cell wide or high has no grid: the pooled probe
-    decides alone.
+    pooled features, and one fitted here on a shallower feature map (the
+    backbone's last at a stride of at most 8, with local receptive fields)
+    averaged over a 2x2 grid, which keeps left from right and top from
+    bottom. A backbone whose deep features barely change under the transform
+    (ImageNet-trained ones are close to mirror-invariant: on digits
+    EfficientNet-Lite0's pooled probe keeps about 90% of its accuracy on
+    mirror images, and a probe on a grid of its last map as much) cannot
+    tell by them; the shallow grid's probe sees where the evidence lies and
+    which way it faces. Both must keep the share. Without such a map (a
+    backbone that is not a model of layers, images too small) the pooled
+    probe decides alone.
 
     `words`: the decision's key, the transformed accuracy's key prefix, what
     the transformed images are called, what the augmentation is called, and
@@ -908,7 +911,7 @@ def _decide_symmetry(extractor, data, probe, words: tuple, transform) -> dict:
     if "grid" in shares:
         grid_accuracy, grid_transformed = grid_probe.train_accuracy, shares["grid"][1]
         measured += (
-            f"; a probe on a 2x2 grid of the feature map {grid_accuracy:.3f} and "
+            f"; a probe on a 2x2 grid of a shallower feature map {grid_accuracy:.3f} and "
             f"{grid_transformed:.3f}"
         )
     if not informative:
@@ -941,16 +944,27 @@ def _share(accuracy: float, predicted, labels, chance: float) -> tuple[float | N
 
 
 def _grid_extractor(extractor: keras.Model) -> keras.Model | None:
-    """The frozen backbone's feature map averaged over a 2x2 grid, flattened (None for a map
-    less than 2 cells high or wide, or an extractor with no backbone model inside)."""
+    """The backbone's last feature map at a stride of at most 8, averaged over a 2x2 grid
+    and flattened (None for an extractor with no backbone model inside, or no such map)."""
     nested = [i for i, layer in enumerate(extractor.layers) if isinstance(layer, keras.Model)]
-    if not nested or nested[0] + 1 >= len(extractor.layers):
+    if not nested:
         return None
-    feature_map = extractor.layers[nested[0] + 1].input
-    height, width = feature_map.shape[1:3]
-    if height is None or width is None or min(height, width) < 2:
+    backbone = extractor.layers[nested[0]]
+    height, width = extractor.input.shape[1:3]
+    shallow = [
+        layer
+        for layer in backbone.layers
+        if not isinstance(layer, keras.layers.InputLayer)
+        and len(layer.output.shape) == 4
+        and layer.output.shape[1] >= max(2, math.ceil(height / 8))
+        and layer.output.shape[2] >= max(2, math.ceil(width / 8))
+    ]
+    if not shallow:
         return None
-    size = (math.ceil(height / 2), math.ceil(width / 2))
+    middle = keras.Model(backbone.input, shallow[-1].output)
+    before = extractor.layers[nested[0] - 1]
+    feature_map = middle(extractor.input if nested[0] == 1 else before.output)
+    size = (math.ceil(feature_map.shape[1] / 2), math.ceil(feature_map.shape[2] / 2))
     cells = keras.layers.AveragePooling2D(size, padding="same", name="symmetry_grid")
     return keras.Model(extractor.input, keras.layers.Flatten()(cells(feature_map)))
 
