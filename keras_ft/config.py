@@ -45,8 +45,13 @@ def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+# The largest image side keras_ft trains on: 4096 px is 0.2 GB of float32 pixels per image,
+# and a backbone's first feature maps take tens of times that.
+MAX_IMAGE_SIDE = 4096
+
+
 def image_size_pair(image_size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    """Return `image_size` as a `(height, width)` tuple of positive ints."""
+    """Return `image_size` as a `(height, width)` tuple of ints in [1, `MAX_IMAGE_SIDE`]."""
     if is_int(image_size):
         image_size = (image_size, image_size)
     check(
@@ -57,7 +62,16 @@ def image_size_pair(image_size: int | tuple[int, int] | list[int]) -> tuple[int,
         "a positive int or a (height, width) pair of positive ints",
         image_size,
     )
-    return (int(image_size[0]), int(image_size[1]))
+    height, width = int(image_size[0]), int(image_size[1])
+    check(
+        max(height, width) <= MAX_IMAGE_SIDE,
+        "image_size",
+        f"sides of at most {MAX_IMAGE_SIDE} px",
+        (height, width),
+        f"Each image of a batch would take {height * width * 3 * 4 / 1e9:.1f} GB as float32 "
+        "pixels, before any layer. Pass a smaller size, e.g. 224 (most backbones' default).",
+    )
+    return (height, width)
 
 
 # ------------------------------------------------------------------ constraints

@@ -215,6 +215,10 @@ BAD_INPUTS = {
         ["{tmp}/small", "--seed", "-1"],
         ["Invalid `seed`: expected an int in [0, 4294967295], received -1"],
     ),
+    "image size too large": (
+        ["{tmp}/small", "--image-size", "100000"],
+        ["at most 4096 px", "received (100000, 100000)", "120.0 GB"],
+    ),
     "bad validation split": (
         ["{tmp}/small", "--validation-split", "1.5"],
         ["`validation_split`", "[0, 1)"],

@@ -43,6 +43,7 @@ def assert_names(error: pytest.ExceptionInfo, argument: str, received: object) -
         ("image_size", (32.0, 32)),
         ("image_size", "224"),
         ("image_size", True),
+        ("image_size", 100000),
         ("batch_size", 0),
         ("batch_size", -4),
         ("batch_size", 8.0),
@@ -102,6 +103,17 @@ def test_image_size_becomes_a_height_width_tuple(given, expected):
     assert DataConfig(directory="d", image_size=given).image_size == expected
     assert ModelConfig(num_classes=2, image_size=given).image_size == expected
     assert isinstance(DataConfig(directory="d", image_size=given).image_size, tuple)
+
+
+def test_an_image_size_too_large_to_train_is_refused_saying_its_memory():
+    with pytest.raises(KerasFTError) as error:
+        image_size_pair(100000)
+    assert str(error.value) == (
+        "Invalid `image_size`: expected sides of at most 4096 px, received (100000, 100000). "
+        "Each image of a batch would take 120.0 GB as float32 pixels, before any layer. "
+        "Pass a smaller size, e.g. 224 (most backbones' default)."
+    )
+    assert image_size_pair((4096, 32)) == (4096, 32)
 
 
 def test_data_config_is_frozen():
