@@ -97,7 +97,8 @@ class LayerwiseSGD(keras.optimizers.SGD):
     (counted from 0): its momentum stays 0 and its weights are kept bitwise,
     as if frozen (gradual unfreezing). Decoupled weight decay, as Keras's SGD
     applies it, is applied here per variable: from its start step, at the
-    step's learning rate (not scaled by the multiplier).
+    variable's scaled rate, so that weight decay included a variable trains
+    as plain SGD at its own rate would.
 
     Args:
         multipliers: `{variable path: multiplier}`; unnamed variables keep 1.
@@ -124,12 +125,12 @@ class LayerwiseSGD(keras.optimizers.SGD):
         if self._starts[index]:
             started = keras.ops.greater_equal(self.iterations, self._starts[index])
             learning_rate = keras.ops.where(started, learning_rate, 0.0)
+        if self._scales[index] != 1.0:
+            learning_rate = keras.ops.multiply(learning_rate, self._scales[index])
         if self.weight_decay is not None and self._use_weight_decay(variable):
             rate = keras.ops.cast(learning_rate, variable.dtype)
             decay = keras.ops.cast(self.weight_decay, variable.dtype)
-            self.assign_sub(variable, variable * decay * rate)  # as Keras's SGD
-        if self._scales[index] != 1.0:
-            learning_rate = keras.ops.multiply(learning_rate, self._scales[index])
+            self.assign_sub(variable, variable * decay * rate)  # as Keras's SGD at that rate
         super().update_step(gradient, variable, learning_rate)
 
     def get_config(self):

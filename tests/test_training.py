@@ -661,7 +661,9 @@ def test_flip_auto_is_the_default_and_decides_before_phase_1(split_folders, caps
         fit_two_phase(model, data, TrainingConfig(head_epochs=1, finetune_epochs=0))
 
 
-def test_layerwise_sgd_is_plain_sgd_at_each_variables_scaled_rate():
+@pytest.mark.parametrize("weight_decay", [None, 0.05])
+def test_layerwise_sgd_is_plain_sgd_at_each_variables_scaled_rate(weight_decay):
+    """Weight decay included: decoupled, it follows each variable's own rate."""
     from keras_ft.training import LayerwiseSGD
 
     def model():
@@ -676,10 +678,11 @@ def test_layerwise_sgd_is_plain_sgd_at_each_variables_scaled_rate():
     x, y = rng.normal(size=(16, 6)).astype("float32"), rng.normal(size=(16, 3)).astype("float32")
     layerwise, reference = model(), model()
     low = {v.path: 0.1 for v in layerwise.get_layer("low").trainable_weights}
-    optimizer = LayerwiseSGD(low, learning_rate=0.05, momentum=0.9)
+    sgd = dict(momentum=0.9, weight_decay=weight_decay)
+    optimizer = LayerwiseSGD(low, learning_rate=0.05, **sgd)
     # The reference: two plain SGDs, the low layer's at 0.1 x the rate.
-    plain_low = keras.optimizers.SGD(learning_rate=0.005, momentum=0.9)
-    plain_top = keras.optimizers.SGD(learning_rate=0.05, momentum=0.9)
+    plain_low = keras.optimizers.SGD(learning_rate=0.005, **sgd)
+    plain_top = keras.optimizers.SGD(learning_rate=0.05, **sgd)
     for _ in range(200):
         for net in (layerwise, reference):
             with tf.GradientTape() as tape:
