@@ -61,6 +61,11 @@ def _is_data_files(value) -> bool:
     )
 
 
+def _is_decisions(value) -> bool:
+    """`fit`'s decisions: `{"flip": {"flip": true, "reason": ...}, ...}`, each one an object."""
+    return isinstance(value, dict) and all(isinstance(v, dict) for v in value.values())
+
+
 def _optional(check):
     return lambda value: value is None or check(value)
 
@@ -97,7 +102,7 @@ RECORD_SCHEMA = {
     "image_counts": (_instance(dict), "an object", False),
     "test_accuracy": (_is_number, "a number", False),
     "advice": (_instance(list), "a list", False),
-    "decisions": (_instance(dict), "an object", False),
+    "decisions": (_is_decisions, "an object of objects, one per decision", False),
     "recipe": (_optional(_instance(dict)), "an object or null", False),
     "manifest": (is_hashes, "an object of SHA-256s by relative path", True),
     "signature": (_is_sha256, "an HMAC-SHA256 (64 lowercase hex digits)", False),

@@ -705,6 +705,18 @@ def test_damaged_run_json_gets_one_message(case, command, run_copy, capsys):
     assert listing(run_dir.parent) == before
 
 
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+@pytest.mark.parametrize("decision", ["yes", None, ["quarter_turns"]])
+def test_a_damaged_decision_is_refused_before_test_time_augmentation(
+    decision, command, run_copy, capsys
+):
+    """--tta reads the record's decisions: a string there was an AttributeError traceback."""
+    run_dir, image, test = run_copy
+    _damage_record(run_dir, {"decisions": {"quarter_turns": decision}})
+    args = (run_dir, image) if command == "predict" else (run_dir, test)
+    assert_refused(cli(capsys, command, *args, "--tta"), "run.json", "'decisions'")
+
+
 @pytest.mark.parametrize("content", [b"[bad", b"5", b"\xff\xfe", b'{"a": 1}', b"[1, 2, 3]"])
 @pytest.mark.parametrize("command", ["predict", "evaluate", "reproduce"])
 def test_damaged_class_names_json_gets_one_message(content, command, run_copy, capsys):
