@@ -521,6 +521,13 @@ def list_classes(root: Path) -> tuple[str, ...]:
             "in a sub-folder named after the class: "
             f"{root}/<class>/<image>.jpg."
         )
+    broken = [name for name in names if len(f"{name}x".splitlines()) > 1]
+    if broken:
+        raise KerasFTError(
+            f"Class folder {printable(repr(broken[0]))} in '{printable(str(root))}' holds a line "
+            "break: a class name is one line of labels.txt (and of every report), so each "
+            "later label would shift. Rename the folder without it."
+        )
     return tuple(sorted(names, key=natural_key))
 
 

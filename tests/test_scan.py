@@ -1026,3 +1026,14 @@ def test_skip_bad_lists_skipped_files_with_reasons_and_reads_odd_files_as_rgb(tr
     for name, (colour, _) in ODD_VALID.items():
         difference = np.abs(decoded[name] - np.array(colour, np.float32)).max()
         assert difference <= 2, (name, decoded[name][0, 0], colour)
+
+
+@pytest.mark.parametrize("name", ["a\nb", "a\rb", "a\u2028b"])
+def test_a_class_name_with_a_line_break_is_refused(name, tmp_path, capsys):
+    """labels.txt holds one class name a line: a name holding a break would shift the rest."""
+    root = write_folder(tmp_path / "data", ("cat", name), per_class=2, size=16)
+    with pytest.raises(KerasFTError, match="holds a line break") as caught:
+        scan_folder(root, cache=False)
+    assert "\n" not in str(caught.value) and "Rename the folder" in str(caught.value)
+    result = run_here(capsys, "scan", root)
+    assert result.returncode == 2 and "holds a line break" in result.stderr
