@@ -129,9 +129,10 @@ def figure_png(image: np.ndarray, heatmap: np.ndarray, top: list[tuple[str, floa
     right.set_title("Grad-CAM", fontsize=9)
     from keras_ft.text import printable
 
-    figure.suptitle(
+    figure.suptitle(  # class names are data: "$x$" is drawn as it is, not parsed as mathtext
         "   ".join(f"{printable(name)}: {probability:.3f}" for name, probability in top),
         fontsize=9,
+        parse_math=False,
     )
     return _png(figure)
 

@@ -86,6 +86,19 @@ def copy_run(run_dir: Path, destination: Path, edit=None) -> Path:
     return destination
 
 
+def reseal(run_dir: Path, edit=None) -> None:
+    """Rewrite run.json as someone without the signing key could: edit, recompute the manifest."""
+    import json
+
+    from keras_ft.manifest import file_manifest
+
+    record = json.loads((run_dir / "run.json").read_text())
+    if edit is not None:
+        edit(record)
+    record["manifest"] = file_manifest(run_dir)
+    (run_dir / "run.json").write_text(json.dumps(record))
+
+
 def write_folder(
     root: Path, classes=("cat", "dog"), per_class: int = 12, size: int = 40, seed: int = 0
 ) -> Path:

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import copy_run, tiny_backbone
+from conftest import copy_run, reseal, tiny_backbone
 from PIL import Image
 
 import keras_ft
@@ -367,17 +367,6 @@ def assert_refused(result, *fragments):
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     for fragment in fragments:
         assert fragment in err, err
-
-
-def reseal(run_dir, edit=None):
-    """Rewrite run.json as someone without the signing key could: edit, recompute the manifest."""
-    from keras_ft.manifest import file_manifest
-
-    record = json.loads((run_dir / "run.json").read_text())
-    if edit is not None:
-        edit(record)
-    record["manifest"] = file_manifest(run_dir)
-    (run_dir / "run.json").write_text(json.dumps(record))
 
 
 def edit_model_config(model_file, old, new):

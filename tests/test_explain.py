@@ -1,10 +1,12 @@
 """Grad-CAM: the feature map it uses, where its heat goes, the PNGs `keras-ft explain` writes."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
+from conftest import copy_run, reseal, tiny_backbone, write_folder
 from conftest import main_cli as cli
-from conftest import tiny_backbone, write_folder
 from PIL import Image
 
 import keras_ft
@@ -126,6 +128,20 @@ def test_explain_writes_one_png_per_image(tiny_run, tmp_path, capsys):
     before = written[0].read_bytes()
     code, _, err = cli(capsys, "explain", run_dir, images[0], "--output", tmp_path / "cams")
     assert code == 2 and "already exists" in err and written[0].read_bytes() == before
+
+
+def test_explain_draws_a_mathtext_class_name_as_it_is(tiny_run, tmp_path, capsys):
+    """Matplotlib parsed '$\\badcmd$' as mathtext in the title: a ValueError traceback."""
+    pytest.importorskip("matplotlib")
+    run_dir, train = tiny_run
+    copy = copy_run(run_dir, tmp_path / "run")
+    names = ["$\\badcmd$", "green", "red"]
+    (copy / "class_names.json").write_text(json.dumps(names))
+    reseal(copy, lambda record: record.update(class_names=names))
+    image = train / "red" / "000.png"
+    code, out, err = cli(capsys, "explain", copy, image, "--output", tmp_path / "cams")
+    assert code == 0, err
+    assert out.split() == ["wrote", str(tmp_path / "cams" / "000.png")]
 
 
 def test_explain_names_an_unreadable_image(tiny_run, tmp_path, capsys):
