@@ -20,7 +20,11 @@ Measured, at two data sizes:
 3. backbones: five (backbone, weights) pairs, likewise;
 4. cost: LogME on 1,000 x 4,096 features, and `rank` of 5 layers on 1,000
    images at 64 px.
-Results: build/bench/rank/results.json and rank.md (also printed).
+Results: one JSON line per run appended to bench/results/rank.jsonl (quick mode:
+build/bench/rank-quick.jsonl; `--results` elsewhere), with the mode, settings,
+commit (and the files that differed from it), date, machine and every score and
+accuracy; build/bench/rank/results.json and rank.md hold the last run (also printed).
+`python -m bench.rank --report` prints the tables again from the results file.
 """
 
 from __future__ import annotations
@@ -29,18 +33,22 @@ import argparse
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from bench import quality_tasks
+from bench import common, quality_tasks
 
 ROOT = Path(__file__).resolve().parent.parent
 WEIGHTS = ROOT / "build" / "vgg16_hed_notop.weights.h5"
 SAMPLE = ROOT / "data_samples" / "digits"
 OUTPUT = ROOT / "build" / "bench" / "rank"
+RESULTS = ROOT / "bench" / "results" / "rank.jsonl"
+QUICK_RESULTS = ROOT / "build" / "bench" / "rank-quick.jsonl"
 BLOCKS = [f"block{b}_pool" for b in range(1, 6)]
 SETTINGS = {
     "full": {
@@ -308,19 +316,74 @@ def report(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def provenance() -> dict:
+    """The commit the code ran at, and the files under keras_ft/ and bench/ that differed
+    from it (a run on a work tree with changes names them: its commit alone is not its code)."""
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "keras_ft", "bench")
+    return {
+        "commit": git("rev-parse", "--short=10", "HEAD") or "unknown",
+        "changed_files": sorted(line[3:] for line in changed.splitlines()),
+    }
+
+
+def load_results(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def report_results(records: list[dict]) -> str:
+    """Every run in a results file: its mode, commit, date and machine, then its tables."""
+    parts = []
+    for record in records:
+        changed = record.get("changed_files") or []
+        head = (
+            f"## bench.rank, {record['mode']} mode, commit {record['commit']}"
+            + (f" plus uncommitted changes to {', '.join(changed)}" if changed else "")
+            + f", {record['date']}, {record['machine']}, wall {record['wall_s'] / 60:.1f} min"
+        )
+        parts.append(head + "\n\n" + report(record))
+    return "\n".join(parts)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test")
     parser.add_argument("--output", type=Path, default=OUTPUT)
+    parser.add_argument(
+        "--results", type=Path, help=f"JSON lines to append to (default {RESULTS}; quick mode: "
+        f"{QUICK_RESULTS})"
+    )  # fmt: skip
+    parser.add_argument(
+        "--report", action="store_true", help="print the tables of every run in --results"
+    )
     args = parser.parse_args(argv)
+    results_file = args.results or (QUICK_RESULTS if args.quick else RESULTS)
+    if args.report:
+        print(report_results(load_results(results_file)))
+        return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    settings = SETTINGS["quick" if args.quick else "full"]
+    mode = "quick" if args.quick else "full"
+    settings = SETTINGS[mode]
     if not WEIGHTS.is_file():
         raise SystemExit(f"{WEIGHTS} is missing: make {WEIGHTS.relative_to(ROOT)}")
     args.output.mkdir(parents=True, exist_ok=True)
     cache = args.output / "data"
     size, epochs = settings["image_size"], settings["epochs"]
-    results = {"load": _load(), "settings": settings}
+    started = time.perf_counter()
+    results = {
+        "mode": mode,
+        **provenance(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "machine": f"{common.cpu_model()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}",
+        "load": _load(),
+        "settings": settings,
+    }
     folders = {
         f"mnist {n}/class": mnist_folders(n, settings["test_per_class"], 0, cache)
         for n in settings["sizes"]
@@ -334,10 +397,15 @@ def main(argv=None) -> None:
         results["backbones"][name] = across_backbones(data, epochs)
     cost_train, _ = mnist_folders(settings["cost_images"] // 10, 1, 1, cache)
     results["cost"] = cost(cost_train, settings["cost_images"])
+    results["wall_s"] = round(time.perf_counter() - started, 1)
     (args.output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     text = report(results)
     (args.output / "rank.md").write_text(text)
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(results_file, "a") as out:
+        out.write(json.dumps(results) + "\n")
     print(text)
+    print(f"[rank] appended the run to {results_file}")
 
 
 if __name__ == "__main__":

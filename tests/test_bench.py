@@ -100,9 +100,11 @@ def test_quality_digits_task_is_seeded_disjoint_and_never_flipped(tmp_path):
     assert [len(list(f.glob("*/*.png"))) for f in largest] == [700, 500, 500]
 
 
-def test_rank_benchmark_parts_and_report_on_a_tiny_folder(tmp_path, monkeypatch):
-    """`bench.rank` without the HED weights or MNIST: a saved random VGG16 stands in for the
-    pretrained file; pretrained-vs-random, the cost part and the report run on 42 images."""
+def test_rank_benchmark_quick_mode_on_a_tiny_folder(tmp_path, monkeypatch, capsys):
+    """`python -m bench.rank --quick` end to end without the HED weights or MNIST: a saved
+    random VGG16 stands in for the pretrained file, one folder of 42 images for every data
+    set, two of VGG16's five blocks, testnet as the backbones. The run is appended to the
+    results file with its commit; `--report` prints its tables again from that file."""
     import keras
     from conftest import write_folder
 
@@ -114,15 +116,48 @@ def test_rank_benchmark_parts_and_report_on_a_tiny_folder(tmp_path, monkeypatch)
     )
     monkeypatch.setattr(bench_rank, "WEIGHTS", weights)
     train = write_folder(tmp_path / "train", ("red", "green", "blue"), per_class=14, size=32)
+    test = write_folder(tmp_path / "test", ("red", "green", "blue"), per_class=3, size=32, seed=1)
+    monkeypatch.setattr(bench_rank, "SAMPLE", tmp_path)  # the digits sample: SAMPLE / "train"
+    monkeypatch.setattr(bench_rank, "mnist_folders", lambda *args: (train, test))
+    from testnet_pkg import testnet
 
-    rows = bench_rank.pretrained_vs_random({"tiny": train}, 32)
-    assert [row["data"] for row in rows] == ["tiny"]
+    seeded = tmp_path / "testnet_seeded.weights.h5"
+    testnet().save_weights(seeded)
+    monkeypatch.setattr(bench_rank, "backbones", lambda: ["testnet=none", f"testnet={seeded}"])
+    monkeypatch.setattr(bench_rank, "BLOCKS", ["block1_pool", "block2_pool"])  # 2 of the 5
+    monkeypatch.setitem(
+        bench_rank.SETTINGS,
+        "quick",
+        {
+            "sizes": (14,),
+            "test_per_class": 3,
+            "image_size": 32,
+            "epochs": (1, 1),
+            "cost_images": 42,
+        },
+    )
+    results = tmp_path / "rank.jsonl"
+    bench_rank.main(["--quick", "--output", str(tmp_path / "out"), "--results", str(results)])
+    printed = capsys.readouterr().out
+    (record,) = bench_rank.load_results(results)
+    assert record["mode"] == "quick" and record["commit"] != "unknown" and record["wall_s"] > 0
+    assert isinstance(record["changed_files"], list)
+    rows = record["pretrained_vs_random"]
+    assert [row["data"] for row in rows] == ["digits sample", "mnist 14/class"]
     for side in ("hed", "random"):
         assert rows[0][side]["dimension"] == 512 and np.isfinite(rows[0][side]["logme"])
     assert set(rows[0]["hed_wins"]) == {"logme", "h_score", "probe_val_accuracy"}
-    cost = bench_rank.cost(train, 42)
+    assert list(record["layers"]["mnist 14/class"]["test_accuracy"]) == bench_rank.BLOCKS
+    backbones = record["backbones"]["mnist 14/class"]["test_accuracy"]
+    assert set(backbones) == {"testnet:none", "testnet:testnet_seeded"}
+    cost = record["cost"]
     assert cost["rank_images"] == 42 and cost["rank_5_layers_64px_seconds"] > 0
     assert len(cost["logme_1000x4096_seconds"]) == 3
+    assert "| block2_pool | 128 |" in printed and "rank of 5 VGG16 layers on 42 images" in printed
+    bench_rank.main(["--report", "--results", str(results)])
+    again = capsys.readouterr().out
+    assert f"## bench.rank, quick mode, commit {record['commit']}" in again
+    assert bench_rank.report(record) in again  # the same tables, from the results file
 
     # The Kendall tau of a score that orders the candidates as the accuracy does is 1.
     scores = {n: {"logme": v, "h_score": -v, "probe_val_accuracy": v} for n, v in (("a", 1),
@@ -131,12 +166,9 @@ def test_rank_benchmark_parts_and_report_on_a_tiny_folder(tmp_path, monkeypatch)
     assert tau == pytest.approx({"logme": 1.0, "h_score": -1.0, "probe_val_accuracy": 1.0})
     part = {"load": [1.0, 1.0, 1.0], "seconds": 1.0, "tau": tau, "test_accuracy": {"a": 0.1},
             "scores": {"a": {**scores["a"], "dimension": 64}}}  # fmt: skip
-    results = {"load": [1.0, 1.0, 1.0], "pretrained_vs_random": rows, "layers": {"tiny": part},
-               "backbones": {"tiny": part}, "cost": cost}  # fmt: skip
-    text = bench_rank.report(results)
-    assert "| tiny | 32 | " in text and "| a | 64 | 1 | -1 | 1 | 0.1000 |" in text
+    text = bench_rank.report({**record, "layers": {"tiny": part}, "backbones": {"tiny": part}})
+    assert "| a | 64 | 1 | -1 | 1 | 0.1000 |" in text
     assert "Kendall tau with the test accuracy: LogME 1.00, H-score -1.00, probe 1.00" in text
-    assert "rank of 5 VGG16 layers on 42 images at 64 px:" in text
 
 
 def test_rank_benchmark_mnist_folders_are_seeded_and_disjoint_from_the_sample(tmp_path):
