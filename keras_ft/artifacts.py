@@ -47,7 +47,7 @@ from keras_ft.manifest import (
     short_json,
 )
 from keras_ft.manifest import signing_key as _signing_key
-from keras_ft.output import check_output
+from keras_ft.output import check_output, write_failed
 from keras_ft.report import write_report
 from keras_ft.reproducibility import environment, fingerprint, guarantee, weights_sha256
 
@@ -184,13 +184,15 @@ def export_for_serving(run_dir, output, version: int | None = None, signing_key=
             f"'{target}' already exists. TF Serving versions are immutable: pass another "
             "--version, or leave it out to use the next free number."
         )
-    output.mkdir(parents=True, exist_ok=True)
     staging = output / f".{version}.partial-{uuid.uuid4().hex[:8]}"
     try:
+        output.mkdir(parents=True, exist_ok=True)
         copy_verified(run_dir, "saved_model", staging, record["manifest"])
         os.replace(staging, target)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError):  # a full or read-only disk
+            raise write_failed(output, "OUTPUT", error) from None
         raise
     return target
 

@@ -38,7 +38,7 @@ import numpy as np
 from keras_ft import __version__
 from keras_ft.config import SEED, check
 from keras_ft.errors import KerasFTError
-from keras_ft.output import check_destination
+from keras_ft.output import check_destination, write_failed
 
 FORMATS = ("saved_model", "litert", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
@@ -173,10 +173,9 @@ def export(
         calibration = _calibration_sample(
             record, predictor, calibration_dir, calibration_images, seed
         )
-    output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.parent / f".{output.name}.partial-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
     try:
+        staging.mkdir(parents=True)
         with tempfile.TemporaryDirectory() as scratch:
             if format == "litert":
                 saved_model = Path(scratch) / "saved_model"
@@ -208,8 +207,10 @@ def export(
         if output.exists():
             output.rmdir()  # empty, checked above
         os.replace(staging, output)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError):  # a full or read-only disk
+            raise write_failed(output, "OUTPUT", error) from None
         raise
     return ExportResult(output / details["file"], details, failures)
 

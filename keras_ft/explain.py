@@ -29,7 +29,7 @@ import tensorflow as tf
 
 from keras_ft.errors import KerasFTError
 from keras_ft.model import backbone_of
-from keras_ft.output import check_destination
+from keras_ft.output import check_destination, write_failed
 
 PLOTS_EXTRA = 'pip install "keras-ft[plots]"'
 
@@ -177,14 +177,17 @@ def explain(run_dir, images, output, top_k: int = 3, signing_key=None) -> list[P
             f"'{taken[0]}' already exists. Choose another --output folder, or remove the file."
         )
     pixels = predictor._as_batch([os.fspath(path) for path in images])  # names bad files
-    output.mkdir(parents=True, exist_ok=True)
-    for start in range(0, len(pixels), 16):
-        batch = pixels[start : start + 16]
-        heatmaps, probabilities = explainer(batch)
-        for image, heatmap, row, target in zip(
-            batch, heatmaps, probabilities, targets[start : start + 16], strict=True
-        ):
-            order = np.argsort(-row, kind="stable")[:top_k]
-            top = [(predictor.class_names[i], float(row[i])) for i in order]
-            target.write_bytes(figure_png(image.astype(np.uint8), heatmap, top))
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        for start in range(0, len(pixels), 16):
+            batch = pixels[start : start + 16]
+            heatmaps, probabilities = explainer(batch)
+            for image, heatmap, row, target in zip(
+                batch, heatmaps, probabilities, targets[start : start + 16], strict=True
+            ):
+                order = np.argsort(-row, kind="stable")[:top_k]
+                top = [(predictor.class_names[i], float(row[i])) for i in order]
+                target.write_bytes(figure_png(image.astype(np.uint8), heatmap, top))
+    except OSError as error:  # a full or read-only disk
+        raise write_failed(output, "--output", error) from None
     return targets

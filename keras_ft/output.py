@@ -198,7 +198,21 @@ def _check_writable(output: Path, flag: str) -> None:
 
 
 def _article(flag: str) -> str:
-    return f"an {flag}" if flag.lstrip("-")[:1] in "aeiou" else f"a {flag}"
+    return f"an {flag}" if flag.lstrip("-")[:1].lower() in "aeiou" else f"a {flag}"
+
+
+def write_failed(output, flag: str, error: OSError) -> KerasFTError:
+    """The error for a write into `output` that failed part-way: a full disk, a read-only one.
+
+    Args:
+        output: the output as the user named it.
+        flag: how the user named it (`"--output"`, `"OUTPUT"`).
+        error: the failure.
+    """
+    return KerasFTError(
+        f"Cannot write {flag} '{output}': {error.strerror or error}. Free some space, or choose "
+        f"{_article(flag)} on a writable filesystem."
+    )
 
 
 def check_destination(

@@ -99,6 +99,20 @@ def reseal(run_dir: Path, edit=None) -> None:
     (run_dir / "run.json").write_text(json.dumps(record))
 
 
+def fail_writes(monkeypatch, folder: Path, code: int) -> None:
+    """Make every file that pathlib opens for writing under `folder` fail with OSError `code`:
+    ENOSPC for a full disk, EROFS for a read-only one (tests run as root, which permission
+    bits do not stop)."""
+    real_open = Path.open
+
+    def open_(path, mode="r", *args, **kwargs):
+        if set(mode) & set("wxa+") and Path(folder) in Path(path).absolute().parents:
+            raise OSError(code, os.strerror(code), str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", open_)
+
+
 def write_folder(
     root: Path, classes=("cat", "dog"), per_class: int = 12, size: int = 40, seed: int = 0
 ) -> Path:

@@ -1,12 +1,14 @@
 """Export to TF Serving, LiteRT and ONNX, each run in its own runtime and checked for parity."""
 
+import errno
 import json
+import os
 import sys
 
 import numpy as np
 import pytest
+from conftest import fail_writes, write_folder
 from conftest import main_cli as cli
-from conftest import write_folder
 
 import keras_ft
 from keras_ft import deploy
@@ -131,6 +133,20 @@ def test_a_missing_runtime_names_the_extra(run, tmp_path, capsys, monkeypatch, m
     assert code == 2
     assert f'pip install "keras-ft[{extra}]"' in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("format", ["saved_model", "litert"])
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_export_onto_a_full_or_read_only_disk_is_one_message(
+    code, format, run, tmp_path, capsys, monkeypatch
+):
+    if format == "litert":
+        pytest.importorskip("ai_edge_litert")
+    fail_writes(monkeypatch, tmp_path, code)
+    exit_code, out, err = cli(capsys, "export", run[0], tmp_path / "out", "--format", format)
+    assert exit_code == 2 and "Traceback" not in err and out == ""
+    assert f"Cannot write OUTPUT '{tmp_path / 'out'}': {os.strerror(code)}." in err
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() or "partial" in p.name]
 
 
 def test_saved_model_stays_the_default(run, tmp_path, capsys):

@@ -1,11 +1,13 @@
 """Grad-CAM: the feature map it uses, where its heat goes, the PNGs `keras-ft explain` writes."""
 
+import errno
 import json
+import os
 
 import keras
 import numpy as np
 import pytest
-from conftest import copy_run, reseal, tiny_backbone, write_folder
+from conftest import copy_run, fail_writes, reseal, tiny_backbone, write_folder
 from conftest import main_cli as cli
 from PIL import Image
 
@@ -142,6 +144,19 @@ def test_explain_draws_a_mathtext_class_name_as_it_is(tiny_run, tmp_path, capsys
     code, out, err = cli(capsys, "explain", copy, image, "--output", tmp_path / "cams")
     assert code == 0, err
     assert out.split() == ["wrote", str(tmp_path / "cams" / "000.png")]
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_explain_onto_a_full_or_read_only_disk_is_one_message(
+    code, tiny_run, tmp_path, capsys, monkeypatch
+):
+    pytest.importorskip("matplotlib")
+    run_dir, train = tiny_run
+    fail_writes(monkeypatch, tmp_path, code)
+    image = train / "red" / "000.png"
+    exit_code, out, err = cli(capsys, "explain", run_dir, image, "--output", tmp_path / "cams")
+    assert exit_code == 2 and "Traceback" not in err and out == ""
+    assert f"Cannot write --output '{tmp_path / 'cams'}': {os.strerror(code)}." in err
 
 
 def test_explain_names_an_unreadable_image(tiny_run, tmp_path, capsys):
