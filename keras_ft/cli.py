@@ -27,6 +27,7 @@ from keras_ft.config import (
     parse_unfreeze,
     parse_weights,
 )
+from keras_ft.text import printable
 
 CONFIGS = (DataConfig, ModelConfig, TrainingConfig)
 
@@ -382,7 +383,6 @@ def _add_lr_find(commands) -> None:
 def lr_find(args) -> int:
     from keras_ft.backbones import get_backbone
     from keras_ft.output import check_output_file
-    from keras_ft.text import printable
 
     data_dirs = (args.data_dir, args.test_dir)
     output = check_output_file(args.output, ".png", data_dirs, args.overwrite)
@@ -469,7 +469,6 @@ def train(args) -> int:
     from keras_ft.manifest import checkpoint_dir
     from keras_ft.output import OutputLock, check_output
     from keras_ft.reproducibility import weights_sha256
-    from keras_ft.text import printable
 
     key = _key(args)  # a bad key file is refused before any training
     spec = get_backbone(args.backbone)
@@ -499,7 +498,7 @@ def train(args) -> int:
             )
         data = _image_folder(args, spec)
         tuner.build(data.image_size, data.num_classes)
-        _say(args, f"classes ({data.num_classes}): {', '.join(map(printable, data.class_names))}")
+        _say(args, f"classes ({data.num_classes}): {', '.join(data.class_names)}")
         _say(
             args,
             f"images: {len(data.train_files)} train, {len(data.validation_files)} "
@@ -528,7 +527,7 @@ def train(args) -> int:
     if tuner.metrics is not None:
         print(format_metrics(tuner.metrics))
     link = f" (a link to {path})" if os.path.islink(args.output) else ""
-    print(f"run directory: {args.output}{link}")
+    print(printable(f"run directory: {args.output}{link}"))
     _say(args, f"report: {Path(args.output) / 'report' / 'report.html'} (open it in a browser)")
     return 0
 
@@ -567,8 +566,8 @@ def tune(args) -> int:
         print("  ".join(cells) + ("  <- best" if row["best"] else ""))
     if result.best.metrics is not None:
         print(format_metrics(result.best.metrics))
-    print(f"trials: {os.path.join(result.output, 'trials.csv')}")
-    print(f"best run directory: {result.best_run_dir}")
+    print(printable(f"trials: {os.path.join(result.output, 'trials.csv')}"))
+    print(printable(f"best run directory: {result.best_run_dir}"))
     return 0
 
 
@@ -660,7 +659,7 @@ def reproduce(args) -> int:
     print(f"recorded weights:   {result['recorded']}")
     print(f"reproduced weights: {result['reproduced']}")
     for key, (then, now) in result["environment_differences"].items():
-        print(f"environment differs: {key}: {then} (run) vs {now} (now)")
+        print(printable(f"environment differs: {key}: {then} (run) vs {now} (now)"))
     print("MATCH" if result["match"] else "MISMATCH")
     return 0 if result["match"] else 1
 
@@ -688,7 +687,6 @@ def export(args) -> int:
 
 def explain(args) -> int:
     from keras_ft.explain import explain as explain_images
-    from keras_ft.text import printable
 
     for path in explain_images(args.run_dir, args.images, args.output, signing_key=_key(args)):
         print(printable(f"wrote {path}"))
@@ -697,7 +695,6 @@ def explain(args) -> int:
 
 def scan(args) -> int:
     from keras_ft.scan import scan_folder
-    from keras_ft.text import printable
 
     options = dict(cache=not args.no_cache, quiet=args.quiet)
     reports = [scan_folder(args.data_dir, **options)]
@@ -717,7 +714,6 @@ def scan(args) -> int:
 
 def rank(args) -> int:
     from keras_ft.ranking import rank as rank_candidates
-    from keras_ft.text import printable
 
     layers = args.layers
     if layers is not None and len(layers) == 1 and layers[0] in ("auto", "all"):
@@ -735,7 +731,7 @@ def rank(args) -> int:
         seed=args.seed,
         verbose=not args.quiet,
     )
-    print(result.table())
+    print(_printable_lines(result.table()))
     for path in result.files:
         print(printable(f"wrote {path}"))
     return 0
@@ -756,14 +752,13 @@ def _key(args) -> bytes | None:
 
 
 def _say(args, message: str) -> None:
+    """Print `message`, escaped (see `printable`), unless --quiet."""
     if not getattr(args, "quiet", False):
-        print(message)
+        print(printable(message))
 
 
 def _printable_lines(message) -> str:
     """`message` for the terminal: its lines kept, control characters in names escaped."""
-    from keras_ft.text import printable
-
     return "\n".join(printable(line) for line in str(message).split("\n"))
 
 
@@ -781,7 +776,7 @@ def main(argv=None) -> int:
         print(f"error: {_printable_lines(error)}", file=sys.stderr)
         return 2
     except WorkerLostError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_printable_lines(error)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

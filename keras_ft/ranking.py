@@ -34,6 +34,7 @@ from keras_ft.model import Preprocess, pool_features
 from keras_ft.output import check_destination
 from keras_ft.report import _matplotlib_figure, _png
 from keras_ft.reproducibility import seed_everything
+from keras_ft.text import printable
 from keras_ft.training import _features
 from keras_ft.transfer import h_score, linear_probe, logme
 
@@ -263,8 +264,10 @@ def rank(
             rows.append(row)
             if verbose:
                 print(
-                    f"{row['candidate']}: LogME {row['logme']:.4f}, H-score "
-                    f"{row['h_score']:.3f}, probe {row['probe_val_accuracy']}",
+                    printable(
+                        f"{row['candidate']}: LogME {row['logme']:.4f}, H-score "
+                        f"{row['h_score']:.3f}, probe {row['probe_val_accuracy']}"
+                    ),
                     flush=True,
                 )
     recommendation = (

@@ -269,6 +269,28 @@ def test_error_messages_escape_control_characters_in_file_names(tmp_path, capsys
     assert "\x1b" not in result.stderr and not (tmp_path / "run").exists()
 
 
+# Sets the terminal's title, then clears the screen: a file name may hold it.
+ESCAPES = "\x1b]0;x\x07\x1b[2J"
+
+
+def test_paths_are_printed_with_control_characters_escaped(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    data = write_folder(tmp_path / "data", ("a", "b"), per_class=6, size=32)
+    image = tmp_path / f"x{ESCAPES}.png"
+    image.write_bytes((data / "a" / "000.png").read_bytes())
+    run = tmp_path / f"run{ESCAPES}"
+    epochs = "--head-epochs 1 --finetune-epochs 0 --batch-size 8 --no-tensorboard".split()
+    for args in (
+        ("train", data, *TINY_TRAIN, *epochs, "--output", run),
+        ("export", run, tmp_path / f"serving{ESCAPES}"),
+        ("explain", run, image, "--output", tmp_path / f"cams{ESCAPES}"),
+    ):
+        result = run_here(capsys, *args)
+        assert result.returncode == 0, result.stderr
+        assert "\x1b" not in result.stdout + result.stderr, args[0]
+        assert "\\x1b]0;x\\x07\\x1b[2J" in result.stdout, args[0]
+
+
 def test_existing_output_is_refused_before_training(tmp_path, capsys):
     write_folder(tmp_path / "data", ("a", "b"), per_class=4)
     (tmp_path / "run").mkdir()
