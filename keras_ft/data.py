@@ -286,12 +286,6 @@ class ImageFolder:
                 f"{len(self.report.files)} images. Raise validation_split or pass 0 to skip "
                 "validation."
             )
-        if len(self.train_files) < config.batch_size:
-            raise KerasFTError(
-                f"Only {len(self.train_files)} training images after the validation split, "
-                f"fewer than one batch of batch_size={config.batch_size}. Lower batch_size "
-                f"(e.g. --batch-size {max(1, len(self.train_files) // 4)}) or add images."
-            )
 
     @property
     def skipped(self) -> list[dict[str, str]]:

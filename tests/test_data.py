@@ -205,13 +205,14 @@ def test_single_class(tmp_path):
     assert "at least two class sub-folders" in str(error.value)
 
 
-def test_too_few_images_for_the_batch_size(folder):
-    with pytest.raises(KerasFTError) as error:
-        ImageFolder(folder, image_size=32, batch_size=32, validation_split=0.0)
-    message = str(error.value)
-    assert "Only 24 training images" in message
-    assert "batch_size=32" in message
-    assert "Lower batch_size" in message
+def test_a_training_split_smaller_than_one_batch_is_one_partial_batch(folder):
+    data = ImageFolder(folder, image_size=32, batch_size=32, validation_split=0.0, quiet=True)
+    assert data.steps_per_epoch == 1
+    assert [len(y) for _, y in batch_list(data.train)] == [24]
+    # A global batch of 64 over two replicas: one batch of 24, 12 each; over five
+    # replicas 24 % 5 = 4 images are left out, as in any epoch, so every share is equal.
+    assert [len(y) for _, y in batch_list(data.train_dataset(0, 1, 64, replicas=2))] == [24]
+    assert [len(y) for _, y in batch_list(data.train_dataset(0, 1, 160, replicas=5))] == [20]
 
 
 def test_validation_split_that_selects_nothing(folder):

@@ -82,3 +82,15 @@ def test_from_configs_trains_with_the_training_config_it_was_given(folder):
     assert tuner.model_config.dropout == 0.1 and tuner.model_config.num_classes == 2
     tuner.fit(data, finetune_epochs=2, recipe=None, verbose=0, tensorboard_dir=None)  # overrides
     assert tuner.training_config.finetune_epochs == 2 and tuner.training_config.momentum == 0.5
+
+
+@pytest.mark.filterwarnings("ignore:Fine-tuning reached")  # untrained: below the probe
+def test_a_training_split_smaller_than_one_batch_trains(folder):
+    """24 images, 19 of them for training: one partial batch per epoch, as Keras trains it."""
+    data = keras_ft.ImageFolder(folder, image_size=32, batch_size=32, seed=0, quiet=True)
+    assert len(data.train_files) < 32
+    tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+    history = tuner.fit(
+        data, head_epochs=1, finetune_epochs=1, recipe=None, verbose=0, tensorboard_dir=None
+    )
+    assert len(history.history["loss"]) == 2
