@@ -1,7 +1,8 @@
 """Phase 1 with the feature cache vs recomputing the frozen backbone every epoch.
 
-`FineTuner("vgg16").fit(data, head_epochs=5, finetune_epochs=0)` on the same data
-(no augmentation, op determinism on), with `feature_cache=True` (the default: the
+`FineTuner("vgg16").fit(data, head_epochs=5, finetune_epochs=0, recipe=None)` on the
+same data (no augmentation, op determinism on; `recipe=None`: phase 1 exactly as given,
+without the default recipe's epochs, probe and fallbacks), with `feature_cache=True` (the
 backbone runs once over the training and validation images, the head trains on the
 stored features) and `feature_cache=False` (the backbone runs in every epoch).
 Timed: the two-phase fit itself, after the images are decoded into memory on both
@@ -62,10 +63,11 @@ def measure(config: dict) -> dict:
         for _ in split:
             pass
     decode_s = time.perf_counter() - started
-    tuner = FineTuner("vgg16", weights=config["weights"], seed=42, deterministic=True)
+    backbone = config.get("backbone", "vgg16")  # the tests' testnet: quick's sizes, in seconds
+    tuner = FineTuner(backbone, weights=config["weights"], seed=42, deterministic=True)
     started = time.perf_counter()
     tuner.fit(
-        data, head_epochs=config["head_epochs"], finetune_epochs=0,
+        data, head_epochs=config["head_epochs"], finetune_epochs=0, recipe=None,
         feature_cache=config["feature_cache"], verbose=0, evaluate=False,
     )  # fmt: skip
     fit_s = time.perf_counter() - started

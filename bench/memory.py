@@ -66,7 +66,8 @@ def measure(config: dict) -> dict:
             if batch + 1 >= steps:
                 self.model.stop_training = True
 
-    tuner = FineTuner("vgg16", weights=config["weights"], seed=42)
+    backbone = config.get("backbone", "vgg16")  # the tests' testnet: quick's sizes, in seconds
+    tuner = FineTuner(backbone, weights=config["weights"], seed=42)
     tuner.fit(data, head_epochs=1, finetune_epochs=1, callbacks=[StopAfter()], verbose=0,
               evaluate=False)  # fmt: skip
     return {

@@ -77,8 +77,9 @@ def _ours(config: dict, size: int, batch: int, head: int, finetune: int) -> tupl
 
     data = ImageFolder(config["train_dir"], test_dir=config["test_dir"], image_size=size,
                        batch_size=batch, validation_split=0.2, seed=42)  # fmt: skip
+    backbone = config.get("backbone", "vgg16")  # the tests' testnet: quick's sizes, in seconds
     tuner = FineTuner(
-        "vgg16", weights=config["weights"], seed=42, deterministic=config["deterministic"]
+        backbone, weights=config["weights"], seed=42, deterministic=config["deterministic"]
     )
     tuner.fit(data, head_epochs=head, finetune_epochs=finetune, callbacks=[FitTimer()],
               verbose=0, evaluate=False)  # fmt: skip

@@ -51,7 +51,7 @@ def timed_scan(root: Path, workers: int | None, cache: bool) -> tuple[float, obj
     return time.perf_counter() - started, report
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=20000)
     parser.add_argument("--classes", type=int, default=10)
@@ -59,7 +59,7 @@ def main() -> None:
         "--workers", type=int, nargs="+", default=[0], help="thread counts (0: the default)"
     )
     parser.add_argument("--repeats", type=int, default=1, help="best of N per measurement")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="keras_ft_scan_bench_") as temp:
         temp = Path(temp)

@@ -42,6 +42,48 @@ def test_every_benchmark_prints_its_table(tmp_path):
     assert record["mode"] == "tiny" and len(record["results"]) == len(SECTIONS)
 
 
+def test_training_benchmarks_at_the_quick_modes_data_size(tmp_path, monkeypatch):
+    """`make bench QUICK=1` trains on 200 images, 160 in the training split: from 150 the
+    default recipe sets more options (phase 2's rate, schedule and warm-up), which tiny
+    mode's 32 never reach, and `feature_cache`'s head-only fit stopped there ("Invalid
+    `warmup_epochs`"). The three benchmarks that train run here at that size, in one child
+    process as tiny mode runs them, with testnet at 32 px in place of VGG16 (their keras_ft
+    sides: the hand-written guide script is VGG16's alone, and tiny mode runs it)."""
+    from bench import common, feature_cache, memory, overhead
+
+    sizes = {"big": (190, 0, 32, 40), "small": (190, 20, 32, 40)}  # 152 in a training split
+    monkeypatch.setitem(common.DATASETS, "tiny", sizes)
+    work = common.Workspace(tmp_path, "tiny")
+    configs = [
+        {**config, "backbone": "testnet"}
+        for module in (feature_cache, overhead, memory)
+        for config in module.configs(work)
+        if config.get("side") != "hand"
+    ]
+    results = common.run_configs(configs, inline=True)
+    by_module = {m: [r for r in results if r["module"] == m] for m in ("feature_cache",
+                 "overhead", "memory")}  # fmt: skip
+    cached, recomputed = by_module["feature_cache"]
+    assert cached["weights_sha256"] == recomputed["weights_sha256"]  # the cache changes nothing
+    table = feature_cache.report(by_module["feature_cache"], work)
+    assert "| phase 1 | phase-1 time (s) |" in table
+    (ours,) = by_module["overhead"]
+    assert 0 <= ours["test_accuracy"] <= 1 and ours["phase2_fit_s"] > 0
+    (spilled,) = by_module["memory"]
+    assert spilled["images"] == 190 and "| decoded training images |" in memory.report(
+        by_module["memory"], work
+    )
+
+
+def test_scan_benchmark_runs(capsys):
+    from bench import scan_bench
+
+    scan_bench.main(["--files", "20", "--classes", "2", "--repeats", "1", "--workers", "1"])
+    printed = capsys.readouterr().out
+    assert "| threads | cold scan (s) | cold files/s | warm scan (s) | warm files/s |" in printed
+    assert "20 files, 2 classes" in printed
+
+
 def test_quality_benchmark_quick_mode_writes_results_and_resumes(tmp_path):
     """`python -m bench.quality --quick` on its task that is not digits: a linear probe and a
     keras-ft recipe; one JSON line per result, the table, and a rerun that redoes nothing.
