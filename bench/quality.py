@@ -538,6 +538,8 @@ def summary(records: list[dict]) -> dict[tuple, dict]:
             "cpu": [r["cpu_s"] for r in rows if "cpu_s" in r],
             "seeds": sorted(r["seed"] for r in rows),
             "load": [r["load_before"][0] for r in rows],
+            # rows whose `commit` is not in the repository (see their `commit_note`)
+            "noted": sum("commit_note" in r for r in rows),
         }
     return out
 
@@ -600,7 +602,7 @@ def report(records: list[dict]) -> str:
             [
                 task,
                 n,
-                method,
+                f"{method} †" if s["noted"] else method,
                 _cell(s["test"]),
                 val,
                 selection,
@@ -631,12 +633,26 @@ def report(records: list[dict]) -> str:
         "than wall s.",
         "",
         common.table(header, [rows[i] for i in order]),
+        *_noted(stats),
         "",
         "Targets (issue 14) for keras-ft's default recipe, `auto` (the default since round 7):",
         *targets(stats),
         *tta_table(records),
     ]
     return "\n".join(lines)
+
+
+def _noted(stats: dict[tuple, dict]) -> list[str]:
+    """The footnote of the rows marked †, with how many rows of each rest on a lost commit."""
+    noted = [f"{t} {n}/class {m} ({s['noted']} of {len(s['test'])})"
+             for (t, n, m), s in stats.items() if s["noted"]]  # fmt: skip
+    if not noted:
+        return []
+    return [
+        "",
+        "† rests on rows whose `commit` is not in this repository (their `commit_note` says "
+        "what is known of the code they ran): " + ", ".join(noted) + ".",
+    ]
 
 
 def tta_table(records: list[dict]) -> list[str]:

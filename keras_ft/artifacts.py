@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import uuid
 import warnings
 from pathlib import Path
@@ -42,6 +43,7 @@ from keras_ft.manifest import (
     check_record,
     check_signature,
     copy_verified,
+    copy_verified_file,
     is_class_list,
     seal,
     short_json,
@@ -419,6 +421,25 @@ def _unknown_class(model_path: Path, error: str, record: dict) -> str:
     return f"Cannot load '{model_path}': it uses the layer class {missing}, unknown here. {why}"
 
 
+def _load_model(path: Path, model_path: Path, record: dict) -> keras.Model:
+    """Load the model at `path`, a verified copy of the run's `model_path`, in safe mode."""
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=False)
+    except Exception as error:  # a truncated or altered zip fails in many ways
+        if "safe_mode" in str(error):  # Keras refuses to deserialise Python code
+            raise KerasFTError(
+                f"'{model_path}' contains code that keras_ft will not run (a Python lambda "
+                "or function, which Keras's safe mode refuses to load). Rebuild the model "
+                "without Lambda layers, or use a run directory you trust."
+            ) from None
+        if "Could not locate class" in str(error):  # a layer class defined outside Keras
+            raise KerasFTError(_unknown_class(model_path, str(error), record)) from None
+        raise KerasFTError(
+            f"Cannot load '{model_path}': {str(error).splitlines()[0]}. The file is damaged; "
+            "re-create the run or restore it from a copy."
+        ) from None
+
+
 class Predictor:
     """A loaded run: predicts labels for image files, arrays or PIL images."""
 
@@ -514,7 +535,8 @@ def load(path, signing_key=None) -> Predictor:
     """Load a run directory for prediction, checking it is complete and unchanged.
 
     Every file is checked against the manifest in `run.json` (see
-    `verify_run`), then the model is loaded in Keras's safe mode and its
+    `verify_run`), then the model is loaded in Keras's safe mode from a
+    private copy of `model.keras`, checked again as it is copied, and its
     weights checked against their SHA-256.
 
     Args:
@@ -538,21 +560,12 @@ def load(path, signing_key=None) -> Predictor:
     import keras_ft.model  # noqa: F401  registers `Preprocess`, which every model.keras holds
 
     model_path = run_dir / "model.keras"
-    try:
-        model = keras.saving.load_model(model_path, safe_mode=True, compile=False)
-    except Exception as error:  # a truncated or altered zip fails in many ways
-        if "safe_mode" in str(error):  # Keras refuses to deserialise Python code
-            raise KerasFTError(
-                f"'{model_path}' contains code that keras_ft will not run (a Python lambda "
-                "or function, which Keras's safe mode refuses to load). Rebuild the model "
-                "without Lambda layers, or use a run directory you trust."
-            ) from None
-        if "Could not locate class" in str(error):  # a layer class defined outside Keras
-            raise KerasFTError(_unknown_class(model_path, str(error), record)) from None
-        raise KerasFTError(
-            f"Cannot load '{model_path}': {str(error).splitlines()[0]}. The file is damaged; "
-            "re-create the run or restore it from a copy."
-        ) from None
+    # Keras reads a private copy made from the bytes checked against the manifest, not the
+    # run's file again: a model.keras swapped after verify_run hashed it is never loaded.
+    with tempfile.TemporaryDirectory() as scratch:
+        verified = Path(scratch) / "model.keras"
+        copy_verified_file(run_dir, "model.keras", verified, record["manifest"])
+        model = _load_model(verified, model_path, record)
     if weights_sha256(model) != record.get("weights_sha256"):
         raise KerasFTError(
             f"The weights in '{model_path}' do not match 'weights_sha256' in "

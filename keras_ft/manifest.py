@@ -258,16 +258,28 @@ def copy_verified(run_dir, folder: str, destination, manifest: dict[str, str]) -
     prefix = folder.rstrip("/") + "/"
     destination = Path(destination)
     destination.mkdir()
-    for relpath, expected in manifest.items():
-        if not relpath.startswith(prefix):
-            continue
-        target = destination / relpath[len(prefix) :]
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if _copy_hashing(Path(run_dir) / relpath, target) != expected:
-            raise KerasFTError(
-                f"'{Path(run_dir) / relpath}' changed while it was copied: its SHA-256 differs "
-                "from the manifest in run.json. " + _RESTORE
-            )
+    for relpath in manifest:
+        if relpath.startswith(prefix):
+            target = destination / relpath[len(prefix) :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            copy_verified_file(run_dir, relpath, target, manifest)
+
+
+def copy_verified_file(run_dir, relpath: str, destination, manifest: dict[str, str]) -> None:
+    """Copy `run_dir/relpath` to a new file `destination`, checking the bytes copied.
+
+    What is then read from `destination` is what the manifest lists, even if
+    the run directory's file changes after it was verified.
+
+    Raises:
+        KerasFTError: for a link, or a content whose SHA-256 differs from the manifest.
+    """
+    source = Path(run_dir) / relpath
+    if _copy_hashing(source, Path(destination)) != manifest[relpath]:
+        raise KerasFTError(
+            f"'{source}' changed while it was read: its SHA-256 differs from the manifest "
+            "in run.json. " + _RESTORE
+        )
 
 
 def signing_key(key: bytes | str | None = None, key_file=None) -> bytes | None:

@@ -464,6 +464,30 @@ def test_changed_run_directory_is_refused_by_load(run_copy):
         keras_ft.load(run_dir)
 
 
+def test_load_uses_the_model_file_it_verified(run_copy, monkeypatch):
+    """model.keras replaced right after verification hashed it, by one with the same weights
+    and another preprocessing (so 'weights_sha256' still matches): it is never loaded."""
+    import shutil
+
+    from keras_ft import manifest
+
+    run_dir, _, _ = run_copy
+    swapped = run_dir.parent / "swapped.keras"
+    shutil.copy(run_dir / "model.keras", swapped)
+    edit_model_config(swapped, '"mode": "tf"', '"mode": "caffe"')
+    real_hashing = manifest._copy_hashing
+
+    def hash_then_swap(source, destination):
+        digest = real_hashing(source, destination)
+        if source.name == "model.keras" and destination is None:  # verify_run's hash
+            shutil.copy(swapped, source)
+        return digest
+
+    monkeypatch.setattr(manifest, "_copy_hashing", hash_then_swap)
+    with pytest.raises(KerasFTError, match="model.keras' changed while it was read"):
+        keras_ft.load(run_dir)
+
+
 @pytest.mark.parametrize("where", ["saved_model/variables/outside", "report/link", "logs"])
 def test_symlink_in_a_run_directory_is_refused_and_never_followed(where, run_copy, capsys):
     run_dir, image, _ = run_copy
