@@ -231,6 +231,45 @@ def test_rank_benchmark_mnist_folders_are_seeded_and_disjoint_from_the_sample(tm
     assert sorted(p.relative_to(other) for p in other.glob("*/*.png")) != files
 
 
+def test_every_committed_result_names_a_commit_in_the_repository_or_says_why_not():
+    """A figure must be traceable to its code: each row of bench/results/*.jsonl that names
+    a `commit` names one this repository holds, or carries a `commit_note` saying what is
+    known instead (rows run on work trees whose commits were rewritten or never kept)."""
+    done = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=ROOT,
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0 or done.stdout.strip() != "false":
+        pytest.skip("needs the repository's full history (not a shallow clone or an export)")
+    revisions = subprocess.run(["git", "rev-list", "--all"], cwd=ROOT, capture_output=True,
+                               text=True, check=True).stdout.split()  # fmt: skip
+    unexplained = []
+    for path in sorted((ROOT / "bench" / "results").glob("*.jsonl")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            row = json.loads(line)
+            commit = row.get("commit")
+            if commit is None or "commit_note" in row:
+                continue
+            if not any(revision.startswith(commit) for revision in revisions):
+                unexplained.append(f"{path.name}:{number} {commit}")
+    assert not unexplained, f"{len(unexplained)} rows name a commit not in the repository: " + (
+        ", ".join(unexplained[:10])
+    )
+
+
+def test_quality_report_marks_the_figures_whose_rows_name_a_lost_commit():
+    from bench.quality import report
+
+    def row(seed, **extra):
+        return {"task": "mnist", "per_class": 10, "method": "probe", "seed": seed,
+                "test_accuracy": 0.8, "val_accuracy": 0.8, "wall_s": 10.0, "cpu_s": 9.0,
+                "load_before": [1.0], **extra}  # fmt: skip
+
+    text = report([row(0, commit_note="not in the repository"), row(1), row(2)])
+    assert "| mnist | 10 | probe † | 0.800 (0.800-0.800) |" in text
+    assert "† rests on rows whose `commit` is not in this repository" in text
+    assert "mnist 10/class probe (1 of 3)" in text
+    assert "†" not in report([row(0), row(1)])
+
+
 def test_quality_results_are_the_same_measurement_whatever_the_weights_files_path():
     """A rerun from another checkout skips what the results file holds (it reran them)."""
     from bench.quality import _key
