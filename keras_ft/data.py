@@ -178,6 +178,11 @@ def _warn_about_run_directories(report: ScanReport) -> None:
 
 DATA_DEFAULTS = defaults_of(DataConfig)  # every field but `directory`
 DATA_OPTIONS = tuple(DATA_DEFAULTS)
+# What a dataset settles itself (its images are read, sized and batched, and it has no files
+# to scan, split or hold out): the DataConfig fields `ImageFolder.from_dataset` does not take.
+SET_BY_A_DATASET = ("test_dir", "image_size", "batch_size", "validation_split", "skip_bad")
+DATASET_OPTIONS = tuple(n for n in DATA_OPTIONS if n not in SET_BY_A_DATASET)
+DATASET = "<tf.data.Dataset>"  # the `directory` of an ImageFolder made by `from_dataset`
 
 
 class ImageFolder:
@@ -196,6 +201,8 @@ class ImageFolder:
     >>> data.class_names
     ('daisy', 'dandelion', 'roses', 'sunflowers', 'tulips')
     """
+
+    has_files = True  # False from `from_dataset`: no files to fingerprint or read again
 
     @takes_options((DataConfig, DATA_OPTIONS))
     def __init__(self, directory, *, quiet=False, memory_budget=4 * 1024**3, **options):
@@ -235,6 +242,73 @@ class ImageFolder:
         self._cache = {}
         self.memory_budget = memory_budget
         self._spill_dir = None
+
+    @classmethod
+    @takes_options((DataConfig, DATASET_OPTIONS))
+    def from_dataset(cls, dataset, *, class_names=None, **options) -> ImageFolder:
+        """An ImageFolder of a `tf.data.Dataset` of (images, labels) batches, read into memory.
+
+        Such as `keras.utils.image_dataset_from_directory` returns: RGB images
+        of one size with pixel values from 0 to 255, and int labels
+        (`label_mode="int"`, its default) or one-hot ones
+        (`label_mode="categorical"`). The images are read once, rounded to
+        uint8, and put in a fixed order (by label, then content), so a dataset
+        that shuffles trains the same way every time. The image size and the
+        batch size (its first batch's) are the dataset's. Every image trains:
+        there is no validation or test split (`FineTuner.evaluate` takes a
+        held-out dataset).
+
+        What a folder gives and a dataset cannot: no scan of the files (broken
+        images, the same image in two splits), and no record of the data: the
+        run directory `FineTuner.save` writes has no data fingerprint, so
+        `keras-ft reproduce` cannot re-train it.
+
+        Args:
+            dataset: a `tf.data.Dataset` of `(images, labels)` batches.
+            class_names: the class names, label 0 first. Default: the
+                dataset's `class_names` attribute where it has one, else
+                `"0"` to `"K-1"` for K classes.
+        {options}
+
+        Example:
+
+        >>> dataset = keras.utils.image_dataset_from_directory("flowers/train")
+        >>> data = ImageFolder.from_dataset(dataset, flip=True)
+        """
+        options = merge_options(
+            options, {n: DATA_DEFAULTS[n] for n in DATASET_OPTIONS}, "ImageFolder.from_dataset"
+        )
+        images, labels, batch_size, num_classes = _read_batches(dataset)
+        names = class_names or getattr(dataset, "class_names", None) or range(num_classes)
+        names = tuple(map(str, names))
+        counts = np.bincount(labels, minlength=len(names))
+        if len(counts) > len(names) or len(names) < 2 or not counts.all():
+            raise KerasFTError(
+                f"Cannot name the dataset's classes: its labels are {sorted(set(labels.tolist()))}"
+                f", the class names {list(names)}. Each label needs a name, each class images, "
+                "and a classifier at least two classes: pass class_names, one per label."
+            )
+        hashes = [hashlib.sha256(image.tobytes()).hexdigest() for image in images]
+        order = sorted(range(len(images)), key=lambda i: (labels[i], hashes[i]))
+        files = [
+            ImageFile(f"{n:06d}", f"{n:06d}", int(labels[i]), hashes[i])
+            for n, i in enumerate(order)
+        ]
+        data = cls.__new__(cls)
+        data.config = DataConfig(
+            directory=DATASET,
+            image_size=images.shape[1:3],
+            batch_size=batch_size,
+            validation_split=0.0,
+            **options,
+        )
+        data.report = ScanReport(DATASET, names, tuple(files))
+        data.class_names, data.has_files = names, False
+        data.train_files, data.validation_files = files, []
+        data.test_report, data.test_files = None, []
+        data._cache, data.memory_budget, data._spill_dir = {"train": images[order]}, 0, None
+        data._warn_if_imbalanced()
+        return data
 
     @property
     def decides(self) -> tuple[str, ...]:
@@ -423,6 +497,55 @@ class ImageFolder:
 
 
 ImageFolder.__doc__ = document(ImageFolder.__doc__, (DataConfig, DATA_OPTIONS))
+
+
+def _read_batches(dataset) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """`(uint8 images, int labels, first batch size, classes)` of `ImageFolder.from_dataset`'s
+    dataset; what cannot be read so is refused, saying what is expected."""
+    if not isinstance(dataset.element_spec, tuple) or len(dataset.element_spec) != 2:
+        raise KerasFTError(
+            "A dataset for keras_ft yields (images, labels) batches; this one yields "
+            f"{dataset.element_spec}."
+        )
+    images_spec, labels_spec = dataset.element_spec
+    if images_spec.shape.rank != 4 or images_spec.shape[-1] != 3:
+        raise KerasFTError(
+            "A dataset for keras_ft yields batches of RGB images, shape (batch, height, width, "
+            f"3); this one yields images of shape {images_spec.shape}. Batch it "
+            "(dataset.batch(32)) and read RGB images (color_mode='rgb')."
+        )
+    one_hot = labels_spec.shape.rank == 2 and labels_spec.shape[-1] != 1
+    if not one_hot and not (labels_spec.shape.rank == 1 and labels_spec.dtype.is_integer):
+        raise KerasFTError(
+            "A dataset for keras_ft yields int labels (label_mode='int') or one-hot ones "
+            f"(label_mode='categorical'); this one yields {labels_spec.dtype.name} labels of "
+            f"shape {labels_spec.shape}. Pass label_mode='int' or 'categorical'."
+        )
+    images, labels, low, high = [], [], np.inf, -np.inf
+    for batch, batch_labels in dataset:  # uint8 batch by batch: a quarter of float32's memory
+        batch = batch.numpy()
+        low, high = min(low, batch.min()), max(high, batch.max())
+        images.append(np.round(np.clip(batch, 0, 255)).astype(np.uint8))
+        labels.append(batch_labels.numpy())
+    if not images:
+        raise KerasFTError("The dataset holds no images.")
+    if low < 0 or not 1 < high <= 255:
+        raise KerasFTError(
+            f"The dataset's pixel values go from {low:g} to {high:g}; keras_ft expects pixel "
+            "values from 0 to 255 (as image_dataset_from_directory gives them) and scales "
+            "them for the backbone itself. Pass the images before any Rescaling."
+        )
+    labels = np.concatenate(labels)
+    if one_hot and not (np.isin(labels, (0, 1)).all() and (labels.sum(axis=1) == 1).all()):
+        raise KerasFTError(
+            "Labels of shape (batch, K) must be one-hot, a single 1 per image "
+            "(label_mode='categorical'); these hold other values. Pass int labels."
+        )
+    labels = labels.argmax(axis=1) if one_hot else labels
+    if labels.min() < 0:
+        raise KerasFTError(f"Labels are class indices from 0; received {labels.min()}.")
+    num_classes = labels_spec.shape[-1] if one_hot else int(labels.max()) + 1
+    return np.concatenate(images), labels, len(images[0]), num_classes
 
 
 def decoded_dataset(files: list[ImageFile], image_size: tuple[int, int]) -> tf.data.Dataset:

@@ -275,7 +275,11 @@ class FineTuner:
         `TrainingConfig` given to `from_configs`, else the default shown.
 
         Args:
-            data: an `ImageFolder`.
+            data: an `ImageFolder`, or a `tf.data.Dataset` of (images, labels)
+                batches such as `keras.utils.image_dataset_from_directory`
+                returns, read with this tuner's seed by `ImageFolder.from_dataset`
+                (which says what a dataset cannot give: no validation or test
+                split, and no data fingerprint, so no `keras-ft reproduce`).
         {options}
             recipe: `"auto"` (the default) or `None`. `"auto"` gives each option
                 not passed here and left at its default a value that adapts to
@@ -305,10 +309,13 @@ class FineTuner:
             `keras_ft.training.advice`); it is printed unless `verbose=0` and
             recorded in `run.json`.
         """
+        if isinstance(data, tf.data.Dataset):
+            data = ImageFolder.from_dataset(data, seed=self.seed)
         if not isinstance(data, ImageFolder):
             raise KerasFTError(
-                f"`fit` expects an ImageFolder, received {type(data).__name__}. "
-                "Wrap your folder: keras_ft.ImageFolder('path/to/train')."
+                f"`fit` expects an ImageFolder or a tf.data.Dataset of (images, labels) "
+                f"batches, received {type(data).__name__}. Wrap your folder: "
+                "keras_ft.ImageFolder('path/to/train')."
             )
         given = tuple(options)  # named here: the recipe keeps them
         options = merge_options(options, self._fit_options, "FineTuner.fit")
@@ -323,7 +330,8 @@ class FineTuner:
         self.training_config = self._training_config(options)
         if self.model is None:
             self.build(data.image_size, data.num_classes)
-        self._data, self.data_config, self.class_names = data, data.config, data.class_names
+        self.data_config, self.class_names = data.config, data.class_names
+        self._data = data if data.has_files else None  # `save` records the files it names
         started, clock = _now(), time.perf_counter()
         self.file_hashes = {
             "train": file_hashes(data.report.files),

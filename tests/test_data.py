@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -589,3 +590,47 @@ def test_image_folder_takes_every_data_config_field_with_its_default(folder):
     )
     with pytest.raises(TypeError, match="unexpected keyword argument 'rotations'"):
         ImageFolder(folder, rotations=0.1)
+
+
+def from_directory(folder, **options) -> tf.data.Dataset:
+    return keras.utils.image_dataset_from_directory(
+        folder, image_size=(32, 32), batch_size=8, verbose=False, **options
+    )
+
+
+def test_from_dataset_reads_the_batches_into_a_fixed_order(folder):
+    """Two shuffles of one folder give the same images, labels and order."""
+    first = ImageFolder.from_dataset(from_directory(folder, seed=1), augment=False)
+    second = ImageFolder.from_dataset(from_directory(folder, seed=2), augment=False)
+    assert first.class_names == ("cat", "dog")  # the dataset's `class_names`
+    assert first.image_size == (32, 32) and first.config.batch_size == 8
+    assert (len(first.train_files), first.validation, first.test) == (24, None, None)
+    images, labels = batches(first.unaugmented_train())
+    assert images.dtype == np.float32 and sorted(labels) == [0] * 12 + [1] * 12
+    assert_same_batches(batch_list(first.train), batch_list(second.train))
+    assert first.has_files is False and ImageFolder(folder, quiet=True).has_files is True
+
+
+def test_from_dataset_takes_one_hot_labels_and_names_classes_without_class_names(folder):
+    one_hot = from_directory(folder, label_mode="categorical", shuffle=False)
+    plain = one_hot.map(lambda images, labels: (images, labels))  # `class_names` is gone
+    data = ImageFolder.from_dataset(plain)
+    assert data.class_names == ("0", "1")
+    _, labels = batches(data.unaugmented_train())
+    assert sorted(labels) == [0] * 12 + [1] * 12
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda d: d.unbatch(), "batches of RGB images, shape (batch, height, width, 3)"),
+        (lambda d: d.map(lambda x, y: (x / 255.0, y)), "pixel values from 0 to 255"),
+        (lambda d: d.map(lambda x, y: (x, tf.cast(y[:, None], tf.float32))), "label_mode='int'"),
+        (lambda d: d.map(lambda x, y: (x, tf.one_hot(y, 2) * 0.9)), "one-hot"),
+        (lambda d: d.map(lambda x, y: x), "(images, labels) batches"),
+        (lambda d: d.filter(lambda x, y: False), "holds no images"),
+    ],
+)
+def test_from_dataset_refuses_what_it_cannot_read_saying_what_it_takes(folder, change, expected):
+    with pytest.raises(KerasFTError, match=re.escape(expected)):
+        ImageFolder.from_dataset(change(from_directory(folder)))

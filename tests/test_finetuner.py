@@ -1,6 +1,7 @@
 """`FineTuner`: its options come from the configs; `from_configs` is the one way to build it."""
 
 import inspect
+import json
 import re
 
 import pytest
@@ -94,3 +95,27 @@ def test_a_training_split_smaller_than_one_batch_trains(folder):
         data, head_epochs=1, finetune_epochs=1, recipe=None, verbose=0, tensorboard_dir=None
     )
     assert len(history.history["loss"]) == 2
+
+
+def test_fit_takes_a_dataset_from_image_dataset_from_directory(folder, tmp_path, monkeypatch):
+    """Trained and saved as from a folder; the run records no data files, so no reproduce."""
+    import keras
+
+    dataset = keras.utils.image_dataset_from_directory(
+        folder, image_size=(32, 32), batch_size=8, seed=0, verbose=False
+    )
+    tuner = keras_ft.FineTuner("testnet", weights=None, seed=0)
+    history = tuner.fit(
+        dataset, head_epochs=1, finetune_epochs=1, recipe=None, verbose=0, tensorboard_dir=None
+    )
+    assert len(history.history["loss"]) == 2
+    assert tuner.class_names == ("cat", "dog") and tuner.model_config.image_size == (32, 32)
+    assert tuner.data_config.batch_size == 8 and tuner.data_config.validation_split == 0
+    # The SavedModel export (most of save's time) is tested in test_artifacts.
+    monkeypatch.setattr("keras_ft.artifacts.export_saved_model", lambda model, path: None)
+    run = tuner.save(tmp_path / "run")
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert "data_files" not in record and "data_fingerprint" not in record
+    assert keras_ft.load(run).predict([folder / "cat" / "000.png"])[0]["label"] in ("cat", "dog")
+    with pytest.raises(keras_ft.KerasFTError, match="cannot be re-trained"):
+        keras_ft.reproduce_run(run)
