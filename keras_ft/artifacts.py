@@ -56,6 +56,10 @@ from keras_ft.reproducibility import environment, fingerprint, guarantee, weight
 # 2: run.json holds a manifest of every file (format 1 runs cannot be verified, so not read).
 FORMAT_VERSION = 2
 RUN_FILES = ("model.keras", "class_names.json", "history.csv", "run.json")
+# How a SavedModel is checked against the run's model.keras (see `check_saved_model`).
+SERVING_CHECK_IMAGES = 8
+SERVING_TOLERANCE = 1e-4
+_RESTORE = "Restore the run directory from a copy, or re-create the run."
 # A TF Serving version folder: ASCII digits (str.isdigit() also takes '²', which int() refuses).
 _VERSION = re.compile("[0-9]+")
 
@@ -97,6 +101,52 @@ def export_saved_model(model: keras.Model, path: str | os.PathLike) -> None:
         "serving_bytes", serve_bytes, [tf.TensorSpec([None], tf.string, name="images")]
     )
     archive.write_out(str(path), verbose=False)
+
+
+def check_saved_model(path, model: keras.Model, run_dir) -> None:
+    """Refuse a run's SavedModel (or a copy of it at `path`) that does not compute `model`.
+
+    Each signature runs on `SERVING_CHECK_IMAGES` seeded random images (for
+    `serving_bytes`, encoded as PNG) and must give `model`'s probabilities
+    within `SERVING_TOLERANCE`. The manifest proves the files are the ones
+    saved; without a signing key it can be rewritten, so only this proves the
+    SavedModel is the run's model.keras.
+
+    Raises:
+        KerasFTError: naming the signature that differs, or why it cannot run.
+    """
+    height, width = model.input_shape[1:3]
+    shape = (SERVING_CHECK_IMAGES, height, width, 3)
+    pixels = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    expected = np.asarray(model.predict_on_batch(pixels.astype(np.float32)))
+    inputs = {
+        "serving_default": tf.constant(pixels, tf.float32),
+        "serving_uint8": tf.constant(pixels),
+        "serving_bytes": tf.stack([tf.io.encode_png(image) for image in pixels]),
+    }
+    mismatch = f"'{Path(run_dir) / 'saved_model'}' does not match '{Path(run_dir) / 'model.keras'}'"
+    try:
+        signatures = tf.saved_model.load(str(path)).signatures
+        served = {
+            name: signatures[name](images=x)["probabilities"].numpy() for name, x in inputs.items()
+        }
+    except Exception as error:  # other variables, a missing signature: loading fails many ways
+        text = str(error).strip()
+        reason = text.splitlines()[0] if text else type(error).__name__
+        raise KerasFTError(f"{mismatch}: it cannot be run ({reason}). " + _RESTORE) from None
+    for name, probabilities in served.items():
+        if probabilities.shape != expected.shape:
+            raise KerasFTError(
+                f"{mismatch}: its {name} signature gives probabilities of shape "
+                f"{probabilities.shape}, the model {expected.shape}. " + _RESTORE
+            )
+        difference = float(np.abs(probabilities - expected).max())
+        if difference > SERVING_TOLERANCE:
+            raise KerasFTError(
+                f"{mismatch}: its {name} signature's probabilities differ from the model's by up "
+                f"to {difference:.3g} on {len(pixels)} seeded random images (at most "
+                f"{SERVING_TOLERANCE:g} allowed). " + _RESTORE
+            )
 
 
 def _write_json(path: Path, value) -> None:
@@ -170,9 +220,10 @@ def export_for_serving(run_dir, output, version: int | None = None, signing_key=
 
     Returns:
         The version directory written: the files the manifest lists under
-        `saved_model/`, each checked again as it is copied, no link followed.
+        `saved_model/`, each checked again as it is copied, no link followed,
+        and the copy checked against `model.keras` (see `check_saved_model`).
     """
-    record = load(run_dir, signing_key=signing_key).record
+    predictor = load(run_dir, signing_key=signing_key)
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise KerasFTError(f"Export path '{output}' exists and is not a directory.")
@@ -189,7 +240,8 @@ def export_for_serving(run_dir, output, version: int | None = None, signing_key=
     staging = output / f".{version}.partial-{uuid.uuid4().hex[:8]}"
     try:
         output.mkdir(parents=True, exist_ok=True)
-        copy_verified(run_dir, "saved_model", staging, record["manifest"])
+        copy_verified(run_dir, "saved_model", staging, predictor.record["manifest"])
+        check_saved_model(staging, predictor.model, run_dir)
         os.replace(staging, target)
     except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)

@@ -164,7 +164,7 @@ def export(
             f"Export directory '{output}' already exists and is not empty. Choose another "
             "output directory, or remove it first."
         )
-    from keras_ft.artifacts import copy_verified, export_saved_model, load
+    from keras_ft.artifacts import check_saved_model, copy_verified, export_saved_model, load
 
     predictor = load(run_dir, signing_key=signing_key)
     record = predictor.record
@@ -181,6 +181,7 @@ def export(
             if format == "litert":
                 saved_model = Path(scratch) / "saved_model"
                 copy_verified(run_dir, "saved_model", saved_model, record["manifest"])
+                check_saved_model(saved_model, predictor.model, run_dir)
                 source, head = saved_model, None
                 if quantize in ("dynamic", "int8"):
                     model, head = split_head(predictor.model)

@@ -529,6 +529,45 @@ def test_export_copies_verified_files_only(trained, tmp_path):
     assert copied == {k for k in record["manifest"] if k.startswith("saved_model/")}
 
 
+def _other_variables(trained, run_dir, layout):
+    """A SavedModel of other weights: the trained model's own layout (its predictions kernel
+    tripled), or a reloaded model's, whose variables are saved in another order."""
+    from keras_ft.artifacts import export_saved_model
+
+    model = trained[0].model if layout == "same" else keras_ft.load(run_dir).model
+    kernel = model.get_layer("predictions").kernel
+    original = kernel.numpy()
+    kernel.assign(original * 3)
+    try:
+        export_saved_model(model, run_dir.parent / "other")
+    finally:
+        kernel.assign(original)  # the shared trained model stays as it was
+    return run_dir.parent / "other" / "variables"
+
+
+@pytest.mark.parametrize("format", ["saved_model", "litert"])
+@pytest.mark.parametrize("layout", ["same", "other"])
+def test_export_refuses_a_saved_model_that_is_not_model_keras(
+    layout, format, trained, run_copy, capsys
+):
+    """Another model's variables in saved_model/, the manifest rewritten to agree (no signing
+    key needed): the files verify, model.keras is untouched, the SavedModel is not it."""
+    import shutil
+
+    if format == "litert":
+        pytest.importorskip("ai_edge_litert")
+    run_dir, _, test = run_copy
+    variables = _other_variables(trained, run_dir, layout)
+    shutil.rmtree(run_dir / "saved_model" / "variables")
+    shutil.copytree(variables, run_dir / "saved_model" / "variables")
+    reseal(run_dir)
+    keras_ft.load(run_dir)  # the run verifies
+    output = run_dir.parent / "exported"
+    args = ("export", run_dir, output, "--format", format, "--test-dir", test)
+    assert_refused(cli(capsys, *args), "saved_model' does not match", "model.keras'")
+    assert not output.exists() or not any(output.iterdir())  # TF Serving's base, empty
+
+
 @pytest.mark.parametrize(
     "names, message",
     [
