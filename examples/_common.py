@@ -9,7 +9,12 @@ Every dataset is written once as an image folder,
 
 atomically (into a hidden sibling, renamed into place), so an interrupted
 download or unpacking never leaves a half-written folder, and a second run
-finds the folder and skips the download.
+finds the folder and skips the download. A `DATA_DIR` of class folders,
+`DATA_DIR/<class>/<image>` (a local copy, say), is trained on as it is.
+
+Offline, a download fails: the example then says in one line what it needs
+and how to point it at local copies, and exits with code 2, as it does for
+any input keras_ft refuses.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import argparse
 import contextlib
 import os
 import shutil
+import sys
 import tarfile
 import uuid
 import zipfile
@@ -98,6 +104,25 @@ def is_prepared(data_dir) -> bool:
     return (Path(data_dir) / "train").is_dir() and (Path(data_dir) / "test").is_dir()
 
 
+def image_folders(data_dir, prepare) -> tuple[Path, Path | None]:
+    """The training folder and the test folder (or `None`) to train on.
+
+    A `data_dir` that holds class folders of its own (`<class>/<image>`, a
+    local copy of the data set) is the training folder, with no test folder;
+    otherwise `prepare()` returns a folder with `train/` and `test/`,
+    downloading the data set into it unless they are there already.
+    """
+    data_dir = Path(data_dir)
+    if (
+        not is_prepared(data_dir)
+        and data_dir.is_dir()
+        and any(p.is_dir() for p in data_dir.iterdir())
+    ):
+        return data_dir, None
+    prepared = Path(prepare())
+    return prepared / "train", prepared / "test"
+
+
 @contextlib.contextmanager
 def staged(data_dir):
     """Yield a hidden sibling of `data_dir` to write into; rename it into place on success."""
@@ -171,8 +196,9 @@ def example_parser(
         "--data-dir",
         type=Path,
         default=Path(data_dir),
-        help="where the train/ and test/ folders are, or are written once "
-        f"(default {data_dir}); an existing prepared folder skips the download",
+        help="a folder of <class>/<image> folders (a local copy: trained on as it is, "
+        "without a test split), or where the train/ and test/ folders are, or are "
+        f"written once (default {data_dir}); either skips the download",
     )
     parser.add_argument("--output", type=Path, required=True, help="run directory to write")
     parser.add_argument("--backbone", default=backbone, help=f"default {backbone}")
@@ -193,6 +219,62 @@ def add_download_flags(parser, *downloads: tuple[str, str, str]) -> None:
     for flag, url, what in downloads:
         parser.add_argument(flag, default=url, help=f"{what}: a URL or a local file ({url})")
     parser.add_argument("--cache-dir", type=Path, help="where downloads are kept (~/.keras)")
+
+
+@contextlib.contextmanager
+def exits_2_when_refused(args, dataset: str | None = None):
+    """Run an example's work; what stops it for want of input is one line on stderr, exit 2.
+
+    keras_ft's refusals (`KerasFTError`) are printed as they are. A failed
+    download (no network, say) is described: the example needs `dataset`,
+    and ImageNet weights with `--weights imagenet`, and can be pointed at
+    local copies. TensorFlow loads first, without the lines its C++ side
+    writes while it loads (as the `keras-ft` command loads it).
+    """
+    _import_tensorflow_quietly()
+    from keras_ft import KerasFTError
+
+    try:
+        yield
+    except KerasFTError as error:
+        _exit_2(str(error))
+    except Exception as error:  # keras.utils.get_file turns a failed download into Exception
+        if dataset is None or "URL fetch failure" not in str(error):
+            raise
+        needs = dataset
+        local = "--data-dir DIR (a folder of <class>/<image> folders, or of train/ and test/ ones)"
+        if args.weights == "imagenet":
+            needs += f" and ImageNet weights for {args.backbone}"
+            local += (
+                " and --weights PATH (a weights file of the backbone without its top) "
+                "or --weights none (random weights)"
+            )
+        reason = str(error).split(" -- ")[-1]
+        _exit_2(
+            f"This example needs {needs}, which it downloads once; the download failed "
+            f"({reason}). Offline, pass {local}."
+        )
+
+
+def _exit_2(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import Keras and TensorFlow with standard error pointed at /dev/null meanwhile."""
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # and no C++ log lines afterwards
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import keras  # noqa: F401  (it imports TensorFlow)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def print_result(tuner, run_dir) -> None:

@@ -5,8 +5,11 @@
 Downloads `kagglecatsanddogs_5340.zip` once (787 MB) with
 `keras.utils.get_file` and writes it as `data/cats_vs_dogs/{train,test}/{cat,dog}/`
 with a seeded, stratified 20 % held-out test split (the archive has none).
-`--data-dir` pointing at a folder already written that way skips the download;
-`--url` takes a mirror, a `file://` URL or a local copy of the archive.
+`--data-dir` pointing at a folder already written that way, or at a folder of
+`<class>/<image>` folders (the photos, unpacked: trained on without a test
+split), skips the download; `--url` takes a mirror, a `file://` URL or a local
+copy of the archive. Offline, pass such a `--data-dir` and `--weights PATH`
+(or `none`).
 
 The archive is known to hold files that are not usable images (empty files,
 truncated JPEGs). keras_ft's scan finds each one before training; this example
@@ -66,34 +69,41 @@ def main(argv=None) -> None:
     )
     _common.add_download_flags(parser, ("--url", URL, "kagglecatsanddogs_5340.zip"))
     args = parser.parse_args(argv)
-    import keras_ft  # after parsing: --help answers without loading TensorFlow
+    needs = "Microsoft's cats-and-dogs photos (kagglecatsanddogs_5340.zip, 787 MB)"
+    with _common.exits_2_when_refused(args, needs):
+        import keras_ft  # after parsing: --help answers without loading TensorFlow
 
-    data_dir = prepare(args.data_dir, args.url, seed=args.seed, cache_dir=args.cache_dir)
-    spec = keras_ft.get_backbone(args.backbone)
-    data = keras_ft.ImageFolder(
-        data_dir / "train",
-        test_dir=data_dir / "test",
-        image_size=args.image_size or spec.default_size,
-        batch_size=args.batch_size,
-        validation_split=0.1,
-        seed=args.seed,
-        skip_bad=True,  # without it, training refuses the folder and lists every broken file
-        quiet=args.quiet,
-    )
-    print(f"left out {len(data.skipped)} unusable file(s), for example:")
-    for problem in data.skipped[:5]:
-        print(f"  {problem['path']}: {problem['reason']}")
-    tuner = keras_ft.FineTuner(
-        args.backbone, weights=None if args.weights == "none" else args.weights, seed=args.seed
-    )
-    tuner.fit(
-        data,
-        head_epochs=args.head_epochs,
-        finetune_epochs=args.finetune_epochs,
-        unfreeze=spec.finetune_from or "all",
-        verbose=0 if args.quiet else "auto",
-    )
-    _common.print_result(tuner, tuner.save(args.output, overwrite=True))
+        train_dir, test_dir = _common.image_folders(
+            args.data_dir,
+            lambda: prepare(args.data_dir, args.url, seed=args.seed, cache_dir=args.cache_dir),
+        )
+        spec = keras_ft.get_backbone(args.backbone)
+        image_size = args.image_size or spec.default_size
+        tuner = keras_ft.FineTuner(
+            args.backbone, weights=None if args.weights == "none" else args.weights, seed=args.seed
+        )
+        tuner.build_backbone(image_size)  # weights that cannot be had stop it before the scan
+        data = keras_ft.ImageFolder(
+            train_dir,
+            test_dir=test_dir,
+            image_size=image_size,
+            batch_size=args.batch_size,
+            validation_split=0.1,
+            seed=args.seed,
+            skip_bad=True,  # without it, training refuses the folder and lists every broken file
+            quiet=args.quiet,
+        )
+        print(f"left out {len(data.skipped)} unusable file(s), for example:")
+        for problem in data.skipped[:5]:
+            print(f"  {problem['path']}: {problem['reason']}")
+        tuner.fit(
+            data,
+            head_epochs=args.head_epochs,
+            finetune_epochs=args.finetune_epochs,
+            unfreeze=spec.finetune_from or "all",
+            verbose=0 if args.quiet else "auto",
+        )
+        _common.print_result(tuner, tuner.save(args.output, overwrite=True))
 
 
 if __name__ == "__main__":

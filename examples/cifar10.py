@@ -6,7 +6,9 @@ Loads CIFAR-10 with `keras.datasets.cifar10.load_data()` (downloaded once by
 Keras, 163 MB, into `~/.keras/datasets`) and writes it once as PNG files,
 `data/cifar10/{train,test}/<class>/`, keeping CIFAR-10's own split: 50,000
 training and 10,000 test images. `--data-dir` pointing at a folder already
-written that way skips the download. The 32x32 images are resized to the
+written that way, or at a folder of `<class>/<image>` folders (trained on
+without a test split), skips the download; offline, pass such a `--data-dir`
+and `--weights PATH` (or `none`). The 32x32 images are resized to the
 backbone's input size (224 px for ResNet50) when they are read, as ImageNet
 backbones are at their best at the size they were trained at.
 
@@ -83,30 +85,33 @@ def main(argv=None) -> None:
         finetune_epochs=5,
     )
     args = parser.parse_args(argv)
-    import keras_ft  # after parsing: --help answers without loading TensorFlow
+    with _common.exits_2_when_refused(args, "CIFAR-10 (keras.datasets.cifar10, 163 MB)"):
+        import keras_ft  # after parsing: --help answers without loading TensorFlow
 
-    data_dir = prepare(args.data_dir)
-    spec = keras_ft.get_backbone(args.backbone)
-    data = keras_ft.ImageFolder(
-        data_dir / "train",
-        test_dir=data_dir / "test",
-        image_size=args.image_size or spec.default_size,  # 32 px upscaled
-        batch_size=args.batch_size,
-        validation_split=0.1,
-        seed=args.seed,
-        quiet=args.quiet,
-    )
-    tuner = keras_ft.FineTuner(
-        args.backbone, weights=None if args.weights == "none" else args.weights, seed=args.seed
-    )
-    tuner.fit(
-        data,
-        head_epochs=args.head_epochs,
-        finetune_epochs=args.finetune_epochs,
-        unfreeze=spec.finetune_from or "all",
-        verbose=0 if args.quiet else "auto",
-    )
-    _common.print_result(tuner, tuner.save(args.output, overwrite=True))
+        train_dir, test_dir = _common.image_folders(args.data_dir, lambda: prepare(args.data_dir))
+        spec = keras_ft.get_backbone(args.backbone)
+        image_size = args.image_size or spec.default_size  # 32 px upscaled
+        tuner = keras_ft.FineTuner(
+            args.backbone, weights=None if args.weights == "none" else args.weights, seed=args.seed
+        )
+        tuner.build_backbone(image_size)  # weights that cannot be had stop it before the scan
+        data = keras_ft.ImageFolder(
+            train_dir,
+            test_dir=test_dir,
+            image_size=image_size,
+            batch_size=args.batch_size,
+            validation_split=0.1,
+            seed=args.seed,
+            quiet=args.quiet,
+        )
+        tuner.fit(
+            data,
+            head_epochs=args.head_epochs,
+            finetune_epochs=args.finetune_epochs,
+            unfreeze=spec.finetune_from or "all",
+            verbose=0 if args.quiet else "auto",
+        )
+        _common.print_result(tuner, tuner.save(args.output, overwrite=True))
 
 
 if __name__ == "__main__":

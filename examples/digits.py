@@ -32,7 +32,8 @@ def main(argv=None) -> None:
         "--data-dir",
         type=Path,
         default=HERE / "data_samples" / "digits",
-        help="folder with train/ and test/ class sub-folders (default: the shipped sample)",
+        help="folder with train/ and test/ class sub-folders (default: the shipped sample), "
+        "or of <class>/<image> folders (trained on without a test split)",
     )
     parser.add_argument("--output", type=Path, default=Path("runs/digits"))
     parser.add_argument(
@@ -43,26 +44,29 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    import keras_ft  # after parsing: --help answers without loading TensorFlow
-    from keras_ft.hed_weights import LABEL, write_vgg16_weights
+    with _common.exits_2_when_refused(args):
+        import keras_ft  # after parsing: --help answers without loading TensorFlow
+        from keras_ft.hed_weights import LABEL, write_vgg16_weights
 
-    weights = args.weights
-    if weights is None:
-        weights = write_vgg16_weights(Path("build") / "vgg16_hed_notop.weights.h5")
-        print(f"weights: {LABEL}")
-    data = keras_ft.ImageFolder(
-        args.data_dir / "train",
-        test_dir=args.data_dir / "test",
-        image_size=64,
-        batch_size=32,
-        seed=args.seed,
-        quiet=args.quiet,
-    )
-    tuner = keras_ft.FineTuner(
-        "vgg16", weights=None if weights == "none" else weights, seed=args.seed
-    )
-    tuner.fit(data, verbose=0 if args.quiet else "auto")
-    _common.print_result(tuner, tuner.save(args.output, overwrite=True))
+        weights = args.weights
+        if weights is None:
+            weights = write_vgg16_weights(Path("build") / "vgg16_hed_notop.weights.h5")
+            print(f"weights: {LABEL}")
+        train_dir, test_dir = _common.image_folders(args.data_dir, lambda: args.data_dir)
+        tuner = keras_ft.FineTuner(
+            "vgg16", weights=None if weights == "none" else weights, seed=args.seed
+        )
+        tuner.build_backbone(64)  # weights that cannot be had stop it before the scan
+        data = keras_ft.ImageFolder(
+            train_dir,
+            test_dir=test_dir,
+            image_size=64,
+            batch_size=32,
+            seed=args.seed,
+            quiet=args.quiet,
+        )
+        tuner.fit(data, verbose=0 if args.quiet else "auto")
+        _common.print_result(tuner, tuner.save(args.output, overwrite=True))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@
 Downloads `flower_photos.tgz` once (218 MB) with `keras.utils.get_file` and
 writes it as `data/flowers/{train,test}/<class>/` with a seeded, stratified
 20 % held-out test split (the archive has none). `--data-dir` pointing at a
-folder already written that way skips the download; `--url` takes a mirror,
-a `file://` URL or a local copy of the archive.
+folder already written that way, or at a folder of `<class>/<image>` folders
+(the photos, unpacked: trained on without a test split), skips the download;
+`--url` takes a mirror, a `file://` URL or a local copy of the archive.
+Offline, pass such a `--data-dir` and `--weights PATH` (or `none`).
 
 Expected test accuracy with the defaults (VGG16, ImageNet weights, 10 head +
 10 fine-tune epochs from block5_conv1): about 0.90. Not measured here (no
@@ -58,30 +60,36 @@ def main(argv=None) -> None:
     parser = _common.example_parser(__doc__.splitlines()[0], "data/flowers")
     _common.add_download_flags(parser, ("--url", URL, "flower_photos.tgz"))
     args = parser.parse_args(argv)
-    import keras_ft  # after parsing: --help answers without loading TensorFlow
+    with _common.exits_2_when_refused(args, "the flowers photos (flower_photos.tgz, 218 MB)"):
+        import keras_ft  # after parsing: --help answers without loading TensorFlow
 
-    data_dir = prepare(args.data_dir, args.url, seed=args.seed, cache_dir=args.cache_dir)
-    spec = keras_ft.get_backbone(args.backbone)
-    data = keras_ft.ImageFolder(
-        data_dir / "train",
-        test_dir=data_dir / "test",
-        image_size=args.image_size or spec.default_size,
-        batch_size=args.batch_size,
-        validation_split=0.1,
-        seed=args.seed,
-        quiet=args.quiet,
-    )
-    tuner = keras_ft.FineTuner(
-        args.backbone, weights=None if args.weights == "none" else args.weights, seed=args.seed
-    )
-    tuner.fit(
-        data,
-        head_epochs=args.head_epochs,
-        finetune_epochs=args.finetune_epochs,
-        unfreeze=spec.finetune_from or "all",
-        verbose=0 if args.quiet else "auto",
-    )
-    _common.print_result(tuner, tuner.save(args.output, overwrite=True))
+        train_dir, test_dir = _common.image_folders(
+            args.data_dir,
+            lambda: prepare(args.data_dir, args.url, seed=args.seed, cache_dir=args.cache_dir),
+        )
+        spec = keras_ft.get_backbone(args.backbone)
+        image_size = args.image_size or spec.default_size
+        tuner = keras_ft.FineTuner(
+            args.backbone, weights=None if args.weights == "none" else args.weights, seed=args.seed
+        )
+        tuner.build_backbone(image_size)  # weights that cannot be had stop it before the scan
+        data = keras_ft.ImageFolder(
+            train_dir,
+            test_dir=test_dir,
+            image_size=image_size,
+            batch_size=args.batch_size,
+            validation_split=0.1,
+            seed=args.seed,
+            quiet=args.quiet,
+        )
+        tuner.fit(
+            data,
+            head_epochs=args.head_epochs,
+            finetune_epochs=args.finetune_epochs,
+            unfreeze=spec.finetune_from or "all",
+            verbose=0 if args.quiet else "auto",
+        )
+        _common.print_result(tuner, tuner.save(args.output, overwrite=True))
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ Downloads `images.tar.gz` (755 MB) and `annotations.tar.gz` (19 MB) once with
 `keras.utils.get_file` and writes `data/pets/{train,test}/<breed>/` from the
 dataset's own split, `annotations/trainval.txt` (3,680 images) and
 `annotations/test.txt` (3,669 images), so results compare with published ones.
-`--data-dir` pointing at a folder already written that way skips the
+`--data-dir` pointing at a folder already written that way, or at a folder
+of `<breed>/<image>` folders (trained on without a test split), skips the
 download; `--url` and `--annotations-url` take mirrors, `file://` URLs or
-local copies of the archives.
+local copies of the archives. Offline, pass such a `--data-dir` and
+`--weights PATH` (or `none`).
 
 Expected test accuracy with the defaults (ResNet50, ImageNet weights, 10 head
 + 10 fine-tune epochs from conv5): about 0.90. Not measured here (no network
@@ -87,33 +89,42 @@ def main(argv=None) -> None:
         ("--annotations-url", ANNOTATIONS_URL, "annotations.tar.gz"),
     )
     args = parser.parse_args(argv)
-    import keras_ft  # after parsing: --help answers without loading TensorFlow
+    needs = "the Oxford-IIIT Pet images and annotations (images.tar.gz, annotations.tar.gz, 774 MB)"
+    with _common.exits_2_when_refused(args, needs):
+        import keras_ft  # after parsing: --help answers without loading TensorFlow
 
-    data_dir = prepare(args.data_dir, args.url, args.annotations_url, cache_dir=args.cache_dir)
-    spec = keras_ft.get_backbone(args.backbone)
-    data = keras_ft.ImageFolder(
-        data_dir / "train",
-        test_dir=data_dir / "test",
-        image_size=args.image_size or spec.default_size,
-        batch_size=args.batch_size,
-        validation_split=0.1,
-        seed=args.seed,
-        skip_bad=True,  # train on what decodes; run.json lists anything left out
-        quiet=args.quiet,
-    )
-    if data.skipped:
-        print(f"left out {len(data.skipped)} unusable file(s); run.json lists them")
-    tuner = keras_ft.FineTuner(
-        args.backbone, weights=None if args.weights == "none" else args.weights, seed=args.seed
-    )
-    tuner.fit(
-        data,
-        head_epochs=args.head_epochs,
-        finetune_epochs=args.finetune_epochs,
-        unfreeze=spec.finetune_from or "all",
-        verbose=0 if args.quiet else "auto",
-    )
-    _common.print_result(tuner, tuner.save(args.output, overwrite=True))
+        train_dir, test_dir = _common.image_folders(
+            args.data_dir,
+            lambda: prepare(
+                args.data_dir, args.url, args.annotations_url, cache_dir=args.cache_dir
+            ),
+        )
+        spec = keras_ft.get_backbone(args.backbone)
+        image_size = args.image_size or spec.default_size
+        tuner = keras_ft.FineTuner(
+            args.backbone, weights=None if args.weights == "none" else args.weights, seed=args.seed
+        )
+        tuner.build_backbone(image_size)  # weights that cannot be had stop it before the scan
+        data = keras_ft.ImageFolder(
+            train_dir,
+            test_dir=test_dir,
+            image_size=image_size,
+            batch_size=args.batch_size,
+            validation_split=0.1,
+            seed=args.seed,
+            skip_bad=True,  # train on what decodes; run.json lists anything left out
+            quiet=args.quiet,
+        )
+        if data.skipped:
+            print(f"left out {len(data.skipped)} unusable file(s); run.json lists them")
+        tuner.fit(
+            data,
+            head_epochs=args.head_epochs,
+            finetune_epochs=args.finetune_epochs,
+            unfreeze=spec.finetune_from or "all",
+            verbose=0 if args.quiet else "auto",
+        )
+        _common.print_result(tuner, tuner.save(args.output, overwrite=True))
 
 
 if __name__ == "__main__":

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import os
 import subprocess
 import sys
 import tarfile
+import urllib.error
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, write_folder
 from PIL import Image
 
 import keras_ft
@@ -77,7 +79,7 @@ def test_every_example_answers_help():
     for name, process in processes.items():
         out, err = process.communicate(timeout=120)
         assert process.returncode == 0, f"{name}: {err}"
-        assert "--data-dir" in out and "--output" in out, name
+        assert "--data-dir" in out and "--output" in out and "<class>/<image>" in out, name
         if name in ("flowers", "cats_vs_dogs", "pets"):
             assert "--url" in out, name
 
@@ -210,7 +212,7 @@ def test_flowers_example_end_to_end(tmp_path, monkeypatch, capsys):
     """One tiny run of a whole example: download, split, train, save with its report."""
     flowers = load_example("flowers", monkeypatch)
     # The SavedModel export (most of a tiny run's time) is tested in test_artifacts.
-    monkeypatch.setattr(keras_ft.artifacts, "export_saved_model", lambda model, path: None)
+    monkeypatch.setattr("keras_ft.artifacts.export_saved_model", lambda model, path: None)
     members = {}
     for c, name in enumerate(flowers.CLASSES):
         for i in range(8):
@@ -229,3 +231,102 @@ def test_flowers_example_end_to_end(tmp_path, monkeypatch, capsys):
     assert "test accuracy: " in printed and "tensorboard --logdir" in printed
     assert (output / "report" / "report.html").is_file()
     assert keras_ft.load(output).class_names == flowers.CLASSES
+
+
+# Every URL fetch fails at once, as without network: urllib sends it to a closed local port.
+OFFLINE = {
+    **dict.fromkeys(
+        ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"), "http://127.0.0.1:9"
+    ),
+    **dict.fromkeys(("no_proxy", "NO_PROXY"), ""),
+}
+NEEDS = {  # what each example names when it cannot download
+    "flowers": "flower_photos.tgz",
+    "cats_vs_dogs": "kagglecatsanddogs_5340.zip",
+    "cifar10": "CIFAR-10",
+    "pets": "images.tar.gz",
+}
+
+
+def offline(url, *args, **kwargs):
+    raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+
+def test_offline_every_example_says_in_one_line_what_it_needs_and_exits_2(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}  # a user's
+    env.update(OFFLINE, KERAS_HOME=str(tmp_path / "keras_home"))
+    processes = {
+        name: subprocess.Popen(
+            [sys.executable, str(EXAMPLES / f"{name}.py"), "--output", str(tmp_path / "run")]
+            + ["--data-dir", str(tmp_path / name)]
+            + (["--cache-dir", str(tmp_path / "cache")] if name != "cifar10" else []),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for name in NEEDS
+    }
+    # digits ships its data: only ImageNet weights, asked for, need the network.
+    processes["digits"] = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "digits.py"), "--weights", "imagenet"]
+        + ["--output", str(tmp_path / "run")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    for name, process in processes.items():
+        _, err = process.communicate(timeout=300)
+        assert process.returncode == 2, f"{name}: {err}"
+        line = err.strip()
+        assert len(line.splitlines()) == 1, f"{name}: {err}"
+        assert line.startswith("error: ") and "Connection refused" in line, name
+        assert "--weights PATH" in line and "--weights none" in line, name
+        if name in NEEDS:
+            assert NEEDS[name] in line and "ImageNet weights for" in line, name
+            assert "--data-dir DIR" in line and "<class>/<image>" in line, name
+    assert not [name for name in [*NEEDS, "run"] if (tmp_path / name).exists()]
+
+
+@pytest.mark.filterwarnings("ignore:Fine-tuning reached")  # untrained: below the probe
+@pytest.mark.parametrize("name", sorted(NEEDS))
+def test_every_example_trains_on_a_local_class_folder(name, tmp_path, monkeypatch, capsys):
+    """`--data-dir` holding `<class>/<image>` folders: no download, no test split."""
+    example = load_example(name, monkeypatch)
+    monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", offline)
+    monkeypatch.setattr("keras_ft.artifacts.export_saved_model", lambda model, path: None)
+    local = write_folder(tmp_path / "photos", ("tabby", "tulip"), per_class=8, size=32)
+    output = tmp_path / "run"
+    example.main(
+        [
+            *("--data-dir", str(local), "--output", str(output), "--weights", "none"),
+            *("--backbone", "testnet", "--image-size", "32", "--batch-size", "8"),
+            *("--head-epochs", "1", "--finetune-epochs", "0", "--quiet"),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert "run directory: " in printed and "test accuracy" not in printed
+    assert keras_ft.load(output).class_names == ("tabby", "tulip")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "run"]
+
+
+def test_offline_with_local_data_the_imagenet_weights_are_refused_before_the_scan(
+    tmp_path, monkeypatch, capsys
+):
+    flowers = load_example("flowers", monkeypatch)
+    monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", offline)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    scanned = []
+    monkeypatch.setattr(keras_ft, "ImageFolder", lambda *a, **k: scanned.append(a))
+    local = write_folder(tmp_path / "photos", ("tabby", "tulip"), per_class=2, size=32)
+    with pytest.raises(SystemExit) as exited:
+        flowers.main(
+            [
+                *("--data-dir", str(local), "--output", str(tmp_path / "run")),
+                *("--backbone", "mobilenetv3small", "--image-size", "32"),
+            ]
+        )
+    assert exited.value.code == 2 and not scanned
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "Cannot download the ImageNet weights" in line and "--weights none" in line
