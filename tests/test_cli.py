@@ -187,10 +187,6 @@ BAD_INPUTS = {
     "missing data directory": (["{tmp}/nowhere"], ["does not exist", "nowhere"]),
     "no class folders": (["{tmp}/flat"], ["has no class sub-folders"]),
     "a single class": (["{tmp}/single"], ["has a single class", "at least two"]),
-    "too few images for the batch": (
-        ["{tmp}/small", "--batch-size", "64"],
-        ["fewer than one batch", "--batch-size"],
-    ),
     "too few images for the split": (
         ["{tmp}/small", "--validation-split", "0.01"],
         ["selects no validation image"],
