@@ -290,7 +290,8 @@ def test_paths_are_printed_with_control_characters_escaped(tmp_path, capsys):
 def test_existing_output_is_refused_before_training(tmp_path, capsys):
     write_folder(tmp_path / "data", ("a", "b"), per_class=4)
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "run.json").write_text("{}")  # a finished run
+    record = '{"format_version": 3, "keras_ft_version": "0.1.0", "manifest": {}}'
+    (tmp_path / "run" / "run.json").write_text(record)  # a finished run, as keras_ft records it
     result = run_here(
         capsys, "train", tmp_path / "data", "--weights", "none", "--output", tmp_path / "run"
     )
