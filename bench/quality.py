@@ -235,6 +235,9 @@ METHODS["d-lite0-128-block6"] = Method(
     "keras-ft", ("--image-size", "128", "--unfreeze", "block6a_expand_conv"), backbone=LITE0
 )
 METHODS["d-vgg16-block5"] = Method("keras-ft", ("--unfreeze", "block5_conv1", "--no-head-augment"))
+METHODS["d-vgg16-32"] = Method("keras-ft", ("--image-size", "32"))
+METHODS["d-vgg16-48"] = Method("keras-ft", ("--image-size", "48"))
+METHODS["d-vgg16-32-cached"] = Method("keras-ft", ("--image-size", "32", "--no-head-augment"))
 METHODS["d-vgg16-block5-ft10"] = Method(
     "keras-ft", ("--unfreeze", "block5_conv1", "--no-head-augment", "--finetune-epochs", "10")
 )
