@@ -93,6 +93,13 @@ def validation_rule(record: dict) -> bool:
     return informative and record["mirrored_validation_accuracy"] >= accuracy - margin
 
 
+def _grid(record: dict) -> str:
+    """The shallow grid probe's share (`keras_ft.training._decide_symmetry`), "-" where the
+    row predates it or had none."""
+    share = record.get("retained_grid")
+    return "-" if share is None else f"{share:.2f}"
+
+
 def _backbone(record: dict) -> str:
     return record.get("backbone", "vgg16")  # rows before the option ran VGG16
 
@@ -112,12 +119,14 @@ def report(records: list[dict], turns: bool = False) -> str:
             key=lambda r: r["seed"],
         )
         task = task if backbone == "vgg16" else f"{task} ({backbone})"
+        grid = ", ".join(_grid(r) for r in found)
         if turns:
             rows.append(
                 [
                     task,
                     per_class,
                     ", ".join(f"{r['retained']:.2f}" for r in found),
+                    grid,
                     ", ".join("yes" if r["quarter_turns"] else "no" for r in found),
                     ", ".join(str(r["seed"]) for r in found),
                 ]
@@ -128,6 +137,7 @@ def report(records: list[dict], turns: bool = False) -> str:
                 task,
                 per_class,
                 ", ".join(f"{r['retained']:.2f}" for r in found),
+                grid,
                 ", ".join("yes" if r["flip"] else "no" for r in found),
                 ", ".join(
                     f"{r['validation_accuracy']:.2f} / {r['mirrored_validation_accuracy']:.2f}"
@@ -138,12 +148,20 @@ def report(records: list[dict], turns: bool = False) -> str:
             ]
         )
     if turns:
-        header = ["task", "train/class", "share kept, turned a quarter", "quarter turns", "seeds"]
+        header = [
+            "task",
+            "train/class",
+            "share kept, turned a quarter",
+            "shallow grid",
+            "quarter turns",
+            "seeds",
+        ]
         return common.table(header, rows)
     header = [
         "task",
         "train/class",
         "share kept, training images",
+        "shallow grid",
         'flips (`flip="auto"`)',
         "validation: probe / mirrored",
         "flips (validation rule)",
@@ -199,7 +217,7 @@ def main(argv=None) -> None:
                         args.turns,
                     )
                     label = common.weights_label(weights, args.backbone)
-                    record = {**case, **measured, "weights": label}
+                    record = {**case, **measured, "weights": label, "commit": quality._commit()}
                     label = "turns" if args.turns else "flips"
                     print(f"[{label}] {task} {per_class}/class seed {seed}: {measured['reason']}")
                     with open(results, "a") as f:

@@ -802,29 +802,25 @@ def _decide(model, data, phase, config, history, verbose, batch_size, decided) -
 
 FLIP_RETAINED = 0.6  # for flip="auto": the share of the probe's accuracy mirrors must keep
 TURNS_RETAINED = 0.5  # for quarter_turns="auto": the share turned images must keep
+GRID_RETAINED = 0.3  # for both: the share the shallow grid's probe must keep (`_decide_symmetry`)
 
 
 def decide_flip(extractor: keras.Model, data, probe) -> dict:
-    """Whether training should flip images, from how the linear probe sees mirrored ones.
+    """Whether training should flip images, from how linear probes see mirrored ones.
 
     Taken before phase 1, so that both phases follow it. The linear probe,
     fitted on the frozen features of the training images, is shown the same
     images mirrored. Where left and right carry no meaning (photos, textures)
     a mirror image is just another image of its class, and the probe keeps
     most of its accuracy; mirrored digits and text are other symbols, and it
-    loses most of it. The rule: flip when the probe keeps at least
-    `FLIP_RETAINED` of its accuracy above chance, `(mirrored - chance) /
-    (accuracy - chance)`, and its accuracy closes at least a quarter of the
-    gap from chance to 1. Otherwise do not flip: a wrong flip is the silent
-    mistake. The training split, not the validation split, is measured: it
-    is the larger, and it exists without a validation split. It costs one
-    more pass of the frozen backbone over the training images.
-
-    On the quality benchmark's training splits (BENCHMARKS.md, "Quality",
-    round 8; 36 cases: 12 task sizes, 3 seeds) the share was 0.25-0.58 on
-    the digit tasks and 0.58-1.00 on Ising spins and Cahn-Hilliard
-    microstructures, whose classes survive a mirror; 0.6 lies between the
-    means (0.41 and 0.85), on the side of not flipping.
+    loses most of it. The share kept is `(mirrored - chance) / (accuracy -
+    chance)`; the rule (`_decide_symmetry`): flip when the probe keeps at
+    least `FLIP_RETAINED`, a second probe on a shallower feature map at least
+    `GRID_RETAINED`, and both close at least a quarter of the gap from chance
+    to 1. Otherwise do not flip: a wrong flip is the silent mistake. The
+    training split, not the validation split, is measured: it is the larger,
+    and it exists without a validation split. It costs two more passes of the
+    frozen backbone over the training images.
 
     Args:
         extractor: the frozen backbone and its pooling (`split_at_features`).
@@ -835,7 +831,8 @@ def decide_flip(extractor: keras.Model, data, probe) -> dict:
     Returns:
         A dict: `flip` (bool), `accuracy` and `mirrored_accuracy` (the
         probe's on the training images and on their mirror images),
-        `retained` and `reason` (one sentence, for the user).
+        `retained` (its share), `retained_grid` (the second probe's, where
+        there is one) and `reason` (one sentence, for the user).
     """
     words = ("flip", "mirrored", "mirror images", "horizontal flips", FLIP_RETAINED)
     return _decide_symmetry(extractor, data, probe, words, tf.image.flip_left_right)
@@ -844,21 +841,16 @@ def decide_flip(extractor: keras.Model, data, probe) -> dict:
 def decide_quarter_turns(extractor: keras.Model, data, probe) -> dict:
     """Whether training should turn images by quarter turns, as `decide_flip` decides flips.
 
-    The probe is shown the training images turned a quarter (90 degrees):
+    The probes are shown the training images turned a quarter (90 degrees):
     the classes of textures, micrographs, aerial and microscope images keep
     under a turn, those of digits, text and upright photos do not. The rule
-    is `decide_flip`'s, with `TURNS_RETAINED`; images that are not square
-    are never turned (a turn would swap their height and width).
-
-    On the quality benchmark's training splits (BENCHMARKS.md, "Quality",
-    round 10; 36 cases: 12 task sizes, 3 seeds; `python -m bench.flips
-    --turns`) the share was 0.03-0.23 on the digit tasks and 0.61-1.05 on
-    Ising spins and Cahn-Hilliard microstructures; 0.5 lies between the
-    means (0.12 and 0.85), on the side of not turning.
+    is `decide_flip`'s, with `TURNS_RETAINED` for the pooled probe; images
+    that are not square are never turned (a turn would swap their height and
+    width).
 
     Returns:
         A dict: `quarter_turns` (bool), `accuracy` and `turned_accuracy`,
-        `retained` and `reason`, as `decide_flip`'s.
+        `retained`, `retained_grid` and `reason`, as `decide_flip`'s.
     """
     height, width = data.image_size
     if height != width:
@@ -875,63 +867,63 @@ def _decide_symmetry(extractor, data, probe, words: tuple, transform) -> dict:
 
     Two probes are shown the transformed training images: `probe`, on the
     pooled features, and one fitted here on a shallower feature map (the
-    backbone's last at a stride of at most 8, with local receptive fields)
-    averaged over a 2x2 grid, which keeps left from right and top from
-    bottom. A backbone whose deep features barely change under the transform
-    (ImageNet-trained ones are close to mirror-invariant: on digits
-    EfficientNet-Lite0's pooled probe keeps about 90% of its accuracy on
-    mirror images, and a probe on a grid of its last map as much) cannot
-    tell by them; the shallow grid's probe sees where the evidence lies and
-    which way it faces. Both must keep the share. Without such a map (a
-    backbone that is not a model of layers, images too small) the pooled
-    probe decides alone.
+    backbone's last at a stride of at most 8, whose units see a small part
+    of the image) averaged over a 2x2 grid, which keeps left from right and
+    top from bottom. Deep features that barely change under the transform
+    (ImageNet-trained ones are close to mirror-invariant) cannot tell digits
+    from their mirror images; the shallow grid's probe sees where the
+    evidence lies and which way it faces. The pooled probe must keep the
+    `words` share, the grid's `GRID_RETAINED`. Without such a map (a backbone
+    that is not a model of layers, images too small) the pooled probe decides
+    alone.
 
     `words`: the decision's key, the transformed accuracy's key prefix, what
     the transformed images are called, what the augmentation is called, and
-    the share of the probe's accuracy above chance they must keep.
+    the share of the pooled probe's accuracy above chance they must keep.
     """
     key, prefix, images, augmentation, threshold = words
     chance = 1.0 / data.num_classes
     transformed = data.unaugmented_train().map(lambda x, labels: (transform(x), labels))
     features, labels = _features(extractor, transformed)
-    shares = {"pooled": _share(probe.train_accuracy, probe.predict(features), labels, chance)}
-    grid = _grid_extractor(extractor)
-    if grid is not None:
-        train, train_labels = _features(grid, data.unaugmented_train())
-        grid_probe = linear_probe(train, train_labels, num_classes=data.num_classes)
-        turned = grid_probe.predict(_features(grid, transformed)[0])
-        shares["grid"] = _share(grid_probe.train_accuracy, turned, labels, chance)
-    informative = all(share is not None for share, _ in shares.values())
-    retained = min(share for share, _ in shares.values()) if informative else 0.0
-    chosen = bool(informative and retained >= threshold)
-    accuracy, transformed_accuracy = (probe.train_accuracy, shares["pooled"][1])
+    accuracy = probe.train_accuracy
+    retained, transformed_accuracy = _share(accuracy, probe.predict(features), labels, chance)
     measured = (
         f"the linear probe's accuracy on the training images is {accuracy:.3f}, on their "
         f"{images} {transformed_accuracy:.3f}"
     )
-    if "grid" in shares:
-        grid_accuracy, grid_transformed = grid_probe.train_accuracy, shares["grid"][1]
-        measured += (
-            f"; a probe on a 2x2 grid of a shallower feature map {grid_accuracy:.3f} and "
-            f"{grid_transformed:.3f}"
+    shares = [(retained, threshold, "keeping {:.0%} of its accuracy above chance")]
+    grid = _grid_extractor(extractor)
+    if grid is not None:
+        train, train_labels = _features(grid, data.unaugmented_train())
+        grid_probe = linear_probe(train, train_labels, num_classes=data.num_classes)
+        grid_transformed = grid_probe.predict(_features(grid, transformed)[0])
+        grid_retained, grid_accuracy = _share(
+            grid_probe.train_accuracy, grid_transformed, labels, chance
         )
+        shares.append((grid_retained, GRID_RETAINED, "a probe on a shallower map's grid {:.0%}"))
+        measured += (
+            f" (on a 2x2 grid of a shallower feature map {grid_probe.train_accuracy:.3f} "
+            f"and {grid_accuracy:.3f})"
+        )
+    informative = all(share is not None for share, _, _ in shares)
+    chosen = informative and all(share >= least for share, least, _ in shares)
     if not informative:
         reason = f"no {augmentation}: {measured}, too close to chance to tell."
     else:
-        kept = f"keeping {retained:.0%} of its accuracy above chance"
-        verdict = augmentation if chosen else f"no {augmentation}"
-        sign = ">=" if chosen else "<"
-        reason = f"{verdict}: {measured}, {kept} ({sign} {threshold:.0%})."
+        kept = ", ".join(
+            f"{text.format(share)} ({'>=' if share >= least else '<'} {least:.0%})"
+            for share, least, text in shares
+        )
+        reason = f"{augmentation if chosen else f'no {augmentation}'}: {measured}, {kept}."
     decision = {
-        key: chosen,
+        key: bool(chosen),
         "accuracy": float(accuracy),
         f"{prefix}_accuracy": transformed_accuracy,
-        "retained": float(retained),
+        "retained": float(retained) if retained is not None else 0.0,
         "reason": reason,
     }
-    if "grid" in shares:
-        decision["retained_pooled"] = shares["pooled"][0]
-        decision["retained_grid"] = shares["grid"][0]
+    if grid is not None:
+        decision["retained_grid"] = shares[1][0]
     return decision
 
 

@@ -320,6 +320,13 @@ def test_quality_targets_compare_on_the_seeds_both_methods_ran():
     ]
 
 
+def decided(record: dict, least: float) -> bool:
+    """`_decide_symmetry`'s rule on a record: the pooled probe keeps `least`, the shallow
+    grid's probe (where there is one) 0.3."""
+    grid = record.get("retained_grid", 1.0)
+    return record["retained"] >= least and grid is not None and grid >= 0.3
+
+
 def test_flips_benchmark_quick_mode_measures_what_flip_auto_decides(tmp_path, capsys):
     """`python -m bench.flips --quick`: per case the decision `flip="auto"` takes (random
     weights; the figures mean nothing) and the earlier validation rule's, in one table;
@@ -337,7 +344,7 @@ def test_flips_benchmark_quick_mode_measures_what_flip_auto_decides(tmp_path, ca
         ("ising", 6, 0),
     ]
     for r in records:
-        assert r["flip"] == (r["retained"] >= 0.6) and r["reason"] in done.stdout
+        assert r["flip"] == decided(r, 0.6) and r["reason"] in done.stdout
     assert "| task | train/class | share kept, training images |" in done.stdout
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert "[flips]" not in again.stdout  # nothing measured twice
@@ -347,5 +354,5 @@ def test_flips_benchmark_quick_mode_measures_what_flip_auto_decides(tmp_path, ca
     flips.main(["--quick", "--turns", "--results", str(turns), "--data", str(tmp_path / "data")])
     printed = capsys.readouterr().out
     for r in map(json.loads, turns.read_text().splitlines()):
-        assert r["quarter_turns"] == (r["retained"] >= 0.5) and r["reason"] in printed
-    assert "| task | train/class | share kept, turned a quarter | quarter turns |" in printed
+        assert r["quarter_turns"] == decided(r, 0.5) and r["reason"] in printed
+    assert "| task | train/class | share kept, turned a quarter | shallow grid |" in printed
