@@ -4,6 +4,7 @@
 #   make bench  run the benchmarks in bench/ (about 15-20 min on 2 cores; QUICK=1: a few minutes)
 #   make bench-quality  accuracy on held-out tasks (hours, resumable; QUICK=1: about a minute)
 #   make bench-rank  do transferability scores follow fine-tuning? (bench/rank.py, ~30 min)
+#   make docs   regenerate docs/options.md and docs/cli.md from the code
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,7 +14,7 @@ DEMO_RUN := runs/digits-demo
 # it fast on a CPU).
 DEMO_FLAGS := --image-size 64
 
-.PHONY: demo test lint bench bench-quality bench-rank clean
+.PHONY: demo test lint docs bench bench-quality bench-rank clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +71,11 @@ test: $(VENV)/.dev-installed
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check keras_ft tests examples bench
+
+# The option and command references, from keras_ft/config.py and keras_ft/cli.py (no TensorFlow
+# runs); tests/test_docs.py fails when the committed files differ from what this writes.
+docs: $(VENV)/.demo-installed
+	$(BIN)/python -m keras_ft.reference
 
 clean:
 	rm -rf $(VENV) build runs .pytest_cache
