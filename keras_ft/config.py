@@ -45,6 +45,11 @@ def is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_count(text) -> bool:
+    """True for a str of ASCII digits ("12"); `str.isdigit` also takes "²", which `int` refuses."""
+    return isinstance(text, str) and text.isascii() and text.isdigit()
+
+
 # The largest image side keras_ft trains on: 4096 px is 0.2 GB of float32 pixels per image,
 # and a backbone's first feature maps take tens of times that.
 MAX_IMAGE_SIDE = 4096
@@ -139,7 +144,7 @@ def _is_bool(value) -> bool:
 
 def parse_unfreeze(value: str):
     """`--unfreeze`: a number of top layers, or `all` / a layer name."""
-    return int(value) if value.isdigit() else value
+    return int(value) if is_count(value) else value
 
 
 def parse_rate(value: str):

@@ -31,6 +31,7 @@ from keras_ft.config import (
     defaults_of,
     document,
     image_size_pair,
+    is_count,
     merge_options,
     options_of,
     takes_options,
@@ -218,7 +219,7 @@ class FineTuner:
 
     def check_unfreeze(self, image_size, unfreeze) -> None:
         """Refuse an `unfreeze` layer name the backbone does not have, before any training."""
-        if isinstance(unfreeze, str) and unfreeze != "all" and not unfreeze.isdigit():
+        if isinstance(unfreeze, str) and unfreeze != "all" and not is_count(unfreeze):
             names = [layer.name for layer in self.build_backbone(image_size).layers]
             if unfreeze not in names:
                 raise KerasFTError(

@@ -13,7 +13,7 @@ import numpy as np
 from keras import ops
 
 from keras_ft.backbones import PREPROCESSING
-from keras_ft.config import ModelConfig
+from keras_ft.config import ModelConfig, is_count
 from keras_ft.errors import KerasFTError
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
@@ -232,7 +232,7 @@ def unfreeze_backbone(model: keras.Model, unfreeze: str | int = "all") -> int:
     names = [layer.name for layer in layers]
     if unfreeze == "all":
         start = 0
-    elif isinstance(unfreeze, int) or (isinstance(unfreeze, str) and unfreeze.isdigit()):
+    elif isinstance(unfreeze, int) or is_count(unfreeze):
         start = max(0, len(layers) - int(unfreeze))
     elif unfreeze in names:
         start = names.index(unfreeze)

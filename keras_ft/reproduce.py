@@ -69,9 +69,14 @@ def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto", signing
     data = ImageFolder(**values)
     for name in ("head_lr", "finetune_lr"):  # the rates the range test found, not a new test
         if getattr(training, name) == "auto" and name in record.get("decisions", {}):
-            training = dataclasses.replace(
-                training, **{name: record["decisions"][name]["suggestion"]}
-            )
+            rate = record["decisions"][name].get("suggestion")
+            if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not rate > 0:
+                raise KerasFTError(
+                    f"'{run_dir}/run.json' is damaged: decisions.{name}.suggestion should be "
+                    f"the rate the range test found, received {rate!r}. Restore the run "
+                    "directory from a copy."
+                )
+            training = dataclasses.replace(training, **{name: rate})
     tuner = FineTuner.from_configs(model_config, training)
     with tempfile.TemporaryDirectory() as scratch:
         tuner.fit(  # run.json holds the options the recipe resolved: none is applied again

@@ -130,8 +130,8 @@ def image_extensions() -> dict[str, str]:
 def natural_key(name: str) -> list:
     """Sort key that orders "2" before "10" and "class2" before "class10"."""
     return [
-        (0, int(part), "") if part.isdigit() else (1, 0, part.lower())
-        for part in re.split(r"(\d+)", name)
+        (0, int(part), "") if part.isascii() and part.isdigit() else (1, 0, part.lower())
+        for part in re.split(r"([0-9]+)", name)
         if part
     ]
 

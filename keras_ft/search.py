@@ -35,7 +35,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keras_ft.backbones import BackboneSpec, get_backbone
-from keras_ft.config import ModelConfig, TrainingConfig, check, is_int, options_of, to_dict
+from keras_ft.config import (
+    ModelConfig,
+    TrainingConfig,
+    check,
+    is_count,
+    is_int,
+    options_of,
+    to_dict,
+)
 from keras_ft.data import ImageFolder
 from keras_ft.errors import KerasFTError
 from keras_ft.finetuner import FineTuner
@@ -118,7 +126,7 @@ def _check_layer_names(space: dict[str, Dimension], spec, image_size) -> None:
     names = [
         v
         for v in space["unfreeze"].values
-        if isinstance(v, str) and v not in ("all", spec.finetune_from) and not v.isdigit()
+        if isinstance(v, str) and v not in ("all", spec.finetune_from) and not is_count(v)
     ]
     if not names:
         return

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from keras_ft.config import check, is_int, is_number
+from keras_ft.config import check, is_count, is_int, is_number
 from keras_ft.errors import KerasFTError
 
 SEARCHES = ("random", "bayesian", "grid")
@@ -238,4 +238,4 @@ def oracle(keras_tuner, search: str, trials: int, seed: int, hp):
 
 def unfreeze_value(value):
     """KerasTuner holds unfreeze choices as strings; a number means the top N layers."""
-    return int(value) if isinstance(value, str) and value.isdigit() else value
+    return int(value) if is_count(value) else value

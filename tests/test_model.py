@@ -102,3 +102,5 @@ def test_unknown_unfreeze_layer_lists_real_names():
     with pytest.raises(KerasFTError, match="no layer named 'block9_conv1'") as error:
         unfreeze_backbone(model, "block9_conv1")
     assert "conv_b" in str(error.value)
+    with pytest.raises(KerasFTError, match="no layer named '²'"):  # not a number of layers
+        unfreeze_backbone(model, "²")

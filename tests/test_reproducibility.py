@@ -120,6 +120,11 @@ def test_reproduce_replays_the_recipe_found_learning_rates_and_weight_decay(tmp_
     code = main(["reproduce", str(output), "--quiet"])
     out = capsys.readouterr().out
     assert code == 0 and out.splitlines()[-1] == "MATCH", out
+    # A recorded rate that is no rate: one message, exit 2 (it was a KeyError traceback).
+    del record["decisions"]["head_lr"]["suggestion"]
+    (output / "run.json").write_text(json.dumps(record))  # unsigned: run.json is not hashed
+    assert main(["reproduce", str(output), "--quiet"]) == 2
+    assert "decisions.head_lr.suggestion should be" in capsys.readouterr().err
 
 
 def test_reproducibility_imports_no_stage_and_reproduce_run_is_public():

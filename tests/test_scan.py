@@ -65,6 +65,11 @@ def test_natural_key_orders_numbers_by_value():
     ]
 
 
+def test_natural_key_takes_unicode_digits_as_letters():
+    """'²' and '٣' pass str.isdigit() but are no ASCII number: sorted as text, no crash."""
+    assert sorted(["²", "10", "٣", "2"], key=natural_key) == ["2", "10", "²", "٣"]
+
+
 def test_files_are_ordered_by_class_then_path(tmp_path):
     for name in ("b", "a"):
         for stem in ("z", "m", "c"):
