@@ -618,8 +618,8 @@ class TrainingConfig:
     weight_decay: float = option(
         0.0,
         help="phase 2 decoupled weight decay (Keras's SGD `weight_decay`): each step shrinks "
-        "every trained weight by `weight_decay` times the step's learning rate, before the "
-        "gradient step (not scaled by `discriminative_lr`). About PyTorch's SGD "
+        "every trained weight by `weight_decay` times the step's learning rate (each "
+        "layer's own rate with `discriminative_lr`), before the gradient step. About PyTorch's SGD "
         "`weight_decay`, e.g. 1e-4; 0: none.",
         valid=Range(0.0),
         expected="a float >= 0, e.g. 1e-4 (0: no weight decay)",
