@@ -5,6 +5,7 @@
 #   make bench-quality  accuracy on held-out tasks (hours, resumable; QUICK=1: about a minute)
 #   make bench-rank  do transferability scores follow fine-tuning? (bench/rank.py, ~30 min)
 #   make docs   regenerate docs/options.md and docs/cli.md from the code
+#   make bench-report  regenerate BENCHMARKS.md from the results files in bench/results/
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -14,7 +15,7 @@ DEMO_RUN := runs/digits-demo
 # it fast on a CPU).
 DEMO_FLAGS := --image-size 64
 
-.PHONY: demo test lint docs bench bench-quality bench-rank clean
+.PHONY: demo test lint docs bench bench-quality bench-rank bench-report clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +77,11 @@ lint: $(VENV)/.dev-installed
 # runs); tests/test_docs.py fails when the committed files differ from what this writes.
 docs: $(VENV)/.demo-installed
 	$(BIN)/python -m keras_ft.reference
+
+# BENCHMARKS.md from the results files git holds in bench/results/ (no TensorFlow runs);
+# tests/test_benchmarks_doc.py fails when the committed page differs from what this writes.
+bench-report: $(VENV)/.demo-installed
+	$(BIN)/python -m bench.report --write
 
 clean:
 	rm -rf $(VENV) build runs .pytest_cache

@@ -569,20 +569,22 @@ def _gap(stats: dict[tuple, dict], task: str, n: int, ours: str, other: str) -> 
     return float(np.mean([mine["test_by_seed"][s] - theirs["test_by_seed"][s] for s in seeds]))
 
 
-def targets(stats: dict[tuple, dict], ours: str = "auto") -> list[str]:
-    """Issue 14's targets on what is measured, for method `ours` (keras-ft's default recipe)."""
+def targets(stats: dict[tuple, dict], ours: str = "auto", probe: str = "probe") -> list[str]:
+    """Issue 14's targets on what is measured, for method `ours` (keras-ft's default recipe)
+    against the linear probe's rows, method `probe` (on the same backbone)."""
     lines = []
+    the_probe = "the probe" if probe == "probe" else f"`{probe}`"
     cases = sorted({(t, n) for t, n, _ in stats})
-    gaps = [(t, n, gap) for t, n in cases if (gap := _gap(stats, t, n, ours, "probe")) is not None]
+    gaps = [(t, n, gap) for t, n in cases if (gap := _gap(stats, t, n, ours, probe)) is not None]
     if gaps:
         losses = [f"{t} {n}/class ({g:+.3f})" for t, n, g in gaps if g <= 0]
         lines.append(
-            f"- `{ours}` beats the probe (same seeds) on every task and size measured "
+            f"- `{ours}` beats {the_probe} (same seeds) on every task and size measured "
             f"({len(gaps)}): {'yes' if not losses else 'no: ' + ', '.join(losses)}"
         )
         mean_gap = float(np.mean([g for *_, g in gaps]))
         lines.append(
-            f"- mean margin over the probe: {100 * mean_gap:+.1f} points "
+            f"- mean margin over {the_probe}: {100 * mean_gap:+.1f} points "
             f"({common.verdict(100 * mean_gap, 3)})"
         )
     mnist = stats.get(("mnist", 100, ours))
@@ -604,8 +606,15 @@ def targets(stats: dict[tuple, dict], ours: str = "auto") -> list[str]:
     return lines or ["- no target can be judged yet: no pair of runs measured"]
 
 
-def report(records: list[dict]) -> str:
-    """The markdown table of `records` (one mode), then the targets' status."""
+def report(
+    records: list[dict],
+    ours: str | None = "auto",
+    probe: str = "probe",
+    title: str | None = "Quality on held-out tasks",
+) -> str:
+    """The markdown table of `records` (one mode), then the status of the targets for method
+    `ours` against method `probe` (none with `ours=None`), under a `title` heading (none
+    with `title=None`)."""
     stats = summary(records)
     rows = []
     for (task, n, method), s in stats.items():
@@ -639,19 +648,19 @@ def report(records: list[dict]) -> str:
     ]
     order = sorted(range(len(rows)), key=lambda i: (rows[i][0], rows[i][1]))
     lines = [
-        "### Quality on held-out tasks",
-        "",
+        *([f"### {title}", ""] if title else []),
         "Mean (min-max over seeds). Choose recipes on the validation and selection columns "
         "only. CPU s: user + system seconds of the run's processes, less moved by other jobs "
         "than wall s.",
         "",
         common.table(header, [rows[i] for i in order]),
         *_noted(stats),
-        "",
-        "Targets (issue 14) for keras-ft's default recipe, `auto` (the default since round 7):",
-        *targets(stats),
-        *tta_table(records),
     ]
+    if ours:
+        whose = "keras-ft's default recipe, `auto`" if ours == "auto" else f"`{ours}`"
+        lines += ["", f"Targets (issue 14) for {whose}, against `{probe}`:"]
+        lines += targets(stats, ours, probe)
+    lines += tta_table(records)
     return "\n".join(lines)
 
 
