@@ -8,8 +8,8 @@ the training and validation images when it is kept). `recipe=None`
 (`--recipe none`) trains with the options exactly as given.
 
 The values below are the one place these settings live. They were chosen on
-the validation splits of the quality benchmark (bench/quality.py,
-BENCHMARKS.md "Quality"), never on its test splits.
+the validation and selection folders of the quality benchmark, never on its
+test splits (docs/benchmark-history.md).
 """
 
 from __future__ import annotations
@@ -27,60 +27,16 @@ class AutoRecipe:
     holds `(from_images, rate)` rows, and the last row whose `from_images`
     the split reaches sets `finetune_lr`, with `warmup_epochs` of linear
     warm-up and decay along `finetune_schedule`; below the first row phase 2
-    keeps the defaults' constant 1e-4. On the benchmark's validation splits
-    3e-4 won over 1e-4 on MNIST with 30 and 100 images per class (240 and 800
-    training images) and lost, on average, on each smaller split (MNIST 10 per
-    class, Cahn-Hilliard 10 and 30 per class: 24-80 training images; seeds 0
-    and 1). 1e-3 won over 3e-4 on MNIST 100 per class (about 815 training
-    images; higher validation accuracy or the same, lower loss, at each of
-    seeds 0-2) and fell to chance on MNIST and digits at 30 per class (240
-    training images, seed 0; round 5). Flips are not part of it:
-    `ImageFolder`'s default, `flip="auto"` (since round 8), decides them for
-    any recipe before phase 1, from the linear probe. Deciding them after a
-    phase 1 without flips, as `flip="auto"` did before, lost on Cahn-Hilliard
-    10 and 30 per class (selection 0.760 and 0.835 against 0.778 and 0.853
-    with flips, seeds 0-2; candidate `c15-autoflip`). Nor are quarter turns:
-    `quarter_turns="auto"`, the data's default since round 10, decides them the
-    same way (mean selection accuracy over seeds 0-2, candidate `c17-turns`
-    against round 9's `auto`: Cahn-Hilliard 10, 30 and 100 per class +6.8,
-    +4.2 and +1.0 points; Ising 10 and 30 -0.6 and -0.1; no digit task turns,
-    bench/results/turns.jsonl). `fallback_to_probe`: over
-    seeds 0-2, the benchmark's linear probe (on avg+max pooled frozen features)
-    had the higher mean validation accuracy on Cahn-Hilliard 30 per class
-    (0.861 against `auto`'s fine-tuned 0.807), and on single seeds elsewhere.
-    `refit_probe` cannot be measured on validation (it trains on it): it is
-    there because selection on validation, then a refit on every labelled
-    image, is how a probe is fitted. Linear probing, then fine-tuning
-    (`head_init="probe"` with `head_epochs=0`) was tried and left out: over
-    seeds 0-2 its fine-tuned models had the lower mean validation accuracy
-    on 3 of 5 task sizes (0.809 against 0.875 over the 5; round 4).
+    keeps the defaults' constant rate. `epochs` holds `(from_images,
+    head_epochs, finetune_epochs)` rows, read the same way. The fallbacks keep,
+    of the fine-tuned model, the phase-1 head and the linear probe, the one
+    with the lowest validation loss, and a kept probe is refitted on the
+    training and validation images (`refit_probe`). Flips and quarter turns
+    are not part of it: the data's `flip="auto"` and `quarter_turns="auto"`
+    decide them for any recipe (`keras_ft.training.decide_flip`).
 
-    `epochs` holds `(from_images, head_epochs, finetune_epochs)` rows; the last
-    row the split reaches sets both. Below 150 training images an epoch is a
-    few steps (2-3 at batch 32), and 10 epochs left the model far from
-    converged (digits 10 per class: the head's training accuracy 0.52 after
-    phase 1). 60 epochs in each phase won on the benchmark's selection folders
-    (as many images as the test split, drawn from the training pool; round 6)
-    at each of the six task sizes below 150 training images, by 0.5 to 7.1
-    points (mean over seeds 0-2); the validation accuracy was higher on three,
-    level on two and lower on one (Cahn-Hilliard 10 per class, with 5-6
-    validation images). 60 epochs for the head alone did not help (digits 10
-    per class). From 150 to 500 training images (8-16 steps an epoch), 30
-    epochs in each phase won on the selection folders of the three task sizes
-    there (digits and MNIST 30 per class, Cahn-Hilliard 100 per class: +3.8,
-    +3.2 and +0.6 points, mean over seeds 0-2; round 7); the validation
-    accuracy was higher on the first two and lower on Cahn-Hilliard (-1.3).
-    From 500, 15 fine-tuning epochs rather than 10 won on the selection
-    folders of MNIST 100 per class (0.980 against 0.974, seeds 0-2) and digits
-    70 per class (0.960 against 0.941, seeds 0-1); the validation accuracy was
-    lower on MNIST (-0.7) and higher on digits (+1.6).
-
-    Weight-space mixes of the fine-tuned model and the phase-1 head
-    (`fallback_to_mixes`, WiSE-FT) were tried as more fallback candidates and
-    left out (round 9): on the selection folders they won on Cahn-Hilliard 10
-    and 30 per class (+3.9 and +1.2 points, seeds 0-2) and lost on MNIST 10
-    per class (-1.7, seeds 0-1); validation splits this small cannot choose
-    among that many candidates.
+    How each value was chosen, on the quality benchmark's validation and
+    selection folders, is in docs/benchmark-history.md.
     """
 
     fallback_to_head: bool = True  # phase 2 kept only if it lowered the validation loss
