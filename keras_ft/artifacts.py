@@ -609,7 +609,7 @@ def load(path, signing_key=None) -> Predictor:
                 f"{current}. Predictions may differ slightly.",
                 stacklevel=2,
             )
-    import keras_ft.model  # noqa: F401  registers `Preprocess`, which every model.keras holds
+    import keras_ft.model  # noqa: F401  registers `Preprocess`, which older model.keras files hold
 
     model_path = run_dir / "model.keras"
     # Keras reads a private copy made from the bytes checked against the manifest, not the

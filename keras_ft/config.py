@@ -21,6 +21,7 @@ from keras_ft.errors import KerasFTError
 
 POOLINGS = ("avg", "max", "avgmax", "flatten")
 HEADS = ("dense", "linear")
+PREPROCESSING_LAYERS = ("keras", "keras_ft")
 MIXED_PRECISION = (None, "float16", "bfloat16")
 SCHEDULES = ("constant", "cosine")
 HEAD_INITS = ("random", "probe")
@@ -574,6 +575,15 @@ class ModelConfig:
         choices=HEADS,
         flag="",  # `keras-ft probe` is the linear head
     )
+    preprocessing_layers: str = option(
+        "keras",
+        help='`"keras"`: the backbone\'s preprocessing is built from standard Keras layers, so '
+        "`model.keras` loads with `keras.saving.load_model` where keras_ft is not installed; "
+        '`"keras_ft"`: keras_ft\'s own `Preprocess` layer, as in runs recorded before this '
+        "option (`reproduce` rebuilds it for them).",
+        choices=PREPROCESSING_LAYERS,
+        flag="",  # no choice to make on the command line: `reproduce` reads it from the record
+    )
 
     def __post_init__(self):
         validate(self)
@@ -866,7 +876,7 @@ def to_dict(config) -> dict:
 
 # What a run record written before these options existed trained with: their values then,
 # not today's defaults, so that `reproduce` replays an older run as it ran.
-RECORDED_BEFORE = {"flip": True, "quarter_turns": False}
+RECORDED_BEFORE = {"flip": True, "quarter_turns": False, "preprocessing_layers": "keras_ft"}
 
 
 def from_dict(cls, values: dict):

@@ -1,7 +1,9 @@
 """The classifier: raw 0-255 RGB in, preprocessing, backbone, new head, probabilities out.
 
 Preprocessing lives inside the model so training, evaluation, export and
-prediction can never disagree. The backbone is always called with
+prediction can never disagree. It is made of standard Keras layers
+(`preprocessing_layer`), so `model.keras` loads with `keras.saving.load_model`
+in a Python without keras_ft. The backbone is always called with
 `training=False`, and its BatchNormalization layers stay frozen after
 unfreezing, so phase 2 does not wreck the statistics it learned on ImageNet.
 """
@@ -24,6 +26,10 @@ _TORCH_STD = (0.229, 0.224, 0.225)
 @keras.saving.register_keras_serializable(package="keras_ft")
 class Preprocess(keras.layers.Layer):
     """Map 0-255 RGB pixels the way a backbone's `preprocess_input` does.
+
+    keras_ft's own layer: classifiers saved before `preprocessing_layer` built
+    standard Keras layers hold it (and load with keras_ft, which registers it),
+    and `reproduce` rebuilds it for their runs.
 
     Args:
         mode: `"caffe"` (RGB->BGR minus the ImageNet mean), `"tf"` (to [-1, 1]),
@@ -52,6 +58,57 @@ class Preprocess(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
+
+
+def preprocessing_layer(mode: str, layers: str = "keras") -> keras.layers.Layer:
+    """The layer named `"preprocess"` that maps 0-255 RGB pixels for a backbone.
+
+    With `layers="keras"` it is a standard Keras layer (no keras_ft class), so
+    a saved classifier loads with plain `keras.saving.load_model`:
+
+    - `"caffe"`: a frozen 1x1 `Conv2D` whose kernel permutes RGB to BGR and
+      whose bias is minus the ImageNet mean. Each output is one input times
+      1.0 plus zeros plus the bias, so on the CPU it equals `Preprocess`'s
+      flip minus the mean bit for bit (a GPU's TensorFloat-32 convolutions
+      may round the inputs first).
+    - `"tf"`: `Rescaling(1 / 127.5, offset=-1)`.
+    - `"torch"`: `Rescaling` with per-channel `scale=1 / (255 * std)` and
+      `offset=-mean / std`.
+    - `"none"`: `Identity`.
+
+    `"tf"` and `"torch"` multiply where `Preprocess` divides: they agree with it
+    to a float32 rounding, not bit for bit.
+
+    Args:
+        mode: `"caffe"`, `"tf"`, `"torch"` or `"none"` (see
+            `keras_ft.backbones.PREPROCESSING`).
+        layers: `"keras"`, or `"keras_ft"`: the `Preprocess` layer, as in runs
+            recorded before `ModelConfig.preprocessing_layers` existed.
+
+    Example:
+
+    >>> layer = preprocessing_layer("tf")
+    >>> layer(np.array([[[[0.0, 127.5, 255.0]]]], "float32"))  # [[[[-1.0, 0.0, 1.0]]]]
+    """
+    if layers == "keras_ft":
+        return Preprocess(mode, name="preprocess")
+    if mode == "caffe":
+        bgr = np.eye(3, dtype="float32")[::-1].reshape(1, 1, 3, 3)
+        return keras.layers.Conv2D(
+            3,
+            1,
+            kernel_initializer=keras.initializers.Constant(bgr),
+            bias_initializer=keras.initializers.Constant(-np.array(_CAFFE_MEAN_BGR)),
+            trainable=False,
+            name="preprocess",
+        )
+    if mode == "tf":
+        return keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="preprocess")
+    if mode == "torch":
+        mean, std = np.array(_TORCH_MEAN), np.array(_TORCH_STD)
+        scale, offset = 1 / (255 * std), -mean / std
+        return keras.layers.Rescaling(scale.tolist(), offset=offset.tolist(), name="preprocess")
+    return keras.layers.Identity(name="preprocess")
 
 
 def pool_features(feature_map, pooling: str, prefix: str = ""):
@@ -84,7 +141,9 @@ def build_classifier(
     Args:
         backbone: a headless model mapping `(H, W, 3)` images to feature maps.
         config: the head and input size.
-        preprocessing: the `Preprocess` mode the backbone's weights expect.
+        preprocessing: the mode the backbone's weights expect (`"caffe"`, `"tf"`,
+            `"torch"` or `"none"`), built by `preprocessing_layer` as
+            `config.preprocessing_layers` says.
         synchronized: compute the head's batch statistics over all replicas of
             a `tf.distribute` strategy (as one device would over the global batch).
 
@@ -96,7 +155,7 @@ def build_classifier(
     """
     seed = config.seed
     inputs = keras.Input((*config.image_size, 3), name="image")
-    x = Preprocess(preprocessing, name="preprocess")(inputs)
+    x = preprocessing_layer(preprocessing, config.preprocessing_layers)(inputs)
     x = pool_features(backbone(x, training=False), config.pooling)
     if config.head == "linear":  # the probe: one Dense layer, its weights set by `fit`
         outputs = keras.layers.Dense(

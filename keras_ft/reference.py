@@ -31,6 +31,7 @@ _ELSEWHERE = {
     "directory": "`DATA_DIR`, the first argument",
     "num_classes": "taken from the data",
     "head": '`keras-ft probe` is `head="linear"`',
+    "preprocessing_layers": "none (`reproduce` takes the run's from its record)",
 }
 
 

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import keras
@@ -413,8 +414,8 @@ def _swap_labels(run_dir):
     (run_dir / "class_names.json").write_text(json.dumps(names[::-1]))
 
 
-def _preprocessing_caffe(run_dir):
-    edit_model_config(run_dir / "model.keras", '"mode": "tf"', '"mode": "caffe"')
+def _preprocessing_edited(run_dir):
+    edit_model_config(run_dir / "model.keras", '"offset": -1.0', '"offset": 0.0')
 
 
 def _file_added(run_dir):
@@ -433,7 +434,7 @@ def _saved_model_replaced(run_dir):
 
 DAMAGE = {
     "labels swapped": (_swap_labels, "changed: class_names.json"),
-    "preprocessing edited": (_preprocessing_caffe, "changed: model.keras"),
+    "preprocessing edited": (_preprocessing_edited, "changed: model.keras"),
     "file added": (_file_added, "added: saved_model/assets/extra.txt"),
     "file removed": (_file_removed, "removed: metrics.json"),
     "saved_model changed": (_saved_model_replaced, "changed: saved_model/saved_model.pb"),
@@ -459,7 +460,7 @@ def test_changed_run_directory_is_refused_by_every_command(damage, command, run_
 
 def test_changed_run_directory_is_refused_by_load(run_copy):
     run_dir, _, _ = run_copy
-    _preprocessing_caffe(run_dir)
+    _preprocessing_edited(run_dir)
     with pytest.raises(KerasFTError, match="changed: model.keras"):
         keras_ft.load(run_dir)
 
@@ -474,7 +475,7 @@ def test_load_uses_the_model_file_it_verified(run_copy, monkeypatch):
     run_dir, _, _ = run_copy
     swapped = run_dir.parent / "swapped.keras"
     shutil.copy(run_dir / "model.keras", swapped)
-    edit_model_config(swapped, '"mode": "tf"', '"mode": "caffe"')
+    edit_model_config(swapped, '"offset": -1.0', '"offset": 0.0')
     real_hashing = manifest._copy_hashing
 
     def hash_then_swap(source, destination):
@@ -875,3 +876,102 @@ def test_train_signs_with_the_key_file_and_refuses_a_bad_one_before_training(tmp
         capsys, "predict", output, image, "--signing-key-file", tmp_path / "train.key"
     )
     assert code == 0 and json.loads(out)["label"] in ("a", "b"), err
+
+
+# --- model.keras in plain Keras, and runs recorded with the `Preprocess` layer ---
+
+# Loads each model.keras with Keras alone and saves its probabilities, in a Python where
+# keras_ft (and, with -I, the tests' plugins on PYTHONPATH) cannot be imported.
+PLAIN_KERAS = """
+import sys
+sys.modules["keras_ft"] = None  # as if keras_ft were not installed
+try:
+    import keras_ft
+except ImportError:
+    pass
+else:
+    sys.exit("keras_ft was importable")
+import keras
+import numpy as np
+for model_path, images, out in zip(*[iter(sys.argv[1:])] * 3):
+    model = keras.saving.load_model(model_path)  # safe_mode=True, compile=True: the defaults
+    np.save(out, model.predict_on_batch(np.load(images)))
+"""
+
+
+def _train_run(data, output, backbone, **options):
+    """A run of `backbone` (random weights) trained 1 + 1 epochs on `data`, saved to `output`."""
+    tuner = keras_ft.FineTuner(backbone, weights=None, seed=0, **options)
+    epochs = {"head_epochs": 1, "finetune_epochs": 1}
+    tuner.fit(data, recipe=None, evaluate=False, verbose=0, tensorboard_dir=None, **epochs)
+    return Path(tuner.save(output))
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    from conftest import write_folder
+
+    train = write_folder(tmp_path_factory.mktemp("small") / "train", per_class=8, size=32)
+    return keras_ft.ImageFolder(train, image_size=32, batch_size=8, validation_split=0.25, seed=0)
+
+
+@pytest.mark.filterwarnings("ignore:Fine-tuning reached")  # untrained, 1 + 1 epochs
+def test_model_keras_loads_and_predicts_the_same_in_plain_keras(small_data, tmp_path):
+    """VGG16 (caffe: RGB->BGR, minus the mean) and testnet (tf: to [-1, 1]) runs."""
+    files = sorted(Path(small_data.config.directory).rglob("*.png"))[::4]
+    images = np.stack([np.asarray(Image.open(f).convert("RGB"), np.float32) for f in files])
+    np.save(tmp_path / "images.npy", images)
+    args, expected = [], {}
+    for backbone in ("vgg16", "testnet"):
+        run_dir = _train_run(small_data, tmp_path / backbone, backbone)
+        with zipfile.ZipFile(run_dir / "model.keras") as archive:
+            assert b"keras_ft" not in archive.read("config.json")  # no class of ours
+        expected[backbone] = keras_ft.load(run_dir).predict_proba(images)
+        args += [run_dir / "model.keras", tmp_path / "images.npy", tmp_path / f"{backbone}.npy"]
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", PLAIN_KERAS, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    for backbone, probabilities in expected.items():
+        np.testing.assert_array_equal(np.load(tmp_path / f"{backbone}.npy"), probabilities)
+
+
+@pytest.fixture
+def caffe_testnet():
+    """testnet registered with caffe preprocessing, whose layer then has weights of its own."""
+    from testnet_pkg import testnet
+
+    from keras_ft.backbones import _REGISTRY, BackboneSpec, register_backbone
+
+    spec = register_backbone(BackboneSpec("testcaffe", testnet, "caffe", default_size=32))
+    yield spec.name
+    del _REGISTRY[spec.name]
+
+
+@pytest.mark.filterwarnings("ignore:Fine-tuning reached")  # untrained, 1 + 1 epochs
+@pytest.mark.parametrize("recorded", ["before preprocessing_layers", "keras"])
+def test_runs_with_either_preprocessing_layer_reproduce(
+    recorded, caffe_testnet, small_data, tmp_path
+):
+    """A run recorded before `preprocessing_layers` existed rebuilds the `Preprocess` layer it
+    trained with (with caffe's standard layer, weights of its own would change the hash)."""
+    from keras_ft.model import Preprocess
+
+    if recorded == "keras":
+        run_dir = _train_run(small_data, tmp_path / "run", caffe_testnet)
+        layer = keras.layers.Conv2D
+    else:  # what the code before the option trained, and a record without the option
+        trained = _train_run(
+            small_data, tmp_path / "trained", caffe_testnet, preprocessing_layers="keras_ft"
+        )
+        run_dir = copy_run(
+            trained, tmp_path / "run", lambda record: record["model"].pop("preprocessing_layers")
+        )
+        layer = Preprocess
+    assert isinstance(keras_ft.load(run_dir).model.get_layer("preprocess"), layer)
+    result = keras_ft.reproduce_run(run_dir, verbose=0)
+    assert result["match"], result

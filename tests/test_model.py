@@ -3,10 +3,17 @@ import numpy as np
 import pytest
 from conftest import tiny_backbone
 
-from keras_ft.backbones import get_backbone
-from keras_ft.config import ModelConfig
+from keras_ft.backbones import PREPROCESSING, get_backbone
+from keras_ft.config import ModelConfig, from_dict, to_dict
 from keras_ft.errors import KerasFTError
-from keras_ft.model import backbone_of, build_classifier, freeze_backbone, unfreeze_backbone
+from keras_ft.model import (
+    Preprocess,
+    backbone_of,
+    build_classifier,
+    freeze_backbone,
+    preprocessing_layer,
+    unfreeze_backbone,
+)
 
 
 def classifier(pooling="avg", dense_units=(), backbone=None):
@@ -104,3 +111,36 @@ def test_unknown_unfreeze_layer_lists_real_names():
     assert "conv_b" in str(error.value)
     with pytest.raises(KerasFTError, match="no layer named '²'"):  # not a number of layers
         unfreeze_backbone(model, "²")
+
+
+@pytest.mark.parametrize("mode", PREPROCESSING)
+def test_standard_preprocessing_layers_compute_what_preprocess_does(mode):
+    pixels = np.random.default_rng(0).uniform(0, 255, (4, 16, 16, 3)).astype("float32")
+    pixels[0, 0, :3] = [[0.0, 0.0, 0.0], [255.0, 255.0, 255.0], [123.68, 116.779, 103.939]]
+    layer = preprocessing_layer(mode)
+    assert type(layer).__module__.startswith("keras.") and layer.name == "preprocess"
+    got, expected = np.asarray(layer(pixels)), np.asarray(Preprocess(mode)(pixels))
+    if mode in ("caffe", "none"):  # a permutation times 1.0 plus the bias: exact
+        np.testing.assert_array_equal(got.view("uint32"), expected.view("uint32"))
+    else:  # x * (1 / 127.5) where Preprocess has x / 127.5: one float32 rounding apart
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_caffe_preprocessing_stays_frozen():
+    config = ModelConfig(num_classes=3, image_size=(32, 32), seed=1)
+    model = build_classifier(tiny_backbone(), config, "caffe")
+    layer = model.get_layer("preprocess")
+    assert isinstance(layer, keras.layers.Conv2D) and not layer.trainable
+    unfreeze_backbone(model, "all")
+    assert not layer.trainable and not any(w is layer.kernel for w in model.trainable_weights)
+
+
+def test_old_records_rebuild_the_preprocess_layer():
+    recorded = to_dict(ModelConfig(num_classes=3, image_size=(32, 32)))
+    assert recorded.pop("preprocessing_layers") == "keras"
+    old = from_dict(ModelConfig, recorded)  # a record from before the option
+    assert old.preprocessing_layers == "keras_ft"
+    model = build_classifier(tiny_backbone(), old, "tf")
+    assert isinstance(model.get_layer("preprocess"), Preprocess)
+    with pytest.raises(KerasFTError, match="preprocessing_layers"):
+        ModelConfig(num_classes=3, preprocessing_layers="tf")
