@@ -277,6 +277,45 @@ def _import_tensorflow_quietly() -> None:
         os.close(saved)
 
 
+def fine_tune(args, train_dir, test_dir, skip_bad: bool = False) -> None:
+    """The examples' run: backbone first (weights that cannot be had stop it before the scan),
+    then the folders, both phases from the backbone's suggested layer, the run saved.
+
+    With `skip_bad`, files that do not decode are left out (run.json lists them) and the
+    first few are printed.
+    """
+    import keras_ft
+
+    spec = keras_ft.get_backbone(args.backbone)
+    image_size = args.image_size or spec.default_size
+    tuner = keras_ft.FineTuner(
+        args.backbone, weights=None if args.weights == "none" else args.weights, seed=args.seed
+    )
+    tuner.build_backbone(image_size)
+    data = keras_ft.ImageFolder(
+        train_dir,
+        test_dir=test_dir,
+        image_size=image_size,
+        batch_size=args.batch_size,
+        validation_split=0.1,
+        seed=args.seed,
+        skip_bad=skip_bad,
+        quiet=args.quiet,
+    )
+    if data.skipped:
+        print(f"left out {len(data.skipped)} unusable file(s) (run.json lists them), for example:")
+        for problem in data.skipped[:5]:
+            print(f"  {problem['path']}: {problem['reason']}")
+    tuner.fit(
+        data,
+        head_epochs=args.head_epochs,
+        finetune_epochs=args.finetune_epochs,
+        unfreeze=spec.finetune_from or "all",
+        verbose=0 if args.quiet else "auto",
+    )
+    print_result(tuner, tuner.save(args.output, overwrite=True))
+
+
 def print_result(tuner, run_dir) -> None:
     """The test accuracy and where to look at the run."""
     if tuner.metrics is not None:

@@ -71,39 +71,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     needs = "Microsoft's cats-and-dogs photos (kagglecatsanddogs_5340.zip, 787 MB)"
     with _common.exits_2_when_refused(args, needs):
-        import keras_ft  # after parsing: --help answers without loading TensorFlow
-
         train_dir, test_dir = _common.image_folders(
             args.data_dir,
             lambda: prepare(args.data_dir, args.url, seed=args.seed, cache_dir=args.cache_dir),
         )
-        spec = keras_ft.get_backbone(args.backbone)
-        image_size = args.image_size or spec.default_size
-        tuner = keras_ft.FineTuner(
-            args.backbone, weights=None if args.weights == "none" else args.weights, seed=args.seed
-        )
-        tuner.build_backbone(image_size)  # weights that cannot be had stop it before the scan
-        data = keras_ft.ImageFolder(
-            train_dir,
-            test_dir=test_dir,
-            image_size=image_size,
-            batch_size=args.batch_size,
-            validation_split=0.1,
-            seed=args.seed,
-            skip_bad=True,  # without it, training refuses the folder and lists every broken file
-            quiet=args.quiet,
-        )
-        print(f"left out {len(data.skipped)} unusable file(s), for example:")
-        for problem in data.skipped[:5]:
-            print(f"  {problem['path']}: {problem['reason']}")
-        tuner.fit(
-            data,
-            head_epochs=args.head_epochs,
-            finetune_epochs=args.finetune_epochs,
-            unfreeze=spec.finetune_from or "all",
-            verbose=0 if args.quiet else "auto",
-        )
-        _common.print_result(tuner, tuner.save(args.output, overwrite=True))
+        _common.fine_tune(args, train_dir, test_dir, skip_bad=True)
 
 
 if __name__ == "__main__":

@@ -61,35 +61,11 @@ def main(argv=None) -> None:
     _common.add_download_flags(parser, ("--url", URL, "flower_photos.tgz"))
     args = parser.parse_args(argv)
     with _common.exits_2_when_refused(args, "the flowers photos (flower_photos.tgz, 218 MB)"):
-        import keras_ft  # after parsing: --help answers without loading TensorFlow
-
         train_dir, test_dir = _common.image_folders(
             args.data_dir,
             lambda: prepare(args.data_dir, args.url, seed=args.seed, cache_dir=args.cache_dir),
         )
-        spec = keras_ft.get_backbone(args.backbone)
-        image_size = args.image_size or spec.default_size
-        tuner = keras_ft.FineTuner(
-            args.backbone, weights=None if args.weights == "none" else args.weights, seed=args.seed
-        )
-        tuner.build_backbone(image_size)  # weights that cannot be had stop it before the scan
-        data = keras_ft.ImageFolder(
-            train_dir,
-            test_dir=test_dir,
-            image_size=image_size,
-            batch_size=args.batch_size,
-            validation_split=0.1,
-            seed=args.seed,
-            quiet=args.quiet,
-        )
-        tuner.fit(
-            data,
-            head_epochs=args.head_epochs,
-            finetune_epochs=args.finetune_epochs,
-            unfreeze=spec.finetune_from or "all",
-            verbose=0 if args.quiet else "auto",
-        )
-        _common.print_result(tuner, tuner.save(args.output, overwrite=True))
+        _common.fine_tune(args, train_dir, test_dir)
 
 
 if __name__ == "__main__":
