@@ -130,7 +130,9 @@ def format_metrics(metrics: dict) -> str:
     """
     names = [printable(name) for name in metrics["per_class"]]
     width = max(8, *(len(n) for n in names))
-    lines = [
+    kept = metrics.get("kept_model", "fine-tuned")  # a loaded run's metrics have none
+    lines = [] if kept == "fine-tuned" else [f"model kept: the {kept}"]
+    lines += [
         f"test loss: {metrics['loss']:.4f}",
         f"test accuracy: {metrics['accuracy']:.3f}",
         f"test top-{metrics['top_k']} accuracy: {metrics['top_k_accuracy']:.3f}",

@@ -581,7 +581,19 @@ class FineTuner:
             )
         trained = to_dict(self.data_config) if self.data_config else {}
         symmetries = trained_symmetries(trained, self.history.decisions)
-        return evaluate_model(self.model, data, self.class_names, top_k, tta, symmetries)
+        metrics = evaluate_model(self.model, data, self.class_names, top_k, tta, symmetries)
+        return {**metrics, "kept_model": self.kept_model}
+
+    @property
+    def kept_model(self) -> str:
+        """Which model `fit` ended with: `"fine-tuned"`, `"phase-1 head"` (phase 2 did not
+        lower the validation loss), `"linear probe"` (the probe's was lower still, or
+        `head="linear"`) or `"weight-space mix"`."""
+        if self.model_config is not None and self.model_config.head == "linear":
+            return "linear probe"
+        kept = self.history.decisions.get("fallback", {}).get("kept")
+        names = {"head": "phase-1 head", "probe": "linear probe", "mix": "weight-space mix"}
+        return names.get(kept, "fine-tuned")
 
     def save(self, path, overwrite: bool = False, signing_key=None) -> str | None:
         """Write the run directory (see `keras_ft.artifacts.save_run`), signed if a key is set.

@@ -461,6 +461,8 @@ def write_report(tuner, directory) -> Path:
         if png:
             (directory / f"{name}.png").write_bytes(png)
     title = f"keras_ft run: {tuner.model_config.backbone}, {len(tuner.class_names)} classes"
+    if tuner.kept_model != "fine-tuned":  # the curves show phases whose model was not kept
+        title += f"; the model is the {tuner.kept_model}"
     page = render_html(
         title,
         _summary_rows(tuner),

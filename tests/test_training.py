@@ -391,6 +391,17 @@ def test_fallback_to_probe_makes_the_linear_probe_the_model_when_its_loss_is_low
     assert decision["probe_val_loss"] < min(others)
     assert any("the model is that linear probe" in message for message in tuner.advice)
     assert tuner.record["linear_probe"]["is_the_model"] is True
+    # The metrics, their printed form and the report's title name the model kept.
+    from keras_ft.evaluation import format_metrics
+
+    assert tuner.kept_model == "linear probe"
+    metrics = tuner.evaluate(data.validation)
+    assert metrics["kept_model"] == "linear probe"
+    assert format_metrics(metrics).startswith("model kept: the linear probe\ntest loss:")
+    from keras_ft.report import write_report
+
+    page = (write_report(tuner, split_folders[0].parent / "report")).read_text()
+    assert "<h1>keras_ft run: tiny, 3 classes; the model is the linear probe</h1>" in page
     # The backbone is the one phase 2 started from (the untrained, seeded tiny backbone) ...
     for a, b in zip(
         backbone_of(tuner.model).get_weights(), tiny_backbone().get_weights(), strict=True
