@@ -9,14 +9,19 @@
 
 Importing the package does not import TensorFlow: each name below is imported
 from its module on first use, so `keras-ft scan`, `keras-ft backbones` and
-`--help` start in a fraction of a second.
+`--help` start in a fraction of a second. Nor does it let TensorFlow print its
+own log lines, unless asked (see `keras_ft.quiet`).
 """
 
 from __future__ import annotations
 
 import importlib
 
+from keras_ft.quiet import import_tensorflow, quiet_tensorflow
+
 __version__ = "0.1.0"
+
+quiet_tensorflow()
 
 # Public name -> the module that defines it: what users call, and what those calls return.
 _EXPORTS = {
@@ -54,10 +59,15 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
+# The modules above that import no TensorFlow (the others load it quietly first).
+_WITHOUT_TENSORFLOW = ("keras_ft.scan", "keras_ft.config", "keras_ft.backbones", "keras_ft.errors")
+
 
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'keras_ft' has no attribute {name!r}")
+    if _EXPORTS[name] not in _WITHOUT_TENSORFLOW:
+        import_tensorflow()
     value = getattr(importlib.import_module(_EXPORTS[name]), name)
     globals()[name] = value  # the next access is a plain attribute
     return value

@@ -296,7 +296,10 @@ class FineTuner:
             resume: continue from the checkpoint in `checkpoint_dir`; the
                 result is bitwise the one an uninterrupted run gives. Every
                 worker reads it: share `checkpoint_dir` between machines.
-            verbose: Keras verbosity.
+            verbose: `"auto"`: on a terminal Keras's progress bar, anywhere else
+                (a file, a pipe) one plain line per epoch; either way a line as
+                each phase starts and the overall progress with the time left
+                (`keras_ft.progress`). 1: the bar; 2: the lines; 0: nothing.
             evaluate: evaluate on `data.test` at the end, when there is one.
             tensorboard_dir: TensorBoard logs of both phases on one epoch axis.
                 `"auto"`: in `checkpoint_dir/logs` (kept on resume), else in a

@@ -26,6 +26,7 @@ from keras_ft.model import (
     split_at_features,
     unfreeze_backbone,
 )
+from keras_ft.progress import Progress, phase_line, uses_bars
 from keras_ft.transfer import linear_probe
 
 PHASES = ("head", "finetune")
@@ -516,6 +517,7 @@ def fit_two_phase(
         ("head", 0, config.head_epochs),
         ("finetune", config.head_epochs, config.finetune_epochs),
     )
+    progress = Progress(plan, verbose)
     for phase, start, epochs in plan:
         end = start + epochs
         fallback = phase == "finetune" and bool(
@@ -551,6 +553,10 @@ def fit_two_phase(
             unfreeze_backbone(model, config.unfreeze)
             trained = model
         compile_for_phase(trained, phase, config, data.num_classes, steps)
+        progress.start_phase(phase)
+        if first < end and verbose != 0:
+            layers = len(trainable_backbone_layers(model)) if phase != "head" else 0
+            print(phase_line(phase, config, epochs, first - start, layers, trained is not model))
         if phase != "head" and config.gradual_unfreeze > 1 and first < end and verbose != 0:
             print(gradual_plan(unfreeze_groups(model, config.gradual_unfreeze)))
         if state:  # resuming: the optimizer state only carries over within its phase
@@ -594,10 +600,10 @@ def fit_two_phase(
                 initial_epoch=first,
                 steps_per_epoch=steps,
                 validation_data=validation,
-                callbacks=run_callbacks,
+                callbacks=[*run_callbacks, *progress.callbacks()],
                 class_weight=weights,
                 shuffle=False,  # each epoch is already shuffled from the seed
-                verbose=verbose,
+                verbose=progress.keras_verbose,  # a bar on a terminal, else Progress's lines
             )
         if fallback:
             candidates = {
@@ -1049,8 +1055,8 @@ def _features(extractor: keras.Model, dataset, verbose=0) -> tuple[np.ndarray, n
     progress = None
     if verbose != 0:
         total = int(dataset.cardinality())
-        progress = keras.utils.Progbar(
-            total if total >= 0 else None, verbose=2 if verbose == 2 else 1, unit_name="batch"
+        progress = keras.utils.Progbar(  # on a terminal a bar, else one line at the end
+            total if total >= 0 else None, verbose=1 if uses_bars(verbose) else 2, unit_name="batch"
         )
     features, labels = [], []
     for images, batch_labels in dataset:

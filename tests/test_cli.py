@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -58,7 +59,7 @@ def test_train_prints_test_accuracy_and_writes_the_run(vgg16_run):
     result, output = vgg16_run
     assert result.returncode == 0, result.stderr
     assert "test accuracy: 0." in result.stdout or "test accuracy: 1." in result.stdout
-    assert "Epoch 2/2" in result.stdout  # Keras progress, phase 2 continues the epoch count
+    assert "\nepoch 2/2 overall, done - phase 2 epoch 1/1 - " in result.stdout  # one axis
     assert "confusion matrix" in result.stdout
     record = json.loads((output / "run.json").read_text())
     assert record["model"]["backbone"] == "vgg16" and record["model"]["weights"] is None
@@ -417,3 +418,37 @@ def test_each_flag_sets_its_field():
     for flags, value in (*turns, (["--no-quarter-turns"], False)):
         args = build_parser().parse_args(["train", "d", "--output", "o", *flags])
         assert _options(args, DataConfig)["quarter_turns"] is value
+
+
+def test_piped_training_log_is_one_clean_line_per_epoch_with_phases_and_time_left(tmp_path):
+    """Written to a file or a pipe, the log holds no terminal control (Keras's bar is
+    escapes, backspaces and carriage returns): a line at each phase's start, one line per
+    epoch with the overall progress and the time left."""
+    data = write_folder(tmp_path / "data", per_class=8)
+    tiny = [a for a in TINY_TRAIN if a != "--quiet"]
+    epochs = "--head-epochs 2 --finetune-epochs 2 --no-tensorboard".split()
+    result = run_cli("train", data, *tiny, *epochs, "--output", tmp_path / "run")
+    assert result.returncode == 0, result.stderr
+    for control in ("\x1b", "\b", "\r"):
+        assert control not in result.stdout + result.stderr, repr(control)
+    lines = result.stdout.splitlines()
+    assert not [line for line in lines if line.startswith("Epoch ")]  # Keras's own lines
+    epoch_lines = [i for i, line in enumerate(lines) if line.startswith("epoch ")]
+    assert [lines[i].split()[1] for i in epoch_lines] == ["1/4", "2/4", "3/4", "4/4"], lines
+    expected = (
+        r"epoch 1/4 overall, \d+ s left in phase 1, then 2 epochs of phase 2 - phase 1 epoch 1/2",
+        r"epoch 2/4 overall, phase 1 done, 2 epochs of phase 2 to go - phase 1 epoch 2/2",
+        r"epoch 3/4 overall, \d+ s left - phase 2 epoch 1/2",
+        r"epoch 4/4 overall, done - phase 2 epoch 2/2",
+    )
+    for i, pattern in zip(epoch_lines, expected, strict=True):
+        assert re.match(pattern + r" - [\d.]+ s - loss: [\d.]+ - ", lines[i]), lines[i]
+        assert " - val_accuracy: " in lines[i], lines[i]
+    head = [i for i, line in enumerate(lines) if line.startswith("phase 1: ")]
+    tune = [i for i, line in enumerate(lines) if line.startswith("phase 2: ")]
+    assert len(head) == len(tune) == 1, lines
+    assert head[0] < epoch_lines[0] and epoch_lines[1] < tune[0] < epoch_lines[2]
+    phase_1 = "phase 1: training the head on the frozen backbone, Adam lr 0.001, 2 epochs"
+    assert lines[head[0]] == phase_1
+    phase_2 = r"phase 2: fine-tuning \d+ backbone layers and the head, SGD lr 1e-4 momentum 0\.9, "
+    assert re.fullmatch(phase_2 + "2 epochs", lines[tune[0]]), lines[tune[0]]

@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -851,3 +855,157 @@ def test_a_resumed_fallback_reads_phase_2s_start_and_refuses_without_it(split_fo
         keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0).fit(
             data, **options, checkpoint_dir=tmp_path, resume=True, verbose=0
         )
+
+
+def test_durations_read_as_a_person_says_them():
+    from keras_ft.progress import format_duration
+
+    assert format_duration(0.2) == "0 s" and format_duration(44.6) == "45 s"
+    assert format_duration(80) == "1 min 20 s" and format_duration(120) == "2 min"
+    assert format_duration(3725) == "1 h 2 min"
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_time_left_is_estimated_per_phase_from_its_own_epochs(capsys):
+    """Phase 1 on cached features is far faster per epoch than phase 2: each phase is
+    timed on its own epochs (its first, which traces the step, left out once others ran),
+    and phase 2 is not guessed from phase 1."""
+    from keras_ft.progress import Progress
+
+    clock = FakeClock()
+    progress = Progress([("head", 0, 3), ("finetune", 3, 3)], verbose=2, clock=clock)
+    lines = []
+    for phase, durations in (("head", (5, 1, 1)), ("finetune", (9, 4, 4))):
+        progress.start_phase(phase)
+        start = 0 if phase == "head" else 3
+        for i, seconds in enumerate(durations):
+            progress.on_epoch_begin(start + i)
+            clock.now += seconds
+            progress.on_epoch_end(start + i, {"loss": 0.5, "accuracy": 0.75})
+            lines.append(capsys.readouterr().out)
+    assert lines[0] == (
+        "epoch 1/6 overall, 10 s left in phase 1, then 3 epochs of phase 2 - "
+        "phase 1 epoch 1/3 - 5.0 s - loss: 0.5000 - accuracy: 0.7500\n"
+    )
+    assert lines[1].startswith("epoch 2/6 overall, 1 s left in phase 1, then 3 epochs of phase 2")
+    assert lines[2].startswith("epoch 3/6 overall, phase 1 done, 3 epochs of phase 2 to go - ")
+    assert lines[3].startswith("epoch 4/6 overall, 18 s left - phase 2 epoch 1/3 - 9.0 s - ")
+    assert lines[4].startswith("epoch 5/6 overall, 4 s left - ")
+    assert lines[5].startswith("epoch 6/6 overall, done - phase 2 epoch 3/3 - 4.0 s - ")
+
+
+def test_on_a_terminal_the_keras_bar_stays_and_the_overall_line_follows_it(monkeypatch, capsys):
+    from keras_ft import progress
+
+    monkeypatch.setattr(progress, "is_terminal", lambda: True)
+    tracker = progress.Progress([("head", 0, 2)], verbose="auto")
+    assert tracker.keras_verbose == 1
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("sgd", "sparse_categorical_crossentropy")
+    tracker.start_phase("head")
+    x, y = np.zeros((8, 3), "float32"), np.zeros(8, "int32")
+    model.fit(x, y, epochs=2, callbacks=tracker.callbacks(), verbose=tracker.keras_verbose)
+    out = capsys.readouterr().out
+    assert "Epoch 2/2" in out and "━" in out  # Keras's own progress bar
+    assert "\nepoch 1/2 overall, " in out and "\nepoch 2/2 overall, done\n" in out
+    # After the bar's last update: its line ends before the overall line starts.
+    bar_end = out.index("\nepoch 1/2 overall")
+    assert "━" in out[:bar_end] and out.count("epoch 1/2 overall") == 1
+    monkeypatch.setattr(progress, "is_terminal", lambda: False)
+    assert progress.Progress([], verbose="auto").keras_verbose == 0  # keras_ft's lines instead
+    assert progress.Progress([], verbose=1).keras_verbose == 1  # asked for: the bar anyway
+    assert progress.Progress([], verbose=2).keras_verbose == 0
+
+
+def test_retracing_warnings_are_dropped_where_keras_ft_triggers_them_only():
+    """Each new Keras model traces its predict step anew (every feature extractor that
+    training builds), which TensorFlow counts as retracing one function (its code object)
+    and warns about, twice per process: each part starts from a fresh count."""
+    import logging
+
+    from tensorflow.python.eager.polymorphic_function import polymorphic_function
+
+    from keras_ft.training import _features
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    logger.addHandler(handler)
+    images = tf.data.Dataset.from_tensor_slices((np.zeros((5, 8, 8, 3), "float32"), np.zeros(5)))
+
+    def models():
+        polymorphic_function._frequent_tracing_detector_manager._detectors.clear()
+        records.clear()
+        for _ in range(4):  # each traces twice: batches of 3 and 2
+            yield keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D()])
+
+    def retracing():
+        return [r for r in records if "tf.function retracing" in r.getMessage()]
+
+    try:
+        for model in models():  # keras_ft's code: silent
+            _features(model, images.batch(3))
+        assert not retracing()
+        for model in models():  # the user's own code: TensorFlow's warning as usual
+            model.predict_on_batch(np.zeros((3, 8, 8, 3)))
+            model.predict_on_batch(np.zeros((2, 8, 8, 3)))
+        assert retracing()
+        logger.setLevel(logging.INFO)  # asked for: kept
+        for model in models():
+            _features(model, images.batch(3))
+        assert retracing()
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def run_python(code: str, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600
+    )
+
+
+def test_importing_keras_ft_keeps_tensorflow_native_log_lines_out_unless_asked():
+    show = "import os, keras_ft; print(os.environ.get('TF_CPP_MIN_LOG_LEVEL'))"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    assert run_python(show, env).stdout == "3\n"
+    assert run_python(show, {**env, "TF_CPP_MIN_LOG_LEVEL": "0"}).stdout == "0\n"
+
+
+API_FIT = """
+import keras_ft
+data = keras_ft.ImageFolder({data!r}, image_size=32, batch_size=8, seed=1)
+tuner = keras_ft.FineTuner("testnet", weights=None, seed=1)
+tuner.fit(data, head_epochs=2, finetune_epochs=2, tensorboard_dir=None)
+"""
+
+
+def test_python_api_fit_prints_clean_lines_and_no_tensorflow_logs(tmp_path):
+    """Through a pipe, as a script's output written to a file: no TensorFlow C++ lines
+    (`failed call to cuInit`, absl's), no retracing warnings, no terminal control."""
+    data = write_folder(tmp_path / "data")
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = run_python(API_FIT.format(data=str(data)), env)
+    assert result.returncode == 0, result.stderr
+    for noise in ("cuInit", "absl", "I0000", "W0000", "E0000", "retracing", "WARNING:tensorflow"):
+        assert noise not in result.stderr, result.stderr
+    for control in ("\x1b", "\b", "\r"):
+        assert control not in result.stdout + result.stderr, repr(control)
+    lines = result.stdout.splitlines()
+    assert [line.split(",")[0] for line in lines if line.startswith("epoch ")] == [
+        f"epoch {i}/4 overall" for i in range(1, 5)
+    ]
+    assert [line.split(":")[0] for line in lines if line.startswith("phase ")] == [
+        "phase 1",
+        "phase 2",
+    ]
