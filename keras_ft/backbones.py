@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 from keras_ft.config import check, is_int
 from keras_ft.efficientnet_lite import EfficientNetLite0
 from keras_ft.errors import KerasFTError
+from keras_ft.text import did_you_mean
 
 if TYPE_CHECKING:  # Keras (and TensorFlow) are imported only to build a backbone
     import keras
@@ -123,6 +124,22 @@ class BackboneSpec:
             "finetune_from": self.finetune_from,
         }
 
+    def check_build(self, image_size: tuple[int, int], weights: str | None) -> None:
+        """Refuse what `build` would refuse before building: an image size below
+        `min_size`, a weights file that does not exist. Needs no TensorFlow."""
+        too_small = [v for v in image_size if v < self.min_size]
+        if too_small:
+            raise KerasFTError(
+                f"image_size={tuple(image_size)} is below the minimum of {self.min_size} px "
+                f"for backbone '{self.name}'. Use image_size >= {self.min_size} "
+                f"(its usual size is {self.default_size})."
+            )
+        if weights not in ("imagenet", None) and not Path(weights).is_file():
+            raise KerasFTError(
+                f"Weights file '{weights}' does not exist. Pass weights='imagenet', "
+                "weights=None, or the path of an existing weights file."
+            )
+
     def build(self, image_size: tuple[int, int], weights: str | None) -> keras.Model:
         """Build the headless backbone for `image_size` with `weights`.
 
@@ -131,23 +148,12 @@ class BackboneSpec:
                    weights: `"imagenet"`, `None` (random init), or a path to a weights
                        file saved from this backbone built with `include_top=False`.
         """
-        too_small = [v for v in image_size if v < self.min_size]
-        if too_small:
-            raise KerasFTError(
-                f"image_size={tuple(image_size)} is below the minimum of {self.min_size} px "
-                f"for backbone '{self.name}'. Use image_size >= {self.min_size} "
-                f"(its usual size is {self.default_size})."
-            )
+        self.check_build(image_size, weights)
         import keras
 
         path = None
         if weights not in ("imagenet", None):
             path = Path(weights)
-            if not path.is_file():
-                raise KerasFTError(
-                    f"Weights file '{weights}' does not exist. Pass weights='imagenet', "
-                    "weights=None, or the path of an existing weights file."
-                )
             weights = None
         builder = self.builder
         if not callable(builder):
@@ -379,7 +385,8 @@ def get_backbone(name: str) -> BackboneSpec:
     key = _key(str(name))
     if not is_registered(key):
         raise KerasFTError(
-            f"Unknown backbone {name!r}. Known backbones: {', '.join(BACKBONES)}. "
+            f"Unknown backbone {name!r}.{did_you_mean(key, BACKBONES)} "
+            f"Known backbones: {', '.join(BACKBONES)}. "
             "Run `keras-ft backbones` to list them with their input sizes; register one of "
             "your own with keras_ft.register_backbone."
         )

@@ -27,9 +27,109 @@ from keras_ft.config import (
     parse_unfreeze,
     parse_weights,
 )
-from keras_ft.text import printable
+from keras_ft.quiet import import_tensorflow, show_tensorflow_logs, tensorflow_may_load
+from keras_ft.text import close_matches, did_you_mean, one_of, printable
 
 CONFIGS = (DataConfig, ModelConfig, TrainingConfig)
+
+# `train`'s argument groups, in --help's order; a config field's group is its config's
+# (data, model, training) unless named here.
+GROUPS = ("data", "augmentation", "model", "training", "recipe", "devices", "output and run")
+FIELD_GROUPS = {
+    **dict.fromkeys(
+        ("augment", "flip", "quarter_turns", "rotation", "zoom", "contrast", "translation"),
+        "augmentation",
+    ),
+    "head_augment": "augmentation",
+    **dict.fromkeys(
+        ("fallback_to_head", "fallback_to_probe", "fallback_to_mixes", "refit_probe"), "recipe"
+    ),
+    **dict.fromkeys(("strategy", "lr_scaling"), "devices"),
+}
+CONFIG_GROUPS = {DataConfig: "data", ModelConfig: "model", TrainingConfig: "training"}
+
+# Flags people bring from one-phase trainers: training has two phases, each with its own.
+TWO_PHASES = {
+    "--epochs": ("--head-epochs", "--finetune-epochs"),
+    "--lr": ("--head-lr", "--finetune-lr"),
+    "--learning-rate": ("--head-lr", "--finetune-lr"),
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with Keras-style usage errors: a mistyped flag, command or
+    choice gets a "did you mean", and an unknown flag is refused under the usage of the
+    command it was given to (argparse's own says `keras-ft`'s)."""
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        command = _command_parser(self, parsed)
+        if extras:
+            command.error(_unrecognized(extras, command))
+        check = getattr(parsed, "check_arguments", None)
+        if check is not None:
+            message = check(parsed)
+            if message:
+                command.error(message)
+        return parsed
+
+    def _check_value(self, action, value):
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as error:
+            hint = did_you_mean(str(value), [str(choice) for choice in action.choices])
+            if not hint:
+                raise
+            raise argparse.ArgumentError(action, f"{error.message}.{hint}") from None
+
+
+def _command_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The sub-command's parser that `args` were parsed by (else `parser`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(getattr(args, action.dest, None), parser)
+    return parser
+
+
+def _unrecognized(extras: list[str], parser: argparse.ArgumentParser) -> str:
+    """argparse's "unrecognized arguments" message, with the flags each unknown one may mean."""
+    flags = [flag for action in parser._actions for flag in action.option_strings]
+    hints = {}
+    for given in dict.fromkeys(a.split("=")[0] for a in extras if a.startswith("--")):
+        meant = [flag for flag in TWO_PHASES.get(given, ()) if flag in flags]
+        meant = meant or close_matches(given, flags)
+        if meant:
+            hints[given] = one_of(meant, quote=False)
+    message = f"unrecognized arguments: {' '.join(extras)}."
+    if len(hints) == 1:
+        message += f" Did you mean {next(iter(hints.values()))}?"
+    elif hints:
+        message += " Did you mean " + "; ".join(f"{a} -> {b}" for a, b in hints.items()) + "?"
+    if set(hints) & set(TWO_PHASES):
+        message += " Training has two phases: the head on the frozen backbone, then fine-tuning."
+    return message
+
+
+def _version() -> str:
+    """keras_ft's installed version (its own `__version__` when not installed)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("keras-ft")
+    except importlib.metadata.PackageNotFoundError:
+        from keras_ft import __version__
+
+        return __version__
+
+
+def _group(p: argparse.ArgumentParser, title: str):
+    """`p`'s argument group `title`, made (with all of `GROUPS` before it) if need be."""
+    groups = {group.title: group for group in p._action_groups}
+    if title not in groups and title in GROUPS:
+        for name in GROUPS:
+            if name not in groups:
+                groups[name] = p.add_argument_group(name)
+    return groups.get(title) or p.add_argument_group(title)
 
 
 _PROBE_HELP = (
@@ -49,14 +149,15 @@ def _add_train(commands, name: str = "train", head: str = "dense") -> None:
         p = commands.add_parser(
             name, help="fine-tune a backbone on an image folder", allow_abbrev=False
         )
-    _add_run_arguments(p, "run directory to write", exclude=())
-    p.add_argument(
+    _add_run_arguments(p, "run directory to write", exclude=(), metavar="RUN_DIR")
+    run = _group(p, "output and run")
+    run.add_argument(
         "--resume",
         action="store_true",
         help="finish an interrupted run from its last checkpoint in --output",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_signing_key(p, "sign run.json with the key in FILE (default: $KERAS_FT_SIGNING_KEY)")
+    run.add_argument("--quiet", action="store_true", help="no progress lines or bars")
+    _add_signing_key(run, "sign run.json with the key in FILE (default: $KERAS_FT_SIGNING_KEY)")
     p.set_defaults(func=train, head=head)
 
 
@@ -73,17 +174,18 @@ _VERIFY_HELP = (
 TRAIN_ONLY = ("strategy", "lr_scaling")
 
 
-def _add_run_arguments(p, output_help: str, exclude=TRAIN_ONLY) -> None:
-    """The flags `train`, `tune` and `lr-find` share: one per config field, and --output."""
-    p.add_argument("data_dir", help="training folder: DATA_DIR/<class>/<image>")
-    p.add_argument("--output", required=True, help=output_help)
-    seen = set(exclude)
-    for config in CONFIGS:
-        for name, declared in options_of(config).items():
-            if name not in seen and declared.flag != "":
-                _add_option(p, name, declared, config.__dataclass_fields__[name].default)
-                seen.add(name)
-    p.add_argument(
+def _add_run_arguments(p, output_help: str, exclude=TRAIN_ONLY, metavar="OUTPUT") -> None:
+    """The flags `train`, `tune` and `lr-find` share: one per config field, and --output,
+    in argument groups (`GROUPS`)."""
+    p.usage = f"%(prog)s DATA_DIR --output {metavar} [options]"
+    _group(p, "data").add_argument(
+        "data_dir", metavar="DATA_DIR", help="training folder: DATA_DIR/<class>/<image>"
+    )
+    _group(p, "output and run").add_argument(
+        "--output", required=True, metavar=metavar, help=output_help
+    )
+    recipe = _group(p, "recipe")
+    recipe.add_argument(
         "--recipe",
         choices=("auto", "none"),
         default="auto",
@@ -95,12 +197,20 @@ def _add_run_arguments(p, output_help: str, exclude=TRAIN_ONLY) -> None:
         "run.json. "
         "none (tune's default): the flags as given, defaults included",
     )
-    p.add_argument(
+    seen = set(exclude)
+    for config in CONFIGS:
+        for name, declared in options_of(config).items():
+            if name not in seen and declared.flag != "":
+                group = _group(p, FIELD_GROUPS.get(name, CONFIG_GROUPS[config]))
+                _add_option(group, name, declared, config.__dataclass_fields__[name].default)
+                seen.add(name)
+    run = _group(p, "output and run")
+    run.add_argument(
         "--no-tensorboard",
         action="store_true",
         help="write no TensorBoard logs (default: RUN_DIR/logs)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing --output")
 
 
 def _cli_default(declared: Option, default):
@@ -179,33 +289,38 @@ def _add_tune(commands) -> None:
     # Unset training flags for searched settings mean "search it"; a given one fixes it.
     p.set_defaults(head_lr=None, finetune_lr=None, unfreeze=None, dropout=None, dense_units=None)
     p.set_defaults(recipe="none")  # a trial trains with the settings drawn for it
-    p.add_argument("--trials", type=int, default=10, help="settings to try (default 10)")
-    p.add_argument("--search", default="random", help="random (default), bayesian or grid")
-    p.add_argument("--grid-points", type=int, default=3, help="values per range for grid search")
+    search = _group(p, "search")
+    search.add_argument("--trials", type=int, default=10, help="settings to try (default 10)")
+    search.add_argument("--search", default="random", help="random (default), bayesian or grid")
+    search.add_argument(
+        "--grid-points", type=int, default=3, help="values per range for grid search"
+    )
     for flag, default in (
         ("--head-lr-range", "1e-4 1e-2"),
         ("--finetune-lr-range", "1e-5 1e-3"),
         ("--dropout-range", "0 0.5"),
         ("--augment-range", "0 2, a factor on --rotation/--zoom/--contrast"),
     ):
-        p.add_argument(
+        search.add_argument(
             flag, type=float, nargs=2, metavar=("LOW", "HIGH"), help=f"default {default}"
         )
-    p.add_argument(
+    search.add_argument(
         "--unfreeze-choices",
         type=parse_unfreeze,
         nargs="*",
         metavar="CHOICE",
         help="all, layer names, numbers of top layers (default: the backbone's suggestion, all)",
     )
-    p.add_argument(
+    search.add_argument(
         "--dense-units-choices",
         type=int,
         nargs="*",
         metavar="UNITS",
         help="head hidden layer widths, 0 for none (default 0 128 256)",
     )
-    p.add_argument("--quiet", action="store_true", help="no trial summaries or progress bars")
+    _group(p, "output and run").add_argument(
+        "--quiet", action="store_true", help="no trial summaries or progress lines"
+    )
     p.set_defaults(func=tune)
 
 
@@ -257,9 +372,9 @@ def _add_rank(commands) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="keras-ft", description="Transfer learning on image folders with Keras 3."
-    )
+    parser = Parser(prog="keras-ft", description="Transfer learning on image folders with Keras 3.")
+    version = f"%(prog)s {_version()}"
+    parser.add_argument("--version", action="version", version=version, help="print it and exit")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_train(commands)
     _add_train(commands, "probe", head="linear")
@@ -311,7 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("backbones", help="list the backbones that can be used")
     p.set_defaults(func=backbones)
     for command in commands.choices.values():
-        command.add_argument(
+        titles = {group.title for group in command._action_groups}
+        where = _group(command, "output and run") if "output and run" in titles else command
+        where.add_argument(
             "--verbose", action="store_true", help="show TensorFlow's own log lines too"
         )
     return parser
@@ -331,9 +448,18 @@ def _add_export(commands) -> None:
             "files are kept for inspection)."
         ),
     )
-    p.add_argument("run_dir")
+    p.usage = "%(prog)s RUN_DIR --output OUTPUT [options]"
+    p.add_argument("run_dir", help="the run directory to export")
     p.add_argument(
-        "output", help="saved_model: the TF Serving model base path; otherwise a new directory"
+        "output_positional",
+        nargs="?",
+        metavar="OUTPUT",
+        help="deprecated: pass --output (still accepted)",
+    )
+    p.add_argument(
+        "--output",
+        metavar="OUTPUT",
+        help="saved_model: the TF Serving model base path; otherwise a new directory",
     )
     p.add_argument("--format", choices=FORMATS, default="saved_model")
     p.add_argument(
@@ -357,7 +483,24 @@ def _add_export(commands) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the image samples")
     _add_signing_key(p, _VERIFY_HELP)
-    p.set_defaults(func=export)
+    p.set_defaults(func=export, check_arguments=_export_output)
+
+
+def _export_output(args) -> str | None:
+    """Take export's output from --output, or from the deprecated positional (saying so);
+    the usage error when there is neither, or both."""
+    if args.output is not None and args.output_positional is not None:
+        return "pass the output once: --output OUTPUT (the positional OUTPUT is deprecated)"
+    if args.output is None and args.output_positional is None:
+        return "the following arguments are required: --output"
+    if args.output is None:
+        print(
+            "note: the positional OUTPUT is deprecated; pass --output OUTPUT, as every "
+            "command takes its output.",
+            file=sys.stderr,
+        )
+        args.output = args.output_positional
+    return None
 
 
 def _add_lr_find(commands) -> None:
@@ -371,23 +514,26 @@ def _add_lr_find(commands) -> None:
             "trains the head first (--head-epochs at --head-lr). Takes train's flags."
         ),
     )
-    _add_run_arguments(p, "PNG file to write the plot to")
-    p.add_argument("--phase", choices=("head", "finetune"), default="head")
-    p.add_argument("--steps", type=int, default=200, help="at most this many batches")
-    p.add_argument("--start-lr", type=float, default=1e-7)
-    p.add_argument("--end-lr", type=float, default=10.0)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_run_arguments(p, "PNG file to write the plot to", metavar="PNG")
+    sweep = _group(p, "range test")
+    sweep.add_argument("--phase", choices=("head", "finetune"), default="head")
+    sweep.add_argument("--steps", type=int, default=200, help="at most this many batches")
+    sweep.add_argument("--start-lr", type=float, default=1e-7)
+    sweep.add_argument("--end-lr", type=float, default=10.0)
+    _group(p, "output and run").add_argument(
+        "--quiet", action="store_true", help="no progress lines or bars"
+    )
     p.set_defaults(func=lr_find)
 
 
 def lr_find(args) -> int:
-    from keras_ft.backbones import get_backbone
     from keras_ft.output import check_output_file
 
     data_dirs = (args.data_dir, args.test_dir)
     output = check_output_file(args.output, ".png", data_dirs, args.overwrite)
-    spec = get_backbone(args.backbone)
-    tuner = _fine_tuner(args, _training(args, strategy="none"))
+    spec, training = _check_run(args, strategy="none")
+    _load_tensorflow(args)
+    tuner = _fine_tuner(args, training)
     data = _image_folder(args, spec)
     result = tuner.lr_find(
         data,
@@ -410,10 +556,13 @@ def lr_find(args) -> int:
 
 # Commands that never need TensorFlow: they start in a fraction of a second.
 WITHOUT_TENSORFLOW = ("scan", "backbones")
+# Commands that check their arguments, paths and folders first, then load TensorFlow
+# (`_load_tensorflow`): a mistake is refused in a fraction of a second.
+CHECKS_FIRST = ("train", "probe", "tune", "lr-find")
 
 
-def _quiet_tensorflow() -> None:
-    """Import TensorFlow and Keras with their log lines kept out of the output.
+def _load_tensorflow(args) -> None:
+    """Import TensorFlow and Keras, their log lines kept out of the output unless --verbose.
 
     TensorFlow's C++ side writes a few lines while it loads, before its log
     level applies (oneDNN, CUDA, CPU features): standard error is pointed at
@@ -421,17 +570,48 @@ def _quiet_tensorflow() -> None:
     """
     import logging
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import keras  # noqa: F401  (it imports TensorFlow)
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    if not args.verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+    import_tensorflow(quietly=not args.verbose)
+
+
+def _check_run(args, training: bool = True, searched=(), **fixed):
+    """Every check of a training command's arguments that needs no TensorFlow, so that a
+    mistake is refused at once: the backbone's name, the data, model and training options
+    (`fixed` replaces training options; without `training` they are left to the search,
+    as are the model options named in `searched`), the image size and weights file for
+    the backbone, and the folders' layout (the images themselves are scanned later).
+
+    Returns:
+        (the backbone's `BackboneSpec`, the `TrainingConfig`, or None without `training`).
+    """
+    from keras_ft.backbones import get_backbone
+    from keras_ft.config import checked
+    from keras_ft.errors import KerasFTError
+    from keras_ft.scan import list_classes
+
+    with tensorflow_may_load(quietly=not args.verbose):  # a backbone plugin may import it
+        spec = get_backbone(args.backbone)
+    image_size = args.image_size or spec.default_size
+    data = DataConfig(
+        directory=args.data_dir, **{**_options(args, DataConfig), "image_size": image_size}
+    )
+    declared = options_of(ModelConfig)
+    for name, value in _options(args, ModelConfig).items():
+        if name != "image_size" and name not in searched:
+            checked(name, declared[name], value)
+    config = _training(args, **fixed) if training else None
+    spec.check_build(data.image_size, args.weights)
+    classes = list_classes(args.data_dir)
+    if len(classes) < 2:
+        raise KerasFTError(
+            f"Data directory '{args.data_dir}' has a single class {list(classes)}. "
+            "A classifier needs at least two class sub-folders."
+        )
+    if args.test_dir is not None:
+        list_classes(args.test_dir)
+    return spec, config
 
 
 def _fine_tuner(args, training):
@@ -463,21 +643,32 @@ def _fit_arguments(args) -> dict:
     )
 
 
+# Strategies run in one process, which is the chief: it may check --output before TensorFlow.
+ONE_PROCESS = ("auto", "none", "mirrored")
+
+
 def train(args) -> int:
-    from keras_ft.backbones import get_backbone
-    from keras_ft.evaluation import format_metrics
-    from keras_ft.manifest import checkpoint_dir
     from keras_ft.output import OutputLock, check_output
-    from keras_ft.reproducibility import weights_sha256
 
     key = _key(args)  # a bad key file is refused before any training
-    spec = get_backbone(args.backbone)
-    training = _training(args)  # every training flag checked before anything runs
+    spec, training = _check_run(args)  # every flag and folder checked before anything runs
+    checked_output = None
+    if args.strategy in ONE_PROCESS:
+        data_dirs = (args.data_dir, args.test_dir)
+        checked_output = check_output(args.output, data_dirs, args.overwrite, args.resume)
+    _load_tensorflow(args)
+    from keras_ft.evaluation import format_metrics
+    from keras_ft.manifest import checkpoint_dir
+    from keras_ft.reproducibility import weights_sha256
+
     # First: a multi-worker strategy joins its cluster before TensorFlow runs anything.
     tuner = _fine_tuner(args, training)
     distribution = tuner.distribution
     lock = contextlib.nullcontext()
-    if distribution.is_chief or args.resume:  # other workers leave --output alone
+    if checked_output is not None:
+        output, state = checked_output
+        lock = OutputLock(output)
+    elif distribution.is_chief or args.resume:  # other workers leave --output alone
         output, state = check_output(
             args.output, (args.data_dir, args.test_dir), args.overwrite, args.resume
         )
@@ -533,16 +724,17 @@ def train(args) -> int:
 
 
 def tune(args) -> int:
-    from keras_ft.backbones import get_backbone
-    from keras_ft.evaluation import format_metrics
     from keras_ft.output import OutputLock, check_output
-    from keras_ft.search import tune as search
     from keras_ft.search_space import SETTINGS, check_search
 
     searched = _searched(args)
     check_search(args.trials, args.search, args.grid_points, **searched)  # before any image
     output, _ = check_output(args.output, (args.data_dir, args.test_dir), args.overwrite)
-    spec = get_backbone(args.backbone)
+    spec, _ = _check_run(args, training=False, searched=SETTINGS)  # the search checks those
+    _load_tensorflow(args)
+    from keras_ft.evaluation import format_metrics
+    from keras_ft.search import tune as search
+
     with OutputLock(output):
         data = _image_folder(args, spec)
         # Every model and training flag: fixed for all trials, unless it is searched.
@@ -766,8 +958,10 @@ def main(argv=None) -> int:
     """Run the command line; return the exit code."""
     args = build_parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
-    if not args.verbose and args.command not in WITHOUT_TENSORFLOW:
-        _quiet_tensorflow()
+    if args.verbose:
+        show_tensorflow_logs()
+    if args.command not in WITHOUT_TENSORFLOW + CHECKS_FIRST:
+        _load_tensorflow(args)
     from keras_ft.errors import KerasFTError, WorkerLostError
 
     try:

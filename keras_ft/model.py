@@ -17,6 +17,7 @@ from keras import ops
 from keras_ft.backbones import PREPROCESSING
 from keras_ft.config import ModelConfig, is_count
 from keras_ft.errors import KerasFTError
+from keras_ft.text import did_you_mean
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -262,8 +263,9 @@ def unknown_layer_message(unfreeze: str, backbone: str, names: list[str]) -> str
     """The error for an `unfreeze` layer name that `backbone` (with layers `names`) lacks."""
     sample = ", ".join(names[-40::4])
     return (
-        f"Invalid `unfreeze`: no layer named {unfreeze!r} in backbone '{backbone}'. "
-        f"Pass 'all', a number of top layers, or a layer name such as: {sample}."
+        f"Invalid `unfreeze`: no layer named {unfreeze!r} in backbone '{backbone}'."
+        f"{did_you_mean(str(unfreeze), names)} Pass 'all', a number of top layers, or a layer "
+        f"name such as: {sample}."
     )
 
 

@@ -160,6 +160,8 @@ def _default(action: argparse.Action, parser: argparse.ArgumentParser, text: str
 
 
 def _usage(name: str, parser: argparse.ArgumentParser) -> str:
+    if parser.usage:  # the command's own
+        return parser.usage.replace("%(prog)s", parser.prog)
     words = [parser.prog]
     for action in parser._actions:
         if not action.option_strings:

@@ -9,6 +9,7 @@ that decides how such text is shown; HTML escaping is `html.escape` of
 
 from __future__ import annotations
 
+import difflib
 import unicodedata
 
 # Characters that reorder the text around them on screen (a name can be made to look like another).
@@ -58,3 +59,52 @@ def csv_cell(value):
     if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
         return "'" + value
     return value
+
+
+def _edits(a: str, b: str) -> int:
+    """Insertions, deletions, substitutions and swaps of neighbours that turn `a` into `b`."""
+    rows = [list(range(len(b) + 1))]
+    for i, x in enumerate(a, 1):
+        row = [i]
+        for j, y in enumerate(b, 1):
+            row.append(min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (x != y)))
+            if i > 1 and j > 1 and x == b[j - 2] and a[i - 2] == y:
+                row[j] = min(row[j], rows[-2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]
+
+
+def close_matches(given: str, candidates, n: int = 3) -> list[str]:
+    """The candidates `given` was most likely meant to be, for a "did you mean" hint.
+
+    `difflib.get_close_matches` finds the similar ones; of those, the fewest typing
+    mistakes away (swapped neighbours count as one, so 'vgg61' is 'vgg16', not
+    'vgg19') are kept, at most `n`, in the candidates' own order.
+
+    Args:
+        given: what was received, e.g. an unknown name.
+        candidates: the names that exist.
+        n: at most this many.
+
+    Returns:
+        The likely names; empty when none is close.
+    """
+    candidates = list(dict.fromkeys(candidates))
+    close = difflib.get_close_matches(given, candidates, n=max(n, 10), cutoff=0.6)
+    if not close:
+        return []
+    edits = {name: _edits(given, name) for name in close}
+    fewest = min(edits.values())
+    return [name for name in candidates if edits.get(name) == fewest][:n]
+
+
+def one_of(names, quote: bool = True) -> str:
+    """`'a'`, `'a' or 'b'`, `'a', 'b' or 'c'`: names as a sentence says them."""
+    names = [repr(str(name)) if quote else str(name) for name in names]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def did_you_mean(given: str, candidates) -> str:
+    """`" Did you mean 'x'?"` for the `close_matches` of `given`, or `""` if none."""
+    close = close_matches(given, candidates)
+    return f" Did you mean {one_of(close)}?" if close else ""

@@ -307,3 +307,25 @@ def test_an_installed_plugin_is_listed_and_in_every_loop_from_a_fresh_process():
     assert looped.split("]")[0].endswith("'testnet'")
     with pytest.raises(TypeError):
         keras_ft.BACKBONES["mine"] = keras_ft.BACKBONES["testnet"]
+
+
+def test_an_unknown_backbone_suggests_the_closest_names():
+    with pytest.raises(KerasFTError, match=r"Unknown backbone 'vgg61'\. Did you mean 'vgg16'\?"):
+        get_backbone("vgg61")
+    with pytest.raises(KerasFTError, match=r"Did you mean 'resnet50v2'\?"):
+        get_backbone("ResNet50-V3")
+    with pytest.raises(KerasFTError) as error:
+        get_backbone("alexnet")
+    assert "Did you mean" not in str(error.value)  # nothing close: the list only
+
+
+def test_an_unknown_unfreeze_layer_suggests_the_closest_names():
+    from keras_ft.model import unknown_layer_message
+
+    names = [f"block{b}_conv{c}" for b in range(1, 6) for c in range(1, 4)] + ["block5_pool"]
+    message = unknown_layer_message("block5_conv9", "vgg16", names)
+    assert "no layer named 'block5_conv9' in backbone 'vgg16'. Did you mean " in message
+    assert "'block5_conv1', 'block5_conv2' or 'block5_conv3'?" in message
+    message = unknown_layer_message("blokc5_pool", "vgg16", names)
+    assert "Did you mean 'block5_pool'?" in message
+    assert "Did you mean" not in unknown_layer_message("dense", "vgg16", names)

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -279,7 +280,7 @@ def test_paths_are_printed_with_control_characters_escaped(tmp_path, capsys):
     epochs = "--head-epochs 1 --finetune-epochs 0 --batch-size 8 --no-tensorboard".split()
     for args in (
         ("train", data, *TINY_TRAIN, *epochs, "--output", run),
-        ("export", run, tmp_path / f"serving{ESCAPES}"),
+        ("export", run, "--output", tmp_path / f"serving{ESCAPES}"),
         ("explain", run, image, "--output", tmp_path / f"cams{ESCAPES}"),
     ):
         result = run_here(capsys, *args)
@@ -452,3 +453,124 @@ def test_piped_training_log_is_one_clean_line_per_epoch_with_phases_and_time_lef
     assert lines[head[0]] == phase_1
     phase_2 = r"phase 2: fine-tuning \d+ backbone layers and the head, SGD lr 1e-4 momentum 0\.9, "
     assert re.fullmatch(phase_2 + "2 epochs", lines[tune[0]]), lines[tune[0]]
+
+
+def test_train_flags_are_grouped(capsys):
+    from keras_ft.cli import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    groups = {
+        group.title: {flag for action in group._group_actions for flag in action.option_strings}
+        for group in train._action_groups
+    }
+    expected = {
+        "data": ("--test-dir", "--image-size", "--batch-size", "--validation-split", "--seed"),
+        "augmentation": ("--no-augment", "--flip", "--rotation", "--no-head-augment"),
+        "model": ("--backbone", "--weights", "--pooling", "--dense-units", "--dropout"),
+        "training": ("--head-epochs", "--finetune-lr", "--unfreeze", "--momentum"),
+        "recipe": ("--recipe", "--fallback-to-head", "--fallback-to-probe"),
+        "devices": ("--strategy", "--lr-scaling"),
+        "output and run": ("--output", "--overwrite", "--resume", "--quiet", "--verbose"),
+    }
+    for title, flags in expected.items():
+        assert set(flags) <= groups[title], (title, groups.get(title))
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert text.startswith("usage: keras-ft train DATA_DIR --output RUN_DIR [options]")
+    assert text.index("\nmodel:") < text.index("\ntraining:") < text.index("\noutput and run:")
+
+
+def test_version(capsys):
+    import importlib.metadata
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"keras-ft {importlib.metadata.version('keras-ft')}\n"
+
+
+@pytest.mark.parametrize(
+    "given, suggested",
+    [
+        (["--epochs", "5"], ["--head-epochs", "--finetune-epochs"]),
+        (["--lr", "1e-3"], ["--head-lr", "--finetune-lr"]),
+        (["--learning-rate=1e-3"], ["--head-lr", "--finetune-lr"]),
+        (["--bakcbone", "vgg16"], ["--backbone"]),
+    ],
+)
+def test_an_unknown_flag_is_refused_under_its_command_with_the_flags_meant(
+    given, suggested, capsys
+):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "data", "--output", "run", *given])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: keras-ft train "), err  # the command's usage, not keras-ft's
+    assert f"unrecognized arguments: {' '.join(given)}" in err
+    assert "Did you mean " + " or ".join(suggested) + "?" in err, err
+
+
+def test_a_mistyped_command_or_choice_gets_a_suggestion(capsys):
+    for argv, suggestion in (
+        (["trian", "data"], "Did you mean 'train'?"),
+        (["train", "data", "--output", "run", "--recipe", "atuo"], "Did you mean 'auto'?"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert suggestion in capsys.readouterr().err
+
+
+FAST_REFUSALS = {
+    "a data folder that does not exist": (["{tmp}/nowhere"], "does not exist"),
+    "an unknown backbone": (["{tmp}/data", "--backbone", "vgg61"], "Did you mean 'vgg16'?"),
+    "an image size below the minimum": (["{tmp}/data", "--image-size", "7"], "minimum of 32 px"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAST_REFUSALS))
+def test_mistakes_that_need_no_tensorflow_are_refused_at_once(case, tmp_path):
+    """In a fresh process, before TensorFlow loads: 0.3-0.5 s on a quiet machine (it was
+    7-12 s). The bound, 2 s, leaves room for a loaded CI machine. No backbone plugin on the
+    path (a plugin's imports are its own)."""
+    write_folder(tmp_path / "data", per_class=2)
+    args = [a.format(tmp=tmp_path) for a in FAST_REFUSALS[case][0]]
+    path = [p for p in os.environ["PYTHONPATH"].split(os.pathsep) if p != PLUGINS]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    check = (
+        "import sys\nfrom keras_ft.cli import main\ncode = main(sys.argv[1:])\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules)\nsys.exit(code)"
+    )
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-c", check, "train", *args, "--output", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    seconds = time.perf_counter() - started
+    assert result.returncode == 2, result.stderr
+    assert FAST_REFUSALS[case][1] in result.stderr, result.stderr
+    assert result.stdout.splitlines()[-1] == "False False"  # TensorFlow, Keras: not imported
+    assert seconds < 2.0, seconds
+    assert not (tmp_path / "run").exists()
+
+
+def test_export_takes_its_output_as_output_like_every_command(capsys, tmp_path):
+    from keras_ft.cli import build_parser
+
+    parser = build_parser()
+    named = parser.parse_args(["export", "run", "--output", "out"])
+    assert (named.run_dir, named.output, named.output_positional) == ("run", "out", None)
+    for argv in (["export", "run"], ["export", "run", "out", "--output", "other"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        assert "usage: keras-ft export" in capsys.readouterr().err
+    # The positional still works (deprecated): it says so, then exports as before.
+    code = main(["export", str(tmp_path / "no-run"), str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert "deprecated" in err and "--output" in err
+    assert code == 2 and "no-run" in err  # the export itself ran (and refused a missing run)
