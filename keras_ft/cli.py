@@ -28,6 +28,7 @@ from keras_ft.config import (
     parse_weights,
 )
 from keras_ft.quiet import import_tensorflow, show_tensorflow_logs, tensorflow_may_load
+from keras_ft.recipe import RECIPES
 from keras_ft.text import close_matches, did_you_mean, one_of, printable
 
 CONFIGS = (DataConfig, ModelConfig, TrainingConfig)
@@ -238,6 +239,10 @@ def _given(args) -> dict:
     }
 
 
+# The options `--recipe auto` sets when they are not given, at any size of the data.
+AUTO_SETS = {name for n in (0, 10**9) for name in RECIPES["auto"].settings(n)}
+
+
 def _add_option(p, name: str, declared: Option, default) -> None:
     """The flag of config field `name`, from its `Option`: it stores into `args.<name>`."""
     flag = _flags(name, declared, default)[0]
@@ -251,11 +256,18 @@ def _add_option(p, name: str, declared: Option, default) -> None:
         p.set_defaults(**{name: default})
     elif isinstance(default, bool):
         action = "store_false" if default else "store_true"
+        if name in AUTO_SETS:
+            text += " (--recipe auto turns it on unless it cannot work, e.g. without validation)"
         p.add_argument(flag, dest=name, action=action, help=text)
     else:
         if default is not None and "default" not in text:
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-            text += f" (default: {shown})" if shown != "" else " (default: none)"
+            shown = shown if shown != "" else "none"
+            text += (
+                f" (default: set from the data by --recipe auto, {shown} with --recipe none)"
+                if name in AUTO_SETS
+                else f" (default: {shown})"
+            )
         choices = [c for c in declared.choices if c is not None] if declared.choices else None
         p.add_argument(
             flag,

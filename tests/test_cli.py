@@ -574,3 +574,14 @@ def test_export_takes_its_output_as_output_like_every_command(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "deprecated" in err and "--output" in err
     assert code == 2 and "no-run" in err  # the export itself ran (and refused a missing run)
+
+
+def test_help_says_what_recipe_auto_sets(capsys):
+    """--help shows what auto decides for a flag left out, not a default it replaces."""
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--head-epochs HEAD_EPOCHS phase 1 epochs" in text
+    assert "(default: set from the data by --recipe auto, 10 with --recipe none)" in text
+    assert "(--recipe auto turns it on unless it cannot work" in text  # --fallback-to-probe
+    assert "--momentum MOMENTUM phase 2 SGD momentum (default: 0.9)" in text  # auto leaves it
