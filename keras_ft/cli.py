@@ -573,6 +573,28 @@ WITHOUT_TENSORFLOW = ("scan", "backbones")
 CHECKS_FIRST = ("train", "probe", "tune", "lr-find")
 
 
+def _check_paths(args) -> None:
+    """Refuse a run directory or data folder that is not there, without TensorFlow."""
+    from keras_ft.errors import KerasFTError
+    from keras_ft.text import printable
+
+    run_dir = getattr(args, "run_dir", None)
+    if run_dir is not None and not (Path(run_dir) / "run.json").is_file():
+        left = list(Path(run_dir).parent.glob(f".{Path(run_dir).name}.old-*"))
+        if not left:  # else `load` says where a killed save moved the previous run
+            raise KerasFTError(
+                f"'{printable(str(run_dir))}' is not a keras_ft run directory (it holds no "
+                "run.json). Pass a directory written by `keras-ft train --output` or "
+                "`FineTuner.save`."
+            )
+    data_dir = getattr(args, "data_dir", None)
+    if args.command == "evaluate" and not Path(data_dir).is_dir():
+        raise KerasFTError(
+            f"Data directory '{printable(str(data_dir))}' does not exist or is not a directory. "
+            "Pass a folder that holds one sub-folder per class."
+        )
+
+
 def _load_tensorflow(args) -> None:
     """Import TensorFlow and Keras, their log lines kept out of the output unless --verbose.
 
@@ -972,11 +994,12 @@ def main(argv=None) -> int:
     args.argv = sys.argv[1:] if argv is None else list(argv)
     if args.verbose:
         show_tensorflow_logs()
-    if args.command not in WITHOUT_TENSORFLOW + CHECKS_FIRST:
-        _load_tensorflow(args)
     from keras_ft.errors import KerasFTError, WorkerLostError
 
     try:
+        if args.command not in WITHOUT_TENSORFLOW + CHECKS_FIRST:
+            _check_paths(args)  # a mistyped path is refused before TensorFlow loads
+            _load_tensorflow(args)
         return args.func(args)
     except KerasFTError as error:
         print(f"error: {_printable_lines(error)}", file=sys.stderr)

@@ -585,3 +585,23 @@ def test_help_says_what_recipe_auto_sets(capsys):
     assert "(default: set from the data by --recipe auto, 10 with --recipe none)" in text
     assert "(--recipe auto turns it on unless it cannot work" in text  # --fallback-to-probe
     assert "--momentum MOMENTUM phase 2 SGD momentum (default: 0.9)" in text  # auto leaves it
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict", "export", "explain", "reproduce"])
+def test_a_run_directory_that_is_not_there_is_refused_before_tensorflow(command, tmp_path):
+    """A mistyped run directory needs no TensorFlow to be refused (measured in a fresh process:
+    under 2 s, generous for a loaded CI machine; TensorFlow alone takes 5 s or more to load)."""
+    import time
+
+    args = {
+        "evaluate": [DIGITS / "test"],
+        "predict": ["a.png"],
+        "export": ["--output", tmp_path / "out"],
+        "explain": ["a.png", "--output", tmp_path / "out"],
+        "reproduce": [],
+    }[command]
+    started = time.perf_counter()
+    result = run_cli(command, tmp_path / "nowhere", *args)
+    assert time.perf_counter() - started < 2.0
+    assert result.returncode == 2 and "is not a keras_ft run directory" in result.stderr
+    assert "Traceback" not in result.stderr
