@@ -574,7 +574,7 @@ CHECKS_FIRST = ("train", "probe", "tune", "lr-find")
 
 
 def _check_paths(args) -> None:
-    """Refuse a run directory or data folder that is not there, without TensorFlow."""
+    """Refuse a run directory or a data folder that is not there, before TensorFlow loads."""
     from keras_ft.errors import KerasFTError
     from keras_ft.text import printable
 
@@ -588,7 +588,7 @@ def _check_paths(args) -> None:
                 "`FineTuner.save`."
             )
     data_dir = getattr(args, "data_dir", None)
-    if args.command == "evaluate" and not Path(data_dir).is_dir():
+    if args.command in ("evaluate", "rank") and not Path(data_dir).is_dir():
         raise KerasFTError(
             f"Data directory '{printable(str(data_dir))}' does not exist or is not a directory. "
             "Pass a folder that holds one sub-folder per class."

@@ -605,3 +605,12 @@ def test_a_run_directory_that_is_not_there_is_refused_before_tensorflow(command,
     assert time.perf_counter() - started < 2.0
     assert result.returncode == 2 and "is not a keras_ft run directory" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_rank_refuses_a_missing_data_folder_before_tensorflow(tmp_path):
+    import time
+
+    started = time.perf_counter()
+    result = run_cli("rank", tmp_path / "nowhere", "--backbones", "vgg16")
+    assert time.perf_counter() - started < 2.0
+    assert result.returncode == 2 and "does not exist or is not a directory" in result.stderr
