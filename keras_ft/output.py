@@ -181,7 +181,9 @@ def _check_writable(output: Path, flag: str) -> None:
     ancestor = output
     while not ancestor.exists():
         ancestor = ancestor.parent
-    if ancestor != output and not ancestor.is_dir():
+    if ancestor == output and not output.is_dir():  # an existing file: replaced in its folder
+        ancestor = output.parent
+    elif ancestor != output and not ancestor.is_dir():
         raise KerasFTError(
             f"Cannot write {flag} '{output}': '{ancestor}' is a file, not a folder. "
             f"Choose {_article(flag)} in a folder you can write."
