@@ -7,10 +7,15 @@ weighted channels and keeps the positive part: a coarse map of the pixels
 that raised the class, scaled to [0, 1] and resized to the image.
 
 The feature map is the last 4-D output of the backbone that is not a pooling
-layer: for the registered backbones, the backbone's own output
+(or padding) layer: for the registered backbones, the backbone's own output
 (`include_top=False`), or for VGG the last convolution before its final
 max-pooling (`block5_conv3`, twice as fine); for a custom backbone that ends
 in a vector, the last layer before that which still has height and width.
+Where that map is smaller than `MIN_CELLS` a side, the last map at least twice
+as fine is taken instead: at 64 px EfficientNet-Lite0's output is 2x2, each
+cell sees the whole image and the heat came out flat (half of it on each half
+of images whose evidence was all in one), while `block6a_expand_activation`,
+the input of its last downsampling, is 4x4 and localises.
 
 `explain(run_dir, images, output)` (and `keras-ft explain RUN IMAGE...
 --output DIR`) writes one PNG per image: the image, the heatmap over it and
@@ -34,21 +39,42 @@ from keras_ft.output import check_destination, write_failed
 PLOTS_EXTRA = 'pip install "keras-ft[plots]"'
 
 
-# A pooling layer at the end of a backbone only coarsens the map before it (VGG's block5_pool).
-_POOLING = (keras.layers.InputLayer, keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
+# A pooling layer at the end of a backbone only coarsens the map before it (VGG's block5_pool);
+# a padding layer (before a strided convolution) adds a border of zeros to it.
+_SKIPPED = (
+    keras.layers.InputLayer,
+    keras.layers.MaxPooling2D,
+    keras.layers.AveragePooling2D,
+    keras.layers.ZeroPadding2D,
+)
+# A map with fewer cells a side than this is too coarse to show where the evidence is.
+MIN_CELLS = 4
 
 
 def feature_layer(backbone: keras.Model) -> keras.layers.Layer:
-    """The backbone's last layer with a 4-D `(N, H, W, C)` output, pooling layers skipped.
+    """The layer whose feature map Grad-CAM weighs: the backbone's last layer with a 4-D
+    `(N, H, W, C)` output, pooling and padding layers skipped; or, where that map is smaller than
+    `MIN_CELLS` a side, the last layer whose map is at least twice as fine.
 
     Raises:
         KerasFTError: when no layer but the input has a height and a width.
     """
-    for layer in reversed(backbone.layers):
-        if isinstance(layer, _POOLING):
-            continue
-        if len(layer.output.shape) == 4:
-            return layer
+    maps = [
+        layer
+        for layer in backbone.layers
+        if not isinstance(layer, _SKIPPED) and len(layer.output.shape) == 4
+    ]
+    if maps:
+        last = maps[-1]
+        height, width = last.output.shape[1:3]
+        if height is None or width is None or min(height, width) >= MIN_CELLS:
+            return last
+        finer = [
+            layer
+            for layer in maps
+            if layer.output.shape[1] >= 2 * height and layer.output.shape[2] >= 2 * width
+        ]
+        return finer[-1] if finer else last
     raise KerasFTError(
         f"Grad-CAM needs a convolutional feature map, but backbone '{backbone.name}' has no "
         "layer with a 4-D (batch, height, width, channels) output after its input. Use a "
