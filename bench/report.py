@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import common, flips, pretrained, quality, quality_tasks, rank
+from bench import common, flips, int8, pretrained, quality, quality_tasks, rank
 from bench import run as bench_run
 
 RESULTS = "bench/results"
@@ -353,6 +353,15 @@ SECTIONS = (
         "64 px?",
         "`python -m bench.pretrained --backbone BACKBONE`, once per backbone",
         pretrained.report,
+    ),
+    Section(
+        "int8.jsonl",
+        "LiteRT int8 parity",
+        "How much test accuracy a full-integer LiteRT file loses against the run it was "
+        "exported from, on EfficientNet-Lite0 (96 px) and VGG16-HED (64 px) runs on the digits "
+        "sample: as keras_ft exports it now, and as the converter alone did.",
+        "`python -m bench.int8`",
+        int8.report,
     ),
 )
 
