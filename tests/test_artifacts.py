@@ -215,7 +215,7 @@ def test_export_versions_are_ascii_numbers_only(trained, tmp_path, capsys):
     _, run_dir, _ = trained
     for name in ("²", "٣", "7b"):
         (tmp_path / "serving" / name).mkdir(parents=True)
-    code, out, err = cli(capsys, "export", run_dir, tmp_path / "serving")
+    code, out, err = cli(capsys, "export", run_dir, "--output", tmp_path / "serving")
     assert code == 0, err
     assert out.strip() == f"exported: {tmp_path / 'serving' / '1'}"
 
@@ -450,7 +450,7 @@ def test_changed_run_directory_is_refused_by_every_command(damage, command, run_
     args = {
         "predict": ("predict", run_dir, image),
         "evaluate": ("evaluate", run_dir, test),
-        "export": ("export", run_dir, run_dir.parent / "serving"),
+        "export": ("export", run_dir, "--output", run_dir.parent / "serving"),
         "reproduce": ("reproduce", run_dir, "--data", test),
     }[command]
     before = listing(run_dir.parent)
@@ -502,7 +502,7 @@ def test_symlink_in_a_run_directory_is_refused_and_never_followed(where, run_cop
     link.symlink_to(secret)
     before = listing(run_dir.parent)
     serving = run_dir.parent / "serving"
-    assert_refused(cli(capsys, "export", run_dir, serving), where, "symbolic link")
+    assert_refused(cli(capsys, "export", run_dir, "--output", serving), where, "symbolic link")
     assert_refused(cli(capsys, "predict", run_dir, image), where, "symbolic link")
     assert listing(run_dir.parent) == before and not serving.exists()
 
@@ -564,7 +564,7 @@ def test_export_refuses_a_saved_model_that_is_not_model_keras(
     reseal(run_dir)
     keras_ft.load(run_dir)  # the run verifies
     output = run_dir.parent / "exported"
-    args = ("export", run_dir, output, "--format", format, "--test-dir", test)
+    args = ("export", run_dir, "--output", output, "--format", format, "--test-dir", test)
     assert_refused(cli(capsys, *args), "saved_model' does not match", "model.keras'")
     assert not output.exists() or not any(output.iterdir())  # TF Serving's base, empty
 
@@ -672,7 +672,7 @@ def test_wrong_key_is_refused(signed, capsys, monkeypatch):
     )
     monkeypatch.setenv("KERAS_FT_SIGNING_KEY", "wrong key")
     serving = tmp / "serving"
-    assert_refused(cli(capsys, "export", run_dir, serving), "signature")
+    assert_refused(cli(capsys, "export", run_dir, "--output", serving), "signature")
     assert listing(tmp) == before and not serving.exists()
 
 

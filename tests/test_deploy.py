@@ -225,7 +225,7 @@ def test_onnx_export_runs_in_onnxruntime(run, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("tf2onnx")
     run_dir, _ = run
-    code, out, _ = cli(capsys, "export", run_dir, tmp_path / "out", "--format", "onnx")
+    code, out, _ = cli(capsys, "export", run_dir, "--output", tmp_path / "out", "--format", "onnx")
     assert code == 0, out
     assert "top-1 agreement 100.00%" in out
     record = json.loads((tmp_path / "out" / "export.json").read_text())
@@ -242,7 +242,9 @@ def test_a_missed_target_exits_1_and_keeps_the_files(run, tmp_path, capsys, monk
     pytest.importorskip("ai_edge_litert")
     monkeypatch.setattr(deploy, "MIN_AGREEMENT", 1.01)  # a target no export can meet
     run_dir, _ = run
-    code, out, _ = cli(capsys, "export", run_dir, tmp_path / "out", "--format", "litert")
+    code, out, _ = cli(
+        capsys, "export", run_dir, "--output", tmp_path / "out", "--format", "litert"
+    )
     assert code == 1
     assert "target missed: top-1 agreement with the Keras model is 100.00%" in out
     record = json.loads((tmp_path / "out" / "export.json").read_text())
@@ -255,7 +257,7 @@ def test_a_missed_target_exits_1_and_keeps_the_files(run, tmp_path, capsys, monk
 )
 def test_a_missing_runtime_names_the_extra(run, tmp_path, capsys, monkeypatch, module, extra):
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
-    code, _, err = cli(capsys, "export", run[0], tmp_path / "out", "--format", extra)
+    code, _, err = cli(capsys, "export", run[0], "--output", tmp_path / "out", "--format", extra)
     assert code == 2
     assert f'pip install "keras-ft[{extra}]"' in err
     assert not (tmp_path / "out").exists()
@@ -269,14 +271,16 @@ def test_export_onto_a_full_or_read_only_disk_is_one_message(
     if format == "litert":
         pytest.importorskip("ai_edge_litert")
     fail_writes(monkeypatch, tmp_path, code)
-    exit_code, out, err = cli(capsys, "export", run[0], tmp_path / "out", "--format", format)
+    exit_code, out, err = cli(
+        capsys, "export", run[0], "--output", tmp_path / "out", "--format", format
+    )
     assert exit_code == 2 and "Traceback" not in err and out == ""
     assert f"Cannot write OUTPUT '{tmp_path / 'out'}': {os.strerror(code)}." in err
     assert not [p for p in tmp_path.rglob("*") if p.is_file() or "partial" in p.name]
 
 
 def test_saved_model_stays_the_default(run, tmp_path, capsys):
-    code, out, _ = cli(capsys, "export", run[0], tmp_path / "serving")
+    code, out, _ = cli(capsys, "export", run[0], "--output", tmp_path / "serving")
     assert code == 0
     assert out.strip() == f"exported: {tmp_path / 'serving' / '1'}"
     assert (tmp_path / "serving" / "1" / "saved_model.pb").is_file()

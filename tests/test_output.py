@@ -413,7 +413,7 @@ def test_lr_find_makes_a_missing_parent_folder(data, tmp_path, capsys):
 @pytest.mark.parametrize(
     "command",
     [
-        ["export", "{run}", "{run}/serving"],
+        ["export", "{run}", "--output", "{run}/serving"],
         ["explain", "{run}", "{image}", "--output", "{run}"],
         ["explain", "{run}", "{image}", "--output", "{run}/report/cams"],
         ["rank", "{train}", "--backbones", "testnet", "--weights", "none", "--output", "{run}"],
