@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -86,16 +87,38 @@ def _written_files(folder: Path) -> tuple[str | None, set[str]]:
     """What keras_ft wrote `folder` as (or None), and the files its record lists there."""
     record = run_record(folder)
     if record is not None:
-        return "run", {"run.json", *record["manifest"]}
+        return "run", _listed(folder, record, "")
     if _is_search(folder):
         files = {*_SEARCH_FILES, *(f".{name}.partial" for name in _SEARCH_FILES)}
         best = run_record(folder / "best")
         if best is not None and not (folder / "best").is_symlink():
-            files |= {f"best/{path}" for path in ("run.json", *best["manifest"])}
+            files |= _listed(folder / "best", best, "best/")
         return "search", files
     if _has_checkpoint(folder):
         return "interrupted run", set()
     return None, set()
+
+
+def _listed(folder: Path, record: dict, prefix: str) -> set[str]:
+    """`run.json` and the files of `record`'s manifest whose content is still the one it
+    hashed (a file edited since, or put in its place, is not keras_ft's)."""
+    files = {prefix + "run.json"}
+    for relpath, digest in record["manifest"].items():
+        path = folder / relpath
+        try:
+            if stat.S_ISREG(os.lstat(path).st_mode) and _sha256(path) == digest:
+                files.add(prefix + relpath)
+        except OSError:
+            pass
+    return files
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def keras_ft_contents(folder) -> tuple[str | None, list[str]]:

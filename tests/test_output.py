@@ -305,6 +305,16 @@ def test_a_checkpoint_state_by_name_alone_suggests_no_resume(data, tmp_path, cap
     assert snapshot(tmp_path) == before
 
 
+def test_overwrite_refuses_a_run_whose_listed_file_was_replaced(finished_run, tmp_path, capsys):
+    """A file the manifest lists but whose content changed is no longer keras_ft's to delete."""
+    train, run = _copy(finished_run, tmp_path)
+    (run / "history.csv").write_text("my own table, saved over keras_ft's\n")
+    before = snapshot(tmp_path)
+    result = run_here(capsys, "train", train, *FAST, "--output", run, "--overwrite")
+    assert_clean_failure(result, "files keras_ft did not write", "history.csv")
+    assert snapshot(tmp_path) == before
+
+
 @pytest.mark.parametrize("extra", ["thesis.tex", "report/notes.txt", "saved_model/mine/"])
 def test_overwrite_refuses_a_run_holding_files_it_does_not_list(
     extra, finished_run, tmp_path, capsys
