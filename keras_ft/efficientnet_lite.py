@@ -19,7 +19,6 @@ The model takes RGB pixels in 0-255 and rescales them itself to `(x - 127) / 128
 from __future__ import annotations
 
 import collections
-import hashlib
 import importlib.util
 import math
 import os
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 
 from keras_ft.errors import KerasFTError
+from keras_ft.manifest import file_sha256
 
 if TYPE_CHECKING:
     import keras
@@ -406,19 +406,11 @@ def _install(variant: str) -> str:
     return "'keras-ft[lite0]'" if variant == "lite0" else CHECKPOINTS[variant][0].replace("_", "-")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_checkpoint(variant: str = "lite0") -> dict[str, np.ndarray]:
     """The tensors of `variant`'s ImageNet checkpoint, its SHA-256 checked first."""
     path = checkpoint_path(variant)
     expected = CHECKPOINTS[variant][2]
-    actual = _sha256(path)
+    actual = file_sha256(path)
     if actual != expected:
         raise KerasFTError(
             f"Checkpoint '{path}' is damaged: its SHA-256 is {actual}, expected {expected}. "
@@ -513,4 +505,4 @@ def imagenet_weights_path(variant: str = "lite0") -> Path:
 
 def imagenet_weights_sha256(variant: str = "lite0") -> str:
     """The SHA-256 of `imagenet_weights_path(variant)`, for a run's record."""
-    return _sha256(imagenet_weights_path(variant))
+    return file_sha256(imagenet_weights_path(variant))

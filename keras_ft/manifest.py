@@ -152,6 +152,15 @@ def _open_file(path: Path) -> int:
         ) from None
 
 
+def file_sha256(path) -> str:
+    """SHA-256 of the content of the file at `path`, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _copy_hashing(source: Path, destination: Path | None) -> str:
     """SHA-256 of `source`'s content, also written to `destination` if given."""
     digest = hashlib.sha256()

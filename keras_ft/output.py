@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -27,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from keras_ft.errors import KerasFTError
-from keras_ft.manifest import CHECKPOINT_STATE, TRAINING_STATE, is_hashes
+from keras_ft.manifest import CHECKPOINT_STATE, TRAINING_STATE, file_sha256, is_hashes
 
 INTERRUPTED = f"{TRAINING_STATE}/{CHECKPOINT_STATE}"  # an interrupted run's last checkpoint
 # What training writes into `checkpoints/` (see `training.Checkpoint`), partial files
@@ -106,19 +105,11 @@ def _listed(folder: Path, record: dict, prefix: str) -> set[str]:
     for relpath, digest in record["manifest"].items():
         path = folder / relpath
         try:
-            if stat.S_ISREG(os.lstat(path).st_mode) and _sha256(path) == digest:
+            if stat.S_ISREG(os.lstat(path).st_mode) and file_sha256(path) == digest:
                 files.add(prefix + relpath)
         except OSError:
             pass
     return files
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def keras_ft_contents(folder) -> tuple[str | None, list[str]]:
