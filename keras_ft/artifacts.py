@@ -36,7 +36,7 @@ from PIL import Image
 from keras_ft import __version__
 from keras_ft.backbones import is_registered, not_registered
 from keras_ft.config import to_dict
-from keras_ft.data import decode_and_resize, pil_to_rgb, read_rgb, resize
+from keras_ft.data import DATASET, decode_and_resize, pil_to_rgb, read_rgb, resize
 from keras_ft.errors import KerasFTError
 from keras_ft.manifest import (
     check_manifest,
@@ -49,7 +49,7 @@ from keras_ft.manifest import (
     short_json,
 )
 from keras_ft.manifest import signing_key as _signing_key
-from keras_ft.output import check_output, write_failed
+from keras_ft.output import check_destination, check_output, write_failed
 from keras_ft.report import write_report
 from keras_ft.reproducibility import environment, fingerprint, guarantee, weights_sha256
 
@@ -185,8 +185,10 @@ def save_run(tuner, path, overwrite: bool = False, signing_key=None) -> str:
             f"Run directory '{path}' already exists. Choose another --output, or pass "
             "overwrite=True (--overwrite) to replace it."
         )
-    if target.exists():
-        check_output(path, overwrite=True)  # only a folder keras_ft wrote, nothing else in it
+    # Never onto or inside the data; an existing folder only if keras_ft wrote all of it.
+    config = tuner.data_config
+    data_dirs = () if config is None or config.directory == DATASET else (config.directory,)
+    check_output(path, (*data_dirs, config and config.test_dir), overwrite=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_siblings(target)
     staging = _sibling(target, "partial")
@@ -223,6 +225,7 @@ def export_for_serving(run_dir, output, version: int | None = None, signing_key=
         `saved_model/`, each checked again as it is copied, no link followed,
         and the copy checked against `model.keras` (see `check_saved_model`).
     """
+    check_destination(output, "OUTPUT", run_dirs=(run_dir,))  # never into a run
     predictor = load(run_dir, signing_key=signing_key)
     output = Path(output)
     if output.exists() and not output.is_dir():

@@ -149,11 +149,11 @@ def export(
         An `ExportResult`; `result.passed` says whether every parity target was met.
     """
     check_options(format, quantize)
-    check_destination(output, "OUTPUT", (test_dir, calibration_dir), (run_dir,))
-    if format == "saved_model":
+    if format == "saved_model":  # which checks its output itself
         from keras_ft.artifacts import export_for_serving
 
         return ExportResult(export_for_serving(run_dir, output, version, signing_key))
+    check_destination(output, "OUTPUT", (test_dir, calibration_dir), (run_dir,))
     require_extra(format)
     for name, value in (("calibration_images", calibration_images), ("max_images", max_images)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

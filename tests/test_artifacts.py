@@ -975,3 +975,16 @@ def test_runs_with_either_preprocessing_layer_reproduce(
     assert isinstance(keras_ft.load(run_dir).model.get_layer("preprocess"), layer)
     result = keras_ft.reproduce_run(run_dir, verbose=0)
     assert result["match"], result
+
+
+def test_the_python_api_writes_neither_into_the_data_nor_into_a_run(trained):
+    """`FineTuner.save` and `export_for_serving` go through the output guard the commands use."""
+    tuner, run_dir, _ = trained
+    inside = Path(tuner.data_config.directory) / "run"
+    with pytest.raises(KerasFTError, match="lies inside the data folder"):
+        tuner.save(inside)
+    assert not inside.exists()
+    with pytest.raises(KerasFTError, match="lies inside the run directory"):
+        keras_ft.export_for_serving(run_dir, run_dir / "serving")
+    assert not (run_dir / "serving").exists()
+    keras_ft.load(run_dir)  # still verifies
