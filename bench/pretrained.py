@@ -42,8 +42,8 @@ def folders(data: Path, quick: bool) -> dict[str, Path]:
 
 def measure(backbone: str, name: str, train: Path, quick: bool) -> dict:
     """Both weights' scores on one task, and which scores the pretrained weights win."""
-    from keras_ft.ranking import parse_candidate
-    from keras_ft.ranking import rank as rank_candidates
+    from keras_ft.tools.ranking import parse_candidate
+    from keras_ft.tools.ranking import rank as rank_candidates
 
     weights = None if quick else "imagenet"  # quick: both random, a smoke test only
     candidates = {

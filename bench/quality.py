@@ -8,7 +8,7 @@
 Tasks (`bench/quality_tasks.py`) are image folders drawn offline, per (task, images
 per class, seed), from images that packages ship, never the shipped sample's. Methods
 are the rows of `METHODS`: keras-ft recipes run as the user runs them (`python -m
-keras_ft.cli train ... --quiet`, one process each; test accuracy from the run's
+keras_ft.cli.main train ... --quiet`, one process each; test accuracy from the run's
 metrics.json, validation accuracy from its history.csv), the Keras guide's recipe and
 a linear probe on frozen features (`bench/quality_child.py`). A recipe is a row of
 flags; a row whose flags the installed keras-ft does not know is skipped, saying so.
@@ -251,7 +251,7 @@ GUIDE_EPOCHS = (3, 2)
 def _known_flags() -> set[str]:
     """The options `keras-ft train --help` lists."""
     done = subprocess.run(
-        [sys.executable, "-m", "keras_ft.cli", "train", "--help"],
+        [sys.executable, "-m", "keras_ft.cli.main", "train", "--help"],
         capture_output=True,
         text=True,
         env=_env(),
@@ -288,7 +288,7 @@ def _keras_ft(case: dict, flags: list[str], temp: Path) -> dict:
     command = [
         sys.executable,
         "-m",
-        "keras_ft.cli",
+        "keras_ft.cli.main",
         "train",
         case["train_dir"],
         "--test-dir",
@@ -421,7 +421,7 @@ def _tta(run: Path, test_dir: str) -> dict:
 
 def _evaluate(run: Path, folder: str, *extra: str) -> tuple[float, float]:
     """(accuracy, seconds) of `keras-ft evaluate RUN FOLDER [extra]`, a fresh process."""
-    command = [sys.executable, "-m", "keras_ft.cli", "evaluate", str(run), folder, *extra]
+    command = [sys.executable, "-m", "keras_ft.cli.main", "evaluate", str(run), folder, *extra]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=_env(), cwd=common.ROOT)
     if done.returncode != 0:

@@ -14,7 +14,7 @@ Measured, at two data sizes:
 1. pretrained vs random: HED VGG16 against the same VGG16 with random weights,
    by every score, on the digits sample and on MNIST;
 2. layers: the five VGG16 block outputs (block1_pool ... block5_pool), each
-   scored by `keras_ft.ranking.rank` and each fine-tuned (the backbone cut at
+   scored by `keras_ft.tools.ranking.rank` and each fine-tuned (the backbone cut at
    that block, a new head, two phases): Kendall's tau between each score and
    the test accuracy reached;
 3. backbones: five (backbone, weights) pairs, likewise;
@@ -152,7 +152,7 @@ def _finetune(backbone, data, epochs, preprocessing=None, weights=None) -> float
 def _cut_vgg16(layer: str, image_size: int):
     import keras
 
-    from keras_ft.backbones import get_backbone
+    from keras_ft.models.backbones import get_backbone
 
     full = get_backbone("vgg16").build((image_size, image_size), str(WEIGHTS))
     return keras.Model(full.input, full.get_layer(layer).output, name=f"vgg16_to_{layer}")
@@ -169,7 +169,7 @@ def _tau(scores: dict[str, dict], accuracy: dict[str, float]) -> dict[str, float
 
 
 def pretrained_vs_random(folders: dict[str, Path], image_size: int) -> list[dict]:
-    from keras_ft.ranking import parse_candidate, rank
+    from keras_ft.tools.ranking import parse_candidate, rank
 
     pretrained = f"vgg16={WEIGHTS}"
     rows = []
@@ -206,7 +206,7 @@ def _against_finetuning(kind: str, result, finetunes: dict, load, clock) -> dict
 
 
 def layers(data, epochs, image_size: int) -> dict:
-    from keras_ft.ranking import rank
+    from keras_ft.tools.ranking import rank
 
     load, clock = _load(), time.perf_counter()
     result = rank(data, [f"vgg16={WEIGHTS}"], layers=BLOCKS, verbose=False)
@@ -221,7 +221,7 @@ def layers(data, epochs, image_size: int) -> dict:
 
 
 def across_backbones(data, epochs) -> dict:
-    from keras_ft.ranking import parse_candidate, rank
+    from keras_ft.tools.ranking import parse_candidate, rank
 
     load, clock = _load(), time.perf_counter()
     result = rank(data, backbones(), verbose=False)
@@ -235,8 +235,8 @@ def across_backbones(data, epochs) -> dict:
 
 
 def cost(train: Path, images: int) -> dict:
-    from keras_ft.ranking import rank
-    from keras_ft.transfer import logme
+    from keras_ft.models.probe import logme
+    from keras_ft.tools.ranking import rank
 
     rng = np.random.default_rng(0)
     labels = np.arange(1000) % 10

@@ -44,7 +44,7 @@ def generate(root: Path, files: int, classes: int, seed: int = 0) -> None:
 
 
 def timed_scan(root: Path, workers: int | None, cache: bool) -> tuple[float, object]:
-    from keras_ft.scan import scan_folder
+    from keras_ft.data.scan import scan_folder
 
     started = time.perf_counter()
     report = scan_folder(root, workers=workers, cache=cache, quiet=True)
@@ -67,7 +67,7 @@ def main(argv=None) -> None:
         started = time.perf_counter()
         generate(temp / "data", args.files, args.classes)
         print(f"generated {args.files} images in {time.perf_counter() - started:.1f} s")
-        import keras_ft.scan as scan  # noqa: F401 - import (and TensorFlow) outside the timings
+        import keras_ft.data.scan as scan  # noqa: F401 - import (and TensorFlow) outside the timings
 
         rows = []
         for workers in args.workers:

@@ -46,7 +46,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     with _common.exits_2_when_refused(args):
         import keras_ft  # after parsing: --help answers without loading TensorFlow
-        from keras_ft.hed_weights import LABEL, write_vgg16_weights
+        from keras_ft.models.hed_weights import LABEL, write_vgg16_weights
 
         weights = args.weights
         if weights is None:

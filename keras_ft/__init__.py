@@ -10,57 +10,61 @@
 Importing the package does not import TensorFlow: each name below is imported
 from its module on first use, so `keras-ft scan`, `keras-ft backbones` and
 `--help` start in a fraction of a second. Nor does it let TensorFlow print its
-own log lines, unless asked (see `keras_ft.quiet`).
+own log lines, unless asked (see `keras_ft.utils.quiet`).
 """
 
 from __future__ import annotations
 
 import importlib
 
-from keras_ft.quiet import import_tensorflow, quiet_tensorflow
-
-__version__ = "0.1.0"
+from keras_ft.utils.quiet import import_tensorflow, quiet_tensorflow
+from keras_ft.utils.version import __version__ as __version__
 
 quiet_tensorflow()
 
 # Public name -> the module that defines it: what users call, and what those calls return.
 _EXPORTS = {
     # Data, model, training.
-    "ImageFolder": "keras_ft.data",
-    "ScanReport": "keras_ft.scan",
-    "scan_folder": "keras_ft.scan",
-    "FineTuner": "keras_ft.finetuner",
-    "TrainingHistory": "keras_ft.training",
-    "LRFinderResult": "keras_ft.lr_find",
+    "ImageFolder": "keras_ft.data.folder",
+    "ScanReport": "keras_ft.data.scan",
+    "scan_folder": "keras_ft.data.scan",
+    "FineTuner": "keras_ft.task.finetuner",
+    "TrainingHistory": "keras_ft.training.phases",
+    "LRFinderResult": "keras_ft.training.lr_find",
     "DataConfig": "keras_ft.config",
     "ModelConfig": "keras_ft.config",
     "TrainingConfig": "keras_ft.config",
     # Backbones.
-    "BACKBONES": "keras_ft.backbones",
-    "BackboneSpec": "keras_ft.backbones",
-    "get_backbone": "keras_ft.backbones",
-    "register_backbone": "keras_ft.backbones",
-    "rank": "keras_ft.ranking",
-    "RankResult": "keras_ft.ranking",
+    "BACKBONES": "keras_ft.models.backbones",
+    "BackboneSpec": "keras_ft.models.backbones",
+    "get_backbone": "keras_ft.models.backbones",
+    "register_backbone": "keras_ft.models.backbones",
+    "rank": "keras_ft.tools.ranking",
+    "RankResult": "keras_ft.tools.ranking",
     # Search.
-    "tune": "keras_ft.search",
-    "SearchResult": "keras_ft.search",
+    "tune": "keras_ft.tools.search",
+    "SearchResult": "keras_ft.tools.search",
     # Run directories and deployment.
-    "load": "keras_ft.artifacts",
-    "Predictor": "keras_ft.artifacts",
-    "reproduce_run": "keras_ft.reproduce",
-    "export": "keras_ft.deploy",
-    "export_for_serving": "keras_ft.artifacts",
+    "load": "keras_ft.runs.artifacts",
+    "Predictor": "keras_ft.runs.artifacts",
+    "reproduce_run": "keras_ft.tools.reproduce",
+    "export": "keras_ft.runs.deploy",
+    "export_for_serving": "keras_ft.runs.artifacts",
     # Distribution and errors.
-    "get_distribution": "keras_ft.distribute",
-    "KerasFTError": "keras_ft.errors",
-    "WorkerLostError": "keras_ft.errors",
+    "get_distribution": "keras_ft.training.distribute",
+    "KerasFTError": "keras_ft.utils.errors",
+    "WorkerLostError": "keras_ft.utils.errors",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = sorted(_EXPORTS)  # and __version__
 
 # The modules above that import no TensorFlow (the others load it quietly first).
-_WITHOUT_TENSORFLOW = ("keras_ft.scan", "keras_ft.config", "keras_ft.backbones", "keras_ft.errors")
+_WITHOUT_TENSORFLOW = (
+    "keras_ft.data.scan",
+    "keras_ft.config",
+    "keras_ft.models.backbones",
+    "keras_ft.utils.errors",
+)
 
 
 def __getattr__(name: str):

@@ -52,11 +52,11 @@ def pytest_collection_modifyitems(items):
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600):
-    """Run `python -m keras_ft.cli ARGS` in a fresh process; return the CompletedProcess."""
+    """Run `python -m keras_ft.cli.main ARGS` in a fresh process; return the CompletedProcess."""
     import subprocess
 
     return subprocess.run(
-        [sys.executable, "-m", "keras_ft.cli", *map(str, args)],
+        [sys.executable, "-m", "keras_ft.cli.main", *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -66,7 +66,7 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 600):
 
 def main_cli(capsys, *args) -> tuple[int, str, str]:
     """Run `keras-ft ARGS` in this process; return (exit code, stdout, stderr)."""
-    from keras_ft.cli import main
+    from keras_ft.cli.main import main
 
     code = main([str(a) for a in args])
     captured = capsys.readouterr()
@@ -90,7 +90,7 @@ def reseal(run_dir: Path, edit=None) -> None:
     """Rewrite run.json as someone without the signing key could: edit, recompute the manifest."""
     import json
 
-    from keras_ft.manifest import file_manifest
+    from keras_ft.runs.manifest import file_manifest
 
     record = json.loads((run_dir / "run.json").read_text())
     if edit is not None:

@@ -12,9 +12,9 @@ from conftest import copy_run, reseal, tiny_backbone
 from PIL import Image
 
 import keras_ft
-from keras_ft.artifacts import FORMAT_VERSION
-from keras_ft.errors import KerasFTError
-from keras_ft.reproducibility import weights_sha256
+from keras_ft.runs.artifacts import FORMAT_VERSION
+from keras_ft.runs.reproducibility import weights_sha256
+from keras_ft.utils.errors import KerasFTError
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +199,7 @@ def test_other_library_version_warns_but_loads(trained, tmp_path):
 
 def test_export_writes_numbered_tf_serving_versions(trained, tmp_path):
     _, run_dir, _ = trained
-    from keras_ft.artifacts import export_for_serving
+    from keras_ft.runs.artifacts import export_for_serving
 
     first = export_for_serving(run_dir, tmp_path / "serving")
     second = export_for_serving(run_dir, tmp_path / "serving")
@@ -222,7 +222,7 @@ def test_export_versions_are_ascii_numbers_only(trained, tmp_path, capsys):
 
 KILLED_SAVE = """
 import sys, time
-import keras_ft, keras_ft.artifacts as artifacts
+import keras_ft, keras_ft.runs.artifacts as artifacts
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from conftest import tiny_backbone
@@ -270,7 +270,7 @@ def test_kill_during_save_leaves_previous_state_or_nothing(previous, trained, tm
 
 KILLED_REPLACE = """
 import os, sys
-import keras_ft, keras_ft.artifacts as artifacts
+import keras_ft, keras_ft.runs.artifacts as artifacts
 sys.path.insert(0, sys.argv[3])
 from conftest import tiny_backbone
 data = keras_ft.ImageFolder(sys.argv[1], image_size=32, batch_size=8, validation_split=0.0)
@@ -333,7 +333,7 @@ def test_kill_while_replacing_a_run_then_save_again(window, trained, tmp_path):
 
 def cli(capsys, *args):
     """Run `keras-ft ARGS` in this process; return (exit code, stdout, stderr)."""
-    from keras_ft.cli import main
+    from keras_ft.cli.main import main
 
     code = main([str(a) for a in args])
     captured = capsys.readouterr()
@@ -470,7 +470,7 @@ def test_load_uses_the_model_file_it_verified(run_copy, monkeypatch):
     and another preprocessing (so 'weights_sha256' still matches): it is never loaded."""
     import shutil
 
-    from keras_ft import manifest
+    from keras_ft.runs import manifest
 
     run_dir, _, _ = run_copy
     swapped = run_dir.parent / "swapped.keras"
@@ -519,7 +519,7 @@ def test_export_refuses_a_symlink_even_when_the_manifest_was_rewritten(run_copy,
 
 def test_export_copies_verified_files_only(trained, tmp_path):
     """The copy is hashed again against the manifest: what was served is what was saved."""
-    from keras_ft.artifacts import export_for_serving
+    from keras_ft.runs.artifacts import export_for_serving
 
     _, run_dir, _ = trained
     target = export_for_serving(run_dir, tmp_path / "serving")
@@ -533,7 +533,7 @@ def test_export_copies_verified_files_only(trained, tmp_path):
 def _other_variables(trained, run_dir, layout):
     """A SavedModel of other weights: the trained model's own layout (its predictions kernel
     tripled), or a reloaded model's, whose variables are saved in another order."""
-    from keras_ft.artifacts import export_saved_model
+    from keras_ft.runs.artifacts import export_saved_model
 
     model = trained[0].model if layout == "same" else keras_ft.load(run_dir).model
     kernel = model.get_layer("predictions").kernel
@@ -856,7 +856,7 @@ def test_fuzzed_records_give_exit_0_or_2_and_never_a_traceback(run_copy, capsys)
 def test_train_signs_with_the_key_file_and_refuses_a_bad_one_before_training(tmp_path, capsys):
     from conftest import TINY_TRAIN, write_folder
 
-    from keras_ft.manifest import signature
+    from keras_ft.runs.manifest import signature
 
     data = write_folder(tmp_path / "data", ("a", "b"), per_class=6, size=32)
     (tmp_path / "train.key").write_text("team key\n")
@@ -945,7 +945,7 @@ def caffe_testnet():
     """testnet registered with caffe preprocessing, whose layer then has weights of its own."""
     from testnet_pkg import testnet
 
-    from keras_ft.backbones import _REGISTRY, BackboneSpec, register_backbone
+    from keras_ft.models.backbones import _REGISTRY, BackboneSpec, register_backbone
 
     spec = register_backbone(BackboneSpec("testcaffe", testnet, "caffe", default_size=32))
     yield spec.name
@@ -959,7 +959,7 @@ def test_runs_with_either_preprocessing_layer_reproduce(
 ):
     """A run recorded before `preprocessing_layers` existed rebuilds the `Preprocess` layer it
     trained with (with caffe's standard layer, weights of its own would change the hash)."""
-    from keras_ft.model import Preprocess
+    from keras_ft.models.classifier import Preprocess
 
     if recorded == "keras":
         run_dir = _train_run(small_data, tmp_path / "run", caffe_testnet)

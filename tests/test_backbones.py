@@ -10,7 +10,7 @@ import pytest
 from conftest import copy_run, run_cli, tiny_backbone, write_folder
 
 import keras_ft
-from keras_ft.backbones import (
+from keras_ft.models.backbones import (
     _REGISTRY,
     BACKBONES,
     BackboneSpec,
@@ -18,8 +18,8 @@ from keras_ft.backbones import (
     get_backbone,
     register_backbone,
 )
-from keras_ft.errors import KerasFTError
-from keras_ft.model import Preprocess
+from keras_ft.models.classifier import Preprocess
+from keras_ft.utils.errors import KerasFTError
 
 REQUIRED = (
     "vgg16",
@@ -291,14 +291,14 @@ def test_load_without_the_registering_module_names_the_backbone(
 
 
 def test_an_installed_plugin_is_listed_and_in_every_loop_from_a_fresh_process():
-    """The suite's own plugin package, tests/plugins (a `keras_ft.backbones` entry point, and
+    """The suite's own plugin package, tests/plugins (a `keras_ft.models.backbones` entry point, and
     nothing registered by hand), is installed in every process the suite starts: its backbone
     `testnet` trains, resumes and reproduces in fresh processes in test_resume,
     test_reproducibility and test_distribute. Here: `keras-ft backbones` lists it, and a first
     loop over BACKBONES sees it with a lookup inside the loop (which used to load the plugins
     mid-loop: 'dictionary changed size during iteration')."""
-    script = "from keras_ft.cli import main\nmain(['backbones'])\n"
-    script += "from keras_ft.backbones import BACKBONES, get_backbone\n"
+    script = "from keras_ft.cli.main import main\nmain(['backbones'])\n"
+    script += "from keras_ft.models.backbones import BACKBONES, get_backbone\n"
     script += "print([name for name in BACKBONES if get_backbone(name)], len(BACKBONES))"
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -320,7 +320,7 @@ def test_an_unknown_backbone_suggests_the_closest_names():
 
 
 def test_an_unknown_unfreeze_layer_suggests_the_closest_names():
-    from keras_ft.model import unknown_layer_message
+    from keras_ft.models.classifier import unknown_layer_message
 
     names = [f"block{b}_conv{c}" for b in range(1, 6) for c in range(1, 4)] + ["block5_pool"]
     message = unknown_layer_message("block5_conv9", "vgg16", names)

@@ -13,7 +13,7 @@ import pytest
 from conftest import DIGITS, PLUGINS, TINY_TRAIN, bomb_png, run_cli, write_folder
 from PIL import Image
 
-from keras_ft.cli import main
+from keras_ft.cli.main import main
 
 
 def assert_clean_failure(result, *fragments):
@@ -80,7 +80,7 @@ def test_commands_that_need_no_model_do_not_import_tensorflow(args):
     """With no backbone plugin installed (a plugin's own imports are its own)."""
     path = [p for p in os.environ["PYTHONPATH"].split(os.pathsep) if p != PLUGINS]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
-    check = "import sys\nfrom keras_ft.cli import main\ntry:\n    main(sys.argv[1:])\n"
+    check = "import sys\nfrom keras_ft.cli.main import main\ntry:\n    main(sys.argv[1:])\n"
     check += (
         "except SystemExit:\n    pass\nprint('tensorflow' in sys.modules, 'keras' in sys.modules)"
     )
@@ -116,7 +116,7 @@ def test_predict_prints_one_json_object_per_image(vgg16_run, tmp_path):
 
 def test_evaluate_and_predict_with_test_time_augmentation(vgg16_run, capsys):
     from keras_ft import load
-    from keras_ft.evaluation import TTA_SHIFT, shift
+    from keras_ft.runs.evaluation import TTA_SHIFT, shift
 
     _, output = vgg16_run
     evaluated = run_here(capsys, "evaluate", output, DIGITS / "test", "--tta")
@@ -361,7 +361,7 @@ TRAIN_FLAGS = (
 
 
 def test_train_flags_come_from_the_config_fields_with_their_help_and_defaults(capsys):
-    from keras_ft.cli import build_parser
+    from keras_ft.cli.main import build_parser
     from keras_ft.config import DataConfig, ModelConfig, TrainingConfig, defaults_of, options_of
 
     with pytest.raises(SystemExit):
@@ -379,7 +379,7 @@ def test_train_flags_come_from_the_config_fields_with_their_help_and_defaults(ca
 
 
 def test_the_recipe_keeps_the_training_flags_named_even_at_their_defaults():
-    from keras_ft.cli import _given, build_parser
+    from keras_ft.cli.main import _given, build_parser
 
     named = ["--head-epochs", "10", "--finetune-lr=1e-4", "--no-head-augment", "--seed", "1"]
     args = build_parser().parse_args(["train", "d", "--output", "o", *named])
@@ -391,7 +391,7 @@ def test_the_recipe_keeps_the_training_flags_named_even_at_their_defaults():
 
 
 def test_each_flag_sets_its_field():
-    from keras_ft.cli import _options, _training, build_parser
+    from keras_ft.cli.main import _options, _training, build_parser
     from keras_ft.config import DataConfig, ModelConfig
 
     given = (
@@ -456,7 +456,7 @@ def test_piped_training_log_is_one_clean_line_per_epoch_with_phases_and_time_lef
 
 
 def test_train_flags_are_grouped(capsys):
-    from keras_ft.cli import build_parser
+    from keras_ft.cli.main import build_parser
 
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     groups = {
@@ -539,7 +539,7 @@ def test_mistakes_that_need_no_tensorflow_are_refused_at_once(case, tmp_path):
     path = [p for p in os.environ["PYTHONPATH"].split(os.pathsep) if p != PLUGINS]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     check = (
-        "import sys\nfrom keras_ft.cli import main\ncode = main(sys.argv[1:])\n"
+        "import sys\nfrom keras_ft.cli.main import main\ncode = main(sys.argv[1:])\n"
         "print('tensorflow' in sys.modules, 'keras' in sys.modules)\nsys.exit(code)"
     )
     started = time.perf_counter()
@@ -559,7 +559,7 @@ def test_mistakes_that_need_no_tensorflow_are_refused_at_once(case, tmp_path):
 
 
 def test_export_takes_its_output_as_output_like_every_command(capsys, tmp_path):
-    from keras_ft.cli import build_parser
+    from keras_ft.cli.main import build_parser
 
     parser = build_parser()
     named = parser.parse_args(["export", "run", "--output", "out"])

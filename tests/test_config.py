@@ -20,7 +20,7 @@ from keras_ft.config import (
     options_of,
     to_dict,
 )
-from keras_ft.errors import KerasFTError
+from keras_ft.utils.errors import KerasFTError
 
 
 def assert_names(error: pytest.ExceptionInfo, argument: str, received: object) -> None:

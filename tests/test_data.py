@@ -1,4 +1,5 @@
-"""keras_ft.data: RGB conversion, the ImageFolder pipeline, its errors, the split, augmentation."""
+"""keras_ft.data.folder: RGB conversion, the ImageFolder pipeline, its errors, the split,
+augmentation."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import tensorflow as tf
 from conftest import write_folder
 from PIL import Image
 
-from keras_ft.data import ImageFolder, pil_to_rgb, read_images, split_files, stable_fraction
-from keras_ft.errors import KerasFTError
-from keras_ft.reproducibility import seed_everything
-from keras_ft.scan import ImageFile
+from keras_ft.data.folder import ImageFolder, pil_to_rgb, read_images, split_files, stable_fraction
+from keras_ft.data.scan import ImageFile
+from keras_ft.runs.reproducibility import seed_everything
+from keras_ft.utils.errors import KerasFTError
 
 
 def batches(dataset) -> tuple[np.ndarray, np.ndarray]:
@@ -509,7 +510,7 @@ def test_every_split_runs_without_the_tf_data_autotuner(split_folders):
 
 def test_translation_shifts_each_image_by_its_own_stateless_amount():
     from keras_ft.config import DataConfig
-    from keras_ft.data import augment
+    from keras_ft.data.folder import augment
 
     image = np.zeros((32, 32, 3), np.float32)
     image[12:20, 12:20] = 255.0  # a bright square in the middle

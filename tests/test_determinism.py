@@ -9,15 +9,15 @@ import tensorflow as tf
 from conftest import tiny_backbone
 
 import keras_ft
-from keras_ft.backbones import BACKBONES
+from keras_ft.models.backbones import BACKBONES
 
 PROBE = """
 import json, sys
 import keras, numpy as np, tensorflow as tf
 import keras_ft
-from keras_ft.backbones import BACKBONES
-from keras_ft.model import unfreeze_backbone
-from keras_ft.reproducibility import weights_sha256
+from keras_ft.models.backbones import BACKBONES
+from keras_ft.models.classifier import unfreeze_backbone
+from keras_ft.runs.reproducibility import weights_sha256
 hashes = {}
 for name, spec in BACKBONES.items():
     size = max(32, spec.min_size)

@@ -18,15 +18,15 @@ from conftest import ROOT, TINY_TRAIN, write_folder
 
 import keras_ft
 from keras_ft.config import TrainingConfig
-from keras_ft.distribute import (
+from keras_ft.runs.reproducibility import REPLICA_TOLERANCE
+from keras_ft.training.distribute import (
     cluster_position,
     get_distribution,
     lost_worker,
     scale_learning_rate,
     tf_config,
 )
-from keras_ft.errors import KerasFTError
-from keras_ft.reproducibility import REPLICA_TOLERANCE
+from keras_ft.utils.errors import KerasFTError
 
 # One device at global batch 16 against two logical CPUs at 8 each: the same steps.
 REPLICAS_SCRIPT = """
@@ -201,7 +201,7 @@ def start_workers(args_of, outputs, extra=()):
         }
         processes.append(
             subprocess.Popen(
-                [sys.executable, "-m", "keras_ft.cli", *args_of(output), *extra],
+                [sys.executable, "-m", "keras_ft.cli.main", *args_of(output), *extra],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,

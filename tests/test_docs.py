@@ -2,7 +2,7 @@
 references are current, and every `keras-ft` command and flag the docs show exists.
 
 The quick starts run on a copy of `data_samples/digits`, in this process (the
-`keras-ft` lines through `keras_ft.cli.main`, which the console script calls), with
+`keras-ft` lines through `keras_ft.cli.main.main`, which the console script calls), with
 one speed-up and no other change: the image size becomes 32 px and each phase one
 epoch (`image_size=96` -> 32 and `fit(data)` -> `fit(data, head_epochs=1,
 finetune_epochs=1)` in Python; `--image-size 96` -> 32 plus `--head-epochs 1
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from keras_ft import reference
-from keras_ft.cli import build_parser, main
+from keras_ft.cli import reference
+from keras_ft.cli.main import build_parser, main
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -118,7 +118,7 @@ def test_readme_is_short_and_tells_no_history():
 def test_generated_references_are_current():
     stale = reference.stale(DOCS)
     assert not stale, (
-        f"{', '.join(stale)} differ from the code: run `python -m keras_ft.reference` "
+        f"{', '.join(stale)} differ from the code: run `python -m keras_ft.cli.reference` "
         "(or `make docs`) and commit the result"
     )
 

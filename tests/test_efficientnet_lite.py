@@ -15,9 +15,9 @@ import pytest
 from PIL import Image
 
 import keras_ft
-from keras_ft import efficientnet_lite as lite
-from keras_ft.backbones import get_backbone
-from keras_ft.errors import KerasFTError
+from keras_ft.models import efficientnet_lite as lite
+from keras_ft.models.backbones import get_backbone
+from keras_ft.utils.errors import KerasFTError
 
 CATS = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 ESPRESSO = 967

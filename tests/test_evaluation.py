@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_ft.evaluation import classification_metrics, evaluate_model, format_metrics
+from keras_ft.runs.evaluation import classification_metrics, evaluate_model, format_metrics
 
 CLASSES = ("ant", "bee", "cow")
 #        true  probabilities          predicted  top-2
@@ -143,7 +143,7 @@ def test_evaluate_model_runs_over_batches():
 
 
 def test_shift_moves_images_by_whole_pixels_and_reflects_at_borders():
-    from keras_ft.evaluation import shift
+    from keras_ft.runs.evaluation import shift
 
     images = np.zeros((1, 8, 8, 3), np.float32)
     images[0, 2, 5] = 255.0  # row 2, column 5
@@ -155,7 +155,7 @@ def test_shift_moves_images_by_whole_pixels_and_reflects_at_borders():
 
 
 def test_trained_symmetries_read_the_run_settings():
-    from keras_ft.evaluation import trained_symmetries
+    from keras_ft.runs.evaluation import trained_symmetries
 
     assert trained_symmetries({"augment": True, "flip": True}, {}) == ("flip",)
     assert trained_symmetries({"augment": False, "flip": True, "quarter_turns": True}, {}) == ()
@@ -176,7 +176,7 @@ def test_trained_symmetries_read_the_run_settings():
 def test_tta_averages_shifted_views_and_the_symmetries_the_run_trained_with():
     import keras
 
-    from keras_ft.evaluation import predict_views
+    from keras_ft.runs.evaluation import predict_views
 
     ops = keras.ops
     inputs = keras.Input((20, 20, 3))

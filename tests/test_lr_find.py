@@ -5,10 +5,10 @@ import pytest
 from conftest import TINY_TRAIN, tiny_backbone
 
 import keras_ft
-from keras_ft.cli import main
+from keras_ft.cli.main import main
 from keras_ft.config import TrainingConfig
-from keras_ft.errors import KerasFTError
-from keras_ft.lr_find import LRFinderResult, _suggest, sweep
+from keras_ft.training.lr_find import LRFinderResult, _suggest, sweep
+from keras_ft.utils.errors import KerasFTError
 
 
 def test_suggestion_is_a_tenth_of_the_rate_at_the_lowest_smoothed_loss():

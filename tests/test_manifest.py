@@ -6,8 +6,7 @@ import os
 
 import pytest
 
-from keras_ft.errors import KerasFTError
-from keras_ft.manifest import (
+from keras_ft.runs.manifest import (
     check_manifest,
     check_record,
     file_manifest,
@@ -15,6 +14,7 @@ from keras_ft.manifest import (
     signature,
     signing_key,
 )
+from keras_ft.utils.errors import KerasFTError
 
 
 @pytest.fixture

@@ -3,10 +3,9 @@ import numpy as np
 import pytest
 from conftest import tiny_backbone
 
-from keras_ft.backbones import PREPROCESSING, get_backbone
 from keras_ft.config import ModelConfig, from_dict, to_dict
-from keras_ft.errors import KerasFTError
-from keras_ft.model import (
+from keras_ft.models.backbones import PREPROCESSING, get_backbone
+from keras_ft.models.classifier import (
     Preprocess,
     backbone_of,
     build_classifier,
@@ -14,6 +13,7 @@ from keras_ft.model import (
     preprocessing_layer,
     unfreeze_backbone,
 )
+from keras_ft.utils.errors import KerasFTError
 
 
 def classifier(pooling="avg", dense_units=(), backbone=None):

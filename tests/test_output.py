@@ -13,7 +13,7 @@ import pytest
 from conftest import TINY_TRAIN, write_folder
 from test_cli import assert_clean_failure, run_here
 
-from keras_ft.output import OutputLock
+from keras_ft.runs.output import OutputLock
 
 FAST = [*TINY_TRAIN, "--batch-size", "4", "--head-epochs", "1", "--finetune-epochs", "1"]
 
@@ -109,7 +109,7 @@ def test_unknown_unfreeze_layer_is_refused_before_the_data_is_read(
     def no_scan(*args, **kwargs):
         raise AssertionError("the data was read before the options were checked")
 
-    monkeypatch.setattr("keras_ft.data.scan_folder", no_scan)
+    monkeypatch.setattr("keras_ft.data.folder.scan_folder", no_scan)
     before = snapshot(tmp_path)
     result = run_here(
         capsys, "train", data / "train", *FAST, "--unfreeze", "nosuchlayer",
@@ -151,7 +151,7 @@ def test_a_locked_output_is_refused_at_once(data, tmp_path, capsys):
 def test_two_real_runs_into_one_output(data, tmp_path, capsys):
     output = tmp_path / "run"
     first = subprocess.Popen(
-        [sys.executable, "-m", "keras_ft.cli", "train", str(data / "train"), *FAST]
+        [sys.executable, "-m", "keras_ft.cli.main", "train", str(data / "train"), *FAST]
         + ["--output", str(output)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -170,7 +170,7 @@ def test_two_real_runs_into_one_output(data, tmp_path, capsys):
 
 def test_a_killed_lock_holder_does_not_block(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom keras_ft.output import OutputLock\n"
+        [sys.executable, "-c", "import sys, time\nfrom keras_ft.runs.output import OutputLock\n"
          "OutputLock(sys.argv[1]).acquire(); print('LOCKED', flush=True); time.sleep(120)",
          str(tmp_path / "run")],
         stdout=subprocess.PIPE, text=True,
@@ -230,8 +230,8 @@ def test_full_disk_mid_training_is_exit_2_and_resumable(data, tmp_path, capsys, 
 def test_full_disk_while_saving_is_exit_2_and_resume_saves_the_run(
     data, tmp_path, capsys, monkeypatch
 ):
-    from keras_ft import artifacts
-    from keras_ft.reproducibility import weights_sha256
+    from keras_ft.runs import artifacts
+    from keras_ft.runs.reproducibility import weights_sha256
 
     trained = []
 

@@ -8,9 +8,9 @@ import json
 import keras
 import pytest
 
-from keras_ft.backbones import get_backbone
-from keras_ft.errors import KerasFTError
-from keras_ft.ranking import _recommend_layer, parse_candidate, rank, stage_outputs
+from keras_ft.models.backbones import get_backbone
+from keras_ft.tools.ranking import _recommend_layer, parse_candidate, rank, stage_outputs
+from keras_ft.utils.errors import KerasFTError
 from tests.conftest import run_cli, write_folder
 
 CLASSES = ("red", "green", "blue")

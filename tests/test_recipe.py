@@ -5,7 +5,7 @@ from conftest import tiny_backbone, write_folder
 
 import keras_ft
 from keras_ft.config import FIT_OPTIONS, TrainingConfig, defaults_of
-from keras_ft.recipe import RECIPES, apply_recipe
+from keras_ft.config.recipe import RECIPES, apply_recipe
 
 
 def defaults() -> dict:

@@ -15,15 +15,15 @@ from conftest import run_cli, tiny_backbone, write_folder
 from PIL import Image
 
 import keras_ft
-from keras_ft.cli import main
-from keras_ft.report import (
+from keras_ft.cli.main import main
+from keras_ft.runs.report import (
     MAX_CORRECT,
-    PLOTS_HINT,
     confident_mistakes,
     correct_sample,
     plot_confusion,
     write_report,
 )
+from keras_ft.utils.plots import PLOTS_HINT
 
 CLASSES = ("red", "green", "blue")
 
@@ -205,7 +205,7 @@ def test_plot_confusion_draws_dollar_signs_and_backslashes_literally():
 
 
 def test_mistakes_grid_draws_each_heatmap_below_its_image(tmp_path):
-    from keras_ft.report import _TILE, heat_overlay, labelled_grid
+    from keras_ft.runs.report import _TILE, heat_overlay, labelled_grid
 
     pixels = np.full((32, 32, 3), 128, np.uint8)
     Image.fromarray(pixels).save(tmp_path / "a.png")
@@ -221,7 +221,7 @@ def test_mistakes_grid_draws_each_heatmap_below_its_image(tmp_path):
 
 
 def test_heat_overlays_of_a_trained_run(tuner):
-    from keras_ft.report import _heat_overlays
+    from keras_ft.runs.report import _heat_overlays
 
     paths = [f.path for f in tuner._data.test_files[:3]]
     overlays = _heat_overlays(tuner.model, paths)
@@ -257,8 +257,8 @@ def good_tuner(tmp_path_factory):
 def test_report_shows_a_seeded_sample_of_correct_images_with_heatmaps(
     good_tuner, tmp_path, monkeypatch
 ):
-    from keras_ft.evaluation import predict_dataset
-    from keras_ft.report import _CAPTION, _TILE
+    from keras_ft.runs.evaluation import predict_dataset
+    from keras_ft.runs.report import _CAPTION, _TILE
 
     tuner = good_tuner
     probabilities, labels = predict_dataset(tuner.model, tuner._data.test)

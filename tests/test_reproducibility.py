@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from conftest import TINY_TRAIN, copy_run, run_cli, tiny_backbone, write_folder
 
-from keras_ft.cli import main
-from keras_ft.reproducibility import environment, file_hashes, fingerprint, weights_sha256
-from keras_ft.scan import scan_folder
+from keras_ft.cli.main import main
+from keras_ft.data.scan import scan_folder
+from keras_ft.runs.reproducibility import environment, file_hashes, fingerprint, weights_sha256
 
 
 def train_in_fresh_process(data_dir, output, seed):
@@ -132,12 +132,12 @@ def test_reproducibility_imports_no_stage_and_reproduce_run_is_public():
     import ast
 
     import keras_ft
-    from keras_ft import reproducibility
-    from keras_ft.reproduce import reproduce_run
+    from keras_ft.runs import reproducibility
+    from keras_ft.tools.reproduce import reproduce_run
 
     tree = ast.parse(Path(reproducibility.__file__).read_text())
     imported = {
         node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
     }
-    assert {m for m in imported if m.startswith("keras_ft")} <= {"keras_ft.errors"}
+    assert {m for m in imported if m.startswith("keras_ft")} <= {"keras_ft.utils.errors"}
     assert keras_ft.reproduce_run is reproduce_run

@@ -27,7 +27,7 @@ def train_args(data, output, variant):
 def kill_after_checkpoint(args, epoch):
     """Run `keras-ft train`; it SIGKILLs itself once its checkpoint of `epoch` is written."""
     env = {**os.environ, "KERAS_FT_TEST_KILL_AT_EPOCH": str(epoch)}  # see tests/plugins
-    command = [sys.executable, "-m", "keras_ft.cli", *args]
+    command = [sys.executable, "-m", "keras_ft.cli.main", *args]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 

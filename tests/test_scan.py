@@ -18,11 +18,11 @@ import pytest
 from conftest import bomb_png, write_folder
 from PIL import Image
 
-from keras_ft import scan as scan_module
-from keras_ft.cli import main
-from keras_ft.data import ImageFolder, read_images
-from keras_ft.errors import KerasFTError
-from keras_ft.scan import Problem, natural_key, scan_folder
+from keras_ft.cli.main import main
+from keras_ft.data import scan as scan_module
+from keras_ft.data.folder import ImageFolder, read_images
+from keras_ft.data.scan import Problem, natural_key, scan_folder
+from keras_ft.utils.errors import KerasFTError
 
 
 def solid(

@@ -11,8 +11,8 @@ from conftest import write_folder
 from test_cli import assert_clean_failure, run_here
 
 import keras_ft
-from keras_ft.cli import main
-from keras_ft.search import SETTINGS
+from keras_ft.cli.main import main
+from keras_ft.tools.search import SETTINGS
 
 pytest.importorskip("keras_tuner")
 

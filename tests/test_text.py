@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from keras_ft.text import csv_cell, printable
+from keras_ft.utils.text import csv_cell, printable
 
 
 @pytest.mark.parametrize(

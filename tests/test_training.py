@@ -10,9 +10,9 @@ from conftest import tiny_backbone, write_folder
 
 import keras_ft
 from keras_ft.config import TrainingConfig
-from keras_ft.model import backbone_of, split_at_features
-from keras_ft.training import advice, fit_two_phase, frozen_features
-from keras_ft.transfer import linear_probe
+from keras_ft.models.classifier import backbone_of, split_at_features
+from keras_ft.models.probe import linear_probe
+from keras_ft.training.phases import advice, fit_two_phase, frozen_features
 
 
 class EpochRecorder(keras.callbacks.Callback):
@@ -112,7 +112,7 @@ def imbalanced(tmp_path):
 
 def test_imbalance_warns_and_balanced_weights_follow_sklearn(imbalanced):
     from keras_ft.config import TrainingConfig
-    from keras_ft.training import class_weights
+    from keras_ft.training.phases import class_weights
 
     with pytest.warns(UserWarning, match="'common' has 32 images, 'rare' 8.*class_weight"):
         data = keras_ft.ImageFolder(imbalanced, image_size=32, batch_size=8, validation_split=0)
@@ -146,7 +146,7 @@ def test_class_weight_changes_what_the_model_favours(imbalanced):
 
 
 def test_label_smoothing_loss_matches_its_formula():
-    from keras_ft.training import SparseSmoothedCrossentropy
+    from keras_ft.training.phases import SparseSmoothedCrossentropy
 
     probabilities = np.array([[0.7, 0.2, 0.1]], "float32")
     loss = float(SparseSmoothedCrossentropy(0.3)(np.array([0]), probabilities))
@@ -163,7 +163,7 @@ def test_label_smoothing_is_used_by_training(split_folders):
 
 
 def test_warmup_then_cosine_schedule():
-    from keras_ft.training import finetune_learning_rate
+    from keras_ft.training.phases import finetune_learning_rate
 
     config = TrainingConfig(
         finetune_epochs=4, finetune_lr=0.1, finetune_schedule="cosine", warmup_epochs=1
@@ -248,8 +248,8 @@ def test_augmentation_keeps_the_full_phase_1_and_says_so(split_folders, capsys):
 
 
 def test_cached_phase_1_starts_the_feature_norm_at_the_features_statistics(split_folders):
-    from keras_ft.model import split_at_features
-    from keras_ft.training import _features
+    from keras_ft.models.classifier import split_at_features
+    from keras_ft.training.phases import _features
 
     train, _ = split_folders
     data = keras_ft.ImageFolder(
@@ -396,13 +396,13 @@ def test_fallback_to_probe_makes_the_linear_probe_the_model_when_its_loss_is_low
     assert any("the model is that linear probe" in message for message in tuner.advice)
     assert tuner.record["linear_probe"]["is_the_model"] is True
     # The metrics, their printed form and the report's title name the model kept.
-    from keras_ft.evaluation import format_metrics
+    from keras_ft.runs.evaluation import format_metrics
 
     assert tuner.kept_model == "linear probe"
     metrics = tuner.evaluate(data.validation)
     assert metrics["kept_model"] == "linear probe"
     assert format_metrics(metrics).startswith("model kept: the linear probe\ntest loss:")
-    from keras_ft.report import write_report
+    from keras_ft.runs.report import write_report
 
     page = (write_report(tuner, split_folders[0].parent / "report")).read_text()
     assert "<h1>keras_ft run: tiny, 3 classes; the model is the linear probe</h1>" in page
@@ -531,8 +531,8 @@ def pooled(features) -> keras.Model:
 
 
 def test_decide_flip_flips_only_when_mirror_images_score_as_well(tmp_path):
-    from keras_ft.training import decide_flip, frozen_features
-    from keras_ft.transfer import ProbeResult, linear_probe
+    from keras_ft.models.probe import ProbeResult, linear_probe
+    from keras_ft.training.phases import decide_flip, frozen_features
 
     def decide(extractor, data):
         probe = linear_probe(*frozen_features(extractor, data), num_classes=2)
@@ -576,8 +576,8 @@ def test_a_mirror_invariant_backbone_does_not_decide_flips_alone(tmp_path):
     2x2 grid sees that the evidence lies on one side, and the flip is refused."""
     from PIL import Image
 
-    from keras_ft.training import decide_flip, frozen_features
-    from keras_ft.transfer import linear_probe
+    from keras_ft.models.probe import linear_probe
+    from keras_ft.training.phases import decide_flip, frozen_features
 
     rng = np.random.default_rng(0)
     for c, name in enumerate(("thin", "thick")):  # a bar at the left edge, 4 or 8 px wide
@@ -604,8 +604,8 @@ def test_a_mirror_invariant_backbone_does_not_decide_flips_alone(tmp_path):
 
 
 def test_decide_quarter_turns_turns_only_when_turned_images_score_as_well(tmp_path):
-    from keras_ft.training import decide_quarter_turns, frozen_features
-    from keras_ft.transfer import linear_probe
+    from keras_ft.models.probe import linear_probe
+    from keras_ft.training.phases import decide_quarter_turns, frozen_features
 
     def decide(extractor, data):
         probe = linear_probe(*frozen_features(extractor, data), num_classes=2)
@@ -680,7 +680,7 @@ def test_flip_auto_is_the_default_and_decides_before_phase_1(split_folders, caps
 @pytest.mark.parametrize("weight_decay", [None, 0.05])
 def test_layerwise_sgd_is_plain_sgd_at_each_variables_scaled_rate(weight_decay):
     """Weight decay included: decoupled, it follows each variable's own rate."""
-    from keras_ft.training import LayerwiseSGD
+    from keras_ft.training.phases import LayerwiseSGD
 
     def model():
         init = keras.initializers.GlorotUniform(seed=1)
@@ -722,7 +722,7 @@ def test_layerwise_sgd_keeps_a_variable_bitwise_until_its_start_step():
     """Before its start a variable takes no step and no weight decay; from it on, it
     trains as a plain SGD started then. The other variables train as plain SGD with
     the same weight decay, which `LayerwiseSGD` applies itself."""
-    from keras_ft.training import LayerwiseSGD
+    from keras_ft.training.phases import LayerwiseSGD
 
     init = keras.initializers.GlorotUniform(seed=3)
     low, top = (keras.layers.Dense(3, kernel_initializer=init) for _ in range(2))
@@ -752,8 +752,8 @@ def test_layerwise_sgd_keeps_a_variable_bitwise_until_its_start_step():
 
 
 def test_gradual_unfreeze_adds_one_group_per_epoch_from_the_top(split_folders, capsys):
-    from keras_ft.model import backbone_of, unfreeze_backbone
-    from keras_ft.training import unfreeze_groups
+    from keras_ft.models.classifier import backbone_of, unfreeze_backbone
+    from keras_ft.training.phases import unfreeze_groups
 
     train, _ = split_folders
 
@@ -795,7 +795,7 @@ def test_gradual_unfreeze_adds_one_group_per_epoch_from_the_top(split_folders, c
 
 
 def test_discriminative_lr_spaces_rates_by_depth_and_replays_bitwise(split_folders):
-    from keras_ft.training import LayerwiseSGD, layer_multipliers
+    from keras_ft.training.phases import LayerwiseSGD, layer_multipliers
 
     train, _ = split_folders
     runs = []
@@ -815,7 +815,7 @@ def test_discriminative_lr_spaces_rates_by_depth_and_replays_bitwise(split_folde
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.5])
 def test_weight_decay_shrinks_phase_2_weights_by_decay_times_rate(weight_decay):
-    from keras_ft.training import compile_for_phase
+    from keras_ft.training.phases import compile_for_phase
 
     def model():
         init = keras.initializers.GlorotUniform(seed=2)
@@ -858,7 +858,7 @@ def test_a_resumed_fallback_reads_phase_2s_start_and_refuses_without_it(split_fo
 
 
 def test_durations_read_as_a_person_says_them():
-    from keras_ft.progress import format_duration
+    from keras_ft.utils.progress import format_duration
 
     assert format_duration(0.2) == "0 s" and format_duration(44.6) == "45 s"
     assert format_duration(80) == "1 min 20 s" and format_duration(120) == "2 min"
@@ -877,7 +877,7 @@ def test_time_left_is_estimated_per_phase_from_its_own_epochs(capsys):
     """Phase 1 on cached features is far faster per epoch than phase 2: each phase is
     timed on its own epochs (its first, which traces the step, left out once others ran),
     and phase 2 is not guessed from phase 1."""
-    from keras_ft.progress import Progress
+    from keras_ft.utils.progress import Progress
 
     clock = FakeClock()
     progress = Progress([("head", 0, 3), ("finetune", 3, 3)], verbose=2, clock=clock)
@@ -902,7 +902,7 @@ def test_time_left_is_estimated_per_phase_from_its_own_epochs(capsys):
 
 
 def test_on_a_terminal_the_keras_bar_stays_and_the_overall_line_follows_it(monkeypatch, capsys):
-    from keras_ft import progress
+    from keras_ft.utils import progress
 
     monkeypatch.setattr(progress, "is_terminal", lambda: True)
     tracker = progress.Progress([("head", 0, 2)], verbose="auto")
@@ -932,7 +932,7 @@ def test_retracing_warnings_are_dropped_where_keras_ft_triggers_them_only():
 
     from tensorflow.python.eager.polymorphic_function import polymorphic_function
 
-    from keras_ft.training import _features
+    from keras_ft.training.phases import _features
 
     records = []
     handler = logging.Handler()

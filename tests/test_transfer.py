@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import pytest
 
-from keras_ft.errors import KerasFTError
-from keras_ft.transfer import (
+from keras_ft.models.probe import (
     _ledoit_wolf_shrinkage,
     h_score,
     linear_probe,
     logme,
 )
+from keras_ft.utils.errors import KerasFTError
 
 
 def reference_logme(features: np.ndarray, labels: np.ndarray) -> float:
@@ -202,7 +202,7 @@ def test_linear_probe_folds_into_one_dense_layer(classes):
 
 def test_transfer_module_does_not_import_tensorflow():
     code = (
-        "import sys, numpy as np; from keras_ft.transfer import logme; "
+        "import sys, numpy as np; from keras_ft.models.probe import logme; "
         "logme(np.eye(4), np.array([0, 1, 0, 1])); print('tensorflow' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -226,15 +226,15 @@ def probed_tuner(tmp_path_factory):
 
 
 def test_fit_records_the_probe_of_the_frozen_features(probed_tuner):
-    from keras_ft.artifacts import run_record
-    from keras_ft.report import _summary_rows
+    from keras_ft.runs.artifacts import run_record
+    from keras_ft.runs.report import _summary_rows
 
     tuner, data = probed_tuner
     entry = run_record(tuner)["linear_probe"]
     # The same probe, fitted here on features of the untrained-backbone classifier.
     import keras_ft
-    from keras_ft.model import split_at_features
-    from keras_ft.training import frozen_features
+    from keras_ft.models.classifier import split_at_features
+    from keras_ft.training.phases import frozen_features
     from tests.conftest import tiny_backbone
 
     fresh = keras_ft.FineTuner(tiny_backbone(32), preprocessing="tf", seed=1)
@@ -254,8 +254,8 @@ def test_fit_records_the_probe_of_the_frozen_features(probed_tuner):
 
 
 def test_fine_tuning_below_the_probe_warns_what_to_try():
-    from keras_ft.finetuner import compare_with_probe
-    from keras_ft.training import TrainingHistory
+    from keras_ft.task.finetuner import compare_with_probe
+    from keras_ft.training.phases import TrainingHistory
 
     probe = {"validation_accuracy": 0.8, "train_accuracy": 1.0, "c": 1.0}
     history = TrainingHistory([{"val_accuracy": 0.9}, {"val_accuracy": 0.5}])
@@ -312,7 +312,7 @@ def test_probe_run_is_an_ordinary_run_directory_holding_the_probe(probe_run):
     import json
 
     import keras_ft
-    from keras_ft.data import read_images
+    from keras_ft.data.folder import read_images
 
     record = json.loads((probe_run / "run" / "run.json").read_text())
     assert record["model"]["head"] == "linear"

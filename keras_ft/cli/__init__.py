@@ -1,0 +1,1 @@
+"""The `keras-ft` command: parsing (`main`) and one function per subcommand."""

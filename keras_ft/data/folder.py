@@ -1,0 +1,575 @@
+"""tf.data pipelines: decode, resize, seeded split, stateless augmentation, cache, prefetch.
+
+Every image is decoded to 3-channel RGB as the scan checked it (`read_rgb`:
+Pillow, for every format, also where TensorFlow has a decoder, so that what the
+scan accepts is what training reads), resized once, cached as uint8, and
+only then augmented, with stateless random ops keyed on (seed, epoch, element).
+Two runs with the same seed therefore see the same augmented images, each
+epoch sees different ones, and the `map` stays parallel under op determinism.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import math
+import os
+import shutil
+import tempfile
+import warnings
+import weakref
+
+import numpy as np
+import tensorflow as tf
+
+from keras_ft.config import DataConfig, defaults_of, document, merge_options, takes_options
+from keras_ft.data.scan import (
+    ImageFile,
+    ScanReport,
+    open_image,
+    pil_to_rgb,
+    read_regular_file,
+    scan_folder,
+)
+from keras_ft.utils.errors import KerasFTError
+from keras_ft.utils.text import printable
+
+AUTOTUNE = tf.data.AUTOTUNE
+# tf.data's autotuner thread sleeps between rounds for doubling periods (up to a
+# minute), and deleting an iterator waits for it to wake: measured here, the end of
+# a `fit` often stalled 10-15 s. Without it, AUTOTUNE parallelism is the core count
+# (at most 16) and prefetch buffers stay small. Set on the two sources every
+# keras_ft dataset grows from (`_gathered`, `decoded_dataset`); options carry over.
+FIXED_PARALLELISM = tf.data.Options()
+FIXED_PARALLELISM.autotune.enabled = False
+
+
+def read_rgb(path) -> np.ndarray:
+    """Read an image file as an `(H, W, 3)` uint8 RGB array, exactly as the scan decoded it.
+
+    The one reader of image files: training, evaluation and prediction all use
+    it (see `keras_ft.data.scan`: regular files only, checksums checked, Pillow).
+    """
+    with open_image(read_regular_file(path)) as image:
+        return pil_to_rgb(image)
+
+
+def resize(image: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """Resize an RGB image (any dtype) to `image_size`, returning uint8."""
+    image = tf.image.resize(image, image_size, method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+
+
+def decode_and_resize(contents: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """Decode encoded JPEG/PNG/GIF/BMP bytes to RGB with TensorFlow's decoders and resize
+    to `image_size` (uint8): the SavedModel's `serving_bytes`, where Pillow cannot run."""
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
+    image.set_shape([None, None, 3])
+    return resize(image, image_size)
+
+
+def load_image(path: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
+    """Read one file (`read_rgb`) as a uint8 RGB image resized to `image_size`."""
+    image = tf.numpy_function(
+        lambda name: read_rgb(name.decode()), [path], tf.uint8, stateful=False
+    )
+    image.set_shape([None, None, 3])
+    return resize(image, image_size)
+
+
+def read_images(paths: list[str], image_size: tuple[int, int]) -> np.ndarray:
+    """Read image files into an `(N, H, W, 3)` uint8 array exactly as training does."""
+    arrays = [resize(read_rgb(path), image_size).numpy() for path in paths]
+    return np.stack(arrays) if arrays else np.zeros((0, *image_size, 3), np.uint8)
+
+
+def stable_fraction(seed: int, relpath: str) -> float:
+    """A number in [0, 1) fixed by (seed, relative path): the split key of one file."""
+    digest = hashlib.sha256(f"{seed}:{relpath}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def split_files(files, validation_split: float, seed: int):
+    """Split files into (train, validation) by `stable_fraction`.
+
+    Each file's side depends only on (seed, its relative path), so adding
+    images never moves an existing image between training and validation.
+    """
+    train, validation = [], []
+    for f in files:
+        (validation if stable_fraction(seed, f.relpath) < validation_split else train).append(f)
+    return train, validation
+
+
+def augment(image: tf.Tensor, seed: tf.Tensor, config: DataConfig) -> tf.Tensor:
+    """Randomly flip, turn, rotate, zoom, shift and change contrast, statelessly from `seed`
+    (shape [2]).
+
+    Zooming in and shifting together make a random crop. `flip="auto"` and
+    `quarter_turns="auto"` do nothing: `fit` decides before phase 1 and passes
+    `True` or `False`.
+    """
+    image = tf.cast(image, tf.float32)
+    flip_seed, angle_seed, zoom_seed, contrast_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, num=4)
+    )
+    if config.flip is True:
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    if config.quarter_turns is True:  # its own stream, as the shift's below
+        turns_seed = tf.random.experimental.stateless_fold_in(seed, 2)
+        turns = tf.random.stateless_uniform([], turns_seed, 0, 4, dtype=tf.int32)
+        image = tf.ensure_shape(tf.image.rot90(image, turns), image.shape)
+    if config.rotation or config.zoom or config.translation:
+        turn = config.rotation * 2.0 * math.pi
+        angle = tf.random.stateless_uniform([], angle_seed, -turn, turn)
+        scale = tf.random.stateless_uniform([], zoom_seed, 1.0 - config.zoom, 1.0 + config.zoom)
+        height, width = config.image_size
+        # Its own stream (the four above stay as they were before translation existed).
+        shift_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+        shift = tf.random.stateless_uniform([2], shift_seed, -1.0, 1.0) * config.translation
+        dx, dy = shift[0] * width, shift[1] * height
+        cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
+        a0, a1 = tf.cos(angle) / scale, -tf.sin(angle) / scale
+        b0, b1 = tf.sin(angle) / scale, tf.cos(angle) / scale
+        # Output pixel (x, y) samples the input at A @ (x - cx - dx, y - cy - dy) + (cx, cy).
+        x0, y0 = cx + dx, cy + dy
+        transform = tf.stack(
+            [a0, a1, cx - a0 * x0 - a1 * y0, b0, b1, cy - b0 * x0 - b1 * y0, 0.0, 0.0]
+        )
+        image = tf.raw_ops.ImageProjectiveTransformV3(
+            images=image[None],
+            transforms=transform[None],
+            output_shape=[height, width],
+            fill_value=0.0,
+            interpolation="BILINEAR",
+            fill_mode="REFLECT",
+        )[0]
+    if config.contrast:
+        factor = tf.random.stateless_uniform(
+            [], contrast_seed, 1.0 - config.contrast, 1.0 + config.contrast
+        )
+        mean = tf.reduce_mean(image, axis=[0, 1], keepdims=True)
+        image = tf.clip_by_value((image - mean) * factor + mean, 0.0, 255.0)
+    return image
+
+
+def _refuse_bad_files(report: ScanReport, skip_bad: bool) -> None:
+    bad = report.bad_files
+    if bad and not skip_bad:
+        listing = "\n".join(f"  {p.path}: {p.reason}" for p in bad)
+        raise KerasFTError(
+            f"{len(bad)} file(s) in '{report.root}' cannot be used:\n{listing}\n"
+            "Fix or remove them, or pass skip_bad=True (--skip-bad) to train on the rest."
+        )
+
+
+def _warn_about_run_directories(report: ScanReport) -> None:
+    for note in report.problems:
+        if note.kind == "run_directory":
+            warnings.warn(
+                printable(
+                    f"Skipped '{note.path}': a keras_ft run directory (an output), not used "
+                    "as training data. Write outputs outside the data folder."
+                ),
+                stacklevel=3,
+            )
+
+
+DATA_DEFAULTS = defaults_of(DataConfig)  # every field but `directory`
+DATA_OPTIONS = tuple(DATA_DEFAULTS)
+# What a dataset settles itself (its images are read, sized and batched, and it has no files
+# to scan, split or hold out): the DataConfig fields `ImageFolder.from_dataset` does not take.
+SET_BY_A_DATASET = ("test_dir", "image_size", "batch_size", "validation_split", "skip_bad")
+DATASET_OPTIONS = tuple(n for n in DATA_OPTIONS if n not in SET_BY_A_DATASET)
+DATASET = "<tf.data.Dataset>"  # the `directory` of an ImageFolder made by `from_dataset`
+
+
+class ImageFolder:
+    """A labelled image folder, split and served as tf.data pipelines.
+
+    Args:
+        directory: training folder, one sub-folder per class.
+        {options}
+        quiet: no scan progress on stderr.
+        memory_budget: bytes of decoded images a split may hold in memory; a
+            larger split is kept in a memory-mapped temporary file instead.
+
+    Example:
+
+    >>> data = ImageFolder("flowers/train", test_dir="flowers/test", image_size=224)
+    >>> data.class_names
+    ('daisy', 'dandelion', 'roses', 'sunflowers', 'tulips')
+    """
+
+    has_files = True  # False from `from_dataset`: no files to fingerprint or read again
+
+    @takes_options((DataConfig, DATA_OPTIONS))
+    def __init__(self, directory, *, quiet=False, memory_budget=4 * 1024**3, **options):
+        options = merge_options(options, DATA_DEFAULTS, "ImageFolder")
+        if options["test_dir"] is not None:
+            options["test_dir"] = str(options["test_dir"])
+        self.config = DataConfig(directory=str(directory), **options)
+        test_dir, skip_bad, seed = self.config.test_dir, self.config.skip_bad, self.config.seed
+        self.report = scan_folder(directory, quiet=quiet)
+        _warn_about_run_directories(self.report)
+        _refuse_bad_files(self.report, skip_bad)
+        self.class_names = self.report.class_names
+        if len(self.class_names) < 2:
+            raise KerasFTError(
+                f"Data directory '{directory}' has a single class {list(self.class_names)}. "
+                "A classifier needs at least two class sub-folders."
+            )
+        empty = [name for name, count in self.report.counts().items() if count == 0]
+        if empty:
+            raise KerasFTError(
+                f"Class folder(s) {empty} in '{directory}' have no usable images. "
+                "Add images or remove the empty folders."
+            )
+        self.train_files, self.validation_files = split_files(
+            self.report.files, self.config.validation_split, seed
+        )
+        self._check_split_sizes()
+        self._warn_if_imbalanced()
+        self.test_report = None
+        self.test_files = []
+        if test_dir is not None:
+            self.test_report = scan_folder(
+                test_dir, class_names=self.class_names, training=self.report, quiet=quiet
+            )
+            _refuse_bad_files(self.test_report, skip_bad)
+            self.test_files = list(self.test_report.files)
+        self._cache = {}
+        self.memory_budget = memory_budget
+        self._spill_dir = None
+
+    @classmethod
+    @takes_options((DataConfig, DATASET_OPTIONS))
+    def from_dataset(cls, dataset, *, class_names=None, **options) -> ImageFolder:
+        """An ImageFolder of a `tf.data.Dataset` of (images, labels) batches, read into memory.
+
+        Such as `keras.utils.image_dataset_from_directory` returns: RGB images
+        of one size with pixel values from 0 to 255, and int labels
+        (`label_mode="int"`, its default) or one-hot ones
+        (`label_mode="categorical"`). The images are read once, rounded to
+        uint8, and put in a fixed order (by label, then content), so a dataset
+        that shuffles trains the same way every time. The image size and the
+        batch size (its first batch's) are the dataset's. Every image trains:
+        there is no validation or test split (`FineTuner.evaluate` takes a
+        held-out dataset).
+
+        What a folder gives and a dataset cannot: no scan of the files (broken
+        images, the same image in two splits), and no record of the data: the
+        run directory `FineTuner.save` writes has no data fingerprint, so
+        `keras-ft reproduce` cannot re-train it.
+
+        Args:
+            dataset: a `tf.data.Dataset` of `(images, labels)` batches.
+            class_names: the class names, label 0 first. Default: the
+                dataset's `class_names` attribute where it has one, else
+                `"0"` to `"K-1"` for K classes.
+        {options}
+
+        Example:
+
+        >>> dataset = keras.utils.image_dataset_from_directory("flowers/train")
+        >>> data = ImageFolder.from_dataset(dataset, flip=True)
+        """
+        options = merge_options(
+            options, {n: DATA_DEFAULTS[n] for n in DATASET_OPTIONS}, "ImageFolder.from_dataset"
+        )
+        images, labels, batch_size, num_classes = _read_batches(dataset)
+        names = class_names or getattr(dataset, "class_names", None) or range(num_classes)
+        names = tuple(map(str, names))
+        counts = np.bincount(labels, minlength=len(names))
+        if len(counts) > len(names) or len(names) < 2 or not counts.all():
+            raise KerasFTError(
+                f"Cannot name the dataset's classes: its labels are {sorted(set(labels.tolist()))}"
+                f", the class names {list(names)}. Each label needs a name, each class images, "
+                "and a classifier at least two classes: pass class_names, one per label."
+            )
+        hashes = [hashlib.sha256(image.tobytes()).hexdigest() for image in images]
+        order = sorted(range(len(images)), key=lambda i: (labels[i], hashes[i]))
+        files = [
+            ImageFile(f"{n:06d}", f"{n:06d}", int(labels[i]), hashes[i])
+            for n, i in enumerate(order)
+        ]
+        data = cls.__new__(cls)
+        data.config = DataConfig(
+            directory=DATASET,
+            image_size=images.shape[1:3],
+            batch_size=batch_size,
+            validation_split=0.0,
+            **options,
+        )
+        data.report = ScanReport(DATASET, names, tuple(files))
+        data.class_names, data.has_files = names, False
+        data.train_files, data.validation_files = files, []
+        data.test_report, data.test_files = None, []
+        data._cache, data.memory_budget, data._spill_dir = {"train": images[order]}, 0, None
+        data._warn_if_imbalanced()
+        return data
+
+    @property
+    def decides(self) -> tuple[str, ...]:
+        """The augmentation options `fit` decides from the data (`"auto"`, augmentation on)."""
+        if not self.config.augment:
+            return ()
+        return tuple(o for o in ("flip", "quarter_turns") if getattr(self.config, o) == "auto")
+
+    def with_augmentation(self, **changes) -> ImageFolder:
+        """A copy with other augmentation settings (e.g. `flip="auto"`), same images and split.
+
+        The copy shares the decoded images already read (augmentation happens
+        after them).
+        """
+        other = copy.copy(self)
+        other.config = dataclasses.replace(self.config, **changes)
+        other._source = self  # keeps the shared store (and any spill folder) alive
+        return other
+
+    def _warn_if_imbalanced(self) -> None:
+        counts = self.report.counts()
+        if max(counts.values()) > 3 * min(counts.values()):
+            largest = max(counts, key=counts.get)
+            smallest = min(counts, key=counts.get)
+            warnings.warn(
+                printable(
+                    f"Imbalanced classes in '{self.config.directory}': '{largest}' has "
+                    f"{counts[largest]} images, '{smallest}' {counts[smallest]} (more than 3x). "
+                    "Consider fit(..., class_weight='balanced') (--class-weight balanced) and "
+                    "watch the per-class recall in the report."
+                ),
+                stacklevel=3,
+            )
+
+    def _check_split_sizes(self) -> None:
+        config = self.config
+        counts = {name: 0 for name in self.class_names}
+        for f in self.train_files:
+            counts[self.class_names[f.label]] += 1
+        without = [name for name, count in counts.items() if count == 0]
+        if without:
+            raise KerasFTError(
+                f"validation_split={config.validation_split} leaves no training image in "
+                f"class(es) {without}. Add images or lower validation_split."
+            )
+        if config.validation_split > 0 and not self.validation_files:
+            raise KerasFTError(
+                f"validation_split={config.validation_split} selects no validation image from "
+                f"{len(self.report.files)} images. Raise validation_split or pass 0 to skip "
+                "validation."
+            )
+
+    @property
+    def skipped(self) -> list[dict[str, str]]:
+        """What `skip_bad=True` left out, each with the reason, for the run record.
+
+        Returns:
+            One `{"path": ..., "reason": ...}` dict per file (or empty test class
+            folder) that cannot be used: the training folder's first, then the
+            test folder's. Empty when nothing was skipped.
+        """
+        reports = [r for r in (self.report, self.test_report) if r is not None]
+        return [{"path": p.path, "reason": p.reason} for r in reports for p in r.bad_files]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.config.image_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train_files) / self.config.batch_size)
+
+    def _images(self, name: str, files: list[ImageFile]) -> np.ndarray:
+        """The split's images, decoded and resized once, as one `(N, H, W, 3)` uint8 array.
+
+        The array lives in memory while it fits `memory_budget`; a larger one
+        is a memory-mapped file in a temporary folder (removed with this
+        object), so memory stays bounded whatever the data set's size.
+        """
+        if name not in self._cache:
+            shape = (len(files), *self.config.image_size, 3)
+            if math.prod(shape) <= self.memory_budget:
+                store = np.empty(shape, np.uint8)
+            else:
+                if self._spill_dir is None:
+                    self._spill_dir = tempfile.mkdtemp(prefix="keras_ft_images_")
+                    weakref.finalize(self, shutil.rmtree, self._spill_dir, True)
+                path = os.path.join(self._spill_dir, f"{name}.npy")
+                store = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+            start = 0
+            for images, _ in decoded_dataset(files, self.config.image_size).batch(256):
+                store[start : start + len(images)] = images.numpy()
+                start += len(images)
+            self._cache[name] = store
+        return self._cache[name]
+
+    def _gathered(self, name: str, files: list[ImageFile], order: np.ndarray, batch: int):
+        """(images uint8, labels, indices) batches of `files` taken from the store in `order`."""
+        images = self._images(name, files)
+        labels = tf.constant([f.label for f in files], tf.int32)
+
+        def gather(indices):
+            taken = tf.numpy_function(lambda i: images[i], [indices], tf.uint8, stateful=False)
+            taken.set_shape([None, *self.config.image_size, 3])
+            return taken, tf.gather(labels, indices), indices
+
+        indices = tf.data.Dataset.from_tensor_slices(order.astype(np.int64))
+        return indices.batch(batch).map(gather).with_options(FIXED_PARALLELISM)
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The order of the training files in `epoch`: a permutation fixed by (seed, epoch)."""
+        rng = np.random.default_rng([self.config.seed, epoch])
+        return rng.permutation(len(self.train_files))
+
+    def train_dataset(
+        self,
+        start_epoch: int = 0,
+        epochs: int = 1,
+        batch_size: int | None = None,
+        replicas=1,
+        decided: dict | None = None,
+    ) -> tf.data.Dataset:
+        """Training batches for epochs `start_epoch` to `start_epoch + epochs - 1`.
+
+        Each epoch's order and augmentation follow from the data seed and the
+        epoch number alone (not TensorFlow's global seed), so epoch 7 is the
+        same whether training started at epoch 0 or resumed there. Batches
+        hold `batch_size` images (default: the configured, per-replica size;
+        training under a `tf.distribute` strategy asks for the global size).
+        With `replicas` > 1 each epoch leaves out the last `len % replicas`
+        images of its order, so that every batch splits evenly over replicas.
+        `decided` overrides augmentation options (`fit`'s decisions for
+        `"auto"`: `{"flip": True, "quarter_turns": False}`).
+        """
+        config = dataclasses.replace(self.config, **(decided or {}))
+        batch_size = batch_size or config.batch_size
+        count = len(self.train_files)
+
+        def one_epoch(epoch: int) -> tf.data.Dataset:
+            def prepare(image, label, index):
+                if config.augment:
+                    seed = tf.stack([tf.constant(config.seed, tf.int64), epoch * count + index])
+                    return augment(image, seed, config), label
+                return tf.cast(image, tf.float32), label
+
+            order = self.epoch_order(epoch)
+            order = order[: len(order) - len(order) % replicas]
+            elements = self._gathered("train", self.train_files, order, 256).unbatch()
+            elements = elements.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
+            return elements.batch(batch_size)
+
+        dataset = one_epoch(start_epoch)
+        for epoch in range(start_epoch + 1, start_epoch + epochs):
+            dataset = dataset.concatenate(one_epoch(epoch))
+        return dataset.prefetch(AUTOTUNE)
+
+    def _evaluation_dataset(self, name: str, files: list[ImageFile]) -> tf.data.Dataset | None:
+        """Float32 batches of a split in file order, never augmented."""
+        if not files:
+            return None
+        batches = self._gathered(name, files, np.arange(len(files)), self.config.batch_size)
+        return batches.map(lambda images, labels, _: (tf.cast(images, tf.float32), labels))
+
+    def unaugmented_train(self) -> tf.data.Dataset:
+        """The training split in file order, without augmentation (for feature caching)."""
+        return self._evaluation_dataset("train", self.train_files)
+
+    @property
+    def train(self) -> tf.data.Dataset:
+        """One epoch (epoch 0) of shuffled, augmented training batches."""
+        return self.train_dataset(0, 1)
+
+    @property
+    def validation(self) -> tf.data.Dataset | None:
+        """Validation batches (no augmentation), or `None` when `validation_split` is 0."""
+        return self._evaluation_dataset("validation", self.validation_files)
+
+    @property
+    def test(self) -> tf.data.Dataset | None:
+        """Held-out test batches (no augmentation), or `None` without `test_dir`."""
+        return self._evaluation_dataset("test", self.test_files)
+
+
+ImageFolder.__doc__ = document(ImageFolder.__doc__, (DataConfig, DATA_OPTIONS))
+
+
+def _read_batches(dataset) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """`(uint8 images, int labels, first batch size, classes)` of `ImageFolder.from_dataset`'s
+    dataset; what cannot be read so is refused, saying what is expected."""
+    if not isinstance(dataset.element_spec, tuple) or len(dataset.element_spec) != 2:
+        raise KerasFTError(
+            "A dataset for keras_ft yields (images, labels) batches; this one yields "
+            f"{dataset.element_spec}."
+        )
+    images_spec, labels_spec = dataset.element_spec
+    if images_spec.shape.rank != 4 or images_spec.shape[-1] != 3:
+        raise KerasFTError(
+            "A dataset for keras_ft yields batches of RGB images, shape (batch, height, width, "
+            f"3); this one yields images of shape {images_spec.shape}. Batch it "
+            "(dataset.batch(32)) and read RGB images (color_mode='rgb')."
+        )
+    one_hot = labels_spec.shape.rank == 2 and labels_spec.shape[-1] != 1
+    if not one_hot and not (labels_spec.shape.rank == 1 and labels_spec.dtype.is_integer):
+        raise KerasFTError(
+            "A dataset for keras_ft yields int labels (label_mode='int') or one-hot ones "
+            f"(label_mode='categorical'); this one yields {labels_spec.dtype.name} labels of "
+            f"shape {labels_spec.shape}. Pass label_mode='int' or 'categorical'."
+        )
+    images, labels, low, high = [], [], np.inf, -np.inf
+    for batch, batch_labels in dataset:  # uint8 batch by batch: a quarter of float32's memory
+        batch = batch.numpy()
+        low, high = min(low, batch.min()), max(high, batch.max())
+        images.append(np.round(np.clip(batch, 0, 255)).astype(np.uint8))
+        labels.append(batch_labels.numpy())
+    if not images:
+        raise KerasFTError("The dataset holds no images.")
+    if low < 0 or not 1 < high <= 255:
+        raise KerasFTError(
+            f"The dataset's pixel values go from {low:g} to {high:g}; keras_ft expects pixel "
+            "values from 0 to 255 (as image_dataset_from_directory gives them) and scales "
+            "them for the backbone itself. Pass the images before any Rescaling."
+        )
+    labels = np.concatenate(labels)
+    if one_hot and not (np.isin(labels, (0, 1)).all() and (labels.sum(axis=1) == 1).all()):
+        raise KerasFTError(
+            "Labels of shape (batch, K) must be one-hot, a single 1 per image "
+            "(label_mode='categorical'); these hold other values. Pass int labels."
+        )
+    labels = labels.argmax(axis=1) if one_hot else labels
+    if labels.min() < 0:
+        raise KerasFTError(f"Labels are class indices from 0; received {labels.min()}.")
+    num_classes = labels_spec.shape[-1] if one_hot else int(labels.max()) + 1
+    return np.concatenate(images), labels, len(images[0]), num_classes
+
+
+def decoded_dataset(files: list[ImageFile], image_size: tuple[int, int]) -> tf.data.Dataset:
+    """(uint8 image, int32 label) pairs of `files`, decoded and resized in parallel, in order."""
+    dataset = tf.data.Dataset.from_tensor_slices(
+        ([f.path for f in files], np.array([f.label for f in files], np.int32))
+    )
+    return dataset.map(
+        lambda path, label: (load_image(path, image_size), label),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    ).with_options(FIXED_PARALLELISM)
+
+
+def evaluation_batches(decoded: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
+    """Float32 batches of decoded images, in order, with no augmentation."""
+    dataset = decoded.map(lambda image, label: (tf.cast(image, tf.float32), label))
+    return dataset.batch(batch_size).prefetch(AUTOTUNE)
+
+
+def folder_dataset(directory, class_names, image_size, batch_size, skip_bad=False):
+    """A held-out folder as (images, labels) batches plus its scan, in `class_names` order."""
+    report = scan_folder(directory, class_names=tuple(class_names))
+    _refuse_bad_files(report, skip_bad)
+    if not report.files:
+        raise KerasFTError(f"Directory '{directory}' holds no usable images.")
+    return evaluation_batches(decoded_dataset(list(report.files), image_size), batch_size), report
