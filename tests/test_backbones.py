@@ -291,7 +291,7 @@ def test_load_without_the_registering_module_names_the_backbone(
 
 
 def test_an_installed_plugin_is_listed_and_in_every_loop_from_a_fresh_process():
-    """The suite's own plugin package, tests/plugins (a `keras_ft.models.backbones` entry point, and
+    """The suite's own plugin package, tests/plugins (a `keras_ft.backbones` entry point, and
     nothing registered by hand), is installed in every process the suite starts: its backbone
     `testnet` trains, resumes and reproduces in fresh processes in test_resume,
     test_reproducibility and test_distribute. Here: `keras-ft backbones` lists it, and a first

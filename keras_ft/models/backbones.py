@@ -7,7 +7,7 @@ partial fine-tune starts from. The registry holds the `keras.applications`
 backbones below; `register_backbone` adds one of your own (as timm's
 `register_model` does), which `FineTuner`, `tune` and `reproduce` then use
 by name like the built-in ones. An installed package can declare its
-backbones under the entry-point group `keras_ft.models.backbones`, so that the
+backbones under the entry-point group `keras_ft.backbones`, so that the
 `keras-ft` command (a process of its own) knows them too.
 """
 
@@ -344,7 +344,7 @@ def register_backbone(spec: BackboneSpec, overwrite: bool = False) -> BackboneSp
     return spec
 
 
-PLUGIN_GROUP = "keras_ft.models.backbones"
+PLUGIN_GROUP = "keras_ft.backbones"
 _plugins = {"loaded": False}
 
 

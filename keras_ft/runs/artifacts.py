@@ -337,7 +337,7 @@ def _replace(staging: Path, target: Path) -> None:
 
 def run_record(tuner) -> dict:
     """The JSON run record of a fitted `FineTuner`."""
-    data, distribution = tuner._data, tuner.distribution
+    data, distribution = tuner.data, tuner.distribution
     record = {
         "format_version": FORMAT_VERSION,
         "keras_ft_version": __version__,

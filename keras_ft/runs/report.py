@@ -216,7 +216,7 @@ def _grid_png(tuner, probabilities, labels, order, heatmaps_required: bool) -> b
         return None
     names = tuner.class_names
     predicted = probabilities.argmax(axis=1)
-    paths = [tuner._data.test_files[i].path for i in order]
+    paths = [tuner.data.test_files[i].path for i in order]
     overlays = _heat_overlays(tuner.model, paths)
     if overlays is None and heatmaps_required:
         return None
@@ -235,7 +235,7 @@ def _grid_png(tuner, probabilities, labels, order, heatmaps_required: bool) -> b
 def _test_grids(tuner) -> dict[str, bytes | None]:
     """`mistakes` (most confidently wrong first) and `correct` (a sample seeded by the run's
     seed) as PNG grids with Grad-CAM heatmaps; empty when there is no test set."""
-    data = tuner._data
+    data = tuner.data
     if data is None or data.test is None or not data.test_files:
         return {}
     probabilities, labels = predict_dataset(tuner.model, data.test)
@@ -271,7 +271,7 @@ def _image(png: bytes, alt: str) -> str:
 
 
 def _summary_rows(tuner) -> list[tuple[str, object]]:
-    model, training, data = tuner.model_config, tuner.training_config, tuner._data
+    model, training, data = tuner.model_config, tuner.training_config, tuner.data
     weights = model.weights or "none (random initialisation)"
     if getattr(tuner, "_backbone_model", None) is not None:
         weights = "your own backbone's"

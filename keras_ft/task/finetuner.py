@@ -152,7 +152,7 @@ class FineTuner:
         self.record: dict = {}
         self.advice: list[str] = []
         self.file_hashes: dict | None = None
-        self._data = None
+        self.data: ImageFolder | None = None  # what `fit` trained on, where it names files
         self._built_backbone = None  # (image_size, backbone), made once by build_backbone
         self.tensorboard_dir: str | None = None
         self.backbone_weights_sha256: str | None = None  # set by build
@@ -340,7 +340,7 @@ class FineTuner:
         if self.model is None:
             self.build(data.image_size, data.num_classes)
         self.data_config, self.class_names = data.config, data.class_names
-        self._data = data if data.has_files else None  # `save` records the files it names
+        self.data = data if data.has_files else None  # `save` records the files it names
         started, clock = _now(), time.perf_counter()
         self.file_hashes = {
             "train": file_hashes(data.report.files),

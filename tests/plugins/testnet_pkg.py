@@ -1,7 +1,7 @@
 """A test-only backbone plugin, `testnet`: the cheapest real `keras-ft train`.
 
 conftest puts this folder on `sys.path` and `PYTHONPATH`, so every keras_ft
-process of the suite finds the `keras_ft.models.backbones` entry point declared in
+process of the suite finds the `keras_ft.backbones` entry point declared in
 `testnet_pkg-0.1.dist-info`, as it would a user's installed plugin. Tests of
 whole processes (two processes, kill -9, two workers) train it: the path they
 exercise is the same as with a registry backbone, in a third of the time.
