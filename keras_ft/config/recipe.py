@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from keras_ft.config import TrainingConfig, check, defaults_of
+from keras_ft.config.checks import check
+from keras_ft.config.options import defaults_of
+from keras_ft.config.training_config import TrainingConfig
 
 
 @dataclass(frozen=True)
