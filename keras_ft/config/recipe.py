@@ -7,9 +7,8 @@ model, the phase-1 head, and a linear probe on the frozen features (refitted on
 the training and validation images when it is kept). `recipe=None`
 (`--recipe none`) trains with the options exactly as given.
 
-The values below are the one place these settings live. They were chosen on
-the validation and selection folders of the quality benchmark, never on its
-test splits (docs/benchmark-history.md).
+The values below are the one place these settings live. How the values were
+chosen: docs/benchmark-history.md.
 """
 
 from __future__ import annotations
@@ -36,9 +35,6 @@ class AutoRecipe:
     training and validation images (`refit_probe`). Flips and quarter turns
     are not part of it: the data's `flip="auto"` and `quarter_turns="auto"`
     decide them for any recipe (`keras_ft.training.phases.decide_flip`).
-
-    How each value was chosen, on the quality benchmark's validation and
-    selection folders, is in docs/benchmark-history.md.
     """
 
     fallback_to_head: bool = True  # phase 2 kept only if it lowered the validation loss
