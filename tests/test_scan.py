@@ -20,7 +20,8 @@ from PIL import Image
 
 from keras_ft.cli.main import main
 from keras_ft.data import scan as scan_module
-from keras_ft.data.folder import ImageFolder, read_images
+from keras_ft.data.folder import ImageFolder
+from keras_ft.data.pipeline import read_images
 from keras_ft.data.scan import Problem, natural_key, scan_folder
 from keras_ft.utils.errors import KerasFTError
 

@@ -312,7 +312,7 @@ def test_probe_run_is_an_ordinary_run_directory_holding_the_probe(probe_run):
     import json
 
     import keras_ft
-    from keras_ft.data.folder import read_images
+    from keras_ft.data.pipeline import read_images
 
     record = json.loads((probe_run / "run" / "run.json").read_text())
     assert record["model"]["head"] == "linear"

@@ -235,7 +235,7 @@ class _Images:
 
 def _sample_folder(directory, class_names, image_size, count: int, seed: int, what: str):
     """A seeded sample of at most `count` usable images of `directory`, read as training does."""
-    from keras_ft.data.folder import read_images
+    from keras_ft.data.pipeline import read_images
     from keras_ft.data.scan import scan_folder
 
     report = scan_folder(directory, class_names=class_names, quiet=True)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from keras_ft.data.folder import pil_to_rgb
+from keras_ft.data.scan import pil_to_rgb
 from keras_ft.runs.evaluation import predict_dataset
 from keras_ft.utils.plots import PLOTS_HINT, matplotlib_figure, png
 from keras_ft.utils.text import csv_cell, printable
@@ -194,7 +194,7 @@ def labelled_grid(
 
 def _heat_overlays(model, paths) -> list[Image.Image] | None:
     """Each image with the Grad-CAM heatmap of its predicted class; None if there is no map."""
-    from keras_ft.data.folder import read_images
+    from keras_ft.data.pipeline import read_images
     from keras_ft.utils.errors import KerasFTError
     from keras_ft.models.gradcam import GradCAM
 
