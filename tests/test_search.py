@@ -12,7 +12,7 @@ from test_cli import assert_clean_failure, run_here
 
 import keras_ft
 from keras_ft.cli.main import main
-from keras_ft.tools.search import SETTINGS
+from keras_ft.tools.search_space import SETTINGS
 
 pytest.importorskip("keras_tuner")
 

@@ -16,21 +16,18 @@ scores differ only by the settings, and the same seed on the same hardware
 gives the same trials and scores.
 
 The search space (what is searched, and its KerasTuner form) is
-`keras_ft.tools.search_space`; this module runs the trials and writes the output.
+`keras_ft.tools.search_space`; the trials, and trials.csv and trials.json, are
+`keras_ft.tools.trials`. This module checks the arguments, then runs the search
+and writes search.json and best/.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import gc
 import inspect
 import json
 import os
 import shutil
-import tempfile
-import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,19 +46,15 @@ from keras_ft.runs.output import check_output
 from keras_ft.task.finetuner import FineTuner
 from keras_ft.tools.search_space import (
     OBJECTIVE,
-    SEARCHES,
     SETTINGS,
     Dimension,
     check_search,
-    hyperparameters,
     import_keras_tuner,
     initial_points,
-    oracle,
-    unfreeze_value,
 )
+from keras_ft.tools.trials import TrialRunner, data_options, run_search
 from keras_ft.utils.errors import KerasFTError
 
-COLUMNS = ("trial", "status", *SETTINGS, OBJECTIVE, "val_loss", "seconds", "best", "error")
 # FineTuner and fit arguments that tune sets itself (searched, or decided per trial).
 _OWN_ARGUMENTS = (
     *SETTINGS,
@@ -140,22 +133,11 @@ def _check_layer_names(space: dict[str, Dimension], spec, image_size) -> None:
         )
 
 
-def _data_options(data: ImageFolder, strength: float) -> dict:
-    """`ImageFolder` arguments of `data` with rotation, zoom and contrast scaled by `strength`."""
-    accepted = set(inspect.signature(ImageFolder).parameters)
-    options = {k: v for k, v in dataclasses.asdict(data.config).items() if k in accepted}
-    if data.config.augment:
-        for name in ("rotation", "zoom", "contrast"):
-            options[name] = getattr(data.config, name) * strength
-        options["augment"] = data.config.flip is not False or strength > 0  # True or "auto"
-    return options
-
-
 def _check_strength(data: ImageFolder, dimension: Dimension) -> None:
     """Refuse a strength that scales rotation, zoom or contrast past what augmentation allows."""
     from keras_ft.config import DataConfig
 
-    options = _data_options(data, max(dimension.values))
+    options = data_options(data, max(dimension.values))
     try:
         DataConfig(**{k: v for k, v in options.items() if k in DataConfig.__dataclass_fields__})
     except KerasFTError as error:
@@ -180,52 +162,6 @@ def _prepare_output(output, overwrite: bool, data: ImageFolder) -> Path:
     return path
 
 
-def _write_table(output: Path, rows: list[dict]) -> None:
-    """Write trials.csv and trials.json, each atomically."""
-    partial = output / ".trials.json.partial"
-    partial.write_text(json.dumps(rows, indent=2) + "\n")
-    os.replace(partial, output / "trials.json")
-    partial = output / ".trials.csv.partial"
-    with open(partial, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: "" if row.get(k) is None else row[k] for k in COLUMNS} for row in rows)
-    os.replace(partial, output / "trials.csv")
-
-
-def _better(row: dict, best: dict | None) -> bool:
-    """Highest val_accuracy first, then lowest val_loss; ties keep the earlier trial."""
-    if best is None:
-        return True
-    return (row[OBJECTIVE], -row["val_loss"]) > (best[OBJECTIVE], -best["val_loss"])
-
-
-def _make_kt_tuner(keras_tuner, kt_oracle, directory: str, runner):
-    """A KerasTuner `Tuner` whose trial is a whole keras_ft fit (see `tune`).
-
-    Named `kt_tuner` wherever it is held: in keras_ft, `tuner` is a `FineTuner`.
-    """
-
-    class Refused(keras_tuner.errors.FatalError):
-        """Bad input found in a trial: stops the search (KerasTuner would go on)."""
-
-    class FineTuneSearch(keras_tuner.Tuner):
-        def run_trial(self, trial, *args, **kwargs):
-            try:
-                return runner.run(trial)
-            except KerasFTError as error:
-                raise Refused(error) from error
-
-        def on_trial_end(self, trial):
-            super().on_trial_end(trial)
-            runner.record(self.oracle.get_trial(trial.trial_id))
-
-    kt_tuner = FineTuneSearch(
-        oracle=kt_oracle, directory=directory, project_name="search", overwrite=True
-    )
-    return kt_tuner, Refused
-
-
 def tune(
     data,
     output,
@@ -246,55 +182,44 @@ def tune(
 ) -> SearchResult:
     """Search fine-tuning settings with KerasTuner; save the best model as a run directory.
 
-    Each trial is a whole two-phase `FineTuner.fit` with the trial's settings
-    and the same `seed`, scored by accuracy on the validation split. Every
-    searched argument takes a range (or choices) to search, or one value to
-    keep fixed.
+    Each trial is a whole two-phase `FineTuner.fit` with the trial's settings and the same `seed`,
+    scored by accuracy on the validation split. Every searched argument takes a range (or
+    choices) to search, or one value to keep fixed.
 
     Args:
-        data: an `ImageFolder` with `validation_split > 0`, or a folder path
-            (read with the backbone's input size, `validation_split=0.2` and
-            `seed`).
-        output: directory to write: `trials.csv`, `trials.json`, `search.json`
-            and `best/`, the best trial's run directory (`keras_ft.load` and
-            `keras-ft predict` read it). KerasTuner's own files go to a
-            temporary folder, removed at the end.
-        trials: how many settings to try (a grid search stops early when its
-            grid is exhausted).
-        search: `"random"`, `"bayesian"` (Gaussian-process Bayesian
-            optimisation; the first third of the trials, at least 3, are
-            random) or `"grid"` (ordered combinations, the last setting
-            changing fastest).
+        data: an `ImageFolder` with `validation_split > 0`, or a folder path (read with the
+            backbone's input size, `validation_split=0.2` and `seed`).
+        output: directory to write: `trials.csv`, `trials.json`, `search.json` and `best/`, the
+            best trial's run directory (`keras_ft.load` and `keras-ft predict` read it).
+            KerasTuner's own files go to a temporary folder, removed at the end.
+        trials: how many settings to try (a grid search stops early when its grid is exhausted).
+        search: `"random"`, `"bayesian"` (Gaussian-process Bayesian optimisation; the first third
+            of the trials, at least 3, are random) or `"grid"` (ordered combinations, the last
+            setting changing fastest).
         seed: seeds KerasTuner's proposals and every trial's training.
-        head_lr: phase 1 learning rate: a `(low, high)` range, searched on a
-            log scale, or one value.
+        head_lr: phase 1 learning rate: a `(low, high)` range searched on a log scale, or one value.
         finetune_lr: phase 2 learning rate: a range (log scale) or one value.
-        unfreeze: choices of where phase 2 unfreezes from (`"all"`, a backbone
-            layer name, or a number of top layers), or one of them. `None`:
-            the backbone's suggested layer (`keras-ft backbones`) and `"all"`.
+        unfreeze: choices of where phase 2 unfreezes from (`"all"`, a backbone layer name, or a
+            number of top layers), or one of them. `None`: the backbone's suggested layer
+            (`keras-ft backbones`) and `"all"`.
         dropout: dropout before the classifier: a range in [0, 1) or one value.
-        dense_units: choices of the head's hidden layer width (0: no hidden
-            layer), or one width.
-        augment_strength: a factor on the data's rotation, zoom and contrast
-            (0: flips only): a range or one value. `None`: `(0.0, 2.0)`, or 0
-            when the data is not augmented.
-        grid_points: values per range in a grid search (log-spaced for
-            learning rates).
+        dense_units: choices of the head's hidden layer width (0: no hidden layer), or one width.
+        augment_strength: a factor on the data's rotation, zoom and contrast (0: flips only): a
+            range or one value. `None`: `(0.0, 2.0)`, or 0 when the data is not augmented.
+        grid_points: values per range in a grid search (log-spaced for learning rates).
         backbone: a registry name (`keras-ft backbones`, or one added with
             `keras_ft.register_backbone`); each trial builds it afresh.
         overwrite: replace an existing `output`.
-        verbose: 0 for silence; otherwise KerasTuner's trial summaries and
-            Keras progress.
-        **options: the same for every trial: any other `FineTuner` argument
-            (`weights`, `pooling`, `deterministic`: the same seed then gives
-            the same trials and scores, ...) and any `FineTuner.fit` argument
-            (`head_epochs`, `finetune_epochs`, `momentum`, `callbacks`, ...).
-            Each trial's `FineTuner` is `FineTuner.from_configs` of these
+        verbose: 0 for silence; otherwise KerasTuner's trial summaries and Keras progress.
+        **options: the same for every trial: any other `FineTuner` argument (`weights`,
+            `pooling`, `deterministic`: the same seed then gives the same trials and scores, ...)
+            and any `FineTuner.fit` argument (`head_epochs`, `finetune_epochs`, `momentum`,
+            `callbacks`, ...). Each trial's `FineTuner` is `FineTuner.from_configs` of these
             configs with the trial's settings replaced.
 
     Returns:
-        A `SearchResult`: the trial rows, the best row, the best run directory
-        and the best fitted `FineTuner`.
+        A `SearchResult`: the trial rows, the best row, the best run directory and the best
+        fitted `FineTuner`.
 
     Example:
 
@@ -303,6 +228,43 @@ def tune(
     ...                        backbone="mobilenetv3small", head_lr=(1e-4, 1e-2))
     >>> result.best_trial["val_accuracy"], result.best_run_dir
     """
+    how = (search, trials, seed, grid_points)
+    searched = (head_lr, finetune_lr, unfreeze, dropout, dense_units, augment_strength)
+    checked = _check_arguments(backbone, how, searched, options)
+    check_output(output, (), overwrite)
+    data = _search_data(data, checked.spec, seed, verbose)
+    _fit_space(checked.space, checked.spec, data, augment_strength)
+    model = _model_config(data, checked, seed)
+    output = _prepare_output(output, overwrite, data)
+    runner = TrialRunner(data, model, checked.training, checked.fit_arguments, verbose, output)
+    run_search(checked.keras_tuner, runner, checked.space, how, verbose, output)
+    result = SearchResult(*runner.finish(), runner.best.tuner, str(output))
+    _write_summary(output, result, how, checked, runner)
+    return result
+
+
+@dataclass
+class _Checked:
+    """`tune`'s arguments, checked before any image is read, and KerasTuner, imported."""
+
+    spec: BackboneSpec
+    space: dict[str, Dimension]
+    model_options: dict
+    training: TrainingConfig
+    fit_arguments: dict
+    keras_tuner: object
+
+
+def _check_arguments(backbone, how: tuple, searched: tuple, options: dict) -> _Checked:
+    """Check `tune`'s arguments (none reads an image), then import KerasTuner.
+
+    Args:
+        how: `(search, trials, seed, grid_points)`, as given to `tune`.
+        searched: `(head_lr, finetune_lr, unfreeze, dropout, dense_units, augment_strength)`,
+            as given to `tune`.
+    """
+    search, trials, seed, grid_points = how
+    head_lr, finetune_lr, unfreeze, dropout, dense_units, augment_strength = searched
     spec = _registered(backbone)
     space = check_search(
         trials,
@@ -319,40 +281,7 @@ def tune(
     model_options, training_options, fit_arguments = _split_options(options)
     training = TrainingConfig(**training_options)  # checked before any image is read
     keras_tuner = import_keras_tuner()
-    check_output(output, (), overwrite)
-    data = _search_data(data, spec, seed, verbose)
-    _fit_augmentation(space, data, augment_strength)
-    _check_layer_names(space, spec, data.image_size)
-    model = ModelConfig(
-        **{"num_classes": data.num_classes, "image_size": data.image_size, **model_options},
-        backbone=spec.name,
-        seed=seed,
-    )
-    output = _prepare_output(output, overwrite, data)
-    runner = TrialRunner(data, model, training, fit_arguments, verbose, output)
-    _search(keras_tuner, runner, space, (search, trials, seed, grid_points), verbose, output)
-    rows, best_row, best_dir = runner.finish()
-    best = runner.best.tuner
-    summary = {
-        "objective": OBJECTIVE,
-        "search": search,
-        "trials_requested": trials,
-        "trials_run": len(rows),
-        "seed": seed,
-        "grid_points": grid_points if search == "grid" else None,
-        "initial_random_trials": initial_points(trials) if search == "bayesian" else None,
-        "space": {name: space[name].describe() for name in SETTINGS},
-        "fixed": _fixed_settings(model, training, fit_arguments),
-        "data": dataclasses.asdict(data.config),
-        "best": {
-            **best_row,
-            "run_dir": "best",
-            "test_accuracy": best.metrics["accuracy"] if best.metrics else None,
-        },
-        "keras_tuner_version": keras_tuner.__version__,
-    }
-    (output / "search.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    return SearchResult(rows, best_row, best_dir, best, str(output))
+    return _Checked(spec, space, model_options, training, fit_arguments, keras_tuner)
 
 
 def _registered(backbone) -> BackboneSpec:
@@ -389,6 +318,12 @@ def _search_data(data, spec: BackboneSpec, seed: int, verbose) -> ImageFolder:
     return data
 
 
+def _fit_space(space: dict[str, Dimension], spec: BackboneSpec, data: ImageFolder, strength):
+    """Fit the search space to the data: its augmentation, and the backbone's layer names."""
+    _fit_augmentation(space, data, strength)
+    _check_layer_names(space, spec, data.image_size)
+
+
 def _fit_augmentation(space: dict[str, Dimension], data: ImageFolder, augment_strength) -> None:
     """Fix `augment_strength` at 0 for data without augmentation; else check its range."""
     if not data.config.augment:
@@ -402,6 +337,48 @@ def _fit_augmentation(space: dict[str, Dimension], data: ImageFolder, augment_st
         _check_strength(data, space["augment_strength"])
 
 
+def _model_config(data: ImageFolder, checked: _Checked, seed: int) -> ModelConfig:
+    """The `ModelConfig` every trial starts from: the data's classes and size, the options."""
+    return ModelConfig(
+        **{"num_classes": data.num_classes, "image_size": data.image_size, **checked.model_options},
+        backbone=checked.spec.name,
+        seed=seed,
+    )
+
+
+def _write_summary(
+    output: Path, result: SearchResult, how: tuple, checked: _Checked, runner: TrialRunner
+) -> None:
+    """Write search.json: the search, its space, the fixed settings, the data and the best trial.
+
+    Args:
+        result: the search's `SearchResult`.
+        how: `(search, trials, seed, grid_points)`, as given to `tune`.
+        runner: the `TrialRunner` that ran the trials.
+    """
+    search, trials, seed, grid_points = how
+    best = result.best
+    summary = {
+        "objective": OBJECTIVE,
+        "search": search,
+        "trials_requested": trials,
+        "trials_run": len(result.trials),
+        "seed": seed,
+        "grid_points": grid_points if search == "grid" else None,
+        "initial_random_trials": initial_points(trials) if search == "bayesian" else None,
+        "space": {name: checked.space[name].describe() for name in SETTINGS},
+        "fixed": _fixed_settings(runner.model, checked.training, checked.fit_arguments),
+        "data": dataclasses.asdict(runner.data.config),
+        "best": {
+            **result.best_trial,
+            "run_dir": "best",
+            "test_accuracy": best.metrics["accuracy"] if best.metrics else None,
+        },
+        "keras_tuner_version": checked.keras_tuner.__version__,
+    }
+    (output / "search.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+
+
 def _fixed_settings(model: ModelConfig, training: TrainingConfig, fit_arguments: dict) -> dict:
     """What every trial shares, for `search.json`: the configs' fields that are not searched."""
     return {
@@ -411,146 +388,4 @@ def _fixed_settings(model: ModelConfig, training: TrainingConfig, fit_arguments:
     }
 
 
-@dataclass
-class Kept:
-    """The best trial so far: its row, its fitted `FineTuner` and the data it trained on."""
-
-    row: dict
-    tuner: FineTuner
-    data: ImageFolder
-
-
-class TrialRunner:
-    """Runs each trial KerasTuner proposes, and keeps the trial table and the best model.
-
-    Args:
-        data: the search's `ImageFolder`.
-        model: the `ModelConfig` every trial starts from.
-        training: the `TrainingConfig` every trial starts from.
-        fit_arguments: the other `FineTuner.fit` arguments (`callbacks`, ...).
-        verbose: Keras verbosity of each trial's fit.
-        output: the search folder, where `trials.csv` and `trials.json` are kept up to date.
-    """
-
-    def __init__(self, data, model, training, fit_arguments, verbose, output: Path):
-        self.data, self.model, self.training = data, model, training
-        self.fit_arguments, self.verbose, self.output = fit_arguments, verbose, output
-        self.rows: list[dict] = []  # one per finished trial, in order
-        self.best: Kept | None = None
-        self._pending: dict[str, dict] = {}  # scored rows, until KerasTuner ends their trial
-
-    def run(self, trial) -> dict:
-        """Fit and score one trial; return its metrics for KerasTuner."""
-        settings = {name: trial.hyperparameters.values[name] for name in SETTINGS}
-        settings["unfreeze"] = unfreeze_value(settings["unfreeze"])
-        started = time.perf_counter()
-        trial_data = self._trial_data(float(settings["augment_strength"]))
-        candidate = self._fine_tuner(settings)
-        candidate.fit(  # a trial trains as drawn, unless the caller asked for a recipe
-            trial_data,
-            verbose=self.verbose,
-            evaluate=False,
-            **{"recipe": None, **self.fit_arguments},
-        )
-        scores = candidate.evaluate(trial_data.validation)
-        row = {
-            "trial": int(trial.trial_id) + 1,
-            **settings,
-            OBJECTIVE: scores["accuracy"],
-            "val_loss": scores["loss"],
-            "seconds": round(time.perf_counter() - started, 2),
-        }
-        self._pending[trial.trial_id] = row
-        if _better(row, self.best.row if self.best else None):
-            self.best = Kept(row, candidate, trial_data)
-        else:
-            del candidate, trial_data
-            gc.collect()
-        return {OBJECTIVE: row[OBJECTIVE], "val_loss": row["val_loss"]}
-
-    def record(self, trial) -> None:
-        """Add an ended trial (scored, or failed before scoring) to the table on disk."""
-        row = self._pending.pop(trial.trial_id, None)
-        if row is None:  # failed before scoring: KerasTuner keeps the traceback
-            values = trial.hyperparameters.values
-            row = {"trial": int(trial.trial_id) + 1, **{n: values.get(n) for n in SETTINGS}}
-            row["unfreeze"] = unfreeze_value(row["unfreeze"])
-            lines = (trial.message or "").strip().splitlines()
-            row["error"] = lines[-1] if lines else "failed"
-        self.rows.append({"status": str(trial.status), "best": False, **row})
-        _write_table(self.output, [{k: r.get(k) for k in COLUMNS} for r in self.rows])
-
-    def finish(self) -> tuple[list[dict], dict, str]:
-        """Mark the best trial, write the final table, evaluate and save the best model.
-
-        Returns:
-            `(rows, best row, best run directory)`.
-        """
-        if self.best is None:
-            raise RuntimeError(
-                f"Every trial of the search failed; see {self.output / 'trials.csv'} for the "
-                "errors."
-            )
-        for row in self.rows:
-            row["best"] = row["trial"] == self.best.row["trial"]
-        rows = [{k: r.get(k) for k in COLUMNS} for r in self.rows]
-        _write_table(self.output, rows)
-        best = self.best.tuner
-        if self.best.data.test is not None:
-            best.metrics = best.evaluate(self.best.data)
-        best_dir = best.save(self.output / "best")
-        return rows, next(row for row in rows if row["best"]), best_dir
-
-    def _trial_data(self, strength: float) -> ImageFolder:
-        """The search's data, re-read with augmentation scaled by `strength` unless that is 1."""
-        data = self.data
-        options = _data_options(data, strength)
-        same = options == _data_options(data, 1.0) or not data.config.augment
-        return data if same else ImageFolder(**options, quiet=True)
-
-    def _fine_tuner(self, settings: dict) -> FineTuner:
-        """The trial's `FineTuner`: the shared configs with the trial's settings replaced."""
-        width = int(settings["dense_units"])
-        return FineTuner.from_configs(
-            dataclasses.replace(
-                self.model,
-                dropout=float(settings["dropout"]),
-                dense_units=(width,) if width else (),
-            ),
-            dataclasses.replace(
-                self.training,
-                head_lr=float(settings["head_lr"]),
-                finetune_lr=float(settings["finetune_lr"]),
-                unfreeze=settings["unfreeze"],
-            ),
-        )
-
-
-def _search(keras_tuner, runner: TrialRunner, space, how: tuple, verbose, output: Path) -> None:
-    """Run KerasTuner's search over `space`, each trial by `runner`, in a scratch folder.
-
-    Args:
-        how: `(search, trials, seed, grid_points)`, as given to `tune`.
-
-    Bad input found in a trial stops the search and removes `output`.
-    """
-    search, trials, seed, grid_points = how
-    scratch = tempfile.mkdtemp(prefix="keras_ft_tune_")
-    try:
-        kt_oracle = oracle(
-            keras_tuner, search, trials, seed, hyperparameters(space, search, grid_points)
-        )
-        kt_tuner, refused = _make_kt_tuner(keras_tuner, kt_oracle, scratch, runner)
-        kt_tuner.oracle.verbose = 0 if verbose == 0 else 1
-        try:
-            with warnings.catch_warnings():  # KerasTuner's own use of deprecated threading names
-                warnings.filterwarnings("ignore", category=DeprecationWarning, module="keras_tuner")
-                kt_tuner.search()
-        except refused as error:  # bad input: the search is void, leave nothing behind
-            shutil.rmtree(output, ignore_errors=True)
-            raise error.args[0] from None
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-
-
-__all__ = ["SEARCHES", "Dimension", "SearchResult", "TrialRunner", "check_search", "tune"]
+__all__ = ["SearchResult", "tune"]

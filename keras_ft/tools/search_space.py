@@ -4,7 +4,7 @@ Each searched setting is a `Dimension` (a fixed value, a numeric range or a
 list of choices); `check_search` checks the arguments and builds them, and
 `hyperparameters` and `oracle` turn them into KerasTuner's `HyperParameters`
 and seeded oracle. Nothing here imports TensorFlow; KerasTuner is imported
-only when the search starts. `keras_ft.tools.search` runs the trials.
+only when the search starts. `keras_ft.tools.trials` runs the trials.
 """
 
 from __future__ import annotations
