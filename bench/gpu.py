@@ -3,7 +3,7 @@
 VGG16, ResNet50 and EfficientNetB0 (weights=None) built by keras_ft with its head,
 at 224 px, batch 32, through the toolkit's own options: `FineTuner(mixed_precision=...)`
 (float16 or bfloat16 compute, float32 variables and output) and the phase-2 compile
-of `keras_ft.training.phases.compile_for_phase` with `jit_compile` (XLA) on or off, op
+of `keras_ft.training.optimizers.compile_for_phase` with `jit_compile` (XLA) on or off, op
 determinism off (XLA refuses it). One process per (backbone, setting).
 
 * training: every layer trainable, SGD with momentum, `train_on_batch` on batches
@@ -70,7 +70,7 @@ def _throughput(config: dict) -> dict:
     from keras_ft import FineTuner, ImageFolder
     from keras_ft.config import TrainingConfig
     from keras_ft.models.classifier import unfreeze_backbone
-    from keras_ft.training.phases import compile_for_phase
+    from keras_ft.training.optimizers import compile_for_phase
 
     size, batch, steps = config["image_size"], config["batch_size"], config["steps"]
     mixed_precision, jit_compile = VARIANTS[config["variant"]]

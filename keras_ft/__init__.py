@@ -29,7 +29,7 @@ _EXPORTS = {
     "ScanReport": "keras_ft.data.scan",
     "scan_folder": "keras_ft.data.scan",
     "FineTuner": "keras_ft.task.finetuner",
-    "TrainingHistory": "keras_ft.training.phases",
+    "TrainingHistory": "keras_ft.training.history",
     "LRFinderResult": "keras_ft.training.lr_find",
     "DataConfig": "keras_ft.config",
     "ModelConfig": "keras_ft.config",

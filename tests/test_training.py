@@ -12,7 +12,9 @@ import keras_ft
 from keras_ft.config import TrainingConfig
 from keras_ft.models.classifier import backbone_of, split_at_features
 from keras_ft.models.probe import linear_probe
-from keras_ft.training.phases import advice, fit_two_phase, frozen_features
+from keras_ft.training.features import frozen_features
+from keras_ft.training.history import advice
+from keras_ft.training.phases import fit_two_phase
 
 
 class EpochRecorder(keras.callbacks.Callback):
@@ -112,7 +114,7 @@ def imbalanced(tmp_path):
 
 def test_imbalance_warns_and_balanced_weights_follow_sklearn(imbalanced):
     from keras_ft.config import TrainingConfig
-    from keras_ft.training.phases import class_weights
+    from keras_ft.training.optimizers import class_weights
 
     with pytest.warns(UserWarning, match="'common' has 32 images, 'rare' 8.*class_weight"):
         data = keras_ft.ImageFolder(imbalanced, image_size=32, batch_size=8, validation_split=0)
@@ -146,7 +148,7 @@ def test_class_weight_changes_what_the_model_favours(imbalanced):
 
 
 def test_label_smoothing_loss_matches_its_formula():
-    from keras_ft.training.phases import SparseSmoothedCrossentropy
+    from keras_ft.training.optimizers import SparseSmoothedCrossentropy
 
     probabilities = np.array([[0.7, 0.2, 0.1]], "float32")
     loss = float(SparseSmoothedCrossentropy(0.3)(np.array([0]), probabilities))
@@ -163,7 +165,7 @@ def test_label_smoothing_is_used_by_training(split_folders):
 
 
 def test_warmup_then_cosine_schedule():
-    from keras_ft.training.phases import finetune_learning_rate
+    from keras_ft.training.optimizers import finetune_learning_rate
 
     config = TrainingConfig(
         finetune_epochs=4, finetune_lr=0.1, finetune_schedule="cosine", warmup_epochs=1
@@ -249,7 +251,7 @@ def test_augmentation_keeps_the_full_phase_1_and_says_so(split_folders, capsys):
 
 def test_cached_phase_1_starts_the_feature_norm_at_the_features_statistics(split_folders):
     from keras_ft.models.classifier import split_at_features
-    from keras_ft.training.phases import _features
+    from keras_ft.training.features import extract_features
 
     train, _ = split_folders
     data = keras_ft.ImageFolder(
@@ -265,7 +267,7 @@ def test_cached_phase_1_starts_the_feature_norm_at_the_features_statistics(split
             seen["variance"] = np.asarray(norm.moving_variance)
 
     tuner.build(data.image_size, data.num_classes)
-    features, _ = _features(split_at_features(tuner.model)[0], data.unaugmented_train())
+    features, _ = extract_features(split_at_features(tuner.model)[0], data.unaugmented_train())
     tuner.fit(data, head_epochs=1, finetune_epochs=0, callbacks=[AtStart()], verbose=0)
     assert not np.allclose(features.var(axis=0), 1.0, atol=0.1)  # unlike the initial 0 and 1
     np.testing.assert_allclose(seen["mean"], features.mean(axis=0), rtol=1e-5, atol=1e-6)
@@ -532,7 +534,8 @@ def pooled(features) -> keras.Model:
 
 def test_decide_flip_flips_only_when_mirror_images_score_as_well(tmp_path):
     from keras_ft.models.probe import ProbeResult, linear_probe
-    from keras_ft.training.phases import decide_flip, frozen_features
+    from keras_ft.training.features import frozen_features
+    from keras_ft.training.symmetry import decide_flip
 
     def decide(extractor, data):
         probe = linear_probe(*frozen_features(extractor, data), num_classes=2)
@@ -577,7 +580,8 @@ def test_a_mirror_invariant_backbone_does_not_decide_flips_alone(tmp_path):
     from PIL import Image
 
     from keras_ft.models.probe import linear_probe
-    from keras_ft.training.phases import decide_flip, frozen_features
+    from keras_ft.training.features import frozen_features
+    from keras_ft.training.symmetry import decide_flip
 
     rng = np.random.default_rng(0)
     for c, name in enumerate(("thin", "thick")):  # a bar at the left edge, 4 or 8 px wide
@@ -605,7 +609,8 @@ def test_a_mirror_invariant_backbone_does_not_decide_flips_alone(tmp_path):
 
 def test_decide_quarter_turns_turns_only_when_turned_images_score_as_well(tmp_path):
     from keras_ft.models.probe import linear_probe
-    from keras_ft.training.phases import decide_quarter_turns, frozen_features
+    from keras_ft.training.features import frozen_features
+    from keras_ft.training.symmetry import decide_quarter_turns
 
     def decide(extractor, data):
         probe = linear_probe(*frozen_features(extractor, data), num_classes=2)
@@ -680,7 +685,7 @@ def test_flip_auto_is_the_default_and_decides_before_phase_1(split_folders, caps
 @pytest.mark.parametrize("weight_decay", [None, 0.05])
 def test_layerwise_sgd_is_plain_sgd_at_each_variables_scaled_rate(weight_decay):
     """Weight decay included: decoupled, it follows each variable's own rate."""
-    from keras_ft.training.phases import LayerwiseSGD
+    from keras_ft.training.optimizers import LayerwiseSGD
 
     def model():
         init = keras.initializers.GlorotUniform(seed=1)
@@ -722,7 +727,7 @@ def test_layerwise_sgd_keeps_a_variable_bitwise_until_its_start_step():
     """Before its start a variable takes no step and no weight decay; from it on, it
     trains as a plain SGD started then. The other variables train as plain SGD with
     the same weight decay, which `LayerwiseSGD` applies itself."""
-    from keras_ft.training.phases import LayerwiseSGD
+    from keras_ft.training.optimizers import LayerwiseSGD
 
     init = keras.initializers.GlorotUniform(seed=3)
     low, top = (keras.layers.Dense(3, kernel_initializer=init) for _ in range(2))
@@ -753,7 +758,7 @@ def test_layerwise_sgd_keeps_a_variable_bitwise_until_its_start_step():
 
 def test_gradual_unfreeze_adds_one_group_per_epoch_from_the_top(split_folders, capsys):
     from keras_ft.models.classifier import backbone_of, unfreeze_backbone
-    from keras_ft.training.phases import unfreeze_groups
+    from keras_ft.training.optimizers import unfreeze_groups
 
     train, _ = split_folders
 
@@ -795,7 +800,7 @@ def test_gradual_unfreeze_adds_one_group_per_epoch_from_the_top(split_folders, c
 
 
 def test_discriminative_lr_spaces_rates_by_depth_and_replays_bitwise(split_folders):
-    from keras_ft.training.phases import LayerwiseSGD, layer_multipliers
+    from keras_ft.training.optimizers import LayerwiseSGD, layer_multipliers
 
     train, _ = split_folders
     runs = []
@@ -815,7 +820,7 @@ def test_discriminative_lr_spaces_rates_by_depth_and_replays_bitwise(split_folde
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.5])
 def test_weight_decay_shrinks_phase_2_weights_by_decay_times_rate(weight_decay):
-    from keras_ft.training.phases import compile_for_phase
+    from keras_ft.training.optimizers import compile_for_phase
 
     def model():
         init = keras.initializers.GlorotUniform(seed=2)
@@ -932,7 +937,7 @@ def test_retracing_warnings_are_dropped_where_keras_ft_triggers_them_only():
 
     from tensorflow.python.eager.polymorphic_function import polymorphic_function
 
-    from keras_ft.training.phases import _features
+    from keras_ft.training.features import extract_features
 
     records = []
     handler = logging.Handler()
@@ -954,7 +959,7 @@ def test_retracing_warnings_are_dropped_where_keras_ft_triggers_them_only():
 
     try:
         for model in models():  # keras_ft's code: silent
-            _features(model, images.batch(3))
+            extract_features(model, images.batch(3))
         assert not retracing()
         for model in models():  # the user's own code: TensorFlow's warning as usual
             model.predict_on_batch(np.zeros((3, 8, 8, 3)))
@@ -962,7 +967,7 @@ def test_retracing_warnings_are_dropped_where_keras_ft_triggers_them_only():
         assert retracing()
         logger.setLevel(logging.INFO)  # asked for: kept
         for model in models():
-            _features(model, images.batch(3))
+            extract_features(model, images.batch(3))
         assert retracing()
     finally:
         logger.removeHandler(handler)

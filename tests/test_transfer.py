@@ -234,7 +234,7 @@ def test_fit_records_the_probe_of_the_frozen_features(probed_tuner):
     # The same probe, fitted here on features of the untrained-backbone classifier.
     import keras_ft
     from keras_ft.models.classifier import split_at_features
-    from keras_ft.training.phases import frozen_features
+    from keras_ft.training.features import frozen_features
     from tests.conftest import tiny_backbone
 
     fresh = keras_ft.FineTuner(tiny_backbone(32), preprocessing="tf", seed=1)
@@ -255,7 +255,7 @@ def test_fit_records_the_probe_of_the_frozen_features(probed_tuner):
 
 def test_fine_tuning_below_the_probe_warns_what_to_try():
     from keras_ft.task.finetuner import compare_with_probe
-    from keras_ft.training.phases import TrainingHistory
+    from keras_ft.training.history import TrainingHistory
 
     probe = {"validation_accuracy": 0.8, "train_accuracy": 1.0, "c": 1.0}
     history = TrainingHistory([{"val_accuracy": 0.9}, {"val_accuracy": 0.5}])

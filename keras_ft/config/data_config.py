@@ -55,7 +55,7 @@ class DataConfig:
         help='random horizontal flips: `"auto"` (the default) decides from the data: before '
         "phase 1, `FineTuner.fit` flips in both phases only if the linear probe on the frozen "
         "features keeps most of its accuracy on mirrored training images (see "
-        "`keras_ft.training.phases.decide_flip`), so digits and text are not mirrored; `True` "
+        "`keras_ft.training.symmetry.decide_flip`), so digits and text are not mirrored; `True` "
         "(photos) or `False` (no flips).",
         valid=lambda value: value in (True, False, "auto"),
         expected="True, False or 'auto' (decide from mirrored training images)",
@@ -76,7 +76,7 @@ class DataConfig:
         "classes that keep under any turn (textures, micrographs, aerial and microscope "
         'images): `"auto"` (the default) decides from the data as `flip="auto"` does, from '
         "the linear probe on training images turned a quarter (see "
-        "`keras_ft.training.phases.decide_quarter_turns`), so digits and text are not turned; "
+        "`keras_ft.training.symmetry.decide_quarter_turns`), so digits and text are not turned; "
         "`True` turns always; `False` never.",
         valid=lambda value: value in (True, False, "auto"),
         expected="True, False or 'auto' (decide from quarter-turned training images)",

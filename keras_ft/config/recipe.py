@@ -34,7 +34,7 @@ class AutoRecipe:
     with the lowest validation loss, and a kept probe is refitted on the
     training and validation images (`refit_probe`). Flips and quarter turns
     are not part of it: the data's `flip="auto"` and `quarter_turns="auto"`
-    decide them for any recipe (`keras_ft.training.phases.decide_flip`).
+    decide them for any recipe (`keras_ft.training.symmetry.decide_flip`).
     """
 
     fallback_to_head: bool = True  # phase 2 kept only if it lowered the validation loss

@@ -136,7 +136,7 @@ class TrainingConfig:
         1.0,
         help="phase 2's rate for the lowest unfrozen backbone layer is `finetune_lr / "
         "discriminative_lr`, rising geometrically layer by layer to `finetune_lr` at the top "
-        "and in the head (`keras_ft.training.phases.layer_multipliers`). 1: one rate for all.",
+        "and in the head (`keras_ft.training.optimizers.layer_multipliers`). 1: one rate for all.",
         valid=Range(1.0),
         expected="a float >= 1: how many times lower the lowest unfrozen layer's rate is than "
         "finetune_lr (1: one rate for all)",
@@ -149,8 +149,8 @@ class TrainingConfig:
         0,
         help="ULMFiT's gradual unfreezing (Howard and Ruder 2018) in phase 2: the unfrozen "
         "backbone layers that have weights are split, in depth order, into this many groups "
-        "of about equal size (`keras_ft.training.phases.unfreeze_groups`); the head and the top "
-        "group train from phase 2's first epoch, and at each following epoch the next group "
+        "of about equal size (`keras_ft.training.optimizers.unfreeze_groups`); the head and "
+        "the top group train from phase 2's first epoch, and at each following epoch the next group "
         "below joins, so that all train from epoch `gradual_unfreeze` of phase 2. A layer "
         "waiting its turn keeps its weights (no step, no weight decay; its gradient is "
         "still computed). 0 or 1: all at once.",

@@ -6,7 +6,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from keras_ft.config import RECORDED_BEFORE
+from keras_ft.training.decisions import Decisions
 from keras_ft.training.distribute import predict_batch
 from keras_ft.utils.text import printable
 
@@ -14,16 +14,9 @@ TTA_SHIFT = 0.05  # test-time shifts: a twentieth of the width and height, both 
 
 
 def trained_symmetries(data_config: dict, decisions: dict) -> tuple[str, ...]:
-    """Which of `"flip"` and `"quarter_turns"` a run's training used (`True`, or `"auto"`
-    decided to), from its record's `data` and `decisions`."""
-    if not data_config.get("augment", False):
-        return ()
-    return tuple(
-        name
-        for name in ("flip", "quarter_turns")
-        if (value := data_config.get(name, RECORDED_BEFORE[name])) is True
-        or (value == "auto" and decisions.get(name, {}).get(name, False))
-    )
+    """Which of `"flip"` and `"quarter_turns"` a run's training used, from its record's
+    `data` and `decisions` (`keras_ft.training.decisions.Decisions.symmetries`)."""
+    return Decisions.from_record(decisions).symmetries(data_config)
 
 
 def shift(images: tf.Tensor, dx: float, dy: float) -> tf.Tensor:

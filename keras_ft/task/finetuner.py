@@ -45,23 +45,18 @@ from keras_ft.models.classifier import (
     split_at_features,
     unknown_layer_message,
 )
-from keras_ft.runs.evaluation import evaluate_model, trained_symmetries
+from keras_ft.runs.evaluation import evaluate_model
 from keras_ft.runs.reproducibility import (
     check_deterministic_gradients,
     file_hashes,
     seed_everything,
     weights_sha256,
 )
+from keras_ft.training.checkpoint import read_checkpoint
 from keras_ft.training.distribute import LOST_PEER_ERRORS, all_agree, get_distribution, lost_worker
-from keras_ft.training.phases import (
-    PHASES,
-    EpochTensorBoard,
-    TrainingHistory,
-    advice,
-    fit_two_phase,
-    frozen_features,
-    read_checkpoint,
-)
+from keras_ft.training.features import frozen_features
+from keras_ft.training.history import PHASES, EpochTensorBoard, TrainingHistory, advice
+from keras_ft.training.phases import fit_two_phase
 from keras_ft.utils.errors import KerasFTError
 
 FOLDERS = ("directory", "test_dir")  # where the data is, not what it is
@@ -315,7 +310,7 @@ class FineTuner:
             The `TrainingHistory` of both phases (also kept as `self.history`).
             `self.advice` then lists what the history suggests (a phase stopped
             early, is still improving, or fine-tuning ended below the head; see
-            `keras_ft.training.phases.advice`); it is printed unless `verbose=0` and
+            `keras_ft.training.history.advice`); it is printed unless `verbose=0` and
             recorded in `run.json`.
         """
         if isinstance(data, tf.data.Dataset):
@@ -398,7 +393,7 @@ class FineTuner:
             "train_seconds": round(time.perf_counter() - clock, 3),
             "command": sys.argv,
             "advice": self.advice,
-            "decisions": self.history.decisions,
+            "decisions": self.history.decisions.record(),
             "recipe": {"name": recipe, "applied": applied} if recipe else None,
         }
         if probe_summary is not None:
@@ -588,7 +583,7 @@ class FineTuner:
                 self.data_config.batch_size if self.data_config else 32,
             )
         trained = to_dict(self.data_config) if self.data_config else {}
-        symmetries = trained_symmetries(trained, self.history.decisions)
+        symmetries = self.history.decisions.symmetries(trained)
         metrics = evaluate_model(self.model, data, self.class_names, top_k, tta, symmetries)
         return {**metrics, "kept_model": self.kept_model}
 
@@ -599,7 +594,7 @@ class FineTuner:
         `head="linear"`) or `"weight-space mix"`."""
         if self.model_config is not None and self.model_config.head == "linear":
             return "linear probe"
-        kept = self.history.decisions.get("fallback", {}).get("kept")
+        kept = (self.history.decisions.fallback or {}).get("kept")
         names = {"head": "phase-1 head", "probe": "linear probe", "mix": "weight-space mix"}
         return names.get(kept, "fine-tuned")
 
@@ -661,7 +656,7 @@ def compare_with_probe(probe: dict, history: TrainingHistory) -> dict:
     below = finetuned is not None and bool(
         np.float32(finetuned) < np.float32(probe["validation_accuracy"])
     )
-    if history.decisions.get("fallback", {}).get("kept") == "probe":  # fallback_to_probe
+    if (history.decisions.fallback or {}).get("kept") == "probe":  # fallback_to_probe
         return {**probe, "finetuned_validation_accuracy": finetuned, "is_the_model": True}
     if below:
         warnings.warn(

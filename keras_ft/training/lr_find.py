@@ -21,6 +21,7 @@ import numpy as np
 
 from keras_ft.config import TrainingConfig
 from keras_ft.models.classifier import freeze_backbone, unfreeze_backbone
+from keras_ft.training.optimizers import compile_for_phase
 from keras_ft.utils.errors import KerasFTError
 
 SMOOTHING = 0.98  # exponential moving average of the loss, bias-corrected (fastai's)
@@ -95,7 +96,6 @@ def sweep(
     end_lr: float = 10.0,
     steps: int = 200,
     batch_size: int | None = None,
-    decided: dict | None = None,
 ) -> LRFinderResult:
     """Run the range test for `phase` on `model` and restore every variable afterwards.
 
@@ -110,13 +110,10 @@ def sweep(
         end_lr: the last step's (the sweep stops sooner once the loss diverges).
         steps: at most this many training steps.
         batch_size: images per step (default: the data's).
-        decided: overrides the data's augmentation options (`fit`'s decisions for `"auto"`).
 
     Returns:
         An `LRFinderResult`.
     """
-    from keras_ft.training.phases import compile_for_phase
-
     if not (0 < start_lr < end_lr) or steps < 10:
         raise KerasFTError(
             f"Invalid learning-rate sweep: expected 0 < start_lr < end_lr and steps >= 10, "
@@ -134,7 +131,7 @@ def sweep(
     average, best = 0.0, math.inf
     try:
         # Epoch 0's batches, repeated: a sweep needs batches, not new epochs.
-        batches = data.train_dataset(0, 1, batch_size, decided=decided).repeat().take(steps)
+        batches = data.train_dataset(0, 1, batch_size).repeat().take(steps)
         for step, (images, labels) in enumerate(batches):
             rate = start_lr * growth**step
             model.optimizer.learning_rate = rate

@@ -35,7 +35,7 @@ SPEC = BackboneSpec("testnet", testnet, "tf", default_size=32, finetune_from="co
 
 
 def _kill_after_checkpoint(epoch: int) -> None:
-    from keras_ft.training.phases import Checkpoint
+    from keras_ft.training.checkpoint import Checkpoint
 
     write = Checkpoint.on_epoch_end
 

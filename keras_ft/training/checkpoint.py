@@ -1,0 +1,122 @@
+"""Checkpoints after every epoch, written atomically, and reading them back to resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from keras_ft.utils.errors import KerasFTError
+from keras_ft.utils.files import CHECKPOINT_STATE
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Save every variable of the classifier and its optimizer after each epoch.
+
+    Written atomically into `directory`: `epoch-NNNN.npz` (model variables,
+    random-generator states included, and optimizer variables; no pickle),
+    then `state.json` (`manifest.CHECKPOINT_STATE`) naming it, with the phase,
+    the epoch count and the history so far. A kill at any moment leaves the
+    last complete checkpoint.
+    """
+
+    def __init__(self, directory, classifier: keras.Model, phase: str, history, signature: str):
+        super().__init__()
+        self.directory = Path(directory)
+        self.classifier, self.phase, self.history = classifier, phase, history
+        self.signature = signature
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.directory.is_symlink():
+            raise KerasFTError(
+                f"'{self.directory}' is a symbolic link; keras_ft never writes checkpoints "
+                "through a link. Remove it, then run again."
+            )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"epoch-{epoch + 1:04d}.npz"
+        arrays = {f"model_{i}": np.asarray(v) for i, v in enumerate(self.classifier.variables)}
+        arrays.update(
+            {f"optimizer_{i}": np.asarray(v) for i, v in enumerate(self.model.optimizer.variables)}
+        )
+        state = {
+            "phase": self.phase,
+            "epoch": epoch + 1,
+            "file": name,
+            "signature": self.signature,
+            "history": self.history.rows,
+            "decisions": self.history.decisions.record(),
+        }
+        write_atomically(self.directory / name, lambda handle: np.savez(handle, **arrays))
+        write_atomically(
+            self.directory / CHECKPOINT_STATE, lambda h: h.write(json.dumps(state).encode())
+        )
+        for old in self.directory.glob("epoch-*.npz"):
+            if old.name != name:
+                old.unlink()
+
+
+def write_atomically(path: Path, write) -> None:
+    """Write `path` through a hidden partial file renamed into place; refuse a failed write.
+
+    A full disk or a read-only filesystem raises `KerasFTError` naming the
+    file, and leaves no partial file: the previous checkpoint stays complete,
+    so the run can be resumed once there is room.
+    """
+    partial = path.parent / f".{path.name}.partial"
+    try:
+        with open(partial, "wb") as handle:
+            write(handle)
+        os.replace(partial, path)
+    except OSError as error:
+        partial.unlink(missing_ok=True)
+        raise KerasFTError(
+            f"Cannot write checkpoint '{path}': {error.strerror or error}. The last complete "
+            "checkpoint is kept: free some space (or fix the folder), then run again with --resume."
+        ) from None
+
+
+def read_checkpoint(directory, signature: str) -> dict | None:
+    """The last checkpoint in `directory` (None if there is none), checked against `signature`."""
+    path = Path(directory) / CHECKPOINT_STATE
+    if not path.is_file():
+        return None
+    damaged = (
+        f"The checkpoint in '{directory}' is damaged ({{}}). Start again without --resume "
+        "(with --overwrite), or restore the folder from a copy."
+    )
+    try:
+        state = json.loads(path.read_bytes())
+    except (OSError, ValueError) as error:
+        raise KerasFTError(damaged.format(f"'{path.name}': {error}")) from None
+    if not isinstance(state, dict) or not isinstance(state.get("file"), str):
+        raise KerasFTError(damaged.format(f"'{path.name}' is not a keras_ft checkpoint state"))
+    if state.get("signature") != signature:
+        raise KerasFTError(
+            f"The checkpoint in '{directory}' was written by a run with another configuration "
+            "or data. Resume with the same arguments and data, or start again with --overwrite."
+        )
+    arrays_path = Path(directory) / Path(state["file"]).name
+    try:
+        with np.load(arrays_path, allow_pickle=False) as arrays:
+            state["arrays"] = {key: arrays[key] for key in arrays.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise KerasFTError(damaged.format(f"'{arrays_path.name}': {error}")) from None
+    return state
+
+
+def restore_model(state: dict, classifier: keras.Model) -> None:
+    """Put the checkpoint's model variables back."""
+    for i, variable in enumerate(classifier.variables):
+        variable.assign(state["arrays"][f"model_{i}"])
+
+
+def restore_optimizer(state: dict, trained: keras.Model) -> None:
+    """Put the checkpoint's optimizer variables back into `trained`'s (compiled) optimizer."""
+    optimizer = trained.optimizer
+    optimizer.build(trained.trainable_variables)
+    for i, variable in enumerate(optimizer.variables):
+        variable.assign(state["arrays"][f"optimizer_{i}"])
