@@ -14,9 +14,10 @@ import tensorflow as tf
 from conftest import write_folder
 from PIL import Image
 
+from keras_ft.data.decode import pil_to_rgb
 from keras_ft.data.folder import ImageFolder
 from keras_ft.data.pipeline import read_images, split_files, stable_fraction
-from keras_ft.data.scan import ImageFile, pil_to_rgb
+from keras_ft.data.scan import ImageFile
 from keras_ft.runs.reproducibility import seed_everything
 from keras_ft.utils.errors import KerasFTError
 

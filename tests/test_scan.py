@@ -19,7 +19,8 @@ from conftest import bomb_png, write_folder
 from PIL import Image
 
 from keras_ft.cli.main import main
-from keras_ft.data import scan as scan_module
+from keras_ft.data import decode as decode_module
+from keras_ft.data import scan_cache as scan_cache_module
 from keras_ft.data.folder import ImageFolder
 from keras_ft.data.pipeline import read_images
 from keras_ft.data.scan import Problem, natural_key, scan_folder
@@ -608,18 +609,18 @@ def test_permission_denied_is_reported_and_never_cached(counted_decodes, monkeyp
     solid(root / "cat" / "a.png")
     locked = solid(root / "dog" / "locked.png")
     solid(root / "dog" / "b.png")
-    real_read = scan_module.read_regular_file
+    real_read = decode_module.read_regular_file
 
     def read(path):
         if path == str(locked):
             raise PermissionError(13, "Permission denied", path)
         return real_read(path)
 
-    monkeypatch.setattr(scan_module, "read_regular_file", read)
+    monkeypatch.setattr(decode_module, "read_regular_file", read)
     (problem,) = scan_folder(root).bad_files
     assert (problem.path, problem.kind) == (str(locked), "unreadable")
     assert "permission denied" in problem.reason
-    monkeypatch.setattr(scan_module, "read_regular_file", real_read)  # permissions fixed
+    monkeypatch.setattr(decode_module, "read_regular_file", real_read)  # permissions fixed
     report = scan_folder(root)
     assert report.bad_files == () and str(locked) in {f.path for f in report.files}
     assert len(counted_decodes) == 2 + 1 and report.from_cache == 2
@@ -695,13 +696,13 @@ def counted_decodes(monkeypatch, tmp_path):
     """A private cache folder and a list that grows by one per decoded file."""
     monkeypatch.setenv("KERAS_FT_CACHE", str(tmp_path / "cache"))
     calls = []
-    real = scan_module._decode
+    real = decode_module._decode
 
     def counting(data):
         calls.append(len(data))
         return real(data)
 
-    monkeypatch.setattr(scan_module, "_decode", counting)
+    monkeypatch.setattr(decode_module, "_decode", counting)
     return calls
 
 
@@ -785,17 +786,17 @@ def test_a_failure_that_is_not_a_property_of_the_bytes_is_never_cached(
 ):
     root = write_folder(tmp_path / "data", per_class=2, size=16)
     flaky = root / "dog" / "001.png"
-    counting = scan_module._decode
+    counting = decode_module._decode
 
     def decode(data):
         if data == flaky.read_bytes():
             raise failure
         return counting(data)
 
-    monkeypatch.setattr(scan_module, "_decode", decode)
+    monkeypatch.setattr(decode_module, "_decode", decode)
     (problem,) = scan_folder(root).bad_files
     assert problem.path == str(flaky)
-    monkeypatch.setattr(scan_module, "_decode", counting)  # the same bytes, decoded this time
+    monkeypatch.setattr(decode_module, "_decode", counting)  # the same bytes, decoded this time
     report = scan_folder(root)
     assert report.bad_files == () and str(flaky) in {f.path for f in report.files}
     assert report.from_cache == 3 and len(counted_decodes) == 3 + 1
@@ -857,10 +858,10 @@ def test_cache_folder_inside_the_data_folder_is_never_written(monkeypatch, tmp_p
 
 def test_progress_on_stderr_for_large_folders_and_silent_when_quiet(monkeypatch, tmp_path, capsys):
     root = write_folder(tmp_path / "data", per_class=3, size=16)
-    monkeypatch.setattr(scan_module, "PROGRESS_EVERY", 2)
+    monkeypatch.setattr(scan_cache_module, "PROGRESS_EVERY", 2)
     scan_folder(root, cache=False)
     assert capsys.readouterr().err == ""  # a small folder: no progress
-    monkeypatch.setattr(scan_module, "PROGRESS_MIN_FILES", 6)
+    monkeypatch.setattr(scan_cache_module, "PROGRESS_MIN_FILES", 6)
     scan_folder(root, cache=False)
     err = capsys.readouterr().err.splitlines()
     assert err[:3] == [f"scanning {root}: {n}/6 files" for n in (2, 4, 6)]

@@ -14,7 +14,8 @@ import hashlib
 import numpy as np
 import tensorflow as tf
 
-from keras_ft.data.scan import ImageFile, open_image, pil_to_rgb, read_regular_file
+from keras_ft.data.decode import open_image, pil_to_rgb, read_regular_file
+from keras_ft.data.scan import ImageFile
 from keras_ft.utils.errors import KerasFTError
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -31,7 +32,7 @@ def read_rgb(path) -> np.ndarray:
     """Read an image file as an `(H, W, 3)` uint8 RGB array, exactly as the scan decoded it.
 
     The one reader of image files: training, evaluation and prediction all use
-    it (see `keras_ft.data.scan`: regular files only, checksums checked, Pillow).
+    it (see `keras_ft.data.decode`: regular files only, checksums checked, Pillow).
     """
     with open_image(read_regular_file(path)) as image:
         return pil_to_rgb(image)

@@ -6,13 +6,6 @@ WebP, TIFF, BMP, GIF, PPM ...). Each candidate is read and decoded before any
 model is built, so that one corrupt file is reported by path up front instead
 of killing a tf.data epoch hours later.
 
-One decoder: the scan, training, evaluation and prediction all read a file with
-`read_regular_file` and decode it with Pillow through `open_image` (which first
-checks the file's own checksums: a PNG cut short or with a bad CRC is refused,
-not decoded leniently); the readers then convert it with `pil_to_rgb`, which
-converts every mode Pillow opens a file in. Whatever the scan accepts, they
-read, to the same pixels.
-
 Every finding is a `Problem` at one of three levels:
 
 * **problem** (fatal): the file cannot be used, and training refuses the
@@ -35,96 +28,30 @@ Every other file (`.txt`, `.csv` ...) is counted and named in the summary as
 "not an image, skipped"; hidden files and folders, `Thumbs.db` and
 `desktop.ini` are ignored silently.
 
-Size limit: an image of more than twice Pillow's `Image.MAX_IMAGE_PIXELS`
-(about 179 megapixels by default) is a "too_large" problem, as Pillow refuses
-to decode it (a decompression bomb). Between one and two times the limit it is
-decoded and used, and Pillow's `DecompressionBombWarning` is left as Pillow
-shows it.
-
-Decoding verdicts are cached by (path, size, modification time, change time,
-inode) in one JSON file per root folder under `$KERAS_FT_CACHE` (default
-`~/.cache/keras_ft`), never inside the data folder, so a second scan of an
-unchanged folder only lists and stats it. The change time moves on every write
-and no program can set it back (`cp -p` and `rsync -a` keep size and
-modification time, not it), so a rewritten file is decoded again. What never
-goes through the file system (bit rot on the disk) leaves every stamp as it
-was: `cache=False` (`--no-cache`) decodes every file again.
-
-Only verdicts that are properties of the file's bytes are cached: a usable
-image, an empty file, content no Pillow format recognises, a truncated or
-damaged file, a decoder error only bad content causes. A failure to read the
-file, a lack of memory, a decoder that is not available, the size limit (a
-setting) or any other error may pass without the file changing, and is
-checked again at the next scan.
+Reading and decoding a file (one decoder for the scan and training; the size
+limit) is `keras_ft.data.decode`'s; the cache of decoding verdicts (what is
+cached, and when it is stale), `keras_ft.data.scan_cache`'s.
 """
 
 from __future__ import annotations
 
-import codecs
-import functools
-import hashlib
-import io
-import json
 import os
 import re
-import struct
-import sys
-import time
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from stat import S_ISBLK, S_ISCHR, S_ISDIR, S_ISFIFO, S_ISREG, S_ISSOCK
 
-import numpy as np
-import PIL
-from PIL import Image, UnidentifiedImageError
-from PIL.ImageFile import StubImageFile
-
+from keras_ft.data.decode import SAME_FORMAT, image_extensions
+from keras_ft.data.scan_cache import inspect_all, within
 from keras_ft.utils.errors import KerasFTError
-from keras_ft.utils.files import cache_dir, keras_ft_marker
+from keras_ft.utils.files import keras_ft_marker
 from keras_ft.utils.text import printable
 
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 # How many names of files that are not images the summary shows.
 NOT_IMAGES_SHOWN = 5
 DEFAULT_MIN_SIZE = 8
-# Progress is shown for folders of at least this many files: on a terminal as
-# one line redrawn in place, otherwise as one line every PROGRESS_EVERY files.
-PROGRESS_MIN_FILES = 1000
-PROGRESS_EVERY = 5000
-# 2: only verdicts that are properties of the bytes (version 1 cached every decoder failure).
-# 3: decoded as training decodes (PNG checksums and end marker checked; no "mode").
-# 4: stamps hold the change time and inode, which every write changes.
-CACHE_VERSION = 4
 WARNING_KINDS = frozenset({"leakage"})
-# Decoder errors only the bytes can cause; any other (an OSError such as "decoder
-# jpeg2k not available", MemoryError, a bug) may pass without the file changing.
-_CONTENT_ERRORS = (SyntaxError, ValueError, EOFError, struct.error, IndexError, KeyError)
-# Formats that are a kind of what their extension says (a camera's multi-picture JPEG).
-_SAME_FORMAT = {"MPO": "JPEG"}
-# Formats Pillow identifies but cannot decode (MPEG: video).
-_NOT_DECODED = frozenset({"MPEG"})
-
-
-@functools.cache
-def image_extensions() -> dict[str, str]:
-    """The extensions of image candidates (lower case, with the dot) and the format each names.
-
-    Every extension Pillow registers for a format it can open and decode
-    (`.jpg`, `.png`, `.webp`, `.tif`, `.tiff`, `.bmp`, `.gif`, `.ppm` ...); not
-    the formats it can only write (PDF) or only identify (stubs such as HDF5,
-    and MPEG video).
-    """
-
-    def decodes(fmt: str) -> bool:
-        if fmt in _SAME_FORMAT:
-            return True
-        factory = Image.OPEN.get(fmt, (None,))[0]
-        stub = isinstance(factory, type) and issubclass(factory, StubImageFile)
-        return factory is not None and not stub and fmt not in _NOT_DECODED
-
-    return {ext: fmt for ext, fmt in Image.registered_extensions().items() if decodes(fmt)}
 
 
 def natural_key(name: str) -> list:
@@ -237,170 +164,6 @@ class ScanReport:
         return "\n".join(printable(line) for line in lines)
 
 
-# ------------------------------------------------ reading and decoding a file
-
-
-def _not_regular(mode: int) -> str:
-    """Why the file of `mode` (not a regular file) is not read."""
-    kinds = (
-        (S_ISDIR, "a directory"),
-        (S_ISFIFO, "a named pipe (FIFO)"),
-        (S_ISSOCK, "a socket"),
-        (S_ISCHR, "a character device"),
-        (S_ISBLK, "a block device"),
-    )
-    what = next((name for test, name in kinds if test(mode)), "another kind of file")
-    return f"not a regular file but {what}, which a read could wait on forever"
-
-
-def read_regular_file(path) -> bytes:
-    """The bytes of the regular file at `path` (a symbolic link to one is followed).
-
-    The file is opened without waiting (opening a named pipe to read otherwise
-    waits for a writer, forever) and checked once open, so a named pipe,
-    device, socket or directory is refused before any read, even one put in
-    place of a file after an earlier check.
-
-    Raises:
-        OSError: `path` is not a regular file, or it cannot be opened or read.
-    """
-    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        mode = os.fstat(descriptor).st_mode
-        if not S_ISREG(mode):
-            raise OSError(f"{_not_regular(mode)}; pass the path of an image file")
-        with open(descriptor, "rb", closefd=False) as handle:
-            return handle.read()
-    finally:
-        os.close(descriptor)
-
-
-def open_image(data: bytes) -> Image.Image:
-    """Open encoded image bytes with Pillow, after checking the file's own checksums.
-
-    Pillow's decoder skips the CRC of a PNG's image data and does not need its
-    end marker, so a damaged or cut PNG would decode to whatever the bytes
-    give; `Image.verify` reads the whole file for both first (other formats
-    have nothing to verify).
-
-    Raises:
-        UnidentifiedImageError: saying what the content is instead (text, a web page ...).
-        What else Pillow raises for bytes it cannot use (`OSError` "truncated
-        PNG file", `SyntaxError` "bad header checksum" ...).
-    """
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()
-    except UnidentifiedImageError:  # its own message names a BytesIO object
-        raise UnidentifiedImageError(_not_an_image(data)) from None
-    return Image.open(io.BytesIO(data))
-
-
-def pil_to_rgb(image: Image.Image) -> np.ndarray:
-    """Return a Pillow image as an `(H, W, 3)` uint8 RGB array, whatever its mode.
-
-    16-bit images are scaled to 8 bits (not clipped), CMYK is converted, the
-    alpha channel is dropped (not composited on a background), and a GIF
-    gives its first frame.
-    """
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        array = np.asarray(image, dtype=np.float64)
-        peak = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
-        array = np.clip(np.round(array * (255.0 / peak)), 0, 255).astype(np.uint8)
-        return np.repeat(array[..., None], 3, axis=-1)
-    if image.mode == "F":
-        array = np.clip(np.round(np.asarray(image)), 0, 255).astype(np.uint8)
-        return np.repeat(array[..., None], 3, axis=-1)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
-
-
-# ----------------------------------------------------------------- one file
-
-
-def _failure(kind: str, reason: str) -> dict:
-    return {"error": kind, "reason": reason}
-
-
-def _decode(data: bytes) -> tuple[str, int, int]:
-    """Fully decode encoded image bytes as training does; return (format, width, height)."""
-    with open_image(data) as image:
-        image.load()
-        return image.format, image.width, image.height
-
-
-def _looks_like_text(data: bytes) -> bool:
-    head = data[:4096]
-    try:  # an incremental decoder accepts a character cut at the end of `head`
-        codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
-    except UnicodeDecodeError:
-        return False
-    return b"\0" not in head
-
-
-def _not_an_image(data: bytes) -> str:
-    head = data[:512].lstrip().lower()
-    if not data:
-        what = "empty (0 bytes)"
-    elif head.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head", b"<body")):
-        what = "a web page (HTML/XML), e.g. an error page saved under an image name"
-    elif _looks_like_text(data):
-        what = "text"
-    else:
-        what = "in no image format Pillow knows"
-    return f"not an image: the content is {what}"
-
-
-def _inspect(path: str) -> tuple[dict, bool]:
-    """Read and fully decode one file.
-
-    Returns:
-        (record, lasting). The record is JSON-serialisable: `{"error": kind,
-        "reason": text}` when the file cannot be used, else its format,
-        width, height and SHA-256. `lasting` says whether the record is a
-        property of the file's bytes, which only a change to the file can
-        change: only then may it be cached.
-    """
-    try:
-        data = read_regular_file(path)
-    except PermissionError:
-        reason = "cannot be read (permission denied); fix with chmod a+r"
-        return _failure("unreadable", reason), False
-    except FileNotFoundError:
-        reason = "cannot be read: a broken symbolic link or a vanished file"
-        return _failure("missing", reason), False
-    except OSError as error:
-        return _failure("unreadable", f"cannot be read ({error.strerror or error})"), False
-    if not data:
-        return _failure("empty", "empty file (0 bytes)"), True
-    try:
-        fmt, width, height = _decode(data)
-    except UnidentifiedImageError as error:
-        return _failure("not_image", str(error)), True
-    except Image.DecompressionBombError as error:  # the limit is a setting: not lasting
-        return _failure("too_large", f"too large to decode safely ({error})"), False
-    except Exception as error:  # any decoder failure at all means the file cannot be used
-        text = str(error) or type(error).__name__
-        if "truncated" in text.lower():
-            return _failure("truncated", f"truncated, e.g. an interrupted download ({text})"), True
-        if "checksum" in text.lower():
-            reason = f"damaged: a checksum does not match the content ({text}); replace it"
-            return _failure("damaged", reason), True
-        reason = f"cannot be decoded ({text})"
-        return _failure("undecodable", reason), isinstance(error, _CONTENT_ERRORS)
-    digest = hashlib.sha256(data).hexdigest()
-    record = {"format": fmt, "width": width, "height": height, "sha256": digest}
-    return record, True
-
-
-def _valid_record(record) -> bool:
-    if not isinstance(record, dict):
-        return False
-    if "error" in record:
-        return isinstance(record["error"], str) and isinstance(record.get("reason"), str)
-    types = {"format": str, "width": int, "height": int, "sha256": str}
-    return all(isinstance(record.get(key), kind) for key, kind in types.items())
-
-
 def _judge(path: str, relpath: str, label: int, record: dict, min_size: int):
     """Turn one decoding record into (an ImageFile or None, a Problem or None)."""
     if "error" in record:
@@ -414,17 +177,13 @@ def _judge(path: str, relpath: str, label: int, record: dict, min_size: int):
         return None, Problem(path, reason, kind="too_small")
     image = ImageFile(path, relpath, label, record["sha256"])
     expected = image_extensions()[Path(path).suffix.lower()]
-    if _SAME_FORMAT.get(fmt, fmt) == expected:
+    if SAME_FORMAT.get(fmt, fmt) == expected:
         return image, None
     note = f"content is {fmt} but the name says {expected}; read as {fmt}"
     return image, Problem(path, note, fatal=False, kind="extension_mismatch")
 
 
 # ------------------------------------------------------------------ walking
-
-
-def _within(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _ignored(name: str) -> bool:
@@ -448,9 +207,9 @@ def _run_note(path: str) -> Problem | None:
 def _link_note(path: str, here: str, others: list[str], visited: set[str]) -> Problem | None:
     """A note when the folder at `path` must not be walked (a loop, a repeat), else None."""
     real = os.path.realpath(path)
-    if _within(here, real):
+    if within(here, real):
         reason = f"symbolic link loop: points to {real}, which contains it; not followed"
-    elif any(_within(real, other) for other in others):
+    elif any(within(real, other) for other in others):
         reason = f"points into another class folder ({real}); not followed"
     elif real in visited:
         reason = f"points to {real}, a folder already scanned; not followed again"
@@ -498,7 +257,7 @@ def _class_dirs(root: Path) -> tuple[list[str], list[Problem]]:
         run_note = _run_note(str(entry))
         if run_note is not None:
             notes.append(run_note)
-        elif _within(real_root, real):
+        elif within(real_root, real):
             reason = f"symbolic link loop: points to {real}, which contains it; not a class"
             notes.append(Problem(str(entry), reason, fatal=False, kind="link"))
         else:
@@ -545,142 +304,6 @@ def _check_same_classes(root: Path, found, class_names) -> None:
             f"({'; '.join(details)}). The held-out folder must have one sub-folder per "
             f"training class, named the same: {list(class_names)}."
         )
-
-
-# -------------------------------------------------------------------- cache
-
-
-def _cache_file(root: Path) -> Path | None:
-    """The cache file of `root`, or None when the cache folder lies inside `root`."""
-    real_root = os.path.realpath(root)
-    folder = cache_dir()
-    if _within(os.path.realpath(folder), real_root):
-        return None
-    return folder / f"scan-{hashlib.sha256(real_root.encode()).hexdigest()[:24]}.json"
-
-
-def _load_cache(path: Path | None) -> dict:
-    """Cached entries by relative path; an unreadable, corrupt or outdated file gives {}."""
-    if path is None:
-        return {}
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    if (
-        not isinstance(payload, dict)
-        or payload.get("version") != CACHE_VERSION
-        or payload.get("pillow") != PIL.__version__
-        or not isinstance(payload.get("entries"), dict)
-    ):
-        return {}
-    return payload["entries"]
-
-
-def _save_cache(path: Path | None, root: Path, entries: dict) -> None:
-    if path is None:
-        return
-    payload = {"version": CACHE_VERSION, "pillow": PIL.__version__, "root": str(root)}
-    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary.write_text(json.dumps(payload | {"entries": entries}), encoding="utf-8")
-        os.replace(temporary, path)
-    except OSError:  # a cache that cannot be written only costs time on the next scan
-        temporary.unlink(missing_ok=True)
-
-
-def _cached_record(entry, stamp: list[int], path: str) -> dict | None:
-    if (
-        isinstance(entry, dict)
-        and entry.get("stamp") == stamp
-        and _valid_record(entry.get("record"))
-        and os.access(path, os.R_OK)
-    ):
-        return entry["record"]
-    return None
-
-
-# ----------------------------------------------------------------- progress
-
-
-class _Progress:
-    """A files-done counter on stderr for large folders; silent when `quiet`."""
-
-    def __init__(self, label: str, total: int, quiet: bool):
-        self.label, self.total, self.done = label, total, 0
-        self.enabled = not quiet and total >= PROGRESS_MIN_FILES
-        self.tty = self.enabled and sys.stderr.isatty()
-        self.started = self.drawn = time.monotonic()
-
-    def _line(self) -> str:
-        return f"scanning {self.label}: {self.done}/{self.total} files"
-
-    def advance(self, count: int = 1) -> None:
-        before, self.done = self.done, self.done + count
-        if not self.enabled:
-            return
-        if self.tty:
-            now = time.monotonic()
-            if now - self.drawn >= 0.1:
-                self.drawn = now
-                sys.stderr.write("\r" + self._line())
-                sys.stderr.flush()
-        elif self.done // PROGRESS_EVERY > before // PROGRESS_EVERY:
-            print(self._line(), file=sys.stderr, flush=True)
-
-    def finish(self, from_cache: int) -> None:
-        if self.enabled:
-            seconds = time.monotonic() - self.started
-            line = f"scanned {self.label}: {self.total} files in {seconds:.1f} s"
-            line += f" ({from_cache} from the cache)"
-            print(("\r" + line.ljust(len(self._line()))) if self.tty else line, file=sys.stderr)
-
-
-def _inspect_all(root: Path, candidates, workers: int, use_cache: bool, quiet: bool):
-    """Decoding records of `candidates` ((path, relpath) pairs), from the cache where fresh.
-
-    Returns:
-        (records in candidate order, how many came from the cache).
-    """
-    cache_path = _cache_file(root) if use_cache else None
-    cached = _load_cache(cache_path)
-    records, todo, entries = [None] * len(candidates), [], {}
-    for i, (path, relpath) in enumerate(candidates):
-        try:
-            stat = os.stat(path)
-        except FileNotFoundError:
-            records[i], _ = _inspect(path)
-            continue
-        except OSError:
-            records[i] = _failure("unreadable", "cannot be read (cannot stat it)")
-            continue
-        if not S_ISREG(stat.st_mode):  # a FIFO or device named .jpg: reading could block
-            records[i] = _failure("not_image", f"{_not_regular(stat.st_mode)}; remove it")
-            continue
-        # The change time moves on any write, and nothing sets it back (as `cp -p` does mtime).
-        stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino]
-        records[i] = _cached_record(cached.get(relpath), stamp, path)
-        if records[i] is None:
-            todo.append((i, relpath, stamp))
-        else:
-            entries[relpath] = cached[relpath]
-    progress = _Progress(str(root), len(candidates), quiet)
-    progress.advance(len(candidates) - len(todo))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        paths = [candidates[i][0] for i, _, _ in todo]
-        for (i, relpath, stamp), (record, lasting) in zip(
-            todo, pool.map(_inspect, paths), strict=True
-        ):
-            records[i] = record
-            if lasting:
-                entries[relpath] = {"stamp": stamp, "record": record}
-            progress.advance()
-    from_cache = len(candidates) - len(todo)
-    progress.finish(from_cache)
-    if use_cache and (todo or len(entries) != len(cached)):
-        _save_cache(cache_path, root, entries)
-    return records, from_cache
 
 
 # ------------------------------------------------------- across files, classes
@@ -752,7 +375,7 @@ def scan_folder(
             time, change time and inode have not changed since the last scan;
             see `cache_dir`.
         quiet: no progress on stderr (shown only for folders of at least
-            `PROGRESS_MIN_FILES` files).
+            `scan_cache.PROGRESS_MIN_FILES` files).
 
     Returns:
         A `ScanReport`; files are ordered by class, then by path.
@@ -780,7 +403,7 @@ def scan_folder(
         problems += notes
         not_images += [Path(path).relative_to(root).as_posix() for path in others_files]
     workers = workers or min(32, 4 * (os.cpu_count() or 1))
-    records, from_cache = _inspect_all(root, candidates, workers, cache, quiet)
+    records, from_cache = inspect_all(root, candidates, workers, cache, quiet)
     files = []
     for (path, relpath), label, record in zip(candidates, labels, records, strict=True):
         image, problem = _judge(path, relpath, label, record, min_size)

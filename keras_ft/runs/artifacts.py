@@ -36,9 +36,9 @@ from PIL import Image
 from keras_ft.utils.version import __version__
 from keras_ft.models.backbones import is_registered, not_registered
 from keras_ft.config import to_dict
+from keras_ft.data.decode import pil_to_rgb
 from keras_ft.data.folder import DATASET
 from keras_ft.data.pipeline import decode_and_resize, read_rgb, resize
-from keras_ft.data.scan import pil_to_rgb
 from keras_ft.utils.errors import KerasFTError
 from keras_ft.runs.manifest import (
     check_manifest,

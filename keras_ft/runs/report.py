@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from keras_ft.data.scan import pil_to_rgb
+from keras_ft.data.decode import pil_to_rgb
 from keras_ft.runs.evaluation import predict_dataset
 from keras_ft.utils.plots import PLOTS_HINT, matplotlib_figure, png
 from keras_ft.utils.text import csv_cell, printable
