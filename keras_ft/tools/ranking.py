@@ -33,7 +33,7 @@ from keras_ft.models.classifier import Preprocess, pool_features
 from keras_ft.models.probe import h_score, linear_probe, logme
 from keras_ft.runs.output import check_destination
 from keras_ft.runs.reproducibility import seed_everything
-from keras_ft.training.phases import _features
+from keras_ft.training.features import extract_features
 from keras_ft.utils.errors import KerasFTError
 from keras_ft.utils.plots import matplotlib_figure, png
 from keras_ft.utils.text import printable
@@ -163,10 +163,10 @@ def _score(features, labels, val_features, val_labels, num_classes) -> dict:
 
 
 def _split_features(extractor, data: ImageFolder):
-    train, labels = _features(extractor, data.unaugmented_train())
+    train, labels = extract_features(extractor, data.unaugmented_train())
     val, val_labels = (None, None)
     if data.validation is not None:
-        val, val_labels = _features(extractor, data.validation)
+        val, val_labels = extract_features(extractor, data.validation)
     return train, labels, val, val_labels
 
 
@@ -207,14 +207,7 @@ def rank(
     Returns:
         A `RankResult`.
     """
-    candidates = [parse_candidate(text, weights) for text in backbones]
-    if not candidates:
-        raise KerasFTError("Invalid `backbones`: name at least one, e.g. ['vgg16', 'resnet50'].")
-    if layers is not None and len(candidates) != 1:
-        raise KerasFTError(
-            f"Ranking layers needs exactly one backbone, received {len(candidates)}: "
-            f"{[c[0] for c in candidates]}. Pass one --backbones value with --layers."
-        )
+    candidates = _parse_candidates(backbones, weights, layers)
     directory = data.config.directory if isinstance(data, ImageFolder) else data
     if output is not None:
         check_destination(output, "--output", (directory,))
@@ -230,46 +223,11 @@ def rank(
             quiet=not verbose,
         )
     rows, feature_seconds = [], None
-    for label, name, own_weights in candidates:
-        spec = get_backbone(name)
-        seed_everything(seed, True)  # bitwise the same features every time
-        clock = time.perf_counter()
-        backbone = spec.build(data.image_size, own_weights)
-        names = [backbone.layers[-1].name] if layers is None else _layers(backbone, layers)
-        extractor, dims = _extractor(backbone, spec.preprocessing, names, data.image_size, pooling)
-        train, labels, val, val_labels = _split_features(extractor, data)
-        spent = time.perf_counter() - clock
+    for candidate in candidates:
+        scored, spent, backbone = _score_candidate(candidate, data, layers, pooling, seed, verbose)
         if layers is not None:
             feature_seconds = spent
-        offsets = np.cumsum([0, *dims])
-        for i, layer in enumerate(names):
-            part = slice(offsets[i], offsets[i + 1])
-            scores = _score(
-                train[:, part],
-                labels,
-                None if val is None else val[:, part],
-                val_labels,
-                data.num_classes,
-            )
-            if layers is None:
-                scores["seconds"] += spent
-            row = {
-                "candidate": label if layers is None else layer,
-                "backbone": name,
-                "weights": own_weights,
-                "layer": layer,
-                "dimension": dims[i],
-                **scores,
-            }
-            rows.append(row)
-            if verbose:
-                print(
-                    printable(
-                        f"{row['candidate']}: LogME {row['logme']:.4f}, H-score "
-                        f"{row['h_score']:.3f}, probe {row['probe_val_accuracy']}"
-                    ),
-                    flush=True,
-                )
+        rows.extend(scored)
     recommendation = (
         _recommend_layer(rows, backbone, get_backbone(candidates[0][1]), margin)
         if layers is not None
@@ -281,6 +239,70 @@ def rank(
     if output is not None:
         result.files = write_rank(result, output)
     return result
+
+
+def _parse_candidates(backbones, weights, layers) -> list[tuple[str, str, str | None]]:
+    """`backbones` as `parse_candidate` tuples; layers are ranked for exactly one backbone."""
+    candidates = [parse_candidate(text, weights) for text in backbones]
+    if not candidates:
+        raise KerasFTError("Invalid `backbones`: name at least one, e.g. ['vgg16', 'resnet50'].")
+    if layers is not None and len(candidates) != 1:
+        raise KerasFTError(
+            f"Ranking layers needs exactly one backbone, received {len(candidates)}: "
+            f"{[c[0] for c in candidates]}. Pass one --backbones value with --layers."
+        )
+    return candidates
+
+
+def _score_candidate(
+    candidate: tuple, data: ImageFolder, layers, pooling: str, seed: int, verbose
+) -> tuple[list[dict], float, keras.Model]:
+    """Score one backbone (its last layer, or each of `layers`) from one pass of features.
+
+    Returns:
+        `(rows, seconds, backbone)`: a row per scored layer, the seconds the features took,
+        and the built backbone.
+    """
+    label, name, own_weights = candidate
+    spec = get_backbone(name)
+    seed_everything(seed, True)  # bitwise the same features every time
+    clock = time.perf_counter()
+    backbone = spec.build(data.image_size, own_weights)
+    names = [backbone.layers[-1].name] if layers is None else _layers(backbone, layers)
+    extractor, dims = _extractor(backbone, spec.preprocessing, names, data.image_size, pooling)
+    train, labels, val, val_labels = _split_features(extractor, data)
+    spent = time.perf_counter() - clock
+    offsets = np.cumsum([0, *dims])
+    rows = []
+    for i, layer in enumerate(names):
+        part = slice(offsets[i], offsets[i + 1])
+        scores = _score(
+            train[:, part],
+            labels,
+            None if val is None else val[:, part],
+            val_labels,
+            data.num_classes,
+        )
+        if layers is None:
+            scores["seconds"] += spent
+        row = {
+            "candidate": label if layers is None else layer,
+            "backbone": name,
+            "weights": own_weights,
+            "layer": layer,
+            "dimension": dims[i],
+            **scores,
+        }
+        rows.append(row)
+        if verbose:
+            print(
+                printable(
+                    f"{row['candidate']}: LogME {row['logme']:.4f}, H-score "
+                    f"{row['h_score']:.3f}, probe {row['probe_val_accuracy']}"
+                ),
+                flush=True,
+            )
+    return rows, spent, backbone
 
 
 def _recommend_backbone(rows: list[dict]) -> dict:
