@@ -150,8 +150,8 @@ class TrainingConfig:
         help="ULMFiT's gradual unfreezing (Howard and Ruder 2018) in phase 2: the unfrozen "
         "backbone layers that have weights are split, in depth order, into this many groups "
         "of about equal size (`keras_ft.training.optimizers.unfreeze_groups`); the head and "
-        "the top group train from phase 2's first epoch, and at each following epoch the next group "
-        "below joins, so that all train from epoch `gradual_unfreeze` of phase 2. A layer "
+        "the top group train from phase 2's first epoch, and at each following epoch the next "
+        "group below joins, so that all train from epoch `gradual_unfreeze` of phase 2. A layer "
         "waiting its turn keeps its weights (no step, no weight decay; its gradient is "
         "still computed). 0 or 1: all at once.",
         valid=Range(0, integer=True),
