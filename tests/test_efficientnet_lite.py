@@ -17,6 +17,7 @@ from PIL import Image
 import keras_ft
 from keras_ft.models import efficientnet_lite as lite
 from keras_ft.models.backbones import get_backbone
+from keras_ft.models.torch_checkpoint import read_torch_legacy
 from keras_ft.utils.errors import KerasFTError
 
 CATS = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
@@ -71,7 +72,7 @@ def test_reader_reads_tensors_with_their_shapes_and_strides(tmp_path):
     a = np.arange(24, dtype="float32").reshape(2, 3, 4)
     tensors = {"conv.weight": a, "bn.bias": np.array([1.5, -2.0], "float32")}
     legacy_file(tmp_path / "ok.pth", tensors)
-    read = lite.read_torch_legacy(tmp_path / "ok.pth")
+    read = read_torch_legacy(tmp_path / "ok.pth")
     assert list(read) == list(tensors)
     for name, array in tensors.items():
         np.testing.assert_array_equal(read[name], array)
@@ -84,7 +85,7 @@ def test_reader_refuses_any_other_global_without_running_it(tmp_path):
     evil = tmp_path / "evil.pth"
     legacy_file(evil, {"w": np.ones(2, "float32")}, extra=_str("payload") + call)
     with pytest.raises(KerasFTError) as caught:
-        lite.read_torch_legacy(evil)
+        read_torch_legacy(evil)
     message = str(caught.value)
     assert "'os.system'" in message and str(evil) in message
     assert "pip install" in message
@@ -97,7 +98,7 @@ def test_reader_turns_a_truncated_file_into_a_keras_ft_error(tmp_path, keep):
     cut = tmp_path / "cut.pth"
     cut.write_bytes(data[:keep])
     with pytest.raises(KerasFTError, match="truncated or damaged") as caught:
-        lite.read_torch_legacy(cut)
+        read_torch_legacy(cut)
     assert str(cut) in str(caught.value) and "reinstall" in str(caught.value)
 
 

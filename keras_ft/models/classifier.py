@@ -277,8 +277,7 @@ def unfreeze_backbone(model: keras.Model, unfreeze: str | int = "all") -> int:
     that batch's statistics while its moving averages, which validation and
     prediction use, trail features that fine-tuning moves quickly: with a
     few hundred images (a few dozen steps) validation then fell to chance
-    while training accuracy rose (the quality benchmark's Cahn-Hilliard task at
-    `finetune_lr=1e-3`).
+    while training accuracy rose.
 
     Args:
         model: a classifier from `build_classifier`.

