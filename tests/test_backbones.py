@@ -16,6 +16,7 @@ from keras_ft.models.backbones import (
     BackboneSpec,
     describe_backbones,
     get_backbone,
+    list_backbones,
     register_backbone,
 )
 from keras_ft.models.classifier import Preprocess
@@ -148,6 +149,59 @@ def test_registering_a_taken_name_needs_overwrite(registered):
     replaced = register_backbone(BackboneSpec("tinynet", tiny_builder, "caffe"), overwrite=True)
     assert get_backbone("Tiny_Net") is replaced
     register_backbone(registered, overwrite=True)
+
+
+def test_register_backbone_decorates_a_builder_and_returns_it():
+    try:
+
+        @register_backbone(preprocessing="tf", default_size=32, finetune_from="conv_b")
+        def tiny_deco_net(include_top=False, weights=None, input_shape=(32, 32, 3)):
+            return tiny_backbone(input_shape[0])
+
+        spec = get_backbone("TinyDecoNet")  # the function's name, as names are looked up
+        assert spec.builder is tiny_deco_net
+        assert (spec.preprocessing, spec.default_size, spec.min_size) == ("tf", 32, 32)
+        assert spec.finetune_from == "conv_b"
+        assert spec.describe()["builder"].startswith("test_backbones.")
+        assert spec.describe()["builder"].endswith(".tiny_deco_net")
+        assert "conv_b" in [layer.name for layer in spec.build((32, 32), weights=None).layers]
+        named = register_backbone("deconamed", preprocessing="caffe", builder_kwargs={"a": 1})
+        assert named(tiny_builder) is tiny_builder
+        assert get_backbone("deconamed").builder_kwargs == (("a", 1),)
+        with pytest.raises(KerasFTError, match="'deconamed' is already registered"):
+            register_backbone("deconamed", preprocessing="tf")(tiny_builder)
+        register_backbone("deconamed", overwrite=True, preprocessing="tf")(tiny_builder)
+        assert get_backbone("deconamed").preprocessing == "tf"
+    finally:
+        for name in ("tinydeconet", "deconamed"):
+            _REGISTRY.pop(name, None)
+    assert "tinydeconet" not in BACKBONES
+
+
+def test_the_decorator_checks_the_spec_it_makes_and_the_call_form_takes_no_fields():
+    with pytest.raises(KerasFTError, match="Invalid `preprocessing`.*None"):
+        register_backbone()(tiny_builder)
+    with pytest.raises(KerasFTError, match="Invalid `name`.*Use 'tinyx'"):
+        register_backbone("Tiny_X", preprocessing="tf")(tiny_builder)
+    with pytest.raises(KerasFTError, match="takes the backbone's fields from the spec"):
+        register_backbone(TINY, preprocessing="caffe")
+    assert "tinyx" not in BACKBONES
+
+
+def test_list_backbones_lists_the_registry_filtered_by_shell_patterns(registered):
+    assert list_backbones() == list(BACKBONES)
+    assert list_backbones()[:2] == ["vgg16", "vgg19"] and "tinynet" in list_backbones()
+    assert list_backbones("resnet*") == ["resnet50", "resnet50v2"]
+    assert list_backbones("EfficientNet_Lite*") == ["efficientnetlite0"]
+    assert list_backbones("mobilenetv[23]*") == [
+        "mobilenetv2",
+        "mobilenetv3small",
+        "mobilenetv3large",
+    ]
+    assert list_backbones("tiny*") == ["tinynet"]
+    assert list_backbones("alexnet*") == []
+    with pytest.raises(KerasFTError, match="Invalid `pattern`"):
+        list_backbones(["resnet*"])
 
 
 @pytest.mark.parametrize(

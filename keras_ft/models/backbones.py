@@ -5,17 +5,20 @@ ImageNet weights expect pixels to be scaled (`preprocessing`, applied inside
 the model), its usual and smallest input size, and the layer a classic
 partial fine-tune starts from. The registry holds the built-in backbones
 (`keras_ft.models.presets`, registered when `keras_ft.models` is imported);
-`register_backbone` adds one of your own (as timm's `register_model` does),
-which `FineTuner`, `tune` and `reproduce` then use by name like the built-in
-ones. An installed package can declare its backbones under the entry-point
-group `keras_ft.backbones`, so that the `keras-ft` command (a process of its
-own) knows them too.
+`register_backbone` adds one of your own (as a call or a decorator, as timm's
+`register_model` does), which `FineTuner`, `tune` and `reproduce` then use
+by name like the built-in ones, and `list_backbones` lists them. An installed
+package can declare its backbones under the entry-point group
+`keras_ft.backbones`, so that the `keras-ft` command (a process of its own)
+knows them too.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.metadata
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -217,35 +220,82 @@ class _Registry(Mapping):
 BACKBONES: Mapping[str, BackboneSpec] = _Registry()
 
 
-def register_backbone(spec: BackboneSpec, overwrite: bool = False) -> BackboneSpec:
+def register_backbone(
+    spec: BackboneSpec | str | None = None,
+    overwrite: bool = False,
+    *,
+    preprocessing: str | None = None,
+    default_size: int | None = None,
+    min_size: int | None = None,
+    finetune_from: str | None = None,
+    builder_kwargs: Mapping | tuple | None = None,
+):
     """Add a backbone to the registry, so that it is used by name like the built-in ones.
 
-    `FineTuner(spec.name)`, `tune(..., backbone=spec.name)`, `keras-ft
-    backbones` and `reproduce` then take it, with its preprocessing, minimum
-    size and unfreeze suggestion. A run records the name: to `reproduce` it
-    in another process, register the backbone there too (import the module
-    that calls `register_backbone`) first.
+    `FineTuner(name)`, `tune(..., backbone=name)`, `keras-ft backbones`,
+    `list_backbones` and `reproduce` then take it, with its preprocessing,
+    minimum size and unfreeze suggestion. A run records the name: to
+    `reproduce` it in another process, register the backbone there too
+    (import the module that calls `register_backbone`) first.
+
+    Called with a `BackboneSpec`, it registers that spec. Called with a name (or
+    none) and the spec's fields, it returns a decorator that registers the function
+    it decorates as the builder, as timm's `register_model` does; the name defaults
+    to the function's, as names are looked up (`small_cnn`: `"smallcnn"`).
 
     Args:
-        spec: a `BackboneSpec`, usually with a callable `builder`.
-        overwrite: replace a backbone already registered under `spec.name`.
+        spec: a `BackboneSpec`, usually with a callable `builder`; or, to
+            decorate a builder, its registry name or `None`.
+        overwrite: replace a backbone already registered under the same name.
+        preprocessing: (decorator) how the builder's weights expect 0-255 RGB
+            pixels to be scaled: `"caffe"`, `"tf"`, `"torch"` or `"none"`.
+        default_size: (decorator) the usual input size in px (default 224).
+        min_size: (decorator) the smallest input size in px (default 32).
+        finetune_from: (decorator) the layer a partial fine-tune starts from.
+        builder_kwargs: (decorator) further arguments of the builder, as a dict.
 
     Returns:
-        `spec`.
+        `spec`; or, to decorate a builder, a decorator returning it unchanged.
 
     Example:
 
-    >>> def small_cnn(include_top=False, weights=None, input_shape=(64, 64, 3)):
+    >>> @keras_ft.register_backbone(preprocessing="tf", default_size=64)
+    ... def small_cnn(include_top=False, weights=None, input_shape=(64, 64, 3)):
     ...     inputs = keras.Input(input_shape)
     ...     x = keras.layers.Conv2D(16, 3, strides=2, activation="relu", name="conv")(inputs)
     ...     return keras.Model(inputs, x, name="smallcnn")
-    >>> keras_ft.register_backbone(keras_ft.BackboneSpec("smallcnn", small_cnn, "tf"))
     >>> keras_ft.FineTuner("smallcnn", weights=None).fit(data)
+
+    or, the same registration as a call:
+
+    >>> keras_ft.register_backbone(keras_ft.BackboneSpec("smallcnn", small_cnn, "tf", 64))
     """
+    fields = {
+        "preprocessing": preprocessing,
+        "default_size": default_size,
+        "min_size": min_size,
+        "finetune_from": finetune_from,
+        "builder_kwargs": None if builder_kwargs is None else tuple(dict(builder_kwargs).items()),
+    }
+    fields = {field: value for field, value in fields.items() if value is not None}
+    if spec is None or isinstance(spec, str):
+        return _registering_decorator(spec, overwrite, fields)
+    return _register_spec(spec, overwrite, fields)
+
+
+def _register_spec(spec: BackboneSpec, overwrite: bool, fields: dict) -> BackboneSpec:
+    """`register_backbone(spec)`: refuses what is not a spec, extra fields and a taken name."""
     if not isinstance(spec, BackboneSpec):
         raise KerasFTError(
             f"`register_backbone` expects a keras_ft.BackboneSpec, received "
-            f"{type(spec).__name__}. Pass BackboneSpec(name, builder, preprocessing, ...)."
+            f"{type(spec).__name__}. Pass BackboneSpec(name, builder, preprocessing, ...), "
+            "or decorate a builder with @register_backbone(preprocessing=...)."
+        )
+    if fields:
+        raise KerasFTError(
+            f"`register_backbone(spec)` takes the backbone's fields from the spec, received "
+            f"{', '.join(fields)} as well: set them in the BackboneSpec (they are arguments "
+            "of the decorator form only, @register_backbone(name, preprocessing=...))."
         )
     if spec.name in _REGISTRY and not overwrite:
         raise KerasFTError(
@@ -254,6 +304,49 @@ def register_backbone(spec: BackboneSpec, overwrite: bool = False) -> BackboneSp
         )
     _REGISTRY[spec.name] = spec
     return spec
+
+
+def _registering_decorator(name: str | None, overwrite: bool, fields: dict) -> Callable:
+    """The decorator of `@register_backbone(name, **fields)`: registers the builder it decorates."""
+
+    def register(builder: Callable[..., keras.Model]) -> Callable[..., keras.Model]:
+        key = name if name is not None else _key(getattr(builder, "__name__", ""))
+        spec = BackboneSpec(key, builder, **{"preprocessing": None, **fields})  # None: refused
+        register_backbone(spec, overwrite)
+        return builder
+
+    return register
+
+
+def list_backbones(pattern: str | None = None) -> list[str]:
+    """The names of the registered backbones (installed plugins included).
+
+    Args:
+        pattern: keep only the names matching this shell-style pattern
+            (`fnmatch`), e.g. `"resnet*"` or `"mobilenetv[23]*"`. It is matched
+            as names are looked up, case and `_` / `-` insensitive:
+            `"EfficientNet_Lite*"` finds `"efficientnetlite0"`.
+
+    Returns:
+        The names, in the order `keras-ft backbones` lists them.
+    """
+    check(
+        pattern is None or isinstance(pattern, str),
+        "pattern",
+        "a shell-style pattern such as 'resnet*', or None",
+        pattern,
+    )
+    names = list(BACKBONES)
+    if pattern is None:
+        return names
+    key = _pattern_key(pattern)
+    return [name for name in names if fnmatch.fnmatchcase(name, key)]
+
+
+def _pattern_key(pattern: str) -> str:
+    """`pattern` as names are looked up: lower case, '_' and '-' dropped outside `[...]`."""
+    parts = re.split(r"(\[[^\]]*\])", pattern)
+    return "".join(part.lower() if part.startswith("[") else _key(part) for part in parts)
 
 
 PLUGIN_GROUP = "keras_ft.backbones"
