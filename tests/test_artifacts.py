@@ -12,7 +12,7 @@ from conftest import copy_run, reseal, tiny_backbone
 from PIL import Image
 
 import keras_ft
-from keras_ft.runs.artifacts import FORMAT_VERSION
+from keras_ft.runs.loading import FORMAT_VERSION
 from keras_ft.runs.reproducibility import weights_sha256
 from keras_ft.utils.errors import KerasFTError
 
@@ -533,7 +533,7 @@ def test_export_copies_verified_files_only(trained, tmp_path):
 def _other_variables(trained, run_dir, layout):
     """A SavedModel of other weights: the trained model's own layout (its predictions kernel
     tripled), or a reloaded model's, whose variables are saved in another order."""
-    from keras_ft.runs.artifacts import export_saved_model
+    from keras_ft.runs.serving import export_saved_model
 
     model = trained[0].model if layout == "same" else keras_ft.load(run_dir).model
     kernel = model.get_layer("predictions").kernel

@@ -129,7 +129,7 @@ def test_evaluate_and_predict_with_test_time_augmentation(vgg16_run, capsys):
     assert augmented["probability"] == pytest.approx(float(views.max()), rel=1e-6)
     assert augmented["probability"] != plain["probability"]  # the shifted views count
     # The run trained with --no-flip: no mirror view, three in all.
-    images = predictor._as_batch([image])
+    images = predictor.read_batch([image])
     d = TTA_SHIFT * 32
     by_hand = np.mean(
         [

@@ -11,7 +11,7 @@ from conftest import fail_writes, write_folder
 from conftest import main_cli as cli
 
 import keras_ft
-from keras_ft.runs import deploy
+from keras_ft.runs import convert, parity, quantize
 from keras_ft.utils.errors import KerasFTError
 
 CLASSES = ("red", "green", "blue")
@@ -116,7 +116,7 @@ def test_split_head_computes_the_same_probabilities(run):
     model = keras_ft.load(run[0]).model
     variance = model.get_layer("feature_norm").moving_variance
     variance.assign(np.concatenate([np.zeros(5), np.ones(507)]).astype(np.float32))
-    split, description = deploy.split_head(model)
+    split, description = quantize.split_head(model)
     large = split.get_layer("large").kernel.shape[0]
     assert large == 5 and "5 of 512 rows" in description
     pixels = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3)).astype(np.float32)
@@ -164,7 +164,7 @@ def test_int8_kernels_are_on_the_int8_grid_and_keep_a_flat_image_exact():
     model = high_gain_classifier()
     before = [np.array(w) for w in model.get_weights()]
     flat = np.broadcast_to([[[[200, 30, 90]]]], (4, 12, 12, 3)).astype(np.float32)
-    copy, description = deploy.int8_kernels(model, flat)
+    copy, description = quantize.int8_kernels(model, flat)
     assert description.startswith("3 of 3 convolution kernels rounded to their int8 grid")
     for old, new in zip(before, model.get_weights(), strict=True):  # the run's model unchanged
         np.testing.assert_array_equal(old, new)
@@ -200,7 +200,7 @@ def test_int8_kernels_keep_efficientnet_lite0_features_on_digits(digits, tmp_pat
     from keras_ft.data.pipeline import read_images
     from keras_ft.models.backbones import get_backbone
     from keras_ft.models.classifier import build_classifier, split_at_features
-    from keras_ft.runs.artifacts import export_saved_model
+    from keras_ft.runs.serving import export_saved_model
 
     spec = get_backbone("efficientnet_lite0")
     config = ModelConfig(
@@ -210,12 +210,12 @@ def test_int8_kernels_keep_efficientnet_lite0_features_on_digits(digits, tmp_pat
     features, _ = split_at_features(model)
     calibration = read_images([str(p) for p in sorted(digits.glob("train/*/*"))[::6]], (32, 32))
     test = read_images([str(p) for p in sorted(digits.glob("test/*/*"))[::2]], (32, 32))
-    corrected, _ = deploy.int8_kernels(features, calibration)
+    corrected, _ = quantize.int8_kernels(features, calibration)
     export_saved_model(corrected, tmp_path / "saved_model")
-    sample = deploy._Images("train", calibration, np.zeros(len(calibration), np.int32), 300)
-    flatbuffer = deploy._convert_litert(tmp_path / "saved_model", "int8", sample)
+    sample = parity.Images("train", calibration, np.zeros(len(calibration), np.int32), 300)
+    flatbuffer = convert.convert_litert(tmp_path / "saved_model", "int8", sample)
     (tmp_path / "model.tflite").write_bytes(flatbuffer)
-    exported = deploy._litert_runner(tmp_path / "model.tflite")(test)
+    exported = parity.litert_runner(tmp_path / "model.tflite")(test)
     reference = features.predict(test.astype(np.float32), verbose=0)
     error = np.linalg.norm(exported - reference, axis=1) / np.linalg.norm(reference, axis=1)
     assert np.median(error) < 0.11, np.median(error)
@@ -229,7 +229,7 @@ def test_onnx_export_runs_in_onnxruntime(run, tmp_path, capsys):
     assert code == 0, out
     assert "top-1 agreement 100.00%" in out
     record = json.loads((tmp_path / "out" / "export.json").read_text())
-    assert record["opset"] == deploy.ONNX_OPSET and record["targets_met"]
+    assert record["opset"] == convert.ONNX_OPSET and record["targets_met"]
     assert record["input"]["shape"] == [None, 32, 32, 3]
     import onnxruntime
 
@@ -240,7 +240,7 @@ def test_onnx_export_runs_in_onnxruntime(run, tmp_path, capsys):
 
 def test_a_missed_target_exits_1_and_keeps_the_files(run, tmp_path, capsys, monkeypatch):
     pytest.importorskip("ai_edge_litert")
-    monkeypatch.setattr(deploy, "MIN_AGREEMENT", 1.01)  # a target no export can meet
+    monkeypatch.setattr(parity, "MIN_AGREEMENT", 1.01)  # a target no export can meet
     run_dir, _ = run
     code, out, _ = cli(
         capsys, "export", run_dir, "--output", tmp_path / "out", "--format", "litert"

@@ -71,7 +71,7 @@ def explain(run_dir, images, output, top_k: int = 3, signing_key=None) -> list[P
     Returns:
         The PNG paths written, in the order of `images`.
     """
-    from keras_ft.runs.artifacts import load
+    from keras_ft.runs.loading import load
     from keras_ft.utils.plots import matplotlib_figure
 
     if matplotlib_figure() is None:
@@ -86,7 +86,7 @@ def explain(run_dir, images, output, top_k: int = 3, signing_key=None) -> list[P
         raise KerasFTError(
             f"'{taken[0]}' already exists. Choose another --output folder, or remove the file."
         )
-    pixels = predictor._as_batch([os.fspath(path) for path in images])  # names bad files
+    pixels = predictor.read_batch([os.fspath(path) for path in images])  # names bad files
     try:
         output.mkdir(parents=True, exist_ok=True)
         for start in range(0, len(pixels), 16):

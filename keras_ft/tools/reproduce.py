@@ -14,7 +14,7 @@ from keras_ft.config import DataConfig, ModelConfig, TrainingConfig, from_dict, 
 from keras_ft.data.folder import ImageFolder
 from keras_ft.data.scan import scan_folder
 from keras_ft.models.backbones import is_registered, not_registered
-from keras_ft.runs.artifacts import verify_run
+from keras_ft.runs.loading import verify_run
 from keras_ft.runs.manifest import checkpoint_dir
 from keras_ft.runs.reproducibility import compare_files, environment, file_hashes, weights_sha256
 from keras_ft.task.finetuner import FineTuner
