@@ -73,8 +73,8 @@ test: $(VENV)/.dev-installed
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check keras_ft tests examples bench
 
-# The option and command references, from keras_ft/config.py and keras_ft/cli/main.py (no TensorFlow
-# runs); tests/test_docs.py fails when the committed files differ from what this writes.
+# The option and command references, from keras_ft/config/ and the parser in keras_ft/cli/ (no
+# TensorFlow runs); tests/test_docs.py fails when the committed files differ from what this writes.
 docs: $(VENV)/.demo-installed
 	$(BIN)/python -m keras_ft.cli.reference
 

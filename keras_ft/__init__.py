@@ -39,6 +39,7 @@ _EXPORTS = {
     "BackboneSpec": "keras_ft.models.backbones",
     "get_backbone": "keras_ft.models.backbones",
     "register_backbone": "keras_ft.models.backbones",
+    "list_backbones": "keras_ft.models.backbones",
     "rank": "keras_ft.tools.ranking",
     "RankResult": "keras_ft.tools.ranking",
     # Search.

@@ -200,6 +200,7 @@ def test_list_backbones_lists_the_registry_filtered_by_shell_patterns(registered
     ]
     assert list_backbones("tiny*") == ["tinynet"]
     assert list_backbones("alexnet*") == []
+    assert keras_ft.list_backbones is list_backbones
     with pytest.raises(KerasFTError, match="Invalid `pattern`"):
         list_backbones(["resnet*"])
 
