@@ -540,7 +540,7 @@ def test_flip_auto_does_not_flip_until_told(aug_folder):
     none = make_data(aug_folder[0], flip=False, **still)
     assert_same_batches(batch_list(auto.train_dataset(0, 1)), batch_list(none.train_dataset(0, 1)))
     flipped = make_data(aug_folder[0], flip=True, **still)
-    told = auto.train_dataset(0, 1, decided={"flip": True})
+    told = auto.with_augmentation(flip=True).train_dataset(0, 1)
     assert_same_batches(batch_list(told), batch_list(flipped.train_dataset(0, 1)))
     with pytest.raises(KerasFTError, match="Invalid `flip`: expected True, False or 'auto'"):
         make_data(aug_folder[0], flip="yes")
@@ -562,11 +562,11 @@ def test_quarter_turns_turn_each_image_by_its_own_multiple_of_90_degrees(aug_fol
     assert set(turns) == {0, 1, 2, 3}  # 30 images: each turn drawn
     again = make_data(aug_folder[0], quarter_turns=True, **still).train_dataset(0, 2)
     assert_same_batches(batch_list(again), turned)  # from the seed alone
-    # "auto" turns nothing until fit decides, and decided=True is quarter_turns=True.
+    # "auto" turns nothing until fit decides, and decided True is quarter_turns=True.
     auto = make_data(aug_folder[0], quarter_turns="auto", **still)
     assert auto.decides == ("quarter_turns",)
     assert_same_batches(batch_list(auto.train_dataset(0, 2)), plain)
-    told = auto.train_dataset(0, 2, decided={"quarter_turns": True})
+    told = auto.with_augmentation(quarter_turns=True).train_dataset(0, 2)
     assert_same_batches(batch_list(told), turned)
     assert make_data(aug_folder[0], quarter_turns="auto", augment=False).decides == ()
     with pytest.raises(KerasFTError) as refused:

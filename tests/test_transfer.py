@@ -254,7 +254,7 @@ def test_fit_records_the_probe_of_the_frozen_features(probed_tuner):
 
 
 def test_fine_tuning_below_the_probe_warns_what_to_try():
-    from keras_ft.task.finetuner import compare_with_probe
+    from keras_ft.task.records import compare_with_probe
     from keras_ft.training.history import TrainingHistory
 
     probe = {"validation_accuracy": 0.8, "train_accuracy": 1.0, "c": 1.0}

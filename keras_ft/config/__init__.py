@@ -13,12 +13,13 @@ This facade re-exports the package's public names; they live in:
 - `parsers`: the command-line forms of values (`parse_*`).
 - `options`: `Option`, `option`, `options_of`, `defaults_of`, `checked`,
   `validate`, `describe`, `document`, `merge_options` and `takes_options`.
-- `data_config`: `DataConfig`.
+- `data_config`: `DataConfig` and `DECIDED_FROM_DATA`.
 - `model_config`: `ModelConfig` and its choices (`POOLINGS`, `HEADS`,
   `PREPROCESSING_LAYERS`, `MIXED_PRECISION`).
 - `training_config`: `TrainingConfig`, its choices (`SCHEDULES`, `HEAD_INITS`,
   `STRATEGIES`, `LR_SCALINGS`), `CONSTRUCTOR_OPTIONS` and `FIT_OPTIONS`.
 - `records`: `to_dict`, `from_dict` and `RECORDED_BEFORE`.
+- `run`: `RunConfig`, a run's whole configuration as `run.json` records it.
 - `recipe`: the named recipes (`recipe="auto"`), imported from there.
 """
 
@@ -34,7 +35,7 @@ from keras_ft.config.checks import (
     is_int,
     is_number,
 )
-from keras_ft.config.data_config import DataConfig
+from keras_ft.config.data_config import DECIDED_FROM_DATA, DataConfig
 from keras_ft.config.model_config import (
     HEADS,
     MIXED_PRECISION,
@@ -62,6 +63,7 @@ from keras_ft.config.parsers import (
     parse_weights,
 )
 from keras_ft.config.records import RECORDED_BEFORE, from_dict, to_dict
+from keras_ft.config.run import RunConfig
 from keras_ft.config.training_config import (
     CONSTRUCTOR_OPTIONS,
     FIT_OPTIONS,
@@ -86,10 +88,12 @@ __all__ = [
     "SCHEDULES",
     "SEED",
     "STRATEGIES",
+    "DECIDED_FROM_DATA",
     "DataConfig",
     "ModelConfig",
     "Option",
     "Range",
+    "RunConfig",
     "TrainingConfig",
     "check",
     "checked",

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 from keras_ft.config.checks import SEED, Range, check, image_size_pair
 from keras_ft.config.options import option, validate
 
+# The augmentation options that `"auto"` decides from the data before phase 1
+# (`keras_ft.training.symmetry.DECIDERS` holds the decider of each).
+DECIDED_FROM_DATA = ("flip", "quarter_turns")
+
 
 @dataclass(frozen=True)
 class DataConfig:

@@ -22,7 +22,14 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
-from keras_ft.config import DataConfig, defaults_of, document, merge_options, takes_options
+from keras_ft.config import (
+    DECIDED_FROM_DATA,
+    DataConfig,
+    defaults_of,
+    document,
+    merge_options,
+    takes_options,
+)
 from keras_ft.data.pipeline import (
     AUTOTUNE,
     FIXED_PARALLELISM,
@@ -41,8 +48,8 @@ def augment(image: tf.Tensor, seed: tf.Tensor, config: DataConfig) -> tf.Tensor:
     (shape [2]).
 
     Zooming in and shifting together make a random crop. `flip="auto"` and
-    `quarter_turns="auto"` do nothing: `fit` decides before phase 1 and passes
-    `True` or `False`.
+    `quarter_turns="auto"` do nothing: `fit` decides them before phase 1 and trains
+    on `with_augmentation(flip=..., quarter_turns=...)` (`keras_ft.training.resolve`).
     """
     image = tf.cast(image, tf.float32)
     flip_seed, angle_seed, zoom_seed, contrast_seed = tf.unstack(
@@ -249,7 +256,7 @@ class ImageFolder:
         """The augmentation options `fit` decides from the data (`"auto"`, augmentation on)."""
         if not self.config.augment:
             return ()
-        return tuple(o for o in ("flip", "quarter_turns") if getattr(self.config, o) == "auto")
+        return tuple(o for o in DECIDED_FROM_DATA if getattr(self.config, o) == "auto")
 
     def with_augmentation(self, **changes) -> ImageFolder:
         """A copy with other augmentation settings (e.g. `flip="auto"`), same images and split.
@@ -367,7 +374,6 @@ class ImageFolder:
         epochs: int = 1,
         batch_size: int | None = None,
         replicas=1,
-        decided: dict | None = None,
     ) -> tf.data.Dataset:
         """Training batches for epochs `start_epoch` to `start_epoch + epochs - 1`.
 
@@ -378,10 +384,8 @@ class ImageFolder:
         training under a `tf.distribute` strategy asks for the global size).
         With `replicas` > 1 each epoch leaves out the last `len % replicas`
         images of its order, so that every batch splits evenly over replicas.
-        `decided` overrides augmentation options (`fit`'s decisions for
-        `"auto"`: `{"flip": True, "quarter_turns": False}`).
         """
-        config = dataclasses.replace(self.config, **(decided or {}))
+        config = self.config
         batch_size = batch_size or config.batch_size
         count = len(self.train_files)
 

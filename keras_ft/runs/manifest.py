@@ -21,7 +21,7 @@ import stat
 from pathlib import Path
 
 from keras_ft.utils.errors import KerasFTError
-from keras_ft.utils.files import CHECKPOINT_STATE, TRAINING_STATE, file_sha256
+from keras_ft.utils.files import TRAINING_STATE
 
 SIGNING_KEY_ENV = "KERAS_FT_SIGNING_KEY"
 _RESTORE = "Restore the run directory from a copy, or re-create the run with `keras-ft train`."
@@ -151,7 +151,6 @@ def _open_file(path: Path) -> int:
             f"Cannot read '{path}': {error.strerror}. It is a symbolic link, or unreadable. "
             + _RESTORE
         ) from None
-
 
 
 def _copy_hashing(source: Path, destination: Path | None) -> str:

@@ -25,8 +25,8 @@ import stat
 import tempfile
 from pathlib import Path
 
-from keras_ft.utils.errors import KerasFTError
 from keras_ft.runs.manifest import is_hashes
+from keras_ft.utils.errors import KerasFTError
 from keras_ft.utils.files import INTERRUPTED, TRAINING_STATE, file_sha256
 
 # What training writes into `checkpoints/` (see `training.Checkpoint`), partial files
@@ -157,7 +157,6 @@ def _written(relpath: str, files: set[str]) -> bool:
     if len(parts) == 2:
         return _CHECKPOINT_FILE.fullmatch(parts[1]) is not None
     return parts[1] == "logs" and _EVENTS_FILE.fullmatch(parts[-1]) is not None
-
 
 
 def _names(paths: list[str], limit: int = _LIST_LIMIT) -> str:

@@ -34,15 +34,14 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from keras_ft.data.decode import pil_to_rgb
+from keras_ft.models.probe import describe_probe
 from keras_ft.runs.evaluation import predict_dataset
 from keras_ft.utils.plots import PLOTS_HINT, matplotlib_figure, png
 from keras_ft.utils.text import csv_cell, printable
-from keras_ft.models.probe import describe_probe
 
 MAX_MISTAKES = 24
 MAX_CORRECT = 12
 _TILE, _CAPTION = 128, 34
-
 
 
 def plot_curves(rows: list[dict]) -> bytes | None:
@@ -195,8 +194,8 @@ def labelled_grid(
 def _heat_overlays(model, paths) -> list[Image.Image] | None:
     """Each image with the Grad-CAM heatmap of its predicted class; None if there is no map."""
     from keras_ft.data.pipeline import read_images
-    from keras_ft.utils.errors import KerasFTError
     from keras_ft.models.gradcam import GradCAM
+    from keras_ft.utils.errors import KerasFTError
 
     try:
         explainer = GradCAM(model)
@@ -443,9 +442,9 @@ def write_report(tuner, directory) -> Path:
                 writer.writerow(
                     (csv_cell(name), r["precision"], r["recall"], r["f1"], r["support"])
                 )
-    for name, png in images.items():
-        if png:
-            (directory / f"{name}.png").write_bytes(png)
+    for name, drawn in images.items():
+        if drawn:
+            (directory / f"{name}.png").write_bytes(drawn)
     title = f"keras_ft run: {tuner.model_config.backbone}, {len(tuner.class_names)} classes"
     if tuner.kept_model != "fine-tuned":  # the curves show phases whose model was not kept
         title += f"; the model is the {tuner.kept_model}"

@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
-import importlib.util
-import json
 import os
-import shutil
-import sys
-import tempfile
-import time
-import warnings
-import weakref
-from datetime import datetime, timezone
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from keras_ft.config import (
     CONSTRUCTOR_OPTIONS,
     FIT_OPTIONS,
     ModelConfig,
+    RunConfig,
     TrainingConfig,
     check,
     checked,
@@ -36,30 +26,25 @@ from keras_ft.config import (
     takes_options,
     to_dict,
 )
-from keras_ft.config.recipe import apply_recipe
 from keras_ft.data.folder import ImageFolder, folder_dataset
 from keras_ft.models.backbones import PREPROCESSING, get_backbone
 from keras_ft.models.classifier import (
     build_classifier,
-    set_probe,
-    split_at_features,
     unknown_layer_message,
 )
 from keras_ft.runs.evaluation import evaluate_model
 from keras_ft.runs.reproducibility import (
-    check_deterministic_gradients,
-    file_hashes,
     seed_everything,
     weights_sha256,
 )
-from keras_ft.training.checkpoint import read_checkpoint
-from keras_ft.training.distribute import LOST_PEER_ERRORS, all_agree, get_distribution, lost_worker
-from keras_ft.training.features import frozen_features
-from keras_ft.training.history import PHASES, EpochTensorBoard, TrainingHistory, advice
-from keras_ft.training.phases import fit_two_phase
+from keras_ft.task.fitting import Fitting, fit_defaults
+from keras_ft.training.distribute import (
+    check_in_scope,
+    get_distribution,
+)
+from keras_ft.training.history import TrainingHistory
 from keras_ft.utils.errors import KerasFTError
 
-FOLDERS = ("directory", "test_dir")  # where the data is, not what it is
 # ModelConfig fields the constructor takes as keywords (backbone and num_classes come first).
 MODEL_OPTIONS = tuple(n for n in defaults_of(ModelConfig) if n != "backbone")
 # The constructor's keyword options: the model's, and the training options that act on the
@@ -74,11 +59,7 @@ def _defaults(*groups) -> dict:
     return {**values, **{k: v for k, v in FROM_DATA.items() if k in values}}
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-class FineTuner:
+class FineTuner(Fitting):
     """An ImageNet backbone with a new head, fine-tuned in two phases.
 
     The constructor is the configuration; `fit` does the work. The Keras model
@@ -133,7 +114,7 @@ class FineTuner:
             options["weights"] = os.fspath(options["weights"])
         image_size = options.pop("image_size")
         self._model_kwargs = dict(backbone=name, **options)  # ModelConfig's, less the data's
-        self._fit_options = _defaults((TrainingConfig, FIT_OPTIONS))  # from_configs sets them
+        self._fit_options = fit_defaults()  # from_configs sets them
         self._image_size = None if image_size is None else image_size_pair(image_size)
         self._num_classes = num_classes
         self.seed = options["seed"]
@@ -207,7 +188,7 @@ class FineTuner:
         if self._backbone_model is not None:
             seed_everything(self.seed, self.deterministic)
             if distribution.replicas > 1:
-                _check_in_scope(backbone, distribution)
+                check_in_scope(backbone, distribution)
         with self._building():
             self.model = build_classifier(
                 backbone,
@@ -255,306 +236,6 @@ class FineTuner:
         tuner._fit_options = {name: values[name] for name in FIT_OPTIONS}
         return tuner
 
-    @takes_options((TrainingConfig, FIT_OPTIONS))
-    def fit(
-        self,
-        data: ImageFolder,
-        *,
-        recipe="auto",
-        callbacks=(),
-        verbose="auto",
-        evaluate=True,
-        checkpoint_dir=None,
-        resume=False,
-        tensorboard_dir="auto",
-        **options,
-    ) -> TrainingHistory:
-        """Train on `data` in two phases, then evaluate on its test split if it has one.
-
-        The training options (`head_epochs` to `lr_scaling`) are the fields of
-        `keras_ft.config.TrainingConfig`; one left out takes its value in the
-        `TrainingConfig` given to `from_configs`, else the default shown.
-
-        Args:
-            data: an `ImageFolder`, or a `tf.data.Dataset` of (images, labels)
-                batches such as `keras.utils.image_dataset_from_directory`
-                returns, read with this tuner's seed by `ImageFolder.from_dataset`
-                (which says what a dataset cannot give: no validation or test
-                split, and no data fingerprint, so no `keras-ft reproduce`).
-        {options}
-            recipe: `"auto"` (the default) or `None`. `"auto"` gives each option
-                not passed here and left at its default a value that adapts to
-                the data (`keras_ft.config.recipe.AutoRecipe`: the epochs and phase
-                2's learning rate and schedule follow the training split's
-                size; the model kept is the one with the lowest validation loss
-                of the fine-tuned model, the phase-1 head and the linear
-                probe). What it changed is printed and kept in `run.json` under
-                `"recipe"`. `None`: the options as given, defaults included.
-            callbacks: Keras callbacks, passed to both phases.
-            checkpoint_dir: save a checkpoint there after every epoch (only the
-                chief does, under a multi-worker strategy).
-            resume: continue from the checkpoint in `checkpoint_dir`; the
-                result is bitwise the one an uninterrupted run gives. Every
-                worker reads it: share `checkpoint_dir` between machines.
-            verbose: `"auto"`: on a terminal Keras's progress bar, anywhere else
-                (a file, a pipe) one plain line per epoch; either way a line as
-                each phase starts and the overall progress with the time left
-                (`keras_ft.utils.progress`). 1: the bar; 2: the lines; 0: nothing.
-            evaluate: evaluate on `data.test` at the end, when there is one.
-            tensorboard_dir: TensorBoard logs of both phases on one epoch axis.
-                `"auto"`: in `checkpoint_dir/logs` (kept on resume), else in a
-                temporary folder; `save` copies them into the run directory's
-                `logs/`. A path: written there. `None`: no logs.
-
-        Returns:
-            The `TrainingHistory` of both phases (also kept as `self.history`).
-            `self.advice` then lists what the history suggests (a phase stopped
-            early, is still improving, or fine-tuning ended below the head; see
-            `keras_ft.training.history.advice`); it is printed unless `verbose=0` and
-            recorded in `run.json`.
-        """
-        if isinstance(data, tf.data.Dataset):
-            data = ImageFolder.from_dataset(data, seed=self.seed)
-        if not isinstance(data, ImageFolder):
-            raise KerasFTError(
-                f"`fit` expects an ImageFolder or a tf.data.Dataset of (images, labels) "
-                f"batches, received {type(data).__name__}. Wrap your folder: "
-                "keras_ft.ImageFolder('path/to/train')."
-            )
-        given = tuple(options)  # named here: the recipe keeps them
-        options = merge_options(options, self._fit_options, "FineTuner.fit")
-        if self._model_kwargs["head"] == "linear":  # the probe is the model: no phase to adapt
-            recipe = None
-        options, applied = apply_recipe(
-            recipe, options, data, self._model_kwargs["dense_units"], given
-        )
-        if applied and verbose != 0:
-            settings = ", ".join(f"{key}={value!r}" for key, value in applied.items())
-            print(f"recipe={recipe!r}: {settings}")
-        self.training_config = self._training_config(options)
-        if self.model is None:
-            self.build(data.image_size, data.num_classes)
-        self.data_config, self.class_names = data.config, data.class_names
-        self.data = data if data.has_files else None  # `save` records the files it names
-        started, clock = _now(), time.perf_counter()
-        self.file_hashes = {
-            "train": file_hashes(data.report.files),
-            "test": file_hashes(data.test_files),
-        }
-        seed_everything(self.seed, self.deterministic)
-        if self.deterministic:
-            check_deterministic_gradients(self.model, self.model_config.backbone)
-        distribution = self.distribution
-        self.tensorboard_dir = None
-        if distribution.is_chief:  # other workers write nothing the user sees
-            self.tensorboard_dir = self._log_dir(tensorboard_dir, checkpoint_dir, resume)
-        if self.tensorboard_dir is not None:
-            callbacks = [*callbacks, EpochTensorBoard(self.tensorboard_dir)]
-        signature = self._signature()
-        if self.model_config.head == "linear":
-            return self._fit_linear(data, started, clock, evaluate, verbose)
-        # The probe is scored on the validation split; head_init="probe" and the augmentation
-        # decided from the data (flip="auto", quarter_turns="auto") need it even without.
-        needs_probe = self.training_config.head_init == "probe" or bool(data.decides)
-        if data.validation is not None or needs_probe:
-            features, probe, probe_summary = self._linear_probe(data, verbose)
-        else:
-            features = probe = probe_summary = None
-        try:
-            with distribution.strategy.scope():  # both phases compile in it
-                self._check_same_checkpoint(checkpoint_dir, resume, signature)
-                self.history = fit_two_phase(
-                    self.model,
-                    data,
-                    self.training_config,
-                    callbacks,
-                    verbose,
-                    checkpoint_dir=checkpoint_dir,
-                    resume=resume,
-                    signature=signature,
-                    replicas=distribution.replicas,
-                    chief=distribution.is_chief,
-                    frozen=features,
-                    probe=probe,
-                )
-        except LOST_PEER_ERRORS as error:
-            if distribution.workers == 1:
-                raise
-            raise lost_worker(error, distribution, checkpoint_dir) from None
-        self.advice = advice(self.history.rows, self.training_config, self.history.decisions)
-        if verbose != 0 and distribution.is_chief:
-            for message in self.advice:
-                print(f"advice: {message}")
-        if evaluate and data.test is not None and distribution.is_chief:
-            self.metrics = self.evaluate(data.test)
-        self.record = {
-            "started": started,
-            "finished": _now(),
-            "train_seconds": round(time.perf_counter() - clock, 3),
-            "command": sys.argv,
-            "advice": self.advice,
-            "decisions": self.history.decisions.record(),
-            "recipe": {"name": recipe, "applied": applied} if recipe else None,
-        }
-        if probe_summary is not None:
-            self.record["linear_probe"] = compare_with_probe(probe_summary, self.history)
-        return self.history
-
-    @takes_options((TrainingConfig, FIT_OPTIONS))
-    def lr_find(
-        self,
-        data: ImageFolder,
-        phase="head",
-        *,
-        steps=200,
-        start_lr=1e-7,
-        end_lr=10.0,
-        verbose="auto",
-        **options,
-    ):
-        """Learning-rate range test (Smith 2015, fastai's `lr_find`) for one phase.
-
-        Trains for up to `steps` batches while the learning rate grows
-        exponentially from `start_lr` to `end_lr`, then restores the weights.
-        For `phase="finetune"` the head is trained first (phase 1: `head_epochs`
-        at `head_lr`), as `fit` would, and the backbone unfrozen per `unfreeze`.
-        The sweep compiles as `fit` would (`momentum`, `discriminative_lr`,
-        `label_smoothing` ...), with the swept rate in place of the phase's.
-
-        Args:
-            data: an `ImageFolder`.
-            phase: `"head"` or `"finetune"`.
-            steps: at most this many batches.
-            start_lr: the first step's learning rate.
-            end_lr: the last step's (the sweep stops sooner once the loss diverges).
-            verbose: Keras verbosity of phase 1 (`"finetune"`).
-        {options}
-
-        Returns:
-            A `keras_ft.training.lr_find.LRFinderResult`: the losses, the `suggestion`
-            (a tenth of the rate at the lowest smoothed loss), the `steepest`
-            point, and `plot(path)`.
-        """
-        from keras_ft.training.lr_find import sweep
-
-        check(phase in PHASES, "phase", f"one of {PHASES}", phase)
-        options = merge_options(options, self._fit_options, "FineTuner.lr_find")
-        config = self._training_config(options)  # every option checked before any training
-        if phase == "finetune" and config.head_epochs:
-            self.fit(
-                data,
-                **{  # phase 1 alone, with the other options at their defaults
-                    **_defaults((TrainingConfig, FIT_OPTIONS)),
-                    "head_epochs": config.head_epochs,
-                    "finetune_epochs": 0,
-                    "head_lr": config.head_lr,
-                },
-                recipe=None,
-                verbose=verbose,
-                evaluate=False,
-                tensorboard_dir=None,
-            )
-        elif self.model is None:
-            self.build(data.image_size, data.num_classes)
-        seed_everything(self.seed, self.deterministic)
-        with self.distribution.strategy.scope():
-            return sweep(self.model, data, phase, config, start_lr, end_lr, steps)
-
-    def _fit_linear(self, data: ImageFolder, started, clock, evaluate, verbose):
-        """`fit` for `head="linear"`: the probe on the frozen features becomes the Dense layer."""
-        _, probe, _ = self._linear_probe(data, verbose)
-        set_probe(self.model, probe)
-        self.history = TrainingHistory()
-        if evaluate and data.test is not None:
-            self.metrics = self.evaluate(data.test)
-        self.record = {
-            "started": started,
-            "finished": _now(),
-            "train_seconds": round(time.perf_counter() - clock, 3),
-            "command": sys.argv,
-            "linear_probe": {**probe.summary(), "is_the_model": True},
-        }
-        return self.history
-
-    def _linear_probe(self, data: ImageFolder, verbose):
-        """The frozen features (for phase 1's cache) and a linear probe on them.
-
-        Every worker of a multi-worker run computes them, so that all train
-        phase 1 on features computed the same way (the chief alone records the
-        probe).
-
-        Returns:
-            `(features, ProbeResult, its summary with the seconds it took)`; the
-            summary is None without a validation split (the probe is scored on it).
-        """
-        from keras_ft.models.probe import linear_probe
-
-        clock = time.perf_counter()
-        extractor, _ = split_at_features(self.model)
-        features = frozen_features(extractor, data, verbose)
-        probe = linear_probe(*features, num_classes=data.num_classes)
-        seconds = round(time.perf_counter() - clock, 3)
-        if data.validation is None:
-            return features, probe, None
-        return features, probe, {**probe.summary(), "seconds": seconds}
-
-    def _training_config(self, options: dict) -> TrainingConfig:
-        """The `TrainingConfig` of `fit`'s options and the constructor's training options."""
-        return TrainingConfig(**options, **{n: getattr(self, n) for n in CONSTRUCTOR_OPTIONS})
-
-    def _log_dir(self, tensorboard_dir, checkpoint_dir, resume: bool) -> str | None:
-        """Where this fit's TensorBoard logs go (see `fit`'s `tensorboard_dir`)."""
-        if tensorboard_dir is None:
-            return None
-        if importlib.util.find_spec("tensorboard") is None:  # tf.summary needs it to write
-            warnings.warn(
-                "No TensorBoard logs: the tensorboard package is not installed. "
-                "pip install tensorboard (or pass tensorboard_dir=None to silence this).",
-                stacklevel=3,
-            )
-            return None
-        if tensorboard_dir != "auto":
-            return os.fspath(tensorboard_dir)
-        if checkpoint_dir is None:
-            scratch = tempfile.mkdtemp(prefix="keras_ft_logs_")
-            weakref.finalize(self, shutil.rmtree, scratch, ignore_errors=True)
-            return scratch
-        logs = os.path.join(checkpoint_dir, "logs")
-        if not resume:  # a fresh run starts a fresh timeline
-            shutil.rmtree(logs, ignore_errors=True)
-        return logs
-
-    def _check_same_checkpoint(self, checkpoint_dir, resume: bool, signature: str) -> None:
-        """Refuse to resume a multi-worker run unless every worker reads the same checkpoint."""
-        if not resume or self.distribution.workers == 1:
-            return
-        state = read_checkpoint(checkpoint_dir, signature) if checkpoint_dir else None
-        if not all_agree(self.distribution, state["epoch"] if state else 0):
-            raise KerasFTError(
-                f"Cannot resume: the workers see different checkpoints in '{checkpoint_dir}' "
-                f"(worker {self.distribution.worker_index} sees epoch "
-                f"{state['epoch'] if state else 'none'}). Put --output on a filesystem all "
-                "workers share, or copy the chief's checkpoints folder to every worker."
-            )
-
-    def _signature(self) -> str:
-        """A digest of everything that decides the training: configuration and data.
-
-        The data enters by content (the files' hashes), not by where the folders
-        are or how their paths were typed.
-        """
-        data = {k: v for k, v in to_dict(self.data_config).items() if k not in FOLDERS}
-        described = {
-            "replicas": self.distribution.replicas,
-            "data": data,
-            "model": to_dict(self.model_config),
-            "training": to_dict(self.training_config),
-            "files": self.file_hashes,
-            "preprocessing": self.preprocessing,
-            "seed": self.seed,
-        }
-        return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
-
     def evaluate(self, data, top_k: int = 5, tta: bool = False) -> dict:
         """Loss, accuracy, top-k accuracy, per-class report and confusion matrix.
 
@@ -586,6 +267,14 @@ class FineTuner:
         symmetries = self.history.decisions.symmetries(trained)
         metrics = evaluate_model(self.model, data, self.class_names, top_k, tta, symmetries)
         return {**metrics, "kept_model": self.kept_model}
+
+    @property
+    def run_config(self) -> RunConfig | None:
+        """The configuration `fit` trained with, its recipe included (None before `fit`)."""
+        if self.data_config is None or self.training_config is None:
+            return None
+        recipe = self.record.get("recipe")
+        return RunConfig(self.data_config, self.model_config, self.training_config, recipe)
 
     @property
     def kept_model(self) -> str:
@@ -624,48 +313,3 @@ class FineTuner:
 
 
 FineTuner.__doc__ = document(FineTuner.__doc__, *CONSTRUCTOR_GROUPS)
-
-
-def _check_in_scope(backbone: keras.Model, distribution) -> None:
-    """Refuse a custom backbone whose weights were made outside the strategy's scope."""
-    extended = distribution.strategy.extended
-    if not all(extended.variable_created_in_scope(v.value) for v in backbone.weights):
-        raise KerasFTError(
-            f"Your backbone '{backbone.name}' was created outside the "
-            f"strategy={distribution.requested!r} scope, so its weights live on one device. "
-            "Create it inside keras_ft.training.distribute.get_distribution("
-            f"{distribution.requested!r}).strategy.scope()."
-        )
-
-
-def compare_with_probe(probe: dict, history: TrainingHistory) -> dict:
-    """`probe` with the fine-tuned validation accuracy added; warn when fine-tuning is below it.
-
-    Args:
-        probe: `ProbeResult.summary()` of a linear probe on the frozen features.
-        history: the finished training's history (its last `val_accuracy`).
-
-    Returns:
-        The record's `"linear_probe"` entry: the probe's numbers, plus
-        `finetuned_validation_accuracy` and `below_probe`.
-    """
-    accuracies = history.history.get("val_accuracy") or [None]
-    finetuned = accuracies[-1]
-    # Keras reports accuracy in float32 and the probe's is float64: compared unrounded, the
-    # same number of right validation images would read as fine-tuning being below.
-    below = finetuned is not None and bool(
-        np.float32(finetuned) < np.float32(probe["validation_accuracy"])
-    )
-    if (history.decisions.fallback or {}).get("kept") == "probe":  # fallback_to_probe
-        return {**probe, "finetuned_validation_accuracy": finetuned, "is_the_model": True}
-    if below:
-        warnings.warn(
-            f"Fine-tuning reached a validation accuracy of {finetuned:.4f}, below the "
-            f"{probe['validation_accuracy']:.4f} of a logistic regression on the frozen "
-            "backbone's features: the training hurt what the backbone already knew "
-            "(negative transfer). Try unfreezing fewer layers (--unfreeze with a later "
-            "layer, or --finetune-epochs 0), a lower --finetune-lr, or keep the linear "
-            "probe itself as the model (`keras-ft probe`, or FineTuner(..., head='linear')).",
-            stacklevel=3,
-        )
-    return {**probe, "finetuned_validation_accuracy": finetuned, "below_probe": below}

@@ -1,16 +1,15 @@
 """`reproduce_run`: re-train a run from its record and compare the final weights.
 
-Apart from `keras_ft.runs.reproducibility` (seeding, hashing, environment), which
-the training and the run directory use: this module uses them both, so it
-depends on `artifacts` and `finetuner` and nothing depends on it.
+The record gives the configuration (`RunConfig`) and the decisions (`Decisions`,
+replayed rather than measured again); the data is checked against the recorded
+hashes before anything trains.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 
-from keras_ft.config import DataConfig, ModelConfig, TrainingConfig, from_dict, to_dict
+from keras_ft.config import RunConfig, to_dict
 from keras_ft.data.folder import ImageFolder
 from keras_ft.data.scan import scan_folder
 from keras_ft.models.backbones import is_registered, not_registered
@@ -18,6 +17,7 @@ from keras_ft.runs.loading import verify_run
 from keras_ft.runs.manifest import checkpoint_dir
 from keras_ft.runs.reproducibility import compare_files, environment, file_hashes, weights_sha256
 from keras_ft.task.finetuner import FineTuner
+from keras_ft.training.decisions import Decisions
 from keras_ft.utils.errors import KerasFTError
 
 
@@ -45,9 +45,8 @@ def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto", signing
             f"'{run_dir}' records no training data or settings (it was saved without "
             "`FineTuner.fit` on an ImageFolder), so it cannot be re-trained."
         )
-    data_config = _recorded(run_dir, "data", DataConfig, record)
-    model_config = _recorded(run_dir, "model", ModelConfig, record)
-    training = _recorded(run_dir, "training", TrainingConfig, record)
+    config = RunConfig.from_record(record, f"{run_dir}/run.json")
+    data_config, model_config, training = config.data, config.model, config.training
     _check_backbone(run_dir, model_config.backbone, record)
     data_dir = data_dir or data_config.directory
     test_dir = test_dir or data_config.test_dir
@@ -67,21 +66,13 @@ def reproduce_run(run_dir, data_dir=None, test_dir=None, verbose="auto", signing
             )
     values = {**to_dict(data_config), "directory": data_dir, "test_dir": test_dir}
     data = ImageFolder(**values)
-    for name in ("head_lr", "finetune_lr"):  # the rates the range test found, not a new test
-        if getattr(training, name) == "auto" and name in record.get("decisions", {}):
-            rate = record["decisions"][name].get("suggestion")
-            if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not rate > 0:
-                raise KerasFTError(
-                    f"'{run_dir}/run.json' is damaged: decisions.{name}.suggestion should be "
-                    f"the rate the range test found, received {rate!r}. Restore the run "
-                    "directory from a copy."
-                )
-            training = dataclasses.replace(training, **{name: rate})
+    decisions = _recorded_decisions(run_dir, record)
     tuner = FineTuner.from_configs(model_config, training)
     with tempfile.TemporaryDirectory() as scratch:
         tuner.fit(  # run.json holds the options the recipe resolved: none is applied again
             data,
             recipe=None,
+            decisions=decisions,  # the flips, turns and rates the run decided: replayed
             verbose=verbose,
             evaluate=False,
             checkpoint_dir=checkpoint_dir(scratch),
@@ -114,13 +105,16 @@ def _check_backbone(run_dir, name: str, record: dict) -> None:
         )
 
 
-def _recorded(run_dir, key: str, config, record: dict):
-    """Rebuild config class `config` from `record[key]`; a damaged entry is refused in one line."""
-    try:
-        return from_dict(config, record[key])
-    except (TypeError, ValueError) as error:  # KerasFTError included
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise KerasFTError(
-            f"'{run_dir}/run.json' is damaged: '{key}' does not rebuild a {config.__name__} "
-            f"({reason}). Restore the run directory from a copy."
-        ) from None
+def _recorded_decisions(run_dir, record: dict) -> Decisions:
+    """The run's `Decisions`, its range-test rates checked (a damaged one is refused)."""
+    decisions = Decisions.from_record(record.get("decisions"))
+    for name in ("head_lr", "finetune_lr"):
+        found = getattr(decisions, name)
+        rate = found.get("suggestion") if found is not None else 1.0
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not rate > 0:
+            raise KerasFTError(
+                f"'{run_dir}/run.json' is damaged: decisions.{name}.suggestion should be "
+                f"the rate the range test found, received {rate!r}. Restore the run "
+                "directory from a copy."
+            )
+    return decisions

@@ -324,3 +324,15 @@ def all_agree(distribution: Distribution, value: int) -> bool:
     )
     # n * sum(x^2) == sum(x)^2 exactly when every x is the same.
     return distribution.replicas * squares == total * total
+
+
+def check_in_scope(backbone, distribution) -> None:
+    """Refuse a custom backbone whose weights were made outside the strategy's scope."""
+    extended = distribution.strategy.extended
+    if not all(extended.variable_created_in_scope(v.value) for v in backbone.weights):
+        raise KerasFTError(
+            f"Your backbone '{backbone.name}' was created outside the "
+            f"strategy={distribution.requested!r} scope, so its weights live on one device. "
+            "Create it inside keras_ft.training.distribute.get_distribution("
+            f"{distribution.requested!r}).strategy.scope()."
+        )

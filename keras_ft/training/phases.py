@@ -27,6 +27,7 @@ from keras_ft.training.checkpoint import (
     restore_model,
     restore_optimizer,
 )
+from keras_ft.training.decisions import Decisions
 from keras_ft.training.distribute import evenly_batched, scale_learning_rate, shard_by_data
 from keras_ft.training.fallback import fall_back, phase2_start
 from keras_ft.training.features import (
@@ -60,6 +61,7 @@ def fit_two_phase(
     chief: bool = True,
     frozen=None,
     probe=None,
+    decisions=None,
 ) -> TrainingHistory:
     """Train `model` on `data` (an `ImageFolder`) in two phases.
 
@@ -90,11 +92,17 @@ def fit_two_phase(
         probe: the `keras_ft.models.probe.ProbeResult` of a linear probe on those
             features: the third candidate of `config.fallback_to_probe`, and what
             `flip="auto"` decides on (`keras_ft.training.symmetry.decide_flip`).
+        decisions: `Decisions` already taken (a run record's, replayed): not
+            measured again. A checkpoint resumed from brings its own.
 
     Returns:
         A `TrainingHistory` covering both phases, its `decisions` included.
     """
     run = start_run(model, data, config, checkpoint_dir, resume, signature, replicas, probe)
+    if decisions is not None and not run.state:
+        run.history.decisions = Decisions(  # a copy; the fallback is taken anew
+            dict(decisions.augmentation), decisions.head_lr, decisions.finetune_lr
+        )
     run.chief, run.frozen, run.probe, run.verbose = chief, frozen, probe, verbose
     run.data = resolve_augmentation(model, data, probe, run.history.decisions, verbose)
     phases = (HeadPhase(run), FinetunePhase(run))

@@ -27,13 +27,14 @@ def resolve_augmentation(model, data, probe, decisions: Decisions, verbose="auto
     Returns:
         An `ImageFolder` sharing `data`'s images, whose options are decided.
     """
+    decided = decisions.augmentation
     for name in data.decides:
-        if getattr(decisions, name) is None:
-            setattr(decisions, name, DECIDERS[name](split_at_features(model)[0], data, probe))
+        if name not in decided:
+            decided[name] = DECIDERS[name](split_at_features(model)[0], data, probe)
             if verbose != 0:
-                print(f"{name}='auto': {getattr(decisions, name)['reason']}")
-    decided = {name: getattr(decisions, name)[name] for name in data.decides}
-    return data.with_augmentation(**decided) if decided else data
+                print(f"{name}='auto': {decided[name]['reason']}")
+    chosen = {name: decided[name][name] for name in data.decides}
+    return data.with_augmentation(**chosen) if chosen else data
 
 
 def resolve_learning_rate(model, data, phase: str, config, decisions: Decisions, **sweeping):
