@@ -361,7 +361,7 @@ TRAIN_FLAGS = (
 
 
 def test_train_flags_come_from_the_config_fields_with_their_help_and_defaults(capsys):
-    from keras_ft.cli.main import build_parser
+    from keras_ft.cli.parser import build_parser
     from keras_ft.config import DataConfig, ModelConfig, TrainingConfig, defaults_of, options_of
 
     with pytest.raises(SystemExit):
@@ -379,7 +379,8 @@ def test_train_flags_come_from_the_config_fields_with_their_help_and_defaults(ca
 
 
 def test_the_recipe_keeps_the_training_flags_named_even_at_their_defaults():
-    from keras_ft.cli.main import _given, build_parser
+    from keras_ft.cli.flags import given_options as _given
+    from keras_ft.cli.parser import build_parser
 
     named = ["--head-epochs", "10", "--finetune-lr=1e-4", "--no-head-augment", "--seed", "1"]
     args = build_parser().parse_args(["train", "d", "--output", "o", *named])
@@ -391,7 +392,9 @@ def test_the_recipe_keeps_the_training_flags_named_even_at_their_defaults():
 
 
 def test_each_flag_sets_its_field():
-    from keras_ft.cli.main import _options, _training, build_parser
+    from keras_ft.cli.flags import config_options as _options
+    from keras_ft.cli.parser import build_parser
+    from keras_ft.cli.train import training_config as _training
     from keras_ft.config import DataConfig, ModelConfig
 
     given = (
@@ -456,7 +459,7 @@ def test_piped_training_log_is_one_clean_line_per_epoch_with_phases_and_time_lef
 
 
 def test_train_flags_are_grouped(capsys):
-    from keras_ft.cli.main import build_parser
+    from keras_ft.cli.parser import build_parser
 
     train = build_parser()._subparsers._group_actions[0].choices["train"]
     groups = {
@@ -559,7 +562,7 @@ def test_mistakes_that_need_no_tensorflow_are_refused_at_once(case, tmp_path):
 
 
 def test_export_takes_its_output_as_output_like_every_command(capsys, tmp_path):
-    from keras_ft.cli.main import build_parser
+    from keras_ft.cli.parser import build_parser
 
     parser = build_parser()
     named = parser.parse_args(["export", "run", "--output", "out"])

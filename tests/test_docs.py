@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from keras_ft.cli import reference
-from keras_ft.cli.main import build_parser, main
+from keras_ft.cli.main import main
+from keras_ft.cli.parser import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"

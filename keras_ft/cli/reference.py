@@ -3,7 +3,7 @@
 `docs/options.md` lists every configuration option from its declaration in
 `keras_ft.config` (name, where Python takes it, flag, default, allowed values,
 help); `docs/cli.md` lists every `keras-ft` command and its arguments from
-`keras_ft.cli.main.build_parser()`. Neither imports TensorFlow.
+`keras_ft.cli.parser.build_parser()`. Neither imports TensorFlow.
 
     python -m keras_ft.cli.reference            # (re)write docs/options.md and docs/cli.md
     python -m keras_ft.cli.reference --check    # exit 1 if either is stale
@@ -63,7 +63,7 @@ def _where(config, name: str, declared) -> str:
 
 def render_options(parser: argparse.ArgumentParser | None = None) -> str:
     """`docs/options.md`: every option of `DataConfig`, `ModelConfig` and `TrainingConfig`."""
-    from keras_ft.cli.main import build_parser
+    from keras_ft.cli.parser import build_parser
     from keras_ft.config.recipe import RECIPES
 
     flags = _flags_of(parser or build_parser())
@@ -173,12 +173,12 @@ def _usage(name: str, parser: argparse.ArgumentParser) -> str:
 
 def render_cli(parser: argparse.ArgumentParser | None = None) -> str:
     """`docs/cli.md`: every `keras-ft` command, its arguments and their help."""
-    from keras_ft.cli.main import build_parser
+    from keras_ft.cli.parser import build_parser
 
     parser = parser or build_parser()
     commands, summaries = _subparsers(parser), _summaries(parser)
     lines = [
-        _NOTE.format(source="keras_ft/cli/main.py"),
+        _NOTE.format(source="keras_ft/cli/parser.py"),
         "",
         "# Command line",
         "",
@@ -228,7 +228,7 @@ def render_cli(parser: argparse.ArgumentParser | None = None) -> str:
 
 def render() -> dict[str, str]:
     """`{file name: content}` of the generated references."""
-    from keras_ft.cli.main import build_parser
+    from keras_ft.cli.parser import build_parser
 
     parser = build_parser()
     return {"options.md": render_options(parser), "cli.md": render_cli(parser)}

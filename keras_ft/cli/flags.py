@@ -1,0 +1,224 @@
+"""The `keras-ft` parser class and the flags made from config fields.
+
+`Parser` gives Keras-style usage errors; `given_options` tells the training
+options the command line names from those left at their defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+from keras_ft.config import (
+    FIT_OPTIONS,
+    DataConfig,
+    ModelConfig,
+    Option,
+    TrainingConfig,
+    defaults_of,
+    options_of,
+)
+from keras_ft.config.recipe import RECIPES
+from keras_ft.utils.text import close_matches, did_you_mean, one_of
+
+CONFIGS = (DataConfig, ModelConfig, TrainingConfig)
+
+# `train`'s argument groups, in --help's order; a config field's group is its config's
+# (data, model, training) unless named here.
+GROUPS = ("data", "augmentation", "model", "training", "recipe", "devices", "output and run")
+FIELD_GROUPS = {
+    **dict.fromkeys(
+        ("augment", "flip", "quarter_turns", "rotation", "zoom", "contrast", "translation"),
+        "augmentation",
+    ),
+    "head_augment": "augmentation",
+    **dict.fromkeys(
+        ("fallback_to_head", "fallback_to_probe", "fallback_to_mixes", "refit_probe"), "recipe"
+    ),
+    **dict.fromkeys(("strategy", "lr_scaling"), "devices"),
+}
+CONFIG_GROUPS = {DataConfig: "data", ModelConfig: "model", TrainingConfig: "training"}
+
+# Flags people bring from one-phase trainers: training has two phases, each with its own.
+TWO_PHASES = {
+    "--epochs": ("--head-epochs", "--finetune-epochs"),
+    "--lr": ("--head-lr", "--finetune-lr"),
+    "--learning-rate": ("--head-lr", "--finetune-lr"),
+}
+
+# Options `train` alone takes: tune's trials and lr-find's sweep run on one device.
+TRAIN_ONLY = ("strategy", "lr_scaling")
+
+# The options `--recipe auto` sets when they are not given, at any size of the data.
+AUTO_SETS = {name for n in (0, 10**9) for name in RECIPES["auto"].settings(n)}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser with Keras-style usage errors: a mistyped flag, command or
+    choice gets a "did you mean", and an unknown flag is refused under the usage of the
+    command it was given to (argparse's own says `keras-ft`'s)."""
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, extras = self.parse_known_args(args, namespace)
+        command = command_parser(self, parsed)
+        if extras:
+            command.error(unrecognized(extras, command))
+        check = getattr(parsed, "check_arguments", None)
+        if check is not None:
+            message = check(parsed)
+            if message:
+                command.error(message)
+        return parsed
+
+    def _check_value(self, action, value):
+        try:
+            super()._check_value(action, value)
+        except argparse.ArgumentError as error:
+            hint = did_you_mean(str(value), [str(choice) for choice in action.choices])
+            if not hint:
+                raise
+            raise argparse.ArgumentError(action, f"{error.message}.{hint}") from None
+
+
+def given_options(args) -> dict:
+    """`fit`'s training options whose flags the command line names (`args.argv`): the
+    recipe keeps them, even at the default's value."""
+    declared, defaults = options_of(TrainingConfig), defaults_of(TrainingConfig)
+    named = {a.split("=")[0] for a in args.argv}  # `--flag value` or `--flag=value`
+    return {
+        name: getattr(args, name)
+        for name in FIT_OPTIONS
+        if named & set(flags(name, declared[name], defaults[name]))
+    }
+
+
+def config_options(args, config) -> dict:
+    """`config`'s fields that the command line set (every field with a flag, given or not)."""
+    return {name: getattr(args, name) for name in options_of(config) if hasattr(args, name)}
+
+
+def command_parser(parser: argparse.ArgumentParser, args) -> argparse.ArgumentParser:
+    """The sub-command's parser that `args` were parsed by (else `parser`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices.get(getattr(args, action.dest, None), parser)
+    return parser
+
+
+def unrecognized(extras: list[str], parser: argparse.ArgumentParser) -> str:
+    """argparse's "unrecognized arguments" message, with the flags each unknown one may mean."""
+    flags = [flag for action in parser._actions for flag in action.option_strings]
+    hints = {}
+    for given in dict.fromkeys(a.split("=")[0] for a in extras if a.startswith("--")):
+        meant = [flag for flag in TWO_PHASES.get(given, ()) if flag in flags]
+        meant = meant or close_matches(given, flags)
+        if meant:
+            hints[given] = one_of(meant, quote=False)
+    message = f"unrecognized arguments: {' '.join(extras)}."
+    if len(hints) == 1:
+        message += f" Did you mean {next(iter(hints.values()))}?"
+    elif hints:
+        message += " Did you mean " + "; ".join(f"{a} -> {b}" for a, b in hints.items()) + "?"
+    if set(hints) & set(TWO_PHASES):
+        message += " Training has two phases: the head on the frozen backbone, then fine-tuning."
+    return message
+
+
+def group(p: argparse.ArgumentParser, title: str):
+    """`p`'s argument group `title`, made (with all of `GROUPS` before it) if need be."""
+    groups = {existing.title: existing for existing in p._action_groups}
+    if title not in groups and title in GROUPS:
+        for name in GROUPS:
+            if name not in groups:
+                groups[name] = p.add_argument_group(name)
+    return groups.get(title) or p.add_argument_group(title)
+
+
+def add_run_arguments(p, output_help: str, exclude=TRAIN_ONLY, metavar="OUTPUT") -> None:
+    """The flags `train`, `tune` and `lr-find` share: one per config field, and --output,
+    in argument groups (`GROUPS`)."""
+    p.usage = f"%(prog)s DATA_DIR --output {metavar} [options]"
+    group(p, "data").add_argument(
+        "data_dir", metavar="DATA_DIR", help="training folder: DATA_DIR/<class>/<image>"
+    )
+    group(p, "output and run").add_argument(
+        "--output", required=True, metavar=metavar, help=output_help
+    )
+    group(p, "recipe").add_argument(
+        "--recipe",
+        choices=("auto", "none"),
+        default="auto",
+        help="auto (train's default): settings that adapt to the data for every flag left "
+        "at its default (--fallback-to-head --fallback-to-probe --refit-probe, with a "
+        "validation split; --head-epochs and --finetune-epochs 60 below 150 training images, "
+        "30 from 150, 10 and 15 from 500; from 150 --finetune-lr 3e-4, from 500 1e-3, "
+        "--finetune-schedule cosine --warmup-epochs 1); what it set is printed and kept in "
+        "run.json. "
+        "none (tune's default): the flags as given, defaults included",
+    )
+    seen = set(exclude)
+    for config in CONFIGS:
+        for name, declared in options_of(config).items():
+            if name not in seen and declared.flag != "":
+                where = group(p, FIELD_GROUPS.get(name, CONFIG_GROUPS[config]))
+                add_option(where, name, declared, config.__dataclass_fields__[name].default)
+                seen.add(name)
+    run = group(p, "output and run")
+    run.add_argument(
+        "--no-tensorboard",
+        action="store_true",
+        help="write no TensorBoard logs (default: RUN_DIR/logs)",
+    )
+    run.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+
+
+def cli_default(declared: Option, default):
+    """The value a config field's flag stores when it is not given."""
+    return default if declared.cli_default == "field" else declared.cli_default
+
+
+def flags(name: str, declared: Option, default) -> tuple[str, ...]:
+    """The flags of config field `name` (whose field default is `default`)."""
+    if declared.switches:
+        return tuple(flag for flag, _, _ in declared.switches)
+    prefix = "--no-" if cli_default(declared, default) is True else "--"
+    return (declared.flag or f"{prefix}{name.replace('_', '-')}",)
+
+
+def add_option(p, name: str, declared: Option, default) -> None:
+    """The flag of config field `name`, from its `Option`: it stores into `args.<name>`."""
+    flag = flags(name, declared, default)[0]
+    default = cli_default(declared, default)
+    text = declared.cli_help or re.sub(r'`"?([^`"]*)"?`', r"\1", declared.help.rstrip("."))
+    text = text.replace("%", "%%")  # argparse formats help with %
+    if declared.switches:  # mutually exclusive flags, one value each
+        switches = p.add_mutually_exclusive_group()
+        for flag, value, switch_help in declared.switches:
+            switches.add_argument(
+                flag, dest=name, action="store_const", const=value, help=switch_help
+            )
+        p.set_defaults(**{name: default})
+    elif isinstance(default, bool):
+        action = "store_false" if default else "store_true"
+        if name in AUTO_SETS:
+            text += " (--recipe auto turns it on unless it cannot work, e.g. without validation)"
+        p.add_argument(flag, dest=name, action=action, help=text)
+    else:
+        if default is not None and "default" not in text:
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            shown = shown if shown != "" else "none"
+            text += (
+                f" (default: set from the data by --recipe auto, {shown} with --recipe none)"
+                if name in AUTO_SETS
+                else f" (default: {shown})"
+            )
+        choices = [c for c in declared.choices if c is not None] if declared.choices else None
+        p.add_argument(
+            flag,
+            dest=name,
+            type=declared.parse,
+            choices=choices,
+            default=default,
+            metavar=declared.metavar,
+            help=text,
+        )

@@ -1,0 +1,92 @@
+"""The `keras-ft` commands that use a run directory: `evaluate`, `predict`,
+`reproduce`, `export` and `explain`."""
+
+from __future__ import annotations
+
+import json
+
+from keras_ft.cli.common import signing_key_from
+from keras_ft.utils.text import printable
+
+
+def evaluate(args) -> int:
+    from keras_ft.data.folder import folder_dataset
+    from keras_ft.runs.evaluation import evaluate_model, format_metrics, trained_symmetries
+    from keras_ft.runs.loading import load
+
+    predictor = load(args.run_dir, signing_key=signing_key_from(args))
+    dataset, _ = folder_dataset(
+        args.data_dir, predictor.class_names, predictor.image_size, args.batch_size
+    )
+    record = predictor.record
+    symmetries = trained_symmetries(record.get("data") or {}, record.get("decisions", {}))
+    metrics = evaluate_model(
+        predictor.model, dataset, predictor.class_names, tta=args.tta, symmetries=symmetries
+    )
+    print(format_metrics(metrics))
+    return 0
+
+
+def predict(args) -> int:
+    from keras_ft.runs.loading import load
+    from keras_ft.utils.errors import KerasFTError
+
+    predictor = load(args.run_dir, signing_key=signing_key_from(args))
+    status = 0
+    for path in args.images:
+        try:
+            result = predictor.predict([path], top_k=args.top_k, tta=args.tta)[0]
+            print(json.dumps({"path": path, **result}))
+        except KerasFTError as error:
+            print(json.dumps({"path": path, "error": str(error)}))
+            status = 2
+    return status
+
+
+def reproduce(args) -> int:
+    from keras_ft.tools.reproduce import reproduce_run
+
+    result = reproduce_run(
+        args.run_dir,
+        args.data,
+        args.test_dir,
+        verbose=0 if args.quiet else "auto",
+        signing_key=signing_key_from(args),
+    )
+    print(f"recorded weights:   {result['recorded']}")
+    print(f"reproduced weights: {result['reproduced']}")
+    for key, (then, now) in result["environment_differences"].items():
+        print(printable(f"environment differs: {key}: {then} (run) vs {now} (now)"))
+    print("MATCH" if result["match"] else "MISMATCH")
+    return 0 if result["match"] else 1
+
+
+def export(args) -> int:
+    from keras_ft.runs.deploy import export as export_run
+    from keras_ft.runs.deploy import summary
+
+    result = export_run(
+        args.run_dir,
+        args.output,
+        format=args.format,
+        quantize=args.quantize,
+        version=args.version,
+        test_dir=args.test_dir,
+        calibration_dir=args.calibration_dir,
+        calibration_images=args.calibration_images,
+        max_images=args.max_images,
+        seed=args.seed,
+        signing_key=signing_key_from(args),
+    )
+    print(summary(result))
+    return 0 if result.passed else 1
+
+
+def explain(args) -> int:
+    from keras_ft.runs.explain import explain as explain_images
+
+    for path in explain_images(
+        args.run_dir, args.images, args.output, signing_key=signing_key_from(args)
+    ):
+        print(printable(f"wrote {path}"))
+    return 0
