@@ -384,11 +384,57 @@ def test_the_recipe_keeps_the_training_flags_named_even_at_their_defaults():
 
     named = ["--head-epochs", "10", "--finetune-lr=1e-4", "--no-head-augment", "--seed", "1"]
     args = build_parser().parse_args(["train", "d", "--output", "o", *named])
-    args.argv = named
     assert _given(args) == {"head_epochs": 10, "finetune_lr": 1e-4, "head_augment": False}
     with pytest.raises(SystemExit):  # an abbreviation would hide a flag from the recipe
         build_parser().parse_args(["train", "d", "--output", "o", "--head-ep", "10"])
     assert build_parser().parse_args(["tune", "d", "--output", "o"]).recipe == "none"
+
+
+def test_a_flag_is_given_in_any_form_the_parser_takes_and_left_out_takes_its_default():
+    from keras_ft.cli.flags import NOT_GIVEN, given_options
+    from keras_ft.cli.parser import build_parser
+    from keras_ft.config import FIT_OPTIONS, TrainingConfig, defaults_of
+
+    def parse(*argv):
+        return build_parser().parse_args([*argv[:1], "d", "--output", "o", *argv[1:]])
+
+    long_form = parse("train", "--head-epochs", "10", "--no-head-augment")
+    assert given_options(long_form) == {"head_epochs": 10, "head_augment": False}
+    assert given_options(parse("train", "--head-epochs=10", "--no-head-augment")) == (
+        given_options(long_form)
+    )
+    assert vars(parse("train", "--head-epochs=10", "--no-head-augment")) == vars(long_form)
+    # train and probe take no abbreviation; tune and lr-find do, as the long form.
+    for command in ("train", "probe"):
+        with pytest.raises(SystemExit):
+            parse(command, "--head-ep", "10")
+    assert given_options(parse("tune", "--finetune-ep", "3")) == {"finetune_epochs": 3}
+    assert given_options(parse("lr-find", "--head-ep", "3")) == {"head_epochs": 3}
+    # Left out: the field's default, never the sentinel; tune's searched settings: None.
+    args = parse("train")
+    assert given_options(args) == {} and args.given == ()
+    defaults = defaults_of(TrainingConfig)
+    assert {name: getattr(args, name) for name in FIT_OPTIONS} == {
+        name: defaults[name] for name in FIT_OPTIONS
+    }
+    tune = parse("tune")
+    assert (tune.head_lr, tune.finetune_lr, tune.unfreeze, tune.given) == (None, None, None, ())
+    assert NOT_GIVEN not in vars(tune).values()
+
+
+def test_a_training_flag_given_at_its_default_value_is_kept_by_the_recipe(tmp_path, capsys):
+    """`--head-epochs=10` is the default's value: on 36 images the recipe would
+    make it 60 were it left out; given, it is kept, and the run records 10 epochs."""
+    data = write_folder(tmp_path / "data", ("a", "b", "c"), per_class=12, size=32)
+    output = tmp_path / "run"
+    options = "--head-epochs=10 --finetune-epochs 0 --batch-size 8 --no-tensorboard".split()
+    result = run_here(capsys, "train", data, *TINY_TRAIN, *options, "--output", output)
+    assert result.returncode == 0, result.stderr
+    record = json.loads((output / "run.json").read_text())
+    assert record["training"]["head_epochs"] == 10
+    applied = record["recipe"]["applied"]
+    assert "head_epochs" not in applied and "finetune_epochs" not in applied
+    assert applied["fallback_to_probe"] is True  # left out: the recipe sets it
 
 
 def test_each_flag_sets_its_field():

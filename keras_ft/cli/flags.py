@@ -1,7 +1,9 @@
 """The `keras-ft` parser class and the flags made from config fields.
 
-`Parser` gives Keras-style usage errors; `given_options` tells the training
-options the command line names from those left at their defaults.
+`Parser` gives Keras-style usage errors and tells the training options the
+command line names (`given_options`) from those left at their defaults: a
+training flag stores `NOT_GIVEN` when it is left out, and `parse_args` puts the
+declared default in its place.
 """
 
 from __future__ import annotations
@@ -15,11 +17,20 @@ from keras_ft.config import (
     ModelConfig,
     Option,
     TrainingConfig,
-    defaults_of,
     options_of,
 )
 from keras_ft.config.recipe import RECIPES
 from keras_ft.utils.text import close_matches, did_you_mean, one_of
+
+
+class NotGiven:
+    """The type of `NOT_GIVEN`: the value a training flag stores when it is left out."""
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+
+NOT_GIVEN = NotGiven()
 
 CONFIGS = (DataConfig, ModelConfig, TrainingConfig)
 
@@ -56,19 +67,41 @@ AUTO_SETS = {name for n in (0, 10**9) for name in RECIPES["auto"].settings(n)}
 class Parser(argparse.ArgumentParser):
     """argparse's parser with Keras-style usage errors: a mistyped flag, command or
     choice gets a "did you mean", and an unknown flag is refused under the usage of the
-    command it was given to (argparse's own says `keras-ft`'s)."""
+    command it was given to (argparse's own says `keras-ft`'s).
+
+    A command's flags that store `NOT_GIVEN` when left out are listed in its
+    `option_defaults` (`{dest: default}`); `parse_args` sets each one left out to its
+    default and lists those given in `args.given` (see `given_options`).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.option_defaults: dict[str, object] = {}
 
     def parse_args(self, args=None, namespace=None):
         parsed, extras = self.parse_known_args(args, namespace)
         command = command_parser(self, parsed)
         if extras:
             command.error(unrecognized(extras, command))
+        take_defaults(parsed, getattr(command, "option_defaults", {}))
         check = getattr(parsed, "check_arguments", None)
         if check is not None:
             message = check(parsed)
             if message:
                 command.error(message)
         return parsed
+
+    def set_defaults(self, **kwargs):
+        """argparse's; a flag that stores `NOT_GIVEN` keeps storing it, and the value it
+        stands for when left out becomes `kwargs`' (e.g. `tune`'s None: search it)."""
+        for name in [name for name in kwargs if name in self.option_defaults]:
+            self.option_defaults[name] = kwargs.pop(name)
+        super().set_defaults(**kwargs)
+
+    def declared_default(self, dest: str):
+        """The value `dest` takes when its flag is left out (`NOT_GIVEN` resolved)."""
+        default = self.get_default(dest)
+        return self.option_defaults[dest] if default is NOT_GIVEN else default
 
     def _check_value(self, action, value):
         try:
@@ -80,16 +113,22 @@ class Parser(argparse.ArgumentParser):
             raise argparse.ArgumentError(action, f"{error.message}.{hint}") from None
 
 
+def take_defaults(args, defaults: dict) -> None:
+    """Set each of `defaults`' options that `args` holds as `NOT_GIVEN` to its default;
+    `args.given`: the names of the others, in `defaults`' order."""
+    given = []
+    for name, default in defaults.items():
+        if getattr(args, name) is NOT_GIVEN:
+            setattr(args, name, default)
+        else:
+            given.append(name)
+    args.given = tuple(given)
+
+
 def given_options(args) -> dict:
-    """`fit`'s training options whose flags the command line names (`args.argv`): the
-    recipe keeps them, even at the default's value."""
-    declared, defaults = options_of(TrainingConfig), defaults_of(TrainingConfig)
-    named = {a.split("=")[0] for a in args.argv}  # `--flag value` or `--flag=value`
-    return {
-        name: getattr(args, name)
-        for name in FIT_OPTIONS
-        if named & set(flags(name, declared[name], defaults[name]))
-    }
+    """`fit`'s training options that the command line names (`args.given`): the recipe
+    keeps them, even at the default's value."""
+    return {name: getattr(args, name) for name in FIT_OPTIONS if name in args.given}
 
 
 def config_options(args, config) -> dict:
@@ -136,7 +175,8 @@ def group(p: argparse.ArgumentParser, title: str):
 
 def add_run_arguments(p, output_help: str, exclude=TRAIN_ONLY, metavar="OUTPUT") -> None:
     """The flags `train`, `tune` and `lr-find` share: one per config field, and --output,
-    in argument groups (`GROUPS`)."""
+    in argument groups (`GROUPS`). `fit`'s training options store `NOT_GIVEN` when left
+    out; their defaults go into `p.option_defaults`."""
     p.usage = f"%(prog)s DATA_DIR --output {metavar} [options]"
     group(p, "data").add_argument(
         "data_dir", metavar="DATA_DIR", help="training folder: DATA_DIR/<class>/<image>"
@@ -161,7 +201,11 @@ def add_run_arguments(p, output_help: str, exclude=TRAIN_ONLY, metavar="OUTPUT")
         for name, declared in options_of(config).items():
             if name not in seen and declared.flag != "":
                 where = group(p, FIELD_GROUPS.get(name, CONFIG_GROUPS[config]))
-                add_option(where, name, declared, config.__dataclass_fields__[name].default)
+                default = config.__dataclass_fields__[name].default
+                sentinel = config is TrainingConfig and name in FIT_OPTIONS
+                add_option(where, name, declared, default, sentinel)
+                if sentinel:
+                    p.option_defaults[name] = parsed_default(declared, default)
                 seen.add(name)
     run = group(p, "output and run")
     run.add_argument(
@@ -173,8 +217,17 @@ def add_run_arguments(p, output_help: str, exclude=TRAIN_ONLY, metavar="OUTPUT")
 
 
 def cli_default(declared: Option, default):
-    """The value a config field's flag stores when it is not given."""
+    """The value a config field's flag stands for when it is not given."""
     return default if declared.cli_default == "field" else declared.cli_default
+
+
+def parsed_default(declared: Option, default):
+    """The value a config field's flag left out gives: `cli_default`, a string of it read
+    by the flag's `parse` (as argparse reads a string default)."""
+    default = cli_default(declared, default)
+    if isinstance(default, str) and declared.parse is not None and not declared.switches:
+        return declared.parse(default)
+    return default
 
 
 def flags(name: str, declared: Option, default) -> tuple[str, ...]:
@@ -185,10 +238,12 @@ def flags(name: str, declared: Option, default) -> tuple[str, ...]:
     return (declared.flag or f"{prefix}{name.replace('_', '-')}",)
 
 
-def add_option(p, name: str, declared: Option, default) -> None:
-    """The flag of config field `name`, from its `Option`: it stores into `args.<name>`."""
+def add_option(p, name: str, declared: Option, default, sentinel: bool = False) -> None:
+    """The flag of config field `name`, from its `Option`: it stores into `args.<name>`,
+    `NOT_GIVEN` when it is left out if `sentinel`, else its default."""
     flag = flags(name, declared, default)[0]
     default = cli_default(declared, default)
+    stored = NOT_GIVEN if sentinel else default
     text = declared.cli_help or re.sub(r'`"?([^`"]*)"?`', r"\1", declared.help.rstrip("."))
     text = text.replace("%", "%%")  # argparse formats help with %
     if declared.switches:  # mutually exclusive flags, one value each
@@ -197,12 +252,12 @@ def add_option(p, name: str, declared: Option, default) -> None:
             switches.add_argument(
                 flag, dest=name, action="store_const", const=value, help=switch_help
             )
-        p.set_defaults(**{name: default})
+        p.set_defaults(**{name: stored})
     elif isinstance(default, bool):
         action = "store_false" if default else "store_true"
         if name in AUTO_SETS:
             text += " (--recipe auto turns it on unless it cannot work, e.g. without validation)"
-        p.add_argument(flag, dest=name, action=action, help=text)
+        p.add_argument(flag, dest=name, action=action, default=stored, help=text)
     else:
         if default is not None and "default" not in text:
             shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
@@ -218,7 +273,7 @@ def add_option(p, name: str, declared: Option, default) -> None:
             dest=name,
             type=declared.parse,
             choices=choices,
-            default=default,
+            default=stored,
             metavar=declared.metavar,
             help=text,
         )

@@ -50,7 +50,6 @@ def _check_paths(args) -> None:
 def main(argv=None) -> int:
     """Run the command line; return the exit code."""
     args = build_parser().parse_args(argv)
-    args.argv = sys.argv[1:] if argv is None else list(argv)
     if args.verbose:
         show_tensorflow_logs()
     from keras_ft.utils.errors import KerasFTError, WorkerLostError

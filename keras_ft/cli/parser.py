@@ -36,7 +36,7 @@ _PROBE_HELP = (
 
 
 def _add_train(commands, name: str = "train", head: str = "dense") -> None:
-    # No abbreviated flags: the recipe keeps the training flags named in full (`given_options`).
+    # No abbreviated flags: each is named in full (a new flag cannot make one ambiguous).
     if head == "linear":
         p = commands.add_parser(
             name, help=_PROBE_HELP.split(";")[0], description=_PROBE_HELP, allow_abbrev=False
@@ -79,7 +79,8 @@ def _add_tune(commands) -> None:
         ),
     )
     add_run_arguments(p, "search directory to write (the best run goes to OUTPUT/best)")
-    # Unset training flags for searched settings mean "search it"; a given one fixes it.
+    # Unset training flags for searched settings mean "search it"; a given one fixes it
+    # (`Parser.set_defaults`: the training options still store NOT_GIVEN when left out).
     p.set_defaults(head_lr=None, finetune_lr=None, unfreeze=None, dropout=None, dense_units=None)
     p.set_defaults(recipe="none")  # a trial trains with the settings drawn for it
     search = group(p, "search")

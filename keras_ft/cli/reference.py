@@ -146,7 +146,7 @@ def _argument(action: argparse.Action) -> str:
 
 def _default(action: argparse.Action, parser: argparse.ArgumentParser, text: str) -> str:
     """'the default' for the switch that is the default; 'default: X' where the help lacks it."""
-    default = parser.get_default(action.dest)
+    default = parser.declared_default(action.dest)
     if "default" in text or action.required or not action.option_strings:
         return ""
     if isinstance(action, argparse._StoreConstAction) and not isinstance(
