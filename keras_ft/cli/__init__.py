@@ -1,1 +1,2 @@
-"""The `keras-ft` command: parsing (`main`) and one function per subcommand."""
+"""The `keras-ft` command: `main` (parse, run), `parser` and `flags` (the arguments),
+`train`, `runs` and `explore` (one function per subcommand), `reference` (the docs)."""
