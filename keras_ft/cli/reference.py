@@ -71,12 +71,12 @@ def render_options(parser: argparse.ArgumentParser | None = None) -> str:
     sizes = [row[0] for row in (*recipe.epochs, *recipe.finetune_lrs)]
     auto = {key for size in sizes for key in recipe.settings(size)}
     lines = [
-        _NOTE.format(source="keras_ft/config.py"),
+        _NOTE.format(source="keras_ft/config/"),
         "",
         "# Options",
         "",
         "Every option is declared once, as a field of `DataConfig`, `ModelConfig` or",
-        "`TrainingConfig` in `keras_ft/config.py`; the checks, the `keras-ft` flags and the",
+        "`TrainingConfig` in `keras_ft/config/`; the checks, the `keras-ft` flags and the",
         "keyword arguments of `ImageFolder`, `FineTuner` and `FineTuner.fit` are made from",
         "that declaration. Each run records all of them in `run.json`. Options marked",
         '*recipe* may be set by `recipe="auto"` when you leave them out (see',
