@@ -57,6 +57,7 @@ from keras_ft.config.options import (
 )
 from keras_ft.config.parsers import (
     parse_class_weight,
+    parse_duration,
     parse_list,
     parse_rate,
     parse_unfreeze,
@@ -109,6 +110,7 @@ __all__ = [
     "option",
     "options_of",
     "parse_class_weight",
+    "parse_duration",
     "parse_list",
     "parse_rate",
     "parse_unfreeze",

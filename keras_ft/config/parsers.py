@@ -25,6 +25,21 @@ def parse_rate(value: str):
         ) from None
 
 
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(value: str) -> float:
+    """A duration in seconds: a number of seconds, or one with a unit (`90s`, `5m`, `1.5h`)."""
+    text = value.strip().lower()
+    unit = DURATION_UNITS.get(text[-1:])
+    try:
+        return float(text[:-1] if unit else text) * (unit or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected seconds or a duration such as 90s, 5m or 1.5h, received {value!r}"
+        ) from None
+
+
 def parse_list(cast: Callable[[str], object], example: str) -> Callable[[str], tuple]:
     """A flag parser for comma-separated values, e.g. `parse_list(int, "ints such as 256,128")`."""
 

@@ -10,7 +10,13 @@ from dataclasses import dataclass
 
 from keras_ft.config.checks import Range, check, is_int, is_number
 from keras_ft.config.options import option, options_of, validate
-from keras_ft.config.parsers import parse_class_weight, parse_list, parse_rate, parse_unfreeze
+from keras_ft.config.parsers import (
+    parse_class_weight,
+    parse_duration,
+    parse_list,
+    parse_rate,
+    parse_unfreeze,
+)
 from keras_ft.utils.errors import KerasFTError
 
 SCHEDULES = ("constant", "cosine")
@@ -131,6 +137,20 @@ class TrainingConfig:
         parse=int,
         metavar="PATIENCE",
         cli_help="stop a phase after PATIENCE epochs without a better val_loss",
+    )
+    time_budget: float | None = option(
+        None,
+        help="seconds the whole `fit` may take. Before phase 1, a few training steps of each "
+        "phase are timed (then undone) and the epochs of both phases planned from them: "
+        "shortened in the same proportion where the configured ones would not end in time, "
+        "never lengthened. The plan is printed and kept in `run.json` under `decisions`; "
+        "`reproduce` replays it. None: the epochs as configured.",
+        valid=lambda value: value is None or (is_number(value) and value > 0),
+        expected="None or a number of seconds > 0",
+        parse=parse_duration,
+        metavar="DURATION",
+        cli_help="plan both phases' epochs to end within DURATION (e.g. 90s, 5m, 1.5h), from "
+        "the time of a few measured steps",
     )
     discriminative_lr: float = option(
         1.0,

@@ -104,6 +104,7 @@ class Fitting:
             `keras_ft.training.history.advice`); it is printed unless `verbose=0` and
             recorded in `run.json`.
         """
+        entered = time.perf_counter()  # a time budget counts from here
         data = self._image_folder(data)
         if self._model_kwargs["head"] == "linear":  # the probe is the model: no phase to adapt
             recipe = None
@@ -115,6 +116,8 @@ class Fitting:
             return self._fit_linear(data, started, clock, evaluate, verbose)
         features, probe, probe_summary = self._training_probe(data, verbose)
         training = dict(checkpoint_dir=checkpoint_dir, resume=resume, signature=signature)
+        if self.training_config.time_budget:
+            training["deadline"] = entered + self.training_config.time_budget
         self._train(data, callbacks, verbose, features, probe, decisions, **training)
         self._finish(data, evaluate, verbose)
         self.record = self._record(started, clock, recipe, applied)

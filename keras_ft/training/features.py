@@ -95,3 +95,9 @@ def feature_batches(
         batches = order.batch(batch_size or data.config.batch_size).map(gather)
         dataset = batches if dataset is None else dataset.concatenate(batches)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def features_cached(config, data) -> bool:
+    """Whether phase 1 trains on the frozen backbone's features computed once: with
+    `config.feature_cache`, unless augmentation changes them (`head_augment`)."""
+    return config.feature_cache and not (data.config.augment and config.head_augment)

@@ -97,6 +97,9 @@ def advice(
     """
     messages, kept = [], {}
     budgets = {"head": config.head_epochs, "finetune": config.finetune_epochs}
+    planned = decisions.time_budget if decisions else None
+    if planned:  # a time budget's plan: the epochs the phases were given
+        budgets = {"head": planned["head_epochs"], "finetune": planned["finetune_epochs"]}
     names = {"head": "phase 1 (head)", "finetune": "phase 2 (fine-tuning)"}
     for phase in PHASES:
         ran = [row for row in rows if row["phase"] == phase]

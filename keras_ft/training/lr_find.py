@@ -24,6 +24,7 @@ from keras_ft.models.classifier import freeze_backbone, unfreeze_backbone
 from keras_ft.training.optimizers import compile_for_phase
 from keras_ft.utils.errors import KerasFTError
 
+DEFAULT_STEPS = 200  # the most steps a range test takes (fewer once the loss diverges)
 SMOOTHING = 0.98  # exponential moving average of the loss, bias-corrected (fastai's)
 SKIP_START = 10  # the first steps' average rests on few batches: not where the minimum is sought
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this many times its minimum
@@ -94,7 +95,7 @@ def sweep(
     config: TrainingConfig,
     start_lr: float = 1e-7,
     end_lr: float = 10.0,
-    steps: int = 200,
+    steps: int = DEFAULT_STEPS,
     batch_size: int | None = None,
 ) -> LRFinderResult:
     """Run the range test for `phase` on `model` and restore every variable afterwards.

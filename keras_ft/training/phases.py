@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
 import keras
 import tensorflow as tf
@@ -33,6 +34,7 @@ from keras_ft.training.fallback import fall_back, phase2_start
 from keras_ft.training.features import (
     extract_features,
     feature_batches,
+    features_cached,
     start_feature_norm,
 )
 from keras_ft.training.history import TrainingHistory
@@ -43,7 +45,11 @@ from keras_ft.training.optimizers import (
     trainable_backbone_layers,
     unfreeze_groups,
 )
-from keras_ft.training.resolve import resolve_augmentation, resolve_learning_rate
+from keras_ft.training.resolve import (
+    resolve_augmentation,
+    resolve_learning_rate,
+    resolve_time_budget,
+)
 from keras_ft.utils.errors import KerasFTError
 from keras_ft.utils.progress import Progress, phase_line
 
@@ -62,6 +68,7 @@ def fit_two_phase(
     frozen=None,
     probe=None,
     decisions=None,
+    deadline: float | None = None,
 ) -> TrainingHistory:
     """Train `model` on `data` (an `ImageFolder`) in two phases.
 
@@ -94,17 +101,22 @@ def fit_two_phase(
             `flip="auto"` decides on (`keras_ft.training.symmetry.decide_flip`).
         decisions: `Decisions` already taken (a run record's, replayed): not
             measured again. A checkpoint resumed from brings its own.
+        deadline: for `config.time_budget`, the `time.perf_counter()` by which the
+            whole fit should end (default: `time_budget` seconds from now).
 
     Returns:
         A `TrainingHistory` covering both phases, its `decisions` included.
     """
     run = start_run(model, data, config, checkpoint_dir, resume, signature, replicas, probe)
     if decisions is not None and not run.state:
-        run.history.decisions = Decisions(  # a copy; the fallback is taken anew
-            dict(decisions.augmentation), decisions.head_lr, decisions.finetune_lr
+        run.history.decisions = Decisions.from_record(  # a copy; the fallback is taken anew
+            {**decisions.record(), "fallback": None}
         )
     run.chief, run.frozen, run.probe, run.verbose = chief, frozen, probe, verbose
     run.data = resolve_augmentation(model, data, probe, run.history.decisions, verbose)
+    if deadline is None and config.time_budget:
+        deadline = time.perf_counter() + config.time_budget
+    run.config = resolve_time_budget(run, deadline, verbose)
     phases = (HeadPhase(run), FinetunePhase(run))
     progress = Progress([(p.name, p.start, p.epochs) for p in phases], verbose)
     for phase in phases:
@@ -344,7 +356,7 @@ class HeadPhase(Phase):
         run, model, data, config = self.run, self.run.model, self.run.data, self.run.config
         freeze_backbone(model)
         self.extractor, head = split_at_features(model)
-        self.cached = config.feature_cache and not (data.config.augment and config.head_augment)
+        self.cached = features_cached(config, data)
         self.features = None
         if run.frozen is not None:  # computed by the caller (FineTuner, for its linear probe)
             self.features = run.frozen[:2]
