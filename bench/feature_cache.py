@@ -40,12 +40,12 @@ def configs(work: common.Workspace) -> list[dict]:
 
 
 def measure(config: dict) -> dict:
-    import keras_ft.task.finetuner as finetuner
+    import keras_ft.task.fitting as fitting
     from keras_ft import FineTuner, ImageFolder
     from keras_ft.runs.reproducibility import weights_sha256
 
     timing = {}
-    fit_two_phase = finetuner.fit_two_phase
+    fit_two_phase = fitting.fit_two_phase
 
     def timed_fit(*args, **kwargs):
         started = time.perf_counter()
@@ -53,7 +53,7 @@ def measure(config: dict) -> dict:
         timing["phase1_s"] = time.perf_counter() - started
         return result
 
-    finetuner.fit_two_phase = timed_fit  # measure phase 1 alone, not the checks around it
+    fitting.fit_two_phase = timed_fit  # measure phase 1 alone, not the checks around it
     data = ImageFolder(
         config["train_dir"], test_dir=config["test_dir"], image_size=config["image_size"],
         batch_size=config["batch_size"], validation_split=0.2, augment=False, seed=42,

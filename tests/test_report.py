@@ -223,7 +223,7 @@ def test_mistakes_grid_draws_each_heatmap_below_its_image(tmp_path):
 def test_heat_overlays_of_a_trained_run(tuner):
     from keras_ft.runs.report import _heat_overlays
 
-    paths = [f.path for f in tuner._data.test_files[:3]]
+    paths = [f.path for f in tuner.data.test_files[:3]]
     overlays = _heat_overlays(tuner.model, paths)
     assert [o.size for o in overlays] == [(32, 32)] * 3
 
@@ -261,7 +261,7 @@ def test_report_shows_a_seeded_sample_of_correct_images_with_heatmaps(
     from keras_ft.runs.report import _CAPTION, _TILE
 
     tuner = good_tuner
-    probabilities, labels = predict_dataset(tuner.model, tuner._data.test)
+    probabilities, labels = predict_dataset(tuner.model, tuner.data.test)
     right = int((probabilities.argmax(axis=1) == labels).sum())
     assert right > MAX_CORRECT  # so the sample is a real draw, not all of them
     first = write_report(tuner, tmp_path / "a").parent / "correct.png"
