@@ -39,6 +39,9 @@ def test_time_budget_takes_seconds_or_a_duration():
         parse_duration("soon")
     with pytest.raises(keras_ft.KerasFTError, match="Invalid `time_budget`: expected None or"):
         TrainingConfig(time_budget=-5)
+    # Each worker would time its own steps: they could plan other epochs and never meet.
+    with pytest.raises(keras_ft.KerasFTError, match="None with strategy='multiworker'"):
+        TrainingConfig(time_budget=60, strategy="multiworker")
 
 
 def _fit(folder, **options):

@@ -270,6 +270,14 @@ class TrainingConfig:
     def __post_init__(self):
         validate(self)
         check(
+            self.time_budget is None or self.strategy != "multiworker",
+            "time_budget",
+            "None with strategy='multiworker' (each worker would time its own steps and "
+            "could plan other epochs)",
+            self.time_budget,
+            "Pass head_epochs and finetune_epochs instead.",
+        )
+        check(
             self.head_epochs + self.finetune_epochs > 0,
             "head_epochs/finetune_epochs",
             "at least one epoch in total",

@@ -70,22 +70,63 @@ def fit_two_phase(
     decisions=None,
     deadline: float | None = None,
 ) -> TrainingHistory:
-    """Train `model` on `data` (an `ImageFolder`) in two phases.
+    """Train `model` on `data` (an `ImageFolder`) in two phases, after resolving what the
+    data decides (`resolve_before_training`).
 
-    Phase 1 freezes the backbone and trains the head for `config.head_epochs`
-    (on features computed once, when there is no augmentation and
-    `config.feature_cache` is on). Phase 2 unfreezes the backbone per
-    `config.unfreeze` (BatchNormalization stays frozen), recompiles with SGD
-    momentum and trains for `config.finetune_epochs`, continuing the epoch
-    count; with a fallback option, the model kept is then chosen
-    (`keras_ft.training.fallback.fall_back`).
+    Phase 1 freezes the backbone and trains the head for `config.head_epochs`;
+    phase 2 unfreezes it per `config.unfreeze` (BatchNormalization stays
+    frozen) and fine-tunes with SGD momentum for `config.finetune_epochs`,
+    continuing the epoch count; with a fallback option, the model kept is
+    then chosen (`keras_ft.training.fallback.fall_back`). A phase's `"auto"`
+    learning rate is found just before it.
 
     Args:
-        checkpoint_dir: where to checkpoint after every epoch (None: nowhere).
-        resume: continue from the checkpoint in `checkpoint_dir`, if any.
-            Every epoch's data and randomness follow from the seed and the
-            epoch number, so a resumed run ends bitwise where an uninterrupted
-            one does.
+        callbacks: Keras callbacks, for both phases.
+        verbose: as `FineTuner.fit`'s.
+        decisions: `Decisions` already taken (a run record's): replayed, not
+            measured again. A checkpoint resumed from brings its own.
+        deadline: for `config.time_budget`, the `time.perf_counter()` by which the
+            whole fit should end (default: `time_budget` seconds from now).
+        The other arguments are `Run`'s fields.
+
+    Returns:
+        A `TrainingHistory` covering both phases, its `decisions` included.
+    """
+    run = start_run(model, data, config, checkpoint_dir, resume, signature, replicas, probe)
+    run.chief, run.frozen, run.probe, run.verbose = chief, frozen, probe, verbose
+    resolve_before_training(run, decisions, deadline)
+    phases = (HeadPhase(run), FinetunePhase(run))
+    progress = Progress([(p.name, p.start, p.epochs) for p in phases], verbose)
+    for phase in phases:
+        if phase.pending():
+            run.config = resolve_learning_rate(run, phase.name)
+            phase.train([*callbacks], progress)
+    return run.history
+
+
+def resolve_before_training(run, decisions=None, deadline: float | None = None) -> None:
+    """Take the decisions due before phase 1 (`keras_ft.training.resolve`): replay those
+    given, decide the augmentation, plan the epochs of a time budget."""
+    if decisions is not None and not run.state:
+        run.history.decisions = Decisions.from_record(  # a copy; the fallback is taken anew
+            {**decisions.record(), "fallback": None}
+        )
+    decided = run.history.decisions
+    run.data = resolve_augmentation(run.model, run.data, run.probe, decided, run.verbose)
+    if deadline is None and run.config.time_budget:
+        deadline = time.perf_counter() + run.config.time_budget
+    run.config = resolve_time_budget(run, deadline, run.verbose)
+
+
+@dataclasses.dataclass
+class Run:
+    """What both phases of one `fit_two_phase` share.
+
+    Attributes:
+        checkpoint_dir: where to checkpoint after every epoch (None: nowhere);
+            with `resume`, the checkpoint there is continued from. Every
+            epoch's data and randomness follow from the seed and the epoch
+            number, so a resumed run ends bitwise where an uninterrupted one does.
         signature: identifies the configuration and data; a checkpoint with
             another signature is refused.
         replicas: model replicas of the `tf.distribute` strategy this runs
@@ -94,49 +135,12 @@ def fit_two_phase(
         chief: whether this process writes checkpoints (under a multi-worker
             strategy only the chief does; every worker reads them to resume).
         frozen: the frozen backbone's `(train, train labels, validation,
-            validation labels)` features if already computed (see
-            `frozen_features`); phase 1 then uses them instead of computing them.
+            validation labels)` features if already computed
+            (`keras_ft.training.features.frozen_features`); phase 1 uses them.
         probe: the `keras_ft.models.probe.ProbeResult` of a linear probe on those
-            features: the third candidate of `config.fallback_to_probe`, and what
+            features: a candidate of `config.fallback_to_probe`, and what
             `flip="auto"` decides on (`keras_ft.training.symmetry.decide_flip`).
-        decisions: `Decisions` already taken (a run record's, replayed): not
-            measured again. A checkpoint resumed from brings its own.
-        deadline: for `config.time_budget`, the `time.perf_counter()` by which the
-            whole fit should end (default: `time_budget` seconds from now).
-
-    Returns:
-        A `TrainingHistory` covering both phases, its `decisions` included.
     """
-    run = start_run(model, data, config, checkpoint_dir, resume, signature, replicas, probe)
-    if decisions is not None and not run.state:
-        run.history.decisions = Decisions.from_record(  # a copy; the fallback is taken anew
-            {**decisions.record(), "fallback": None}
-        )
-    run.chief, run.frozen, run.probe, run.verbose = chief, frozen, probe, verbose
-    run.data = resolve_augmentation(model, data, probe, run.history.decisions, verbose)
-    if deadline is None and config.time_budget:
-        deadline = time.perf_counter() + config.time_budget
-    run.config = resolve_time_budget(run, deadline, verbose)
-    phases = (HeadPhase(run), FinetunePhase(run))
-    progress = Progress([(p.name, p.start, p.epochs) for p in phases], verbose)
-    for phase in phases:
-        if phase.pending():
-            run.config = resolve_learning_rate(
-                model,
-                run.data,
-                phase.name,
-                run.config,
-                run.history.decisions,
-                batch_size=run.batch_size,
-                verbose=verbose,
-            )
-            phase.train([*callbacks], progress)
-    return run.history
-
-
-@dataclasses.dataclass
-class Run:
-    """What both phases of one `fit_two_phase` share."""
 
     model: keras.Model
     data: object  # the ImageFolder, its augmentation decided once resolved

@@ -43,24 +43,20 @@ def resolve_augmentation(model, data, probe, decisions: Decisions, verbose="auto
     return data.with_augmentation(**chosen) if chosen else data
 
 
-def resolve_learning_rate(model, data, phase: str, config, decisions: Decisions, **sweeping):
-    """`config` with `phase`'s `"auto"` learning rate resolved by the range test.
+def resolve_learning_rate(run, phase: str):
+    """`run.config` with `phase`'s `"auto"` learning rate resolved by the range test.
 
-    The range test runs on `model` as it is before `phase` (after phase 1 for
-    phase 2), on `data`'s augmented training batches; its summary is kept in
-    `decisions`.
-
-    Args:
-        sweeping: `batch_size` (the global batch) and `verbose`.
+    The range test runs on `run.model` as it is before `phase` (after phase 1
+    for phase 2), on the run's augmented training batches, at its global
+    batch size; its summary is kept in the run's decisions.
     """
-    name = f"{phase}_lr"
+    config, decisions, name = run.config, run.history.decisions, f"{phase}_lr"
     if getattr(config, name) != "auto":
         return config
-    verbose = sweeping.pop("verbose", "auto")
     if getattr(decisions, name) is None:
-        found = sweep(model, data, phase, config, **sweeping)
+        found = sweep(run.model, run.data, phase, config, batch_size=run.batch_size)
         setattr(decisions, name, found.summary())
-        if verbose != 0:
+        if run.verbose != 0:
             print(
                 f"{name}='auto': the learning-rate range test ({len(found.losses)} steps) "
                 f"suggests {found.suggestion:.3g} (steepest descent at {found.steepest:.3g})"
