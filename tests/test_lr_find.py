@@ -82,3 +82,15 @@ def test_lr_find_command_writes_the_plot_and_suggests(data, tmp_path, capsys):
     assert "suggested --finetune-lr: " in out and "steepest descent: " in out
     assert main([*args, "--steps", "30", "--output", str(plot)]) == 2  # kept, not overwritten
     assert "already exists" in capsys.readouterr().err
+
+
+def test_lr_find_sweeps_the_batches_fit_trains_on(data):
+    """`flip="auto"` and `quarter_turns="auto"` are decided before the sweep, as `fit`
+    decides them: the range test of `lr_find` and that of `head_lr="auto"` see the same
+    (here flipped and turned) batches and suggest the same rate."""
+    auto = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+    auto.fit(data, head_epochs=1, finetune_epochs=0, head_lr="auto", recipe=None, verbose=0)
+    decisions = auto.record["decisions"]
+    assert decisions["flip"]["flip"] and decisions["quarter_turns"]["quarter_turns"]
+    found = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0).lr_find(data, verbose=0)
+    assert found.suggestion == decisions["head_lr"]["suggestion"]

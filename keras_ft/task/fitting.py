@@ -28,10 +28,12 @@ from keras_ft.runs.reproducibility import (
 from keras_ft.task.logs import tensorboard_dir as tensorboard_dir_for
 from keras_ft.task.records import compare_with_probe, now, training_signature
 from keras_ft.training.checkpoint import read_checkpoint
+from keras_ft.training.decisions import Decisions
 from keras_ft.training.distribute import LOST_PEER_ERRORS, all_agree, lost_worker
 from keras_ft.training.features import frozen_features
 from keras_ft.training.history import PHASES, EpochTensorBoard, TrainingHistory, advice
 from keras_ft.training.phases import fit_two_phase
+from keras_ft.training.resolve import resolve_augmentation
 from keras_ft.utils.errors import KerasFTError
 
 
@@ -246,7 +248,9 @@ class Fitting:
         For `phase="finetune"` the head is trained first (phase 1: `head_epochs`
         at `head_lr`), as `fit` would, and the backbone unfrozen per `unfreeze`.
         The sweep compiles as `fit` would (`momentum`, `discriminative_lr`,
-        `label_smoothing` ...), with the swept rate in place of the phase's.
+        `label_smoothing` ...), with the swept rate in place of the phase's, and
+        its batches are augmented as `fit`'s: `flip="auto"` and
+        `quarter_turns="auto"` are decided first, as `fit` decides them.
 
         Args:
             data: an `ImageFolder`.
@@ -283,9 +287,19 @@ class Fitting:
             )
         elif self.model is None:
             self.build(data.image_size, data.num_classes)
+        data = self._decided_augmentation(data, phase == "finetune" and config.head_epochs, verbose)
         seed_everything(self.seed, self.deterministic)
         with self.distribution.strategy.scope():
             return sweep(self.model, data, phase, config, start_lr, end_lr, steps)
+
+    def _decided_augmentation(self, data: ImageFolder, after_fit: bool, verbose) -> ImageFolder:
+        """`data` with its `"auto"` flips and turns decided as `fit` decides them (by the fit
+        just run, `after_fit`), so that the range test sweeps on the batches training sees."""
+        decisions = self.history.decisions if after_fit else Decisions()
+        probe = None
+        if any(name not in decisions.augmentation for name in data.decides):
+            probe = self._linear_probe(data, verbose)[1]
+        return resolve_augmentation(self.model, data, probe, decisions, verbose)
 
     def _fit_linear(self, data: ImageFolder, started, clock, evaluate, verbose):
         """`fit` for `head="linear"`: the probe on the frozen features becomes the Dense layer."""
