@@ -23,12 +23,11 @@ def test_plan_keeps_epochs_that_fit_and_shortens_both_phases_alike():
     assert plan_epochs(100 / MARGIN + 5, EPOCHS, PER_EPOCH, fixed_s=5) == EPOCHS
     # 50 of the 90 s needed: 5/9 of the epochs of each phase, rounded down.
     assert plan_epochs(50 / MARGIN + 5, EPOCHS, PER_EPOCH, fixed_s=5) == {"head": 5, "finetune": 11}
-    # No time at all: one epoch of phase 1 (it had some), none of phase 2.
+    # No time at all: one epoch of phase 1 (it had some), none of phase 2; without phase 1,
+    # one epoch of phase 2 (a run trains at least one epoch).
     assert plan_epochs(1.0, EPOCHS, PER_EPOCH, fixed_s=30) == {"head": 1, "finetune": 0}
-    assert plan_epochs(1.0, {"head": 0, "finetune": 20}, PER_EPOCH, 30) == {
-        "head": 0,
-        "finetune": 0,
-    }
+    no_head = {"head": 0, "finetune": 20}
+    assert plan_epochs(1.0, no_head, PER_EPOCH, 30) == {"head": 0, "finetune": 1}
 
 
 def test_time_budget_takes_seconds_or_a_duration():

@@ -107,8 +107,8 @@ def plan_epochs(seconds_left: float, epochs: dict, epoch_s: dict, fixed_s: float
 
     The configured `epochs` (`{"head": n, "finetune": n}`) are kept when they
     fit in `MARGIN` of the time left after the `fixed_s` costs; otherwise both
-    are shortened in the same proportion (rounded down; phase 1 keeps at
-    least one epoch when it had any).
+    are shortened in the same proportion (rounded down; one epoch is kept:
+    phase 1's when it had any, else phase 2's).
     """
     usable = seconds_left * MARGIN - fixed_s
     needed = sum(epochs[phase] * epoch_s[phase] for phase in epochs)
@@ -116,8 +116,8 @@ def plan_epochs(seconds_left: float, epochs: dict, epoch_s: dict, fixed_s: float
         return dict(epochs)
     share = max(0.0, usable) / needed
     planned = {phase: math.floor(epochs[phase] * share) for phase in epochs}
-    if epochs["head"]:
-        planned["head"] = max(1, planned["head"])
+    kept = "head" if epochs["head"] else "finetune"
+    planned[kept] = max(1, planned[kept])
     return planned
 
 
