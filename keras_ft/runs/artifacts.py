@@ -31,7 +31,6 @@ import uuid
 import warnings
 from pathlib import Path
 
-from keras_ft.config import to_dict
 from keras_ft.data.folder import DATASET
 from keras_ft.runs import manifest
 from keras_ft.runs.loading import FORMAT_VERSION, load
@@ -242,22 +241,20 @@ def run_record(tuner) -> dict:
         "seed": tuner.seed,
         "deterministic": tuner.deterministic,
         "class_names": list(tuner.class_names),
-        "data": to_dict(tuner.data_config) if tuner.data_config else None,
-        "model": to_dict(tuner.model_config),
+        # The configuration (data, model, training, recipe), as `reproduce` reads it back.
+        **tuner.run_config.record(),
         "preprocessing": tuner.preprocessing,
         # What built the backbone: `reproduce` rebuilds it by name; None for a keras.Model.
         "backbone": tuner.backbone_spec.describe() if tuner.backbone_spec else None,
-        "training": to_dict(tuner.training_config) if tuner.training_config else None,
         **tuner.record,
         "environment": environment(),
         "reproducibility": guarantee(distribution.name, distribution.replicas),
         "weights_sha256": weights_sha256(tuner.model),
         "backbone_weights_sha256": tuner.backbone_weights_sha256,
     }
-    if tuner.training_config is not None:
-        record["distribution"] = distribution.describe(
-            tuner.data_config.batch_size, tuner.training_config.lr_scaling
-        )
+    record["distribution"] = distribution.describe(
+        tuner.data_config.batch_size, tuner.training_config.lr_scaling
+    )
     if data is not None:
         hashes = tuner.file_hashes
         record["data_fingerprint"] = {
