@@ -28,9 +28,9 @@ def measure(model, data, config, batch_size: int, features_cached: bool) -> dict
     """Seconds of one training step of each phase and of the forward pass of one image.
 
     The steps run on the run's model, compiled as each phase compiles it, and
-    on its training batches; every variable (weights, optimizer-free state,
-    random-generator states) is put back afterwards, so training continues as
-    if nothing had run.
+    on its training batches; every model variable (weights, BatchNormalization
+    statistics, random-generator states) is put back afterwards and the timing
+    optimizers are dropped, so training continues as if nothing had run.
 
     Returns:
         A dict: `head_step` (a phase-1 step: on cached features when
