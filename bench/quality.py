@@ -236,6 +236,10 @@ METHODS["lite0-probe"] = Method("probe", note="the probe on Lite0's features", b
 METHODS["lite0-auto"] = Method(
     "keras-ft", ("--recipe", "auto"), note="keras-ft --recipe auto on Lite0", backbone=LITE0
 )
+# Lite0 has BatchNormalization throughout; phase 2 keeps it frozen. The alternative:
+METHODS["lite0-auto-bn"] = Method(
+    "keras-ft", ("--recipe", "auto", "--train-batchnorm"), backbone=LITE0
+)
 # Candidates for `make demo` (issue 31: under 2 minutes on 2 cores), compared on MNIST's
 # selection folders at 30 per class, the size and source of the shipped sample.
 METHODS["d-lite0-96"] = Method("keras-ft", ("--image-size", "96"), backbone=LITE0)

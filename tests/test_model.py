@@ -58,6 +58,17 @@ def test_backbone_batchnorm_stays_in_inference_mode_during_training():
         np.testing.assert_array_equal(x, y)  # moving statistics and gamma/beta unchanged
 
 
+def test_train_batchnorm_trains_the_backbones_batchnorm_as_keras_does():
+    model = classifier()
+    bn = backbone_of(model).get_layer("bn_a")
+    before = [np.copy(w) for w in bn.get_weights()]  # gamma, beta, moving mean and variance
+    assert unfreeze_backbone(model, "all", train_batchnorm=True) == 6  # + gamma and beta
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="sparse_categorical_crossentropy")
+    images = np.random.default_rng(0).uniform(0, 255, (8, 32, 32, 3)).astype("float32")
+    model.fit(images, np.arange(8) % 3, epochs=1, verbose=0)
+    assert not any(np.array_equal(x, y) for x, y in zip(before, bn.get_weights(), strict=True))
+
+
 def test_head_feature_norm_trains_in_phase_1_and_is_frozen_in_phase_2():
     model = classifier()
     norm = model.get_layer("feature_norm")

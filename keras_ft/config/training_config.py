@@ -81,6 +81,15 @@ class TrainingConfig:
         parse=parse_unfreeze,
         cli_help="all, a layer name to unfreeze from, or a number of top layers",
     )
+    train_batchnorm: bool = option(
+        False,
+        help="phase 2 also trains the unfrozen backbone layers' BatchNormalization, as Keras "
+        "trains it: batch statistics in training steps, moving statistics updated, scales "
+        "and offsets learned. Off, they keep the pretrained values and run in inference "
+        "mode, as the Keras transfer-learning guide advises.",
+        cli_help="phase 2 also trains the backbone's BatchNormalization (batch statistics, "
+        "moving averages, scales and offsets)",
+    )
     deterministic: bool = option(
         True,
         help="turn on TensorFlow op determinism (bitwise replay).",

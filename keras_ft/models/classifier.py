@@ -5,7 +5,8 @@ prediction can never disagree. It is made of standard Keras layers
 (`preprocessing_layer`), so `model.keras` loads with `keras.saving.load_model`
 in a Python without keras_ft. The backbone is always called with
 `training=False`, and its BatchNormalization layers stay frozen after
-unfreezing, so phase 2 does not wreck the statistics it learned on ImageNet.
+unfreezing (unless `train_batchnorm`), so phase 2 does not wreck the statistics
+it learned on ImageNet.
 """
 
 from __future__ import annotations
@@ -269,7 +270,9 @@ def unknown_layer_message(unfreeze: str, backbone: str, names: list[str]) -> str
     )
 
 
-def unfreeze_backbone(model: keras.Model, unfreeze: str | int = "all") -> int:
+def unfreeze_backbone(
+    model: keras.Model, unfreeze: str | int = "all", train_batchnorm: bool = False
+) -> int:
     """Phase 2: make the backbone trainable from a point on, BatchNorm excepted.
 
     The head's feature BatchNormalization freezes too (inference mode, its
@@ -283,6 +286,11 @@ def unfreeze_backbone(model: keras.Model, unfreeze: str | int = "all") -> int:
         model: a classifier from `build_classifier`.
         unfreeze: `"all"`; a layer name, from which (inclusive) layers train,
             e.g. `"block5_conv1"`; or an int N, the top N backbone layers.
+        train_batchnorm: also train the backbone's BatchNormalization layers
+            from that point on. A trainable one runs in training mode in a
+            training step (Keras 3 passes the outer `training=True` through
+            the backbone's `training=False`): batch statistics, moving
+            averages updated, scale and offset learned.
 
     Returns:
         The number of trainable weights in the backbone afterwards.
@@ -300,6 +308,7 @@ def unfreeze_backbone(model: keras.Model, unfreeze: str | int = "all") -> int:
         raise KerasFTError(unknown_layer_message(unfreeze, backbone.name, names))
     backbone.trainable = True
     for i, layer in enumerate(layers):
-        layer.trainable = i >= start and not isinstance(layer, keras.layers.BatchNormalization)
+        is_norm = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = i >= start and (train_batchnorm or not is_norm)
     _set_head_norm_trainable(model, False)
     return len(backbone.trainable_weights)

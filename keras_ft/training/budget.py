@@ -52,7 +52,7 @@ def measure(model, data, config, batch_size: int, features_cached: bool) -> dict
             trained, head_batches = model, batches
         compile_for_phase(trained, "head", config, data.num_classes, learning_rate=1e-9)
         head_first, head_step = _train_steps(trained, head_batches)
-        unfreeze_backbone(model, config.unfreeze)
+        unfreeze_backbone(model, config.unfreeze, config.train_batchnorm)
         compile_for_phase(model, "finetune", config, data.num_classes, learning_rate=1e-9)
         tune_first, tune_step = _train_steps(model, batches)
     finally:

@@ -124,7 +124,7 @@ def sweep(
     if phase == "head":
         freeze_backbone(model)
     else:
-        unfreeze_backbone(model, config.unfreeze)
+        unfreeze_backbone(model, config.unfreeze, config.train_batchnorm)
     compile_for_phase(model, phase, config, data.num_classes, learning_rate=start_lr)
     batch_size = batch_size or data.config.batch_size
     growth = (end_lr / start_lr) ** (1.0 / (steps - 1))

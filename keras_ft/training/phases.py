@@ -75,10 +75,11 @@ def fit_two_phase(
 
     Phase 1 freezes the backbone and trains the head for `config.head_epochs`;
     phase 2 unfreezes it per `config.unfreeze` (BatchNormalization stays
-    frozen) and fine-tunes with SGD momentum for `config.finetune_epochs`,
-    continuing the epoch count; with a fallback option, the model kept is
-    then chosen (`keras_ft.training.fallback.fall_back`). A phase's `"auto"`
-    learning rate is found just before it.
+    frozen unless `config.train_batchnorm`) and fine-tunes with SGD momentum
+    for `config.finetune_epochs`, continuing the epoch count; with a fallback
+    option, the model kept is then chosen
+    (`keras_ft.training.fallback.fall_back`). A phase's `"auto"` learning rate
+    is found just before it.
 
     Args:
         callbacks: Keras callbacks, for both phases.
@@ -416,7 +417,8 @@ class FinetunePhase(Phase):
         return bool(self.epochs) and (self.run.done < self.end or self.fallback)
 
     def prepare(self) -> keras.Model:
-        unfreeze_backbone(self.run.model, self.run.config.unfreeze)
+        config = self.run.config
+        unfreeze_backbone(self.run.model, config.unfreeze, config.train_batchnorm)
         return self.run.model
 
     def datasets(self, trained) -> tuple:
