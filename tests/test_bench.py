@@ -142,6 +142,19 @@ def test_quality_digits_task_is_seeded_disjoint_and_never_flipped(tmp_path):
     assert [len(list(f.glob("*/*.png"))) for f in largest] == [700, 500, 500]
 
 
+def test_a_methods_flags_follow_the_training_splits_size_as_a_recipes_rows_do():
+    """`Method.by_images` rows are read on the training split (the folder less its
+    validation fifth), as `AutoRecipe` reads its own: a folder of 190 images trains on 152."""
+    from bench.quality import Method, keras_ft_flags
+
+    method = Method("keras-ft", ("--recipe", "auto"), by_images=((0, ("-a",)), (150, ("-b",))))
+    flags = {n: method.flags_for(n) for n in (20, 186, 187)}  # 16, 149, 150 training images
+    assert flags[20] == flags[186] == ("--recipe", "auto", "-a")
+    assert flags[187] == ("--recipe", "auto", "-b")
+    case = {"task": "ising", "weights": None, "image_size": 32, "n_train": 190}
+    assert keras_ft_flags(case, method, quick=False)[-3:] == ["--recipe", "auto", "-b"]
+
+
 def test_physics_tasks_draw_train_test_and_selection_from_disjoint_simulations(tmp_path):
     """Neighbouring frames of one simulation look alike: the Ising and Cahn-Hilliard folders
     come from disjoint groups of frames (Cahn-Hilliard's simulations, Ising's blocks of
