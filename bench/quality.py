@@ -2,7 +2,7 @@
 
     python -m bench.quality                       # the full benchmark (hours on 2 cores; resumable)
     python -m bench.quality --tasks mnist --sizes 100 --methods probe today --seeds 0
-    python -m bench.quality --report              # only print the tables of what is measured
+    python -m bench.quality --report              # only print the tables, test accuracy included
     python -m bench.quality --quick               # tiny sizes, random weights: a smoke test
 
 Tasks (`bench/quality_tasks.py`) are image folders drawn offline, per (task, images
@@ -662,10 +662,12 @@ def report(
     ours: str | None = "auto",
     probe: str = "probe",
     title: str | None = "Quality on held-out tasks",
+    test: bool = True,
 ) -> str:
     """The markdown table of `records` (one mode), then the status of the targets for method
     `ours` against method `probe` (none with `ours=None`), under a `title` heading (none
-    with `title=None`)."""
+    with `title=None`). `test=False` leaves out every test figure (the column, the targets
+    and test-time augmentation's table), for what a run prints while recipes are chosen."""
     stats = summary(records)
     rows = []
     for (task, n, method), s in stats.items():
@@ -676,7 +678,7 @@ def report(
                 task,
                 n,
                 f"{method} †" if s["noted"] else method,
-                _cell(s["test"]),
+                *([_cell(s["test"])] if test else []),
                 val,
                 selection,
                 _cell(s["wall"], 0),
@@ -689,7 +691,7 @@ def report(
         "task",
         "train/class",
         "method",
-        "test accuracy",
+        *(["test accuracy"] if test else []),
         "val accuracy",
         "selection accuracy",
         "wall s",
@@ -707,6 +709,8 @@ def report(
         common.table(header, [rows[i] for i in order]),
         *_noted(stats),
     ]
+    if not test:
+        return "\n".join(lines)
     if ours:
         whose = "keras-ft's default recipe, `auto`" if ours == "auto" else f"`{ours}`"
         lines += ["", f"Targets (issue 14) for {whose}, against `{probe}`:"]
@@ -787,7 +791,10 @@ def main(argv=None) -> None:
     records = [
         r for r in load_results(Path(args.results)) if r["mode"] == ("quick" if quick else "full")
     ]
-    print(report(records))
+    # After a run, no test figure: candidates are compared on the other columns first.
+    print(report(records, test=args.report))
+    if not args.report:
+        print("\n(`--report` prints the test accuracies too.)")
 
 
 if __name__ == "__main__":
