@@ -256,7 +256,7 @@ METHODS["d-vgg16-block5-ft10"] = Method(
 )
 # Round 14 (issue 31: 100 training images in under 60 s, MNIST 100/class in under 5 min):
 # phase 1 on the frozen features computed once, and a phase 2 of 8-12 epochs after one
-# warm-up epoch, decaying along a cosine, at 1e-3 (`c18`) or at 3e-4 below 500 images (`c19`).
+# warm-up epoch, decaying along a cosine, at 1e-3.
 _FAST = ("--recipe", "auto", "--no-head-augment", "--finetune-schedule", "cosine")
 _FAST += ("--warmup-epochs", "1")
 METHODS["c18-fast"] = Method(
@@ -267,18 +267,9 @@ METHODS["c18-fast"] = Method(
         (150, ("--finetune-epochs", "8")),
     ),
 )
-METHODS["c19-fast-3e-4"] = Method(
-    "keras-ft",
-    _FAST,
-    by_images=(
-        (0, ("--finetune-epochs", "12", "--finetune-lr", "3e-4")),
-        (150, ("--finetune-epochs", "8", "--finetune-lr", "3e-4")),
-        (500, ("--finetune-epochs", "8", "--finetune-lr", "1e-3")),
-    ),
-)
 # Below 150 images a phase-2 epoch at batch 32 is 3 steps, and 12 epochs left c18 far
 # below `auto`'s 60 on MNIST 10/class (selection 0.749 against 0.863): batches of 8 give
-# the same 12 epochs of compute four times the steps.
+# the same 12 epochs of compute four times the steps (at 3e-4 here).
 METHODS["c20-fast-b8"] = Method(
     "keras-ft",
     (*_FAST, "--batch-size", "8"),
