@@ -291,6 +291,26 @@ def test_head_augment_false_trains_phase_1_on_the_unaugmented_features(split_fol
         TrainingConfig(head_augment=False, feature_cache=False)
 
 
+def test_train_batchnorm_moves_the_backbones_statistics_in_phase_2_only(split_folders):
+    """Frozen by default, the backbone's BatchNormalization ends a fit as it was built;
+    with train_batchnorm phase 2 trains it (and phase 1 still does not)."""
+    train, _ = split_folders
+    data = keras_ft.ImageFolder(train, image_size=32, batch_size=8, augment=False, seed=0)
+    start = tiny_backbone().get_layer("bn_a").get_weights()
+    moved = {}
+    for train_batchnorm, finetune_epochs in ((False, 1), (True, 0), (True, 1)):
+        tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+        tuner.fit(
+            data, head_epochs=1, finetune_epochs=finetune_epochs, recipe=None, verbose=0,
+            train_batchnorm=train_batchnorm,
+        )  # fmt: skip
+        after = backbone_of(tuner.model).get_layer("bn_a").get_weights()
+        moved[train_batchnorm, finetune_epochs] = [
+            not np.array_equal(x, y) for x, y in zip(start, after, strict=True)
+        ]
+    assert moved == {(False, 1): [False] * 4, (True, 0): [False] * 4, (True, 1): [True] * 4}
+
+
 def test_fallback_to_head_keeps_the_head_when_fine_tuning_hurts(split_folders, capsys):
     train, _ = split_folders
     data = keras_ft.ImageFolder(

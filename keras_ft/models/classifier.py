@@ -273,7 +273,7 @@ def unknown_layer_message(unfreeze: str, backbone: str, names: list[str]) -> str
 def unfreeze_backbone(
     model: keras.Model, unfreeze: str | int = "all", train_batchnorm: bool = False
 ) -> int:
-    """Phase 2: make the backbone trainable from a point on, BatchNorm excepted.
+    """Phase 2: make the backbone trainable from a point on, BatchNorm excepted by default.
 
     The head's feature BatchNormalization freezes too (inference mode, its
     statistics from phase 1). Left training, it would normalise each batch by
