@@ -257,8 +257,10 @@ METHODS["d-vgg16-block5-ft10"] = Method(
 # Round 14 (issue 31: 100 training images in under 60 s, MNIST 100/class in under 5 min):
 # phase 1 on the frozen features computed once, and a phase 2 of 8-12 epochs after one
 # warm-up epoch, decaying along a cosine, at 1e-3.
-_FAST = ("--recipe", "auto", "--no-head-augment", "--finetune-schedule", "cosine")
-_FAST += ("--warmup-epochs", "1")
+_FAST = (
+    *("--recipe", "auto", "--no-head-augment"),
+    *("--finetune-schedule", "cosine", "--warmup-epochs", "1"),
+)
 METHODS["c18-fast"] = Method(
     "keras-ft",
     (*_FAST, "--finetune-lr", "1e-3"),
