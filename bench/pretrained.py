@@ -84,32 +84,35 @@ def measure(backbone: str, name: str, train: Path, quick: bool) -> dict:
     }
 
 
+NAMES = {"logme": "LogME", "h_score": "H-score", "probe_val_accuracy": "probe"}
+
+
+def _cell(record: dict) -> str:
+    """The scores pretrained weights win ("every score" or a list), and the probe's ties."""
+    wins = [NAMES[k] for k in SCORES if record["pretrained_wins"][k]]
+    text = "**every score**" if len(wins) == len(SCORES) else ", ".join(wins) or "none"
+    tied = [NAMES[k] for k in SCORES if record["pretrained"][k] == record["random"][k]]
+    return text + (f" ({', '.join(tied)} tied)" if tied else "")
+
+
+def _size_order(column: str) -> tuple:
+    """Size columns by size ("10/class" before "30/class"), the sample's last."""
+    return (column == "sample", 0 if column == "sample" else int(column.split("/")[0]))
+
+
 def report(records: list[dict]) -> str:
-    """One row per (backbone, task) of today's folders: each score with pretrained and
-    random weights; then, per backbone and size, the tasks where pretrained wins every score."""
+    """One row per (backbone, task) of today's folders, one column per size: the scores by
+    which pretrained weights beat random ones (the figures are in the results file)."""
     records = [r for r in records if is_current(r)]
-    rows = []
+    size = {r["data"]: "sample" if r["data"] == SAMPLE else r["data"].split()[1] for r in records}
+    columns = sorted(set(size.values()), key=_size_order)
+    cells: dict[tuple[str, str], dict[str, str]] = {}
     for r in records:
-        cells = [f"{r['pretrained'][k]:.4f} / {r['random'][k]:.4f}" for k in SCORES]
-        rows.append(
-            [r["backbone"], r["data"], r["image_size"], *cells, all(r["pretrained_wins"].values())]
-        )
-    header = [
-        "backbone", "data", "px", "LogME pretrained / random", "H-score pretrained / random",
-        "probe pretrained / random", "pretrained wins every score",
-    ]  # fmt: skip
-    wins: dict[tuple[str, str], list[str]] = {}
-    for r in records:
-        size = "sample" if r["data"] == SAMPLE else r["data"].split()[1]
-        names = wins.setdefault((r["backbone"], size), [])
-        if all(r["pretrained_wins"].values()):
-            names.append(_task(r["data"]))
-    totals = [
-        [backbone, size, len(names), ", ".join(names) or "none"]
-        for (backbone, size), names in wins.items()
-    ]
-    header2 = ["backbone", "size", "tasks where pretrained wins every score", "which"]
-    return common.table(header, rows) + "\n\n" + common.table(header2, totals)
+        cells.setdefault((r["backbone"], _task(r["data"])), {})[size[r["data"]]] = _cell(r)
+    tasks = [SAMPLE, *quality_tasks.TASKS]
+    keys = sorted(cells, key=lambda key: (key[0], tasks.index(key[1]) if key[1] in tasks else 0))
+    rows = [[*key, *(cells[key].get(c, "") for c in columns)] for key in keys]
+    return common.table(["backbone", "task", *columns], rows)
 
 
 def main(argv=None) -> None:

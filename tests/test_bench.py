@@ -420,13 +420,13 @@ def test_pretrained_benchmark_quick_mode_writes_and_resumes(tmp_path, capsys):
     assert row["pretrained"] == row["random"]  # quick mode: the same random weights twice
     assert row["split"] == "by-simulation"
     printed = capsys.readouterr().out
-    assert "| efficientnet_lite0 | ising 6/class | 64 |" in printed
-    assert "| efficientnet_lite0 | 6/class | 0 | none |" in printed  # random never beats itself
+    assert "| backbone | task | 6/class |" in printed
+    assert "| efficientnet_lite0 | ising | none (LogME, H-score, probe tied) |" in printed
     stale = dict(row, data="ising 30/class")  # drawn before the split by simulation
     del stale["split"]
     with open(results, "a") as f:
         f.write(json.dumps(stale) + "\n")
     pretrained.main(args)
     printed = capsys.readouterr().out
-    assert "[pretrained]" not in printed and "ising 30/class" not in printed
+    assert "[pretrained]" not in printed and "30/class" not in printed
     assert len(results.read_text().splitlines()) == 2
