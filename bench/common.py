@@ -256,12 +256,19 @@ def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
 
 
 def cpu_model() -> str:
+    """lscpu's model name and the widest vector instructions: "AMD EPYC, AVX2". The
+    benchmark machines differ between sessions under one model name, with and without
+    AVX-512, and their CPU seconds with them."""
+    name = "unknown CPU"
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
         for line in out.splitlines():
             if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("Flags:"):
+                flags = set(line.split(":", 1)[1].split())
+                name += ", AVX-512" if "avx512f" in flags else ", AVX2" if "avx2" in flags else ""
+    return name
 
 
 def machine() -> dict:

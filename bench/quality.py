@@ -448,6 +448,7 @@ def measure(case: dict, name: str, quick: bool) -> dict:
         "cpu_s": round(cpu_s, 1),
         "load_before": [round(v, 2) for v in load_before],
         "load_after": [round(v, 2) for v in os.getloadavg()],
+        "cpu": common.cpu_model(),
         "commit": _commit(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }

@@ -430,3 +430,17 @@ def test_pretrained_benchmark_quick_mode_writes_and_resumes(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "[pretrained]" not in printed and "30/class" not in printed
     assert len(results.read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [("fma avx2 avx512f avx512bw", "Fake EPYC, AVX-512"), ("fma avx2", "Fake EPYC, AVX2")],
+)
+def test_a_benchmark_rows_cpu_names_its_widest_vector_instructions(monkeypatch, flags, expected):
+    """Machines under one model name differ in AVX-512, and their CPU seconds with it."""
+    from bench import common
+
+    lscpu = f"Architecture: x86_64\nModel name:   Fake EPYC\nFlags:   fpu {flags}\n"
+    done = subprocess.CompletedProcess(["lscpu"], 0, stdout=lscpu)
+    monkeypatch.setattr(common.subprocess, "run", lambda *args, **kwargs: done)
+    assert common.cpu_model() == expected
