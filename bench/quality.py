@@ -284,7 +284,7 @@ METHODS["c21-cached-head"] = Method("keras-ft", ("--recipe", "auto", "--no-head-
 # first epochs can collapse (training accuracy from 0.76 to 0.11 on digits 70/class with
 # VGG16-HED; Lite0 never recovered on digits 70/class seed 1). Three warm-up epochs, or
 # rates ten times lower at the backbone's bottom than at its top:
-_C22 = ("--recipe", "auto", "--warmup-epochs", "3")
+_C22 = ("--recipe", "auto", "--finetune-schedule", "cosine", "--warmup-epochs", "3")
 _C23 = ("--recipe", "auto", "--discriminative-lr", "10")
 METHODS["c22-warmup3"] = Method("keras-ft", _C22)
 METHODS["lite0-c22-warmup3"] = Method("keras-ft", _C22, backbone=LITE0)
