@@ -43,7 +43,7 @@ def test_auto_sets_the_options_left_at_their_defaults(folder):
 
 @pytest.mark.parametrize(
     ("per_class", "train_images", "tier"),
-    [(100, 150, (150, 3e-4)), (340, 503, (500, 1e-3))],  # at and just past a threshold
+    [(100, 150, (150, 3e-4, 1)), (340, 503, (500, 1e-3, 3))],  # at and just past a threshold
 )
 def test_auto_runs_phase_2_faster_from_its_size_thresholds(tmp_path, per_class, train_images, tier):
     assert tier in RECIPES["auto"].finetune_lrs
@@ -51,7 +51,7 @@ def test_auto_runs_phase_2_faster_from_its_size_thresholds(tmp_path, per_class, 
     data = keras_ft.ImageFolder(large, image_size=32, batch_size=8, validation_split=0.25)
     assert len(data.train_files) == train_images
     options, applied = apply_recipe("auto", defaults(), data)
-    faster = {"finetune_lr": tier[1], "finetune_schedule": "cosine", "warmup_epochs": 1}
+    faster = {"finetune_lr": tier[1], "finetune_schedule": "cosine", "warmup_epochs": tier[2]}
     assert {k: options[k] for k in faster} == faster and faster.items() <= applied.items()
     epochs = (30, 30) if train_images < 500 else (10, 15)
     assert (options["head_epochs"], options["finetune_epochs"]) == epochs
@@ -73,13 +73,16 @@ def test_auto_leaves_phase_2_alone_when_the_user_asks_for_none(tmp_path):
 def test_auto_phase_2_rate_steps_up_with_the_training_split():
     rate = {n: RECIPES["auto"].settings(n).get("finetune_lr") for n in (149, 150, 499, 500, 5000)}
     assert rate == {149: None, 150: 3e-4, 499: 3e-4, 500: 1e-3, 5000: 1e-3}
+    # Phase 2's first epochs at 1e-3 could collapse: three of its 15 warm up from 500.
+    warmup = {n: RECIPES["auto"].settings(n).get("warmup_epochs") for n in (149, 499, 500)}
+    assert warmup == {149: None, 499: 1, 500: 3}
     settings = {n: RECIPES["auto"].settings(n) for n in (1, 149, 150, 499, 500, 5000)}
     epochs = {n: (s["head_epochs"], s["finetune_epochs"]) for n, s in settings.items()}
     assert epochs == {
         1: (60, 60), 149: (60, 60), 150: (30, 30), 499: (30, 30), 500: (10, 15), 5000: (10, 15)
     }  # fmt: skip
     # From 500 images too, the warm-up and the cosine come with the rate.
-    at_150 = {"finetune_lr": 3e-4, "head_epochs": 30, "finetune_epochs": 30}
+    at_150 = {"finetune_lr": 3e-4, "warmup_epochs": 1, "head_epochs": 30, "finetune_epochs": 30}
     assert RECIPES["auto"].settings(500) | at_150 == RECIPES["auto"].settings(150)
 
 

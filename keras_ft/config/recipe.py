@@ -25,10 +25,10 @@ class AutoRecipe:
     """What `recipe="auto"` sets, for each option left at its default.
 
     Phase 2's rate follows the size of the training split: `finetune_lrs`
-    holds `(from_images, rate)` rows, and the last row whose `from_images`
-    the split reaches sets `finetune_lr`, with `warmup_epochs` of linear
-    warm-up and decay along `finetune_schedule`; below the first row phase 2
-    keeps the defaults' constant rate. `epochs` holds `(from_images,
+    holds `(from_images, rate, warmup_epochs)` rows, and the last row whose
+    `from_images` the split reaches sets `finetune_lr` and `warmup_epochs`
+    (epochs of linear warm-up), with decay along `finetune_schedule`; below
+    the first row phase 2 keeps the defaults' constant rate. `epochs` holds `(from_images,
     head_epochs, finetune_epochs)` rows, read the same way. The fallbacks keep,
     of the fine-tuned model, the phase-1 head and the linear probe, the one
     with the lowest validation loss, and a kept probe is refitted on the
@@ -40,11 +40,11 @@ class AutoRecipe:
     fallback_to_head: bool = True  # phase 2 kept only if it lowered the validation loss
     fallback_to_probe: bool = True  # ... and only if the linear probe's is not lower still
     refit_probe: bool = True  # a kept probe then sees the validation images too
-    finetune_lrs: tuple[tuple[int, float], ...] = ((150, 3e-4), (500, 1e-3))
+    # (from_images, finetune_lr, warmup_epochs): the last row the split reaches.
+    finetune_lrs: tuple[tuple[int, float, int], ...] = ((150, 3e-4, 1), (500, 1e-3, 3))
     # (from_images, head_epochs, finetune_epochs): the last row the split reaches.
     epochs: tuple[tuple[int, int, int], ...] = ((0, 60, 60), (150, 30, 30), (500, 10, 15))
     finetune_schedule: str = "cosine"
-    warmup_epochs: int = 1
 
     def settings(self, train_images: int) -> dict:
         """The options it sets for a training split of `train_images` images."""
@@ -53,12 +53,11 @@ class AutoRecipe:
             "fallback_to_probe": self.fallback_to_probe,
             "refit_probe": self.refit_probe,
         }
-        rate = _reached(self.finetune_lrs, train_images)
-        if rate:
+        phase_2 = _reached(self.finetune_lrs, train_images)
+        if phase_2:
+            rate, warmup = phase_2
             settings.update(
-                finetune_lr=rate[0],
-                finetune_schedule=self.finetune_schedule,
-                warmup_epochs=self.warmup_epochs,
+                finetune_lr=rate, finetune_schedule=self.finetune_schedule, warmup_epochs=warmup
             )
         head, finetune = _reached(self.epochs, train_images)
         return settings | {"head_epochs": head, "finetune_epochs": finetune}
