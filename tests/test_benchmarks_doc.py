@@ -128,3 +128,12 @@ def test_the_history_moved_to_docs_and_is_linked():
     page = BENCHMARKS.read_text()
     assert "[docs/benchmark-history.md](docs/benchmark-history.md)" in page
     assert "](BENCHMARKS.md)" in (ROOT / "README.md").read_text()
+
+
+def test_a_sections_rows_name_the_cpus_they_record_and_how_many_do():
+    from bench.report import recorded
+
+    rows = [{"cpu": "AMD EPYC, AVX2"}, {"machine": "Intel Xeon, 2 cores"}, {}]
+    assert recorded(rows).startswith(
+        "3 rows; machine AMD EPYC, AVX2; Intel Xeon, 2 cores (2 of the rows; none for the rest)"
+    )
