@@ -30,14 +30,15 @@ SAMPLE = "digits sample"
 IMAGE_SIZE = 64
 
 
-def _task(data: str) -> str:
-    """The quality task a row's `data` label names ("mnist 30/class" -> "mnist")."""
-    return data if data == SAMPLE else data.split()[0]
+def _parts(data: str) -> tuple[str, str]:
+    """A row's `data` label as (task, size): ("mnist", "30/class"), or the sample's
+    (SAMPLE, "sample")."""
+    return (SAMPLE, "sample") if data == SAMPLE else tuple(data.split())
 
 
 def is_current(record: dict) -> bool:
     """Whether a row's folder is drawn as today's: its split is the task's."""
-    return record.get("split") == quality_tasks.split_of(_task(record["data"]))
+    return record.get("split") == quality_tasks.split_of(_parts(record["data"])[0])
 
 
 def folders(data: Path, quick: bool) -> dict[str, Path]:
@@ -75,7 +76,7 @@ def measure(backbone: str, name: str, train: Path, quick: bool) -> dict:
     return {
         "backbone": backbone,
         "data": name,
-        "split": quality_tasks.split_of(_task(name)),
+        "split": quality_tasks.split_of(_parts(name)[0]),
         "image_size": IMAGE_SIZE,
         **scores,
         "pretrained_wins": {k: scores["pretrained"][k] > scores["random"][k] for k in SCORES},
@@ -103,14 +104,14 @@ def _size_order(column: str) -> tuple:
 def report(records: list[dict]) -> str:
     """One row per (backbone, task) of today's folders, one column per size: the scores by
     which pretrained weights beat random ones (the figures are in the results file)."""
-    records = [r for r in records if is_current(r)]
-    size = {r["data"]: "sample" if r["data"] == SAMPLE else r["data"].split()[1] for r in records}
-    columns = sorted(set(size.values()), key=_size_order)
     cells: dict[tuple[str, str], dict[str, str]] = {}
     for r in records:
-        cells.setdefault((r["backbone"], _task(r["data"])), {})[size[r["data"]]] = _cell(r)
+        if is_current(r):
+            task, size = _parts(r["data"])
+            cells.setdefault((r["backbone"], task), {})[size] = _cell(r)
+    columns = sorted({size for row in cells.values() for size in row}, key=_size_order)
     tasks = [SAMPLE, *quality_tasks.TASKS]
-    keys = sorted(cells, key=lambda key: (key[0], tasks.index(key[1]) if key[1] in tasks else 0))
+    keys = sorted(cells, key=lambda key: (key[0], tasks.index(key[1])))
     rows = [[*key, *(cells[key].get(c, "") for c in columns)] for key in keys]
     return common.table(["backbone", "task", *columns], rows)
 

@@ -28,10 +28,10 @@ class AutoRecipe:
     holds `(from_images, rate, warmup_epochs)` rows, and the last row whose
     `from_images` the split reaches sets `finetune_lr` and `warmup_epochs`
     (epochs of linear warm-up), with decay along `finetune_schedule`; below
-    the first row phase 2 keeps the defaults' constant rate. `epochs` holds `(from_images,
-    head_epochs, finetune_epochs)` rows, read the same way. The fallbacks keep,
-    of the fine-tuned model, the phase-1 head and the linear probe, the one
-    with the lowest validation loss, and a kept probe is refitted on the
+    the first row phase 2 keeps the defaults' constant rate. `epochs` holds
+    `(from_images, head_epochs, finetune_epochs)` rows, read the same way. The
+    fallbacks keep, of the fine-tuned model, the phase-1 head and the linear
+    probe, the one with the lowest validation loss, and a kept probe is refitted on the
     training and validation images (`refit_probe`). Flips and quarter turns
     are not part of it: the data's `flip="auto"` and `quarter_turns="auto"`
     decide them for any recipe (`keras_ft.training.symmetry.decide_flip`).
