@@ -47,6 +47,8 @@ def vgg16_run(tmp_path_factory):
         "1",
         "--finetune-epochs",
         "1",
+        "--warmup-epochs",  # what `auto` sets at 241 images; its schedule comes from `auto`
+        "1",
         "--no-flip",
         "--seed",
         "3",
@@ -68,9 +70,11 @@ def test_train_prints_test_accuracy_and_writes_the_run(vgg16_run):
     assert record["command"][1:3] == ["train", str(DIGITS / "train")]
     # `--recipe auto` by default: the flags given are kept, the rest follows the 241 images.
     applied = {"fallback_to_head": True, "fallback_to_probe": True, "refit_probe": True}
-    applied |= {"finetune_lr": 3e-4, "finetune_schedule": "cosine", "warmup_epochs": 1}
+    applied |= {"finetune_lr": 3e-4, "finetune_schedule": "cosine"}
     assert record["recipe"] == {"name": "auto", "applied": applied}
     assert record["training"]["head_epochs"] == record["training"]["finetune_epochs"] == 1
+    # `--warmup-epochs` without `--finetune-schedule`: the cosine schedule comes from `auto`.
+    assert record["training"]["warmup_epochs"] == 1
     for log_line in ("I0000", "absl::InitializeLog", "oneDNN", "WARNING:tensorflow"):
         assert log_line not in result.stderr + result.stdout  # TensorFlow's own log lines
 
@@ -376,6 +380,28 @@ def test_train_flags_come_from_the_config_fields_with_their_help_and_defaults(ca
             if declared.flag != "" and declared.cli_default == "field":
                 assert getattr(args, name) == defaults_of(config)[name], name
     assert args.image_size is None  # the backbone's default size
+
+
+def test_a_warmup_without_a_schedule_is_refused_where_auto_sets_none(tmp_path, capsys):
+    """Below 150 training images `auto` keeps the constant rate: nothing to warm up into."""
+    write_folder(tmp_path / "data", ("cat", "dog"), per_class=8)
+    result = run_here(
+        capsys, "train", tmp_path / "data", *TINY_TRAIN, "--warmup-epochs", "1",
+        "--output", tmp_path / "run",
+    )  # fmt: skip
+    assert_clean_failure(result, "`warmup_epochs`", "Pass finetune_schedule='cosine' too")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_recipe_flags_help_names_what_auto_sets_by_size():
+    from keras_ft.cli.parser import build_parser
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    (recipe,) = [action.help for action in train._actions if action.dest == "recipe"]
+    sizes = "60 and 60 below 150 training images, 30 and 30 from 150, 10 and 15 from 500"
+    assert f"--head-epochs and --finetune-epochs {sizes};" in recipe
+    rates = "--finetune-lr and --warmup-epochs 3e-4 and 1 from 150, 1e-3 and 3 from 500"
+    assert f"{rates}, with --finetune-schedule cosine" in recipe
 
 
 def test_the_recipe_keeps_the_training_flags_named_even_at_their_defaults():

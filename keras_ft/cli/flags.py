@@ -64,6 +64,23 @@ TRAIN_ONLY = ("strategy", "lr_scaling")
 AUTO_SETS = {name for n in (0, 10**9) for name in RECIPES["auto"].settings(n)}
 
 
+def _auto_sizes(recipe) -> str:
+    """What `recipe` (an `AutoRecipe`) sets by the training split's size, in flags."""
+    (_, head, finetune), *later = recipe.epochs
+    epochs = ", ".join(
+        [f"{head} and {finetune} below {later[0][0]} training images"]
+        + [f"{head} and {finetune} from {images}" for images, head, finetune in later]
+    )
+    rates = ", ".join(
+        f"{rate:.0e} and {warmup} from {images}".replace("e-0", "e-")
+        for images, rate, warmup in recipe.finetune_lrs
+    )
+    return (
+        f"--head-epochs and --finetune-epochs {epochs}; --finetune-lr and --warmup-epochs "
+        f"{rates}, with --finetune-schedule {recipe.finetune_schedule}"
+    )
+
+
 class Parser(argparse.ArgumentParser):
     """argparse's parser with Keras-style usage errors: a mistyped flag, command or
     choice gets a "did you mean", and an unknown flag is refused under the usage of the
@@ -190,11 +207,8 @@ def add_run_arguments(p, output_help: str, exclude=TRAIN_ONLY, metavar="OUTPUT")
         default="auto",
         help="auto (train's default): settings that adapt to the data for every flag left "
         "at its default (--fallback-to-head --fallback-to-probe --refit-probe, with a "
-        "validation split; --head-epochs and --finetune-epochs 60 below 150 training images, "
-        "30 from 150, 10 and 15 from 500; from 150 --finetune-lr 3e-4, from 500 1e-3, "
-        "--finetune-schedule cosine --warmup-epochs 1); what it set is printed and kept in "
-        "run.json. "
-        "none (tune's default): the flags as given, defaults included",
+        f"validation split; {_auto_sizes(RECIPES['auto'])}); what it set is printed and "
+        "kept in run.json. none (tune's default): the flags as given, defaults included",
     )
     seen = set(exclude)
     for config in CONFIGS:

@@ -71,6 +71,16 @@ def training_config(args, **fixed):
     return TrainingConfig(**{**config_options(args, TrainingConfig), **fixed})
 
 
+def left_to_the_recipe(args) -> dict:
+    """Training options that `train` checks in `fit`, once the recipe has read the data:
+    a `--warmup-epochs` given without `--finetune-schedule` needs the cosine schedule,
+    which `--recipe auto` sets from 150 training images. Here it stands at 0 (`fit` gets
+    the value given)."""
+    if args.recipe != "none" and "finetune_schedule" not in args.given:
+        return {"warmup_epochs": 0}
+    return {}
+
+
 def image_folder(args, spec):
     """The `ImageFolder` that `train`, `tune` and `lr-find` read, from the data flags."""
     from keras_ft.data.folder import ImageFolder
@@ -95,7 +105,8 @@ def train(args) -> int:
     from keras_ft.runs.output import check_output
 
     signing_key = signing_key_from(args)  # a bad key file is refused before any training
-    spec, training = check_run(args)  # every flag and folder checked before anything runs
+    # Every flag and folder checked before anything runs (some, after the recipe, in `fit`).
+    spec, training = check_run(args, **left_to_the_recipe(args))
     checked_output = None
     if args.strategy in ONE_PROCESS:
         data_dirs = (args.data_dir, args.test_dir)

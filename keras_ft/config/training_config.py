@@ -310,6 +310,8 @@ class TrainingConfig:
             "warmup_epochs",
             "0 unless finetune_schedule='cosine' (warm-up leads into the cosine decay)",
             self.warmup_epochs,
+            "Pass finetune_schedule='cosine' too (recipe='auto' sets it from 150 training "
+            "images), or warmup_epochs=0.",
         )
         check(
             self.head_augment or self.feature_cache,
