@@ -1,5 +1,7 @@
 """`recipe="auto"`: which options it sets, which it leaves, and what it refuses."""
 
+from types import SimpleNamespace
+
 import pytest
 from conftest import tiny_backbone, write_folder
 
@@ -68,6 +70,32 @@ def test_auto_leaves_phase_2_alone_when_the_user_asks_for_none(tmp_path):
     assert not {"finetune_lr", "finetune_schedule", "warmup_epochs"} & set(applied)
     assert options["finetune_epochs"] == options["warmup_epochs"] == 0
     TrainingConfig(**options)  # a valid combination: it used to refuse warmup_epochs=1
+
+
+@pytest.mark.parametrize("train_images", [149, 150, 500])
+@pytest.mark.parametrize(
+    "chosen",
+    [
+        {"finetune_epochs": 1},
+        {"finetune_epochs": 2},
+        {"finetune_schedule": "constant"},
+        {"finetune_schedule": "constant", "finetune_epochs": 2},
+    ],
+)
+def test_auto_never_makes_what_the_caller_chose_invalid(train_images, chosen):
+    """Three warm-up epochs do not fit in two of phase 2, and a constant rate has no
+    decay to warm up into: `auto` cuts or leaves out its warm-up instead."""
+    data = SimpleNamespace(train_files=[None] * train_images, validation_files=[None] * 40)
+    options, applied = apply_recipe("auto", defaults() | chosen, data, given=tuple(chosen))
+    TrainingConfig(**options)  # valid: no "Invalid `warmup_epochs`"
+    assert chosen.items() <= options.items()
+    tier = RECIPES["auto"].settings(train_images)
+    if options["finetune_schedule"] == "cosine":
+        expected = min(tier["warmup_epochs"], options["finetune_epochs"])
+        assert applied["warmup_epochs"] == options["warmup_epochs"] == expected
+    else:
+        assert "warmup_epochs" not in applied and options["warmup_epochs"] == 0
+    assert options["finetune_lr"] == tier.get("finetune_lr", 1e-4)  # the rate stays
 
 
 def test_auto_phase_2_rate_steps_up_with_the_training_split():

@@ -90,8 +90,9 @@ def apply_recipe(
     work here are left out rather than refused, so that the default recipe
     trains anything `recipe=None` trains: without a validation split the
     fallbacks (`NEEDS_VALIDATION`), with hidden Dense layers in the head the
-    probe's (`NEEDS_LINEAR_HEAD`), and `refit_probe` wherever
-    `fallback_to_probe` ends up False.
+    probe's (`NEEDS_LINEAR_HEAD`), `refit_probe` wherever `fallback_to_probe`
+    ends up False, and the warm-up where the caller's `finetune_schedule` is
+    not cosine; it is cut to the caller's `finetune_epochs`.
 
     Args:
         name: a key of `RECIPES`, or None (nothing changes).
@@ -117,7 +118,12 @@ def apply_recipe(
     }
     if not {**options, **applied}["fallback_to_probe"]:  # nothing to refit
         applied.pop("refit_probe", None)
-    if {**options, **applied}["finetune_epochs"] == 0:  # no phase 2: nothing to schedule
+    resolved = {**options, **applied}
+    if resolved["finetune_epochs"] == 0:  # no phase 2: nothing to schedule
         for option in PHASE_2:
             applied.pop(option, None)
+    elif resolved["finetune_schedule"] != "cosine":  # the caller's: no decay to warm up into
+        applied.pop("warmup_epochs", None)
+    elif "warmup_epochs" in applied:  # no more warm-up than the caller's phase 2 holds
+        applied["warmup_epochs"] = min(applied["warmup_epochs"], resolved["finetune_epochs"])
     return {**options, **applied}, applied
