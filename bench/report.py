@@ -305,7 +305,9 @@ SECTIONS = (
         "the linear probe on Lite0's features, `lite0-probe`. Phase 2 keeps Lite0's "
         "BatchNormalization frozen (inference mode); `lite0-auto-bn` trains it "
         "(`--train-batchnorm`), on MNIST. At MNIST 100 and digits 70/class `lite0-auto` ran "
-        "with one warm-up epoch and `lite0-c22-warmup3` with today's three.",
+        "with one warm-up epoch and `lite0-c22-warmup3` with today's three; at the sizes of "
+        "150 to 499 training images `lite0-c22-warmup3` is a candidate that was not adopted "
+        "(benchmark-history round 16).",
         f"`python -m bench.quality --methods lite0-probe lite0-auto --results {RESULTS}/"
         "quality-lite0.jsonl` (`--tasks mnist --methods lite0-auto-bn` for the last)",
         lite0_section,
