@@ -400,7 +400,7 @@ def test_the_recipe_flags_help_names_what_auto_sets_by_size():
     (recipe,) = [action.help for action in train._actions if action.dest == "recipe"]
     sizes = "60 and 60 below 150 training images, 30 and 30 from 150, 10 and 15 from 500"
     assert f"--head-epochs and --finetune-epochs {sizes};" in recipe
-    rates = "--finetune-lr and --warmup-epochs 3e-4 and 1 from 150, 1e-3 and 3 from 500"
+    rates = "--finetune-lr and --warmup-epochs 3e-4 and 1 from 150, 0.001 and 3 from 500"
     assert f"{rates}, with --finetune-schedule cosine" in recipe
 
 

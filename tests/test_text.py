@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from keras_ft.utils.text import csv_cell, printable
+from keras_ft.utils.text import csv_cell, format_rate, printable
 
 
 @pytest.mark.parametrize(
@@ -39,3 +39,10 @@ def test_printable_escapes_control_characters_only(text, shown):
 )
 def test_csv_cell_quotes_what_a_spreadsheet_would_run(value, cell):
     assert csv_cell(value) == cell
+
+
+@pytest.mark.parametrize(
+    ("rate", "text"), [(0.01, "0.01"), (1e-3, "0.001"), (3e-4, "3e-4"), (2.5e-5, "2.5e-5")]
+)
+def test_format_rate_writes_a_learning_rate_as_people_do(rate, text):
+    assert format_rate(rate) == text

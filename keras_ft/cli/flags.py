@@ -20,7 +20,7 @@ from keras_ft.config import (
     options_of,
 )
 from keras_ft.config.recipe import RECIPES
-from keras_ft.utils.text import close_matches, did_you_mean, one_of
+from keras_ft.utils.text import close_matches, did_you_mean, format_rate, one_of
 
 
 class NotGiven:
@@ -66,13 +66,13 @@ AUTO_SETS = {name for n in (0, 10**9) for name in RECIPES["auto"].settings(n)}
 
 def _auto_sizes(recipe) -> str:
     """What `recipe` (an `AutoRecipe`) sets by the training split's size, in flags."""
-    (_, head, finetune), *later = recipe.epochs
+    (_, *first), *later = recipe.epochs
     epochs = ", ".join(
-        [f"{head} and {finetune} below {later[0][0]} training images"]
+        [f"{first[0]} and {first[1]} below {later[0][0]} training images"]
         + [f"{head} and {finetune} from {images}" for images, head, finetune in later]
     )
     rates = ", ".join(
-        f"{rate:.0e} and {warmup} from {images}".replace("e-0", "e-")
+        f"{format_rate(rate)} and {warmup} from {images}"
         for images, rate, warmup in recipe.finetune_lrs
     )
     return (

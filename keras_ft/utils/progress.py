@@ -22,6 +22,8 @@ import time
 
 import keras
 
+from keras_ft.utils.text import format_rate
+
 PHASE_NUMBERS = {"head": 1, "finetune": 2}
 
 
@@ -46,14 +48,6 @@ def format_duration(seconds: float) -> str:
         return f"{minutes} min {seconds} s" if seconds else f"{minutes} min"
     hours, minutes = divmod(seconds // 60, 60)
     return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-
-
-def format_rate(rate: float) -> str:
-    """A learning rate as people write it: `0.001`, `3e-4`, `1.5e-5`."""
-    if rate >= 1e-3:
-        return f"{rate:g}"
-    mantissa, exponent = f"{rate:.2e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def _epochs(count: int) -> str:

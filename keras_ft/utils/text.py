@@ -108,3 +108,11 @@ def did_you_mean(given: str, candidates) -> str:
     """`" Did you mean 'x'?"` for the `close_matches` of `given`, or `""` if none."""
     close = close_matches(given, candidates)
     return f" Did you mean {one_of(close)}?" if close else ""
+
+
+def format_rate(rate: float) -> str:
+    """A learning rate as people write it: `0.001`, `3e-4`, `1.5e-5`."""
+    if rate >= 1e-3:
+        return f"{rate:g}"
+    mantissa, exponent = f"{rate:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
