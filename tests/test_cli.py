@@ -394,9 +394,11 @@ def test_a_warmup_without_a_schedule_is_refused_where_auto_sets_none(tmp_path, c
 
 
 def test_the_recipe_flags_help_names_what_auto_sets_by_size():
+    from keras_ft.cli.flags import command_parser
     from keras_ft.cli.parser import build_parser
 
-    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    parser = build_parser()
+    train = command_parser(parser, parser.parse_args(["train", "d", "--output", "o"]))
     (recipe,) = [action.help for action in train._actions if action.dest == "recipe"]
     sizes = "60 and 60 below 150 training images, 30 and 30 from 150, 10 and 15 from 500"
     assert f"--head-epochs and --finetune-epochs {sizes};" in recipe
