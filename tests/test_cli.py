@@ -14,6 +14,8 @@ from conftest import DIGITS, PLUGINS, TINY_TRAIN, bomb_png, run_cli, write_folde
 from PIL import Image
 
 from keras_ft.cli.main import main
+from keras_ft.config import TrainingConfig
+from keras_ft.utils.errors import KerasFTError
 
 
 def assert_clean_failure(result, *fragments):
@@ -390,7 +392,54 @@ def test_a_warmup_without_a_schedule_is_refused_where_auto_sets_none(tmp_path, c
         "--output", tmp_path / "run",
     )  # fmt: skip
     assert_clean_failure(result, "`warmup_epochs`", "Pass finetune_schedule='cosine' too")
+    holds = r"cosine schedule from 150 training images, and this training split holds \d+\."
+    assert re.search(holds, result.stderr)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_flag_only_the_recipe_makes_valid_is_left_to_fit(tmp_path, capsys):
+    """`--refit-probe` needs `fallback_to_probe`, which `auto` sets: train accepts it alone,
+    and refuses it before reading the data under `--recipe none`."""
+    data = write_folder(tmp_path / "data", ("a", "b", "c"), per_class=12, size=32)
+    options = "--head-epochs 1 --finetune-epochs 1 --batch-size 8 --no-tensorboard --refit-probe"
+    result = run_here(
+        capsys, "train", data, *TINY_TRAIN, *options.split(), "--output", tmp_path / "run"
+    )
+    assert result.returncode == 0, result.stderr
+    training = json.loads((tmp_path / "run" / "run.json").read_text())["training"]
+    assert training["refit_probe"] is training["fallback_to_probe"] is True
+    result = run_here(
+        capsys, "train", tmp_path / "missing", *TINY_TRAIN, *options.split(),
+        "--recipe", "none", "--output", tmp_path / "none",
+    )  # fmt: skip
+    assert_clean_failure(result, "Invalid `refit_probe`: expected False unless fallback_to_probe")
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "auto_accepts"),
+    [
+        ("--warmup-epochs 3", True),  # auto sets the cosine schedule from 150 images
+        ("--gradual-unfreeze 40", True),  # auto trains 60 epochs of phase 2 below 150
+        ("--refit-probe", True),
+        ("--refit-probe --dense-units 16", False),  # no probe to refit on a hidden layer
+        ("--warmup-epochs 99", False),  # more than any size's phase 2
+        ("--warmup-epochs 2 --finetune-schedule constant", False),  # the caller's schedule
+    ],
+)
+def test_train_leaves_to_fit_only_what_the_recipe_can_make_valid(flags, auto_accepts):
+    from keras_ft.cli.parser import build_parser
+    from keras_ft.cli.train import training_config as _training
+
+    args = build_parser().parse_args(["train", "d", "--output", "o", *flags.split()])
+    with pytest.raises(KerasFTError, match="Invalid"):
+        _training(args)  # --recipe none: the flags as given
+    if not auto_accepts:
+        with pytest.raises(KerasFTError, match="Invalid"):
+            _training(args, "auto")
+        return
+    config = _training(args, "auto")  # the FineTuner's: `fit` gets the flags given
+    assert config == TrainingConfig(unfreeze=config.unfreeze)
 
 
 def test_the_recipe_flags_help_names_what_auto_sets_by_size():

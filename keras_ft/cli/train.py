@@ -13,7 +13,13 @@ from pathlib import Path
 
 from keras_ft.cli.common import load_tensorflow, say, signing_key_from
 from keras_ft.cli.flags import config_options, given_options
-from keras_ft.config import DataConfig, ModelConfig, TrainingConfig, options_of
+from keras_ft.config import (
+    CONSTRUCTOR_OPTIONS,
+    DataConfig,
+    ModelConfig,
+    TrainingConfig,
+    options_of,
+)
 from keras_ft.utils.quiet import tensorflow_may_load
 from keras_ft.utils.text import printable
 
@@ -21,12 +27,13 @@ from keras_ft.utils.text import printable
 ONE_PROCESS = ("auto", "none", "mirrored")
 
 
-def check_run(args, training: bool = True, searched=(), **fixed):
+def check_run(args, training: bool = True, searched=(), recipe=None, **fixed):
     """Every check of a training command's arguments that needs no TensorFlow, so that a
     mistake is refused at once: the backbone's name, the data, model and training options
-    (`fixed` replaces training options; without `training` they are left to the search,
-    as are the model options named in `searched`), the image size and weights file for
-    the backbone, and the folders' layout (the images themselves are scanned later).
+    (`fixed` replaces training options, and `recipe` is the one `fit` applies, see
+    `training_config`; without `training` they are left to the search, as are the model
+    options named in `searched`), the image size and weights file for the backbone, and
+    the folders' layout (the images themselves are scanned later).
 
     Returns:
         (the backbone's `BackboneSpec`, the `TrainingConfig`, or None without `training`).
@@ -46,7 +53,7 @@ def check_run(args, training: bool = True, searched=(), **fixed):
     for name, value in config_options(args, ModelConfig).items():
         if name != "image_size" and name not in searched:
             checked(name, declared[name], value)
-    config = training_config(args, **fixed) if training else None
+    config = training_config(args, recipe, **fixed) if training else None
     spec.check_build(data.image_size, args.weights)
     classes = list_classes(args.data_dir)
     if len(classes) < 2:
@@ -66,19 +73,25 @@ def fine_tuner(args, training):
     return FineTuner.from_configs(config_options(args, ModelConfig), training)
 
 
-def training_config(args, **fixed):
-    """The training flags (and `fixed` values) as a `TrainingConfig`: all checked at once."""
-    return TrainingConfig(**{**config_options(args, TrainingConfig), **fixed})
+def training_config(args, recipe=None, **fixed):
+    """The training flags (and `fixed` values) as a `TrainingConfig`: all checked at once.
 
+    Under `recipe`, flags that are valid only with settings it makes for some sizes of
+    training split (`--warmup-epochs` alone needs the cosine schedule `auto` sets on
+    larger splits, `--refit-probe` the `fallback_to_probe` it sets) are left to `fit`,
+    which checks them once the recipe has read the data: the config then holds the
+    constructor's options and `unfreeze` alone, and `fit` gets every flag given.
+    """
+    from keras_ft.config.recipe import could_resolve
+    from keras_ft.utils.errors import KerasFTError
 
-def left_to_the_recipe(args) -> dict:
-    """Training options that `train` checks in `fit`, once the recipe has read the data:
-    a `--warmup-epochs` given without `--finetune-schedule` needs the cosine schedule,
-    which `--recipe auto` sets from 150 training images. Here it stands at 0 (`fit` gets
-    the value given)."""
-    if args.recipe != "none" and "finetune_schedule" not in args.given:
-        return {"warmup_epochs": 0}
-    return {}
+    options = {**config_options(args, TrainingConfig), **fixed}
+    try:
+        return TrainingConfig(**options)
+    except KerasFTError:
+        if recipe is None or not could_resolve(recipe, options, args.given, args.dense_units):
+            raise
+    return TrainingConfig(**{name: options[name] for name in (*CONSTRUCTOR_OPTIONS, "unfreeze")})
 
 
 def image_folder(args, spec):
@@ -106,7 +119,7 @@ def train(args) -> int:
 
     signing_key = signing_key_from(args)  # a bad key file is refused before any training
     # Every flag and folder checked before anything runs (some, after the recipe, in `fit`).
-    spec, training = check_run(args, **left_to_the_recipe(args))
+    spec, training = check_run(args, recipe=fit_arguments(args)["recipe"])
     checked_output = None
     if args.strategy in ONE_PROCESS:
         data_dirs = (args.data_dir, args.test_dir)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 from keras_ft.config.checks import check
 from keras_ft.config.options import defaults_of
-from keras_ft.config.training_config import TrainingConfig
+from keras_ft.config.training_config import WARMUP_NEEDS_COSINE, TrainingConfig
+from keras_ft.utils.errors import KerasFTError
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,9 @@ def apply_recipe(
     fallbacks (`NEEDS_VALIDATION`), with hidden Dense layers in the head the
     probe's (`NEEDS_LINEAR_HEAD`), `refit_probe` wherever `fallback_to_probe`
     ends up False, and the warm-up where the caller's `finetune_schedule` is
-    not cosine; it is cut to the caller's `finetune_epochs`.
+    not cosine; it is cut to the caller's `finetune_epochs`. A `warmup_epochs`
+    the caller gave without a schedule, on a split too small for the cosine
+    one, is refused, saying from what size the recipe sets it.
 
     Args:
         name: a key of `RECIPES`, or None (nothing changes).
@@ -107,13 +110,50 @@ def apply_recipe(
     if name is None:
         return options, {}
     check(name in RECIPES, "recipe", f"None or one of {tuple(RECIPES)}", name)
-    left_out = (NEEDS_VALIDATION if not data.validation_files else ()) + (
-        NEEDS_LINEAR_HEAD if dense_units else ()
+    recipe, images = RECIPES[name], len(data.train_files)
+    options, applied = _resolve(
+        recipe, options, images, bool(data.validation_files), dense_units, given
     )
+    cosine_from = recipe.finetune_lrs[0][0]
+    if images < cosine_from and "finetune_schedule" not in given:
+        check(
+            options["warmup_epochs"] == 0 or options["finetune_schedule"] == "cosine",
+            "warmup_epochs",
+            WARMUP_NEEDS_COSINE,
+            options["warmup_epochs"],
+            f"recipe={name!r} sets the cosine schedule from {cosine_from} training images, "
+            f"and this training split holds {images}. Pass finetune_schedule='cosine' too, "
+            "or warmup_epochs=0.",
+        )
+    return options, applied
+
+
+def could_resolve(name: str, options: dict, given=(), dense_units=()) -> bool:
+    """Whether recipe `name` makes `options` a valid `TrainingConfig` for a training split
+    of some size (with a validation split): what `keras-ft train` asks before it reads
+    the data, so as to leave to `fit` what only the recipe's settings make valid (a
+    `warmup_epochs` given alone needs the cosine schedule that `auto` sets on larger
+    splits)."""
+    check(name in RECIPES, "recipe", f"one of {tuple(RECIPES)}", name)
+    recipe = RECIPES[name]
+    for images in sorted({row[0] for row in (*recipe.epochs, *recipe.finetune_lrs)}):
+        resolved, _ = _resolve(recipe, options, images, True, dense_units, given)
+        try:
+            TrainingConfig(**resolved)
+        except KerasFTError:
+            continue
+        return True
+    return False
+
+
+def _resolve(recipe, options, train_images, validated, dense_units, given) -> tuple[dict, dict]:
+    """`apply_recipe`'s settings for a training split of `train_images` images (`validated`:
+    with a validation split)."""
+    left_out = (() if validated else NEEDS_VALIDATION) + (NEEDS_LINEAR_HEAD if dense_units else ())
     defaults = defaults_of(TrainingConfig)
     applied = {
         option: value
-        for option, value in RECIPES[name].settings(len(data.train_files)).items()
+        for option, value in recipe.settings(train_images).items()
         if option not in (*left_out, *given) and options[option] == defaults[option] != value
     }
     if not {**options, **applied}["fallback_to_probe"]:  # nothing to refit

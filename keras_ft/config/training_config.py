@@ -23,6 +23,7 @@ SCHEDULES = ("constant", "cosine")
 HEAD_INITS = ("random", "probe")
 STRATEGIES = ("auto", "none", "mirrored", "multiworker", "tpu")
 LR_SCALINGS = ("none", "linear")
+WARMUP_NEEDS_COSINE = "0 unless finetune_schedule='cosine' (warm-up leads into the cosine decay)"
 
 
 @dataclass(frozen=True)
@@ -308,10 +309,9 @@ class TrainingConfig:
         check(
             self.warmup_epochs == 0 or self.finetune_schedule == "cosine",
             "warmup_epochs",
-            "0 unless finetune_schedule='cosine' (warm-up leads into the cosine decay)",
+            WARMUP_NEEDS_COSINE,
             self.warmup_epochs,
-            "Pass finetune_schedule='cosine' too (recipe='auto' sets it from 150 training "
-            "images), or warmup_epochs=0.",
+            "Pass finetune_schedule='cosine' too, or warmup_epochs=0.",
         )
         check(
             self.head_augment or self.feature_cache,
