@@ -663,10 +663,20 @@ def test_decide_quarter_turns_turns_only_when_turned_images_score_as_well(tmp_pa
     }
 
 
-def test_flip_auto_is_the_default_and_decides_before_phase_1(split_folders, capsys):
+def test_flip_auto_is_the_default_and_decides_before_phase_1(split_folders, capsys, monkeypatch):
     """Decided to flip, the default trains bitwise as flip=True (and quarter_turns="auto",
     decided to turn, as quarter_turns=True); the decisions are printed and recorded. No
-    validation split is needed: the probe is measured on the training images."""
+    validation split is needed: the probe is measured on the training images. Both
+    decisions share one probe on the shallow grid."""
+    from keras_ft.training import symmetry
+
+    grid_probes, fit_probe = [], symmetry.linear_probe
+
+    def counted(*args, **kwargs):
+        grid_probes.append(1)
+        return fit_probe(*args, **kwargs)
+
+    monkeypatch.setattr(symmetry, "linear_probe", counted)
     train, _ = split_folders
     weights, rows = {}, {}
     for flip in ("auto", True):
@@ -693,6 +703,7 @@ def test_flip_auto_is_the_default_and_decides_before_phase_1(split_folders, caps
     # Colour classes: left and right mean nothing, the mirror images score the same.
     assert decision["flip"] and decision["accuracy"] == decision["mirrored_accuracy"]
     assert turns["quarter_turns"] and turns["accuracy"] == turns["turned_accuracy"]
+    assert "retained_grid" in decision and "retained_grid" in turns and len(grid_probes) == 1
     assert rows["auto"] == rows[True]
     assert all(np.array_equal(a, b) for a, b in zip(*weights.values(), strict=True))
     # Called without FineTuner, fit_two_phase has no probe to decide on: a clear refusal.

@@ -20,7 +20,7 @@ from keras_ft.training.budget import epoch_seconds, fixed_seconds, measure, plan
 from keras_ft.training.decisions import Decisions
 from keras_ft.training.features import features_cached
 from keras_ft.training.lr_find import resolve, sweep
-from keras_ft.training.symmetry import DECIDERS
+from keras_ft.training.symmetry import DECIDERS, grid_probe
 
 
 def resolve_augmentation(model, data, probe, decisions: Decisions, verbose="auto"):
@@ -34,11 +34,14 @@ def resolve_augmentation(model, data, probe, decisions: Decisions, verbose="auto
         An `ImageFolder` sharing `data`'s images, whose options are decided.
     """
     decided = decisions.augmentation
-    for name in data.decides:
-        if name not in decided:
-            decided[name] = DECIDERS[name](split_at_features(model)[0], data, probe)
-            if verbose != 0:
-                print(f"{name}='auto': {decided[name]['reason']}")
+    pending = [name for name in data.decides if name not in decided]
+    if pending:  # one extractor and one shallow grid probe for both decisions
+        extractor = split_at_features(model)[0]
+        grid = grid_probe(extractor, data)
+    for name in pending:
+        decided[name] = DECIDERS[name](extractor, data, probe, grid)
+        if verbose != 0:
+            print(f"{name}='auto': {decided[name]['reason']}")
     chosen = {name: decided[name][name] for name in data.decides}
     return data.with_augmentation(**chosen) if chosen else data
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_ft.models.probe import linear_probe
+from keras_ft.models.probe import ProbeResult, linear_probe
 from keras_ft.training.features import extract_features
 
 FLIP_RETAINED = 0.6  # for flip="auto": the share of the probe's accuracy mirrors must keep
@@ -16,7 +17,27 @@ TURNS_RETAINED = 0.5  # for quarter_turns="auto": the share turned images must k
 GRID_RETAINED = 0.3  # for both: the share the shallow grid's probe must keep (`_decide_symmetry`)
 
 
-def decide_flip(extractor: keras.Model, data, probe) -> dict:
+@dataclass(frozen=True)
+class GridProbe:
+    """The second probe of `decide_flip` and `decide_quarter_turns`: a shallow feature map
+    averaged over a 2x2 grid (`extractor`) and the linear probe fitted on its features of
+    the training images (`probe`). Made once by `grid_probe`, for both decisions."""
+
+    extractor: keras.Model
+    probe: ProbeResult
+
+
+def grid_probe(extractor: keras.Model, data) -> GridProbe | None:
+    """The `GridProbe` of `extractor` (the frozen backbone and its pooling) on `data`'s
+    training images, or None where the backbone has no such map (see `_grid_extractor`)."""
+    grid = _grid_extractor(extractor)
+    if grid is None:
+        return None
+    train, labels = extract_features(grid, data.unaugmented_train())
+    return GridProbe(grid, linear_probe(train, labels, num_classes=data.num_classes))
+
+
+def decide_flip(extractor: keras.Model, data, probe, grid: GridProbe | None = None) -> dict:
     """Whether training should flip images, from how linear probes see mirrored ones.
 
     Taken before phase 1, so that both phases follow it. The linear probe,
@@ -38,6 +59,8 @@ def decide_flip(extractor: keras.Model, data, probe) -> dict:
         data: the `ImageFolder` (its training split is measured).
         probe: the `keras_ft.models.probe.ProbeResult` fitted on the training
             split's frozen features.
+        grid: the second probe (`grid_probe`), which both decisions of a fit
+            share; None: made here.
 
     Returns:
         A dict: `flip` (bool), `accuracy` and `mirrored_accuracy` (the
@@ -46,10 +69,12 @@ def decide_flip(extractor: keras.Model, data, probe) -> dict:
         there is one) and `reason` (one sentence, for the user).
     """
     words = ("flip", "mirrored", "mirror images", "horizontal flips", FLIP_RETAINED)
-    return _decide_symmetry(extractor, data, probe, words, tf.image.flip_left_right)
+    return _decide_symmetry(extractor, data, probe, grid, words, tf.image.flip_left_right)
 
 
-def decide_quarter_turns(extractor: keras.Model, data, probe) -> dict:
+def decide_quarter_turns(
+    extractor: keras.Model, data, probe, grid: GridProbe | None = None
+) -> dict:
     """Whether training should turn images by quarter turns, as `decide_flip` decides flips.
 
     The probes are shown the training images turned a quarter (90 degrees):
@@ -70,17 +95,17 @@ def decide_quarter_turns(extractor: keras.Model, data, probe) -> dict:
             "reason": f"no quarter turns: the images ({height}x{width}) are not square.",
         }
     words = ("quarter_turns", "turned", "copies turned a quarter", "quarter turns", TURNS_RETAINED)
-    return _decide_symmetry(extractor, data, probe, words, tf.image.rot90)
+    return _decide_symmetry(extractor, data, probe, grid, words, tf.image.rot90)
 
 
-def _decide_symmetry(extractor, data, probe, words: tuple, transform) -> dict:
+def _decide_symmetry(extractor, data, probe, grid, words: tuple, transform) -> dict:
     """`decide_flip`'s rule for `transform` (a function of a batch of images).
 
     Two probes are shown the transformed training images: `probe`, on the
-    pooled features, and one fitted here on a shallower feature map (the
-    backbone's last at a stride of at most 8, whose units see a small part
-    of the image) averaged over a 2x2 grid, which keeps left from right and
-    top from bottom. Deep features that barely change under the transform
+    pooled features, and `grid` (made here if None, see `grid_probe`), on a
+    shallower feature map (the backbone's last at a stride of at most 8, whose
+    units see a small part of the image) averaged over a 2x2 grid, which keeps
+    left from right and top from bottom. Deep features that barely change under the transform
     (ImageNet-trained ones are close to mirror-invariant) cannot tell digits
     from their mirror images; the shallow grid's probe sees where the
     evidence lies and which way it faces. The pooled probe must keep the
@@ -103,17 +128,15 @@ def _decide_symmetry(extractor, data, probe, words: tuple, transform) -> dict:
         f"{images} {transformed_accuracy:.3f}"
     )
     shares = [(retained, threshold, "keeping {:.0%} of its accuracy above chance")]
-    grid = _grid_extractor(extractor)
+    grid = grid or grid_probe(extractor, data)
     if grid is not None:
-        train, train_labels = extract_features(grid, data.unaugmented_train())
-        grid_probe = linear_probe(train, train_labels, num_classes=data.num_classes)
-        grid_transformed = grid_probe.predict(extract_features(grid, transformed)[0])
+        grid_transformed = grid.probe.predict(extract_features(grid.extractor, transformed)[0])
         grid_retained, grid_accuracy = _share(
-            grid_probe.train_accuracy, grid_transformed, labels, chance
+            grid.probe.train_accuracy, grid_transformed, labels, chance
         )
         shares.append((grid_retained, GRID_RETAINED, "a probe on a shallower map's grid {:.0%}"))
         measured += (
-            f" (on a 2x2 grid of a shallower feature map {grid_probe.train_accuracy:.3f} "
+            f" (on a 2x2 grid of a shallower feature map {grid.probe.train_accuracy:.3f} "
             f"and {grid_accuracy:.3f})"
         )
     informative = all(share is not None for share, _, _ in shares)
