@@ -417,6 +417,27 @@ def test_resumed_epoch_equals_the_same_epoch_of_a_full_run(aug_folder):
     assert_same_batches(full[data.steps_per_epoch :], resumed)
 
 
+def test_one_pipeline_serves_every_epoch_each_ending_in_its_own_short_batch(
+    aug_folder, monkeypatch
+):
+    """Sixty epochs are one pipeline: its augmentation is traced once, not once per epoch
+    (that took 0.1 s an epoch); an epoch's short last batch never takes the next's images."""
+    from keras_ft.data import folder
+
+    traced, augment = [], folder.augment
+
+    def counted(*args):
+        traced.append(1)
+        return augment(*args)
+
+    monkeypatch.setattr(folder, "augment", counted)
+    data = make_data(aug_folder[0], batch_size=8)
+    assert len(data.train_files) % 8 != 0
+    sizes = [len(y) for _, y in batch_list(data.train_dataset(0, 60))]
+    per_epoch = [8] * (len(data.train_files) // 8) + [len(data.train_files) % 8]
+    assert sizes == per_epoch * 60 and len(traced) == 1
+
+
 def test_other_seed_gives_other_batches(aug_folder):
     seed_everything(0)
     a = batch_list(make_data(aug_folder[0], validation_split=0.0).train_dataset(0, 1))

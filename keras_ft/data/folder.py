@@ -350,8 +350,9 @@ class ImageFolder:
             self._cache[name] = store
         return self._cache[name]
 
-    def _gathered(self, name: str, files: list[ImageFile], order: np.ndarray, batch: int):
-        """(images uint8, labels, indices) batches of `files` taken from the store in `order`."""
+    def _gathered(self, name: str, files: list[ImageFile], order, batch: int):
+        """(images uint8, labels, indices) batches of `files` taken from the store in `order`
+        (an array, or a tensor where this runs inside a dataset function)."""
         images = self._images(name, files)
         labels = tf.constant([f.label for f in files], tf.int32)
 
@@ -360,7 +361,7 @@ class ImageFolder:
             taken.set_shape([None, *self.config.image_size, 3])
             return taken, tf.gather(labels, indices), indices
 
-        indices = tf.data.Dataset.from_tensor_slices(order.astype(np.int64))
+        indices = tf.data.Dataset.from_tensor_slices(tf.cast(order, tf.int64))
         return indices.batch(batch).map(gather).with_options(FIXED_PARALLELISM)
 
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -384,28 +385,30 @@ class ImageFolder:
         training under a `tf.distribute` strategy asks for the global size).
         With `replicas` > 1 each epoch leaves out the last `len % replicas`
         images of its order, so that every batch splits evenly over replicas.
+        One pipeline serves every epoch (its functions are traced once, not per
+        epoch); an epoch's last batch may be short, and never holds the next's.
         """
         config = self.config
         batch_size = batch_size or config.batch_size
         count = len(self.train_files)
+        numbers = np.arange(start_epoch, start_epoch + epochs, dtype=np.int64)
+        orders = np.stack([self.epoch_order(epoch) for epoch in numbers])
+        orders = orders[:, : count - count % replicas]
+        self._images("train", self.train_files)  # decoded here, not in a dataset function
 
-        def one_epoch(epoch: int) -> tf.data.Dataset:
+        def one_epoch(epoch, order):
             def prepare(image, label, index):
                 if config.augment:
                     seed = tf.stack([tf.constant(config.seed, tf.int64), epoch * count + index])
                     return augment(image, seed, config), label
                 return tf.cast(image, tf.float32), label
 
-            order = self.epoch_order(epoch)
-            order = order[: len(order) - len(order) % replicas]
             elements = self._gathered("train", self.train_files, order, 256).unbatch()
             elements = elements.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
             return elements.batch(batch_size)
 
-        dataset = one_epoch(start_epoch)
-        for epoch in range(start_epoch + 1, start_epoch + epochs):
-            dataset = dataset.concatenate(one_epoch(epoch))
-        return dataset.prefetch(AUTOTUNE)
+        epochs = tf.data.Dataset.from_tensor_slices((numbers, orders))
+        return epochs.with_options(FIXED_PARALLELISM).flat_map(one_epoch).prefetch(AUTOTUNE)
 
     def _evaluation_dataset(self, name: str, files: list[ImageFile]) -> tf.data.Dataset | None:
         """Float32 batches of a split in file order, never augmented."""
