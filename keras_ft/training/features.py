@@ -79,22 +79,24 @@ def feature_batches(
     in file order): computing them once makes every head epoch cost only the
     head. Epochs `first` to `end - 1` are ordered as `data.train_dataset`
     orders them (and trims them for `replicas`), in batches of `batch_size`
-    (default: the data's). User callbacks see the head model.
+    (default: the data's). User callbacks see the head model. One pipeline serves
+    every epoch, as in `data.train_dataset`.
     """
     features, labels = cached
+    orders = np.stack([data.epoch_order(epoch) for epoch in range(first, end)]).astype(np.int64)
+    orders = orders[:, : orders.shape[1] - orders.shape[1] % replicas]
 
     def gather(indices):
         batch = tf.numpy_function(lambda i: features[i], [indices], tf.float32, stateful=False)
         batch.set_shape([None, *features.shape[1:]])
         return batch, tf.gather(labels, indices)
 
-    dataset = None
-    for epoch in range(first, end):
-        order = data.epoch_order(epoch).astype(np.int64)
-        order = tf.data.Dataset.from_tensor_slices(order[: len(order) - len(order) % replicas])
-        batches = order.batch(batch_size or data.config.batch_size).map(gather)
-        dataset = batches if dataset is None else dataset.concatenate(batches)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    def one_epoch(order):
+        order = tf.data.Dataset.from_tensor_slices(order)
+        return order.batch(batch_size or data.config.batch_size).map(gather)
+
+    epochs = tf.data.Dataset.from_tensor_slices(orders)
+    return epochs.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
 
 
 def features_cached(config, data) -> bool:
