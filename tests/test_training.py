@@ -939,6 +939,30 @@ def test_time_left_is_estimated_per_phase_from_its_own_epochs(capsys):
     assert lines[5].startswith("epoch 6/6 overall, done - phase 2 epoch 3/3 - 4.0 s - ")
 
 
+def test_the_first_epochs_estimate_counts_its_tracing_batches_as_long_as_the_others(capsys):
+    """A phase's first training step and first validation batch trace their functions:
+    on a small data set most of the first epoch. The estimate after it counts each as long
+    as a usual step, so it does not say minutes where seconds are left."""
+    from keras_ft.utils.progress import Progress
+
+    clock = FakeClock()
+    progress = Progress([("finetune", 0, 3)], verbose=2, clock=clock)
+    progress.start_phase("finetune")
+    lines = []
+    for epoch, (train, test) in enumerate((((6, 0.5, 0.5, 0.5), (1.5,)), ((0.5,) * 4, (0.3,)))):
+        progress.on_epoch_begin(epoch)
+        for kind, times in (("train", train), ("test", test)):
+            for batch, seconds in enumerate(times):
+                getattr(progress, f"on_{kind}_batch_begin")(batch)
+                clock.now += seconds
+                getattr(progress, f"on_{kind}_batch_end")(batch)
+        progress.on_epoch_end(epoch, {})
+        lines.append(capsys.readouterr().out)
+    # 9 s, of which 5.5 s and 1 s were the first batches' tracing: 2.5 s an epoch.
+    assert lines[0].startswith("epoch 1/3 overall, 5 s left - phase 2 epoch 1/3 - 9.0 s")
+    assert lines[1].startswith("epoch 2/3 overall, 2 s left - phase 2 epoch 2/3 - 2.3 s")
+
+
 def test_on_a_terminal_the_keras_bar_stays_and_the_overall_line_follows_it(monkeypatch, capsys):
     from keras_ft.utils import progress
 

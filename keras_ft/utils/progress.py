@@ -12,7 +12,9 @@ prints nothing and `Progress` writes one plain line per epoch instead:
 
 The time left is estimated per phase, from that phase's own epochs: phase 1
 on cached features is far faster per epoch than phase 2, so phase 2 is not
-guessed from it.
+guessed from it. A phase's first epoch also traces the training and validation
+steps (seconds, on a small data set most of the epoch): its estimate counts
+each first batch as long as the others.
 """
 
 from __future__ import annotations
@@ -126,8 +128,10 @@ class Progress(keras.callbacks.Callback):
         self.keras_verbose = 1 if self.bars and not self.silent else 0
         self.clock = clock
         self.durations = {phase: [] for phase, _, _ in self.plan}
+        self.first_epoch = {}  # phase: its first epoch's seconds, the tracing left out
         self.phase = None
         self._began = None
+        self._batches = {"train": [], "test": []}  # the clock at each batch's start and end
 
     def callbacks(self) -> list[keras.callbacks.Callback]:
         """This callback for `fit`, after Keras's progress bar when there is one (its last
@@ -141,9 +145,24 @@ class Progress(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._began = self.clock()
+        self._batches = {"train": [], "test": []}
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._batches["train"].append([self.clock()])
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches["train"][-1].append(self.clock())
+
+    def on_test_batch_begin(self, batch, logs=None):
+        self._batches["test"].append([self.clock()])
+
+    def on_test_batch_end(self, batch, logs=None):
+        self._batches["test"][-1].append(self.clock())
 
     def on_epoch_end(self, epoch, logs=None):
         seconds = self.clock() - self._began
+        if not self.durations[self.phase]:
+            self.first_epoch[self.phase] = seconds - self._tracing()
         self.durations[self.phase].append(seconds)
         line = f"epoch {epoch + 1}/{self.total} overall, {self._left(epoch + 1)}"
         if not self.bars:
@@ -156,12 +175,27 @@ class Progress(keras.callbacks.Callback):
     def _span(self, phase: str) -> tuple[int, int]:
         return next((start, epochs) for name, start, epochs in self.plan if name == phase)
 
+    def _tracing(self) -> float:
+        """How much longer this epoch's first training and validation batches took than
+        the others (a validation batch alone is counted as long as a training step)."""
+        steps = {
+            kind: [end - start for start, end in batches] for kind, batches in self._batches.items()
+        }
+        if len(steps["train"]) < 2:
+            return 0.0
+        step = sum(steps["train"][1:]) / (len(steps["train"]) - 1)
+        usual = {"train": step, "test": step}
+        if len(steps["test"]) > 1:
+            usual["test"] = sum(steps["test"][1:]) / (len(steps["test"]) - 1)
+        return sum(max(0.0, times[0] - usual[kind]) for kind, times in steps.items() if times)
+
     def _per_epoch(self, phase: str) -> float:
         """Seconds per epoch of `phase`: the mean of its epochs after the first (which
-        traces the training step) once there are such epochs."""
-        durations = self.durations[phase]
-        timed = durations[1:] or durations
-        return sum(timed) / len(timed)
+        traces the steps) once there are such epochs, else the first's without tracing."""
+        durations = self.durations[phase][1:]
+        if not durations:
+            return self.first_epoch[phase]
+        return sum(durations) / len(durations)
 
     def _left(self, done: int) -> str:
         if done >= self.total:
