@@ -407,8 +407,8 @@ class ImageFolder:
             elements = elements.map(prepare, num_parallel_calls=AUTOTUNE, deterministic=True)
             return elements.batch(batch_size)
 
-        epochs = tf.data.Dataset.from_tensor_slices((numbers, orders))
-        return epochs.with_options(FIXED_PARALLELISM).flat_map(one_epoch).prefetch(AUTOTUNE)
+        each_epoch = tf.data.Dataset.from_tensor_slices((numbers, orders))
+        return each_epoch.with_options(FIXED_PARALLELISM).flat_map(one_epoch).prefetch(AUTOTUNE)
 
     def _evaluation_dataset(self, name: str, files: list[ImageFile]) -> tf.data.Dataset | None:
         """Float32 batches of a split in file order, never augmented."""

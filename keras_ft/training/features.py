@@ -95,8 +95,8 @@ def feature_batches(
         order = tf.data.Dataset.from_tensor_slices(order)
         return order.batch(batch_size or data.config.batch_size).map(gather)
 
-    epochs = tf.data.Dataset.from_tensor_slices(orders)
-    return epochs.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
+    each_epoch = tf.data.Dataset.from_tensor_slices(orders)
+    return each_epoch.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
 
 
 def features_cached(config, data) -> bool:
