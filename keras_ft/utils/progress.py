@@ -178,8 +178,9 @@ class Progress(keras.callbacks.Callback):
     def _tracing(self) -> float:
         """How much longer this epoch's first training and validation batches took than
         the others (a validation batch alone is counted as long as a training step)."""
-        steps = {
-            kind: [end - start for start, end in batches] for kind, batches in self._batches.items()
+        steps = {  # a batch that has not ended (a step that raised) is not counted
+            kind: [times[1] - times[0] for times in batches if len(times) == 2]
+            for kind, batches in self._batches.items()
         }
         if len(steps["train"]) < 2:
             return 0.0
