@@ -66,9 +66,9 @@ AUTO_SETS = {name for n in (0, 10**9) for name in RECIPES["auto"].settings(n)}
 
 def _auto_sizes(recipe) -> str:
     """What `recipe` (an `AutoRecipe`) sets by the training split's size, in flags."""
-    (_, *first), *later = recipe.epochs
+    (_, first_head, first_finetune), *later = recipe.epochs
     epochs = ", ".join(
-        [f"{first[0]} and {first[1]} below {later[0][0]} training images"]
+        [f"{first_head} and {first_finetune} below {later[0][0]} training images"]
         + [f"{head} and {finetune} from {images}" for images, head, finetune in later]
     )
     rates = ", ".join(
