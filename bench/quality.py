@@ -290,6 +290,12 @@ METHODS["c22-warmup3"] = Method("keras-ft", _C22)
 METHODS["lite0-c22-warmup3"] = Method("keras-ft", _C22, backbone=LITE0)
 METHODS["c23-dlr10"] = Method("keras-ft", _C23)
 METHODS["lite0-c23-dlr10"] = Method("keras-ft", _C23, backbone=LITE0)
+# Round 18 (issue 31: "cache frozen features wherever augmentation allows it"): below 500
+# training images phase 1 runs 30-60 epochs of augmented images through the frozen
+# backbone. The features of 8 augmented copies, computed once, instead:
+_C24 = ("--recipe", "auto", "--head-copies", "8")
+METHODS["c24-copies8"] = Method("keras-ft", _C24)
+METHODS["lite0-c24-copies8"] = Method("keras-ft", _C24, backbone=LITE0)
 DEFAULT_METHODS = ("probe", "guide", "auto", "today")
 GUIDE_EPOCHS = (3, 2)
 

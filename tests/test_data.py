@@ -438,6 +438,28 @@ def test_one_pipeline_serves_every_epoch_each_ending_in_its_own_short_batch(
     assert sizes == per_epoch * 60 and len(traced) == 1
 
 
+def test_in_file_order_keeps_each_epochs_augmentation_but_not_its_order(aug_folder):
+    """Phase 1's augmented copies (`head_copies`): epoch k's images, augmented as epoch k
+    augments them, in file order."""
+    data = make_data(aug_folder[0])
+    in_order = batch_list(data.train_dataset(2, 2, in_file_order=True))
+    assert [len(y) for _, y in in_order[: data.steps_per_epoch]] == [
+        len(y) for _, y in batch_list(data.train_dataset(0, 1))
+    ]
+    images = np.concatenate([x for x, _ in in_order])
+    labels = np.concatenate([y for _, y in in_order])
+    count = len(data.train_files)
+    for copy, epoch in enumerate((2, 3)):
+        shuffled = batch_list(data.train_dataset(epoch, 1))
+        order = data.epoch_order(epoch)
+        in_epoch = slice(copy * count, (copy + 1) * count)
+        np.testing.assert_array_equal(
+            images[in_epoch][order], np.concatenate([x for x, _ in shuffled])
+        )
+        np.testing.assert_array_equal(labels[in_epoch], [f.label for f in data.train_files])
+    assert not np.array_equal(images[:count], images[count:])  # each epoch its own
+
+
 def test_other_seed_gives_other_batches(aug_folder):
     seed_everything(0)
     a = batch_list(make_data(aug_folder[0], validation_split=0.0).train_dataset(0, 1))

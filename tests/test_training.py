@@ -249,6 +249,33 @@ def test_augmentation_keeps_the_full_phase_1_and_says_so(split_folders, capsys):
     assert "augmentation is on, so its features change each epoch" in capsys.readouterr().out
 
 
+def test_head_copies_train_phase_1_on_each_epochs_augmented_features(split_folders, capsys):
+    """As many copies as epochs train the head as running the backbone on every batch does
+    (to float rounding); with fewer, epoch e reuses copy e mod copies."""
+    train, _ = split_folders
+
+    def fit(**options):
+        data = keras_ft.ImageFolder(
+            train, image_size=32, batch_size=8, validation_split=0.25, seed=0
+        )
+        tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+        tuner.fit(data, recipe=None, head_epochs=3, finetune_epochs=0, verbose=2, **options)
+        return tuner.model.get_weights(), capsys.readouterr().out
+
+    every_batch, _ = fit()
+    three, out = fit(head_copies=3)
+    assert "Backbone features of 3 augmented copies of the training images" in out
+    assert "frozen backbone's cached features of 3 augmented copies" in out
+    for expected, got in zip(every_batch, three, strict=True):
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+    two, out = fit(head_copies=2)
+    assert "of 2 augmented copies" in out
+    moved = max(np.abs(a - b).max() for a, b in zip(every_batch, two, strict=True))
+    assert moved > 1e-5  # epoch 2 trained on epoch 0's augmentation
+    with pytest.raises(keras_ft.KerasFTError, match="`head_copies`"):
+        TrainingConfig(head_copies=2, head_augment=False)
+
+
 def test_cached_phase_1_starts_the_feature_norm_at_the_features_statistics(split_folders):
     from keras_ft.models.classifier import split_at_features
     from keras_ft.training.features import extract_features

@@ -42,7 +42,7 @@ FIELD_GROUPS = {
         ("augment", "flip", "quarter_turns", "rotation", "zoom", "contrast", "translation"),
         "augmentation",
     ),
-    "head_augment": "augmentation",
+    **dict.fromkeys(("head_augment", "head_copies"), "augmentation"),
     **dict.fromkeys(
         ("fallback_to_head", "fallback_to_probe", "fallback_to_mixes", "refit_probe"), "recipe"
     ),

@@ -201,6 +201,22 @@ class TrainingConfig:
         cli_help="phase 1 trains on the unaugmented images' features, computed once; phase 2 "
         "still augments",
     )
+    head_copies: int = option(
+        0,
+        help="phase 1 on augmented images: compute the frozen backbone's features of this "
+        "many augmented copies of the training images once (copy k augmented as epoch k "
+        "augments), and train epoch e's head on copy e mod `head_copies`, instead of running "
+        "the backbone on every batch of every epoch. 0: the backbone runs on every batch. "
+        "Moot where phase 1 does not augment (its features are then computed once).",
+        valid=Range(0, integer=True),
+        expected="an int >= 0: augmented copies of the training images whose features "
+        "phase 1 computes once (0: none, the backbone runs every epoch)",
+        fix="8 copies cost 8 passes of the backbone over the training images, where 60 "
+        "epochs cost 60.",
+        metavar="COPIES",
+        cli_help="phase 1 trains on the frozen features of COPIES augmented copies of the "
+        "training images, computed once (0: the backbone runs on every batch)",
+    )
     head_init: str = option(
         "random",
         help='how the head starts: `"random"` (Keras\'s initialisers), or `"probe"`: as the '
@@ -319,6 +335,13 @@ class TrainingConfig:
             "True unless feature_cache=True (phase 1 then trains on the features of the "
             "unaugmented images, computed once)",
             self.head_augment,
+        )
+        check(
+            not self.head_copies or (self.head_augment and self.feature_cache),
+            "head_copies",
+            "0 unless head_augment=True and feature_cache=True (the copies are augmented "
+            "features computed once)",
+            self.head_copies,
         )
         check(
             self.fallback_to_probe or not self.refit_probe,

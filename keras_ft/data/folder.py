@@ -375,6 +375,7 @@ class ImageFolder:
         epochs: int = 1,
         batch_size: int | None = None,
         replicas=1,
+        in_file_order=False,
     ) -> tf.data.Dataset:
         """Training batches for epochs `start_epoch` to `start_epoch + epochs - 1`.
 
@@ -387,12 +388,17 @@ class ImageFolder:
         images of its order, so that every batch splits evenly over replicas.
         One pipeline serves every epoch (its functions are traced once, not per
         epoch); an epoch's last batch may be short, and never holds the next's.
+        `in_file_order=True` keeps each epoch's augmentation but not its order:
+        the images come in file order (phase 1's augmented copies, `head_copies`).
         """
         config = self.config
         batch_size = batch_size or config.batch_size
         count = len(self.train_files)
         numbers = np.arange(start_epoch, start_epoch + epochs, dtype=np.int64)
-        orders = np.stack([self.epoch_order(epoch) for epoch in numbers])
+        if in_file_order:
+            orders = np.tile(np.arange(count), (len(numbers), 1))
+        else:
+            orders = np.stack([self.epoch_order(epoch) for epoch in numbers])
         orders = orders[:, : count - count % replicas]
         self._images("train", self.train_files)  # decoded here, not in a dataset function
 

@@ -42,6 +42,22 @@ def frozen_features(extractor: keras.Model, data, verbose=0) -> tuple:
     return (*train, *(validation or (None, None)))
 
 
+def augmented_copies(
+    extractor: keras.Model, data, copies: int, verbose=0
+) -> tuple[np.ndarray, np.ndarray]:
+    """The frozen backbone's features of `copies` augmented copies of the training split:
+    `(features, labels)`, `features` of shape `(copies, images, ...)`, copy k augmented as
+    epoch k augments (`data.train_dataset`), in file order (`head_copies`)."""
+    if verbose != 0:
+        print(
+            f"Backbone features of {copies} augmented copies of the training images, computed once:"
+        )
+    batches = data.train_dataset(0, copies, in_file_order=True)
+    features, labels = extract_features(extractor, batches, verbose)
+    count = len(data.train_files)
+    return features.reshape(copies, count, *features.shape[1:]), labels[:count]
+
+
 def start_feature_norm(model: keras.Model, features: np.ndarray) -> None:
     """Start the head's feature BatchNormalization from the training features' statistics.
 
@@ -74,28 +90,37 @@ def feature_batches(
 ) -> tf.data.Dataset:
     """Phase 1 on features computed once: batches of the frozen backbone's `cached` outputs.
 
-    The training images do not change between epochs, so neither do the
-    backbone's features (`cached`: features and labels of the training split
-    in file order): computing them once makes every head epoch cost only the
-    head. Epochs `first` to `end - 1` are ordered as `data.train_dataset`
-    orders them (and trims them for `replicas`), in batches of `batch_size`
-    (default: the data's). User callbacks see the head model. One pipeline serves
-    every epoch, as in `data.train_dataset`.
+    Where nothing augments them, the training images do not change between
+    epochs, so neither do the backbone's features: computing them once makes
+    every head epoch cost only the head. `cached` holds the features, of shape
+    `(copies, images, ...)`, and labels of the training split in file order;
+    with augmentation the copies are augmented ones (`augmented_copies`), and
+    epoch e trains on copy e mod copies. Epochs `first` to `end - 1` are ordered as
+    `data.train_dataset` orders them (and trims them for `replicas`), in
+    batches of `batch_size` (default: the data's). User callbacks see the head
+    model. One pipeline serves every epoch, as in `data.train_dataset`.
     """
     features, labels = cached
-    orders = np.stack([data.epoch_order(epoch) for epoch in range(first, end)]).astype(np.int64)
+    numbers = np.arange(first, end, dtype=np.int64)
+    orders = np.stack([data.epoch_order(epoch) for epoch in numbers]).astype(np.int64)
     orders = orders[:, : orders.shape[1] - orders.shape[1] % replicas]
 
-    def gather(indices):
-        batch = tf.numpy_function(lambda i: features[i], [indices], tf.float32, stateful=False)
-        batch.set_shape([None, *features.shape[1:]])
+    def gather(epoch, indices):
+        batch = tf.numpy_function(
+            lambda e, i: features[e % len(features)][i],
+            [epoch, indices],
+            tf.float32,
+            stateful=False,
+        )
+        batch.set_shape([None, *features.shape[2:]])
         return batch, tf.gather(labels, indices)
 
-    def one_epoch(order):
+    def one_epoch(epoch, order):
         order = tf.data.Dataset.from_tensor_slices(order)
-        return order.batch(batch_size or data.config.batch_size).map(gather)
+        batches = order.batch(batch_size or data.config.batch_size)
+        return batches.map(lambda indices: gather(epoch, indices))
 
-    each_epoch = tf.data.Dataset.from_tensor_slices(orders)
+    each_epoch = tf.data.Dataset.from_tensor_slices((numbers, orders))
     return each_epoch.flat_map(one_epoch).prefetch(tf.data.AUTOTUNE)
 
 
@@ -103,3 +128,9 @@ def features_cached(config, data) -> bool:
     """Whether phase 1 trains on the frozen backbone's features computed once: with
     `config.feature_cache`, unless augmentation changes them (`head_augment`)."""
     return config.feature_cache and not (data.config.augment and config.head_augment)
+
+
+def head_copies(config, data) -> int:
+    """The augmented copies whose features phase 1 trains on (`config.head_copies`): none
+    where its features are the unaugmented ones (`features_cached`)."""
+    return 0 if features_cached(config, data) else config.head_copies

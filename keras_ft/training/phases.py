@@ -32,9 +32,11 @@ from keras_ft.training.decisions import Decisions
 from keras_ft.training.distribute import evenly_batched, scale_learning_rate, shard_by_data
 from keras_ft.training.fallback import fall_back, phase2_start
 from keras_ft.training.features import (
+    augmented_copies,
     extract_features,
     feature_batches,
     features_cached,
+    head_copies,
     start_feature_norm,
 )
 from keras_ft.training.history import TrainingHistory
@@ -263,6 +265,7 @@ class Phase:
     """
 
     name = ""
+    copies = 0  # phase 1: the augmented copies whose features it trains on (`head_copies`)
 
     def __init__(self, run: Run, start: int, epochs: int):
         self.run, self.start, self.epochs = run, start, epochs
@@ -321,7 +324,7 @@ class Phase:
             layers = len(trainable_backbone_layers(run.model)) if self.name != "head" else 0
             cached = trained is not run.model
             done = self.first - self.start
-            print(phase_line(self.name, run.config, self.epochs, done, layers, cached))
+            print(phase_line(self.name, run.config, self.epochs, done, layers, cached, self.copies))
 
     def callbacks(self) -> list:
         """The history's recorder, early stopping and the checkpoint, as configured."""
@@ -362,6 +365,8 @@ class HeadPhase(Phase):
         freeze_backbone(model)
         self.extractor, head = split_at_features(model)
         self.cached = features_cached(config, data)
+        # Copy k serves epochs k, k + copies, ...: no more copies than epochs.
+        self.copies = min(head_copies(config, data), self.end)
         self.features = None
         if run.frozen is not None:  # computed by the caller (FineTuner, for its linear probe)
             self.features = run.frozen[:2]
@@ -371,22 +376,27 @@ class HeadPhase(Phase):
             self.features = extract_features(self.extractor, data.unaugmented_train(), run.verbose)
         if self.first == 0 and config.head_init != "probe":  # a fresh phase 1 (a resumed
             start_feature_norm(model, self.features[0])  # one has its statistics back)
-        if not self.cached and config.feature_cache and run.verbose != 0:
+        if not (self.cached or self.copies) and config.feature_cache and run.verbose != 0:
             print(
                 "Phase 1 runs the frozen backbone on every batch: augmentation is on, so "
-                "its features change each epoch and cannot be cached. (With "
-                "head_augment=False, --no-head-augment, phase 1 trains on the unaugmented "
-                "images' features, computed once; phase 2 still augments.)"
+                "its features change each epoch. (With head_copies=8, --head-copies 8, "
+                "phase 1 trains on the features of 8 augmented copies of the training "
+                "images, computed once; with head_augment=False, --no-head-augment, on the "
+                "unaugmented images'. Phase 2 still augments.)"
             )
-        return head if self.cached else model
+        return head if self.cached or self.copies else model
 
     def datasets(self, trained) -> tuple:
         run, data = self.run, self.run.data
         batching = (run.batch_size, run.replicas)
-        if not self.cached:
+        if not (self.cached or self.copies):
             dataset = data.train_dataset(self.first, self.end - self.first, *batching)
             return dataset, data.validation
-        batches = feature_batches(self.features, data, self.first, self.end, *batching)
+        if self.copies:
+            cached = augmented_copies(self.extractor, data, self.copies, run.verbose)
+        else:
+            cached = (self.features[0][None], self.features[1])
+        batches = feature_batches(cached, data, self.first, self.end, *batching)
         # Arrays: Keras batches them itself, and shards them by DATA under a strategy.
         if run.frozen is not None:
             return batches, (run.frozen[2:] if data.validation else None)

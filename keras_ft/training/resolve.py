@@ -18,7 +18,7 @@ import time
 from keras_ft.models.classifier import split_at_features
 from keras_ft.training.budget import epoch_seconds, fixed_seconds, measure, plan_epochs
 from keras_ft.training.decisions import Decisions
-from keras_ft.training.features import features_cached
+from keras_ft.training.features import features_cached, head_copies
 from keras_ft.training.lr_find import resolve, sweep
 from keras_ft.training.symmetry import DECIDERS, grid_probe
 
@@ -79,7 +79,8 @@ def resolve_time_budget(run, deadline: float, verbose="auto"):
     if config.time_budget is None:
         return config
     if decisions.time_budget is None:
-        cached = features_cached(config, run.data)
+        copies = min(head_copies(config, run.data), config.head_epochs)
+        cached = features_cached(config, run.data) or bool(copies)
         measured = measure(run.model, run.data, config, run.batch_size, cached)
         images = {"train": len(run.data.train_files), "validation": len(run.data.validation_files)}
         per_epoch = epoch_seconds(measured, run.steps, images, cached)
@@ -87,6 +88,7 @@ def resolve_time_budget(run, deadline: float, verbose="auto"):
         fixed = fixed_seconds(measured, config, images, decided)
         if run.frozen is None and cached:  # phase 1 computes the features itself
             fixed += (images["train"] + images["validation"]) * measured["forward_image"]
+        fixed += copies * images["train"] * measured["forward_image"]  # augmented copies
         configured = {"head": config.head_epochs, "finetune": config.finetune_epochs}
         left = deadline - time.perf_counter()
         planned = plan_epochs(left, configured, per_epoch, fixed)

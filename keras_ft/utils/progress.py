@@ -57,7 +57,13 @@ def _epochs(count: int) -> str:
 
 
 def phase_line(
-    phase: str, config, epochs: int, done: int = 0, backbone_layers: int = 0, cached=False
+    phase: str,
+    config,
+    epochs: int,
+    done: int = 0,
+    backbone_layers: int = 0,
+    cached=False,
+    copies: int = 0,
 ) -> str:
     """The line that starts `phase`: what trains, with which optimizer and rate, how long.
 
@@ -68,9 +74,13 @@ def phase_line(
         done: those already trained (a resumed run).
         backbone_layers: phase 2: the backbone layers it trains.
         cached: phase 1: whether it trains on the frozen backbone's cached features.
+        copies: phase 1: of how many augmented copies of the training images (0: of the
+            images as they are).
     """
     if phase == "head":
         what = "training the head on the frozen backbone" + ("'s cached features" if cached else "")
+        if copies:
+            what += f" of {copies} augmented copies of the training images"
         how = f"Adam lr {format_rate(config.head_lr)}"
     else:
         if backbone_layers:
