@@ -69,6 +69,39 @@ def test_timing_the_steps_leaves_no_trace_and_a_short_budget_shortens(tmp_path):
     assert not any("stopped early" in line for line in tight.advice)  # the plan, not a stop
 
 
+def test_the_plan_counts_phase_1s_augmented_copies_as_fixed_and_its_epochs_as_the_heads(
+    tmp_path, monkeypatch
+):
+    """With `head_copies`, phase 1's epochs cost head steps only, and the copies' backbone
+    passes over the training images are paid once, before it (timings fixed here)."""
+    from keras_ft.training import resolve
+
+    step = {"head_step": 0.01, "finetune_step": 0.1, "forward_image": 0.001, "trace": 0.0}
+    monkeypatch.setattr(resolve, "measure", lambda *args: dict(step))
+    folder = write_folder(tmp_path / "data", per_class=8, size=32)
+    data = keras_ft.ImageFolder(folder, image_size=32, batch_size=8, validation_split=0.25, seed=0)
+    train, validation = len(data.train_files), len(data.validation_files)
+    plans = {}
+    for copies in (0, 2):
+        tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+        tuner.fit(
+            data,
+            head_epochs=2,
+            finetune_epochs=1,
+            recipe=None,
+            verbose=0,
+            time_budget=3600,
+            head_copies=copies,
+        )
+        plans[copies] = tuner.record["decisions"]["time_budget"]
+    steps = data.steps_per_epoch
+    assert plans[0]["epoch_seconds"]["head"] == pytest.approx(steps * 0.01 + validation * 0.001)
+    assert plans[0]["fixed_seconds"] == pytest.approx(0.0)
+    assert plans[2]["epoch_seconds"]["head"] == pytest.approx(steps * 0.01)
+    # The copies' passes (`fit` computed the unaugmented features before, for its probe).
+    assert plans[2]["fixed_seconds"] == pytest.approx(2 * train * 0.001)
+
+
 def test_reproduce_replays_the_plan_of_a_time_budget(tmp_path, capsys):
     output = tmp_path / "run"
     options = "--recipe none --head-epochs 3 --finetune-epochs 2 --time-budget 0.001s"
