@@ -446,3 +446,22 @@ def test_a_benchmark_rows_cpu_names_its_widest_vector_instructions(monkeypatch, 
     done = subprocess.CompletedProcess(["lscpu"], 0, stdout=lscpu)
     monkeypatch.setattr(common.subprocess, "run", lambda *args, **kwargs: done)
     assert common.cpu_model() == expected
+
+
+def test_early_stopping_simulation_stops_as_keras_does_and_reads_todays_rows(capsys):
+    from bench import early_stopping
+
+    # Keras's EarlyStopping(patience=2): stops two epochs after the best, keeps the best.
+    assert early_stopping.stop([3.0, 2.0, 1.0, 1.5, 1.2, 0.5], 2) == (4, 2)
+    assert early_stopping.stop([3.0, 2.0, 1.0], 2) == (2, 2)  # never stopped: all epochs
+    history = [{"phase": "head", "val_loss": "9"}] + [
+        {"phase": "finetune", "val_loss": str(loss)} for loss in (1.0, 0.5, 0.7, 0.8, 0.4)
+    ]
+    record = {"task": "mnist", "per_class": 10, "method": "auto", "history": history}
+    assert early_stopping.todays_recipe(record)
+    assert not early_stopping.todays_recipe(record | {"per_class": 100})  # c22-warmup3 there
+    result = early_stopping.simulate([record], patience=2)
+    assert (result["saved"], result["higher"], result["later"]) == (1, 1, 1)
+    assert result["worst"] == pytest.approx(0.1)
+    early_stopping.main(["--patience", "10"])
+    assert "| 10 | " in capsys.readouterr().out
