@@ -206,8 +206,9 @@ class TrainingConfig:
         help="phase 1 on augmented images: compute the frozen backbone's features of this "
         "many augmented copies of the training images once (copy k augmented as epoch k "
         "augments), and train epoch e's head on copy e mod `head_copies`, instead of running "
-        "the backbone on every batch of every epoch. 0: the backbone runs on every batch. "
-        "Moot where phase 1 does not augment (its features are then computed once).",
+        "the backbone on every batch of every epoch; the copies' features are held in memory. "
+        "0: the backbone runs on every batch. Moot where phase 1 does not augment (its "
+        "features are then computed once).",
         valid=Range(0, integer=True),
         expected="an int >= 0: augmented copies of the training images whose features "
         "phase 1 computes once (0: none, the backbone runs every epoch)",
