@@ -201,6 +201,9 @@ def test_overwrite_through_a_symlink_replaces_the_target_and_keeps_the_link(data
 
 
 def test_full_disk_mid_training_is_exit_2_and_resumable(data, tmp_path, capsys, monkeypatch):
+    from keras_ft.training.checkpoint import Checkpoint
+
+    monkeypatch.setattr(Checkpoint, "interval", 0.0)  # a checkpoint after every epoch
     real_savez, calls = np.savez, []
 
     def savez_until_full(handle, **arrays):

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TINY_TRAIN, main_cli, run_cli, write_folder
+from conftest import TINY_TRAIN, main_cli, run_cli, tiny_backbone, write_folder
 
 # Augmentation off, and on with the options decided or drawn during training (the flips,
 # and with --recipe auto the model kept after phase 2 from the weights it started from);
@@ -86,3 +86,30 @@ def test_resume_after_sigkill_is_bitwise_identical(
 def test_resume_without_a_checkpoint_is_refused(data, tmp_path, capsys):
     code, _, err = main_cli(capsys, *train_args(data, tmp_path / "run", "adaptive"), "--resume")
     assert code == 2 and "holds no checkpoint" in err
+
+
+def test_checkpoints_come_at_each_phases_end_and_at_most_once_an_interval(
+    data, tmp_path, monkeypatch
+):
+    """Short epochs are cheaper to train again than to save: within `Checkpoint.interval`
+    seconds only a phase's last epoch is saved; with an interval of 0, every epoch."""
+    import keras_ft
+    from keras_ft.training import checkpoint
+
+    written, write = [], checkpoint.write_atomically
+
+    def counted(path, contents):
+        written.append(path.name)
+        write(path, contents)
+
+    monkeypatch.setattr(checkpoint, "write_atomically", counted)
+    folder = keras_ft.ImageFolder(data, image_size=32, batch_size=8, seed=0)
+    for interval, run in ((checkpoint.Checkpoint.interval, "slow"), (0.0, "every")):
+        monkeypatch.setattr(checkpoint.Checkpoint, "interval", interval)
+        written.clear()
+        tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+        tuner.fit(folder, recipe=None, head_epochs=3, finetune_epochs=2, verbose=0,
+                  checkpoint_dir=tmp_path / run)  # fmt: skip
+        saved = [name for name in written if name.endswith(".npz")]
+        epochs = (3, 5) if run == "slow" else range(1, 6)
+        assert saved == [f"epoch-{epoch:04d}.npz" for epoch in epochs]

@@ -1,9 +1,11 @@
-"""Checkpoints after every epoch, written atomically, and reading them back to resume."""
+"""Checkpoints after epochs (at most one every `Checkpoint.interval` seconds, and one at each
+phase's end), written atomically, and reading them back to resume."""
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import zipfile
 from pathlib import Path
 
@@ -15,14 +17,20 @@ from keras_ft.utils.files import CHECKPOINT_STATE
 
 
 class Checkpoint(keras.callbacks.Callback):
-    """Save every variable of the classifier and its optimizer after each epoch.
+    """Save every variable of the classifier and its optimizer after an epoch: the
+    phase's last, and any other that ends `interval` seconds or more after the phase
+    began or the last checkpoint was written.
 
-    Written atomically into `directory`: `epoch-NNNN.npz` (model variables,
-    random-generator states included, and optimizer variables; no pickle),
-    then `state.json` (`manifest.CHECKPOINT_STATE`) naming it, with the phase,
-    the epoch count and the history so far. A kill at any moment leaves the
-    last complete checkpoint.
+    Short epochs are cheaper to train again than to save (VGG16's variables and
+    momentum are 118 MB); a resumed run trains the epochs after its checkpoint
+    again, bitwise as the first time. Written atomically into `directory`:
+    `epoch-NNNN.npz` (model variables, random-generator states included, and
+    optimizer variables; no pickle), then `state.json`
+    (`manifest.CHECKPOINT_STATE`) naming it, with the phase, the epoch count and
+    the history so far. A kill at any moment leaves the last complete checkpoint.
     """
+
+    interval = 30.0  # seconds
 
     def __init__(self, directory, classifier: keras.Model, phase: str, history, signature: str):
         super().__init__()
@@ -30,7 +38,13 @@ class Checkpoint(keras.callbacks.Callback):
         self.classifier, self.phase, self.history = classifier, phase, history
         self.signature = signature
 
+    def on_train_begin(self, logs=None):
+        self.saved_at = time.monotonic()
+
     def on_epoch_end(self, epoch, logs=None):
+        last = epoch + 1 >= self.params["epochs"] or self.model.stop_training
+        if not last and time.monotonic() - self.saved_at < self.interval:
+            return
         if self.directory.is_symlink():
             raise KerasFTError(
                 f"'{self.directory}' is a symbolic link; keras_ft never writes checkpoints "
@@ -57,6 +71,7 @@ class Checkpoint(keras.callbacks.Callback):
         for old in self.directory.glob("epoch-*.npz"):
             if old.name != name:
                 old.unlink()
+        self.saved_at = time.monotonic()
 
 
 def write_atomically(path: Path, write) -> None:

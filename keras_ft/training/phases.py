@@ -126,7 +126,7 @@ class Run:
     """What both phases of one `fit_two_phase` share.
 
     Attributes:
-        checkpoint_dir: where to checkpoint after every epoch (None: nowhere);
+        checkpoint_dir: where to checkpoint (`Checkpoint`; None: nowhere);
             with `resume`, the checkpoint there is continued from. Every
             epoch's data and randomness follow from the seed and the epoch
             number, so a resumed run ends bitwise where an uninterrupted one does.

@@ -6,9 +6,10 @@ process of the suite finds the `keras_ft.backbones` entry point declared in
 whole processes (two processes, kill -9, two workers) train it: the path they
 exercise is the same as with a registry backbone, in a third of the time.
 
-With `KERAS_FT_TEST_KILL_AT_EPOCH=N` in the environment, the process SIGKILLs
-itself right after its checkpoint of epoch N is complete: a kill -9 at a known
-point, which polling from outside cannot promise with epochs this short.
+With `KERAS_FT_TEST_KILL_AT_EPOCH=N` in the environment, the process checkpoints
+after every epoch and SIGKILLs itself right after its checkpoint of epoch N is
+complete: a kill -9 at a known point, which polling from outside cannot promise
+with epochs this short.
 """
 
 import os
@@ -37,6 +38,7 @@ SPEC = BackboneSpec("testnet", testnet, "tf", default_size=32, finetune_from="co
 def _kill_after_checkpoint(epoch: int) -> None:
     from keras_ft.training.checkpoint import Checkpoint
 
+    Checkpoint.interval = 0.0  # a checkpoint after every epoch, the one to die after included
     write = Checkpoint.on_epoch_end
 
     def write_then_die(self, index, logs=None):
