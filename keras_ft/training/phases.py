@@ -379,10 +379,10 @@ class HeadPhase(Phase):
         if not (self.cached or self.copies) and config.feature_cache and run.verbose != 0:
             print(
                 "Phase 1 runs the frozen backbone on every batch: augmentation is on, so "
-                "its features change each epoch. (With head_copies=8, --head-copies 8, "
-                "phase 1 trains on the features of 8 augmented copies of the training "
-                "images, computed once; with head_augment=False, --no-head-augment, on the "
-                "unaugmented images'. Phase 2 still augments.)"
+                "its features change each epoch. (head_copies=N, --head-copies N, computes "
+                "those of N augmented copies of the training images once instead, and "
+                "head_augment=False, --no-head-augment, those of the unaugmented images; "
+                "phase 2 still augments.)"
             )
         return head if self.cached or self.copies else model
 
