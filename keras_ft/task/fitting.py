@@ -82,10 +82,8 @@ class Fitting:
                 probe). What it changed is printed and kept in `run.json` under
                 `"recipe"`. `None`: the options as given, defaults included.
             callbacks: Keras callbacks, passed to both phases.
-            checkpoint_dir: save a checkpoint there after each phase's last epoch
-                and after any epoch ending 30 s or more after the last checkpoint
-                (`keras_ft.training.checkpoint.Checkpoint`; only the chief does,
-                under a multi-worker strategy).
+            checkpoint_dir: checkpoint there at each phase's end and at most every
+                30 s (only the chief does, under a multi-worker strategy).
             resume: continue from the checkpoint in `checkpoint_dir`; the
                 result is bitwise the one an uninterrupted run gives. Every
                 worker reads it: share `checkpoint_dir` between machines.
