@@ -113,3 +113,47 @@ def test_checkpoints_come_at_each_phases_end_and_at_most_once_an_interval(
         saved = [name for name in written if name.endswith(".npz")]
         epochs = (3, 5) if run == "slow" else range(1, 6)
         assert saved == [f"epoch-{epoch:04d}.npz" for epoch in epochs]
+
+
+def test_a_phase_1_on_augmented_copies_resumes_bitwise(data, tmp_path, monkeypatch):
+    """Stopped after epoch 1 of 3, with 2 copies: the copies are computed again, and epoch 3
+    trains on copy 0 as an uninterrupted run's does."""
+    import keras
+    import numpy as np
+
+    import keras_ft
+    from keras_ft.training.checkpoint import Checkpoint
+
+    monkeypatch.setattr(Checkpoint, "interval", 0.0)
+    folder = keras_ft.ImageFolder(data, image_size=32, batch_size=8, seed=0)
+
+    class Stopped(Exception):
+        pass
+
+    class StopAfterFirstEpoch(keras.callbacks.Callback):  # runs before the checkpoint
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise Stopped
+
+    def fit(run, callbacks=(), resume=False):
+        tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+        tuner.fit(folder, recipe=None, head_epochs=3, finetune_epochs=1, head_copies=2,
+                  verbose=0, callbacks=list(callbacks), checkpoint_dir=tmp_path / run,
+                  resume=resume)  # fmt: skip
+        return tuner.model.get_weights()
+
+    uninterrupted = fit("whole")
+    with pytest.raises(Stopped):
+        fit("stopped", [StopAfterFirstEpoch()])
+    state = json.loads((tmp_path / "stopped" / "state.json").read_text())
+    assert (state["phase"], state["epoch"]) == ("head", 1)
+
+    class Epochs(keras.callbacks.Callback):
+        trained = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.trained.append(epoch)
+
+    resumed = fit("stopped", [Epochs()], resume=True)
+    assert Epochs.trained == [1, 2, 3]  # from the checkpoint: epochs 2 and 3, then phase 2's
+    assert all(np.array_equal(a, b) for a, b in zip(uninterrupted, resumed, strict=True))
