@@ -132,5 +132,6 @@ def features_cached(config, data) -> bool:
 
 def head_copies(config, data) -> int:
     """The augmented copies whose features phase 1 trains on (`config.head_copies`): none
-    where its features are the unaugmented ones (`features_cached`)."""
-    return 0 if features_cached(config, data) else config.head_copies
+    where its features are the unaugmented ones (`features_cached`), and no more than its
+    epochs (copy k serves epochs k, k + copies, ...)."""
+    return 0 if features_cached(config, data) else min(config.head_copies, config.head_epochs)

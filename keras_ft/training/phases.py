@@ -365,8 +365,7 @@ class HeadPhase(Phase):
         freeze_backbone(model)
         self.extractor, head = split_at_features(model)
         self.cached = features_cached(config, data)
-        # Copy k serves epochs k, k + copies, ...: no more copies than epochs.
-        self.copies = min(head_copies(config, data), self.end)
+        self.copies = head_copies(config, data)
         self.features = None
         if run.frozen is not None:  # computed by the caller (FineTuner, for its linear probe)
             self.features = run.frozen[:2]

@@ -79,7 +79,7 @@ def resolve_time_budget(run, deadline: float, verbose="auto"):
     if config.time_budget is None:
         return config
     if decisions.time_budget is None:
-        copies = min(head_copies(config, run.data), config.head_epochs)
+        copies = head_copies(config, run.data)
         cached = features_cached(config, run.data) or bool(copies)
         measured = measure(run.model, run.data, config, run.batch_size, cached)
         images = {"train": len(run.data.train_files), "validation": len(run.data.validation_files)}
