@@ -296,6 +296,13 @@ METHODS["lite0-c23-dlr10"] = Method("keras-ft", _C23, backbone=LITE0)
 _C24 = ("--recipe", "auto", "--head-copies", "8")
 METHODS["c24-copies8"] = Method("keras-ft", _C24)
 METHODS["lite0-c24-copies8"] = Method("keras-ft", _C24, backbone=LITE0)
+# Round 19 (issue 31: "stop when validation stops improving"): replayed on the committed
+# histories (`bench.early_stopping`), a patience of 20 epochs cut a fifth of phase 2's
+# epochs and kept a validation loss above the last epoch's in 3 of 51 runs. A real run,
+# in both phases, with the best epoch's weights kept:
+_C25 = ("--recipe", "auto", "--early-stopping", "20")
+METHODS["c25-es20"] = Method("keras-ft", _C25)
+METHODS["lite0-c25-es20"] = Method("keras-ft", _C25, backbone=LITE0)
 DEFAULT_METHODS = ("probe", "guide", "auto", "today")
 GUIDE_EPOCHS = (3, 2)
 
