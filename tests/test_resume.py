@@ -157,3 +157,71 @@ def test_a_phase_1_on_augmented_copies_resumes_bitwise(data, tmp_path, monkeypat
     resumed = fit("stopped", [Epochs()], resume=True)
     assert Epochs.trained == [1, 2, 3]  # from the checkpoint: epochs 2 and 3, then phase 2's
     assert all(np.array_equal(a, b) for a, b in zip(uninterrupted, resumed, strict=True))
+
+
+def test_early_stopping_resumes_bitwise_within_a_phase_and_after_it_stopped(
+    tmp_path, monkeypatch
+):
+    """Killed after an epoch that did not improve (the best weights are an earlier epoch's),
+    and after early stopping ended phase 1: each resumed run ends bitwise as the
+    uninterrupted one, training only the epochs after its checkpoint."""
+    import keras
+    import numpy as np
+    from PIL import Image
+
+    import keras_ft
+    from keras_ft.training.checkpoint import Checkpoint
+
+    monkeypatch.setattr(Checkpoint, "interval", 0.0)
+    # Noise at a large head rate: the validation loss rises after its best epoch.
+    noise, rng = tmp_path / "noise", np.random.default_rng(3)
+    for name in ("a", "b", "c"):
+        (noise / name).mkdir(parents=True)
+        for i in range(16):
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(noise / name / f"{i:03d}.png")
+    folder = keras_ft.ImageFolder(noise, image_size=32, batch_size=8, validation_split=0.25)
+
+    class Stopped(Exception):
+        pass
+
+    class Epochs(keras.callbacks.Callback):  # runs before the checkpoint
+        def __init__(self, stop_at=None):
+            super().__init__()
+            self.stop_at, self.trained = stop_at, []
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == self.stop_at:
+                raise Stopped
+            self.trained.append(epoch)
+
+    def fit(run, epochs, resume=False):
+        tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
+        tuner.fit(folder, recipe=None, head_epochs=10, finetune_epochs=2, head_lr=1.0,
+                  early_stopping=2, verbose=0, callbacks=[epochs],
+                  checkpoint_dir=tmp_path / run, resume=resume)  # fmt: skip
+        return tuner
+
+    whole = fit("whole", Epochs())
+    losses = [row["val_loss"] for row in whole.history.rows if row["phase"] == "head"]
+    best = int(np.argmin(losses))
+    assert len(losses) == best + 3 < 10  # stopped 2 epochs after its best
+    expected = whole.model.get_weights()
+
+    for run, stop_at, resumed_from in (
+        ("within", best + 2, best + 2),  # checkpoint of epoch best + 1: not the best
+        ("after", 10, 10),  # phase 2's first epoch: the checkpoint is phase 1's end
+    ):
+        with pytest.raises(Stopped):
+            fit(run, Epochs(stop_at))
+        state = json.loads((tmp_path / run / "state.json").read_text())
+        assert (state["phase"], state["epoch"]) == ("head", resumed_from)
+        arrays = np.load(tmp_path / run / state["file"])
+        best_arrays = [key for key in arrays.files if key.startswith("best_")]
+        assert bool(best_arrays) == (run == "within")  # phase 1's end holds its best already
+        epochs = Epochs()
+        resumed = fit(run, epochs, resume=True)
+        assert epochs.trained == [*range(resumed_from, len(losses)), 10, 11]
+        weights = resumed.model.get_weights()
+        assert all(np.array_equal(a, b) for a, b in zip(expected, weights, strict=True))
+        assert resumed.history.rows == whole.history.rows

@@ -1,9 +1,11 @@
 """Checkpoints after epochs (at most one every `Checkpoint.interval` seconds, and one at each
-phase's end), written atomically, and reading them back to resume."""
+phase's end), written atomically, and reading them back to resume; early stopping, whose
+state a checkpoint holds."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import zipfile
@@ -14,6 +16,65 @@ import numpy as np
 
 from keras_ft.utils.errors import KerasFTError
 from keras_ft.utils.files import CHECKPOINT_STATE
+
+
+class EarlyStopping(keras.callbacks.Callback):
+    """Stop a phase after `patience` epochs without a lower validation loss than the best so
+    far, and keep the best epoch's weights.
+
+    Keras's `EarlyStopping(monitor="val_loss", patience=patience,
+    restore_best_weights=True)`, epoch for epoch, with two differences that let a
+    checkpoint resume it: the best weights are put back at the end of the phase's
+    last epoch (or of the epoch it stops at), before that epoch's checkpoint is
+    written, and `state()` with `best_weights` is what a checkpoint keeps
+    (`EarlyStopping.resume` reads it back).
+    """
+
+    def __init__(self, patience: int):
+        super().__init__()
+        self.patience = patience
+        self.best, self.best_epoch, self.wait = math.inf, None, 0
+        self.best_weights = None
+        self.stopped = self.restored = False
+
+    @classmethod
+    def resume(cls, patience: int, checkpoint: dict | None) -> EarlyStopping:
+        """Early stopping as `checkpoint` (one written within its phase, or None) left it."""
+        stopping = cls(patience)
+        state = checkpoint.get("early_stopping") if checkpoint else None
+        if state:
+            stopping.best, stopping.best_epoch, stopping.wait = (
+                state["best"], state["best_epoch"], state["wait"]
+            )  # fmt: skip
+            arrays = checkpoint["arrays"]
+            count = sum(key.startswith("best_") for key in arrays)
+            stopping.best_weights = [arrays[f"best_{i}"] for i in range(count)] or None
+        return stopping
+
+    def state(self) -> dict:
+        """What a checkpoint records besides the best weights."""
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("val_loss")
+        if loss is None:
+            return
+        loss = float(loss)
+        if self.best_weights is None:
+            self.best_weights, self.best_epoch = self.model.get_weights(), epoch
+        self.wait += 1
+        if loss < self.best:
+            self.best, self.best_epoch, self.wait = loss, epoch, 0
+            self.best_weights = self.model.get_weights()
+        elif self.wait >= self.patience and epoch > 0:
+            self.stopped = self.model.stop_training = True
+        if self.stopped or epoch + 1 >= self.params["epochs"]:
+            self.on_train_end()
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None and not self.restored:
+            self.model.set_weights(self.best_weights)
+            self.restored = True
 
 
 class Checkpoint(keras.callbacks.Callback):
@@ -28,15 +89,20 @@ class Checkpoint(keras.callbacks.Callback):
     optimizer variables; no pickle), then `state.json`
     (`manifest.CHECKPOINT_STATE`) naming it, with the phase, the epoch count and
     the history so far. A kill at any moment leaves the last complete checkpoint.
+    With `stopping` (the phase's `EarlyStopping`), its state and best weights
+    are kept too, and a phase it stopped is recorded as ended at its last epoch.
     """
 
     interval = 30.0  # seconds
 
-    def __init__(self, directory, classifier: keras.Model, phase: str, history, signature: str):
+    def __init__(
+        self, directory, classifier: keras.Model, phase: str, history, signature: str,
+        stopping: EarlyStopping | None = None,
+    ):  # fmt: skip
         super().__init__()
         self.directory = Path(directory)
         self.classifier, self.phase, self.history = classifier, phase, history
-        self.signature = signature
+        self.signature, self.stopping = signature, stopping
 
     def on_train_begin(self, logs=None):
         self.saved_at = time.monotonic()
@@ -51,18 +117,23 @@ class Checkpoint(keras.callbacks.Callback):
                 "through a link. Remove it, then run again."
             )
         self.directory.mkdir(parents=True, exist_ok=True)
-        name = f"epoch-{epoch + 1:04d}.npz"
+        stopping = self.stopping
+        done = self.params["epochs"] if stopping and stopping.stopped else epoch + 1
+        name = f"epoch-{done:04d}.npz"
         arrays = {f"model_{i}": np.asarray(v) for i, v in enumerate(self.classifier.variables)}
         arrays.update(
             {f"optimizer_{i}": np.asarray(v) for i, v in enumerate(self.model.optimizer.variables)}
         )
+        if stopping and stopping.best_weights is not None and not stopping.restored:
+            arrays.update({f"best_{i}": w for i, w in enumerate(stopping.best_weights)})
         state = {
             "phase": self.phase,
-            "epoch": epoch + 1,
+            "epoch": done,
             "file": name,
             "signature": self.signature,
             "history": self.history.rows,
             "decisions": self.history.decisions.record(),
+            "early_stopping": stopping.state() if stopping else None,
         }
         write_atomically(self.directory / name, lambda handle: np.savez(handle, **arrays))
         write_atomically(

@@ -24,6 +24,7 @@ from keras_ft.models.classifier import (
 )
 from keras_ft.training.checkpoint import (
     Checkpoint,
+    EarlyStopping,
     read_checkpoint,
     restore_model,
     restore_optimizer,
@@ -204,11 +205,6 @@ def check_options(model, data, config, resume, probe) -> None:
             "Invalid `early_stopping`: it watches the validation loss, and "
             "validation_split is 0. Set validation_split > 0 (e.g. 0.2)."
         )
-    if config.early_stopping and resume:
-        raise KerasFTError(
-            "`resume` cannot replay early stopping's state exactly. Start again "
-            "without resume, or train without early_stopping."
-        )
     for name, instead in (("fallback_to_head", "False"), ("fallback_to_mixes", "()")):
         if getattr(config, name) and data.validation is None:
             raise KerasFTError(
@@ -291,9 +287,11 @@ class Phase:
         compile_for_phase(trained, self.name, run.config, run.data.num_classes, run.steps)
         progress.start_phase(self.name)
         self.announce(trained)
+        resumed = None  # the checkpoint, when it resumes this phase
         if run.state:  # resuming: the optimizer state only carries over within its phase
             if run.state["phase"] == self.name and self.first > self.start:
-                restore_optimizer(run.state, trained)
+                resumed = run.state
+                restore_optimizer(resumed, trained)
             run.state = None
         dataset, validation = self.datasets(trained)
         if validation is not None and run.replicas > 1:
@@ -301,7 +299,7 @@ class Phase:
             validation = evenly_batched(validation, count, run.batch_size, run.replicas)
         if isinstance(validation, tf.data.Dataset):
             validation = shard_by_data(validation)
-        callbacks = [*callbacks, *self.callbacks()]
+        callbacks = [*callbacks, *self.callbacks(resumed)]
         self.before_fit(trained, validation)
         if self.first < self.end:
             trained.fit(
@@ -326,21 +324,19 @@ class Phase:
             done = self.first - self.start
             print(phase_line(self.name, run.config, self.epochs, done, layers, cached, self.copies))
 
-    def callbacks(self) -> list:
-        """The history's recorder, early stopping and the checkpoint, as configured."""
-        run = self.run
+    def callbacks(self, resumed: dict | None = None) -> list:
+        """The history's recorder, early stopping (its state taken from `resumed`, the
+        checkpoint of this phase resumed from) and the checkpoint, as configured."""
+        run, stopping = self.run, None
         added = [run.history.recorder(self.name)]
         if run.config.early_stopping:
-            added.append(
-                keras.callbacks.EarlyStopping(
-                    monitor="val_loss",
-                    patience=run.config.early_stopping,
-                    restore_best_weights=True,
-                )
-            )
+            stopping = EarlyStopping.resume(run.config.early_stopping, resumed)
+            added.append(stopping)
         if run.checkpoint_dir and run.chief:
             added.append(
-                Checkpoint(run.checkpoint_dir, run.model, self.name, run.history, run.signature)
+                Checkpoint(
+                    run.checkpoint_dir, run.model, self.name, run.history, run.signature, stopping
+                )
             )
         return added
 
