@@ -127,6 +127,18 @@ def write_folder(
     return root
 
 
+def write_noise_folder(root: Path) -> Path:
+    """Three classes of 16 images of pure noise: labels that carry nothing, so at a large
+    rate the validation loss rises after its best epoch (early stopping's tests)."""
+    rng = np.random.default_rng(3)
+    for name in ("a", "b", "c"):
+        (root / name).mkdir(parents=True)
+        for i in range(16):
+            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{i:03d}.png")
+    return root
+
+
 def tiny_backbone(image_size: int = 32) -> keras.Model:
     """A small seeded conv backbone (with BatchNorm) for fast tests of the whole flow."""
     from testnet_pkg import testnet

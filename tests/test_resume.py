@@ -7,7 +7,14 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TINY_TRAIN, main_cli, run_cli, tiny_backbone, write_folder
+from conftest import (
+    TINY_TRAIN,
+    main_cli,
+    run_cli,
+    tiny_backbone,
+    write_folder,
+    write_noise_folder,
+)
 
 # Augmentation off, and on with the options decided or drawn during training (the flips,
 # and with --recipe auto the model kept after phase 2 from the weights it started from);
@@ -159,27 +166,18 @@ def test_a_phase_1_on_augmented_copies_resumes_bitwise(data, tmp_path, monkeypat
     assert all(np.array_equal(a, b) for a, b in zip(uninterrupted, resumed, strict=True))
 
 
-def test_early_stopping_resumes_bitwise_within_a_phase_and_after_it_stopped(
-    tmp_path, monkeypatch
-):
+def test_early_stopping_resumes_bitwise_within_a_phase_and_after_it_stopped(tmp_path, monkeypatch):
     """Killed after an epoch that did not improve (the best weights are an earlier epoch's),
     and after early stopping ended phase 1: each resumed run ends bitwise as the
     uninterrupted one, training only the epochs after its checkpoint."""
     import keras
     import numpy as np
-    from PIL import Image
 
     import keras_ft
     from keras_ft.training.checkpoint import Checkpoint
 
     monkeypatch.setattr(Checkpoint, "interval", 0.0)
-    # Noise at a large head rate: the validation loss rises after its best epoch.
-    noise, rng = tmp_path / "noise", np.random.default_rng(3)
-    for name in ("a", "b", "c"):
-        (noise / name).mkdir(parents=True)
-        for i in range(16):
-            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(noise / name / f"{i:03d}.png")
+    noise = write_noise_folder(tmp_path / "noise")  # at a large head rate
     folder = keras_ft.ImageFolder(noise, image_size=32, batch_size=8, validation_split=0.25)
 
     class Stopped(Exception):

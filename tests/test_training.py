@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_backbone, write_folder
+from conftest import tiny_backbone, write_folder, write_noise_folder
 
 import keras_ft
 from keras_ft.config import TrainingConfig
@@ -178,16 +178,9 @@ def test_warmup_then_cosine_schedule():
 
 
 def test_early_stopping_stops_the_phase_and_keeps_the_best_weights(tmp_path, split_folders, capsys):
-    from PIL import Image
-
-    # Pure noise (labels carry nothing) at a learning rate so large that the validation loss
-    # rises after the first epoch: the best epoch and the last differ, in loss and in weights.
-    noise, rng = tmp_path / "noise", np.random.default_rng(3)
-    for name in ("a", "b", "c"):
-        (noise / name).mkdir(parents=True)
-        for i in range(16):
-            pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(noise / name / f"{i:03d}.png")
+    # Pure noise at a learning rate so large that the validation loss rises after the first
+    # epoch: the best epoch and the last differ, in loss and in weights.
+    noise = write_noise_folder(tmp_path / "noise")
     data = keras_ft.ImageFolder(noise, image_size=32, batch_size=8, validation_split=0.25, seed=0)
     tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
     snapshots = []
