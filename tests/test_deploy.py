@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import fail_writes, write_folder
+from conftest import fail_writes, tiny_backbone, write_folder
 from conftest import main_cli as cli
 
 import keras_ft
@@ -109,6 +109,35 @@ def test_litert_int8_of_a_run_with_the_preprocess_layer(tmp_path_factory):
     assert record["parity"]["max_abs_probability_difference"] < 0.1
     assert result.passed, result.failures
     assert record["kernels"].startswith("the caffe Preprocess layer (RGB to BGR, minus the mean)")
+
+
+def test_a_bfloat16_run_exports_to_litert_and_onnx_computing_in_float32(tmp_path):
+    """LiteRT has no bfloat16 convolutions: the files come from a float32 copy of the model,
+    with its weights, and agree with the run on top-1."""
+    pytest.importorskip("ai_edge_litert")
+    pytest.importorskip("onnxruntime")
+    train = write_folder(tmp_path / "train", CLASSES, per_class=10, size=32, seed=1)
+    test = write_folder(tmp_path / "test", CLASSES, per_class=4, size=32, seed=2)
+    data = keras_ft.ImageFolder(train, test_dir=test, image_size=32, batch_size=8, seed=0)
+    tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", mixed_precision="bfloat16")
+    tuner.fit(data, recipe=None, head_epochs=3, finetune_epochs=0, head_lr=0.01, verbose=0)
+    tuner.save(tmp_path / "run")
+    model = keras_ft.load(tmp_path / "run").model
+    copy = convert.float32_copy(model)
+
+    def policies(parent):  # the nested backbone's layers too
+        found = {layer.dtype_policy.name for layer in parent.layers}
+        nested = [layer for layer in parent.layers if hasattr(layer, "layers")]
+        return found.union(*(policies(layer) for layer in nested))
+
+    assert policies(model) == {"mixed_bfloat16", "float32"} and policies(copy) == {"float32"}
+    assert convert.float32_copy(copy) is copy
+    weights = zip(model.get_weights(), copy.get_weights(), strict=True)
+    assert all(np.array_equal(a, b) for a, b in weights)
+    for format in ("litert", "onnx"):
+        result = keras_ft.export(tmp_path / "run", tmp_path / format, format=format)
+        assert result.passed, result.failures
+        assert result.record["parity"]["top1_agreement"] == 1.0
 
 
 def test_split_head_computes_the_same_probabilities(run):

@@ -17,6 +17,29 @@ from keras_ft.runs.parity import Images
 ONNX_OPSET = 17
 
 
+def float32_copy(model):
+    """`model`, or where it computes in a mixed precision (`mixed_precision`), a copy with its
+    weights that computes in float32: LiteRT has no bfloat16 or float16 convolution kernels,
+    and an exported file is checked against what it computes."""
+    import keras
+
+    def layers(parent):
+        for layer in parent.layers:
+            yield layer
+            if isinstance(layer, keras.Model):
+                yield from layers(layer)
+
+    if all(layer.dtype_policy.name == "float32" for layer in layers(model)):
+        return model
+
+    def in_float32(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    copy = keras.models.clone_model(model, clone_function=in_float32, recursive=True)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
 def convert_litert(saved_model: Path, quantize: str, calibration: Images | None) -> bytes:
     """The run's `serving_default` signature as a LiteRT flatbuffer, quantized as asked."""
     import tensorflow as tf

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from keras_ft.config import SEED, check
-from keras_ft.runs.convert import write_litert, write_onnx
+from keras_ft.runs.convert import float32_copy, write_litert, write_onnx
 from keras_ft.runs.output import check_destination, write_failed
 from keras_ft.runs.parity import calibration_sample, check_targets, measure_parity, parity_sample
 from keras_ft.runs.quantize import int8_kernels, split_head
@@ -195,7 +195,7 @@ def _write_export(run_dir, output: Path, format, quantize, predictor, test, cali
                     run_dir, predictor, staging, Path(scratch), quantize, calibration
                 )
             else:
-                details = write_onnx(predictor.model, staging)
+                details = write_onnx(float32_copy(predictor.model), staging)
         _write_record(details, staging, run_dir, predictor, format, quantize, test)
         if output.exists():
             output.rmdir()  # empty, checked by _check_file_export
@@ -216,9 +216,12 @@ def _write_litert_file(run_dir, predictor, staging, scratch: Path, quantize, cal
     saved_model = scratch / "saved_model"
     copy_verified(run_dir, "saved_model", saved_model, predictor.record["manifest"])
     check_saved_model(saved_model, predictor.model, run_dir)
+    model = float32_copy(predictor.model)
+    if model is not predictor.model:  # a mixed-precision run's, computing in float32
+        saved_model = scratch / "float32"
+        export_saved_model(model, saved_model)
     source, head, kernels = saved_model, None, None
     if quantize in ("dynamic", "int8"):
-        model = predictor.model
         if quantize == "int8":
             model, kernels = int8_kernels(model, calibration.pixels)
         model, head = split_head(model)
