@@ -19,8 +19,7 @@ ONNX_OPSET = 17
 
 def float32_copy(model):
     """`model`, or where it computes in a mixed precision (`mixed_precision`), a copy with its
-    weights that computes in float32: LiteRT has no bfloat16 or float16 convolution kernels,
-    and an exported file is checked against what it computes."""
+    weights that computes in float32: LiteRT's converter refuses a bfloat16 convolution."""
     import keras
 
     def layers(parent):
