@@ -303,8 +303,8 @@ METHODS["lite0-c24-copies8"] = Method("keras-ft", _C24, backbone=LITE0)
 _C25 = ("--recipe", "auto", "--early-stopping", "20")
 METHODS["c25-es20"] = Method("keras-ft", _C25)
 METHODS["lite0-c25-es20"] = Method("keras-ft", _C25, backbone=LITE0)
-# Issue 31's time targets: on a CPU that computes bfloat16 natively (AVX512_BF16 or AMX),
-# a VGG16 training step at 64 px took 0.57x the float32 step's time. Mixed precision:
+# Issue 31's time targets: VGG16's convolutions in mixed bfloat16 precision, on a CPU that
+# computes it natively (AVX512_BF16 or AMX):
 _C26 = ("--recipe", "auto", "--mixed-precision", "bfloat16")
 METHODS["c26-bf16"] = Method("keras-ft", _C26)
 METHODS["lite0-c26-bf16"] = Method("keras-ft", _C26, backbone=LITE0)
