@@ -214,8 +214,8 @@ def test_early_stopping_resumes_bitwise_within_a_phase_and_after_it_stopped(tmp_
             fit(run, Epochs(stop_at))
         state = json.loads((tmp_path / run / "state.json").read_text())
         assert (state["phase"], state["epoch"]) == ("head", resumed_from)
-        arrays = np.load(tmp_path / run / state["file"])
-        best_arrays = [key for key in arrays.files if key.startswith("best_")]
+        with np.load(tmp_path / run / state["file"]) as arrays:
+            best_arrays = [key for key in arrays.files if key.startswith("best_")]
         assert bool(best_arrays) == (run == "within")  # phase 1's end holds its best already
         epochs = Epochs()
         resumed = fit(run, epochs, resume=True)
