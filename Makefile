@@ -14,7 +14,8 @@ DEMO_RUN := runs/digits-demo
 # The default recipe (auto); nothing here was chosen on the sample's test digits (64 px keeps
 # it fast on a CPU). On a CPU that computes bfloat16 natively (the avx512_bf16 or amx_bf16
 # flag), VGG16 trains in mixed bfloat16 precision: 1.75x faster on an AMD EPYC with
-# AVX512_BF16, at the same selection accuracy (docs/benchmark-history.md, round 19).
+# AVX512_BF16, at the selection accuracy of float32 on MNIST and digits
+# (docs/benchmark-history.md, round 19).
 BF16_CPU := $(shell grep -qswE 'avx512_bf16|amx_bf16' /proc/cpuinfo && echo yes)
 DEMO_FLAGS := --image-size 64 $(if $(BF16_CPU),--mixed-precision bfloat16)
 
