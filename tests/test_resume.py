@@ -223,3 +223,37 @@ def test_early_stopping_resumes_bitwise_within_a_phase_and_after_it_stopped(tmp_
         weights = resumed.model.get_weights()
         assert all(np.array_equal(a, b) for a, b in zip(expected, weights, strict=True))
         assert resumed.history.rows == whole.history.rows
+
+
+@pytest.mark.parametrize("patience", [1, 3, 30])
+def test_early_stopping_stops_and_keeps_the_weights_keras_callback_would(patience):
+    """keras_ft's resumable `EarlyStopping` against Keras's (`restore_best_weights=True`):
+    the same epochs, the same final weights; with a patience of 30 it never stops and
+    both keep the best epoch's weights."""
+    import keras
+    import numpy as np
+
+    from keras_ft.training.checkpoint import EarlyStopping
+
+    def fit(callback):
+        keras.utils.set_random_seed(0)
+        rng = np.random.default_rng(0)
+        x, y = rng.normal(size=(64, 8)).astype("float32"), rng.integers(0, 3, 64)
+        validation = rng.normal(size=(32, 8)).astype("float32"), rng.integers(0, 3, 32)
+        model = keras.Sequential(
+            [keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(3)]
+        )
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        model.compile(keras.optimizers.SGD(0.05), loss)
+        history = model.fit(x, y, validation_data=validation, epochs=30, batch_size=16,
+                            shuffle=False, verbose=0, callbacks=[callback])  # fmt: skip
+        return history.history["val_loss"], model.get_weights()
+
+    keras_losses, keras_weights = fit(
+        keras.callbacks.EarlyStopping(patience=patience, restore_best_weights=True)
+    )
+    losses, weights = fit(EarlyStopping(patience))
+    assert losses == keras_losses
+    assert 0 < int(np.argmin(losses)) < len(losses) - 1  # the kept epoch is neither end
+    assert (len(losses) < 30) == (patience < 30)
+    assert all(np.array_equal(a, b) for a, b in zip(keras_weights, weights, strict=True))
