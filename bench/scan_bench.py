@@ -22,6 +22,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 from PIL import Image
@@ -61,7 +62,10 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=1, help="best of N per measurement")
     args = parser.parse_args(argv)
 
-    with tempfile.TemporaryDirectory(prefix="keras_ft_scan_bench_") as temp:
+    with (
+        tempfile.TemporaryDirectory(prefix="keras_ft_scan_bench_") as temp,
+        mock.patch.dict(os.environ),  # the caller's KERAS_FT_CACHE is back afterwards
+    ):
         temp = Path(temp)
         os.environ["KERAS_FT_CACHE"] = str(temp / "cache")
         started = time.perf_counter()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -80,7 +81,10 @@ def test_training_benchmarks_at_the_quick_modes_data_size(tmp_path, monkeypatch)
 def test_scan_benchmark_runs(capsys):
     from bench import scan_bench
 
+    cache = os.environ["KERAS_FT_CACHE"]
     scan_bench.main(["--files", "20", "--classes", "2", "--repeats", "1", "--workers", "1"])
+    # Its temporary scan cache is gone with it: later tests must not write there.
+    assert os.environ["KERAS_FT_CACHE"] == cache
     printed = capsys.readouterr().out
     assert "| threads | cold scan (s) | cold files/s | warm scan (s) | warm files/s |" in printed
     assert "20 files, 2 classes" in printed
