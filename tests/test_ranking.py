@@ -9,7 +9,13 @@ import keras
 import pytest
 
 from keras_ft.models.backbones import get_backbone
-from keras_ft.tools.ranking import _recommend_layer, parse_candidate, rank, stage_outputs
+from keras_ft.tools.ranking import (
+    _recommend_backbone,
+    _recommend_layer,
+    parse_candidate,
+    rank,
+    stage_outputs,
+)
 from keras_ft.utils.errors import KerasFTError
 from tests.conftest import run_cli, write_folder
 
@@ -92,6 +98,23 @@ def test_unfreeze_rule_takes_the_layer_after_the_earliest_near_best(vgg16):
     assert (chosen["layer"], chosen["unfreeze"]) == ("block2_conv2", "block3_conv1")
 
 
+def test_probes_of_equal_accuracy_are_ordered_by_validation_loss():
+    """On a few validation images both probes may classify every one: the lower loss is
+    the better probe, and the recommendation says so when LogME prefers the other."""
+    rows = [
+        {"candidate": c, "backbone": c, "weights": None, "logme": logme, "h_score": 1.0}
+        | {"probe_val_accuracy": 1.0, "probe_val_loss": loss}
+        for c, logme, loss in (("vgg16", 2.0, 0.30), ("efficientnet_lite0", 1.0, 0.05))
+    ]
+    text = _recommend_backbone(rows)["text"]
+    assert text.startswith("recommended backbone: vgg16 (highest LogME)")
+    assert "the linear probe prefers efficientnet_lite0" in text
+    rows[1]["probe_val_loss"] = 0.40
+    assert "prefers" not in _recommend_backbone(rows)["text"]
+    rows[0]["probe_val_accuracy"] = 0.75  # accuracy first, whatever the loss
+    assert "the linear probe prefers efficientnet_lite0" in _recommend_backbone(rows)["text"]
+
+
 def test_layer_ranking_scores_every_stage_and_writes_the_files(layer_ranking):
     result, output = layer_ranking
     assert result.mode == "layers"
@@ -110,6 +133,8 @@ def test_layer_ranking_scores_every_stage_and_writes_the_files(layer_ranking):
     dims = {r["layer"]: r["dimension"] for r in result.rows}
     assert dims["block1_conv2"] == 64 and dims["block3_conv3"] == 256 and dims["block5_pool"] == 512
     assert all(0.0 <= r["probe_val_accuracy"] <= 1.0 for r in result.rows)
+    assert all(r["probe_val_loss"] > 0.0 for r in result.rows)
+    assert "probe val acc      val loss" in result.table().splitlines()[0]
     record = json.loads((output / "rank.json").read_text())
     assert record["rows"] == json.loads(json.dumps(result.rows))
     assert record["recommendation"]["unfreeze"].startswith("block")

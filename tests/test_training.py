@@ -608,7 +608,7 @@ def test_decide_flip_flips_only_when_mirror_images_score_as_well(tmp_path):
     assert coloured["reason"].startswith("horizontal flips: the linear probe's")
     assert coloured["reason"].endswith("keeping 100% of its accuracy above chance (>= 60%).")
     zeros = np.zeros((2, 2))  # a probe that always answers class 0: chance on halves
-    chance = ProbeResult(None, 0.5, 1.0, zeros[0], np.ones(2), zeros, zeros[0])
+    chance = ProbeResult(None, None, 0.5, 1.0, zeros[0], np.ones(2), zeros, zeros[0])
     constant = decide_flip(by_side, halves, chance)
     assert not constant["flip"] and "too close to chance" in constant["reason"]
 

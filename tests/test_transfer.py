@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+from sklearn.metrics import log_loss
 
 from keras_ft.models.probe import (
     _ledoit_wolf_shrinkage,
@@ -194,6 +195,11 @@ def test_linear_probe_folds_into_one_dense_layer(classes):
     folded_accuracy = np.mean(logits.argmax(axis=1) == val_labels)
     assert kernel.shape == (16, classes)
     assert folded_accuracy == pytest.approx(probe.validation_accuracy)
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    assert probe.validation_loss == pytest.approx(
+        log_loss(val_labels, probabilities, labels=list(range(classes))), rel=1e-9
+    )
     assert probe.validation_accuracy > 0.8
     assert probe.c in (1e-3, 1e-2, 1e-1, 1.0, 10.0)
     again = linear_probe(features, labels, val, val_labels)

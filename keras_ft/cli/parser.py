@@ -131,7 +131,7 @@ def _add_rank(commands) -> None:
         description=(
             "For each backbone, or with --layers each layer of one backbone, compute the "
             "frozen features of DATA_DIR once and score them: LogME, H-score and a linear "
-            "probe's validation accuracy. Prints the table ranked by LogME and a "
+            "probe's validation accuracy and loss. Prints the table ranked by LogME and a "
             "recommendation; writes rank.json, rank.csv and rank.png into --output."
         ),
     )

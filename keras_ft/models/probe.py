@@ -270,6 +270,9 @@ class ProbeResult:
 
     Attributes:
         validation_accuracy: accuracy on the validation split (None without one).
+        validation_loss: mean cross-entropy (natural log) of the probe's softmax on the
+            validation split (None without one): it separates probes of equal accuracy,
+            as on a few validation images every probe may classify all of them.
         train_accuracy: accuracy on the training split.
         c: the inverse regularisation strength cross-validation chose.
         mean: per-feature mean of the training features.
@@ -279,6 +282,7 @@ class ProbeResult:
     """
 
     validation_accuracy: float | None
+    validation_loss: float | None
     train_accuracy: float
     c: float
     mean: np.ndarray
@@ -377,12 +381,15 @@ def linear_probe(
             np.concatenate([-coef, coef]) / 2,
             np.concatenate([-intercept, intercept]) / 2,
         )
-    validation_accuracy = None
+    validation_accuracy = validation_loss = None
     if validation_features is not None and len(validation_features):
         val, val_labels = np.asarray(validation_features, np.float64), np.asarray(validation_labels)
-        validation_accuracy = _accuracy((val - mean) / scale, val_labels, coef, intercept)
+        logits = ((val - mean) / scale) @ coef.T + intercept
+        validation_accuracy = float(np.mean(logits.argmax(axis=1) == val_labels))
+        validation_loss = _cross_entropy(logits, val_labels)
     return ProbeResult(
         validation_accuracy=validation_accuracy,
+        validation_loss=validation_loss,
         train_accuracy=_accuracy(standardised, labels, coef, intercept),
         c=float(best_c),
         mean=mean,
@@ -394,6 +401,13 @@ def linear_probe(
 
 def _accuracy(standardised: np.ndarray, labels: np.ndarray, coef, intercept) -> float:
     return float(np.mean((standardised @ coef.T + intercept).argmax(axis=1) == labels))
+
+
+def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Mean of -log softmax(logits)[label], computed without overflow."""
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return float(-np.mean(log_probabilities[np.arange(len(labels)), labels]))
 
 
 def describe_probe(entry: dict) -> str:

@@ -38,7 +38,6 @@ from keras_ft.utils.errors import KerasFTError
 from keras_ft.utils.plots import matplotlib_figure, png
 from keras_ft.utils.text import printable
 
-COLUMNS = ("candidate", "dimension", "seconds", "logme", "h_score", "probe_val_accuracy")
 MARGIN = 0.1
 
 
@@ -49,7 +48,7 @@ class RankResult:
     Attributes:
         rows: one dict per candidate, best LogME first: `candidate`,
             `backbone`, `weights`, `layer`, `dimension`, `seconds`, `logme`,
-            `h_score`, `probe_val_accuracy`, `probe_c`.
+            `h_score`, `probe_val_accuracy`, `probe_val_loss`, `probe_c`.
         mode: `"backbones"` or `"layers"`.
         recommendation: `{"backbone": ..., "weights": ..., "unfreeze": ...,
             "rule": ...}` (`unfreeze` only when ranking layers).
@@ -66,17 +65,18 @@ class RankResult:
 
     def table(self) -> str:
         """The ranked table as text, with the recommendation under it."""
-        header = ("candidate", "dim", "seconds", "LogME", "H-score", "probe val acc")
+        header = ("candidate", "dim", "seconds", "LogME", "H-score", "probe val acc", "val loss")
         width = max(len(header[0]), *(len(r["candidate"]) for r in self.rows))
         lines = [f"{header[0]:<{width}}  " + "".join(f"{h:>14}" for h in header[1:])]
         for row in self.rows:
-            accuracy = row["probe_val_accuracy"]
+            accuracy, loss = row["probe_val_accuracy"], row["probe_val_loss"]
             cells = (
                 str(row["dimension"]),
                 f"{row['seconds']:.2f}",
                 f"{row['logme']:.4f}",
                 f"{row['h_score']:.3f}",
                 "-" if accuracy is None else f"{accuracy:.4f}",
+                "-" if loss is None else f"{loss:.4f}",
             )
             lines.append(f"{row['candidate']:<{width}}  " + "".join(f"{c:>14}" for c in cells))
         if self.feature_seconds is not None:
@@ -157,6 +157,7 @@ def _score(features, labels, val_features, val_labels, num_classes) -> dict:
         "logme": logme(features, labels),
         "h_score": h_score(features, labels),
         "probe_val_accuracy": probe.validation_accuracy,
+        "probe_val_loss": probe.validation_loss,
         "probe_c": probe.c,
         "seconds": time.perf_counter() - clock,
     }
@@ -305,10 +306,18 @@ def _score_candidate(
     return rows, spent, backbone
 
 
+def probe_order(row: dict) -> tuple[float, float]:
+    """A sort key ranking a row's linear probe: validation accuracy, then at equal
+    accuracy the lower validation loss (on a few validation images many probes reach 1.0)."""
+    if row["probe_val_accuracy"] is None:
+        return (-1.0, 0.0)
+    return (row["probe_val_accuracy"], -row["probe_val_loss"])
+
+
 def _recommend_backbone(rows: list[dict]) -> dict:
     best = max(rows, key=lambda r: r["logme"])
     text = f"recommended backbone: {best['candidate']} (highest LogME)"
-    probe_best = max(rows, key=lambda r: r["probe_val_accuracy"] or 0.0)
+    probe_best = max(rows, key=probe_order)
     if probe_best is not best and probe_best["probe_val_accuracy"] is not None:
         text += (
             f"; the linear probe prefers {probe_best['candidate']}: with few images per class "
