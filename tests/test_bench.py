@@ -438,6 +438,26 @@ def test_pretrained_benchmark_quick_mode_writes_and_resumes(tmp_path, capsys):
     assert len(results.read_text().splitlines()) == 2
 
 
+def test_pretrained_benchmark_decides_equal_probe_accuracies_by_loss_and_says_so():
+    from bench import pretrained
+
+    def row(accuracy, loss):
+        scores = {"logme": 1.0, "h_score": 2.0, "probe_val_accuracy": accuracy}
+        return scores | {"probe_val_loss": loss}
+
+    record = {"data": "ising 10/class", "split": "by-simulation", "random": row(1.0, 0.2)}
+    record |= {"pretrained": row(1.0, 0.1), "pretrained_wins": dict.fromkeys(pretrained.SCORES)}
+    record["pretrained_wins"]["probe_val_accuracy"] = True
+    assert pretrained._cell(record) == (
+        "probe (probe: equal accuracy, decided by loss) (LogME, H-score tied)"
+    )
+    record["pretrained"]["probe_val_loss"] = 0.2
+    assert pretrained._cell(record).endswith("(LogME, H-score, probe tied)")
+    assert pretrained.is_current(record)
+    del record["pretrained"]["probe_val_loss"]  # a row from before the loss was recorded
+    assert not pretrained.is_current(record)
+
+
 @pytest.mark.parametrize(
     ("flags", "expected"),
     [("fma avx2 avx512f avx512bw", "Fake EPYC, AVX-512"), ("fma avx2", "Fake EPYC, AVX2")],
