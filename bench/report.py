@@ -395,7 +395,10 @@ SECTIONS = (
         "score of `keras-ft rank` (LogME, H-score, the linear probe's validation accuracy), on "
         "the digits sample and the quality tasks' training folders at every size (seed 0), "
         "64 px? The probe's validation split is 20 % of the folder (4 images for a two-class "
-        "task at 10 per class), so its score is noisiest at the smallest sizes.",
+        "task at 10 per class), so its score is noisiest at the smallest sizes, and both "
+        "weights' probes often classify every validation image: at equal accuracy the lower "
+        "validation loss wins, as `rank` orders probes, and the cell says so. By accuracy "
+        "alone those cells would read \"probe tied\".",
         "`python -m bench.pretrained --backbone BACKBONE`, once per backbone",
         pretrained.report,
     ),
