@@ -381,12 +381,9 @@ def linear_probe(
             np.concatenate([-coef, coef]) / 2,
             np.concatenate([-intercept, intercept]) / 2,
         )
-    validation_accuracy = validation_loss = None
-    if validation_features is not None and len(validation_features):
-        val, val_labels = np.asarray(validation_features, np.float64), np.asarray(validation_labels)
-        logits = ((val - mean) / scale) @ coef.T + intercept
-        validation_accuracy = float(np.mean(logits.argmax(axis=1) == val_labels))
-        validation_loss = _cross_entropy(logits, val_labels)
+    validation_accuracy, validation_loss = _validation_scores(
+        validation_features, validation_labels, mean, scale, coef, intercept
+    )
     return ProbeResult(
         validation_accuracy=validation_accuracy,
         validation_loss=validation_loss,
@@ -403,11 +400,16 @@ def _accuracy(standardised: np.ndarray, labels: np.ndarray, coef, intercept) -> 
     return float(np.mean((standardised @ coef.T + intercept).argmax(axis=1) == labels))
 
 
-def _cross_entropy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Mean of -log softmax(logits)[label], computed without overflow."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
+def _validation_scores(features, labels, mean, scale, coef, intercept):
+    """The probe's (accuracy, mean cross-entropy) on raw `features`; (None, None) without."""
+    if features is None or not len(features):
+        return None, None
+    labels = np.asarray(labels)
+    logits = ((np.asarray(features, np.float64) - mean) / scale) @ coef.T + intercept
+    shifted = logits - logits.max(axis=1, keepdims=True)  # log-softmax without overflow
     log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return float(-np.mean(log_probabilities[np.arange(len(labels)), labels]))
+    loss = -np.mean(log_probabilities[np.arange(len(labels)), labels])
+    return float(np.mean(logits.argmax(axis=1) == labels)), float(loss)
 
 
 def describe_probe(entry: dict) -> str:
