@@ -537,6 +537,9 @@ def test_advice_says_stopped_early_still_improving_and_below_the_head():
     head, tuned, below = advice(history, config)
     assert "phase 1 (head): val_loss was still improving" in head
     assert "train longer: +2 epochs (head_epochs=6)" in head
+    short = TrainingConfig(head_epochs=2, finetune_epochs=0)
+    (head,) = advice(rows("head", [1.0, 0.8], [0.5, 0.6]), short)
+    assert "train longer: +1 epoch (head_epochs=3)" in head
     assert "phase 2 (fine-tuning) stopped early at epoch 8 (4 of 6 epochs)" in tuned
     assert "kept the weights of epoch 6" in tuned
     # The kept fine-tuned epoch (6, the lowest val_loss) has 0.78 < the head's 0.8.

@@ -116,10 +116,11 @@ def advice(
             )
         elif len(ran) > 1 and losses[-1] < min(losses[:-1]):
             more = max(1, round(budgets[phase] / 2))
+            epochs = f"{more} epoch{'s' * (more > 1)}"
             option = "head_epochs" if phase == "head" else "finetune_epochs"
             messages.append(
                 f"{names[phase]}: val_loss was still improving at its last epoch "
-                f"({losses[-2]:.4g} -> {losses[-1]:.4g}): train longer: +{more} epochs "
+                f"({losses[-2]:.4g} -> {losses[-1]:.4g}): train longer: +{epochs} "
                 f"({option}={budgets[phase] + more})."
             )
     head, tuned = kept.get("head"), kept.get("finetune")
