@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -118,6 +119,34 @@ def test_predict_prints_one_json_object_per_image(vgg16_run, tmp_path):
         assert 0.0 <= line["probability"] <= 1.0 and len(line["top_k"]) == 3
     assert "Cannot read image" in lines[2]["error"]
     assert result.returncode == 2  # one image failed, the others were still predicted
+
+
+def test_predict_takes_folders_of_images(vgg16_run, tmp_path, capsys):
+    """A folder stands for every image file under it, in natural order; an empty one is an
+    error line naming it."""
+    _, output = vgg16_run
+    first, second = sorted((DIGITS / "test" / "7").iterdir())[:2]
+    folder = tmp_path / "photos"
+    (folder / "b").mkdir(parents=True)
+    shutil.copy(first, folder / "img10.PNG")
+    shutil.copy(second, folder / "img9.png")
+    shutil.copy(first, folder / "b" / "x.png")
+    (folder / "notes.txt").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    result = run_here(capsys, "predict", output, folder, tmp_path / "empty")
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [line["path"] for line in lines] == [
+        str(folder / "b" / "x.png"),
+        str(folder / "img9.png"),
+        str(folder / "img10.PNG"),
+        str(tmp_path / "empty"),
+    ]
+    assert lines[0]["top_k"] == lines[2]["top_k"]  # the same image twice
+    assert lines[3]["error"] == (
+        f"Folder '{tmp_path / 'empty'}' holds no image files; pass image files or folders "
+        "holding them."
+    )
+    assert result.returncode == 2
 
 
 def test_evaluate_and_predict_with_test_time_augmentation(vgg16_run, capsys):

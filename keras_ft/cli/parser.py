@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=evaluate)
     p = commands.add_parser("predict", help="predict images; one JSON object per line")
     p.add_argument("run_dir")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="+", help="image files, or folders: every image file under them")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--tta", action="store_true", help=TTA_HELP)
     _add_signing_key(p, _VERIFY_HELP)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from keras_ft.cli.common import signing_key_from
 from keras_ft.utils.text import printable
@@ -27,13 +28,44 @@ def evaluate(args) -> int:
     return 0
 
 
+def image_files(paths: list[str]) -> list[tuple[str, str | None]]:
+    """Each path as `(path, None)`, a folder replaced by the image files under it (by the
+    extensions the scan reads, in natural order); an empty folder as `(folder, error)`."""
+    from keras_ft.data.decode import image_extensions
+    from keras_ft.data.scan import natural_key
+
+    found = []
+    for path in paths:
+        if not os.path.isdir(path):
+            found.append((path, None))
+            continue
+        images = [
+            os.path.join(folder, name)
+            for folder, _, names in os.walk(path)
+            for name in names
+            if os.path.splitext(name)[1].lower() in image_extensions()
+        ]
+        found += [(image, None) for image in sorted(images, key=natural_key)] or [
+            (
+                path,
+                f"Folder '{printable(path)}' holds no image files; pass image files or "
+                "folders holding them.",
+            )
+        ]
+    return found
+
+
 def predict(args) -> int:
     from keras_ft.runs.loading import load
     from keras_ft.utils.errors import KerasFTError
 
     predictor = load(args.run_dir, signing_key=signing_key_from(args))
     status = 0
-    for path in args.images:
+    for path, error in image_files(args.images):
+        if error:
+            print(json.dumps({"path": path, "error": error}))
+            status = 2
+            continue
         try:
             result = predictor.predict([path], top_k=args.top_k, tta=args.tta)[0]
             print(json.dumps({"path": path, **result}))
