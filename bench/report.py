@@ -438,7 +438,7 @@ def render(results: dict[str, list[dict]]) -> str:
               for name, rows in sorted(results.items()) if name not in known and rows]  # fmt: skip
     if others:
         parts.append(
-            "## Other results files\n\nCommitted, with no section in `bench/report.py` yet:\n\n"
+            "## Other results files\n\nCommitted, with no section in `bench/report.py` yet:\n"
             + "\n".join(others)
         )
     parts.append(uncommitted())
