@@ -146,6 +146,22 @@ def test_explain_writes_one_png_per_image(tiny_run, tmp_path, capsys):
     assert code == 2 and "already exists" in err and written[0].read_bytes() == before
 
 
+def test_explain_takes_a_folder_and_writes_nothing_into_it(tiny_run, tmp_path, capsys):
+    """A folder stands for its images, as in `predict`; the figures may not go inside it."""
+    pytest.importorskip("matplotlib")
+    run_dir, train = tiny_run
+    inside = train / "red" / "cams"
+    code, _, err = cli(capsys, "explain", run_dir, train / "red", "--output", inside)
+    assert code == 2 and "lies inside the data folder" in err and not inside.exists()
+    code, out, _ = cli(capsys, "explain", run_dir, train / "red", "--output", tmp_path / "cams")
+    assert code == 0
+    names = sorted(path.stem for path in (train / "red").iterdir())
+    assert out.split()[1::2] == [str(tmp_path / "cams" / f"{name}.png") for name in names]
+    (tmp_path / "empty").mkdir()
+    code, _, err = cli(capsys, "explain", run_dir, tmp_path / "empty", "--output", tmp_path / "x")
+    assert code == 2 and "holds no image files" in err and not (tmp_path / "x").exists()
+
+
 def test_explain_draws_a_mathtext_class_name_as_it_is(tiny_run, tmp_path, capsys):
     """Matplotlib parsed '$\\badcmd$' as mathtext in the title: a ValueError traceback."""
     pytest.importorskip("matplotlib")

@@ -118,6 +118,7 @@ def _add_tune(commands) -> None:
     p.set_defaults(func=tune)
 
 
+IMAGES_HELP = "image files, or folders: every image file under them"
 TTA_HELP = (
     "test-time augmentation: average over the image, two shifted copies and, if the run "
     "trained with flips or quarter turns, its mirror image or its turns (3-7x the compute)"
@@ -182,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=evaluate)
     p = commands.add_parser("predict", help="predict images; one JSON object per line")
     p.add_argument("run_dir")
-    p.add_argument("images", nargs="+", help="image files, or folders: every image file under them")
+    p.add_argument("images", nargs="+", help=IMAGES_HELP)
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--tta", action="store_true", help=TTA_HELP)
     _add_signing_key(p, _VERIFY_HELP)
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("run_dir")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="+", help=IMAGES_HELP)
     p.add_argument("--output", required=True, help="folder for the PNG files")
     _add_signing_key(p, _VERIFY_HELP)
     p.set_defaults(func=explain)

@@ -116,9 +116,18 @@ def export(args) -> int:
 
 def explain(args) -> int:
     from keras_ft.runs.explain import explain as explain_images
+    from keras_ft.runs.output import check_destination
+    from keras_ft.utils.errors import KerasFTError
 
+    # The figures may not go into a folder of images given: a later run would read them.
+    check_destination(args.output, "--output", data_dirs=filter(os.path.isdir, args.images))
+    found = image_files(args.images)
+    for _, error in found:
+        if error:
+            raise KerasFTError(error)
+    images = [path for path, _ in found]
     for path in explain_images(
-        args.run_dir, args.images, args.output, signing_key=signing_key_from(args)
+        args.run_dir, images, args.output, signing_key=signing_key_from(args)
     ):
         print(printable(f"wrote {path}"))
     return 0
