@@ -600,6 +600,7 @@ def test_piped_training_log_is_one_clean_line_per_epoch_with_phases_and_time_lef
     for i, pattern in zip(epoch_lines, expected, strict=True):
         assert re.match(pattern + r" - [\d.]+ s - loss: [\d.]+ - ", lines[i]), lines[i]
         assert " - val_accuracy: " in lines[i], lines[i]
+        assert "top_k" not in lines[i]  # three classes: top-5 accuracy is always 1
     head = [i for i, line in enumerate(lines) if line.startswith("phase 1: ")]
     tune = [i for i, line in enumerate(lines) if line.startswith("phase 2: ")]
     assert len(head) == len(tune) == 1, lines

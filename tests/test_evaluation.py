@@ -100,6 +100,8 @@ def test_format_metrics(metrics):
     assert "test accuracy: 0.600" in lines
     assert "test top-2 accuracy: 0.800" in lines
     assert f"test loss: {metrics['loss']:.4f}" in lines
+    every_class = classification_metrics(PROBABILITIES, LABELS, CLASSES, top_k=5)  # top-3 of 3
+    assert "top-" not in format_metrics(every_class)  # always 1: not shown
     assert "images: 5" in lines
     assert "confusion matrix (rows: true, columns: predicted)" in text
     matrix_rows = lines[lines.index("confusion matrix (rows: true, columns: predicted)") + 2 :]

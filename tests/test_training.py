@@ -898,6 +898,18 @@ def test_weight_decay_shrinks_phase_2_weights_by_decay_times_rate(weight_decay):
     assert decayed.optimizer.weight_decay == (weight_decay or None)  # 0: Keras skips it
 
 
+@pytest.mark.parametrize("classes", [5, 6])
+def test_top_5_accuracy_is_logged_only_when_it_can_be_below_1(classes):
+    from keras_ft.training.optimizers import compile_for_phase
+
+    inputs = keras.Input((4,))
+    net = keras.Model(inputs, keras.layers.Dense(classes, "softmax")(inputs))
+    compile_for_phase(net, "head", TrainingConfig(), num_classes=classes)
+    x, y = np.zeros((6, 4), "float32"), np.arange(6) % classes
+    names = set(net.train_on_batch(x, y, return_dict=True))
+    assert "accuracy" in names and ("top_k_accuracy" in names) == (classes > 5)
+
+
 def test_a_resumed_fallback_reads_phase_2s_start_and_refuses_without_it(split_folders, tmp_path):
     """Resuming after the last epoch redoes only the fallback, from the weights and scores kept
     beside the checkpoints; without that file it says what is missing."""

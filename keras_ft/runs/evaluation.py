@@ -128,7 +128,11 @@ def format_metrics(metrics: dict) -> str:
     lines += [
         f"test loss: {metrics['loss']:.4f}",
         f"test accuracy: {metrics['accuracy']:.3f}",
-        f"test top-{metrics['top_k']} accuracy: {metrics['top_k_accuracy']:.3f}",
+        *(
+            [f"test top-{metrics['top_k']} accuracy: {metrics['top_k_accuracy']:.3f}"]
+            if metrics["top_k"] < len(names)  # top-k of k classes is always 1
+            else []
+        ),
         f"images: {metrics['count']}",
         "",
         f"{'class':<{width}}  precision  recall     f1  support",

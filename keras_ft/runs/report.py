@@ -307,12 +307,10 @@ def _summary_rows(tuner) -> list[tuple[str, object]]:
             rows.append(("linear probe", describe_probe(tuner.record["linear_probe"])))
     if tuner.metrics is not None:
         m = tuner.metrics
-        rows += [
-            ("test accuracy", f"{m['accuracy']:.4f}"),
-            (f"test top-{m['top_k']} accuracy", f"{m['top_k_accuracy']:.4f}"),
-            ("test loss", f"{m['loss']:.4f}"),
-            ("test macro F1", f"{m['macro_f1']:.4f}"),
-        ]
+        rows.append(("test accuracy", f"{m['accuracy']:.4f}"))
+        if m["top_k"] < len(m["per_class"]):  # top-k of k classes is always 1
+            rows.append((f"test top-{m['top_k']} accuracy", f"{m['top_k_accuracy']:.4f}"))
+        rows += [("test loss", f"{m['loss']:.4f}"), ("test macro F1", f"{m['macro_f1']:.4f}")]
     return rows
 
 

@@ -11,6 +11,8 @@ from keras_ft.config import TrainingConfig
 from keras_ft.models.classifier import backbone_of
 from keras_ft.utils.errors import KerasFTError
 
+TOP_K = 5  # the training log's top-k accuracy, shown only with more than TOP_K classes
+
 
 @keras.saving.register_keras_serializable(package="keras_ft")
 class SparseSmoothedCrossentropy(keras.losses.Loss):
@@ -200,7 +202,8 @@ def compile_for_phase(
     fine-tuning uses `LayerwiseSGD`: with `layer_multipliers` (lower backbone
     layers train at lower rates) and `layer_starts` (lower groups join later).
     `learning_rate` replaces the configured rate and schedule (the range test's
-    sweep, in which every unfrozen layer trains from the first step).
+    sweep, in which every unfrozen layer trains from the first step). The metrics
+    are accuracy and, with more than `TOP_K` classes, top-`TOP_K` accuracy.
     """
     if phase == "head":
         optimizer = keras.optimizers.Adam(learning_rate=learning_rate or config.head_lr)
@@ -223,14 +226,12 @@ def compile_for_phase(
         loss = SparseSmoothedCrossentropy(config.label_smoothing)
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()
+    metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    if num_classes > TOP_K:  # with TOP_K classes or fewer it is always 1
+        metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=TOP_K, name="top_k_accuracy"))
     model.compile(
         optimizer=optimizer,
         loss=loss,
-        metrics=[
-            keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
-            keras.metrics.SparseTopKCategoricalAccuracy(
-                k=min(5, num_classes), name="top_k_accuracy"
-            ),
-        ],
+        metrics=metrics,
         jit_compile=config.jit_compile,  # refused with determinism (see TrainingConfig)
     )
