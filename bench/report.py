@@ -398,7 +398,7 @@ SECTIONS = (
         "task at 10 per class), so its score is noisiest at the smallest sizes, and both "
         "weights' probes often classify every validation image: at equal accuracy the lower "
         "validation loss wins, as `rank` orders probes, and the cell says so. By accuracy "
-        "alone those cells would read \"probe tied\".",
+        'alone those cells would read "probe tied".',
         "`python -m bench.pretrained --backbone BACKBONE`, once per backbone",
         pretrained.report,
     ),
