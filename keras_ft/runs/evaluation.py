@@ -116,6 +116,11 @@ def evaluate_model(
     return classification_metrics(probabilities, labels, class_names, top_k)
 
 
+def shows_top_k(metrics: dict) -> bool:
+    """Whether `metrics`' top-k accuracy says anything: top-k of k classes is always 1."""
+    return metrics["top_k"] < len(metrics["per_class"])
+
+
 def format_metrics(metrics: dict) -> str:
     """A plain-text report: headline numbers, per-class table, confusion matrix.
 
@@ -130,7 +135,7 @@ def format_metrics(metrics: dict) -> str:
         f"test accuracy: {metrics['accuracy']:.3f}",
         *(
             [f"test top-{metrics['top_k']} accuracy: {metrics['top_k_accuracy']:.3f}"]
-            if metrics["top_k"] < len(names)  # top-k of k classes is always 1
+            if shows_top_k(metrics)
             else []
         ),
         f"images: {metrics['count']}",

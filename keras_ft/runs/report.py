@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from keras_ft.data.decode import pil_to_rgb
 from keras_ft.models.probe import describe_probe
-from keras_ft.runs.evaluation import predict_dataset
+from keras_ft.runs.evaluation import predict_dataset, shows_top_k
 from keras_ft.utils.plots import PLOTS_HINT, matplotlib_figure, png
 from keras_ft.utils.text import csv_cell, printable
 
@@ -308,7 +308,7 @@ def _summary_rows(tuner) -> list[tuple[str, object]]:
     if tuner.metrics is not None:
         m = tuner.metrics
         rows.append(("test accuracy", f"{m['accuracy']:.4f}"))
-        if m["top_k"] < len(m["per_class"]):  # top-k of k classes is always 1
+        if shows_top_k(m):
             rows.append((f"test top-{m['top_k']} accuracy", f"{m['top_k_accuracy']:.4f}"))
         rows += [("test loss", f"{m['loss']:.4f}"), ("test macro F1", f"{m['macro_f1']:.4f}")]
     return rows
