@@ -89,6 +89,7 @@ def test_report_plots_decode_and_are_embedded_in_the_html(cli_run):
     ):
         assert text in page
     assert all(f"<td>{name}</td>" in page for name in CLASSES)
+    assert "test accuracy" in page and "test top-" not in page  # 3 classes: top-3 is always 1
     assert PLOTS_HINT not in html.unescape(page)
     assert (report / "per_class.csv").read_text().splitlines()[0] == (
         "class,precision,recall,f1,support"
