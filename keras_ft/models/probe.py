@@ -48,6 +48,11 @@ LOGME_EPSILON = 1e-5
 PROBE_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 PROBE_FOLDS = 3
 PROBE_SEED = 0
+# Added to each feature's variance before standardising, as a share of the mean
+# variance. A feature almost constant on the training images (a ReLU channel that
+# one image activates) would otherwise be divided by a spread near 0, and an image
+# that activates it more would get logits in the hundreds.
+PROBE_VARIANCE_FLOOR = 0.01
 # BLAS threads for the scores' matrix products, whose sides are a few thousand
 # at most. On the busy 2-core machine two threads were several times slower
 # than one (at load 6-7: products of 793 x 506 by 10 and back 12 ms against
@@ -276,7 +281,9 @@ class ProbeResult:
         train_accuracy: accuracy on the training split.
         c: the inverse regularisation strength cross-validation chose.
         mean: per-feature mean of the training features.
-        scale: per-feature standard deviation (1 where a feature is constant).
+        scale: per-feature divisor: the square root of the variance plus
+            `PROBE_VARIANCE_FLOOR` of the mean variance (1 where every feature is
+            constant).
         coef: `(K, D)` weights on the standardised features.
         intercept: `(K,)` biases.
     """
@@ -316,7 +323,12 @@ class ProbeResult:
 
 
 def linear_probe(
-    train_features, train_labels, validation_features=None, validation_labels=None, num_classes=None
+    train_features,
+    train_labels,
+    validation_features=None,
+    validation_labels=None,
+    num_classes=None,
+    variance_floor: float = PROBE_VARIANCE_FLOOR,
 ) -> ProbeResult:
     """Logistic regression on standardised frozen features, C chosen by cross-validation.
 
@@ -330,6 +342,9 @@ def linear_probe(
         validation_labels: `(M,)` their labels.
         num_classes: the number of classes (default: the largest label + 1).
             Every class must occur in the training split.
+        variance_floor: each feature is divided by the square root of its
+            variance plus this share of the mean variance (0: by its standard
+            deviation alone, 1 where it is constant).
 
     Returns:
         A `ProbeResult`.
@@ -347,7 +362,8 @@ def linear_probe(
             "have no training image. Add images or lower validation_split."
         )
     mean = features.mean(axis=0)
-    scale = features.std(axis=0)
+    variance = features.var(axis=0)
+    scale = np.sqrt(variance + variance_floor * variance.mean())
     scale = np.where(scale > 0, scale, 1.0)
     standardised = (features - mean) / scale
     # The L2-penalised optimum lies in the span of the training rows (of every
