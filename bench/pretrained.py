@@ -12,7 +12,9 @@ accuracy (on the 20 % of the folder `rank` holds out), at equal accuracy its val
 as `rank` orders probes. One JSON line per (backbone, task) in `--results` (default
 bench/results/pretrained-vs-random.jsonl); a rerun skips what it holds. Rows of Ising and
 Cahn-Hilliard folders drawn before their split by simulation (no `"split"`), and rows from
-before the probe's loss was recorded, stay in the file and leave the tables.
+before the probe's loss was recorded or before its variance floor
+(`keras_ft.models.probe.PROBE_VARIANCE_FLOOR`, recorded as `probe_variance_floor`), stay in
+the file and leave the tables.
 """
 
 from __future__ import annotations
@@ -40,9 +42,12 @@ def _parts(data: str) -> tuple[str, str]:
 
 def is_current(record: dict) -> bool:
     """Whether a row is measured as today's: its folder's split is the task's, and its
-    probe's validation loss is recorded."""
+    probe's validation loss is recorded, with today's variance floor."""
+    from keras_ft.models.probe import PROBE_VARIANCE_FLOOR
+
     split = quality_tasks.split_of(_parts(record["data"])[0])
-    return record.get("split") == split and "probe_val_loss" in record["pretrained"]
+    floor = record.get("probe_variance_floor") == PROBE_VARIANCE_FLOOR
+    return record.get("split") == split and "probe_val_loss" in record["pretrained"] and floor
 
 
 def folders(data: Path, quick: bool) -> dict[str, Path]:
@@ -60,6 +65,7 @@ def folders(data: Path, quick: bool) -> dict[str, Path]:
 
 def measure(backbone: str, name: str, train: Path, quick: bool) -> dict:
     """Both weights' scores on one task, and which scores the pretrained weights win."""
+    from keras_ft.models.probe import PROBE_VARIANCE_FLOOR
     from keras_ft.tools.ranking import parse_candidate, probe_order
     from keras_ft.tools.ranking import rank as rank_candidates
 
@@ -83,6 +89,7 @@ def measure(backbone: str, name: str, train: Path, quick: bool) -> dict:
         "data": name,
         "split": quality_tasks.split_of(_parts(name)[0]),
         "image_size": IMAGE_SIZE,
+        "probe_variance_floor": PROBE_VARIANCE_FLOOR,
         **scores,
         "pretrained_wins": {
             "logme": scores["pretrained"]["logme"] > scores["random"]["logme"],

@@ -440,12 +440,14 @@ def test_pretrained_benchmark_quick_mode_writes_and_resumes(tmp_path, capsys):
 
 def test_pretrained_benchmark_decides_equal_probe_accuracies_by_loss_and_says_so():
     from bench import pretrained
+    from keras_ft.models.probe import PROBE_VARIANCE_FLOOR
 
     def row(accuracy, loss):
         scores = {"logme": 1.0, "h_score": 2.0, "probe_val_accuracy": accuracy}
         return scores | {"probe_val_loss": loss}
 
     record = {"data": "ising 10/class", "split": "by-simulation", "random": row(1.0, 0.2)}
+    record["probe_variance_floor"] = PROBE_VARIANCE_FLOOR
     record |= {"pretrained": row(1.0, 0.1), "pretrained_wins": dict.fromkeys(pretrained.SCORES)}
     record["pretrained_wins"]["probe_val_accuracy"] = True
     assert pretrained._cell(record) == (
@@ -454,6 +456,7 @@ def test_pretrained_benchmark_decides_equal_probe_accuracies_by_loss_and_says_so
     record["pretrained"]["probe_val_loss"] = 0.2
     assert pretrained._cell(record).endswith("(LogME, H-score, probe tied)")
     assert pretrained.is_current(record)
+    assert not pretrained.is_current(record | {"probe_variance_floor": 0.0})  # the probe before
     del record["pretrained"]["probe_val_loss"]  # a row from before the loss was recorded
     assert not pretrained.is_current(record)
 
