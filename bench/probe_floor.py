@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from bench import common, quality, quality_tasks, rank
 
 RESULTS = common.ROOT / "bench" / "results" / "probe-floor.jsonl"
 QUICK_RESULTS = common.ROOT / "build" / "bench" / "probe-floor-quick.jsonl"
-FLOORS = (0.0, 0.01, 0.1)
+FLOORS = (0.0, 0.001, 0.01, 0.1)
 IMAGE_SIZE = 64
 
 
@@ -59,7 +60,7 @@ def measure(extractor, backbone: str, case: tuple, quick: bool) -> dict:
     from keras_ft.models.probe import linear_probe
 
     task, per_class, train, selection = case
-    started = time.perf_counter()
+    load_before, started = os.getloadavg(), time.perf_counter()
     classes, (train_x, train_y) = features(extractor, train)
     selection_classes, (selection_x, selection_y) = features(extractor, selection)
     if classes != selection_classes:
@@ -86,6 +87,8 @@ def measure(extractor, backbone: str, case: tuple, quick: bool) -> dict:
         "n_selection": len(selection_y),
         "floors": scores,
         "seconds": round(time.perf_counter() - started, 1),
+        "cpu": common.cpu_model(),
+        "load_before": [round(v, 2) for v in load_before],
         "commit": quality._commit(),
         "date": time.strftime("%Y-%m-%d %H:%M"),
     }

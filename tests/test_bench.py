@@ -450,7 +450,7 @@ def test_probe_floor_benchmark_quick_mode_scores_every_floor_and_resumes(tmp_pat
     probe_floor.main([*args, "--data", str(tmp_path / "data")])
     (row,) = map(json.loads, results.read_text().splitlines())
     assert (row["task"], row["per_class"], row["n_train"]) == ("ising", 6, 12)
-    assert set(row["floors"]) == {"0", "0.01", "0.1"}
+    assert set(row["floors"]) == {"0", "0.001", "0.01", "0.1"}
     assert all(0 <= s["accuracy"] <= 1 and s["loss"] > 0 for s in row["floors"].values())
     printed = capsys.readouterr().out
     assert "| vgg16 | ising | 6 |" in printed and "| vgg16 | mean of 1 |" in printed
