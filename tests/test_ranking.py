@@ -181,3 +181,24 @@ def test_cli_rank_prints_the_table_and_refuses_bad_input(three_classes, tmp_path
     assert bad.returncode == 2
     assert "error: Ranking layers needs exactly one backbone" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_rank_scores_the_probe_with_the_variance_floor():
+    """`rank`'s probe loss orders probes of equal accuracy: a feature one training image
+    activates must not decide it (`PROBE_VARIANCE_FLOOR`)."""
+    import numpy as np
+
+    from keras_ft.models.probe import PROBE_VARIANCE_FLOOR, linear_probe
+    from keras_ft.tools import ranking
+
+    rng = np.random.default_rng(5)
+    labels = np.arange(60) % 3
+    features = rng.normal(size=(3, 8))[labels] + rng.normal(size=(60, 8))
+    rare = np.zeros((60, 1))
+    rare[0], rare[45:] = 1e-3, 1.0  # one training image; every validation image
+    features = np.concatenate([features, rare], axis=1)
+    split = (features[:45], labels[:45], features[45:], labels[45:], 3)
+    scores = ranking._score(*split)
+    floored = linear_probe(*split, variance_floor=PROBE_VARIANCE_FLOOR)
+    assert scores["probe_val_loss"] == floored.validation_loss
+    assert scores["probe_val_loss"] < linear_probe(*split).validation_loss

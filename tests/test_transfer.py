@@ -10,6 +10,7 @@ import pytest
 from sklearn.metrics import log_loss
 
 from keras_ft.models.probe import (
+    PROBE_VARIANCE_FLOOR,
     _ledoit_wolf_shrinkage,
     h_score,
     linear_probe,
@@ -206,27 +207,25 @@ def test_linear_probe_folds_into_one_dense_layer(classes):
     np.testing.assert_array_equal(again.coef, probe.coef)  # deterministic, bit for bit
 
 
-def test_a_feature_one_training_image_activates_does_not_dominate_the_probe():
+def test_with_the_variance_floor_a_feature_one_training_image_activates_cannot_dominate():
     """Pooled ReLU features hold channels that one training image activates a little: divided
-    by their spread alone (about 1e-4 here), the first validation image that activates them
-    more got logits in the hundreds. EfficientNet-Lite0 on the digits sample at 96 px: loss
-    10.0 at accuracy 0.83, against 0.54 with the floor."""
+    by their spread alone (about 1e-4 here), a validation image that activates them more gets
+    logits in the hundreds. EfficientNet-Lite0 on the digits sample at 96 px: loss 10.0 at
+    accuracy 0.83, against 0.54 with `rank`'s floor (`PROBE_VARIANCE_FLOOR`)."""
     features, labels = _data(120, 16, classes=3, signal=1.0, seed=5)
     rare = np.zeros((120, 1))
     rare[0] = 1e-3  # active on one training image
     rare[90:] = np.linspace(0.2, 1.0, 30)[:, None]  # and on every validation image
     features = np.concatenate([features, rare], axis=1)
     train, val = slice(0, 90), slice(90, None)
-    probe = linear_probe(features[train], labels[train], features[val], labels[val])
+    floored = (features[train], labels[train], features[val], labels[val], 3)
+    probe = linear_probe(*floored, variance_floor=PROBE_VARIANCE_FLOOR)
     usual = features[:, :16]
     without_rare = linear_probe(usual[train], labels[train], usual[val], labels[val])
     assert probe.validation_accuracy == without_rare.validation_accuracy > 0.8
     assert probe.validation_loss < without_rare.validation_loss + 0.05
-    # The rule before PROBE_VARIANCE_FLOOR: the rare feature decides every validation image.
-    unfloored = linear_probe(
-        features[train], labels[train], features[val], labels[val], variance_floor=0.0
-    )
-    assert unfloored.validation_loss > 2.0
+    # Without the floor (`fit`'s probe) the rare feature decides every validation image.
+    assert linear_probe(*floored).validation_loss > 2.0
 
 
 def test_transfer_module_does_not_import_tensorflow():

@@ -48,10 +48,13 @@ LOGME_EPSILON = 1e-5
 PROBE_CS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 PROBE_FOLDS = 3
 PROBE_SEED = 0
-# Added to each feature's variance before standardising, as a share of the mean
-# variance. A feature almost constant on the training images (a ReLU channel that
-# one image activates) would otherwise be divided by a spread near 0, and an image
-# that activates it more would get logits in the hundreds.
+# `rank`'s probe adds this share of the mean variance to each feature's variance before
+# standardising (`linear_probe`'s `variance_floor`). A feature almost constant on the
+# training images (a ReLU channel that one image activates) is otherwise divided by a
+# spread near 0, and an image that activates it more gets logits in the hundreds: a
+# validation loss that says nothing about the features. `fit`'s probe (the fallback's
+# candidate, the flip and turn decisions, `head="linear"`) is fitted without it
+# (docs/benchmark-history.md, round 21).
 PROBE_VARIANCE_FLOOR = 0.01
 # BLAS threads for the scores' matrix products, whose sides are a few thousand
 # at most. On the busy 2-core machine two threads were several times slower
@@ -281,9 +284,9 @@ class ProbeResult:
         train_accuracy: accuracy on the training split.
         c: the inverse regularisation strength cross-validation chose.
         mean: per-feature mean of the training features.
-        scale: per-feature divisor: the square root of the variance plus
-            `PROBE_VARIANCE_FLOOR` of the mean variance (1 where every feature is
-            constant).
+        scale: per-feature divisor: the standard deviation, or with a
+            `variance_floor` the square root of the variance plus that share of
+            the mean variance (1 where it would be 0).
         coef: `(K, D)` weights on the standardised features.
         intercept: `(K,)` biases.
     """
@@ -328,7 +331,7 @@ def linear_probe(
     validation_features=None,
     validation_labels=None,
     num_classes=None,
-    variance_floor: float = PROBE_VARIANCE_FLOOR,
+    variance_floor: float = 0.0,
 ) -> ProbeResult:
     """Logistic regression on standardised frozen features, C chosen by cross-validation.
 
@@ -344,7 +347,7 @@ def linear_probe(
             Every class must occur in the training split.
         variance_floor: each feature is divided by the square root of its
             variance plus this share of the mean variance (0: by its standard
-            deviation alone, 1 where it is constant).
+            deviation alone, 1 where it is constant; see `PROBE_VARIANCE_FLOOR`).
 
     Returns:
         A `ProbeResult`.

@@ -30,7 +30,7 @@ import numpy as np
 from keras_ft.data.folder import ImageFolder
 from keras_ft.models.backbones import get_backbone
 from keras_ft.models.classifier import Preprocess, pool_features
-from keras_ft.models.probe import h_score, linear_probe, logme
+from keras_ft.models.probe import PROBE_VARIANCE_FLOOR, h_score, linear_probe, logme
 from keras_ft.runs.output import check_destination
 from keras_ft.runs.reproducibility import seed_everything
 from keras_ft.training.features import extract_features
@@ -152,7 +152,9 @@ def _extractor(backbone, preprocessing: str, names: list[str], image_size, pooli
 
 def _score(features, labels, val_features, val_labels, num_classes) -> dict:
     clock = time.perf_counter()
-    probe = linear_probe(features, labels, val_features, val_labels, num_classes)
+    probe = linear_probe(
+        features, labels, val_features, val_labels, num_classes, PROBE_VARIANCE_FLOOR
+    )
     return {
         "logme": logme(features, labels),
         "h_score": h_score(features, labels),
