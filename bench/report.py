@@ -282,18 +282,16 @@ def uncommitted() -> str:
         "",
         "These print their tables, or write them under `build/bench/`, and commit no "
         "results file, so no figures of theirs are shown here. "
-        f"[{HISTORY}]({HISTORY}) holds figures from earlier runs of them.",
-        "",
+        f"[{HISTORY}]({HISTORY}) holds figures from earlier runs of them. "
         "`make bench` (`python -m bench.run`; `QUICK=1` adds `--quick`, a few minutes) "
         "writes `build/bench/results.md` and `results.json`; `--only NAME ...` runs some:",
         "",
     ]
     lines += [f"- `{name}`: {_docstring(name)}" for name in bench_run.MODULES]
-    lines += [
-        "",
-        f"`python bench/scan_bench.py --files 20000 --workers 1 2 8 --repeats 2`: "
-        f"{_docstring('scan_bench')}",
-    ]
+    lines.append(
+        "- `python bench/scan_bench.py --files 20000 --workers 1 2 8 --repeats 2`: "
+        f"{_docstring('scan_bench')}"
+    )
     return "\n".join(lines)
 
 
@@ -398,7 +396,8 @@ SECTIONS = (
         "task at 10 per class), so its score is noisiest at the smallest sizes, and both "
         "weights' probes often classify every validation image: at equal accuracy the lower "
         "validation loss wins, as `rank` orders probes, and the cell says so. By accuracy "
-        'alone those cells would read "probe tied".',
+        'alone those cells would read "probe tied". The probe standardises with the '
+        "variance floor of `rank` (`PROBE_VARIANCE_FLOOR`); rows from before it leave the table.",
         "`python -m bench.pretrained --backbone BACKBONE`, once per backbone",
         pretrained.report,
     ),
