@@ -17,9 +17,9 @@ Each score says, in seconds and without fine-tuning, how well features
   2022): the Ledoit-Wolf estimate of cov(f), so it stays finite with more
   features than images, and the between-class covariance shrunk alike. It
   equals TLlib's `regularized_h_score` (the reference implementation).
-- `linear_probe`: a scikit-learn LogisticRegression on standardised features,
-  its C chosen by cross-validation on the training split, scored on the
-  validation split.
+- `linear_probe`: a scikit-learn LogisticRegression on standardised features
+  (for `rank`, with a floor under each feature's variance), its C chosen by
+  cross-validation on the training split, scored on the validation split.
 
 Pure NumPy and scikit-learn: importing this module does not import TensorFlow.
 """
