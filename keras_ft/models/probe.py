@@ -357,17 +357,8 @@ def linear_probe(
     from sklearn.model_selection import StratifiedKFold
 
     features, labels = _check(train_features, train_labels, "train_features")
-    num_classes = int(num_classes or labels.max() + 1)
-    missing = sorted(set(range(num_classes)) - set(labels.tolist()))
-    if missing:
-        raise KerasFTError(
-            f"The linear probe needs every class in the training split; class(es) {missing} "
-            "have no training image. Add images or lower validation_split."
-        )
-    mean = features.mean(axis=0)
-    variance = features.var(axis=0)
-    scale = np.sqrt(variance + variance_floor * variance.mean())
-    scale = np.where(scale > 0, scale, 1.0)
+    num_classes = _every_class(labels, num_classes)
+    mean, scale = _standardisation(features, variance_floor)
     standardised = (features - mean) / scale
     # The L2-penalised optimum lies in the span of the training rows (of every
     # fold's rows too): fit in that span's coordinates, exactly the same model,
@@ -413,6 +404,26 @@ def linear_probe(
         coef=coef,
         intercept=intercept,
     )
+
+
+def _every_class(labels: np.ndarray, num_classes: int | None) -> int:
+    """The number of classes (default: the largest label + 1); refuse one without a label."""
+    num_classes = int(num_classes or labels.max() + 1)
+    missing = sorted(set(range(num_classes)) - set(labels.tolist()))
+    if missing:
+        raise KerasFTError(
+            f"The linear probe needs every class in the training split; class(es) {missing} "
+            "have no training image. Add images or lower validation_split."
+        )
+    return num_classes
+
+
+def _standardisation(features: np.ndarray, variance_floor: float):
+    """(mean, scale) of each feature: the scale is the square root of its variance plus
+    `variance_floor` times the mean variance, 1 where that is 0."""
+    variance = features.var(axis=0)
+    scale = np.sqrt(variance + variance_floor * variance.mean())
+    return features.mean(axis=0), np.where(scale > 0, scale, 1.0)
 
 
 def _accuracy(standardised: np.ndarray, labels: np.ndarray, coef, intercept) -> float:
