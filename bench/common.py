@@ -299,6 +299,28 @@ def parse_args(description: str, argv=None, parser=None) -> argparse.Namespace:
     return args
 
 
+def parse_task_args(description: str, argv, results: Path, quick_results: Path):
+    """Parse the options of a benchmark that scores one backbone on the quality tasks'
+    folders (`bench.pretrained`, `bench.probe_floor`): `results` and `data` become paths."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
+    parser.add_argument("--backbone", default="efficientnet_lite0")
+    parser.add_argument("--quick", action="store_true", help="one tiny task, random weights")
+    parser.add_argument("--results", type=Path, help=f"JSON lines (default {results})")
+    parser.add_argument("--data", help="task folders cache (default build/quality-data)")
+    parser.add_argument("--report", action="store_true", help="only print the table")
+    args = parser.parse_args(argv)
+    args.results = args.results or (quick_results if args.quick else results)
+    args.data = Path(args.data or ROOT / "build" / "quality-data")
+    return args
+
+
+def append_row(path: Path, records: list[dict], record: dict) -> None:
+    """Append `record` to the JSON-lines file `path` and to `records`."""
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+    records.append(record)
+
+
 @contextlib.contextmanager
 def workspace(args: argparse.Namespace):
     """A `Workspace` in `args.data`, or in a temporary folder removed afterwards."""

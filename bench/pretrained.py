@@ -19,8 +19,6 @@ the file and leave the tables.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
@@ -140,27 +138,18 @@ def report(records: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="efficientnet_lite0")
-    parser.add_argument("--quick", action="store_true", help="one tiny task, random weights")
-    parser.add_argument("--results", type=Path, help=f"JSON lines (default {RESULTS})")
-    parser.add_argument("--data", help="task folders cache (default build/quality-data)")
-    parser.add_argument("--report", action="store_true", help="only print the table")
-    args = parser.parse_args(argv)
-    results = args.results or (QUICK_RESULTS if args.quick else RESULTS)
+    args = common.parse_task_args(__doc__, argv, RESULTS, QUICK_RESULTS)
+    results = args.results
     records = quality.load_results(results)
     if not args.report:
-        data = Path(args.data or common.ROOT / "build" / "quality-data")
         done = {(r["backbone"], r["data"]) for r in records if is_current(r)}
         results.parent.mkdir(parents=True, exist_ok=True)
-        for name, train in folders(data, args.quick).items():
+        for name, train in folders(args.data, args.quick).items():
             if (args.backbone, name) in done:
                 continue
             record = measure(args.backbone, name, train, args.quick)
             print(f"[pretrained] {args.backbone}, {name}: {record['pretrained_wins']}", flush=True)
-            with open(results, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            records.append(record)
+            common.append_row(results, records, record)
     print(report(records))
 
 

@@ -17,8 +17,6 @@ bench/results/probe-floor.jsonl); a rerun skips what it holds.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -124,29 +122,20 @@ def report(records: list[dict]) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="efficientnet_lite0")
-    parser.add_argument("--quick", action="store_true", help="one tiny task, random weights")
-    parser.add_argument("--results", type=Path, help=f"JSON lines (default {RESULTS})")
-    parser.add_argument("--data", help="task folders cache (default build/quality-data)")
-    parser.add_argument("--report", action="store_true", help="only print the tables")
-    args = parser.parse_args(argv)
-    results = args.results or (QUICK_RESULTS if args.quick else RESULTS)
+    args = common.parse_task_args(__doc__, argv, RESULTS, QUICK_RESULTS)
+    results = args.results
     records = quality.load_results(results)
     if not args.report:
-        data = Path(args.data or common.ROOT / "build" / "quality-data")
         done = {(r["backbone"], r["task"], r["per_class"]) for r in records}
         results.parent.mkdir(parents=True, exist_ok=True)
         extractor = None
-        for case in cases(data, args.quick):
+        for case in cases(args.data, args.quick):
             if (args.backbone, *case[:2]) in done:
                 continue
             extractor = extractor or extractor_for(args.backbone, args.quick)
             record = measure(extractor, args.backbone, case, args.quick)
             print(f"[probe_floor] {args.backbone}, {case[0]} {case[1]}/class", flush=True)
-            with open(results, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            records.append(record)
+            common.append_row(results, records, record)
     print(report(records))
 
 
