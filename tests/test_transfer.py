@@ -218,14 +218,14 @@ def test_with_the_variance_floor_a_feature_one_training_image_activates_cannot_d
     rare[90:] = np.linspace(0.2, 1.0, 30)[:, None]  # and on every validation image
     features = np.concatenate([features, rare], axis=1)
     train, val = slice(0, 90), slice(90, None)
-    floored = (features[train], labels[train], features[val], labels[val], 3)
-    probe = linear_probe(*floored, variance_floor=PROBE_VARIANCE_FLOOR)
+    split = (features[train], labels[train], features[val], labels[val], 3)
+    probe = linear_probe(*split, variance_floor=PROBE_VARIANCE_FLOOR)
     usual = features[:, :16]
     without_rare = linear_probe(usual[train], labels[train], usual[val], labels[val])
     assert probe.validation_accuracy == without_rare.validation_accuracy > 0.8
     assert probe.validation_loss < without_rare.validation_loss + 0.05
     # Without the floor (`fit`'s probe) the rare feature decides every validation image.
-    assert linear_probe(*floored).validation_loss > 2.0
+    assert linear_probe(*split).validation_loss > 2.0
 
 
 def test_transfer_module_does_not_import_tensorflow():
