@@ -9,7 +9,7 @@
 variance plus `variance_floor` times the mean variance. For each quality task at each size
 (seed 0, 64 px) the backbone's frozen features of the training folder and of the selection
 folder are computed once, as `fit` computes them (pooled, unaugmented); a probe is fitted
-on all training images with each floor in `FLOORS` (0 is the rule before the floor) and
+on all training images with each floor in `FLOORS` (0: none, as `fit`'s probe) and
 scored on the selection folder: accuracy and loss (mean cross-entropy). The test folders
 are not read. One JSON line per (backbone, task, size) in `--results` (default
 bench/results/probe-floor.jsonl); a rerun skips what it holds.
