@@ -50,14 +50,9 @@ def is_current(record: dict) -> bool:
 
 def folders(data: Path, quick: bool) -> dict[str, Path]:
     """{task label: training folder}: the digits sample and the quality tasks' (seed 0)."""
-    if quick:
-        train, *_ = quality_tasks.build("ising", 6, 0, data, 2, 3)
-        return {"ising 6/class": train}
-    found = {SAMPLE: rank.SAMPLE / "train"}
-    for task, spec in quality_tasks.TASKS.items():
-        for per_class in spec.sizes:
-            train, *_ = quality_tasks.build(task, per_class, 0, data)
-            found[f"{task} {per_class}/class"] = train
+    found = {} if quick else {SAMPLE: rank.SAMPLE / "train"}
+    for task, per_class, (train, *_) in quality_tasks.seed0_folders(data, quick):
+        found[f"{task} {per_class}/class"] = train
     return found
 
 

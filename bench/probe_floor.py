@@ -31,15 +31,10 @@ IMAGE_SIZE = 64
 
 def cases(data: Path, quick: bool) -> list[tuple[str, int, Path, Path]]:
     """(task, training images per class, training folder, selection folder), seed 0."""
-    if quick:
-        train, _, selection = quality_tasks.build("ising", 6, 0, data, 2, 3)
-        return [("ising", 6, train, selection)]
-    found = []
-    for task, spec in quality_tasks.TASKS.items():
-        for per_class in spec.sizes:
-            train, _, selection = quality_tasks.build(task, per_class, 0, data)
-            found.append((task, per_class, train, selection))
-    return found
+    return [
+        (task, per_class, train, selection)
+        for task, per_class, (train, _, selection) in quality_tasks.seed0_folders(data, quick)
+    ]
 
 
 def features(extractor, folder: Path):

@@ -324,3 +324,11 @@ def build(
     _write(folder / "selection", images, labels, names, selection, prefix)
     marker.write_text(json.dumps(recipe))
     return folder / "train", folder / "test", folder / "selection"
+
+
+def seed0_folders(cache: Path, quick: bool) -> list[tuple[str, int, tuple[Path, Path, Path]]]:
+    """`(task, training images per class, build's three folders)` of every task at every
+    size, seed 0; `quick`: one tiny task (Ising, 2 classes, 6 images each, 3 to test)."""
+    if quick:
+        return [("ising", 6, build("ising", 6, 0, cache, 2, 3))]
+    return [(task, n, build(task, n, 0, cache)) for task, spec in TASKS.items() for n in spec.sizes]
