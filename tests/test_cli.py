@@ -347,17 +347,26 @@ def test_usage_error_exits_2():
     assert "Traceback" not in result.stderr
 
 
+SPLIT = r"(\d+) train, (\d+) validation \((\d+) of 8 groups\), 0 test"
+
+
 def test_training_options_reach_the_run_record(tmp_path, capsys):
     write_folder(tmp_path / "data", ("cat", "dog"), per_class=8)
     output = tmp_path / "run"
     options = (
         "--batch-size 4 --head-epochs 1 --finetune-epochs 2 --class-weight cat=2,dog=1 "
         "--label-smoothing 0.1 --finetune-schedule cosine --warmup-epochs 1 "
-        "--early-stopping 3 --weight-decay 1e-3 --gradual-unfreeze 2"
+        "--early-stopping 3 --weight-decay 1e-3 --gradual-unfreeze 2 "
+        "--validation-groups ([0-7])\\.png"
     ).split()
     result = run_here(capsys, "train", tmp_path / "data", *TINY_TRAIN, *options, "--output", output)
     assert result.returncode == 0, result.stderr
+    # cat/00N.png and dog/00N.png share group N: whole groups of two are held out.
+    report = (output / "report" / "report.html").read_text()
+    train, validation, held_out = map(int, re.search(SPLIT, report).groups())
+    assert train + validation == 16 and validation == 2 * held_out > 0
     record = json.loads((output / "run.json").read_text())
+    assert record["data"]["validation_groups"] == r"([0-7])\.png"
     training = record["training"]
     assert isinstance(record["advice"], list)  # what fit's history suggested, if anything
     assert training["class_weight"] == {"cat": 2.0, "dog": 1.0}

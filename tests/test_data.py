@@ -353,6 +353,50 @@ def test_stable_fraction_is_a_fixed_number_in_unit_interval():
     assert stable_fraction(43, "c/0.png") != values[0]
 
 
+def patients(split) -> list[set[str]]:
+    """The patients of each side of a split of files named `<class>/patientP_scanI.png`."""
+    return [{re.search(r"patient\d+", f.relpath).group(0) for f in side} for side in split]
+
+
+def test_validation_groups_hold_out_whole_groups():
+    """Scans of 40 patients, in both classes: split by file, most patients both train and
+    validate; by `validation_groups`, each patient is on one side, whichever part of the path
+    names it (the match, or its first parenthesised group)."""
+    names = [f"patient{p}_scan{i}.png" for p in range(40) for i in range(5)]
+    files = files_named([f"{c}/{name}" for c in ("ill", "well") for name in names])
+    train, validation = patients(split_files(files, 0.2, seed=3))
+    assert len(train & validation) > 20
+    grouped = split_files(files, 0.2, seed=3, groups=r"patient\d+")
+    train, validation = patients(grouped)
+    assert not train & validation and len(train | validation) == 40
+    assert 3 <= len(validation) <= 14  # about a fifth of the 40 patients
+    assert split_files(files, 0.2, seed=3, groups=r"/(patient\d+)_") == grouped
+    assert patients(split_files(files, 0.2, seed=4, groups=r"patient\d+"))[1] != validation
+
+
+def test_validation_groups_refuse_a_file_without_a_group_and_a_bad_pattern(tmp_path):
+    root = write_folder(tmp_path / "scans", ("ill", "well"), per_class=4, size=32)
+    for i, path in enumerate(sorted(root.glob("*/*.png"))):
+        path.rename(path.with_name(f"patient{i % 3}_{path.name}"))
+    (root / "well" / "patient2_001.png").rename(root / "well" / "unlabelled.png")
+    with pytest.raises(KerasFTError) as error:
+        ImageFolder(root, image_size=32, validation_groups=r"patient\d+", quiet=True)
+    message = str(error.value)
+    assert "validation_groups='patient\\\\d+' finds no group in 'well/unlabelled.png'" in message
+    assert "Change the pattern" in message
+    with pytest.raises(KerasFTError, match="Invalid `validation_groups`: expected a regular"):
+        ImageFolder(root, image_size=32, validation_groups="patient(", quiet=True)
+    (root / "well" / "unlabelled.png").rename(root / "well" / "patient2_001.png")
+    with pytest.raises(KerasFTError, match=r"selects no validation image from 8 images in 3 gr"):
+        ImageFolder(root, image_size=32, validation_groups=r"patient\d+", quiet=True)  # seed 42
+    data = ImageFolder(
+        root, image_size=32, validation_groups=r"patient\d+", validation_split=0.5, quiet=True
+    )
+    held_out = data.groups[1]
+    assert data.groups == (3, held_out) and 0 < held_out < 3
+    assert f"validation ({held_out} of 3 groups)" in data.split_summary
+
+
 def test_image_folder_split_stable_when_images_are_added(tmp_path):
     root = write_folder(tmp_path / "d", per_class=15, size=32)
     before = ImageFolder(root, image_size=32, batch_size=2, validation_split=0.3, seed=5)

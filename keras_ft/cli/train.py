@@ -201,11 +201,7 @@ def _prepare(args, spec, tuner, training):
     data = image_folder(args, spec)
     tuner.build(data.image_size, data.num_classes)
     say(args, f"classes ({data.num_classes}): {', '.join(data.class_names)}")
-    say(
-        args,
-        f"images: {len(data.train_files)} train, {len(data.validation_files)} "
-        f"validation, {len(data.test_files)} test",
-    )
+    say(args, f"images: {data.split_summary}")
     return data
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from keras_ft.config.checks import SEED, Range, check, image_size_pair
@@ -10,6 +11,19 @@ from keras_ft.config.options import option, validate
 # The augmentation options that `"auto"` decides from the data before phase 1
 # (`keras_ft.training.symmetry.DECIDERS` holds the decider of each).
 DECIDED_FROM_DATA = ("flip", "quarter_turns")
+
+
+def _is_pattern(value) -> bool:
+    """True for None or a non-empty regular expression that compiles."""
+    if value is None:
+        return True
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        re.compile(value)
+    except re.error:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -39,9 +53,26 @@ class DataConfig:
     validation_split: float = option(
         0.2,
         help="fraction of `directory` held out for validation, chosen per file from a "
-        "hash of (seed, relative path).",
+        "hash of (seed, relative path), or per group (see `validation_groups`).",
+        cli_help="fraction of DATA_DIR held out for validation, chosen per file (per group with "
+        "--validation-groups) from a hash of the seed and its path",
         valid=Range(0.0, 1.0, closed="left"),
         fix="Use 0 to train on every image, e.g. 0.2 to hold out a fifth.",
+    )
+    validation_groups: str | None = option(
+        None,
+        help="a regular expression that names each image's group (a patient, a video, a "
+        "recording) from its path `<class>/<file>` under `directory`: the match, or its first "
+        "parenthesised group if it has one. The split then holds out whole groups, so that no "
+        "group both trains and validates. Every image must match. `None`: each image is held "
+        "out on its own.",
+        cli_help="hold out whole groups: a regular expression whose match in each image's "
+        "'<class>/<file>' path (or its first parenthesised group) names its group, e.g. "
+        "'patient\\d+'",
+        valid=_is_pattern,
+        expected="a regular expression (Python `re` syntax) or None",
+        fix=r"For files named like 'patient12_scan3.png', 'patient\d+' groups by patient.",
+        metavar="REGEX",
     )
     seed: int = option(
         42,

@@ -10,6 +10,7 @@ under op determinism.
 from __future__ import annotations
 
 import hashlib
+import re
 
 import numpy as np
 import tensorflow as tf
@@ -73,16 +74,35 @@ def stable_fraction(seed: int, relpath: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def split_files(files, validation_split: float, seed: int):
+def split_files(files, validation_split: float, seed: int, groups: str | None = None):
     """Split files into (train, validation) by `stable_fraction`.
 
     Each file's side depends only on (seed, its relative path), so adding
     images never moves an existing image between training and validation.
+    With `groups` (a regular expression, see `DataConfig.validation_groups`),
+    on (seed, its group's name) instead: a group's images fall on one side.
     """
+    pattern = None if groups is None else re.compile(groups)
     train, validation = [], []
     for f in files:
-        (validation if stable_fraction(seed, f.relpath) < validation_split else train).append(f)
+        key = f.relpath if pattern is None else group_of(f, pattern)
+        (validation if stable_fraction(seed, key) < validation_split else train).append(f)
     return train, validation
+
+
+def group_of(file, pattern: re.Pattern) -> str:
+    """The name of `file`'s group: `pattern`'s match in its relative path (its first
+    parenthesised group, if it has one)."""
+    match = pattern.search(file.relpath)
+    name = match and (match.group(1) if pattern.groups else match.group(0))
+    if not name:
+        raise KerasFTError(
+            f"validation_groups={pattern.pattern!r} finds no group in '{file.relpath}' (the "
+            f"path of '{file.path}' in the data folder): every image needs one, to be held out "
+            "with its group. Change the pattern so that it matches every '<class>/<file>' "
+            "path, or rename the file."
+        )
+    return name
 
 
 def read_batches(dataset) -> tuple[np.ndarray, np.ndarray, int, int]:

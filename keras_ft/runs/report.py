@@ -281,13 +281,7 @@ def _summary_rows(tuner) -> list[tuple[str, object]]:
         ("classes", f"{len(tuner.class_names)}: {', '.join(tuner.class_names)}"),
     ]
     if data is not None:
-        rows.append(
-            (
-                "images",
-                f"{len(data.train_files)} train, {len(data.validation_files)} validation, "
-                f"{len(data.test_files)} test",
-            )
-        )
+        rows.append(("images", data.split_summary))
     if training is not None:
         rows += [
             ("head phase", f"{training.head_epochs} epochs, Adam lr {training.head_lr}"),
