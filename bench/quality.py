@@ -77,6 +77,9 @@ class Method:
     # `(from_images, flags)` rows: the last row the training split (the training folder
     # less the validation fifth) reaches adds its flags, as a recipe's rows by size do.
     by_images: tuple[tuple[int, tuple[str, ...]], ...] = ()
+    # Tasks drawn by groups of simulation frames: validate on whole groups
+    # (`--validation-groups`), from a copy of the training folder naming each image's group.
+    grouped: bool = False
 
     def flags_for(self, n_train: int) -> tuple[str, ...]:
         """`flags`, then those of the last `by_images` row a folder of `n_train` reaches."""
@@ -235,6 +238,12 @@ LITE0 = "efficientnet_lite0"
 METHODS["lite0-probe"] = Method("probe", note="the probe on Lite0's features", backbone=LITE0)
 METHODS["lite0-auto"] = Method(
     "keras-ft", ("--recipe", "auto"), note="keras-ft --recipe auto on Lite0", backbone=LITE0
+)
+# The default recipe validating on whole simulations (`--validation-groups`) where the task
+# has them; elsewhere the same as `auto` / `lite0-auto`.
+METHODS["auto-grouped"] = Method("keras-ft", ("--recipe", "auto"), grouped=True)
+METHODS["lite0-auto-grouped"] = Method(
+    "keras-ft", ("--recipe", "auto"), backbone=LITE0, grouped=True
 )
 # Lite0 has BatchNormalization throughout; phase 2 keeps it frozen. The alternative:
 METHODS["lite0-auto-bn"] = Method(
@@ -426,7 +435,14 @@ def keras_ft_flags(case: dict, method: Method, quick: bool) -> list[str]:
         ),
     ]
     if method.backbone != "vgg16":  # after --weights FILE: the last one given wins
-        flags += ["--backbone", method.backbone, "--weights", case["weights"] and "imagenet"]
+        flags += [
+            "--backbone",
+            method.backbone,
+            "--weights",
+            "imagenet" if case["weights"] else "none",
+        ]
+    if method.grouped and "split" in case:
+        flags += ["--validation-groups", quality_tasks.GROUP_PATTERN]
     if quick:
         flags += ["--head-epochs", QUICK["epochs"][0], "--finetune-epochs", QUICK["epochs"][1]]
     return flags
@@ -440,7 +456,11 @@ def measure(case: dict, name: str, quick: bool) -> dict:
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="keras_ft_quality_") as temp:
         if method.kind == "keras-ft":
-            measured = _keras_ft(case, case["flags"], Path(temp))
+            trained = case
+            if method.grouped and "split" in case:
+                copy = quality_tasks.grouped_copy(case["train_dir"], case["task"], Path(temp) / "g")
+                trained = {**case, "train_dir": str(copy)}
+            measured = _keras_ft(trained, case["flags"], Path(temp))
         else:
             head, finetune = (1, 1) if quick else GUIDE_EPOCHS
             config = {

@@ -40,6 +40,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,6 +221,21 @@ def pools(task: str) -> dict[str, set[int]]:
         "selection": set(np.flatnonzero(cycle == 1).tolist()),
         "train": set(np.flatnonzero(cycle >= 2).tolist()),
     }
+
+
+def grouped_copy(train_dir: Path, task: str, destination: Path) -> Path:
+    """`train_dir`'s images at `destination`, each named after its group as
+    `<class>/gGGG-<name>`, for `--validation-groups GROUP_PATTERN`."""
+    group = groups(task)
+    for path in sorted(Path(train_dir).glob("*/*.png")):
+        index = int(path.stem.rsplit("-", 1)[1])  # `<prefix>-<source index>.png`
+        target = destination / path.parent.name / f"g{group[index]:03d}-{path.name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    return destination
+
+
+GROUP_PATTERN = r"/(g\d+)-"  # the group `grouped_copy` puts in each file's name
 
 
 # ------------------------------------------------------------------ drawing folders

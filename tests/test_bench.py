@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -88,6 +89,30 @@ def test_scan_benchmark_runs(capsys):
     printed = capsys.readouterr().out
     assert "| threads | cold scan (s) | cold files/s | warm scan (s) | warm files/s |" in printed
     assert "20 files, 2 classes" in printed
+
+
+def test_grouped_methods_validate_on_whole_simulations(tmp_path, monkeypatch):
+    """A `grouped` method trains on a copy of the training folder that names each frame's
+    simulation, and asks keras-ft to hold out whole ones; on tasks without groups it is
+    the plain method."""
+    from bench import quality, quality_tasks
+
+    monkeypatch.setattr(quality_tasks, "groups", lambda task: np.array([0, 0, 7, 7, 12]))
+    for i, name in ((0, "a"), (2, "a"), (3, "b"), (4, "b")):
+        (tmp_path / "train" / name).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "train" / name / f"ising-{i:05d}.png").write_bytes(b"png")
+    copy = quality_tasks.grouped_copy(tmp_path / "train", "ising", tmp_path / "grouped")
+    names = sorted(p.relative_to(copy).as_posix() for p in copy.glob("*/*.png"))
+    assert names == ["a/g000-ising-00000.png", "a/g007-ising-00002.png",
+                     "b/g007-ising-00003.png", "b/g012-ising-00004.png"]  # fmt: skip
+    pattern = quality_tasks.GROUP_PATTERN
+    assert [re.search(pattern, n).group(1) for n in names] == ["g000", "g007", "g007", "g012"]
+    case = {"task": "ising", "n_train": 40, "weights": None, "image_size": 32}
+    grouped = quality.keras_ft_flags({**case, "split": "by-simulation"}, quality.METHODS[
+        "lite0-auto-grouped"], quick=False)  # fmt: skip
+    assert grouped[-2:] == ["--validation-groups", pattern]
+    plain = quality.keras_ft_flags(case, quality.METHODS["lite0-auto-grouped"], quick=False)
+    assert plain == quality.keras_ft_flags(case, quality.METHODS["lite0-auto"], quick=False)
 
 
 def test_quality_benchmark_quick_mode_writes_results_and_resumes(tmp_path):
