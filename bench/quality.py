@@ -321,6 +321,8 @@ METHODS["lite0-c26-bf16"] = Method("keras-ft", _C26, backbone=LITE0)
 # budget of 100 s (both phases shortened in proportion), on the shipped sample's source and size.
 _C27 = (*_C26, "--time-budget", "100s")
 METHODS["c27-bf16-budget100"] = Method("keras-ft", _C27)
+# Round 22: the demo's VGG16 run in bfloat16 (`c26-bf16`) validating on whole simulations.
+METHODS["c28-bf16-grouped"] = Method("keras-ft", _C26, grouped=True)
 DEFAULT_METHODS = ("probe", "guide", "auto", "today")
 GUIDE_EPOCHS = (3, 2)
 
