@@ -313,7 +313,8 @@ class ImageFolder:
     def split_summary(self) -> str:
         """`"241 train, 59 validation, 100 test"`, with `(3 of 12 groups)` after the
         validation count when `validation_groups` holds out groups."""
-        groups = " ({1} of {0} groups)".format(*self.groups) if self.groups else ""
+        grouped = self.groups
+        groups = f" ({grouped[1]} of {grouped[0]} groups)" if grouped else ""
         return (
             f"{len(self.train_files)} train, {len(self.validation_files)} validation{groups}, "
             f"{len(self.test_files)} test"
