@@ -382,7 +382,7 @@ def test_validation_groups_refuse_a_file_without_a_group_and_a_bad_pattern(tmp_p
     with pytest.raises(KerasFTError) as error:
         ImageFolder(root, image_size=32, validation_groups=r"patient\d+", quiet=True)
     message = str(error.value)
-    assert "validation_groups='patient\\\\d+' finds no group in 'well/unlabelled.png'" in message
+    assert r"validation_groups='patient\d+' finds no group in 'well/unlabelled.png'" in message
     assert "Change the pattern" in message
     with pytest.raises(KerasFTError, match="Invalid `validation_groups`: expected a regular"):
         ImageFolder(root, image_size=32, validation_groups="patient(", quiet=True)

@@ -296,7 +296,7 @@ class ImageFolder:
         without = [name for name, count in counts.items() if count == 0]
         split, grouped = f"validation_split={config.validation_split}", self.groups
         if grouped:
-            split += f" by validation_groups={config.validation_groups!r}"
+            split += f" by validation_groups='{config.validation_groups}'"
         if without:
             raise KerasFTError(
                 f"{split} leaves no training image in class(es) {without}. Add images, lower "

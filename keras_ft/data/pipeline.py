@@ -97,7 +97,7 @@ def group_of(file, pattern: re.Pattern) -> str:
     name = match and (match.group(1) if pattern.groups else match.group(0))
     if not name:
         raise KerasFTError(
-            f"validation_groups={pattern.pattern!r} finds no group in '{file.relpath}' (the "
+            f"validation_groups='{pattern.pattern}' finds no group in '{file.relpath}' (the "
             f"path of '{file.path}' in the data folder): every image needs one, to be held out "
             "with its group. Change the pattern so that it matches every '<class>/<file>' "
             "path, or rename the file."
