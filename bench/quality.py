@@ -87,6 +87,11 @@ class Method:
         reached = [flags for from_images, flags in self.by_images if split >= from_images]
         return (*self.flags, *(reached[-1] if reached else ()))
 
+    def groups_in(self, case: dict) -> bool:
+        """Whether this row validates on whole groups in `case`: a `grouped` row, on a task
+        drawn by groups of simulation frames."""
+        return self.grouped and "split" in case
+
 
 # `--flip`: the defaults of then flipped (the digit tasks' `--no-flip` wins, in
 # `keras_ft_flags`).
@@ -443,7 +448,7 @@ def keras_ft_flags(case: dict, method: Method, quick: bool) -> list[str]:
             "--weights",
             "imagenet" if case["weights"] else "none",
         ]
-    if method.grouped and "split" in case:
+    if method.groups_in(case):
         flags += ["--validation-groups", quality_tasks.GROUP_PATTERN]
     if quick:
         flags += ["--head-epochs", QUICK["epochs"][0], "--finetune-epochs", QUICK["epochs"][1]]
@@ -459,7 +464,7 @@ def measure(case: dict, name: str, quick: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="keras_ft_quality_") as temp:
         if method.kind == "keras-ft":
             trained = case
-            if method.grouped and "split" in case:
+            if method.groups_in(case):
                 copy = quality_tasks.grouped_copy(case["train_dir"], case["task"], Path(temp) / "g")
                 trained = {**case, "train_dir": str(copy)}
             measured = _keras_ft(trained, case["flags"], Path(temp))
