@@ -328,6 +328,14 @@ _C27 = (*_C26, "--time-budget", "100s")
 METHODS["c27-bf16-budget100"] = Method("keras-ft", _C27)
 # Round 22: the demo's VGG16 run in bfloat16 (`c26-bf16`) validating on whole simulations.
 METHODS["c28-bf16-grouped"] = Method("keras-ft", _C26, grouped=True)
+# Round 23 (issue 31: `make demo` in under 2 minutes): the demo's bfloat16 run (`c26-bf16`) with
+# less compute. Phase 1 replaced by the linear probe (LP-FT: the head starts as the probe,
+# no head epochs), and phase 2 fine-tuning from block 4 or block 5 (no backward pass through
+# the blocks below), or all layers for 20 epochs.
+_C29 = (*_C26, "--head-init", "probe", "--head-epochs", "0")
+METHODS["c29-lpft-block4"] = Method("keras-ft", (*_C29, "--unfreeze", "block4_conv1"))
+METHODS["c29-lpft-block5"] = Method("keras-ft", (*_C29, "--unfreeze", "block5_conv1"))
+METHODS["c29-lpft-ft20"] = Method("keras-ft", (*_C29, "--finetune-epochs", "20"))
 DEFAULT_METHODS = ("probe", "guide", "auto", "today")
 GUIDE_EPOCHS = (3, 2)
 
