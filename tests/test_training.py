@@ -93,6 +93,25 @@ def test_mixed_precision_computes_in_half_and_outputs_float32(split_folders):
     assert np.isfinite(tuner.history.history["loss"]).all()
 
 
+def test_mixed_precision_phase_1_trains_on_float32_cached_features(split_folders):
+    """The backbone computes its features in bfloat16; cached, they are float32, so phase 1
+    trains on them (it failed with "pyfunc returned bfloat16, expects float") and the
+    feature norm starts at their float32 statistics."""
+    from keras_ft.models.classifier import split_at_features
+    from keras_ft.training.features import extract_features
+
+    train, _ = split_folders
+    data = keras_ft.ImageFolder(
+        train, image_size=32, batch_size=8, validation_split=0.25, augment=False, seed=0
+    )
+    tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", mixed_precision="bfloat16")
+    tuner.fit(data, head_epochs=2, finetune_epochs=1, verbose=0)
+    assert np.isfinite(tuner.history.history["loss"]).all()
+    assert [row["phase"] for row in tuner.history.rows] == ["head", "head", "finetune"]
+    features, _ = extract_features(split_at_features(tuner.model)[0], data.unaugmented_train())
+    assert features.dtype == np.float32
+
+
 def test_jit_compile_needs_determinism_off(split_folders):
     train, _ = split_folders
     data = keras_ft.ImageFolder(train, image_size=32, batch_size=8, validation_split=0.0)

@@ -13,7 +13,8 @@ from keras_ft.utils.progress import uses_bars
 
 
 def extract_features(extractor: keras.Model, dataset, verbose=0) -> tuple[np.ndarray, np.ndarray]:
-    """The frozen backbone's features of every batch, with a progress bar unless `verbose` is 0."""
+    """The frozen backbone's features of every batch, in float32 (a mixed-precision backbone
+    computes them in float16 or bfloat16), with a progress bar unless `verbose` is 0."""
     progress = None
     if verbose != 0:
         total = int(dataset.cardinality())
@@ -22,7 +23,7 @@ def extract_features(extractor: keras.Model, dataset, verbose=0) -> tuple[np.nda
         )
     features, labels = [], []
     for images, batch_labels in dataset:
-        features.append(np.asarray(predict_batch(extractor, images)))
+        features.append(np.asarray(predict_batch(extractor, images), dtype=np.float32))
         labels.append(np.asarray(batch_labels))
         if progress is not None:
             progress.add(1)
