@@ -336,6 +336,11 @@ _C29 = (*_C26, "--head-init", "probe", "--head-epochs", "0")
 METHODS["c29-lpft-block4"] = Method("keras-ft", (*_C29, "--unfreeze", "block4_conv1"))
 METHODS["c29-lpft-block5"] = Method("keras-ft", (*_C29, "--unfreeze", "block5_conv1"))
 METHODS["c29-lpft-ft20"] = Method("keras-ft", (*_C29, "--finetune-epochs", "20"))
+# LP-FT from block 4 diverged on the shipped sample itself (phase 2's loss 4e15 by its third
+# epoch): phase 1 kept, on the features of the unaugmented images computed once, instead.
+_C30 = (*_C26, "--no-head-augment", "--unfreeze", "block4_conv1")
+METHODS["c30-cached-block4"] = Method("keras-ft", _C30)
+METHODS["c30-cached-block4-ft24"] = Method("keras-ft", (*_C30, "--finetune-epochs", "24"))
 DEFAULT_METHODS = ("probe", "guide", "auto", "today")
 GUIDE_EPOCHS = (3, 2)
 
