@@ -333,9 +333,11 @@ SECTIONS = (
     Section(
         "demo.jsonl",
         "Candidates for `make demo`",
-        "Settings `make demo` could run, compared on MNIST's selection folder (images never "
-        "trained on) at the size and source of the shipped sample, and on wall time: the "
-        "choice rests on the selection column and the time, never on the test column.",
+        "Settings `make demo` could run, compared on the selection folders (images never "
+        "trained on) of MNIST, the shipped sample's source, and of the 8x8 digits, at the "
+        "sample's size, and on wall time: the choice rests on the selection column and the "
+        "time, never on the test column. The `c26-bf16` rows are the demo's own settings "
+        "(benchmark-history round 23).",
         demo_command,
         demo_section,
     ),
@@ -360,17 +362,12 @@ SECTIONS = (
         flips.report,
     ),
     Section(
-        "turns.jsonl",
-        "Quarter turns decided from the data",
-        "As for flips: the share of the probe's accuracy above chance that the training "
-        'images turned a quarter keep, and whether `quarter_turns="auto"` turns them.',
-        "`python -m bench.flips --turns`",
-        lambda rows: flips.report(rows, turns=True),
-    ),
-    Section(
         "turns-grid.jsonl",
         "Quarter turns decided from the data, with the shallow grid probe",
-        "The same, on code with the shallow grid probe; on both backbones.",
+        "As for flips, on both backbones: the share of the probe's accuracy above chance that "
+        'the training images turned a quarter keep, and whether `quarter_turns="auto"` turns '
+        "them (the rule of today's code, with the shallow grid probe; the rows of the rule "
+        "before it are in `turns.jsonl`).",
         f"`python -m bench.flips --turns --results {RESULTS}/turns-grid.jsonl "
         "[--backbone efficientnet_lite0]`",
         lambda rows: flips.report(rows, turns=True),

@@ -101,7 +101,7 @@ def test_the_demo_and_flip_sections_use_their_benchmarks_reports():
         quality_row("d-b", "mnist", 30, 0, 0.95, selection_accuracy=0.93, wall_s=50.0),
     ]
     grid = [flip_row("ising", 0), flip_row("ising", 0, "efficientnet_lite0")]
-    text = report.render({"demo.jsonl": demo, "flips-grid.jsonl": grid, "turns.jsonl": grid})
+    text = report.render({"demo.jsonl": demo, "flips-grid.jsonl": grid, "turns-grid.jsonl": grid})
     assert "--methods d-a d-b --results bench/results/demo.jsonl" in text
     assert "By mean selection accuracy (mean wall seconds): `d-b` 0.930 (50 s), `d-a` 0.910" in text
     assert "| ising (efficientnet_lite0) | 10 | 0.80 | 0.40 | yes |" in text  # flips
