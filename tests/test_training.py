@@ -96,7 +96,7 @@ def test_mixed_precision_computes_in_half_and_outputs_float32(split_folders):
 def test_mixed_precision_phase_1_trains_on_float32_cached_features(split_folders):
     """The backbone computes its features in bfloat16; cached, they are float32, so phase 1
     trains on them (it failed with "pyfunc returned bfloat16, expects float") and the
-    feature norm starts at their float32 statistics."""
+    feature norm starts at their float32 statistics (NumPy's bfloat16 mean was far off)."""
     from keras_ft.models.classifier import split_at_features
     from keras_ft.training.features import extract_features
 
@@ -104,12 +104,23 @@ def test_mixed_precision_phase_1_trains_on_float32_cached_features(split_folders
     data = keras_ft.ImageFolder(
         train, image_size=32, batch_size=8, validation_split=0.25, augment=False, seed=0
     )
-    tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", mixed_precision="bfloat16")
-    tuner.fit(data, head_epochs=2, finetune_epochs=1, verbose=0)
-    assert np.isfinite(tuner.history.history["loss"]).all()
-    assert [row["phase"] for row in tuner.history.rows] == ["head", "head", "finetune"]
+    tuner = keras_ft.FineTuner(
+        tiny_backbone(), preprocessing="tf", mixed_precision="bfloat16", seed=0
+    )
+    tuner.build(data.image_size, data.num_classes)
     features, _ = extract_features(split_at_features(tuner.model)[0], data.unaugmented_train())
     assert features.dtype == np.float32
+    seen = {}
+
+    class AtStart(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            norm = tuner.model.get_layer("feature_norm")
+            seen.setdefault("mean", np.asarray(norm.moving_mean))  # phase 1's start
+
+    tuner.fit(data, head_epochs=2, finetune_epochs=1, callbacks=[AtStart()], verbose=0)
+    assert np.isfinite(tuner.history.history["loss"]).all()
+    assert [row["phase"] for row in tuner.history.rows] == ["head", "head", "finetune"]
+    np.testing.assert_allclose(seen["mean"], features.mean(axis=0), rtol=1e-5, atol=1e-6)
 
 
 def test_jit_compile_needs_determinism_off(split_folders):
