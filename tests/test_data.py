@@ -389,6 +389,15 @@ def test_validation_groups_refuse_a_file_without_a_group_and_a_bad_pattern(tmp_p
     (root / "well" / "unlabelled.png").rename(root / "well" / "patient2_001.png")
     with pytest.raises(KerasFTError, match=r"selects no validation image from 8 images in 3 gr"):
         ImageFolder(root, image_size=32, validation_groups=r"patient\d+", quiet=True)  # seed 42
+    with pytest.raises(KerasFTError) as error:  # every group validates: no class trains
+        ImageFolder(
+            root, image_size=32, validation_groups=r"patient\d+", validation_split=0.99, quiet=True
+        )
+    assert str(error.value) == (
+        r"validation_split=0.99 by validation_groups='patient\d+' leaves no training image in "
+        "class(es) ['ill', 'well']. Add images, lower validation_split, or choose another seed "
+        "or grouping."
+    )
     data = ImageFolder(
         root, image_size=32, validation_groups=r"patient\d+", validation_split=0.5, quiet=True
     )

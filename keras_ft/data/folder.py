@@ -294,6 +294,9 @@ class ImageFolder:
         for f in self.train_files:
             counts[self.class_names[f.label]] += 1
         without = [name for name, count in counts.items() if count == 0]
+        no_validation = config.validation_split > 0 and not self.validation_files
+        if not (without or no_validation):
+            return
         split, grouped = f"validation_split={config.validation_split}", self.groups
         if grouped:
             split += f" by validation_groups='{config.validation_groups}'"
@@ -302,12 +305,11 @@ class ImageFolder:
                 f"{split} leaves no training image in class(es) {without}. Add images, lower "
                 "validation_split" + (", or choose another seed or grouping." if grouped else ".")
             )
-        if config.validation_split > 0 and not self.validation_files:
-            raise KerasFTError(
-                f"{split} selects no validation image from {len(self.report.files)} images"
-                + (f" in {grouped[0]} group(s)" if grouped else "")
-                + ". Raise validation_split or pass 0 to skip validation."
-            )
+        raise KerasFTError(  # no_validation
+            f"{split} selects no validation image from {len(self.report.files)} images"
+            + (f" in {grouped[0]} group(s)" if grouped else "")
+            + ". Raise validation_split or pass 0 to skip validation."
+        )
 
     @property
     def split_summary(self) -> str:
