@@ -230,7 +230,7 @@ def lite0_section(rows: list[dict]) -> str:
     )
 
 
-def demo_section(rows: list[dict]) -> str:
+def candidates_section(rows: list[dict]) -> str:
     rows = _full(rows)
     stats = quality.summary(rows)
     ranked = sorted(
@@ -248,17 +248,22 @@ def demo_section(rows: list[dict]) -> str:
     )
 
 
-def demo_command(rows: list[dict]) -> str:
-    rows = _full(rows)
+def candidates_command(file: str):
+    """The `bench.quality` command that reproduces `file`'s candidates (a section's command)."""
 
-    def values(key: str) -> str:
-        return " ".join(str(v) for v in sorted(set(_in_order(rows, key))))
+    def command(rows: list[dict]) -> str:
+        rows = _full(rows)
 
-    return (
-        f"`python -m bench.quality --tasks {values('task')} --sizes {values('per_class')} "
-        f"--seeds {values('seed')} --methods {' '.join(_in_order(rows, 'method'))} "
-        f"--results {RESULTS}/demo.jsonl`"
-    )
+        def values(key: str) -> str:
+            return " ".join(str(v) for v in sorted(set(_in_order(rows, key))))
+
+        return (
+            f"`python -m bench.quality --tasks {values('task')} --sizes {values('per_class')} "
+            f"--seeds {values('seed')} --methods {' '.join(_in_order(rows, 'method'))} "
+            f"--results {RESULTS}/{file}`"
+        )
+
+    return command
 
 
 def rank_section(rows: list[dict]) -> str:
@@ -338,25 +343,34 @@ SECTIONS = (
         "sample's size, and on wall time: the choice rests on the selection column and the "
         "time, never on the test column. The `c26-bf16` rows are the demo's own settings "
         "(benchmark-history round 23).",
-        demo_command,
-        demo_section,
+        candidates_command("demo.jsonl"),
+        candidates_section,
     ),
     Section(
-        "flips.jsonl",
-        "Flips decided from the data",
-        "On every case of the quality benchmark (task, size, seed): the share of the linear "
-        "probe's accuracy above chance that the training images' mirror images keep, and "
-        'whether `flip="auto"` flips; the validation rule is an earlier rule, for comparison. '
-        "The digit tasks' classes do not survive a mirror; Ising spins' and Cahn-Hilliard "
-        "microstructures' do. Rows without a backbone ran VGG16.",
-        "`python -m bench.flips [--backbone efficientnet_lite0]`",
-        flips.report,
+        "mnist100-target.jsonl",
+        "MNIST 100/class in under 5 minutes",
+        "Settings for issue 31's target (test accuracy 0.98 or more on MNIST at 100 training "
+        "images per class, in under 5 minutes on 2 cores), against the demo's settings "
+        "(`c26-bf16`). The rule, set before each run: a candidate within 0.5 point of "
+        "`c26-bf16`'s selection accuracy (seed 0) and under 5 minutes is the one quoted; only "
+        "then is its test accuracy read. `c31-cached-block3` (VGG16-HED at 64 px in mixed "
+        "bfloat16, phase 1 on the features computed once, fine-tuning from block 3) passed; "
+        "`c30-cached-block4` did not, and its test figure was first printed here after that "
+        "(benchmark-history rounds 23-24).",
+        candidates_command("mnist100-target.jsonl"),
+        candidates_section,
     ),
     Section(
         "flips-grid.jsonl",
         "Flips decided from the data, with the shallow grid probe",
-        "The same cases on code where a second probe, on a 2x2 grid of a shallower feature "
-        "map, must keep its share too (the shallow grid column); on both backbones.",
+        "On every case of the quality benchmark (task, size, seed), on both backbones: the "
+        "share of the linear probe's accuracy above chance that the training images' mirror "
+        "images keep, the share a second probe keeps on a 2x2 grid of a shallower feature map "
+        '(the shallow grid column; both must keep theirs), and whether `flip="auto"` flips; '
+        "the validation rule is an earlier rule, for comparison. The digit tasks' classes do "
+        "not survive a mirror; Ising spins' and Cahn-Hilliard microstructures' do. The rows "
+        "of the rule before the grid probe are in `flips.jsonl`. Rows without a backbone ran "
+        "VGG16.",
         f"`python -m bench.flips --results {RESULTS}/flips-grid.jsonl "
         "[--backbone efficientnet_lite0]`",
         flips.report,

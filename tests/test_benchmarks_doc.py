@@ -95,14 +95,17 @@ def test_a_committed_results_file_without_a_section_is_listed():
     )
 
 
-def test_the_demo_and_flip_sections_use_their_benchmarks_reports():
+def test_the_candidates_and_flip_sections_use_their_benchmarks_reports():
     demo = [
         quality_row("d-a", "mnist", 30, 0, 0.90, selection_accuracy=0.91),
         quality_row("d-b", "mnist", 30, 0, 0.95, selection_accuracy=0.93, wall_s=50.0),
     ]
     grid = [flip_row("ising", 0), flip_row("ising", 0, "efficientnet_lite0")]
-    text = report.render({"demo.jsonl": demo, "flips-grid.jsonl": grid, "turns-grid.jsonl": grid})
+    text = report.render({"demo.jsonl": demo, "mnist100-target.jsonl": demo[1:],
+                          "flips-grid.jsonl": grid, "turns-grid.jsonl": grid})  # fmt: skip
     assert "--methods d-a d-b --results bench/results/demo.jsonl" in text
+    target = text.split("## MNIST 100/class in under 5 minutes", 1)[1]
+    assert "--methods d-b --results bench/results/mnist100-target.jsonl" in target
     assert "By mean selection accuracy (mean wall seconds): `d-b` 0.930 (50 s), `d-a` 0.910" in text
     assert "| ising (efficientnet_lite0) | 10 | 0.80 | 0.40 | yes |" in text  # flips
     assert "| ising | 10 | 0.80 | 0.40 | yes | 0 |" in text  # quarter turns
