@@ -39,9 +39,10 @@ TINY_TRAIN = "--backbone testnet --weights none --image-size 32 --quiet".split()
 # files over two workers (pytest-xdist, --dist loadfile) in collection order, so these go
 # first, and the short ones fill in at the end instead of one long file running alone.
 SLOWEST_FILES = (
-    "test_bench.py", "test_distribute.py", "test_training.py", "test_resume.py",
-    "test_artifacts.py", "test_reproducibility.py", "test_cli.py", "test_determinism.py",
-    "test_backbones.py", "test_deploy.py",
+    "test_bench.py", "test_training.py", "test_artifacts.py", "test_deploy.py", "test_cli.py",
+    "test_distribute.py", "test_resume.py", "test_docs.py", "test_output.py",
+    "test_examples.py", "test_explain.py", "test_reproducibility.py", "test_backbones.py",
+    "test_search.py", "test_budget.py", "test_determinism.py",
 )  # fmt: skip
 
 

@@ -115,7 +115,7 @@ def test_grouped_methods_validate_on_whole_simulations(tmp_path, monkeypatch):
     assert plain == quality.keras_ft_flags(case, quality.METHODS["lite0-auto"], quick=False)
 
 
-def test_quality_benchmark_quick_mode_writes_results_and_resumes(tmp_path):
+def test_quality_benchmark_quick_mode_writes_results_and_resumes(tmp_path, capsys):
     """`python -m bench.quality --quick` on its task that is not digits: a linear probe and a
     keras-ft recipe; one JSON line per result, the table, and a rerun that redoes nothing.
     (The digits task's folders and flags are checked without training, below.)"""
@@ -143,14 +143,17 @@ def test_quality_benchmark_quick_mode_writes_results_and_resumes(tmp_path):
     assert "| task | train/class | method | val accuracy | selection accuracy |" in done.stdout
     assert "| ising | 6 | probe |" in done.stdout and "test accuracy" not in done.stdout
     assert "Targets" not in done.stdout
-    shown = subprocess.run([*command, "--report"], cwd=ROOT, capture_output=True, text=True)
-    header = "| task | train/class | method | test accuracy | val accuracy | selection accuracy |"
-    assert header in shown.stdout
-    assert "Targets (issue 14) for keras-ft's default recipe, `auto`" in shown.stdout
+    from bench import quality  # in this process: the same code, less start-up
 
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "seed 0:" not in again.stdout  # nothing measured twice
+    quality.main([*command[3:], "--report"])
+    shown = capsys.readouterr().out
+    header = "| task | train/class | method | test accuracy | val accuracy | selection accuracy |"
+    assert header in shown
+    assert "Targets (issue 14) for keras-ft's default recipe, `auto`" in shown
+
+    assert "seed 0:" in done.stdout
+    quality.main(command[3:])
+    assert "seed 0:" not in capsys.readouterr().out  # nothing measured twice
     assert results.read_text().count("\n") == len(records)
 
 
@@ -422,9 +425,11 @@ def test_flips_benchmark_quick_mode_measures_what_flip_auto_decides(tmp_path, ca
     for r in records:
         assert r["flip"] == decided(r, 0.6) and r["reason"] in done.stdout
     assert "| task | train/class | share kept, training images |" in done.stdout
-    again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert "[flips]" not in again.stdout  # nothing measured twice
     from bench import flips  # in this process: the same code, less start-up
+
+    assert "[flips]" in done.stdout
+    flips.main(command[3:])
+    assert "[flips]" not in capsys.readouterr().out  # nothing measured twice
 
     turns = tmp_path / "turns.jsonl"
     flips.main(["--quick", "--turns", "--results", str(turns), "--data", str(tmp_path / "data")])

@@ -10,10 +10,15 @@ from keras_ft.data.scan import scan_folder
 from keras_ft.runs.reproducibility import environment, file_hashes, fingerprint, weights_sha256
 
 
-def train_in_fresh_process(data_dir, output, seed):
-    epochs = "--batch-size 8 --head-epochs 1 --finetune-epochs 1".split()
-    result = run_cli("train", data_dir, *TINY_TRAIN, *epochs, "--seed", seed, "--output", output)
-    assert result.returncode == 0, result.stderr
+def train(data_dir, output, seed, fresh_process):
+    """`keras-ft train` in a fresh process, or in this one (which has run other tests)."""
+    args = [*TINY_TRAIN, "--batch-size", "8", "--head-epochs", "1", "--finetune-epochs", "1"]
+    args = ["train", data_dir, *args, "--seed", seed, "--output", output]
+    if fresh_process:
+        result = run_cli(*args)
+        assert result.returncode == 0, result.stderr
+    else:
+        assert main([str(a) for a in args]) == 0
     return json.loads((output / "run.json").read_text())["weights_sha256"]
 
 
@@ -22,7 +27,7 @@ def hashes(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("repro")
     data = write_folder(tmp / "data", ("a", "b", "c"), per_class=16)
     hashes = {
-        name: train_in_fresh_process(data, tmp / name, seed)
+        name: train(data, tmp / name, seed, fresh_process=name == "a")
         for name, seed in (("a", 7), ("b", 7), ("other", 8))
     }
     hashes["run_dir"] = tmp / "a"
@@ -30,6 +35,7 @@ def hashes(tmp_path_factory):
 
 
 def test_same_seed_gives_bitwise_identical_weights_in_two_processes(hashes):
+    """A fresh process and this test process, with whatever earlier tests left in it."""
     assert hashes["a"] == hashes["b"]
 
 

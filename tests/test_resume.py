@@ -45,12 +45,14 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(data, tmp_path_factory):
-    """Weights hashes and decisions of uninterrupted runs, per variant."""
+    """Weights hashes and decisions of uninterrupted runs, per variant, in this process (the
+    killed runs are fresh processes: the resumed run must match across processes too)."""
+    from keras_ft.cli.main import main
+
     runs = {}
     for variant in VARIANTS:
         output = tmp_path_factory.mktemp("reference") / "run"
-        result = run_cli(*train_args(data, output, variant))
-        assert result.returncode == 0, result.stderr
+        assert main([str(a) for a in train_args(data, output, variant)]) == 0
         record = json.loads((output / "run.json").read_text())
         runs[variant] = (record["weights_sha256"], record["decisions"])
     return runs
