@@ -232,10 +232,13 @@ def lite0_section(rows: list[dict]) -> str:
 
 def candidates_section(rows: list[dict]) -> str:
     rows = _full(rows)
-    stats = quality.summary(rows)
+    cells = {}  # method: the (selection, wall) means of its task sizes
+    for (_, _, method), s in quality.summary(rows).items():
+        if s["selection"]:
+            cells.setdefault(method, []).append((np.mean(s["selection"]), np.mean(s["wall"])))
     ranked = sorted(
-        ((float(np.mean(s["selection"])), float(np.mean(s["wall"])), m)
-         for (_, _, m), s in stats.items() if s["selection"]),
+        ((float(np.mean([c[0] for c in v])), float(np.mean([c[1] for c in v])), m)
+         for m, v in cells.items()),
         key=lambda x: (-x[0], x[1], x[2]),
     )  # fmt: skip
     order = ", ".join(f"`{m}` {acc:.3f} ({wall:.0f} s)" for acc, wall, m in ranked)
@@ -243,7 +246,8 @@ def candidates_section(rows: list[dict]) -> str:
         [
             "Candidates: " + _methods(_in_order(rows, "method")),
             quality.report(rows, ours=None, title=None),
-            f"By mean selection accuracy (mean wall seconds): {order}.",
+            "By selection accuracy, the mean over the tasks and sizes a method ran (mean wall "
+            f"seconds): {order}.",
         ]
     )
 
