@@ -425,9 +425,9 @@ def test_flips_benchmark_quick_mode_measures_what_flip_auto_decides(tmp_path, ca
     for r in records:
         assert r["flip"] == decided(r, 0.6) and r["reason"] in done.stdout
     assert "| task | train/class | share kept, training images |" in done.stdout
+    assert "[flips]" in done.stdout
     from bench import flips  # in this process: the same code, less start-up
 
-    assert "[flips]" in done.stdout
     flips.main(command[3:])
     assert "[flips]" not in capsys.readouterr().out  # nothing measured twice
 
