@@ -348,6 +348,11 @@ METHODS["c31-cached-block3"] = Method("keras-ft", _C31)
 # Round 24 (issue 31: `make demo` in under 2 minutes): the same at 48 px (about half the
 # convolutions' work of 64 px).
 METHODS["c32-cached-block3-48"] = Method("keras-ft", (*_C31, "--image-size", "48"))
+# Round 25 (the same target): the demo's settings with phase 1 on the features computed once
+# and every layer fine-tuned, at 48 px, for `auto`'s 30 epochs of phase 2 or 24.
+_C33 = (*_C26, "--no-head-augment", "--image-size", "48")
+METHODS["c33-cached-48"] = Method("keras-ft", _C33)
+METHODS["c33-cached-48-ft24"] = Method("keras-ft", (*_C33, "--finetune-epochs", "24"))
 DEFAULT_METHODS = ("probe", "guide", "auto", "today")
 GUIDE_EPOCHS = (3, 2)
 
