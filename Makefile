@@ -15,7 +15,7 @@ DEMO_RUN := runs/digits-demo
 # it fast on a CPU). On a CPU that computes bfloat16 natively (the avx512_bf16 or amx_bf16
 # flag), VGG16 trains in mixed bfloat16 precision: 1.75x faster on an AMD EPYC with
 # AVX512_BF16, at the selection accuracy of float32 on MNIST and digits
-# (docs/benchmark-history.md, round 19; faster settings tried for it: rounds 12, 20, 23 and 24).
+# (docs/benchmark-history.md, round 19; faster settings tried for it: rounds 12, 20, 23, 24 and 25).
 BF16_CPU := $(shell grep -qswE 'avx512_bf16|amx_bf16' /proc/cpuinfo && echo yes)
 DEMO_FLAGS := --image-size 64 $(if $(BF16_CPU),--mixed-precision bfloat16)
 
