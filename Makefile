@@ -73,7 +73,7 @@ bench-rank: $(VENV)/.bench-installed $(WEIGHTS)
 # trained runs are built once: on 2 cores they overlap one test's Python and process start-up
 # with another's TensorFlow compute.
 test: $(VENV)/.dev-installed
-	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m pytest -q -n 2 --dist loadfile
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check keras_ft tests examples bench

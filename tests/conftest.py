@@ -35,14 +35,17 @@ DIGITS = ROOT / "data_samples" / "digits"
 # The test plugin's untrained backbone at 32 px: the cheapest real `keras-ft train`.
 TINY_TRAIN = "--backbone testnet --weights none --image-size 32 --quiet".split()
 
-# The slowest test files, slowest first (--durations on 2 cores): `make test` spreads whole
-# files over two workers (pytest-xdist, --dist loadfile) in collection order, so these go
-# first, and the short ones fill in at the end instead of one long file running alone.
+# The slowest test files, slowest first (their summed test times on 2 cores): `make test`
+# spreads whole files over two workers (pytest-xdist, --dist loadfile, --no-loadscope-reorder
+# to keep this order), so these go first, and the short ones fill in at the end instead of
+# one long file running alone.
 SLOWEST_FILES = (
-    "test_bench.py", "test_training.py", "test_artifacts.py", "test_deploy.py", "test_cli.py",
-    "test_distribute.py", "test_resume.py", "test_docs.py", "test_output.py",
-    "test_examples.py", "test_explain.py", "test_reproducibility.py", "test_backbones.py",
-    "test_search.py", "test_budget.py", "test_determinism.py",
+    "test_bench.py", "test_training.py", "test_deploy.py", "test_artifacts.py",
+    "test_distribute.py", "test_resume.py", "test_cli.py", "test_docs.py", "test_output.py",
+    "test_reproducibility.py", "test_determinism.py", "test_explain.py", "test_backbones.py",
+    "test_examples.py", "test_lr_find.py", "test_report.py", "test_budget.py",
+    "test_transfer.py", "test_search.py", "test_ranking.py", "test_finetuner.py",
+    "test_efficientnet_lite.py", "test_recipe.py", "test_data.py", "test_scan.py",
 )  # fmt: skip
 
 
