@@ -640,6 +640,30 @@ def test_label_conflict_only_across_classes(tmp_path):
     assert names(report) == ["cat/c.png", "dog/b.png"]
 
 
+def test_a_data_sets_root_of_split_folders_is_refused_naming_the_splits(tmp_path, capsys):
+    root = tmp_path / "digits"
+    for s, split in enumerate(("train", "test")):
+        for c, name in enumerate(("cat", "dog")):
+            (root / split / name).mkdir(parents=True)
+            noise(root / split / name / "0.png", seed=10 * s + c)
+    with pytest.raises(KerasFTError) as caught:
+        scan_folder(root)
+    message = str(caught.value)
+    assert f"'{root}' holds the split folder(s) ['test', 'train'] with sub-folders" in message
+    assert "it would train a classifier of 'test' vs 'train'" in message
+    assert f"the classes: '{root / 'train'}', and the held-out one as the test folder" in message
+    assert f"(--test-dir, test_dir=): '{root / 'test'}'." in message
+    result = run_here(capsys, "train", root, "--output", tmp_path / "run")
+    assert result.returncode == 2 and "a data set's root, not a folder of classes" in result.stderr
+    assert not (tmp_path / "run").exists()
+    # Classes merely named like splits, their images right inside, are classes.
+    named = tmp_path / "named"
+    for c, name in enumerate(("train", "val")):
+        (named / name).mkdir(parents=True)
+        noise(named / name / "0.png", seed=c)
+    assert scan_folder(named).class_names == ("train", "val")
+
+
 # ------------------------------------------------------------------ leakage
 
 
@@ -680,9 +704,14 @@ def test_cli_scan_with_test_dir_reports_leakage_and_exits_0(leaky, capsys):
     assert "status: ok, with 1 warning(s) (not fatal)" in result.stdout
 
 
-def test_image_folder_keeps_a_leaking_test_file_and_reports_it(leaky):
+def test_image_folder_keeps_a_leaking_test_file_and_warns_about_it(leaky):
     train, test, leaked = leaky
-    data = ImageFolder(train, test_dir=test, image_size=32, batch_size=2, validation_split=0.0)
+    with pytest.warns(UserWarning, match="1 of the 9 images in the test folder") as caught:
+        data = ImageFolder(train, test_dir=test, image_size=32, batch_size=2, validation_split=0.0)
+    message = str(caught[0].message)
+    assert f"are also in the training folder '{train}'" in message and str(leaked) in message
+    assert "test accuracy will be optimistic" in message
+    assert f"`keras-ft scan {train} --test-dir {test}` lists them all" in message
     assert [p.path for p in data.test_report.warnings] == [str(leaked)]
     assert str(leaked) in {f.path for f in data.test_files}
     assert data.skipped == []
@@ -998,6 +1027,10 @@ def test_cli_train_skip_bad_trains_on_the_rest(trainable_messy, tmp_path, capsys
     output = tmp_path / "run"
     result = run_here(capsys, "train", trainable_messy, *TRAIN, "--skip-bad", "--output", output)
     assert result.returncode == 0, result.stderr
+    # Python warnings come as one line each, without the source line Python would show.
+    warned = f"warning: Imbalanced classes in '{trainable_messy}': '1' has 19"
+    assert any(line.startswith(warned) for line in result.stderr.splitlines()), result.stderr
+    assert "UserWarning" not in result.stderr and "return ImageFolder(" not in result.stderr
     assert (output / "model.keras").is_file() and (output / "run.json").is_file()
     skipped = json.loads((output / "run.json").read_text())["skipped_files"]
     reasons = {Path(s["path"]).name: s["reason"] for s in skipped}

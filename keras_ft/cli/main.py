@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from pathlib import Path
 
 from keras_ft.cli.common import load_tensorflow, printable_lines
@@ -47,11 +48,24 @@ def _check_paths(args) -> None:
         )
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning as one `warning:` line on standard error (its source with --verbose)."""
+    print(f"warning: {printable_lines(message)}", file=sys.stderr)
+
+
 def main(argv=None) -> int:
     """Run the command line; return the exit code."""
     args = build_parser().parse_args(argv)
     if args.verbose:
         show_tensorflow_logs()
+    with warnings.catch_warnings():
+        if not args.verbose:
+            warnings.showwarning = _show_warning
+        return _run(args)
+
+
+def _run(args) -> int:
+    """Run the parsed command; return the exit code."""
     from keras_ft.utils.errors import KerasFTError, WorkerLostError
 
     try:

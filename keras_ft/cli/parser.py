@@ -224,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
         titles = {existing.title for existing in command._action_groups}
         where = group(command, "output and run") if "output and run" in titles else command
         where.add_argument(
-            "--verbose", action="store_true", help="show TensorFlow's own log lines too"
+            "--verbose",
+            action="store_true",
+            help="show TensorFlow's own log lines too, and where each warning was raised",
         )
     return parser
 

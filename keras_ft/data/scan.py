@@ -52,6 +52,9 @@ IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 NOT_IMAGES_SHOWN = 5
 DEFAULT_MIN_SIZE = 8
 WARNING_KINDS = frozenset({"leakage"})
+# Folder names of a data set's splits: a folder whose "classes" are all such names, with
+# folders inside, is the data set's root rather than one split (`_refuse_split_root`).
+SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation"})
 
 
 def natural_key(name: str) -> list:
@@ -280,6 +283,7 @@ def list_classes(root: Path) -> tuple[str, ...]:
             "in a sub-folder named after the class: "
             f"{root}/<class>/<image>.jpg."
         )
+    _refuse_split_root(root, names)
     broken = [name for name in names if len(f"{name}x".splitlines()) > 1]
     if broken:
         raise KerasFTError(
@@ -288,6 +292,35 @@ def list_classes(root: Path) -> tuple[str, ...]:
             "later label would shift. Rename the folder without it."
         )
     return tuple(sorted(names, key=natural_key))
+
+
+def _refuse_split_root(root: Path, names: list[str]) -> None:
+    """Refuse a data set's root (`root/train/<class>/...`) passed where one split belongs."""
+    if not all(name.casefold() in SPLIT_NAMES for name in names):
+        return
+    if not any(_has_folders(root / name) for name in names):
+        return  # images right inside: classes that happen to be named like splits
+    train = next((name for name in names if name.casefold() in ("train", "training")), names[0])
+    held_out = [name for name in names if name != train]
+    fix = f"Pass the training split, whose sub-folders are the classes: '{root / train}'"
+    if held_out:
+        test = root / held_out[0]
+        fix += f", and the held-out one as the test folder (--test-dir, test_dir=): '{test}'"
+    raise KerasFTError(
+        printable(
+            f"Data directory '{root}' holds the split folder(s) {names} with sub-folders inside: "
+            "a data set's root, not a folder of classes (it would train a classifier of "
+            f"{' vs '.join(repr(name) for name in names)}). {fix}."
+        )
+    )
+
+
+def _has_folders(path: Path) -> bool:
+    """Whether `path` holds a (non-hidden) folder; False when it cannot be listed."""
+    try:
+        return any(entry.is_dir() and not entry.name.startswith(".") for entry in path.iterdir())
+    except OSError:
+        return False
 
 
 def _check_same_classes(root: Path, found, class_names) -> None:
