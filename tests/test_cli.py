@@ -82,7 +82,9 @@ def test_train_prints_test_accuracy_and_writes_the_run(vgg16_run):
         assert log_line not in result.stderr + result.stdout  # TensorFlow's own log lines
 
 
-@pytest.mark.parametrize("args", [["--help"], ["backbones"], ["scan", str(DIGITS), "--quiet"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["backbones"], ["scan", str(DIGITS / "train"), "--quiet"]]
+)
 def test_commands_that_need_no_model_do_not_import_tensorflow(args):
     """With no backbone plugin installed (a plugin's own imports are its own)."""
     path = [p for p in os.environ["PYTHONPATH"].split(os.pathsep) if p != PLUGINS]

@@ -15,7 +15,6 @@ import hashlib
 import math
 import os
 import re
-import shlex
 import shutil
 import tempfile
 import warnings
@@ -120,21 +119,6 @@ def _warn_about_run_directories(report: ScanReport) -> None:
             )
 
 
-def _warn_about_leakage(test: ScanReport, training_dir) -> None:
-    leaks = [p for p in test.warnings if p.kind == "leakage"]
-    if leaks:
-        warnings.warn(
-            printable(
-                f"{len(leaks)} of the {len(test.files)} images in the test folder '{test.root}' "
-                f"are also in the training folder '{training_dir}' (the same file content; "
-                f"the first: '{leaks[0].path}'): the test accuracy will be optimistic. Remove "
-                f"them from one of the two; `keras-ft scan {shlex.quote(str(training_dir))} "
-                f"--test-dir {shlex.quote(str(test.root))}` lists them all."
-            ),
-            stacklevel=3,
-        )
-
-
 DATA_DEFAULTS = defaults_of(DataConfig)  # every field but `directory`
 DATA_OPTIONS = tuple(DATA_DEFAULTS)
 # What a dataset settles itself (its images are read, sized and batched, and it has no files
@@ -199,7 +183,8 @@ class ImageFolder:
                 test_dir, class_names=self.class_names, training=self.report, quiet=quiet
             )
             _refuse_bad_files(self.test_report, skip_bad)
-            _warn_about_leakage(self.test_report, directory)
+            if self.test_report.warnings:
+                warnings.warn(self.test_report.leakage_warning(directory), stacklevel=2)
             self.test_files = list(self.test_report.files)
         self._cache = {}
         self.memory_budget = memory_budget

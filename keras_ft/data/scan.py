@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +133,17 @@ class ScanReport:
     def warnings(self) -> tuple[Problem, ...]:
         """Reported, not fatal: the same image in training and test (leakage)."""
         return tuple(p for p in self.problems if p.level == "warning")
+
+    def leakage_warning(self, training_dir) -> str:
+        """What `ImageFolder` warns when this test folder's `warnings` (leakage) are not empty."""
+        command = f"keras-ft scan {shlex.quote(str(training_dir))} --test-dir "
+        return printable(
+            f"{len(self.warnings)} of the {len(self.files)} images in the test folder "
+            f"'{self.root}' are also in the training folder '{training_dir}' (the same file "
+            f"content; the first: '{self.warnings[0].path}'): the test accuracy will be "
+            f"optimistic. Remove them from one of the two; `{command}"
+            f"{shlex.quote(str(self.root))}` lists them all."
+        )
 
     def counts(self) -> dict[str, int]:
         """Usable images per class, in class order."""
