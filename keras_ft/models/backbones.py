@@ -163,12 +163,14 @@ class BackboneSpec:
         if not callable(builder):
             builder = getattr(keras.applications, builder)
         try:
-            model = builder(
-                include_top=False,
-                weights=weights,
-                input_shape=(*image_size, 3),
-                **dict(self.builder_kwargs),
-            )
+            with warnings.catch_warnings():  # MobileNets' note that the size is not 224: chosen
+                warnings.filterwarnings("ignore", "`input_shape` is undefined or non-square")
+                model = builder(
+                    include_top=False,
+                    weights=weights,
+                    input_shape=(*image_size, 3),
+                    **dict(self.builder_kwargs),
+                )
         except Exception as error:  # Keras turns a failed download into a bare Exception
             if weights != "imagenet" or "URL fetch failure" not in str(error):
                 raise
