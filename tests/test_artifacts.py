@@ -228,7 +228,8 @@ sys.path.insert(0, sys.argv[3])
 from conftest import tiny_backbone
 data = keras_ft.ImageFolder(sys.argv[1], image_size=32, batch_size=8, validation_split=0.0)
 tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
-tuner.fit(data, head_epochs=1, finetune_epochs=0, verbose=0)
+# Killed below: no temporary TensorBoard folder for it to leave behind.
+tuner.fit(data, head_epochs=1, finetune_epochs=0, verbose=0, tensorboard_dir=None)
 real_export = artifacts.export_saved_model
 def slow_export(model, path):
     real_export(model, path)
@@ -275,7 +276,8 @@ sys.path.insert(0, sys.argv[3])
 from conftest import tiny_backbone
 data = keras_ft.ImageFolder(sys.argv[1], image_size=32, batch_size=8, validation_split=0.0)
 tuner = keras_ft.FineTuner(tiny_backbone(), preprocessing="tf", seed=0)
-tuner.fit(data, head_epochs=1, finetune_epochs=0, verbose=0)
+# Killed below: no temporary TensorBoard folder for it to leave behind.
+tuner.fit(data, head_epochs=1, finetune_epochs=0, verbose=0, tensorboard_dir=None)
 replace, rename = artifacts._replace, os.replace
 def killed(staging, target):  # SIGKILL at the worst moment: no cleanup runs
     if sys.argv[4] == "two-renames":  # a system without an atomic swap
