@@ -100,6 +100,23 @@ def test_commands_that_need_no_model_do_not_import_tensorflow(args):
     assert result.stderr == ""
 
 
+def test_a_warning_is_one_line_and_verbose_shows_where_it_was_raised(monkeypatch, capsys):
+    import warnings
+
+    from keras_ft.cli import parser
+
+    def warns(args):
+        warnings.warn("Something to know about 'data'.", UserWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setattr(parser, "backbones", warns)  # the command `backbones` warns
+    result = run_here(capsys, "backbones")
+    assert result.returncode == 0 and result.stderr == "warning: Something to know about 'data'.\n"
+    with pytest.warns(UserWarning, match="Something to know") as caught:  # Python's, as raised
+        result = run_here(capsys, "backbones", "--verbose")
+    assert caught[0].filename == __file__ and result.stderr == ""
+
+
 def test_evaluate_prints_the_same_accuracy(vgg16_run):
     result, output = vgg16_run
     trained = json.loads((output / "metrics.json").read_text())["accuracy"]
