@@ -286,12 +286,20 @@ def test_fine_tuning_below_the_probe_warns_what_to_try():
     from keras_ft.training.history import TrainingHistory
 
     probe = {"validation_accuracy": 0.8, "train_accuracy": 1.0, "c": 1.0}
-    history = TrainingHistory([{"val_accuracy": 0.9}, {"val_accuracy": 0.5}])
+    rows = [{"phase": "head", "val_accuracy": 0.9}, {"phase": "finetune", "val_accuracy": 0.5}]
     with pytest.warns(UserWarning, match=r"0\.5000, below the 0\.8000.*negative transfer") as w:
-        entry = compare_with_probe(probe, history)
+        entry = compare_with_probe(probe, TrainingHistory(rows))
     message = str(w[0].message)
     assert "--finetune-lr" in message and "--unfreeze" in message and "keras-ft probe" in message
     assert entry["below_probe"] is True and entry["finetuned_validation_accuracy"] == 0.5
+    # No fine-tuning ran (--finetune-epochs 0): the head is below, and the advice is the head's.
+    with pytest.warns(
+        UserWarning, match=r"^The head reached .* 0\.7000 \(no fine-tuning ran\)"
+    ) as w:
+        compare_with_probe(probe, TrainingHistory([{"phase": "head", "val_accuracy": 0.7}]))
+    message = str(w[0].message)
+    assert "--head-epochs" in message and "keras-ft probe" in message
+    assert "--finetune" not in message and "negative transfer" not in message
     import warnings
 
     with warnings.catch_warnings():

@@ -62,13 +62,23 @@ def compare_with_probe(probe: dict, history: TrainingHistory, stacklevel: int = 
     if (history.decisions.fallback or {}).get("kept") == "probe":  # fallback_to_probe
         return {**probe, "finetuned_validation_accuracy": finetuned, "is_the_model": True}
     if below:
+        if any(row.get("phase") == "finetune" for row in history.rows):
+            message = (
+                f"Fine-tuning reached a validation accuracy of {finetuned:.4f}, below the "
+                f"{probe['validation_accuracy']:.4f} of a logistic regression on the frozen "
+                "backbone's features: the training hurt what the backbone already knew "
+                "(negative transfer). Try unfreezing fewer layers (--unfreeze with a later "
+                "layer, or --finetune-epochs 0), a lower --finetune-lr, or"
+            )
+        else:  # phase 1 alone: a head on the features the probe saw
+            message = (
+                f"The head reached a validation accuracy of {finetuned:.4f} (no fine-tuning "
+                f"ran), below the {probe['validation_accuracy']:.4f} of a logistic regression "
+                "on the same frozen features. Train it for more epochs (--head-epochs), or"
+            )
         warnings.warn(
-            f"Fine-tuning reached a validation accuracy of {finetuned:.4f}, below the "
-            f"{probe['validation_accuracy']:.4f} of a logistic regression on the frozen "
-            "backbone's features: the training hurt what the backbone already knew "
-            "(negative transfer). Try unfreezing fewer layers (--unfreeze with a later "
-            "layer, or --finetune-epochs 0), a lower --finetune-lr, or keep the linear "
-            "probe itself as the model (`keras-ft probe`, or FineTuner(..., head='linear')).",
+            f"{message} keep the linear probe itself as the model (`keras-ft probe`, or "
+            "FineTuner(..., head='linear')).",
             stacklevel=stacklevel,
         )
     return {**probe, "finetuned_validation_accuracy": finetuned, "below_probe": below}
