@@ -41,7 +41,7 @@ def training_signature(tuner) -> str:
 
 
 def compare_with_probe(probe: dict, history: TrainingHistory, stacklevel: int = 3) -> dict:
-    """`probe` with the fine-tuned validation accuracy added; warn when fine-tuning is below it.
+    """`probe` with the trained validation accuracy added; warn when the training is below it.
 
     Args:
         probe: `ProbeResult.summary()` of a linear probe on the frozen features.
