@@ -12,6 +12,7 @@ from sklearn.metrics import log_loss
 from keras_ft.models.probe import (
     PROBE_VARIANCE_FLOOR,
     _ledoit_wolf_shrinkage,
+    describe_probe,
     h_score,
     linear_probe,
     logme,
@@ -300,6 +301,12 @@ def test_fine_tuning_below_the_probe_warns_what_to_try():
     message = str(w[0].message)
     assert "--head-epochs" in message and "keras-ft probe" in message
     assert "--finetune" not in message and "negative transfer" not in message
+    below = {**probe, "finetuned_validation_accuracy": 0.7, "below_probe": True}
+    assert describe_probe(below, fine_tuned=False).endswith(
+        "; the head (no fine-tuning ran) reached 0.7000 (below the probe: train the head "
+        "longer, or keep the probe itself)"
+    )
+    assert "fine-tuning reached 0.7000 (below the probe: negative transfer" in describe_probe(below)
     import warnings
 
     with warnings.catch_warnings():

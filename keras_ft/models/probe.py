@@ -442,18 +442,24 @@ def _validation_scores(features, labels, mean, scale, coef, intercept):
     return float(np.mean(logits.argmax(axis=1) == labels)), float(loss)
 
 
-def describe_probe(entry: dict) -> str:
-    """One sentence for the report from a run record's `"linear_probe"` entry."""
+def describe_probe(entry: dict, fine_tuned: bool = True) -> str:
+    """One sentence for the report from a run record's `"linear_probe"` entry.
+
+    `fine_tuned`: whether phase 2 ran (else the entry's accuracy is the head's).
+    """
     accuracy = entry["validation_accuracy"]
     reached = "(no validation split)" if accuracy is None else f"{accuracy:.4f} on validation"
     if entry.get("is_the_model"):
         return f"this model is a logistic regression on the frozen features: {reached}"
     text = f"a logistic regression on the frozen features reaches {reached}"
     if entry.get("finetuned_validation_accuracy") is not None:
-        text += f"; fine-tuning reached {entry['finetuned_validation_accuracy']:.4f}"
-    if entry.get("below_probe"):
+        trained = "fine-tuning" if fine_tuned else "the head (no fine-tuning ran)"
+        text += f"; {trained} reached {entry['finetuned_validation_accuracy']:.4f}"
+    if entry.get("below_probe") and fine_tuned:
         text += (
             " (below the probe: negative transfer; try fewer unfrozen layers, a lower "
             "learning rate, or the probe itself)"
         )
+    elif entry.get("below_probe"):
+        text += " (below the probe: train the head longer, or keep the probe itself)"
     return text
