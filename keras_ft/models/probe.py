@@ -455,11 +455,11 @@ def describe_probe(entry: dict, fine_tuned: bool = True) -> str:
     if entry.get("finetuned_validation_accuracy") is not None:
         trained = "fine-tuning" if fine_tuned else "the head (no fine-tuning ran)"
         text += f"; {trained} reached {entry['finetuned_validation_accuracy']:.4f}"
-    if entry.get("below_probe") and fine_tuned:
+    if entry.get("below_probe"):
         text += (
             " (below the probe: negative transfer; try fewer unfrozen layers, a lower "
             "learning rate, or the probe itself)"
+            if fine_tuned
+            else " (below the probe: train the head longer, or keep the probe itself)"
         )
-    elif entry.get("below_probe"):
-        text += " (below the probe: train the head longer, or keep the probe itself)"
     return text

@@ -298,8 +298,8 @@ def _summary_rows(tuner) -> list[tuple[str, object]]:
             ("training time", f"{tuner.record.get('train_seconds')} s"),
         ]
         if tuner.record.get("linear_probe"):
-            fine_tuned = any(row.get("phase") == "finetune" for row in tuner.history.rows)
-            rows.append(("linear probe", describe_probe(tuner.record["linear_probe"], fine_tuned)))
+            probe = describe_probe(tuner.record["linear_probe"], tuner.history.fine_tuned)
+            rows.append(("linear probe", probe))
     if tuner.metrics is not None:
         m = tuner.metrics
         rows.append(("test accuracy", f"{m['accuracy']:.4f}"))

@@ -62,7 +62,7 @@ def compare_with_probe(probe: dict, history: TrainingHistory, stacklevel: int = 
     if (history.decisions.fallback or {}).get("kept") == "probe":  # fallback_to_probe
         return {**probe, "finetuned_validation_accuracy": finetuned, "is_the_model": True}
     if below:
-        if any(row.get("phase") == "finetune" for row in history.rows):
+        if history.fine_tuned:
             message = (
                 f"Fine-tuning reached a validation accuracy of {finetuned:.4f}, below the "
                 f"{probe['validation_accuracy']:.4f} of a logistic regression on the frozen "

@@ -28,6 +28,11 @@ class TrainingHistory:
         self.decisions = Decisions.from_record(decisions)
 
     @property
+    def fine_tuned(self) -> bool:
+        """Whether phase 2 trained at least one epoch."""
+        return any(row.get("phase") == "finetune" for row in self.rows)
+
+    @property
     def history(self) -> dict[str, list]:
         keys = dict.fromkeys(key for row in self.rows for key in row)
         return {key: [row.get(key) for row in self.rows] for key in keys}
