@@ -136,11 +136,12 @@ class ScanReport:
 
     def leakage_warning(self, training_dir) -> str:
         """What `ImageFolder` warns when this test folder's `warnings` (leakage) are not empty."""
+        leaks = self.warnings
         command = f"keras-ft scan {shlex.quote(str(training_dir))} --test-dir "
         return printable(
-            f"{len(self.warnings)} of the {len(self.files)} images in the test folder "
+            f"{len(leaks)} of the {len(self.files)} images in the test folder "
             f"'{self.root}' are also in the training folder '{training_dir}' (the same file "
-            f"content; the first: '{self.warnings[0].path}'): the test accuracy will be "
+            f"content; the first: '{leaks[0].path}'): the test accuracy will be "
             f"optimistic. Remove them from one of the two; `{command}"
             f"{shlex.quote(str(self.root))}` lists them all."
         )
